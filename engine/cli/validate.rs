@@ -1,0 +1,104 @@
+//! `taskweave validate`, `graph` and `explain`.
+
+use super::{DiagFormat, GraphFormat};
+use crate::diag::{self, Code, Diagnostic};
+use crate::validate::{self, Options};
+use std::io::{IsTerminal, Write};
+use std::path::{Path, PathBuf};
+use std::process::ExitCode;
+
+pub fn validate(paths: &[PathBuf], format: DiagFormat, deny_warnings: bool, _config: Option<&Path>) -> anyhow::Result<ExitCode> {
+    for p in paths {
+        if !p.exists() {
+            eprintln!("error: {}: no such file or folder", p.display());
+            return Ok(ExitCode::from(2));
+        }
+    }
+    let opts = Options::default();
+    let checked = match validate::check_paths(paths, &opts) {
+        Ok(c) => c,
+        Err(e) => {
+            eprintln!("error: {e}");
+            return Ok(ExitCode::from(2));
+        }
+    };
+    let all: Vec<&Diagnostic> = checked.iter().flat_map(|c| c.diagnostics.iter()).collect();
+    let errors = all.iter().filter(|d| d.is_error()).count();
+    let warnings = all.len() - errors;
+    let stdout = std::io::stdout();
+    let mut out = stdout.lock();
+    match format {
+        DiagFormat::Json => {
+            let owned: Vec<Diagnostic> = all.iter().map(|d| (*d).clone()).collect();
+            writeln!(out, "{}", diag::render_json(&owned))?;
+        }
+        DiagFormat::Github => {
+            for d in &all {
+                writeln!(out, "{}", diag::render_github(d))?;
+            }
+        }
+        DiagFormat::Human => {
+            let color = std::io::stdout().is_terminal() && std::env::var_os("NO_COLOR").is_none();
+            for c in &checked {
+                for d in &c.diagnostics {
+                    writeln!(out, "{}\n", diag::render_human(d, c.text.as_deref(), color))?;
+                }
+            }
+            let files = checked.len();
+            let summary = format!(
+                "{files} file{} checked: {errors} error{}, {warnings} warning{}",
+                if files == 1 { "" } else { "s" },
+                if errors == 1 { "" } else { "s" },
+                if warnings == 1 { "" } else { "s" }
+            );
+            writeln!(out, "{summary}")?;
+        }
+    }
+    let failed = errors > 0 || (deny_warnings && warnings > 0);
+    Ok(if failed { ExitCode::from(1) } else { ExitCode::SUCCESS })
+}
+
+pub fn graph(file: &Path, format: GraphFormat) -> anyhow::Result<ExitCode> {
+    let checked = match validate::check_file(file, &Options::default()) {
+        Ok(c) => c,
+        Err(e) => {
+            eprintln!("error: {}: {e}", file.display());
+            return Ok(ExitCode::from(2));
+        }
+    };
+    let Some(wf) = checked.workflow else {
+        for d in &checked.diagnostics {
+            eprintln!("{}\n", diag::render_human(d, checked.text.as_deref(), false));
+        }
+        return Ok(ExitCode::from(1));
+    };
+    print!("{}", match format {
+        GraphFormat::Mermaid => wf.mermaid(),
+        GraphFormat::Dot => wf.dot(),
+    });
+    Ok(ExitCode::SUCCESS)
+}
+
+pub fn explain(code: Option<&str>) -> ExitCode {
+    match code {
+        None => {
+            for c in Code::ALL {
+                println!("{:<20} {:<8} {}", c.as_str(), c.severity().as_str(), c.summary());
+            }
+            ExitCode::SUCCESS
+        }
+        Some(name) => match Code::parse(name) {
+            Some(c) => {
+                print!("{}", c.explain());
+                ExitCode::SUCCESS
+            }
+            None => {
+                let help = diag::did_you_mean(name, Code::ALL.iter().map(|c| c.as_str()))
+                    .map(|s| format!(" (did you mean `{s}`?)"))
+                    .unwrap_or_default();
+                eprintln!("error: unknown code `{name}`{help}; `taskweave explain` lists them");
+                ExitCode::from(2)
+            }
+        },
+    }
+}

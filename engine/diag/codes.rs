@@ -1,0 +1,120 @@
+//! The stable diagnostic codes, each with an explanation (`taskweave explain CODE`).
+
+use super::Severity;
+
+macro_rules! codes {
+    ($($variant:ident = $name:literal, $sev:ident, $summary:literal, $bad:literal, $good:literal;)*) => {
+        /// A stable diagnostic code. The string forms are part of the public contract.
+        #[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash)]
+        pub enum Code { $($variant,)* }
+
+        impl Code {
+            pub const ALL: &'static [Code] = &[$(Code::$variant,)*];
+
+            pub fn as_str(self) -> &'static str {
+                match self { $(Code::$variant => $name,)* }
+            }
+
+            pub fn severity(self) -> Severity {
+                match self { $(Code::$variant => Severity::$sev,)* }
+            }
+
+            pub fn summary(self) -> &'static str {
+                match self { $(Code::$variant => $summary,)* }
+            }
+
+            /// An example that triggers the code, and the same example fixed.
+            pub fn examples(self) -> (&'static str, &'static str) {
+                match self { $(Code::$variant => ($bad, $good),)* }
+            }
+        }
+    };
+}
+
+codes! {
+    Parse = "parse", Error,
+        "The file is not valid YAML or TOML: a syntax error, a tab used for indentation, an empty, binary or non-UTF-8 file, or a document nested too deeply.",
+        "version: 1\nname: hello\ntasks:\n\t- name: a\n",
+        "version: 1\nname: hello\ntasks:\n  - name: a\n    uses: echo\n";
+    DuplicateKey = "duplicate-key", Error,
+        "A mapping repeats a key. YAML parsers disagree on which value wins, so taskweave refuses the file and points at the second key.",
+        "version: 1\nname: hello\nname: hello-again\ntasks: [{name: a, uses: echo}]\n",
+        "version: 1\nname: hello\ntasks: [{name: a, uses: echo}]\n";
+    Schema = "schema", Error,
+        "The document breaks workflow.schema.json: an unknown field, a value of the wrong type, a missing required field or a name that does not match ^[a-z0-9][a-z0-9._-]{0,127}$.",
+        "version: 1\nname: Hello World\ntasks:\n  - name: a\n    uses: echo\n    parent: [b]\n",
+        "version: 1\nname: hello-world\ntasks:\n  - name: a\n    uses: echo\n";
+    DuplicateTask = "duplicate-task", Error,
+        "Two tasks share a name. Task names identify tasks in `parents` and templates, so they must be unique.",
+        "tasks:\n  - {name: fetch, uses: echo}\n  - {name: fetch, uses: echo}\n",
+        "tasks:\n  - {name: fetch, uses: echo}\n  - {name: fetch-again, uses: echo}\n";
+    UnknownParent = "unknown-parent", Error,
+        "A task lists a parent that names no task. The help suggests the closest existing name.",
+        "tasks:\n  - {name: extract-text, uses: echo}\n  - {name: summarise, uses: echo, parents: [extract-txt]}\n",
+        "tasks:\n  - {name: extract-text, uses: echo}\n  - {name: summarise, uses: echo, parents: [extract-text]}\n";
+    Cycle = "cycle", Error,
+        "The parents form a cycle, so no task of it could ever start. The message lists the whole cycle.",
+        "tasks:\n  - {name: a, uses: echo, parents: [b]}\n  - {name: b, uses: echo, parents: [a]}\n",
+        "tasks:\n  - {name: a, uses: echo}\n  - {name: b, uses: echo, parents: [a]}\n";
+    SelfParent = "self-parent", Error,
+        "A task lists itself as a parent.",
+        "tasks:\n  - {name: a, uses: echo, parents: [a]}\n",
+        "tasks:\n  - {name: a, uses: echo}\n";
+    Action = "action", Error,
+        "A task has no action or more than one. Each task has exactly one of `run`, `shell`, `http`, `celery` or `uses`.",
+        "tasks:\n  - name: a\n    run: [echo, hi]\n    shell: echo hi\n",
+        "tasks:\n  - name: a\n    run: [echo, hi]\n";
+    Duration = "duration", Error,
+        "A duration string does not parse. Durations look like `500ms`, `30s`, `10m`, `1h30m`; bare numbers are not durations.",
+        "timeout: 10 minutes-ish\n",
+        "timeout: 10m\n";
+    Template = "template", Error,
+        "A template does not parse as Handlebars (an unclosed `{{`, an unbalanced block), or uses raw `{{{ }}}` output in a `shell` script, where every inserted value must be quoted.",
+        "with: {path: \"{{input.path\"}\n",
+        "with: {path: \"{{input.path}}\"}\n";
+    TemplateRef = "template-ref", Error,
+        "A template reads something that cannot exist when the task runs: `tasks.X` where X is not an ancestor of the task, an input property that the input schema does not declare while it forbids others, or an unknown root (the roots are input, tasks, run, workflow and context).",
+        "tasks:\n  - {name: a, uses: echo}\n  - {name: b, uses: echo, with: {x: \"{{tasks.a.output}}\"}}\n",
+        "tasks:\n  - {name: a, uses: echo}\n  - {name: b, uses: echo, parents: [a], with: {x: \"{{tasks.a.output}}\"}}\n";
+    TimeoutExceeds = "timeout-exceeds", Warning,
+        "A task timeout is longer than the workflow timeout, so the workflow timeout will always cut the task first.",
+        "timeout: 10m\ntasks:\n  - {name: a, uses: echo, timeout: 1h}\n",
+        "timeout: 10m\ntasks:\n  - {name: a, uses: echo, timeout: 5m}\n";
+    UnknownBackend = "unknown-backend", Error,
+        "`backend` names a backend that the configuration (taskweave.toml) does not define. Only checked when a configuration is found or given.",
+        "backend: celry\n",
+        "backend: celery\n";
+    DuplicateWorkflow = "duplicate-workflow", Error,
+        "Two files in one folder declare the same workflow name, so a run by name would be ambiguous.",
+        "# a.yaml\nname: billing\n# b.yaml\nname: billing\n",
+        "# a.yaml\nname: billing\n# b.yaml\nname: billing-v2\n";
+}
+
+impl Code {
+    pub fn parse(s: &str) -> Option<Code> {
+        Code::ALL.iter().copied().find(|c| c.as_str() == s)
+    }
+
+    /// The full text shown by `taskweave explain CODE`.
+    pub fn explain(self) -> String {
+        let (bad, good) = self.examples();
+        format!(
+            "{code} ({sev})\n\n{summary}\n\nExample that triggers it:\n\n{bad}\nFixed:\n\n{good}",
+            code = self.as_str(),
+            sev = self.severity().as_str(),
+            summary = self.summary(),
+            bad = indent(bad),
+            good = indent(good),
+        )
+    }
+}
+
+fn indent(s: &str) -> String {
+    s.lines().map(|l| format!("    {l}\n")).collect()
+}
+
+impl std::fmt::Display for Code {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(self.as_str())
+    }
+}

@@ -1,0 +1,19 @@
+//! taskweave: a declarative workflow engine.
+//!
+//! The engine is a pipeline of types, one module per phase:
+//!
+//! ```text
+//! text (YAML | TOML) -> spec (positioned document, raw serde types)
+//!   -> validate (JSON Schema + rules -> diagnostics)
+//!   -> plan (validated Workflow: ids, durations, templates, DAG, hash)
+//!   -> run (scheduler, actions, state machines) -> backend -> store
+//! ```
+
+pub mod diag;
+pub mod plan;
+pub mod spec;
+pub mod validate;
+
+pub use diag::{Code, Diagnostic, Severity};
+pub use plan::Workflow;
+pub mod cli;

@@ -1,0 +1,457 @@
+//! The validated, immutable workflow model and its DAG.
+//!
+//! [`compile`] turns a [`RawWorkflow`] that passed validation into a
+//! [`Workflow`]: parents resolved to [`TaskId`]s, durations parsed, templates
+//! compiled, the DAG built (petgraph) and a content hash computed. The
+//! executor only accepts a `Workflow`, so an unresolved name can never reach a
+//! backend. Pure: no I/O.
+
+pub mod template;
+
+use crate::spec::raw::{BackendSpec, HttpMethod, OutputFormat, RawTask, RawWorkflow, RetrySpec};
+use petgraph::graph::{DiGraph, NodeIndex};
+use serde_json::Value;
+use sha2::{Digest, Sha256};
+use std::collections::HashMap;
+use std::sync::Arc;
+use std::time::Duration;
+pub use template::{TValue, Templates};
+
+/// Index of a task in [`Workflow::tasks`].
+pub type TaskId = usize;
+
+/// Parse a duration string (`500ms`, `30s`, `10m`, `1h30m`).
+pub fn parse_duration(s: &str) -> Result<Duration, String> {
+    let t = s.trim();
+    if t.is_empty() {
+        return Err("empty duration".into());
+    }
+    if t.bytes().all(|b| b.is_ascii_digit() || b == b'.') {
+        return Err(format!("`{s}` has no unit; write e.g. `{t}s` or `{t}m`"));
+    }
+    humantime::parse_duration(t).map_err(|e| format!("`{s}` is not a duration ({e}); write e.g. `500ms`, `30s`, `10m`, `1h30m`"))
+}
+
+#[derive(Debug, Clone, PartialEq)]
+pub struct RetryPolicy {
+    pub attempts: u32,
+    pub delay: Duration,
+    pub backoff: f64,
+    pub max_delay: Duration,
+    pub jitter: bool,
+}
+
+impl Default for RetryPolicy {
+    fn default() -> Self {
+        RetryPolicy {
+            attempts: 1,
+            delay: Duration::from_secs(1),
+            backoff: 2.0,
+            max_delay: Duration::from_secs(3600),
+            jitter: true,
+        }
+    }
+}
+
+impl RetryPolicy {
+    fn from_spec(s: &RetrySpec) -> Result<Self, String> {
+        let d = RetryPolicy::default();
+        Ok(RetryPolicy {
+            attempts: s.attempts.max(1),
+            delay: s.delay.as_ref().map(|x| parse_duration(&x.0)).transpose()?.unwrap_or(d.delay),
+            backoff: s.backoff.unwrap_or(d.backoff).max(1.0),
+            max_delay: s.max_delay.as_ref().map(|x| parse_duration(&x.0)).transpose()?.unwrap_or(d.max_delay),
+            jitter: s.jitter.unwrap_or(true),
+        })
+    }
+
+    /// The delay before try number `next_attempt` (2 for the first retry),
+    /// without jitter.
+    pub fn delay_before(&self, next_attempt: u32) -> Duration {
+        let n = next_attempt.saturating_sub(2) as i32;
+        let secs = self.delay.as_secs_f64() * self.backoff.powi(n.min(1000));
+        Duration::from_secs_f64(secs.min(self.max_delay.as_secs_f64()).max(0.0))
+    }
+}
+
+#[derive(Debug)]
+pub enum Action {
+    Run {
+        argv: Vec<TValue>,
+        env: Vec<(String, TValue)>,
+        cwd: Option<TValue>,
+        output: OutputFormat,
+    },
+    Shell {
+        /// Registered shell template name.
+        script: String,
+        env: Vec<(String, TValue)>,
+        cwd: Option<TValue>,
+        output: OutputFormat,
+    },
+    Http {
+        method: HttpMethod,
+        url: TValue,
+        headers: Vec<(String, TValue)>,
+        query: Vec<(String, TValue)>,
+        json: Option<TValue>,
+        body: Option<TValue>,
+    },
+    Celery {
+        task: String,
+        args: TValue,
+        kwargs: TValue,
+        queue: Option<String>,
+        priority: Option<u8>,
+    },
+    Uses {
+        handler: String,
+        with: TValue,
+    },
+}
+
+impl Action {
+    pub fn kind(&self) -> &'static str {
+        match self {
+            Action::Run { .. } => "run",
+            Action::Shell { .. } => "shell",
+            Action::Http { .. } => "http",
+            Action::Celery { .. } => "celery",
+            Action::Uses { .. } => "uses",
+        }
+    }
+}
+
+#[derive(Debug)]
+pub struct Task {
+    pub id: TaskId,
+    pub name: String,
+    pub parents: Vec<TaskId>,
+    pub children: Vec<TaskId>,
+    pub timeout: Option<Duration>,
+    pub retry: RetryPolicy,
+    pub action: Action,
+    /// Ancestors whose output this task's templates read.
+    pub reads: Vec<TaskId>,
+    /// Whether any template of the task needs a context at all.
+    pub templated: bool,
+}
+
+/// A validated workflow, immutable and shared (`Arc`) by every run that pins it.
+#[derive(Debug)]
+pub struct Workflow {
+    pub name: String,
+    /// `sha256:<hex>` of the canonical definition.
+    pub version: String,
+    pub description: Option<String>,
+    pub timeout: Option<Duration>,
+    pub backend: Option<BackendSpec>,
+    pub queue: Option<String>,
+    pub concurrency: Option<usize>,
+    pub input_schema: Option<Value>,
+    pub env: Vec<(String, String)>,
+    pub tasks: Vec<Task>,
+    pub dag: DiGraph<TaskId, ()>,
+    /// A topological order of the tasks.
+    pub order: Vec<TaskId>,
+    pub templates: Templates,
+    /// The definition itself; it travels with runs to remote backends.
+    pub raw: RawWorkflow,
+    /// Where it was loaded from, if from a file.
+    pub source: Option<std::path::PathBuf>,
+}
+
+impl Workflow {
+    pub fn task(&self, name: &str) -> Option<&Task> {
+        self.tasks.iter().find(|t| t.name == name)
+    }
+
+    /// Task ids with no parents.
+    pub fn roots(&self) -> impl Iterator<Item = TaskId> + '_ {
+        self.tasks.iter().filter(|t| t.parents.is_empty()).map(|t| t.id)
+    }
+
+    /// Whether any task is a `celery:` action.
+    pub fn uses_celery(&self) -> bool {
+        self.tasks.iter().any(|t| matches!(t.action, Action::Celery { .. }))
+    }
+
+    /// Mermaid flowchart of the DAG.
+    pub fn mermaid(&self) -> String {
+        let mut s = String::from("flowchart TD\n");
+        for t in &self.tasks {
+            s.push_str(&format!("    t{}[\"{} ({})\"]\n", t.id, t.name.replace('"', "'"), t.action.kind()));
+        }
+        for t in &self.tasks {
+            for p in &t.parents {
+                s.push_str(&format!("    t{p} --> t{}\n", t.id));
+            }
+        }
+        s
+    }
+
+    /// Graphviz DOT of the DAG.
+    pub fn dot(&self) -> String {
+        let mut s = format!("digraph \"{}\" {{\n    rankdir=TB;\n    node [shape=box];\n", self.name);
+        for t in &self.tasks {
+            s.push_str(&format!("    \"{}\" [label=\"{}\\n({})\"];\n", t.name, t.name, t.action.kind()));
+        }
+        for t in &self.tasks {
+            for p in &t.parents {
+                s.push_str(&format!("    \"{}\" -> \"{}\";\n", self.tasks[*p].name, t.name));
+            }
+        }
+        s.push_str("}\n");
+        s
+    }
+}
+
+/// Content hash of a definition: sha256 of its canonical JSON.
+pub fn content_hash(raw: &RawWorkflow) -> String {
+    let bytes = serde_json::to_vec(raw).unwrap_or_default();
+    let digest = Sha256::digest(&bytes);
+    let mut hex = String::with_capacity(71);
+    hex.push_str("sha256:");
+    for b in digest {
+        hex.push_str(&format!("{b:02x}"));
+    }
+    hex
+}
+
+/// Compile a definition that passed validation. Errors here mean validation
+/// let something through; they are reported, never panicked on.
+pub fn compile(raw: RawWorkflow) -> Result<Arc<Workflow>, String> {
+    let mut ids: HashMap<&str, TaskId> = HashMap::with_capacity(raw.tasks.len());
+    for (i, t) in raw.tasks.iter().enumerate() {
+        if ids.insert(t.name.as_str(), i).is_some() {
+            return Err(format!("duplicate task `{}`", t.name));
+        }
+    }
+    let dur = |d: &Option<crate::spec::raw::DurationText>| d.as_ref().map(|x| parse_duration(&x.0)).transpose();
+    let default_timeout = dur(&raw.defaults.as_ref().and_then(|d| d.timeout.clone()))?;
+    let default_retry = raw.defaults.as_ref().and_then(|d| d.retry.as_ref()).map(RetryPolicy::from_spec).transpose()?;
+    let mut templates = Templates::new();
+    let mut tasks = Vec::with_capacity(raw.tasks.len());
+    let mut dag = DiGraph::with_capacity(raw.tasks.len(), raw.tasks.len());
+    for i in 0..raw.tasks.len() {
+        dag.add_node(i);
+    }
+    for (i, rt) in raw.tasks.iter().enumerate() {
+        let mut parents = Vec::with_capacity(rt.parents.len());
+        for p in &rt.parents {
+            let pid = *ids.get(p.as_str()).ok_or_else(|| format!("unknown parent `{p}`"))?;
+            if !parents.contains(&pid) {
+                parents.push(pid);
+                dag.add_edge(NodeIndex::new(pid), NodeIndex::new(i), ());
+            }
+        }
+        let key = format!("/tasks/{i}");
+        let action = compile_action(rt, &key, &mut templates)?;
+        let (reads, templated) = reads_of(rt, &ids);
+        tasks.push(Task {
+            id: i,
+            name: rt.name.clone(),
+            parents,
+            children: Vec::new(),
+            timeout: dur(&rt.timeout)?.or(default_timeout),
+            retry: match &rt.retry {
+                Some(r) => RetryPolicy::from_spec(r)?,
+                None => default_retry.clone().unwrap_or_default(),
+            },
+            action,
+            reads,
+            templated,
+        });
+    }
+    for i in 0..tasks.len() {
+        for p in tasks[i].parents.clone() {
+            tasks[p].children.push(i);
+        }
+    }
+    let order = petgraph::algo::toposort(&dag, None)
+        .map_err(|c| format!("cycle through `{}`", raw.tasks[c.node_id().index()].name))?
+        .into_iter()
+        .map(|n| n.index())
+        .collect();
+    Ok(Arc::new(Workflow {
+        name: raw.name.clone(),
+        version: content_hash(&raw),
+        description: raw.description.clone(),
+        timeout: dur(&raw.timeout)?,
+        backend: raw.backend.clone(),
+        queue: raw.queue.clone(),
+        concurrency: raw.concurrency.map(|c| c.max(1) as usize),
+        input_schema: raw.input.clone().map(Value::Object),
+        env: raw.env.iter().map(|(k, v)| (k.clone(), v.clone())).collect(),
+        tasks,
+        dag,
+        order,
+        templates,
+        raw,
+        source: None,
+    }))
+}
+
+fn tmpl_err(key: &str, e: handlebars::TemplateError) -> String {
+    format!("template at {key}: {e}")
+}
+
+fn compile_env(env: &std::collections::BTreeMap<String, String>, key: &str, t: &mut Templates) -> Result<Vec<(String, TValue)>, String> {
+    env.iter()
+        .map(|(k, v)| {
+            let kk = format!("{key}/env/{k}");
+            t.compile_str(&kk, v).map(|x| (k.clone(), x)).map_err(|e| tmpl_err(&kk, e))
+        })
+        .collect()
+}
+
+fn compile_action(rt: &RawTask, key: &str, t: &mut Templates) -> Result<Action, String> {
+    let output = rt.output.unwrap_or_default();
+    let cwd = |t: &mut Templates| -> Result<Option<TValue>, String> {
+        rt.cwd
+            .as_ref()
+            .map(|c| t.compile_str(&format!("{key}/cwd"), c).map_err(|e| tmpl_err(key, e)))
+            .transpose()
+    };
+    if let Some(argv) = &rt.run {
+        let argv = argv
+            .iter()
+            .enumerate()
+            .map(|(i, a)| t.compile_str(&format!("{key}/run/{i}"), a).map_err(|e| tmpl_err(key, e)))
+            .collect::<Result<_, _>>()?;
+        return Ok(Action::Run {
+            argv,
+            env: compile_env(&rt.env, key, t)?,
+            cwd: cwd(t)?,
+            output,
+        });
+    }
+    if let Some(script) = &rt.shell {
+        let k = format!("{key}/shell");
+        let script = t.compile_shell(&k, script).map_err(|e| tmpl_err(&k, e))?;
+        return Ok(Action::Shell {
+            script,
+            env: compile_env(&rt.env, key, t)?,
+            cwd: cwd(t)?,
+            output,
+        });
+    }
+    if let Some(h) = &rt.http {
+        let k = format!("{key}/http");
+        let map = |m: &std::collections::BTreeMap<String, String>, part: &str, t: &mut Templates| -> Result<Vec<(String, TValue)>, String> {
+            m.iter()
+                .map(|(name, v)| {
+                    let kk = format!("{k}/{part}/{name}");
+                    t.compile_str(&kk, v).map(|x| (name.clone(), x)).map_err(|e| tmpl_err(&kk, e))
+                })
+                .collect()
+        };
+        return Ok(Action::Http {
+            method: h.method.unwrap_or(if h.json.is_some() || h.body.is_some() { HttpMethod::POST } else { HttpMethod::GET }),
+            url: t.compile_str(&format!("{k}/url"), &h.url).map_err(|e| tmpl_err(&k, e))?,
+            headers: map(&h.headers, "headers", t)?,
+            query: map(&h.query, "query", t)?,
+            json: h.json.as_ref().map(|j| t.compile_value(&format!("{k}/json"), j).map_err(|e| tmpl_err(&k, e))).transpose()?,
+            body: h.body.as_ref().map(|b| t.compile_str(&format!("{k}/body"), b).map_err(|e| tmpl_err(&k, e))).transpose()?,
+        });
+    }
+    if let Some(c) = &rt.celery {
+        let k = format!("{key}/celery");
+        return Ok(Action::Celery {
+            task: c.task.clone(),
+            args: t.compile_value(&format!("{k}/args"), &Value::Array(c.args.clone())).map_err(|e| tmpl_err(&k, e))?,
+            kwargs: t.compile_value(&format!("{k}/kwargs"), &Value::Object(c.kwargs.clone())).map_err(|e| tmpl_err(&k, e))?,
+            queue: c.queue.clone(),
+            priority: c.priority,
+        });
+    }
+    if let Some(h) = &rt.uses {
+        let with = match &rt.with_ {
+            Some(w) => t.compile_value(&format!("{key}/with"), w).map_err(|e| tmpl_err(key, e))?,
+            None => TValue::Lit(Value::Object(Default::default())),
+        };
+        return Ok(Action::Uses { handler: h.clone(), with });
+    }
+    Err(format!("task `{}` has no action", rt.name))
+}
+
+/// Every template string of a task, with its JSON pointer below the task and
+/// whether it is a shell script.
+pub fn task_template_strings(rt: &RawTask) -> Vec<(String, &str, bool)> {
+    let mut out = Vec::new();
+    fn walk<'a>(ptr: String, v: &'a Value, out: &mut Vec<(String, &'a str, bool)>) {
+        match v {
+            Value::String(s) => out.push((ptr, s.as_str(), false)),
+            Value::Array(a) => a.iter().enumerate().for_each(|(i, x)| walk(format!("{ptr}/{i}"), x, out)),
+            Value::Object(m) => m
+                .iter()
+                .for_each(|(k, x)| walk(format!("{ptr}/{}", crate::spec::node::pointer_seg(k)), x, out)),
+            _ => {}
+        }
+    }
+    if let Some(run) = &rt.run {
+        for (i, a) in run.iter().enumerate() {
+            out.push((format!("/run/{i}"), a.as_str(), false));
+        }
+    }
+    if let Some(s) = &rt.shell {
+        out.push(("/shell".into(), s.as_str(), true));
+    }
+    for (k, v) in &rt.env {
+        out.push((format!("/env/{}", crate::spec::node::pointer_seg(k)), v.as_str(), false));
+    }
+    if let Some(c) = &rt.cwd {
+        out.push(("/cwd".into(), c.as_str(), false));
+    }
+    if let Some(h) = &rt.http {
+        out.push(("/http/url".into(), h.url.as_str(), false));
+        for (k, v) in &h.headers {
+            out.push((format!("/http/headers/{}", crate::spec::node::pointer_seg(k)), v.as_str(), false));
+        }
+        for (k, v) in &h.query {
+            out.push((format!("/http/query/{}", crate::spec::node::pointer_seg(k)), v.as_str(), false));
+        }
+        if let Some(j) = &h.json {
+            walk("/http/json".into(), j, &mut out);
+        }
+        if let Some(b) = &h.body {
+            out.push(("/http/body".into(), b.as_str(), false));
+        }
+    }
+    if let Some(c) = &rt.celery {
+        for (i, a) in c.args.iter().enumerate() {
+            walk(format!("/celery/args/{i}"), a, &mut out);
+        }
+        for (k, v) in &c.kwargs {
+            walk(format!("/celery/kwargs/{}", crate::spec::node::pointer_seg(k)), v, &mut out);
+        }
+    }
+    if let Some(w) = &rt.with_ {
+        walk("/with".into(), w, &mut out);
+    }
+    out
+}
+
+/// Which tasks' outputs a task's templates read, and whether it has templates at all.
+fn reads_of(rt: &RawTask, ids: &HashMap<&str, TaskId>) -> (Vec<TaskId>, bool) {
+    let mut reads = Vec::new();
+    let mut templated = false;
+    for (_, s, _) in task_template_strings(rt) {
+        if !s.contains("{{") {
+            continue;
+        }
+        templated = true;
+        let Ok(t) = handlebars::Template::compile(s) else { continue };
+        for p in template::referenced_paths(&t) {
+            let mut segs = p.split(['.', '/']);
+            if segs.next() == Some("tasks") {
+                if let Some(id) = segs.next().and_then(|n| ids.get(n)) {
+                    if !reads.contains(id) {
+                        reads.push(*id);
+                    }
+                }
+            }
+        }
+    }
+    (reads, templated)
+}

@@ -1,0 +1,198 @@
+//! Validation: text in, diagnostics (and, when clean, a compiled
+//! [`Workflow`]) out.
+//!
+//! Pure: it reads the files it is given and nothing else — no sockets, no
+//! processes, no clock — so the CLI, the editor integration and hot reload can
+//! call it freely. Every finding is reported at once, each at its node.
+
+mod rules;
+mod schema;
+
+pub use rules::ACTIONS;
+
+use crate::diag::{Code, Diagnostic, Span};
+use crate::plan::Workflow;
+use crate::spec::{self, Format};
+use std::collections::HashMap;
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+
+/// What validation may know beyond the file itself.
+#[derive(Debug, Clone, Default)]
+pub struct Options {
+    /// The configured backend names, when a configuration is given;
+    /// enables `unknown-backend`.
+    pub backends: Option<Vec<String>>,
+}
+
+/// The outcome of checking one file.
+#[derive(Debug)]
+pub struct Checked {
+    pub file: String,
+    /// The text, when the file decoded (for rendering excerpts).
+    pub text: Option<String>,
+    pub diagnostics: Vec<Diagnostic>,
+    /// The compiled workflow, when there is no error.
+    pub workflow: Option<Arc<Workflow>>,
+    /// The declared workflow name and its span, when readable.
+    pub name: Option<(String, Span)>,
+}
+
+impl Checked {
+    pub fn has_errors(&self) -> bool {
+        self.diagnostics.iter().any(Diagnostic::is_error)
+    }
+}
+
+/// Check bytes read from `file`.
+pub fn check_bytes(file: &str, bytes: &[u8], format: Format, opts: &Options) -> Checked {
+    match spec::decode(file, bytes) {
+        Ok(text) => check_source(file, text, format, opts),
+        Err(d) => Checked {
+            file: file.to_string(),
+            text: std::str::from_utf8(bytes).ok().map(str::to_string),
+            diagnostics: vec![d],
+            workflow: None,
+            name: None,
+        },
+    }
+}
+
+/// Check the text of one workflow file.
+pub fn check_source(file: &str, text: String, format: Format, opts: &Options) -> Checked {
+    let mut out = Checked {
+        file: file.to_string(),
+        text: None,
+        diagnostics: Vec::new(),
+        workflow: None,
+        name: None,
+    };
+    let doc = match spec::parse(file, &text, format) {
+        Ok(doc) => doc,
+        Err(diags) => {
+            out.diagnostics = diags;
+            out.text = Some(text);
+            return out;
+        }
+    };
+    if let Some(n) = doc.value.get("name").and_then(|v| v.as_str()) {
+        out.name = Some((n.to_string(), doc.span("/name")));
+    }
+    let mut diags = Vec::new();
+    if !doc.value.is_object() {
+        diags.push(Diagnostic::new(
+            Code::Schema,
+            file,
+            doc.root.span,
+            "a workflow file must be a mapping with `version`, `name` and `tasks`",
+        ));
+    } else {
+        schema::check(file, &doc, &mut diags);
+        rules::Rules {
+            file,
+            text: &text,
+            doc: &doc,
+            backends: opts.backends.as_deref(),
+            out: &mut diags,
+            line_starts: rules::line_starts(&text),
+        }
+        .check();
+    }
+    dedup(&mut diags);
+    crate::diag::sort(&mut diags);
+    if !diags.iter().any(Diagnostic::is_error) {
+        let compiled = serde_json::from_value::<spec::raw::RawWorkflow>(doc.value.clone())
+            .map_err(|e| e.to_string())
+            .and_then(crate::plan::compile);
+        match compiled {
+            Ok(mut wf) => {
+                if let Some(w) = Arc::get_mut(&mut wf) {
+                    w.source = Some(PathBuf::from(file));
+                }
+                out.workflow = Some(wf);
+            }
+            Err(msg) => diags.push(Diagnostic::new(Code::Schema, file, doc.root.span, msg)),
+        }
+    }
+    out.diagnostics = diags;
+    out.text = Some(text);
+    out
+}
+
+fn dedup(diags: &mut Vec<Diagnostic>) {
+    let mut seen = std::collections::HashSet::new();
+    diags.retain(|d| seen.insert((d.code, d.span, d.message.clone())));
+}
+
+/// Whether a path looks like a workflow file (by extension; `*.test.yaml` and
+/// dot-files are not workflows).
+pub fn is_workflow_file(p: &Path) -> bool {
+    let name = p.file_name().and_then(|n| n.to_str()).unwrap_or("");
+    !name.starts_with('.') && !name.contains(".test.") && Format::from_path(p).is_some()
+}
+
+/// All workflow files under a folder, recursively, sorted.
+pub fn find_files(dir: &Path) -> std::io::Result<Vec<PathBuf>> {
+    let mut out = Vec::new();
+    let mut stack = vec![dir.to_path_buf()];
+    while let Some(d) = stack.pop() {
+        for entry in std::fs::read_dir(&d)? {
+            let entry = entry?;
+            let p = entry.path();
+            let ft = entry.file_type()?;
+            if ft.is_dir() {
+                if !p.file_name().and_then(|n| n.to_str()).is_some_and(|n| n.starts_with('.') || n == "target" || n == "node_modules") {
+                    stack.push(p);
+                }
+            } else if is_workflow_file(&p) {
+                out.push(p);
+            }
+        }
+    }
+    out.sort();
+    Ok(out)
+}
+
+/// Check a file by path.
+pub fn check_file(path: &Path, opts: &Options) -> std::io::Result<Checked> {
+    let bytes = std::fs::read(path)?;
+    let format = Format::from_path(path).unwrap_or(Format::Yaml);
+    Ok(check_bytes(&path.display().to_string(), &bytes, format, opts))
+}
+
+/// Check files and folders. Folders are searched recursively, and two files
+/// found under one folder argument must not declare the same workflow name.
+pub fn check_paths(paths: &[PathBuf], opts: &Options) -> std::io::Result<Vec<Checked>> {
+    let mut all = Vec::new();
+    for p in paths {
+        if p.is_dir() {
+            let files = find_files(p)?;
+            let mut group: Vec<Checked> = files.iter().map(|f| check_file(f, opts)).collect::<Result<_, _>>()?;
+            duplicate_workflows(&mut group);
+            all.extend(group);
+        } else {
+            all.push(check_file(p, opts)?);
+        }
+    }
+    Ok(all)
+}
+
+/// Report `duplicate-workflow` at the name of every later file that reuses a name.
+pub fn duplicate_workflows(group: &mut [Checked]) {
+    let mut first: HashMap<String, String> = HashMap::new();
+    for c in group.iter_mut() {
+        let Some((name, span)) = c.name.clone() else { continue };
+        match first.get(&name) {
+            Some(prev) => {
+                c.diagnostics.push(
+                    Diagnostic::new(Code::DuplicateWorkflow, c.file.clone(), span, format!("workflow `{name}` is also declared in {prev}"))
+                        .with_help("workflow names must be unique in a folder; rename one of them"),
+                );
+                c.workflow = None;
+            }
+            None => {
+                first.insert(name, c.file.clone());
+            }
+        }
+    }
+}
