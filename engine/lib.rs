@@ -11,7 +11,9 @@
 
 pub mod diag;
 pub mod plan;
+pub mod run;
 pub mod spec;
+pub mod store;
 pub mod validate;
 
 pub use diag::{Code, Diagnostic, Severity};

@@ -1,0 +1,66 @@
+//! Handlers for `uses:` tasks: the built-ins and those an embedding program registers.
+
+use super::ActionError;
+use serde_json::Value;
+use std::collections::HashMap;
+use std::sync::Arc;
+use tokio_util::sync::CancellationToken;
+
+/// What a handler knows about the attempt it serves.
+#[derive(Debug, Clone)]
+pub struct HandlerCtx {
+    pub run_id: String,
+    pub task: String,
+    pub attempt: u32,
+    /// Fires when the attempt must stop (timeout, cancellation).
+    pub cancel: CancellationToken,
+}
+
+/// A named piece of work a `uses:` task calls with its rendered `with` value.
+#[async_trait::async_trait]
+pub trait Handler: Send + Sync + 'static {
+    async fn call(&self, with: Value, ctx: HandlerCtx) -> Result<Value, ActionError>;
+}
+
+/// Any async closure `Fn(Value, HandlerCtx) -> Future<Result<Value, ActionError>>` is a handler.
+#[async_trait::async_trait]
+impl<F, Fut> Handler for F
+where
+    F: Fn(Value, HandlerCtx) -> Fut + Send + Sync + 'static,
+    Fut: std::future::Future<Output = Result<Value, ActionError>> + Send + 'static,
+{
+    async fn call(&self, with: Value, ctx: HandlerCtx) -> Result<Value, ActionError> {
+        (self)(with, ctx).await
+    }
+}
+
+/// Name -> handler.
+#[derive(Clone, Default)]
+pub struct Handlers {
+    map: HashMap<String, Arc<dyn Handler>>,
+}
+
+impl std::fmt::Debug for Handlers {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_set().entries(self.map.keys()).finish()
+    }
+}
+
+impl Handlers {
+    /// No handlers at all.
+    pub fn empty() -> Self {
+        Handlers::default()
+    }
+
+    pub fn register(&mut self, name: impl Into<String>, h: impl Handler) {
+        self.map.insert(name.into(), Arc::new(h));
+    }
+
+    pub fn get(&self, name: &str) -> Option<&Arc<dyn Handler>> {
+        self.map.get(name)
+    }
+
+    pub fn names(&self) -> impl Iterator<Item = &str> {
+        self.map.keys().map(String::as_str)
+    }
+}

@@ -1,0 +1,8 @@
+//! `http` actions: one request.
+
+use super::{ActionError, Attempt};
+use serde_json::Value;
+
+pub async fn execute(a: &Attempt<'_>) -> Result<Value, ActionError> {
+    Err(ActionError::Permanent(format!("task `{}`: http actions are not available in this build", a.task.name)))
+}

@@ -1,0 +1,9 @@
+//! Runs: what a run is, its lifecycle, and the executor that drives a
+//! validated [`crate::plan::Workflow`] to completion.
+
+pub mod actions;
+pub mod result;
+pub mod state;
+
+pub use result::{Routing, RunResult, TaskResult};
+pub use state::{RunStatus, TaskStatus};

@@ -1,0 +1,74 @@
+//! The result of a run, as the CLI, the API and the store show it.
+
+use super::state::{RunStatus, TaskStatus};
+use serde::{Deserialize, Serialize};
+use serde_json::Value;
+use std::collections::BTreeMap;
+use time::OffsetDateTime;
+
+/// How a flag routed a run to its backend.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct Routing {
+    pub flag: String,
+    pub variant: Option<String>,
+    pub reason: String,
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct TaskResult {
+    pub status: TaskStatus,
+    pub output: Option<Value>,
+    pub attempts: u32,
+    pub error: Option<String>,
+    pub skip_reason: Option<String>,
+    #[serde(with = "time::serde::rfc3339::option")]
+    pub started_at: Option<OffsetDateTime>,
+    #[serde(with = "time::serde::rfc3339::option")]
+    pub finished_at: Option<OffsetDateTime>,
+}
+
+impl TaskResult {
+    pub fn pending() -> Self {
+        TaskResult {
+            status: TaskStatus::Pending,
+            output: None,
+            attempts: 0,
+            error: None,
+            skip_reason: None,
+            started_at: None,
+            finished_at: None,
+        }
+    }
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct RunResult {
+    pub run_id: String,
+    pub workflow: String,
+    pub version: String,
+    pub status: RunStatus,
+    pub backend: String,
+    pub routing: Option<Routing>,
+    /// The run's error, when it ended without a task to blame (timeout, refusal).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub error: Option<String>,
+    pub entity_id: String,
+    #[serde(default)]
+    pub context: Value,
+    #[serde(default)]
+    pub input: Value,
+    #[serde(with = "time::serde::rfc3339")]
+    pub created_at: OffsetDateTime,
+    #[serde(with = "time::serde::rfc3339::option")]
+    pub started_at: Option<OffsetDateTime>,
+    #[serde(with = "time::serde::rfc3339::option")]
+    pub finished_at: Option<OffsetDateTime>,
+    /// Per task, keyed by task name, in the workflow's task order when serialised by the engine.
+    pub tasks: BTreeMap<String, TaskResult>,
+}
+
+impl RunResult {
+    pub fn is_done(&self) -> bool {
+        self.status.is_terminal()
+    }
+}
