@@ -9,7 +9,10 @@
 //!   -> run (scheduler, actions, state machines) -> backend -> store
 //! ```
 
+pub mod backend;
+pub mod config;
 pub mod diag;
+pub mod engine;
 pub mod plan;
 pub mod run;
 pub mod spec;
@@ -17,5 +20,6 @@ pub mod store;
 pub mod validate;
 
 pub use diag::{Code, Diagnostic, Severity};
+pub use engine::{Engine, EngineBuilder, EngineError, RunOptions};
 pub use plan::Workflow;
 pub mod cli;

@@ -159,6 +159,7 @@ pub struct Workflow {
     pub raw: RawWorkflow,
     /// Where it was loaded from, if from a file.
     pub source: Option<std::path::PathBuf>,
+    input_check: std::sync::OnceLock<Result<jsonschema::Validator, String>>,
 }
 
 impl Workflow {
@@ -289,6 +290,7 @@ pub fn compile(raw: RawWorkflow) -> Result<Arc<Workflow>, String> {
         templates,
         raw,
         source: None,
+        input_check: std::sync::OnceLock::new(),
     }))
 }
 
@@ -454,4 +456,15 @@ fn reads_of(rt: &RawTask, ids: &HashMap<&str, TaskId>) -> (Vec<TaskId>, bool) {
         }
     }
     (reads, templated)
+}
+
+impl Workflow {
+    /// The compiled input schema (compiled once, on first use).
+    pub fn input_validator(&self) -> Result<&jsonschema::Validator, String> {
+        let schema = self.input_schema.as_ref().ok_or("the workflow declares no input schema")?;
+        self.input_check
+            .get_or_init(|| jsonschema::validator_for(schema).map_err(|e| format!("the input schema is invalid: {e}")))
+            .as_ref()
+            .map_err(Clone::clone)
+    }
 }

@@ -2,6 +2,7 @@
 //! validated [`crate::plan::Workflow`] to completion.
 
 pub mod actions;
+pub mod executor;
 pub mod result;
 pub mod state;
 

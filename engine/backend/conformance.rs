@@ -1,0 +1,323 @@
+//! The conformance suite every backend driver passes: ordering, parallelism,
+//! output passing, failure and skip, task and workflow timeouts, retries,
+//! cancellation, result retrieval, unknown ids.
+//!
+//! Each case is a plain async function taking a backend; the
+//! [`conformance_tests!`](crate::conformance_tests) macro turns them into one
+//! `#[tokio::test]` per case for a driver's own test target.
+
+use super::{Backend, BackendError, RunRequest};
+use crate::run::{RunResult, RunStatus, TaskStatus};
+use serde_json::{Value, json};
+use std::sync::Arc;
+use std::time::Duration;
+
+const WAIT: Duration = Duration::from_secs(60);
+
+/// Compile a YAML workflow for a test; panics with the diagnostics if invalid.
+pub fn workflow(yaml: &str) -> Arc<crate::plan::Workflow> {
+    let c = crate::validate::check_source("conformance.yaml", yaml.to_string(), crate::spec::Format::Yaml, &Default::default());
+    match c.workflow {
+        Some(w) => w,
+        None => panic!("invalid test workflow: {:#?}", c.diagnostics),
+    }
+}
+
+async fn run_to_end(b: &dyn Backend, yaml: &str, input: Value) -> RunResult {
+    let id = b.submit(RunRequest::new(workflow(yaml), input)).await.expect("submit");
+    let r = b.result(&id, Some(WAIT)).await.expect("result");
+    assert!(r.status.is_terminal(), "run did not finish within {WAIT:?}: {r:#?}");
+    r
+}
+
+fn task<'a>(r: &'a RunResult, name: &str) -> &'a crate::run::TaskResult {
+    r.tasks.get(name).unwrap_or_else(|| panic!("no task {name} in {r:#?}"))
+}
+
+/// Parents finish before children start; outputs flow along the edges.
+pub async fn ordering_and_outputs(b: Arc<dyn Backend>) {
+    let r = run_to_end(
+        &*b,
+        r#"
+version: 1
+name: conf-chain
+tasks:
+  - {name: a, uses: echo, with: {n: "{{input.n}}", s: "x{{input.n}}"}}
+  - {name: b, parents: [a], uses: echo, with: {from_a: "{{tasks.a.output.n}}"}}
+  - {name: c, parents: [b], uses: echo, with: {all: "{{tasks.b.output}}", text: "b said {{tasks.b.output.from_a}}"}}
+"#,
+        json!({"n": 41}),
+    )
+    .await;
+    assert_eq!(r.status, RunStatus::Succeeded, "{r:#?}");
+    assert_eq!(task(&r, "a").output, Some(json!({"n": 41, "s": "x41"})));
+    assert_eq!(task(&r, "b").output, Some(json!({"from_a": 41})), "a whole-expression template keeps the JSON type");
+    assert_eq!(task(&r, "c").output, Some(json!({"all": {"from_a": 41}, "text": "b said 41"})));
+    for (p, c) in [("a", "b"), ("b", "c")] {
+        let (p, c) = (task(&r, p), task(&r, c));
+        assert!(p.finished_at.unwrap() <= c.started_at.unwrap(), "child started before its parent finished");
+    }
+    for t in r.tasks.values() {
+        assert_eq!(t.attempts, 1);
+        assert_eq!(t.status, TaskStatus::Succeeded);
+    }
+    assert!(r.started_at.is_some() && r.finished_at.is_some());
+    assert!(r.version.starts_with("sha256:"));
+}
+
+/// Independent tasks overlap in time; `concurrency` caps how many.
+pub async fn parallelism_and_concurrency(b: Arc<dyn Backend>) {
+    let overlaps = |r: &RunResult, names: &[&str]| -> usize {
+        // the largest number of task intervals covering one instant
+        let mut points: Vec<(time::OffsetDateTime, i32)> = Vec::new();
+        for n in names {
+            let t = task(r, n);
+            points.push((t.started_at.unwrap(), 1));
+            points.push((t.finished_at.unwrap(), -1));
+        }
+        points.sort();
+        let (mut cur, mut max) = (0, 0);
+        for (_, d) in points {
+            cur += d;
+            max = max.max(cur);
+        }
+        max as usize
+    };
+    let wide = r#"
+version: 1
+name: conf-wide
+tasks:
+  - {name: s1, uses: sleep, with: {duration: 300ms}}
+  - {name: s2, uses: sleep, with: {duration: 300ms}}
+  - {name: s3, uses: sleep, with: {duration: 300ms}}
+  - {name: s4, uses: sleep, with: {duration: 300ms}}
+  - {name: join, parents: [s1, s2, s3, s4], uses: echo}
+"#;
+    let r = run_to_end(&*b, wide, json!({})).await;
+    assert_eq!(r.status, RunStatus::Succeeded, "{r:#?}");
+    assert_eq!(overlaps(&r, &["s1", "s2", "s3", "s4"]), 4, "independent tasks must run in parallel");
+    let capped = wide.replace("name: conf-wide", "name: conf-capped\nconcurrency: 2");
+    let r = run_to_end(&*b, &capped, json!({})).await;
+    assert_eq!(r.status, RunStatus::Succeeded, "{r:#?}");
+    assert_eq!(overlaps(&r, &["s1", "s2", "s3", "s4"]), 2, "concurrency: 2 allows two at once");
+}
+
+/// A failure skips the descendants with a reason; independent branches go on.
+pub async fn failure_skips_descendants(b: Arc<dyn Backend>) {
+    let r = run_to_end(
+        &*b,
+        r#"
+version: 1
+name: conf-fail
+tasks:
+  - {name: a, uses: fail, with: {message: boom}}
+  - {name: b, parents: [a], uses: echo}
+  - {name: c, parents: [b], uses: echo}
+  - {name: other, uses: echo}
+  - {name: after-other, parents: [other], uses: echo}
+"#,
+        json!({}),
+    )
+    .await;
+    assert_eq!(r.status, RunStatus::Failed);
+    assert_eq!(task(&r, "a").status, TaskStatus::Failed);
+    assert!(task(&r, "a").error.as_deref().unwrap_or("").contains("boom"), "{r:#?}");
+    for n in ["b", "c"] {
+        assert_eq!(task(&r, n).status, TaskStatus::Skipped);
+        assert_eq!(task(&r, n).skip_reason.as_deref(), Some("parent a failed"));
+        assert_eq!(task(&r, n).attempts, 0);
+    }
+    assert_eq!(task(&r, "other").status, TaskStatus::Succeeded);
+    assert_eq!(task(&r, "after-other").status, TaskStatus::Succeeded);
+}
+
+/// A task timeout stops the attempt and counts as a failed try.
+pub async fn task_timeout(b: Arc<dyn Backend>) {
+    let r = run_to_end(
+        &*b,
+        r#"
+version: 1
+name: conf-task-timeout
+tasks:
+  - {name: slow, timeout: 200ms, retry: {attempts: 2, delay: 10ms}, uses: sleep, with: {duration: 30s}}
+  - {name: next, parents: [slow], uses: echo}
+"#,
+        json!({}),
+    )
+    .await;
+    assert_eq!(r.status, RunStatus::Failed);
+    let slow = task(&r, "slow");
+    assert_eq!(slow.status, TaskStatus::TimedOut);
+    assert_eq!(slow.attempts, 2, "a timed-out attempt is retried");
+    assert!(slow.error.as_deref().unwrap_or("").contains("timed out"), "{slow:?}");
+    assert_eq!(task(&r, "next").skip_reason.as_deref(), Some("parent slow timed out"));
+    let took = slow.finished_at.unwrap() - slow.started_at.unwrap();
+    assert!(took < time::Duration::seconds(20), "the attempts were not stopped: {took}");
+}
+
+/// The workflow timeout stops everything; the run ends `timed_out`.
+pub async fn workflow_timeout(b: Arc<dyn Backend>) {
+    let r = run_to_end(
+        &*b,
+        r#"
+version: 1
+name: conf-run-timeout
+timeout: 300ms
+tasks:
+  - {name: slow, uses: sleep, with: {duration: 30s}}
+  - {name: later, parents: [slow], uses: echo}
+"#,
+        json!({}),
+    )
+    .await;
+    assert_eq!(r.status, RunStatus::TimedOut, "{r:#?}");
+    assert_eq!(task(&r, "slow").status, TaskStatus::TimedOut);
+    assert_eq!(task(&r, "later").status, TaskStatus::Skipped);
+    assert!(task(&r, "later").skip_reason.as_deref().unwrap_or("").contains("timed out"));
+    let took = r.finished_at.unwrap() - r.started_at.unwrap();
+    assert!(took < time::Duration::seconds(20), "the run was not stopped: {took}");
+}
+
+/// `attempts` counts all tries; a task that fails twice then succeeds ends succeeded.
+pub async fn retries(b: Arc<dyn Backend>) {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let r = run_to_end(
+        &*b,
+        r#"
+version: 1
+name: conf-retry
+tasks:
+  - name: flaky
+    retry: {attempts: 3, delay: 10ms, backoff: 2.0}
+    shell: 'n=$(cat {{input.counter}} 2>/dev/null || echo 0); n=$((n+1)); echo $n > {{input.counter}}; [ $n -ge 3 ] && echo ok'
+  - name: hopeless
+    retry: {attempts: 2, delay: 10ms}
+    uses: fail
+    with: {message: still broken}
+  - name: permanent
+    retry: {attempts: 5, delay: 10ms}
+    uses: fail
+    with: {message: bad request, retryable: false}
+"#,
+        json!({"counter": dir.path().join("n").display().to_string()}),
+    )
+    .await;
+    assert_eq!(r.status, RunStatus::Failed);
+    let flaky = task(&r, "flaky");
+    assert_eq!((flaky.status, flaky.attempts), (TaskStatus::Succeeded, 3), "{flaky:?}");
+    assert_eq!(flaky.output, Some(json!("ok")));
+    let hopeless = task(&r, "hopeless");
+    assert_eq!((hopeless.status, hopeless.attempts), (TaskStatus::Failed, 2));
+    assert!(hopeless.error.as_deref().unwrap_or("").contains("still broken"));
+    let permanent = task(&r, "permanent");
+    assert_eq!((permanent.status, permanent.attempts), (TaskStatus::Failed, 1), "a permanent error is not retried");
+}
+
+/// Cancelling stops running work (processes included) and records `cancelled`.
+pub async fn cancellation(b: Arc<dyn Backend>) {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let pidfile = dir.path().join("pid");
+    let id = b
+        .submit(RunRequest::new(
+            workflow(
+                r#"
+version: 1
+name: conf-cancel
+tasks:
+  - {name: long, shell: 'echo $$ > {{input.pidfile}}; sleep 100; echo never'}
+  - {name: after, parents: [long], uses: echo}
+"#,
+            ),
+            json!({"pidfile": pidfile.display().to_string()}),
+        ))
+        .await
+        .expect("submit");
+    // Wait until the process is up.
+    let mut pid = None;
+    for _ in 0..200 {
+        if let Some(p) = std::fs::read_to_string(&pidfile).ok().and_then(|s| s.trim().parse::<i32>().ok()) {
+            pid = Some(p);
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(25)).await;
+    }
+    let pid = pid.expect("the task never started");
+    let mid = b.result(&id, None).await.expect("result while running");
+    assert_eq!(mid.status, RunStatus::Running);
+    assert_eq!(task(&mid, "long").status, TaskStatus::Running);
+    b.cancel(&id).await.expect("cancel");
+    let r = b.result(&id, Some(WAIT)).await.expect("result");
+    assert_eq!(r.status, RunStatus::Cancelled, "{r:#?}");
+    assert_eq!(task(&r, "long").status, TaskStatus::Cancelled);
+    assert_eq!(task(&r, "after").status, TaskStatus::Cancelled);
+    // No orphan: the shell is gone (and with it its process group).
+    // SAFETY: kill with signal 0 only checks for existence.
+    let alive = unsafe { libc::kill(pid, 0) } == 0;
+    assert!(!alive, "process {pid} survived the cancellation");
+    b.cancel(&id).await.expect("cancelling a finished run is a no-op");
+    assert_eq!(b.result(&id, None).await.unwrap().status, RunStatus::Cancelled);
+}
+
+/// Results: waiting returns the final state; an unknown id is NotFound.
+pub async fn results_and_unknown_ids(b: Arc<dyn Backend>) {
+    let id = b
+        .submit(RunRequest::new(
+            workflow("version: 1\nname: conf-result\ntasks:\n  - {name: nap, uses: sleep, with: {duration: 300ms}}\n"),
+            json!({}),
+        ))
+        .await
+        .expect("submit");
+    let early = b.result(&id, None).await.expect("result");
+    assert!(!early.status.is_terminal(), "a 300ms run cannot be over already: {early:?}");
+    let short = b.result(&id, Some(Duration::from_millis(10))).await.expect("result");
+    assert!(!short.status.is_terminal());
+    let done = b.result(&id, Some(WAIT)).await.expect("result");
+    assert_eq!(done.status, RunStatus::Succeeded);
+    assert_eq!(done.run_id, id);
+    assert_eq!(done.entity_id, id, "the entity id defaults to the run id");
+    match b.result("no-such-run", None).await {
+        Err(BackendError::NotFound(x)) => assert_eq!(x, "no-such-run"),
+        other => panic!("expected NotFound, got {other:?}"),
+    }
+    assert!(matches!(b.cancel("no-such-run").await, Err(BackendError::NotFound(_))));
+}
+
+/// The caller's entity id and context reach the run and its templates.
+pub async fn entity_and_context(b: Arc<dyn Backend>) {
+    let mut req = RunRequest::new(
+        workflow("version: 1\nname: conf-ctx\ntasks:\n  - {name: who, uses: echo, with: {user: \"{{context.user_id}}\", run: \"{{run.id}}\", wf: \"{{workflow.name}}\"}}\n"),
+        json!({}),
+    );
+    req.entity_id = Some("org-7".into());
+    req.context = json!({"user_id": "u-42"});
+    let id = b.submit(req).await.expect("submit");
+    let r = b.result(&id, Some(WAIT)).await.expect("result");
+    assert_eq!(r.status, RunStatus::Succeeded, "{r:#?}");
+    assert_eq!(r.entity_id, "org-7");
+    assert_eq!(task(&r, "who").output, Some(json!({"user": "u-42", "run": id, "wf": "conf-ctx"})));
+}
+
+/// Declare one `#[tokio::test]` per conformance case for a backend.
+/// `$make` is an async expression producing `Option<Arc<dyn Backend>>`
+/// (`None` = the service is absent; the case says SKIPPED).
+#[macro_export]
+macro_rules! conformance_tests {
+    ($make:expr) => {
+        $crate::conformance_tests!(@cases $make;
+            ordering_and_outputs, parallelism_and_concurrency, failure_skips_descendants,
+            task_timeout, workflow_timeout, retries, cancellation, results_and_unknown_ids,
+            entity_and_context);
+    };
+    (@cases $make:expr; $($case:ident),*) => {
+        $(
+            #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+            async fn $case() {
+                let Some(b) = $make.await else {
+                    eprintln!("SKIPPED: {}: backend not available", stringify!($case));
+                    return;
+                };
+                $crate::backend::conformance::$case(b).await;
+            }
+        )*
+    };
+}

@@ -1,0 +1,241 @@
+//! The embedded local backend: runs execute in this process on tokio, with
+//! their history in the store. Nothing to start.
+
+use super::{Backend, BackendError, RunRequest};
+use crate::run::executor::{lock, new_result, Executor, SharedResult};
+use crate::run::{RunResult, RunStatus};
+use crate::store::Store;
+use std::collections::HashMap;
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+use tokio::sync::watch;
+use tokio_util::sync::CancellationToken;
+
+struct LocalRun {
+    result: SharedResult,
+    done: watch::Receiver<bool>,
+    cancel: CancellationToken,
+}
+
+/// Finished runs kept in memory for fast result reads; older ones come from the store.
+const KEEP_FINISHED: usize = 10_000;
+
+pub struct LocalBackend {
+    name: String,
+    executor: Executor,
+    store: Option<Store>,
+    runs: Mutex<HashMap<String, Arc<LocalRun>>>,
+    finished: Mutex<std::collections::VecDeque<String>>,
+    shutdown: CancellationToken,
+    tracker: tokio_util::task::TaskTracker,
+}
+
+impl LocalBackend {
+    pub fn new(name: impl Into<String>, executor: Executor, store: Option<Store>) -> Arc<Self> {
+        let b = Arc::new(LocalBackend {
+            name: name.into(),
+            executor,
+            store,
+            runs: Mutex::new(HashMap::new()),
+            finished: Mutex::new(Default::default()),
+            shutdown: CancellationToken::new(),
+            tracker: tokio_util::task::TaskTracker::new(),
+        });
+        if b.store.is_some() {
+            // Cancel requests made by other processes (`taskweave runs cancel`).
+            let weak = Arc::downgrade(&b);
+            let stop = b.shutdown.clone();
+            tokio::spawn(async move {
+                loop {
+                    tokio::select! {
+                        _ = stop.cancelled() => return,
+                        _ = tokio::time::sleep(Duration::from_millis(500)) => {}
+                    }
+                    let Some(b) = weak.upgrade() else { return };
+                    b.poll_cancel_requests().await;
+                }
+            });
+        }
+        b
+    }
+
+    async fn poll_cancel_requests(&self) {
+        let Some(store) = &self.store else { return };
+        let active: Vec<String> = lock(&self.runs)
+            .iter()
+            .filter(|(_, r)| !*r.done.borrow())
+            .map(|(id, _)| id.clone())
+            .collect();
+        if active.is_empty() {
+            return;
+        }
+        if let Ok(ids) = store.cancel_requested(&active).await {
+            for id in ids {
+                if let Some(r) = lock(&self.runs).get(&id) {
+                    r.cancel.cancel();
+                }
+            }
+        }
+    }
+
+    fn remember_finished(&self, id: String) {
+        let mut f = lock(&self.finished);
+        f.push_back(id);
+        while f.len() > KEEP_FINISHED {
+            if let Some(old) = f.pop_front() {
+                lock(&self.runs).remove(&old);
+            }
+        }
+    }
+
+    fn refused(&self, reason: impl Into<String>) -> BackendError {
+        BackendError::Refused {
+            backend: self.name.clone(),
+            reason: reason.into(),
+        }
+    }
+}
+
+#[async_trait::async_trait]
+impl Backend for LocalBackend {
+    fn name(&self) -> &str {
+        &self.name
+    }
+
+    fn kind(&self) -> &'static str {
+        "local"
+    }
+
+    async fn submit(&self, req: RunRequest) -> Result<String, BackendError> {
+        if self.shutdown.is_cancelled() {
+            return Err(self.refused("shutting down"));
+        }
+        if let Some(t) = req.workflow.tasks.iter().find(|t| matches!(t.action, crate::plan::Action::Celery { .. })) {
+            return Err(self.refused(format!(
+                "task `{}` is a `celery:` task, which needs a backend of kind `celery`; this is `{}` (local)",
+                t.name, self.name
+            )));
+        }
+        let run_id = req.run_id.clone().unwrap_or_else(|| uuid::Uuid::now_v7().to_string());
+        if lock(&self.runs).contains_key(&run_id) {
+            return Err(self.refused(format!("a run `{run_id}` exists already")));
+        }
+        let mut result = new_result(&req.workflow, run_id.clone(), &self.name, req.input, req.entity_id, req.context);
+        result.routing = req.routing;
+        if let Some(store) = &self.store {
+            store
+                .create_run(&result, &serde_json::to_value(&req.workflow.raw).unwrap_or_default())
+                .await
+                .map_err(|e| BackendError::Unavailable {
+                    backend: self.name.clone(),
+                    reason: e.to_string(),
+                })?;
+        }
+        let shared: SharedResult = Arc::new(Mutex::new(result));
+        let (tx, rx) = watch::channel(false);
+        let cancel = self.shutdown.child_token();
+        lock(&self.runs).insert(
+            run_id.clone(),
+            Arc::new(LocalRun {
+                result: Arc::clone(&shared),
+                done: rx,
+                cancel: cancel.clone(),
+            }),
+        );
+        let executor = self.executor.clone();
+        let wf = Arc::clone(&req.workflow);
+        self.tracker.spawn(async move {
+            executor.drive(wf, shared, cancel).await;
+            let _ = tx.send(true);
+        });
+        // Track finished runs for eviction once they end.
+        let mut done = lock(&self.runs).get(&run_id).map(|r| r.done.clone());
+        if let Some(d) = done.as_mut() {
+            if *d.borrow() {
+                self.remember_finished(run_id.clone());
+            }
+        }
+        Ok(run_id)
+    }
+
+    async fn result(&self, run_id: &str, wait: Option<Duration>) -> Result<RunResult, BackendError> {
+        let run = lock(&self.runs).get(run_id).cloned();
+        let Some(run) = run else {
+            return match &self.store {
+                Some(s) => s
+                    .get_run(run_id)
+                    .await
+                    .map_err(|e| BackendError::Unavailable {
+                        backend: self.name.clone(),
+                        reason: e.to_string(),
+                    })?
+                    .ok_or_else(|| BackendError::NotFound(run_id.to_string())),
+                None => Err(BackendError::NotFound(run_id.to_string())),
+            };
+        };
+        if let Some(w) = wait {
+            let mut done = run.done.clone();
+            let _ = tokio::time::timeout(w, done.wait_for(|d| *d)).await;
+        }
+        let r = lock(&run.result).clone();
+        if r.status.is_terminal() {
+            self.remember_finished(run_id.to_string());
+        }
+        Ok(r)
+    }
+
+    async fn cancel(&self, run_id: &str) -> Result<(), BackendError> {
+        let run = lock(&self.runs).get(run_id).cloned();
+        match run {
+            Some(r) => {
+                r.cancel.cancel();
+                Ok(())
+            }
+            None => match &self.store {
+                Some(s) => match s.request_cancel(run_id).await {
+                    Ok(true) => Ok(()),
+                    Ok(false) => match s.get_run(run_id).await {
+                        Ok(Some(_)) => Ok(()),
+                        _ => Err(BackendError::NotFound(run_id.to_string())),
+                    },
+                    Err(e) => Err(BackendError::Unavailable {
+                        backend: self.name.clone(),
+                        reason: e.to_string(),
+                    }),
+                },
+                None => Err(BackendError::NotFound(run_id.to_string())),
+            },
+        }
+    }
+
+    async fn shutdown(&self) {
+        self.shutdown.cancel();
+        self.tracker.close();
+        self.tracker.wait().await;
+        if let Some(w) = &self.executor.writer {
+            let _ = w.flush().await;
+        }
+    }
+}
+
+impl LocalBackend {
+    /// Whether a run is still in flight here.
+    pub fn is_active(&self, run_id: &str) -> bool {
+        lock(&self.runs).get(run_id).is_some_and(|r| !*r.done.borrow())
+    }
+
+    /// Wait for every run in flight to finish.
+    pub async fn drain(&self) {
+        let pending: Vec<_> = lock(&self.runs).values().map(|r| r.done.clone()).collect();
+        for mut d in pending {
+            let _ = d.wait_for(|x| *x).await;
+        }
+    }
+}
+
+#[allow(dead_code)]
+fn _assert_send_sync() {
+    fn f<T: Send + Sync>() {}
+    f::<LocalBackend>();
+    let _ = RunStatus::Queued;
+}

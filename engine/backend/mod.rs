@@ -1,0 +1,116 @@
+//! Backends: where runs execute. One small async trait that every driver
+//! implements (local today; PostgreSQL, Celery and Temporal behind cargo
+//! features), and a registry from backend name to instance.
+//!
+//! Backend errors are classified by what the caller should do, never by
+//! message text: a refusal before acceptance lets flag routing fall back to
+//! the rule's default backend; `Unavailable` may be retried; `NotFound` is a
+//! 404 at the API.
+
+pub mod conformance;
+pub mod local;
+
+use crate::plan::Workflow;
+use crate::run::{Routing, RunResult};
+use serde_json::Value;
+use std::sync::Arc;
+use std::time::Duration;
+
+/// A run to start.
+#[derive(Debug, Clone)]
+pub struct RunRequest {
+    pub workflow: Arc<Workflow>,
+    /// Validated input (defaults applied).
+    pub input: Value,
+    /// What flags bucket on; defaults to the run id.
+    pub entity_id: Option<String>,
+    /// The caller's context (`user_id`, `organization_id`, ...).
+    pub context: Value,
+    /// A run id chosen by the caller (else a UUIDv7).
+    pub run_id: Option<String>,
+    /// The routing decision, when a flag chose this backend.
+    pub routing: Option<Routing>,
+}
+
+impl RunRequest {
+    pub fn new(workflow: Arc<Workflow>, input: Value) -> Self {
+        RunRequest {
+            workflow,
+            input,
+            entity_id: None,
+            context: Value::Object(Default::default()),
+            run_id: None,
+            routing: None,
+        }
+    }
+}
+
+#[derive(Debug, Clone, PartialEq, thiserror::Error)]
+pub enum BackendError {
+    /// No run with this id.
+    #[error("no run `{0}`")]
+    NotFound(String),
+    /// The backend refused the run before accepting it (routing may fall back).
+    #[error("backend `{backend}` refused the run: {reason}")]
+    Refused { backend: String, reason: String },
+    /// The backend cannot be reached now; retrying later may work.
+    #[error("backend `{backend}` is unavailable: {reason}")]
+    Unavailable { backend: String, reason: String },
+    /// Anything else; not worth retrying.
+    #[error("backend `{backend}`: {reason}")]
+    Permanent { backend: String, reason: String },
+}
+
+impl BackendError {
+    pub fn is_retryable(&self) -> bool {
+        matches!(self, BackendError::Unavailable { .. })
+    }
+
+    /// Whether flag routing may fall back to the default backend.
+    pub fn allows_fallback(&self) -> bool {
+        matches!(self, BackendError::Refused { .. } | BackendError::Unavailable { .. })
+    }
+}
+
+/// A place where runs execute.
+#[async_trait::async_trait]
+pub trait Backend: Send + Sync + 'static {
+    /// The configured name (`local`, `pg`, ...).
+    fn name(&self) -> &str;
+    /// The driver kind (`local`, `postgres`, `celery`, `temporal`).
+    fn kind(&self) -> &'static str;
+    /// Accept a run and return its id. Once this returns Ok the run is durable
+    /// (recorded) and will reach a terminal state.
+    async fn submit(&self, req: RunRequest) -> Result<String, BackendError>;
+    /// The run's result; with `wait`, block until it is done or `wait` elapses
+    /// (then the current state is returned).
+    async fn result(&self, run_id: &str, wait: Option<Duration>) -> Result<RunResult, BackendError>;
+    /// Ask a run to stop. Idempotent; a finished run is left as it is.
+    async fn cancel(&self, run_id: &str) -> Result<(), BackendError>;
+    /// Stop accepting runs and cancel those in flight, recording them.
+    async fn shutdown(&self) {}
+}
+
+/// Backend name -> instance.
+#[derive(Clone, Default)]
+pub struct Backends {
+    map: std::collections::BTreeMap<String, Arc<dyn Backend>>,
+}
+
+impl Backends {
+    pub fn insert(&mut self, b: Arc<dyn Backend>) {
+        self.map.insert(b.name().to_string(), b);
+    }
+
+    pub fn get(&self, name: &str) -> Option<&Arc<dyn Backend>> {
+        self.map.get(name)
+    }
+
+    pub fn names(&self) -> Vec<String> {
+        self.map.keys().cloned().collect()
+    }
+
+    pub fn iter(&self) -> impl Iterator<Item = &Arc<dyn Backend>> {
+        self.map.values()
+    }
+}

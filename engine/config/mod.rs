@@ -1,0 +1,200 @@
+//! `taskweave.toml`: which folders hold workflows, where history is stored,
+//! which backends exist. Every key can be overridden by environment
+//! (`TASK_QUEUE_BACKEND`, `TASKWEAVE_STORE`, `TASKWEAVE_WORKFLOWS`, and the
+//! original layer's `CELERY_BROKER_URL`, `CELERY_RESULT_BACKEND`,
+//! `FLIPT_SERVER_URL`, `FLIPT_NAMESPACE`).
+
+use serde::Deserialize;
+use std::collections::BTreeMap;
+use std::path::{Path, PathBuf};
+
+pub const FILE_NAME: &str = "taskweave.toml";
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct EngineConfig {
+    #[serde(default = "default_workflows")]
+    pub workflows: Vec<PathBuf>,
+    #[serde(default = "default_store")]
+    pub store: String,
+    #[serde(default = "default_backend")]
+    pub default_backend: String,
+}
+
+fn default_workflows() -> Vec<PathBuf> {
+    vec![PathBuf::from("workflows")]
+}
+fn default_store() -> String {
+    "sqlite://.taskweave/state.db".into()
+}
+fn default_backend() -> String {
+    "local".into()
+}
+
+impl Default for EngineConfig {
+    fn default() -> Self {
+        EngineConfig {
+            workflows: default_workflows(),
+            store: default_store(),
+            default_backend: default_backend(),
+        }
+    }
+}
+
+/// One `[backends.NAME]` table. Driver-specific keys stay in `options`.
+#[derive(Debug, Clone, Deserialize)]
+pub struct BackendConfig {
+    pub kind: String,
+    #[serde(flatten)]
+    pub options: BTreeMap<String, toml::Value>,
+}
+
+#[derive(Debug, Clone, Deserialize, Default)]
+#[serde(deny_unknown_fields)]
+pub struct FlagsConfig {
+    pub source: Option<String>,
+    pub namespace: Option<String>,
+}
+
+#[derive(Debug, Clone, Deserialize, Default)]
+#[serde(deny_unknown_fields)]
+pub struct Config {
+    #[serde(default)]
+    pub engine: EngineConfig,
+    #[serde(default)]
+    pub backends: BTreeMap<String, BackendConfig>,
+    #[serde(default)]
+    pub flags: FlagsConfig,
+    /// Where the file was read from, if anywhere.
+    #[serde(skip)]
+    pub path: Option<PathBuf>,
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum ConfigError {
+    #[error("{path}: {message}")]
+    Invalid { path: String, message: String },
+    #[error("{path}: {source}")]
+    Io { path: String, source: std::io::Error },
+}
+
+impl Config {
+    /// Read `path`, or `./taskweave.toml` when present, else the defaults;
+    /// then apply environment overrides.
+    pub fn load(path: Option<&Path>) -> Result<Config, ConfigError> {
+        let found = match path {
+            Some(p) => Some(p.to_path_buf()),
+            None => Some(PathBuf::from(FILE_NAME)).filter(|p| p.is_file()),
+        };
+        let mut cfg = match &found {
+            Some(p) => {
+                let text = std::fs::read_to_string(p).map_err(|e| ConfigError::Io {
+                    path: p.display().to_string(),
+                    source: e,
+                })?;
+                let mut c = Config::parse(&text).map_err(|message| ConfigError::Invalid {
+                    path: p.display().to_string(),
+                    message,
+                })?;
+                // Relative folders and SQLite paths are relative to the config file.
+                if let Some(dir) = p.parent().filter(|d| !d.as_os_str().is_empty()) {
+                    for w in &mut c.engine.workflows {
+                        if w.is_relative() {
+                            *w = dir.join(&*w);
+                        }
+                    }
+                    if let Some(rest) = c.engine.store.strip_prefix("sqlite://") {
+                        if !rest.starts_with('/') && !rest.starts_with(':') {
+                            c.engine.store = format!("sqlite://{}", dir.join(rest).display());
+                        }
+                    }
+                }
+                c.path = Some(p.clone());
+                c
+            }
+            None => Config::default(),
+        };
+        cfg.apply_env(|k| std::env::var(k).ok());
+        Ok(cfg)
+    }
+
+    /// Parse the text of a config file (no environment applied).
+    pub fn parse(text: &str) -> Result<Config, String> {
+        let c: Config = toml::from_str(text).map_err(|e| e.to_string().trim().to_string())?;
+        for (name, b) in &c.backends {
+            if !["local", "postgres", "celery", "temporal"].contains(&b.kind.as_str()) {
+                return Err(format!("backend `{name}`: unknown kind `{}` (expected local, postgres, celery or temporal)", b.kind));
+            }
+        }
+        Ok(c)
+    }
+
+    /// Environment overrides.
+    pub fn apply_env(&mut self, var: impl Fn(&str) -> Option<String>) {
+        if let Some(b) = var("TASK_QUEUE_BACKEND").filter(|s| !s.is_empty()) {
+            self.engine.default_backend = b;
+        }
+        if let Some(s) = var("TASKWEAVE_STORE").filter(|s| !s.is_empty()) {
+            self.engine.store = s;
+        }
+        if let Some(w) = var("TASKWEAVE_WORKFLOWS").filter(|s| !s.is_empty()) {
+            self.engine.workflows = std::env::split_paths(&w).collect();
+        }
+        if let Some(url) = var("FLIPT_SERVER_URL").filter(|s| !s.is_empty()) {
+            self.flags.source = Some(url);
+        }
+        if let Some(ns) = var("FLIPT_NAMESPACE").filter(|s| !s.is_empty()) {
+            self.flags.namespace = Some(ns);
+        }
+        for (key, env) in [("broker", "CELERY_BROKER_URL"), ("result_backend", "CELERY_RESULT_BACKEND")] {
+            if let Some(v) = var(env).filter(|s| !s.is_empty()) {
+                for b in self.backends.values_mut().filter(|b| b.kind == "celery") {
+                    b.options.insert(key.to_string(), toml::Value::String(v.clone()));
+                }
+            }
+        }
+    }
+
+    /// Configured backend names; `local` always exists.
+    pub fn backend_names(&self) -> Vec<String> {
+        let mut names: Vec<String> = self.backends.keys().cloned().collect();
+        if !names.iter().any(|n| n == "local") {
+            names.push("local".into());
+        }
+        names.sort();
+        names
+    }
+
+    pub fn kind_of(&self, backend: &str) -> Option<&str> {
+        match self.backends.get(backend) {
+            Some(b) => Some(b.kind.as_str()),
+            None if backend == "local" => Some("local"),
+            None => None,
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn defaults_and_env_overrides() {
+        let mut c = Config::parse("[backends.celery]\nkind = \"celery\"\nbroker = \"redis://x\"\n").unwrap();
+        assert_eq!(c.engine.default_backend, "local");
+        c.apply_env(|k| match k {
+            "TASK_QUEUE_BACKEND" => Some("celery".into()),
+            "CELERY_BROKER_URL" => Some("redis://127.0.0.1:6379/3".into()),
+            _ => None,
+        });
+        assert_eq!(c.engine.default_backend, "celery");
+        assert_eq!(c.backends["celery"].options["broker"].as_str(), Some("redis://127.0.0.1:6379/3"));
+        assert_eq!(c.backend_names(), vec!["celery".to_string(), "local".to_string()]);
+    }
+
+    #[test]
+    fn unknown_kind_and_keys_are_rejected() {
+        assert!(Config::parse("[backends.x]\nkind = \"kafka\"\n").unwrap_err().contains("unknown kind `kafka`"));
+        assert!(Config::parse("[engine]\nstorr = \"x\"\n").unwrap_err().contains("storr"));
+    }
+}

@@ -1,0 +1,380 @@
+//! The library facade: an [`Engine`] owns the configuration, the store, the
+//! backends, the registered workflows and handlers, and offers what an
+//! embedding program needs: start up, register workflows and handlers, start
+//! runs, read results, cancel, shut down.
+
+use crate::backend::local::LocalBackend;
+use crate::backend::{Backend, BackendError, Backends, RunRequest};
+use crate::config::Config;
+use crate::diag::Diagnostic;
+use crate::plan::Workflow;
+use crate::run::actions::{Handler, Handlers, Limits};
+use crate::run::executor::{Executor, RunEvent};
+use crate::run::{RunResult, RunStatus};
+use crate::store::{RunFilter, RunSummary, Store};
+use serde_json::Value;
+use std::collections::HashMap;
+use std::path::Path;
+use std::sync::{Arc, RwLock};
+use std::time::Duration;
+
+#[derive(Debug, thiserror::Error)]
+pub enum EngineError {
+    #[error("no workflow `{name}`{}", .suggestion.as_ref().map(|s| format!(" (did you mean `{s}`?)")).unwrap_or_default())]
+    UnknownWorkflow { name: String, suggestion: Option<String> },
+    #[error("invalid input: {message}")]
+    InvalidInput { message: String, pointer: String },
+    #[error("no backend `{name}` (configured: {})", .known.join(", "))]
+    UnknownBackend { name: String, known: Vec<String> },
+    #[error("no run `{0}`")]
+    RunNotFound(String),
+    #[error(transparent)]
+    Backend(BackendError),
+    #[error(transparent)]
+    Store(#[from] crate::store::StoreError),
+    #[error(transparent)]
+    Config(#[from] crate::config::ConfigError),
+    #[error("{} error(s) in {file}", .diagnostics.iter().filter(|d| d.is_error()).count())]
+    Invalid { file: String, diagnostics: Vec<Diagnostic> },
+}
+
+impl From<BackendError> for EngineError {
+    fn from(e: BackendError) -> Self {
+        match e {
+            BackendError::NotFound(id) => EngineError::RunNotFound(id),
+            other => EngineError::Backend(other),
+        }
+    }
+}
+
+/// How to start a run.
+#[derive(Debug, Clone, Default)]
+pub struct RunOptions {
+    pub input: Option<Value>,
+    pub entity_id: Option<String>,
+    pub context: Option<Value>,
+    /// A backend name; default: the workflow's `backend`, else the configured default.
+    pub backend: Option<String>,
+    pub run_id: Option<String>,
+}
+
+pub struct EngineBuilder {
+    config: Config,
+    handlers: Handlers,
+    limits: Limits,
+    store: Option<Option<String>>,
+}
+
+impl EngineBuilder {
+    pub fn new() -> Self {
+        EngineBuilder {
+            config: Config::default(),
+            handlers: Handlers::with_builtins(),
+            limits: Limits::default(),
+            store: None,
+        }
+    }
+
+    pub fn config(mut self, c: Config) -> Self {
+        self.config = c;
+        self
+    }
+
+    /// Register a handler for `uses: NAME` tasks (replaces a built-in of that name).
+    pub fn handler(mut self, name: impl Into<String>, h: impl Handler) -> Self {
+        self.handlers.register(name, h);
+        self
+    }
+
+    /// Store URL (`sqlite://PATH`, `sqlite::memory:`, `postgres://...`); default from config.
+    pub fn store(mut self, url: impl Into<String>) -> Self {
+        self.store = Some(Some(url.into()));
+        self
+    }
+
+    /// Keep no history (results live in memory only).
+    pub fn without_store(mut self) -> Self {
+        self.store = Some(None);
+        self
+    }
+
+    pub fn limits(mut self, l: Limits) -> Self {
+        self.limits = l;
+        self
+    }
+
+    /// Open the store, mark runs left behind by dead processes, start backends.
+    pub async fn build(self) -> Result<Engine, EngineError> {
+        let url = match self.store {
+            Some(u) => u,
+            None => Some(self.config.engine.store.clone()),
+        };
+        let store = match url {
+            Some(u) => {
+                let s = Store::open(&u).await?;
+                if let Err(e) = s.recover_orphans().await {
+                    tracing::warn!("could not check for interrupted runs: {e}");
+                }
+                Some(s)
+            }
+            None => None,
+        };
+        let (events, _) = tokio::sync::broadcast::channel(4096);
+        let executor = Executor {
+            handlers: Arc::new(self.handlers),
+            limits: Arc::new(self.limits),
+            writer: store.as_ref().map(Store::writer),
+            events: Some(events.clone()),
+        };
+        let mut backends = Backends::default();
+        for name in self.config.backend_names() {
+            match self.config.kind_of(&name) {
+                Some("local") => backends.insert(LocalBackend::new(name.clone(), executor.clone(), store.clone())),
+                Some(kind) => tracing::debug!("backend `{name}` of kind `{kind}` is not built into this binary"),
+                None => {}
+            }
+        }
+        Ok(Engine {
+            inner: Arc::new(Inner {
+                config: self.config,
+                store,
+                backends,
+                workflows: RwLock::new(HashMap::new()),
+                events,
+                run_backends: RwLock::new(HashMap::new()),
+            }),
+        })
+    }
+}
+
+impl Default for EngineBuilder {
+    fn default() -> Self {
+        Self::new()
+    }
+}
+
+struct Inner {
+    config: Config,
+    store: Option<Store>,
+    backends: Backends,
+    workflows: RwLock<HashMap<String, Arc<Workflow>>>,
+    events: tokio::sync::broadcast::Sender<RunEvent>,
+    /// Which backend holds each run started here.
+    run_backends: RwLock<HashMap<String, String>>,
+}
+
+/// The engine, cheap to clone.
+#[derive(Clone)]
+pub struct Engine {
+    inner: Arc<Inner>,
+}
+
+fn read<T>(l: &RwLock<T>) -> std::sync::RwLockReadGuard<'_, T> {
+    l.read().unwrap_or_else(|e| e.into_inner())
+}
+fn write<T>(l: &RwLock<T>) -> std::sync::RwLockWriteGuard<'_, T> {
+    l.write().unwrap_or_else(|e| e.into_inner())
+}
+
+impl Engine {
+    pub fn builder() -> EngineBuilder {
+        EngineBuilder::new()
+    }
+
+    /// Start an engine from a configuration (store and backends as configured).
+    pub async fn startup(config: Config) -> Result<Engine, EngineError> {
+        EngineBuilder::new().config(config).build().await
+    }
+
+    pub fn config(&self) -> &Config {
+        &self.inner.config
+    }
+
+    pub fn store(&self) -> Option<&Store> {
+        self.inner.store.as_ref()
+    }
+
+    pub fn backends(&self) -> &Backends {
+        &self.inner.backends
+    }
+
+    /// Events for every run and task transition.
+    pub fn subscribe(&self) -> tokio::sync::broadcast::Receiver<RunEvent> {
+        self.inner.events.subscribe()
+    }
+
+    /// Register (or replace) a validated workflow under its name.
+    pub fn register_workflow(&self, wf: Arc<Workflow>) {
+        write(&self.inner.workflows).insert(wf.name.clone(), wf);
+    }
+
+    /// Validate a file and register its workflow.
+    pub fn register_file(&self, path: &Path) -> Result<Arc<Workflow>, EngineError> {
+        let opts = crate::validate::Options {
+            backends: self.inner.config.path.as_ref().map(|_| self.inner.config.backend_names()),
+        };
+        let checked = crate::validate::check_file(path, &opts).map_err(|e| crate::config::ConfigError::Io {
+            path: path.display().to_string(),
+            source: e,
+        })?;
+        match checked.workflow {
+            Some(wf) => {
+                self.register_workflow(Arc::clone(&wf));
+                Ok(wf)
+            }
+            None => Err(EngineError::Invalid {
+                file: checked.file,
+                diagnostics: checked.diagnostics,
+            }),
+        }
+    }
+
+    /// Load every valid workflow of the configured folders; returns the files with errors.
+    pub fn load_workflows(&self) -> Vec<crate::validate::Checked> {
+        let mut bad = Vec::new();
+        for dir in &self.inner.config.engine.workflows {
+            if !dir.is_dir() {
+                continue;
+            }
+            if let Ok(checked) = crate::validate::check_paths(std::slice::from_ref(dir), &Default::default()) {
+                for c in checked {
+                    match &c.workflow {
+                        Some(wf) => self.register_workflow(Arc::clone(wf)),
+                        None => bad.push(c),
+                    }
+                }
+            }
+        }
+        bad
+    }
+
+    pub fn workflow(&self, name: &str) -> Option<Arc<Workflow>> {
+        read(&self.inner.workflows).get(name).cloned()
+    }
+
+    pub fn workflow_names(&self) -> Vec<String> {
+        let mut v: Vec<String> = read(&self.inner.workflows).keys().cloned().collect();
+        v.sort();
+        v
+    }
+
+    /// Start a run of a registered workflow by name.
+    pub async fn run_workflow(&self, name: &str, opts: RunOptions) -> Result<String, EngineError> {
+        let wf = self.workflow(name).ok_or_else(|| {
+            let names = self.workflow_names();
+            EngineError::UnknownWorkflow {
+                name: name.to_string(),
+                suggestion: crate::diag::did_you_mean(name, names.iter().map(String::as_str)).map(str::to_string),
+            }
+        })?;
+        self.submit(wf, opts).await
+    }
+
+    /// Start a run of a workflow. The input is checked against the workflow's
+    /// input schema (defaults applied) before anything runs.
+    pub async fn submit(&self, wf: Arc<Workflow>, opts: RunOptions) -> Result<String, EngineError> {
+        let input = prepare_input(&wf, opts.input.unwrap_or(Value::Object(Default::default())))?;
+        let backend_name = match opts.backend {
+            Some(b) => b,
+            None => match &wf.backend {
+                Some(crate::spec::raw::BackendSpec::Name(n)) => n.clone(),
+                Some(crate::spec::raw::BackendSpec::Rollout(r)) => r.default.clone().unwrap_or_else(|| self.inner.config.engine.default_backend.clone()),
+                None => self.inner.config.engine.default_backend.clone(),
+            },
+        };
+        let backend = self.backend(&backend_name)?;
+        let mut req = RunRequest::new(wf, input);
+        req.entity_id = opts.entity_id;
+        req.context = opts.context.unwrap_or(Value::Object(Default::default()));
+        req.run_id = opts.run_id;
+        let id = backend.submit(req).await?;
+        write(&self.inner.run_backends).insert(id.clone(), backend_name);
+        Ok(id)
+    }
+
+    fn backend(&self, name: &str) -> Result<&Arc<dyn Backend>, EngineError> {
+        self.inner.backends.get(name).ok_or_else(|| EngineError::UnknownBackend {
+            name: name.to_string(),
+            known: self.inner.backends.names(),
+        })
+    }
+
+    async fn backend_of(&self, run_id: &str) -> Result<&Arc<dyn Backend>, EngineError> {
+        let known = read(&self.inner.run_backends).get(run_id).cloned();
+        let name = match known {
+            Some(n) => n,
+            None => match &self.inner.store {
+                Some(s) => s.get_run(run_id).await?.map(|r| r.backend).ok_or_else(|| EngineError::RunNotFound(run_id.to_string()))?,
+                None => return Err(EngineError::RunNotFound(run_id.to_string())),
+            },
+        };
+        self.backend(&name)
+    }
+
+    /// The run's result; with `wait`, long-poll until it is done or `wait` elapses.
+    pub async fn get_result(&self, run_id: &str, wait: Option<Duration>) -> Result<RunResult, EngineError> {
+        match self.backend_of(run_id).await {
+            Ok(b) => Ok(b.result(run_id, wait).await?),
+            // A run recorded by a backend not running here: history only.
+            Err(EngineError::UnknownBackend { .. }) => match &self.inner.store {
+                Some(s) => s.get_run(run_id).await?.ok_or_else(|| EngineError::RunNotFound(run_id.to_string())),
+                None => Err(EngineError::RunNotFound(run_id.to_string())),
+            },
+            Err(e) => Err(e),
+        }
+    }
+
+    pub async fn status(&self, run_id: &str) -> Result<RunStatus, EngineError> {
+        Ok(self.get_result(run_id, None).await?.status)
+    }
+
+    /// Ask a run to stop (it ends `cancelled`).
+    pub async fn cancel(&self, run_id: &str) -> Result<(), EngineError> {
+        Ok(self.backend_of(run_id).await?.cancel(run_id).await?)
+    }
+
+    pub async fn list_runs(&self, f: &RunFilter) -> Result<Vec<RunSummary>, EngineError> {
+        match &self.inner.store {
+            Some(s) => Ok(s.list_runs(f).await?),
+            None => Ok(Vec::new()),
+        }
+    }
+
+    /// Cancel what is in flight, wait for it to be recorded, stop the backends.
+    pub async fn shutdown(&self) {
+        for b in self.inner.backends.iter() {
+            b.shutdown().await;
+        }
+    }
+}
+
+/// Apply the input schema's top-level defaults, then validate.
+pub fn prepare_input(wf: &Workflow, mut input: Value) -> Result<Value, EngineError> {
+    let Some(schema) = &wf.input_schema else { return Ok(input) };
+    if let (Some(obj), Some(props)) = (input.as_object_mut(), schema.get("properties").and_then(Value::as_object)) {
+        for (k, p) in props {
+            if let Some(d) = p.get("default") {
+                obj.entry(k.clone()).or_insert_with(|| d.clone());
+            }
+        }
+    }
+    let validator = wf.input_validator().map_err(|m| EngineError::InvalidInput {
+        message: m,
+        pointer: String::new(),
+    })?;
+    if let Some(err) = validator.iter_errors(&input).next() {
+        let pointer = err.instance_path().as_str().to_string();
+        let message = match err.kind() {
+            jsonschema::error::ValidationErrorKind::Required { property } => {
+                let at = if pointer.is_empty() { String::new() } else { format!(" in `{}`", pointer.trim_start_matches('/').replace('/', ".")) };
+                format!("missing required property `{}`{at}", property.as_str().unwrap_or_default())
+            }
+            jsonschema::error::ValidationErrorKind::AdditionalProperties { unexpected } => {
+                format!("unknown property `{}`", unexpected.join("`, `"))
+            }
+            _ => format!("`{}`: {}", pointer.trim_start_matches('/').replace('/', "."), err.masked()),
+        };
+        return Err(EngineError::InvalidInput { message, pointer });
+    }
+    Ok(input)
+}
