@@ -10,6 +10,7 @@
 //! ```
 
 pub mod backend;
+pub mod bench;
 pub mod config;
 pub mod diag;
 pub mod engine;

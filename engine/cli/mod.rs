@@ -1,6 +1,8 @@
 //! The command line: argument parsing and glue. Exit codes are decided here,
 //! in one place: 0 success, 1 invalid / failed, 2 usage or I/O error.
 
+mod bench;
+mod run;
 mod validate;
 
 use clap::{Parser, Subcommand, ValueEnum};
@@ -22,6 +24,12 @@ pub enum DiagFormat {
     Human,
     Json,
     Github,
+}
+
+#[derive(Debug, Clone, Copy, ValueEnum, PartialEq, Eq)]
+pub enum OutputFormat {
+    Human,
+    Json,
 }
 
 #[derive(Debug, Clone, Copy, ValueEnum, PartialEq, Eq)]
@@ -55,6 +63,15 @@ pub enum Command {
         /// A code such as `unknown-parent`; omit to list all codes.
         code: Option<String>,
     },
+    /// Run a workflow and follow it to the end (exit 0 succeeded, 1 failed, 2 invalid).
+    Run(run::RunArgs),
+    /// Recorded runs: list, show, cancel.
+    Runs {
+        #[command(subcommand)]
+        command: Option<run::RunsCommand>,
+    },
+    /// Measure the engine: run workloads and validation, report figures.
+    Bench(bench::BenchArgs),
 }
 
 pub fn main() -> ExitCode {
@@ -66,6 +83,7 @@ pub fn main() -> ExitCode {
             return ExitCode::from(code);
         }
     };
+    init_tracing();
     match run(cli) {
         Ok(code) => code,
         Err(e) => {
@@ -84,5 +102,17 @@ fn run(cli: Cli) -> anyhow::Result<ExitCode> {
         }
         Command::Graph { file, format } => validate::graph(&file, format),
         Command::Explain { code } => Ok(validate::explain(code.as_deref())),
+        Command::Run(args) => runtime()?.block_on(run::run(args, cli.config.as_deref())),
+        Command::Runs { command } => runtime()?.block_on(run::runs(command, cli.config.as_deref())),
+        Command::Bench(args) => runtime()?.block_on(bench::bench(args, cli.config.as_deref())),
     }
+}
+
+fn runtime() -> anyhow::Result<tokio::runtime::Runtime> {
+    Ok(tokio::runtime::Builder::new_multi_thread().enable_all().build()?)
+}
+
+fn init_tracing() {
+    let filter = tracing_subscriber::EnvFilter::try_from_env("TASKWEAVE_LOG").unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("warn"));
+    let _ = tracing_subscriber::fmt().with_env_filter(filter).with_writer(std::io::stderr).try_init();
 }

@@ -1,0 +1,3 @@
+//! Benchmarks behind `taskweave bench`: figures, never assertions.
+
+pub mod workloads;

@@ -1,0 +1,155 @@
+//! Execution benchmarks: `chain N`, `fanout N` (N tasks and a join) and
+//! `runs N` (N concurrent runs of a -> (b, c)), all no-op `echo` tasks, on
+//! any backend of an [`Engine`]. Figures are medians over repetitions, with
+//! per-task overhead and the process's peak RSS.
+
+use crate::engine::{Engine, RunOptions};
+use crate::run::RunStatus;
+use serde::Serialize;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Workload {
+    Chain,
+    Fanout,
+    Runs,
+}
+
+impl Workload {
+    pub fn default_size(self) -> usize {
+        match self {
+            Workload::Chain => 100,
+            Workload::Fanout => 1000,
+            Workload::Runs => 1000,
+        }
+    }
+}
+
+/// The YAML of a workload's workflow.
+pub fn workflow_yaml(w: Workload, n: usize) -> String {
+    let mut s = String::with_capacity(n * 48 + 64);
+    match w {
+        Workload::Chain => {
+            s.push_str(&format!("version: 1\nname: bench-chain-{n}\ntasks:\n"));
+            for i in 0..n {
+                if i == 0 {
+                    s.push_str("  - {name: t0, uses: echo}\n");
+                } else {
+                    s.push_str(&format!("  - {{name: t{i}, parents: [t{}], uses: echo}}\n", i - 1));
+                }
+            }
+        }
+        Workload::Fanout => {
+            s.push_str(&format!("version: 1\nname: bench-fanout-{n}\ntasks:\n"));
+            for i in 0..n {
+                s.push_str(&format!("  - {{name: t{i}, uses: echo}}\n"));
+            }
+            s.push_str("  - name: join\n    uses: echo\n    parents:\n");
+            for i in 0..n {
+                s.push_str(&format!("      - t{i}\n"));
+            }
+        }
+        Workload::Runs => s.push_str(
+            "version: 1\nname: bench-runs\ntasks:\n  - {name: a, uses: echo}\n  - {name: b, parents: [a], uses: echo}\n  - {name: c, parents: [a], uses: echo}\n",
+        ),
+    }
+    s
+}
+
+#[derive(Debug, Clone, Serialize)]
+pub struct Sample {
+    pub wall_ms: f64,
+}
+
+#[derive(Debug, Clone, Serialize)]
+pub struct Report {
+    pub workload: Workload,
+    pub size: usize,
+    pub backend: String,
+    pub repeat: usize,
+    pub tasks_per_rep: usize,
+    /// Validation and compilation of the workload's workflow, once.
+    pub compile_ms: f64,
+    pub median_ms: f64,
+    pub min_ms: f64,
+    pub max_ms: f64,
+    pub tasks_per_sec: f64,
+    pub per_task_us: f64,
+    pub peak_rss_mb: f64,
+    pub samples_ms: Vec<f64>,
+}
+
+/// Peak resident set size of this process, in MiB (Linux `VmHWM`).
+pub fn peak_rss_mb() -> f64 {
+    std::fs::read_to_string("/proc/self/status")
+        .ok()
+        .and_then(|s| {
+            s.lines()
+                .find(|l| l.starts_with("VmHWM:"))
+                .and_then(|l| l.split_whitespace().nth(1))
+                .and_then(|kb| kb.parse::<f64>().ok())
+        })
+        .map_or(0.0, |kb| kb / 1024.0)
+}
+
+pub fn median(v: &mut [f64]) -> f64 {
+    v.sort_by(f64::total_cmp);
+    if v.is_empty() {
+        return 0.0;
+    }
+    let m = v.len() / 2;
+    if v.len() % 2 == 1 { v[m] } else { (v[m - 1] + v[m]) / 2.0 }
+}
+
+/// Run a workload `repeat` times (after one warm-up) and report.
+pub async fn run(engine: &Engine, w: Workload, n: usize, backend: &str, repeat: usize) -> Result<Report, String> {
+    let t0 = Instant::now();
+    let checked = crate::validate::check_source("bench.yaml", workflow_yaml(w, n), crate::spec::Format::Yaml, &Default::default());
+    let wf = checked.workflow.ok_or_else(|| format!("bench workflow invalid: {:?}", checked.diagnostics.first()))?;
+    let compile_ms = t0.elapsed().as_secs_f64() * 1e3;
+    let (runs, tasks_per_rep) = match w {
+        Workload::Runs => (n, n * 3),
+        _ => (1, wf.tasks.len()),
+    };
+    let mut samples = Vec::with_capacity(repeat);
+    for rep in 0..=repeat {
+        let started = Instant::now();
+        let mut ids = Vec::with_capacity(runs);
+        for _ in 0..runs {
+            let opts = RunOptions {
+                backend: Some(backend.to_string()),
+                ..Default::default()
+            };
+            ids.push(engine.submit(Arc::clone(&wf), opts).await.map_err(|e| e.to_string())?);
+        }
+        for id in &ids {
+            let r = engine.get_result(id, Some(Duration::from_secs(3600))).await.map_err(|e| e.to_string())?;
+            if r.status != RunStatus::Succeeded {
+                return Err(format!("run {id} ended {}: {:?}", r.status, r.error));
+            }
+        }
+        let ms = started.elapsed().as_secs_f64() * 1e3;
+        if rep > 0 {
+            samples.push(ms);
+        }
+    }
+    let mut sorted = samples.clone();
+    let med = median(&mut sorted);
+    Ok(Report {
+        workload: w,
+        size: n,
+        backend: backend.to_string(),
+        repeat,
+        tasks_per_rep,
+        compile_ms,
+        median_ms: med,
+        min_ms: sorted.first().copied().unwrap_or(0.0),
+        max_ms: sorted.last().copied().unwrap_or(0.0),
+        tasks_per_sec: if med > 0.0 { tasks_per_rep as f64 / (med / 1e3) } else { 0.0 },
+        per_task_us: if tasks_per_rep > 0 { med * 1e3 / tasks_per_rep as f64 } else { 0.0 },
+        peak_rss_mb: peak_rss_mb(),
+        samples_ms: samples,
+    })
+}

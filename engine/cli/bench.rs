@@ -1,0 +1,88 @@
+//! `taskweave bench`: run a workload and print its figures.
+
+use super::OutputFormat;
+use crate::bench::workloads::{self, Workload};
+use crate::config::Config;
+use crate::engine::EngineBuilder;
+use std::path::Path;
+use std::process::ExitCode;
+
+#[derive(Debug, clap::Args)]
+pub struct BenchArgs {
+    #[command(subcommand)]
+    pub workload: BenchWorkload,
+    /// Backend to run on (default: the configured default).
+    #[arg(long, global = true)]
+    pub backend: Option<String>,
+    /// Measured repetitions (after one warm-up).
+    #[arg(long, global = true, default_value_t = 5)]
+    pub repeat: usize,
+    /// Store URL for the run history (default: a fresh SQLite file in a temp folder).
+    #[arg(long, global = true)]
+    pub store: Option<String>,
+    #[arg(long, global = true, value_enum, default_value = "human")]
+    pub format: OutputFormat,
+}
+
+#[derive(Debug, clap::Subcommand)]
+pub enum BenchWorkload {
+    /// A chain of N no-op tasks (default 100).
+    Chain { n: Option<usize> },
+    /// N independent no-op tasks and one join (default 1000).
+    Fanout { n: Option<usize> },
+    /// N concurrent runs of a -> (b, c) (default 1000).
+    Runs { n: Option<usize> },
+}
+
+pub async fn bench(args: BenchArgs, config: Option<&Path>) -> anyhow::Result<ExitCode> {
+    let config = match Config::load(config) {
+        Ok(c) => c,
+        Err(e) => {
+            eprintln!("error: {e}");
+            return Ok(ExitCode::from(2));
+        }
+    };
+    let (w, n) = match args.workload {
+        BenchWorkload::Chain { n } => (Workload::Chain, n),
+        BenchWorkload::Fanout { n } => (Workload::Fanout, n),
+        BenchWorkload::Runs { n } => (Workload::Runs, n),
+    };
+    let n = n.unwrap_or(w.default_size()).max(1);
+    let tmp = tempfile::tempdir()?;
+    let store = args
+        .store
+        .clone()
+        .unwrap_or_else(|| format!("sqlite://{}", tmp.path().join("bench.db").display()));
+    let backend = args.backend.clone().unwrap_or_else(|| config.engine.default_backend.clone());
+    let engine = match EngineBuilder::new().config(config).store(store.clone()).build().await {
+        Ok(e) => e,
+        Err(e) => {
+            eprintln!("error: {e}");
+            return Ok(ExitCode::from(2));
+        }
+    };
+    let report = workloads::run(&engine, w, n, &backend, args.repeat.max(1)).await;
+    engine.shutdown().await;
+    let report = match report {
+        Ok(r) => r,
+        Err(e) => {
+            eprintln!("error: {e}");
+            return Ok(ExitCode::from(1));
+        }
+    };
+    match args.format {
+        OutputFormat::Json => println!("{}", serde_json::to_string_pretty(&report)?),
+        OutputFormat::Human => {
+            println!(
+                "{:?} {} on {} ({} tasks per repetition, {} repetitions, store {})",
+                report.workload, report.size, report.backend, report.tasks_per_rep, report.repeat, store
+            );
+            println!("  wall time     median {:.2} ms  (min {:.2}, max {:.2})", report.median_ms, report.min_ms, report.max_ms);
+            println!("  throughput    {:.0} tasks/s", report.tasks_per_sec);
+            println!("  per task      {:.1} µs", report.per_task_us);
+            println!("  compile       {:.2} ms (validation + plan, once)", report.compile_ms);
+            println!("  peak RSS      {:.1} MiB", report.peak_rss_mb);
+        }
+    }
+    Ok(ExitCode::SUCCESS)
+}
