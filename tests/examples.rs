@@ -38,10 +38,15 @@ fn is_workflow(path: &Path) -> bool {
     if known_non_workflow(path) {
         return false;
     }
-    let Some(format) = Format::from_path(path) else { return false };
-    let bytes = std::fs::read(path).unwrap_or_else(|e| panic!("cannot read {}: {e}", path.display()));
+    let Some(format) = Format::from_path(path) else {
+        return false;
+    };
+    let bytes =
+        std::fs::read(path).unwrap_or_else(|e| panic!("cannot read {}: {e}", path.display()));
     let file = path.display().to_string();
-    let Ok(text) = spec::decode(&file, &bytes) else { return true };
+    let Ok(text) = spec::decode(&file, &bytes) else {
+        return true;
+    };
     match spec::parse(&file, &text, format) {
         Ok(doc) => doc.value.get("tasks").is_some(),
         Err(_) => true,
@@ -73,7 +78,11 @@ fn check_group(dir: &str) -> Vec<Checked> {
 fn render(checked: &[Checked]) -> String {
     checked
         .iter()
-        .flat_map(|c| c.diagnostics.iter().map(move |d| taskweave::diag::render_human(d, c.text.as_deref(), false)))
+        .flat_map(|c| {
+            c.diagnostics
+                .iter()
+                .map(move |d| taskweave::diag::render_human(d, c.text.as_deref(), false))
+        })
         .collect::<Vec<_>>()
         .join("\n\n")
 }
@@ -84,17 +93,31 @@ fn every_workflow_validates_without_diagnostics() {
     for dir in ROOTS {
         let group = check_group(dir);
         total += group.len();
-        let bad: Vec<Checked> = group.into_iter().filter(|c| !c.diagnostics.is_empty()).collect();
-        assert!(bad.is_empty(), "workflows under {dir}/ have diagnostics:\n\n{}", render(&bad));
+        let bad: Vec<Checked> = group
+            .into_iter()
+            .filter(|c| !c.diagnostics.is_empty())
+            .collect();
+        assert!(
+            bad.is_empty(),
+            "workflows under {dir}/ have diagnostics:\n\n{}",
+            render(&bad)
+        );
     }
-    assert!(total >= 5, "expected the shipped workflows, found only {total}");
+    assert!(
+        total >= 5,
+        "expected the shipped workflows, found only {total}"
+    );
 }
 
 #[test]
 fn every_workflow_compiles() {
     for dir in ROOTS {
         for c in check_group(dir) {
-            assert!(c.workflow.is_some(), "{} did not compile into a workflow", c.file);
+            assert!(
+                c.workflow.is_some(),
+                "{} did not compile into a workflow",
+                c.file
+            );
         }
     }
 }
@@ -103,10 +126,23 @@ fn every_workflow_compiles() {
 /// that folder holds only workflows.
 #[test]
 fn workflows_folder_validates_as_a_whole() {
-    let checked = validate::check_paths(&[root("workflows")], &Options::default()).expect("workflows/ is readable");
-    let names: Vec<&str> = checked.iter().filter_map(|c| c.name.as_ref().map(|(n, _)| n.as_str())).collect();
-    for expected in ["hello", "diamond", "document-processing-v2", "document-processing-v2-toml", "all-actions"] {
-        assert!(names.contains(&expected), "workflows/ lacks `{expected}` (found {names:?})");
+    let checked = validate::check_paths(&[root("workflows")], &Options::default())
+        .expect("workflows/ is readable");
+    let names: Vec<&str> = checked
+        .iter()
+        .filter_map(|c| c.name.as_ref().map(|(n, _)| n.as_str()))
+        .collect();
+    for expected in [
+        "hello",
+        "diamond",
+        "document-processing-v2",
+        "document-processing-v2-toml",
+        "all-actions",
+    ] {
+        assert!(
+            names.contains(&expected),
+            "workflows/ lacks `{expected}` (found {names:?})"
+        );
     }
     assert!(
         checked.iter().all(|c| c.diagnostics.is_empty()),
@@ -150,7 +186,9 @@ fn yaml_and_toml_forms_are_the_same_document() {
     let load = |name: &str, format: Format| {
         let path = root("workflows").join(name);
         let text = std::fs::read_to_string(&path).unwrap();
-        let mut doc = spec::parse(name, &text, format).unwrap_or_else(|_| panic!("{name} parses")).value;
+        let mut doc = spec::parse(name, &text, format)
+            .unwrap_or_else(|_| panic!("{name} parses"))
+            .value;
         doc.as_object_mut().unwrap().remove("name");
         doc
     };
