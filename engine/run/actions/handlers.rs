@@ -1,4 +1,15 @@
 //! Handlers for `uses:` tasks: the built-ins and those an embedding program registers.
+//!
+//! A [`Handlers`] table maps a name to a [`Handler`]. [`Handlers::empty`]
+//! starts bare; [`Handlers::builtin`] and [`Handlers::with_builtins`] start
+//! with the built-ins of the spec language (`echo`, `sleep`, `fail`,
+//! `extract-text`, `llm`), which an embedding program may override by
+//! registering the same name.
+
+mod builtins;
+mod llm;
+
+pub use llm::LlmConfig;
 
 use super::ActionError;
 use serde_json::Value;
@@ -50,6 +61,23 @@ impl Handlers {
     /// No handlers at all.
     pub fn empty() -> Self {
         Handlers::default()
+    }
+
+    /// The built-in handlers, with `llm` talking to the service `llm` names.
+    pub fn builtin(llm: LlmConfig) -> Self {
+        let mut h = Handlers::empty();
+        h.register("echo", builtins::echo);
+        h.register("sleep", builtins::sleep);
+        h.register("fail", builtins::fail);
+        h.register("extract-text", builtins::extract_text);
+        h.register("llm", llm::Llm::new(llm));
+        h
+    }
+
+    /// The built-in handlers, with the `llm` settings read from the
+    /// environment (see [`LlmConfig::from_env`]).
+    pub fn with_builtins() -> Self {
+        Handlers::builtin(LlmConfig::from_env())
     }
 
     pub fn register(&mut self, name: impl Into<String>, h: impl Handler) {

@@ -1,0 +1,806 @@
+//! Task actions end to end: `run`, `shell`, `http` and the built-in
+//! handlers, called through `run::actions::execute` on workflows that went
+//! through validation, with real processes and HTTP servers (wiremock).
+
+use serde_json::{Value, json};
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+use taskweave::Workflow;
+use taskweave::run::actions::handlers::LlmConfig;
+use taskweave::run::actions::{ActionError, Attempt, Handlers, Limits, execute};
+use tokio_util::sync::CancellationToken;
+use wiremock::matchers::{body_json, body_partial_json, header, method, path, query_param};
+use wiremock::{Mock, MockServer, ResponseTemplate};
+
+// ---------------------------------------------------------------- helpers
+
+/// A workflow with one task `t`, whose body is `task` (YAML, indented by the caller).
+fn workflow(extra: &str, task: &str) -> Arc<Workflow> {
+    let yaml = format!("version: 1\nname: t\n{extra}tasks:\n  - name: t\n{task}");
+    let checked = taskweave::validate::check_source(
+        "t.yaml",
+        yaml.clone(),
+        taskweave::spec::Format::Yaml,
+        &Default::default(),
+    );
+    assert!(
+        checked.diagnostics.is_empty(),
+        "{yaml}\n{:#?}",
+        checked.diagnostics
+    );
+    checked.workflow.expect("a valid workflow")
+}
+
+fn ctx(input: Value) -> Value {
+    json!({
+        "input": input,
+        "tasks": {},
+        "run": {"id": "r1", "attempt": 1},
+        "workflow": {"name": "t"},
+        "context": {},
+    })
+}
+
+struct Env {
+    limits: Limits,
+    handlers: Handlers,
+    cancel: CancellationToken,
+}
+
+impl Default for Env {
+    fn default() -> Self {
+        Env {
+            limits: Limits::default(),
+            handlers: Handlers::with_builtins(),
+            cancel: CancellationToken::new(),
+        }
+    }
+}
+
+impl Env {
+    async fn run(&self, wf: &Workflow, input: Value) -> Result<Value, ActionError> {
+        let ctx = ctx(input);
+        execute(Attempt {
+            workflow: wf,
+            task: wf.task("t").expect("task t"),
+            ctx: &ctx,
+            run_id: "r1",
+            attempt: 1,
+            cancel: self.cancel.clone(),
+            limits: &self.limits,
+            handlers: &self.handlers,
+        })
+        .await
+    }
+}
+
+async fn run(wf: &Workflow, input: Value) -> Result<Value, ActionError> {
+    Env::default().run(wf, input).await
+}
+
+fn failed(r: Result<Value, ActionError>) -> String {
+    match r {
+        Err(ActionError::Failed(m)) => m,
+        other => panic!("expected a retryable failure, got {other:?}"),
+    }
+}
+
+fn permanent(r: Result<Value, ActionError>) -> String {
+    match r {
+        Err(ActionError::Permanent(m)) => m,
+        other => panic!("expected a permanent failure, got {other:?}"),
+    }
+}
+
+/// Wait (bounded) until a file has content, and return it trimmed.
+async fn wait_for_file(p: &Path) -> String {
+    for _ in 0..500 {
+        if let Ok(s) = std::fs::read_to_string(p)
+            && s.ends_with('\n')
+        {
+            return s.trim().to_string();
+        }
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+    panic!("{} was never written", p.display());
+}
+
+/// The pids whose process group is `pgid`, from /proc.
+fn group_members(pgid: i32) -> Vec<i32> {
+    let mut out = Vec::new();
+    for entry in std::fs::read_dir("/proc").unwrap().flatten() {
+        let Ok(pid) = entry.file_name().to_string_lossy().parse::<i32>() else {
+            continue;
+        };
+        let Ok(stat) = std::fs::read_to_string(format!("/proc/{pid}/stat")) else {
+            continue;
+        };
+        // pid (comm) state ppid pgrp ...; comm may contain spaces.
+        let Some(rest) = stat.rsplit_once(')').map(|x| x.1) else {
+            continue;
+        };
+        let fields: Vec<&str> = rest.split_whitespace().collect();
+        if fields.get(2).and_then(|g| g.parse::<i32>().ok()) == Some(pgid) && fields[0] != "Z" {
+            out.push(pid);
+        }
+    }
+    out
+}
+
+/// Whether a process exists and is not a zombie waiting for its reaper.
+fn alive(pid: i32) -> bool {
+    // SAFETY: signal 0 only checks for existence.
+    if unsafe { libc::kill(pid, 0) } != 0 {
+        return std::io::Error::last_os_error().raw_os_error() != Some(libc::ESRCH);
+    }
+    match std::fs::read_to_string(format!("/proc/{pid}/stat")) {
+        Ok(stat) => {
+            stat.rsplit_once(')')
+                .map(|x| x.1.trim_start().starts_with('Z'))
+                != Some(true)
+        }
+        Err(_) => false,
+    }
+}
+
+/// Assert that none of `pids` survives (allowing a moment for init to reap
+/// orphaned zombies).
+async fn assert_gone(pids: &[i32]) {
+    for _ in 0..250 {
+        if pids.iter().all(|p| !alive(*p)) {
+            return;
+        }
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    let left: Vec<_> = pids.iter().filter(|p| alive(**p)).collect();
+    panic!("processes left behind: {left:?}");
+}
+
+/// Wait until the group of the shell whose pid is in `pidfile` has `n`
+/// members, and return them.
+async fn members_when(pidfile: &Path, n: usize) -> (i32, Vec<i32>) {
+    let pgid: i32 = wait_for_file(pidfile).await.parse().unwrap();
+    for _ in 0..500 {
+        let m = group_members(pgid);
+        if m.len() >= n {
+            return (pgid, m);
+        }
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+    panic!("process group {pgid} never had {n} members");
+}
+
+// ---------------------------------------------------------------- run / shell
+
+#[tokio::test]
+async fn run_output_is_stdout_without_one_trailing_newline() {
+    let wf = workflow("", "    run: [echo, \"hello {{input.name}}\"]\n");
+    assert_eq!(
+        run(&wf, json!({"name": "world"})).await,
+        Ok(json!("hello world"))
+    );
+    let wf = workflow("", "    run: [printf, \"a\\n\\n\"]\n");
+    assert_eq!(run(&wf, json!({})).await, Ok(json!("a\n")));
+}
+
+#[tokio::test]
+async fn run_json_output_is_parsed() {
+    let wf = workflow(
+        "",
+        "    run: [echo, '{\"n\": 1, \"ok\": [true, null]}']\n    output: json\n",
+    );
+    assert_eq!(
+        run(&wf, json!({})).await,
+        Ok(json!({"n": 1, "ok": [true, null]}))
+    );
+}
+
+#[tokio::test]
+async fn run_bad_json_output_fails_with_the_parse_error() {
+    let wf = workflow("", "    run: [echo, \"not json\"]\n    output: json\n");
+    let m = failed(run(&wf, json!({})).await);
+    assert!(m.contains("stdout is not valid JSON"), "{m}");
+    assert!(m.contains("not json"), "{m}");
+}
+
+#[tokio::test]
+async fn nonzero_exit_fails_with_code_and_stderr() {
+    let wf = workflow(
+        "",
+        "    shell: \"echo partial; echo 'it broke' >&2; exit 3\"\n",
+    );
+    let m = failed(run(&wf, json!({})).await);
+    assert!(m.contains("exited with code 3"), "{m}");
+    assert!(m.contains("it broke"), "{m}");
+}
+
+#[tokio::test]
+async fn killed_by_a_signal_says_which() {
+    let wf = workflow("", "    shell: \"kill -USR1 $$\"\n");
+    let m = failed(run(&wf, json!({})).await);
+    assert!(m.contains("SIGUSR1"), "{m}");
+}
+
+#[tokio::test]
+async fn missing_program_is_named() {
+    let wf = workflow("", "    run: [taskweave-no-such-program, x]\n");
+    let m = failed(run(&wf, json!({})).await);
+    assert_eq!(m, "program `taskweave-no-such-program` not found");
+}
+
+#[tokio::test]
+async fn env_and_cwd_are_applied() {
+    let dir = tempfile::tempdir().unwrap();
+    let wf = workflow(
+        "env: {WF_VAR: from-workflow, SHARED: workflow}\n",
+        "    shell: 'echo \"$WF_VAR|$TASK_VAR|$SHARED|$TASKWEAVE_TASK|$(pwd)\"'\n    \
+         env: {TASK_VAR: \"{{input.v}}\", SHARED: task}\n    cwd: \"{{input.dir}}\"\n",
+    );
+    let out = run(&wf, json!({"v": "from input", "dir": dir.path()}))
+        .await
+        .unwrap();
+    let cwd = dir.path().canonicalize().unwrap();
+    assert_eq!(
+        out,
+        json!(format!("from-workflow|from input|task|t|{}", cwd.display()))
+    );
+    // The inherited environment is kept (PATH found `echo` above; HOME too).
+    let wf = workflow("", "    run: [sh, -c, 'test -n \"$PATH\" && echo ok']\n");
+    assert_eq!(run(&wf, json!({})).await, Ok(json!("ok")));
+}
+
+#[tokio::test]
+async fn missing_cwd_fails_clearly() {
+    let wf = workflow("", "    run: [pwd]\n    cwd: /nonexistent/taskweave-dir\n");
+    let m = failed(run(&wf, json!({})).await);
+    assert!(m.contains("/nonexistent/taskweave-dir"), "{m}");
+}
+
+#[tokio::test]
+async fn shell_values_cannot_inject_commands() {
+    let dir = tempfile::tempdir().unwrap();
+    let p1 = dir.path().join("pwned1");
+    let p2 = dir.path().join("pwned2");
+    let p3 = dir.path().join("pwned3");
+    let values = [
+        format!("\"; touch {}; echo \"", p1.display()),
+        format!("$(touch {})", p2.display()),
+        format!("`touch {}` it's", p3.display()),
+    ];
+    let wf = workflow(
+        "",
+        "    shell: |\n      echo {{input.a}}\n      echo {{input.b}}\n      echo {{input.c}}\n",
+    );
+    let out = run(&wf, json!({"a": values[0], "b": values[1], "c": values[2]}))
+        .await
+        .unwrap();
+    assert_eq!(out, json!(values.join("\n")));
+    for p in [&p1, &p2, &p3] {
+        assert!(!p.exists(), "{} was created", p.display());
+    }
+    // `run` has no shell at all.
+    let wf = workflow("", "    run: [echo, \"{{input.a}}\", \"{{input.b}}\"]\n");
+    let out = run(&wf, json!({"a": values[0], "b": values[1]}))
+        .await
+        .unwrap();
+    assert_eq!(out, json!(format!("{} {}", values[0], values[1])));
+    assert!(!p1.exists() && !p2.exists());
+}
+
+#[tokio::test]
+async fn output_over_the_cap_fails_and_stops_the_process() {
+    let env = Env {
+        limits: Limits {
+            max_output_bytes: 1024,
+            ..Limits::default()
+        },
+        ..Env::default()
+    };
+    let wf = workflow("", "    shell: 'while :; do echo 0123456789abcdef; done'\n");
+    let m = failed(env.run(&wf, json!({})).await);
+    assert_eq!(m, "stdout exceeded 1 KiB");
+    let wf = workflow(
+        "",
+        "    shell: 'while :; do echo 0123456789abcdef >&2; done'\n",
+    );
+    let m = failed(env.run(&wf, json!({})).await);
+    assert_eq!(m, "stderr exceeded 1 KiB");
+    // Exactly at the cap is fine.
+    let wf = workflow("", "    shell: \"head -c 1024 /dev/zero | tr '\\\\0' x\"\n");
+    let out = env.run(&wf, json!({})).await.unwrap();
+    assert_eq!(out.as_str().unwrap().len(), 1024);
+}
+
+#[tokio::test]
+async fn cancel_stops_the_whole_process_group() {
+    let dir = tempfile::tempdir().unwrap();
+    let pidfile = dir.path().join("pid");
+    let wf = workflow(
+        "",
+        "    shell: 'echo $$ > {{input.pidfile}}; sleep 100; echo x'\n",
+    );
+    let env = Env::default();
+    let cancel = env.cancel.clone();
+    let watcher = {
+        let pidfile = pidfile.clone();
+        async move {
+            let (pgid, members) = members_when(&pidfile, 2).await;
+            cancel.cancel();
+            (pgid, members)
+        }
+    };
+    let started = Instant::now();
+    let (r, (pgid, members)) = tokio::join!(env.run(&wf, json!({"pidfile": pidfile})), watcher);
+    assert_eq!(r, Err(ActionError::Cancelled));
+    assert!(members.len() >= 2, "{members:?}");
+    assert_gone(&members).await;
+    assert!(group_members(pgid).is_empty());
+    // sh and sleep die on SIGTERM: no need to wait for the 5 s grace.
+    assert!(
+        started.elapsed() < Duration::from_secs(4),
+        "{:?}",
+        started.elapsed()
+    );
+}
+
+#[tokio::test]
+async fn processes_ignoring_sigterm_get_sigkill_after_the_grace() {
+    let dir = tempfile::tempdir().unwrap();
+    let pidfile = dir.path().join("pid");
+    let marker = dir.path().join("marker");
+    let wf = workflow(
+        "",
+        "    shell: |\n      trap 'echo term >> {{input.marker}}' TERM\n      \
+         echo $$ > {{input.pidfile}}\n      while :; do sleep 1; done\n",
+    );
+    let grace = Duration::from_millis(500);
+    let env = Env {
+        limits: Limits {
+            kill_grace: grace,
+            ..Limits::default()
+        },
+        ..Env::default()
+    };
+    let cancel = env.cancel.clone();
+    let watcher = {
+        let pidfile = pidfile.clone();
+        async move {
+            let (pgid, members) = members_when(&pidfile, 2).await;
+            let at = Instant::now();
+            cancel.cancel();
+            (pgid, members, at)
+        }
+    };
+    let (r, (pgid, members, cancelled_at)) = tokio::join!(
+        env.run(&wf, json!({"pidfile": pidfile, "marker": marker})),
+        watcher
+    );
+    assert_eq!(r, Err(ActionError::Cancelled));
+    // The shell survived SIGTERM (its trap ran), so SIGKILL came after the grace.
+    assert!(
+        cancelled_at.elapsed() >= grace,
+        "{:?}",
+        cancelled_at.elapsed()
+    );
+    assert!(cancelled_at.elapsed() < Duration::from_secs(10));
+    assert_eq!(std::fs::read_to_string(&marker).unwrap().trim(), "term");
+    assert_gone(&members).await;
+    assert!(group_members(pgid).is_empty());
+}
+
+#[tokio::test]
+async fn a_dropped_attempt_leaves_no_processes() {
+    let dir = tempfile::tempdir().unwrap();
+    let pidfile = dir.path().join("pid");
+    let wf = workflow(
+        "",
+        "    shell: 'echo $$ > {{input.pidfile}}; sleep 100; echo x'\n",
+    );
+    let env = Env::default();
+    let input = json!({"pidfile": pidfile});
+    let attempt = env.run(&wf, input);
+    let (pgid, members) = tokio::select! {
+        r = attempt => panic!("the attempt ended on its own: {r:?}"),
+        m = members_when(&pidfile, 2) => m,
+    };
+    assert_gone(&members).await;
+    assert!(group_members(pgid).is_empty());
+}
+
+#[tokio::test]
+async fn background_children_do_not_outlive_the_task() {
+    let dir = tempfile::tempdir().unwrap();
+    let pidfile = dir.path().join("bg");
+    let wf = workflow(
+        "",
+        "    shell: 'sleep 100 & echo $! > {{input.pidfile}}; echo done'\n",
+    );
+    let started = Instant::now();
+    assert_eq!(
+        run(&wf, json!({"pidfile": pidfile})).await,
+        Ok(json!("done"))
+    );
+    assert!(started.elapsed() < Duration::from_secs(30));
+    let bg: i32 = wait_for_file(&pidfile).await.parse().unwrap();
+    assert_gone(&[bg]).await;
+}
+
+// ---------------------------------------------------------------- http
+
+#[tokio::test]
+async fn http_get_sends_query_and_headers() {
+    let server = MockServer::start().await;
+    Mock::given(method("GET"))
+        .and(path("/items"))
+        .and(query_param("q", "rust lang"))
+        .and(query_param("limit", "5"))
+        .and(header("x-token", "secret-1"))
+        .respond_with(
+            ResponseTemplate::new(200)
+                .set_body_json(json!({"items": [1, 2]}))
+                .insert_header("X-Request-Id", "abc"),
+        )
+        .expect(1)
+        .mount(&server)
+        .await;
+    let wf = workflow(
+        "",
+        "    http:\n      url: \"{{input.base}}/items\"\n      \
+         query: {q: \"{{input.q}}\", limit: \"5\"}\n      headers: {X-Token: \"{{input.token}}\"}\n",
+    );
+    let out = run(
+        &wf,
+        json!({"base": server.uri(), "q": "rust lang", "token": "secret-1"}),
+    )
+    .await
+    .unwrap();
+    assert_eq!(out["status"], json!(200));
+    assert_eq!(out["body"], json!({"items": [1, 2]}));
+    assert_eq!(out["headers"]["x-request-id"], json!("abc"));
+    assert!(
+        out["headers"]["content-type"]
+            .as_str()
+            .unwrap()
+            .contains("application/json")
+    );
+}
+
+#[tokio::test]
+async fn http_post_json_keeps_template_types() {
+    let server = MockServer::start().await;
+    Mock::given(method("POST"))
+        .and(path("/ingest"))
+        .and(body_json(json!({
+            "count": 3,
+            "tags": ["a", "b"],
+            "meta": {"deep": true},
+            "text": "run r1 for t",
+            "fixed": 1.5,
+        })))
+        .respond_with(ResponseTemplate::new(201).set_body_string("created"))
+        .expect(1)
+        .mount(&server)
+        .await;
+    let wf = workflow(
+        "",
+        "    http:\n      method: POST\n      url: \"{{input.base}}/ingest\"\n      json:\n        \
+         count: \"{{input.count}}\"\n        tags: \"{{input.tags}}\"\n        meta: \"{{input.meta}}\"\n        \
+         text: \"run {{run.id}} for {{workflow.name}}\"\n        fixed: 1.5\n",
+    );
+    let out = run(
+        &wf,
+        json!({"base": server.uri(), "count": 3, "tags": ["a", "b"], "meta": {"deep": true}}),
+    )
+    .await
+    .unwrap();
+    assert_eq!(out["status"], json!(201));
+    assert_eq!(out["body"], json!("created"));
+}
+
+#[tokio::test]
+async fn http_text_body_is_sent_as_is() {
+    let server = MockServer::start().await;
+    Mock::given(method("PUT"))
+        .and(path("/doc"))
+        .and(wiremock::matchers::body_string("hello world"))
+        .respond_with(ResponseTemplate::new(200).set_body_raw("plain text", "text/plain"))
+        .expect(1)
+        .mount(&server)
+        .await;
+    let wf = workflow(
+        "",
+        "    http:\n      method: PUT\n      url: \"{{input.base}}/doc\"\n      body: \"hello {{input.who}}\"\n",
+    );
+    let out = run(&wf, json!({"base": server.uri(), "who": "world"}))
+        .await
+        .unwrap();
+    assert_eq!(out["body"], json!("plain text"));
+}
+
+#[tokio::test]
+async fn http_non_2xx_fails_with_status_and_body() {
+    let server = MockServer::start().await;
+    Mock::given(method("GET"))
+        .respond_with(ResponseTemplate::new(503).set_body_string("down for maintenance"))
+        .mount(&server)
+        .await;
+    let wf = workflow("", "    http: {url: \"{{input.base}}/x\"}\n");
+    let m = failed(run(&wf, json!({"base": server.uri()})).await);
+    assert_eq!(m, "HTTP 503 Service Unavailable: down for maintenance");
+}
+
+#[tokio::test]
+async fn http_connection_errors_are_retryable() {
+    let wf = workflow("", "    http: {url: \"http://127.0.0.1:1/x\"}\n");
+    let m = failed(run(&wf, json!({})).await);
+    assert!(m.contains("http://127.0.0.1:1/x"), "{m}");
+}
+
+#[tokio::test]
+async fn http_honours_cancel_timeout_and_body_cap() {
+    let server = MockServer::start().await;
+    Mock::given(path("/slow"))
+        .respond_with(ResponseTemplate::new(200).set_delay(Duration::from_secs(30)))
+        .mount(&server)
+        .await;
+    Mock::given(path("/big"))
+        .respond_with(ResponseTemplate::new(200).set_body_string("x".repeat(100)))
+        .mount(&server)
+        .await;
+    let slow = workflow("", "    http: {url: \"{{input.base}}/slow\"}\n");
+    let input = json!({"base": server.uri()});
+
+    let env = Env::default();
+    let cancel = env.cancel.clone();
+    let started = Instant::now();
+    let (r, ()) = tokio::join!(env.run(&slow, input.clone()), async move {
+        tokio::time::sleep(Duration::from_millis(100)).await;
+        cancel.cancel();
+    });
+    assert_eq!(r, Err(ActionError::Cancelled));
+    assert!(started.elapsed() < Duration::from_secs(10));
+
+    let env = Env {
+        limits: Limits {
+            http_timeout: Duration::from_millis(200),
+            max_output_bytes: 16,
+            ..Limits::default()
+        },
+        ..Env::default()
+    };
+    let m = failed(env.run(&slow, input.clone()).await);
+    assert!(m.contains("timed out"), "{m}");
+    let big = workflow("", "    http: {url: \"{{input.base}}/big\"}\n");
+    let m = failed(env.run(&big, input).await);
+    assert!(m.contains("exceeded 16 bytes"), "{m}");
+}
+
+// ---------------------------------------------------------------- handlers
+
+#[tokio::test]
+async fn builtins_are_registered() {
+    let h = Handlers::with_builtins();
+    let mut names: Vec<_> = h.names().collect();
+    names.sort();
+    assert_eq!(names, ["echo", "extract-text", "fail", "llm", "sleep"]);
+}
+
+#[tokio::test]
+async fn echo_returns_its_arguments() {
+    let wf = workflow(
+        "",
+        "    uses: echo\n    with: {n: \"{{input.n}}\", s: \"id {{run.id}}\", list: [1, two]}\n",
+    );
+    assert_eq!(
+        run(&wf, json!({"n": 7})).await,
+        Ok(json!({"n": 7, "s": "id r1", "list": [1, "two"]}))
+    );
+}
+
+#[tokio::test]
+async fn sleep_sleeps_and_honours_cancel() {
+    let wf = workflow("", "    uses: sleep\n    with: {duration: 20ms}\n");
+    assert_eq!(run(&wf, json!({})).await, Ok(json!({"slept_ms": 20})));
+    let wf = workflow("", "    uses: sleep\n    with: {seconds: 0.01}\n");
+    assert_eq!(run(&wf, json!({})).await, Ok(json!({"slept_ms": 10})));
+
+    let wf = workflow("", "    uses: sleep\n    with: {seconds: 60}\n");
+    let env = Env::default();
+    let cancel = env.cancel.clone();
+    let started = Instant::now();
+    let (r, ()) = tokio::join!(env.run(&wf, json!({})), async move {
+        tokio::time::sleep(Duration::from_millis(50)).await;
+        cancel.cancel();
+    });
+    assert_eq!(r, Err(ActionError::Cancelled));
+    assert!(started.elapsed() < Duration::from_secs(10));
+
+    let wf = workflow("", "    uses: sleep\n    with: {}\n");
+    permanent(run(&wf, json!({})).await);
+}
+
+#[tokio::test]
+async fn fail_fails_as_asked() {
+    let wf = workflow("", "    uses: fail\n");
+    assert_eq!(
+        run(&wf, json!({})).await,
+        Err(ActionError::Failed("failed on purpose".into()))
+    );
+    let wf = workflow(
+        "",
+        "    uses: fail\n    with: {message: \"no {{input.x}}\"}\n",
+    );
+    assert_eq!(
+        run(&wf, json!({"x": "luck"})).await,
+        Err(ActionError::Failed("no luck".into()))
+    );
+    let wf = workflow(
+        "",
+        "    uses: fail\n    with: {message: broken, retryable: false}\n",
+    );
+    assert_eq!(
+        run(&wf, json!({})).await,
+        Err(ActionError::Permanent("broken".into()))
+    );
+}
+
+fn fixture(name: &str) -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR"))
+        .join("tests/fixtures/actions")
+        .join(name)
+}
+
+#[tokio::test]
+async fn extract_text_reads_plain_text() {
+    let dir = tempfile::tempdir().unwrap();
+    let p = dir.path().join("notes.txt");
+    std::fs::write(&p, "first line\nsecond line\n").unwrap();
+    let wf = workflow(
+        "",
+        "    uses: extract-text\n    with: {path: \"{{input.path}}\"}\n",
+    );
+    assert_eq!(
+        run(&wf, json!({"path": p})).await,
+        Ok(
+            json!({"text": "first line\nsecond line\n", "page_count": 1, "extraction_method": "plain"})
+        )
+    );
+}
+
+#[tokio::test]
+async fn extract_text_reads_pdfs() {
+    let wf = workflow(
+        "",
+        "    uses: extract-text\n    with: {path: \"{{input.path}}\"}\n",
+    );
+    let out = run(&wf, json!({"path": fixture("two-pages.pdf")}))
+        .await
+        .unwrap();
+    assert_eq!(out["extraction_method"], json!("pdf"));
+    assert_eq!(out["page_count"], json!(2));
+    let text = out["text"].as_str().unwrap();
+    let first = text
+        .find("Hello from page one")
+        .unwrap_or_else(|| panic!("{text:?}"));
+    let second = text
+        .find("Second page here")
+        .unwrap_or_else(|| panic!("{text:?}"));
+    assert!(first < second, "{text:?}");
+}
+
+#[tokio::test]
+async fn extract_text_failures_name_the_file() {
+    let dir = tempfile::tempdir().unwrap();
+    let missing = dir.path().join("missing.txt");
+    let wf = workflow(
+        "",
+        "    uses: extract-text\n    with: {path: \"{{input.path}}\"}\n",
+    );
+    let m = failed(run(&wf, json!({"path": missing})).await);
+    assert!(m.contains(&missing.display().to_string()), "{m}");
+
+    let broken = dir.path().join("broken.pdf");
+    std::fs::write(
+        &broken,
+        b"%PDF-1.4\n1 0 obj << /Type /Catalog >> endobj\ntrailer <<>>\n%%EOF\n",
+    )
+    .unwrap();
+    let m = failed(run(&wf, json!({"path": broken})).await);
+    assert!(m.contains("broken.pdf"), "{m}");
+}
+
+// ---------------------------------------------------------------- llm
+
+fn llm_handlers(server: &MockServer, key: Option<&str>) -> Handlers {
+    Handlers::builtin(LlmConfig {
+        base_url: format!("{}/v1", server.uri()),
+        api_key: key.map(str::to_string),
+        model: "gpt-test".into(),
+        timeout: Duration::from_secs(30),
+    })
+}
+
+#[tokio::test]
+async fn llm_sends_a_chat_completion_and_reads_the_reply() {
+    let server = MockServer::start().await;
+    Mock::given(method("POST"))
+        .and(path("/v1/chat/completions"))
+        .and(header("authorization", "Bearer test-key"))
+        .and(body_partial_json(json!({
+            "model": "gpt-test",
+            "messages": [{"role": "user", "content": "Summarise: the doc"}],
+            "temperature": 0,
+        })))
+        .respond_with(ResponseTemplate::new(200).set_body_json(json!({
+            "id": "c1",
+            "model": "gpt-test-2025",
+            "choices": [{"index": 0, "message": {"role": "assistant", "content": "A summary."}}],
+            "usage": {"prompt_tokens": 30, "completion_tokens": 12, "total_tokens": 42},
+        })))
+        .expect(1)
+        .mount(&server)
+        .await;
+    let wf = workflow(
+        "",
+        "    uses: llm\n    with: {prompt: \"Summarise: {{input.text}}\", temperature: 0}\n",
+    );
+    let env = Env {
+        handlers: llm_handlers(&server, Some("test-key")),
+        ..Env::default()
+    };
+    let out = env.run(&wf, json!({"text": "the doc"})).await.unwrap();
+    assert_eq!(
+        out,
+        json!({"response": "A summary.", "tokens_used": 42, "model": "gpt-test-2025"})
+    );
+}
+
+#[tokio::test]
+async fn llm_errors_are_classified() {
+    let server = MockServer::start().await;
+    Mock::given(body_partial_json(json!({"model": "flaky"})))
+        .respond_with(ResponseTemplate::new(500).set_body_string("upstream exploded"))
+        .mount(&server)
+        .await;
+    Mock::given(body_partial_json(json!({"model": "busy"})))
+        .respond_with(ResponseTemplate::new(429).set_body_string("slow down"))
+        .mount(&server)
+        .await;
+    Mock::given(body_partial_json(json!({"model": "unknown"})))
+        .respond_with(ResponseTemplate::new(404).set_body_string("no such model"))
+        .mount(&server)
+        .await;
+    let env = Env {
+        handlers: llm_handlers(&server, Some("test-key")),
+        ..Env::default()
+    };
+    let task = |model: &str| {
+        workflow(
+            "",
+            &format!("    uses: llm\n    with: {{prompt: hi, model: {model}}}\n"),
+        )
+    };
+    let m = failed(env.run(&task("flaky"), json!({})).await);
+    assert!(m.contains("500") && m.contains("upstream exploded"), "{m}");
+    let m = failed(env.run(&task("busy"), json!({})).await);
+    assert!(m.contains("429"), "{m}");
+    let m = permanent(env.run(&task("unknown"), json!({})).await);
+    assert!(m.contains("404") && m.contains("no such model"), "{m}");
+    assert!(!m.contains("test-key"));
+}
+
+#[tokio::test]
+async fn llm_without_a_key_for_a_remote_service_is_permanent() {
+    let env = Env {
+        handlers: Handlers::builtin(LlmConfig {
+            base_url: "https://llm.example.invalid/v1".into(),
+            api_key: None,
+            ..LlmConfig::default()
+        }),
+        ..Env::default()
+    };
+    let wf = workflow("", "    uses: llm\n    with: {prompt: hi}\n");
+    let m = permanent(env.run(&wf, json!({})).await);
+    assert!(m.contains("API key"), "{m}");
+}
