@@ -4,9 +4,30 @@
 //!
 //! The executor writes through a [`StoreWriter`] that batches events into
 //! transactions, so recording history costs the hot path a channel send.
+//! Everything else (the CLI's `runs`, the API, cancel requests from other
+//! processes, recovery of runs whose process died) goes through [`Store`].
+//!
+//! This module touches only the database it is given; it knows nothing of
+//! backends or workflows beyond the pinned definition it keeps as JSON.
 
-use crate::run::{RunResult, RunStatus, TaskResult};
+mod sql;
+mod writer;
+
+pub use writer::StoreWriter;
+
+use crate::run::{RunResult, RunStatus, TaskResult, TaskStatus};
 use serde_json::Value;
+use sql::{Dialect, Sql, Stmt, Val, parse_ts};
+use sqlx::migrate::{MigrateError, Migration, MigrationType, Migrator};
+use sqlx::postgres::{PgConnectOptions, PgPool, PgPoolOptions, PgRow};
+use sqlx::sqlite::{SqliteConnectOptions, SqliteJournalMode, SqlitePool, SqlitePoolOptions, SqliteRow, SqliteSynchronous};
+use sqlx::{AssertSqlSafe, SqlSafeStr};
+use std::collections::{BTreeMap, HashMap};
+use std::path::Path;
+use std::str::FromStr;
+use std::sync::{Arc, OnceLock};
+use std::time::Duration;
+use time::OffsetDateTime;
 
 #[derive(Debug, thiserror::Error)]
 pub enum StoreError {
@@ -14,6 +35,20 @@ pub enum StoreError {
     Db(String),
     #[error("store: bad URL `{0}` (expected sqlite://PATH, sqlite::memory: or postgres://...)")]
     BadUrl(String),
+    /// The database could not be reached, created or opened.
+    #[error("store: cannot open the store at {location}: {reason}")]
+    Open { location: String, reason: String },
+    /// The database was migrated by a later release than this one.
+    #[error(
+        "the store at {location} was created by a newer taskweave (schema version {version}); \
+         this taskweave knows schema versions up to {known}"
+    )]
+    NewerSchema { location: String, version: i64, known: i64 },
+    #[error("store: a run `{0}` exists already")]
+    RunExists(String),
+    /// The background writer is gone (its runtime shut down, or it was never started).
+    #[error("store: the history writer has stopped; recent updates were not recorded")]
+    WriterStopped,
 }
 
 pub type Result<T> = std::result::Result<T, StoreError>;
@@ -25,6 +60,12 @@ pub struct RunFilter {
     pub status: Option<RunStatus>,
     pub limit: Option<u32>,
 }
+
+/// How many runs [`Store::list_runs`] returns when the filter sets no limit.
+pub const DEFAULT_LIST_LIMIT: u32 = 50;
+
+/// How many ids [`Store::run_ids_by_prefix`] returns at most.
+pub const PREFIX_MATCH_LIMIT: u32 = 100;
 
 /// One line of `runs list`.
 #[derive(Debug, Clone, PartialEq, serde::Serialize)]
@@ -53,39 +94,670 @@ pub struct AttemptRecord {
     pub finished_at: Option<time::OffsetDateTime>,
 }
 
-#[derive(Clone, Debug)]
-pub struct Store {}
+/// The process executing a run: what orphan recovery checks.
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize)]
+pub struct Owner {
+    pub host: String,
+    pub pid: u32,
+}
 
-impl Store {
-    pub async fn open(url: &str) -> Result<Store> {
-        Err(StoreError::BadUrl(url.to_string()))
-    }
-    pub async fn create_run(&self, _run: &RunResult, _definition: &Value) -> Result<()> {
-        Ok(())
-    }
-    pub async fn save_run(&self, _run: &RunResult) -> Result<()> {
-        Ok(())
-    }
-    pub async fn get_run(&self, _id: &str) -> Result<Option<RunResult>> {
-        Ok(None)
-    }
-    pub async fn list_runs(&self, _f: &RunFilter) -> Result<Vec<RunSummary>> {
-        Ok(vec![])
-    }
-    pub fn writer(&self) -> StoreWriter {
-        StoreWriter {}
+impl Owner {
+    /// This process on this host.
+    pub fn current() -> Owner {
+        Owner { host: hostname().to_string(), pid: std::process::id() }
     }
 }
 
-/// Batched, ordered writes from the executor.
-#[derive(Clone, Debug)]
-pub struct StoreWriter {}
+/// The newest schema this build knows.
+pub const SCHEMA_VERSION: i64 = 1;
 
-impl StoreWriter {
-    pub fn task(&self, _run_id: &str, _task: &str, _t: &TaskResult) {}
-    pub fn attempt(&self, _a: AttemptRecord) {}
-    pub fn run(&self, _r: &RunResult) {}
-    pub async fn flush(&self) -> Result<()> {
+/// Where sqlx records applied migrations. Not sqlx's default name, so the
+/// store can share a PostgreSQL database with other sqlx users.
+const MIGRATIONS_TABLE: &str = "_taskweave_store_migrations";
+
+/// Migration files, embedded. A file is never edited once released (sqlx
+/// checks a checksum); a change is a new numbered file.
+const SQLITE_MIGRATIONS: &[(i64, &str, &str)] = &[(1, "run history", include_str!("migrations/sqlite/0001_run_history.sql"))];
+const POSTGRES_MIGRATIONS: &[(i64, &str, &str)] = &[(1, "run history", include_str!("migrations/postgres/0001_run_history.sql"))];
+
+/// A handle on the run history. Cheap to clone; every clone shares one pool.
+#[derive(Clone)]
+pub struct Store {
+    inner: Arc<Inner>,
+}
+
+impl std::fmt::Debug for Store {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Store").field("location", &self.inner.location).field("dialect", &self.inner.sql.dialect).finish()
+    }
+}
+
+pub(crate) struct Inner {
+    pool: Pool,
+    pub(crate) sql: Sql,
+    location: String,
+    pub(crate) owner: Owner,
+}
+
+enum Pool {
+    Sqlite(SqlitePool),
+    Postgres(PgPool),
+}
+
+/// Runs `$body` once per pool kind, with `$p` the pool and `$db` the sqlx
+/// database type, so one piece of code serves both databases.
+macro_rules! with_pool {
+    ($pool:expr, |$p:ident, $db:ident| $body:block) => {
+        match $pool {
+            Pool::Sqlite($p) => {
+                #[allow(clippy::upper_case_acronyms)]
+                type $db = sqlx::Sqlite;
+                $body
+            }
+            Pool::Postgres($p) => {
+                #[allow(clippy::upper_case_acronyms)]
+                type $db = sqlx::Postgres;
+                $body
+            }
+        }
+    };
+}
+
+/// A query for `$db` with the statement's arguments bound.
+macro_rules! bound {
+    ($db:ty, $stmt:expr) => {{
+        let Stmt { sql, args } = $stmt;
+        args.into_iter().fold(sqlx::query::<$db>(sql), |q, a| BindVal::bind_val(q, a))
+    }};
+}
+
+/// Binding a [`Val`], which arrays make database-specific.
+trait BindVal {
+    fn bind_val(self, v: Val) -> Self;
+}
+
+impl BindVal for sqlx::query::Query<'_, sqlx::Sqlite, <sqlx::Sqlite as sqlx::Database>::Arguments> {
+    fn bind_val(self, v: Val) -> Self {
+        match v {
+            Val::Text(v) => self.bind(v),
+            Val::Int(v) => self.bind(v),
+            Val::Bool(v) => self.bind(v),
+            // Never built for SQLite; bound as JSON should that change.
+            Val::Texts(v) => self.bind(serde_json::to_string(&v).unwrap_or_default()),
+            Val::Ints(v) => self.bind(serde_json::to_string(&v).unwrap_or_default()),
+        }
+    }
+}
+
+impl BindVal for sqlx::query::Query<'_, sqlx::Postgres, <sqlx::Postgres as sqlx::Database>::Arguments> {
+    fn bind_val(self, v: Val) -> Self {
+        match v {
+            Val::Text(v) => self.bind(v),
+            Val::Int(v) => self.bind(v),
+            Val::Bool(v) => self.bind(v),
+            Val::Texts(v) => self.bind(v),
+            Val::Ints(v) => self.bind(v),
+        }
+    }
+}
+
+/// Column access common to both databases' rows.
+trait DbRow {
+    fn text(&self, col: &str) -> Result<Option<String>>;
+    fn int(&self, col: &str) -> Result<Option<i64>>;
+
+    fn req_text(&self, col: &str) -> Result<String> {
+        self.text(col)?.ok_or_else(|| StoreError::Db(format!("column `{col}` is unexpectedly empty")))
+    }
+}
+
+macro_rules! impl_db_row {
+    ($row:ty) => {
+        impl DbRow for $row {
+            fn text(&self, col: &str) -> Result<Option<String>> {
+                sqlx::Row::try_get::<Option<String>, _>(self, col).map_err(|e| StoreError::Db(format!("reading column `{col}`: {e}")))
+            }
+            fn int(&self, col: &str) -> Result<Option<i64>> {
+                sqlx::Row::try_get::<Option<i64>, _>(self, col).map_err(|e| StoreError::Db(format!("reading column `{col}`: {e}")))
+            }
+        }
+    };
+}
+impl_db_row!(SqliteRow);
+impl_db_row!(PgRow);
+
+impl Inner {
+    async fn fetch<T>(&self, what: &str, stmt: Stmt, f: impl Fn(&dyn DbRow) -> Result<T>) -> Result<Vec<T>> {
+        with_pool!(&self.pool, |p, DB| {
+            let rows = bound!(DB, stmt).fetch_all(p).await.map_err(|e| db_error(what, &e))?;
+            rows.iter().map(|r| f(r)).collect()
+        })
+    }
+
+    async fn execute(&self, what: &str, stmt: Stmt) -> Result<u64> {
+        with_pool!(&self.pool, |p, DB| { bound!(DB, stmt).execute(p).await.map(|r| r.rows_affected()).map_err(|e| db_error(what, &e)) })
+    }
+
+    /// Runs the statements in one transaction; rows affected by each.
+    pub(crate) async fn transaction(&self, stmts: Vec<Stmt>) -> std::result::Result<Vec<u64>, sqlx::Error> {
+        with_pool!(&self.pool, |p, DB| {
+            let mut tx = p.begin().await?;
+            let mut affected = Vec::with_capacity(stmts.len());
+            for s in stmts {
+                affected.push(bound!(DB, s).execute(&mut *tx).await?.rows_affected());
+            }
+            tx.commit().await?;
+            Ok(affected)
+        })
+    }
+}
+
+impl Store {
+    /// Opens (creating and migrating when needed) the store at `url`:
+    /// `sqlite://PATH`, `sqlite::memory:`, `postgres://...` or `postgresql://...`.
+    pub async fn open(url: &str) -> Result<Store> {
+        let url = url.trim();
+        let (pool, dialect, location) = if url.starts_with("sqlite::memory:") {
+            (open_sqlite_memory().await?, Dialect::Sqlite, "sqlite::memory:".to_string())
+        } else if let Some(path) = url.strip_prefix("sqlite://").or_else(|| url.strip_prefix("sqlite:")) {
+            if path.is_empty() || path.contains('?') {
+                return Err(StoreError::BadUrl(url.to_string()));
+            }
+            (open_sqlite_file(Path::new(path)).await?, Dialect::Sqlite, path.to_string())
+        } else if url.starts_with("postgres://") || url.starts_with("postgresql://") {
+            let location = redact(url);
+            (open_postgres(url, &location).await?, Dialect::Postgres, location)
+        } else {
+            return Err(StoreError::BadUrl(url.to_string()));
+        };
+        let inner = Inner { pool, sql: Sql::new(dialect, MIGRATIONS_TABLE), location, owner: Owner::current() };
+        migrate(&inner).await?;
+        Ok(Store { inner: Arc::new(inner) })
+    }
+
+    /// Where the store lives, for messages (a PostgreSQL password is masked).
+    pub fn location(&self) -> &str {
+        &self.inner.location
+    }
+
+    /// Closes every connection; later calls on any clone fail.
+    pub async fn close(&self) {
+        match &self.inner.pool {
+            Pool::Sqlite(p) => p.close().await,
+            Pool::Postgres(p) => p.close().await,
+        }
+    }
+
+    /// Records a new run and all its tasks as they are (normally pending),
+    /// with the pinned workflow definition, owned by this process; in one
+    /// transaction. Tasks keep the order of `definition.tasks` when it lists them.
+    pub async fn create_run(&self, run: &RunResult, definition: &Value) -> Result<()> {
+        let sql = &self.inner.sql;
+        let order: HashMap<&str, i64> = definition
+            .get("tasks")
+            .and_then(Value::as_array)
+            .map(|tasks| tasks.iter().enumerate().filter_map(|(i, t)| Some((t.get("name")?.as_str()?, i as i64))).collect())
+            .unwrap_or_default();
+        let fallback = order.len() as i64;
+        let tasks: Vec<(&str, &str, i64, &TaskResult)> = run
+            .tasks
+            .iter()
+            .enumerate()
+            .map(|(i, (name, t))| {
+                let pos = order.get(name.as_str()).copied().unwrap_or(fallback + i as i64);
+                (run.run_id.as_str(), name.as_str(), pos, t)
+            })
+            .collect();
+        let mut stmts = vec![sql.insert_run(run, definition, &self.inner.owner)];
+        sql.upsert_tasks(&tasks, &mut stmts);
+        self.inner.transaction(stmts).await.map_err(|e| match &e {
+            sqlx::Error::Database(d) if d.is_unique_violation() => StoreError::RunExists(run.run_id.clone()),
+            _ => db_error(&format!("recording run {}", run.run_id), &e),
+        })?;
         Ok(())
+    }
+
+    /// Writes the run's fields and every task (inserting what is missing),
+    /// in one transaction. The owner, definition and cancel request are kept.
+    /// Not ordered with a [`StoreWriter`]'s queue: flush it first.
+    pub async fn save_run(&self, run: &RunResult) -> Result<()> {
+        let sql = &self.inner.sql;
+        let mut stmts = Vec::new();
+        sql.upsert_runs(&[run], &self.inner.owner, &mut stmts);
+        let tasks: Vec<(&str, &str, i64, &TaskResult)> =
+            run.tasks.iter().enumerate().map(|(i, (name, t))| (run.run_id.as_str(), name.as_str(), i as i64, t)).collect();
+        sql.upsert_tasks(&tasks, &mut stmts);
+        self.inner.transaction(stmts).await.map_err(|e| db_error(&format!("saving run {}", run.run_id), &e))?;
+        Ok(())
+    }
+
+    pub async fn get_run(&self, id: &str) -> Result<Option<RunResult>> {
+        let sql = &self.inner.sql;
+        let what = format!("reading run {id}");
+        let Some(mut run) = self.inner.fetch(&what, stmt(&sql.get_run, [id]), run_from_row).await?.pop() else {
+            return Ok(None);
+        };
+        let tasks = self.inner.fetch(&what, stmt(&sql.get_tasks, [id]), task_from_row).await?;
+        run.tasks = tasks.into_iter().collect();
+        Ok(Some(run))
+    }
+
+    /// Runs matching the filter, newest first, at most `limit` (default 50).
+    pub async fn list_runs(&self, f: &RunFilter) -> Result<Vec<RunSummary>> {
+        let limit = i64::from(f.limit.unwrap_or(DEFAULT_LIST_LIMIT));
+        let q = self.inner.sql.list_runs(f.workflow.as_deref(), f.status.map(RunStatus::as_str), limit);
+        self.inner.fetch("listing runs", q, summary_from_row).await
+    }
+
+    /// The workflow definition the run pinned when it was created.
+    pub async fn get_definition(&self, id: &str) -> Result<Option<Value>> {
+        let rows = self
+            .inner
+            .fetch(&format!("reading the definition of run {id}"), stmt(&self.inner.sql.get_definition, [id]), |r| {
+                r.text("definition")?.map(|s| parse_json("definition", &s)).transpose()
+            })
+            .await?;
+        Ok(rows.into_iter().next().flatten())
+    }
+
+    /// Every recorded attempt of the run's tasks, in the order they started.
+    pub async fn attempts(&self, run_id: &str) -> Result<Vec<AttemptRecord>> {
+        self.inner
+            .fetch(&format!("reading the attempts of run {run_id}"), stmt(&self.inner.sql.get_attempts, [run_id]), attempt_from_row)
+            .await
+    }
+
+    /// Asks whoever executes the run to cancel it. `false` when the run is
+    /// unknown or already finished.
+    pub async fn request_cancel(&self, id: &str) -> Result<bool> {
+        let q = Stmt { sql: self.inner.sql.request_cancel.clone(), args: vec![Val::Text(Some(id.to_string())), Val::Bool(true)] };
+        let n = self.inner.execute(&format!("requesting cancellation of run {id}"), q).await?;
+        Ok(n > 0)
+    }
+
+    /// Which of these runs (still queued or running) have a cancel request.
+    pub async fn cancel_requested(&self, ids: &[String]) -> Result<Vec<String>> {
+        if ids.is_empty() {
+            return Ok(vec![]);
+        }
+        let q = Stmt {
+            sql: self.inner.sql.cancel_requested.clone(),
+            args: vec![Val::Text(Some(serde_json::to_string(ids).unwrap_or_else(|_| "[]".into()))), Val::Bool(true)],
+        };
+        self.inner.fetch("reading cancel requests", q, |r| r.req_text("run_id")).await
+    }
+
+    /// Marks as failed the queued or running runs owned by a process of this
+    /// host that no longer exists, cancelling their unfinished tasks; returns
+    /// their ids.
+    pub async fn recover_orphans(&self) -> Result<Vec<String>> {
+        let sql = &self.inner.sql;
+        let me = &self.inner.owner;
+        let candidates = self
+            .inner
+            .fetch("looking for interrupted runs", stmt(&sql.orphan_candidates, [me.host.as_str()]), |r| {
+                Ok((r.req_text("run_id")?, r.int("owner_pid")?))
+            })
+            .await?;
+        let mut recovered = Vec::new();
+        for (run_id, pid) in candidates {
+            let pid = pid.unwrap_or(0);
+            if process_exists(pid) {
+                continue;
+            }
+            let message = format!("interrupted: the process running it (pid {pid}) exited");
+            let now = sql::ts_text(OffsetDateTime::now_utc());
+            let args = || vec![Val::Text(Some(run_id.clone())), Val::Text(Some(message.clone())), Val::Text(Some(now.clone()))];
+            let stmts = vec![
+                Stmt { sql: sql.fail_orphan_run.clone(), args: args() },
+                Stmt { sql: sql.cancel_orphan_tasks.clone(), args: args() },
+                Stmt { sql: sql.cancel_orphan_attempts.clone(), args: args() },
+            ];
+            let affected = self.inner.transaction(stmts).await.map_err(|e| db_error(&format!("recovering run {run_id}"), &e))?;
+            if affected.first() == Some(&1) {
+                tracing::warn!(run_id, pid, "marked an interrupted run as failed");
+                recovered.push(run_id);
+            }
+        }
+        Ok(recovered)
+    }
+
+    /// Ids starting with `prefix` (at most [`PREFIX_MATCH_LIMIT`], sorted), so
+    /// a short id can name a run. An empty prefix matches nothing.
+    pub async fn run_ids_by_prefix(&self, prefix: &str) -> Result<Vec<String>> {
+        if prefix.is_empty() {
+            return Ok(vec![]);
+        }
+        let q = self.inner.sql.ids_by_prefix(prefix, i64::from(PREFIX_MATCH_LIMIT));
+        self.inner.fetch("looking up run ids", q, |r| r.req_text("run_id")).await
+    }
+
+    /// The process recorded as executing the run.
+    pub async fn owner(&self, run_id: &str) -> Result<Option<Owner>> {
+        let rows = self
+            .inner
+            .fetch(&format!("reading the owner of run {run_id}"), stmt(&self.inner.sql.get_owner, [run_id]), |r| {
+                Ok(match (r.text("owner_host")?, r.int("owner_pid")?) {
+                    (Some(host), Some(pid)) => Some(Owner { host, pid: u32::try_from(pid).unwrap_or(0) }),
+                    _ => None,
+                })
+            })
+            .await?;
+        Ok(rows.into_iter().next().flatten())
+    }
+
+    /// Records `owner` as the process executing the run (a worker taking it
+    /// over). `false` when the run is unknown.
+    pub async fn set_owner(&self, run_id: &str, owner: &Owner) -> Result<bool> {
+        let q = Stmt {
+            sql: self.inner.sql.set_owner.clone(),
+            args: vec![Val::Text(Some(run_id.to_string())), Val::Text(Some(owner.host.clone())), Val::Int(Some(i64::from(owner.pid)))],
+        };
+        let n = self.inner.execute(&format!("setting the owner of run {run_id}"), q).await?;
+        Ok(n > 0)
+    }
+
+    /// A batched writer for the executor. Each call starts one background
+    /// task (within the current Tokio runtime) shared by the writer's clones;
+    /// it ends when they are all dropped, after writing what they sent.
+    pub fn writer(&self) -> StoreWriter {
+        writer::spawn(self.inner.clone())
+    }
+}
+
+fn stmt<const N: usize>(sql: &sqlx::SqlStr, args: [&str; N]) -> Stmt {
+    Stmt { sql: sql.clone(), args: args.iter().map(|a| Val::Text(Some(a.to_string()))).collect() }
+}
+
+async fn open_sqlite_memory() -> Result<Pool> {
+    let location = || "sqlite::memory:".to_string();
+    let opts =
+        SqliteConnectOptions::from_str("sqlite::memory:").map_err(|e| StoreError::Open { location: location(), reason: describe(&e) })?;
+    // One connection that never closes: the database lives as long as it does.
+    let pool = SqlitePoolOptions::new()
+        .max_connections(1)
+        .min_connections(1)
+        .idle_timeout(None)
+        .max_lifetime(None)
+        .connect_with(opts)
+        .await
+        .map_err(|e| StoreError::Open { location: location(), reason: describe(&e) })?;
+    Ok(Pool::Sqlite(pool))
+}
+
+async fn open_sqlite_file(path: &Path) -> Result<Pool> {
+    let open_err = |reason: String| StoreError::Open { location: path.display().to_string(), reason };
+    if let Some(parent) = path.parent().filter(|p| !p.as_os_str().is_empty()) {
+        if parent.exists() && !parent.is_dir() {
+            return Err(open_err(format!("{} is not a folder", parent.display())));
+        }
+        std::fs::create_dir_all(parent).map_err(|e| open_err(format!("cannot create the folder {}: {e}", parent.display())))?;
+    }
+    if path.is_dir() {
+        return Err(open_err("it is a folder, not a file".into()));
+    }
+    let opts = SqliteConnectOptions::new()
+        .filename(path)
+        .create_if_missing(true)
+        .journal_mode(SqliteJournalMode::Wal)
+        .synchronous(SqliteSynchronous::Normal)
+        .busy_timeout(Duration::from_secs(10));
+    let pool = SqlitePoolOptions::new()
+        .max_connections(4)
+        .acquire_timeout(Duration::from_secs(30))
+        .connect_with(opts)
+        .await
+        .map_err(|e| open_err(sqlite_open_reason(path, &e)))?;
+    Ok(Pool::Sqlite(pool))
+}
+
+/// SQLite's "unable to open database file" says nothing of why; add what
+/// the file system says.
+fn sqlite_open_reason(path: &Path, e: &sqlx::Error) -> String {
+    let reason = describe(e);
+    let probe = if path.exists() {
+        std::fs::OpenOptions::new().read(true).write(true).open(path).err()
+    } else {
+        let parent = path.parent().filter(|p| !p.as_os_str().is_empty()).unwrap_or(Path::new("."));
+        std::fs::metadata(parent).err().or_else(|| can_create_in(parent).err())
+    };
+    match probe {
+        Some(io) => format!("{reason} ({io})"),
+        None => reason,
+    }
+}
+
+/// Can a file be created in `dir`? (Removes what it creates.)
+fn can_create_in(dir: &Path) -> std::io::Result<()> {
+    let probe = dir.join(format!(".taskweave-probe-{}", std::process::id()));
+    std::fs::File::create(&probe)?;
+    let _ = std::fs::remove_file(&probe);
+    Ok(())
+}
+
+async fn open_postgres(url: &str, location: &str) -> Result<Pool> {
+    let opts = PgConnectOptions::from_str(url).map_err(|_| StoreError::BadUrl(location.to_string()))?;
+    let pool = PgPoolOptions::new()
+        .max_connections(8)
+        .acquire_timeout(Duration::from_secs(10))
+        .connect_with(opts)
+        .await
+        .map_err(|e| StoreError::Open { location: location.to_string(), reason: describe(&e) })?;
+    Ok(Pool::Postgres(pool))
+}
+
+fn migrator(dialect: Dialect) -> Migrator {
+    let files = match dialect {
+        Dialect::Sqlite => SQLITE_MIGRATIONS,
+        Dialect::Postgres => POSTGRES_MIGRATIONS,
+    };
+    let migrations = files
+        .iter()
+        .map(|(version, description, text)| {
+            Migration::new(*version, (*description).into(), MigrationType::Simple, AssertSqlSafe(*text).into_sql_str(), false)
+        })
+        .collect();
+    let mut m = Migrator::with_migrations(migrations);
+    m.dangerous_set_table_name(MIGRATIONS_TABLE);
+    m
+}
+
+/// Refuses a database from a newer release, then applies missing migrations.
+async fn migrate(inner: &Inner) -> Result<()> {
+    let open_err = |e: &sqlx::Error| StoreError::Open { location: inner.location.clone(), reason: describe(e) };
+    let exists = with_pool!(&inner.pool, |p, DB| {
+        bound!(DB, Stmt { sql: inner.sql.table_exists.clone(), args: vec![] })
+            .fetch_one(p)
+            .await
+            .map_err(|e| open_err(&e))
+            .and_then(|r| r.int("n"))?
+    });
+    if exists.unwrap_or(0) > 0 {
+        let newest = with_pool!(&inner.pool, |p, DB| {
+            let q = AssertSqlSafe(format!("SELECT max(version) AS v FROM {MIGRATIONS_TABLE}"));
+            sqlx::query::<DB>(q.into_sql_str()).fetch_one(p).await.map_err(|e| open_err(&e)).and_then(|r| r.int("v"))?
+        });
+        if let Some(v) = newest.filter(|v| *v > SCHEMA_VERSION) {
+            return Err(StoreError::NewerSchema { location: inner.location.clone(), version: v, known: SCHEMA_VERSION });
+        }
+    }
+    let m = migrator(inner.sql.dialect);
+    let result = match &inner.pool {
+        Pool::Sqlite(p) => m.run(p).await,
+        Pool::Postgres(p) => m.run(p).await,
+    };
+    result.map_err(|e| match e {
+        MigrateError::VersionMissing(v) => StoreError::NewerSchema { location: inner.location.clone(), version: v, known: SCHEMA_VERSION },
+        MigrateError::Execute(e) | MigrateError::ExecuteMigration(e, _) => {
+            StoreError::Open { location: inner.location.clone(), reason: format!("cannot prepare its tables: {}", describe(&e)) }
+        }
+        other => StoreError::Open { location: inner.location.clone(), reason: other.to_string() },
+    })
+}
+
+fn run_from_row(r: &dyn DbRow) -> Result<RunResult> {
+    let status = r.req_text("status")?;
+    Ok(RunResult {
+        run_id: r.req_text("run_id")?,
+        workflow: r.req_text("workflow")?,
+        version: r.req_text("version")?,
+        status: RunStatus::parse(&status).ok_or_else(|| StoreError::Db(format!("unknown run status `{status}` in the store")))?,
+        backend: r.req_text("backend")?,
+        routing: r
+            .text("routing")?
+            .map(|s| serde_json::from_str(&s).map_err(|e| StoreError::Db(format!("bad routing in the store: {e}"))))
+            .transpose()?,
+        error: r.text("error")?,
+        entity_id: r.req_text("entity_id")?,
+        context: r.text("context")?.map(|s| parse_json("context", &s)).transpose()?.unwrap_or(Value::Null),
+        input: r.text("input")?.map(|s| parse_json("input", &s)).transpose()?.unwrap_or(Value::Null),
+        created_at: parse_ts(&r.req_text("created_at")?)?,
+        started_at: r.text("started_at")?.map(|s| parse_ts(&s)).transpose()?,
+        finished_at: r.text("finished_at")?.map(|s| parse_ts(&s)).transpose()?,
+        tasks: BTreeMap::new(),
+    })
+}
+
+fn task_from_row(r: &dyn DbRow) -> Result<(String, TaskResult)> {
+    let status = r.req_text("status")?;
+    Ok((
+        r.req_text("name")?,
+        TaskResult {
+            status: task_status(&status)?,
+            output: r.text("output")?.map(|s| parse_json("output", &s)).transpose()?,
+            attempts: count(r.int("attempts")?)?,
+            error: r.text("error")?,
+            skip_reason: r.text("skip_reason")?,
+            started_at: r.text("started_at")?.map(|s| parse_ts(&s)).transpose()?,
+            finished_at: r.text("finished_at")?.map(|s| parse_ts(&s)).transpose()?,
+        },
+    ))
+}
+
+fn summary_from_row(r: &dyn DbRow) -> Result<RunSummary> {
+    let status = r.req_text("status")?;
+    Ok(RunSummary {
+        run_id: r.req_text("run_id")?,
+        workflow: r.req_text("workflow")?,
+        status: RunStatus::parse(&status).ok_or_else(|| StoreError::Db(format!("unknown run status `{status}` in the store")))?,
+        backend: r.req_text("backend")?,
+        created_at: parse_ts(&r.req_text("created_at")?)?,
+        finished_at: r.text("finished_at")?.map(|s| parse_ts(&s)).transpose()?,
+    })
+}
+
+fn attempt_from_row(r: &dyn DbRow) -> Result<AttemptRecord> {
+    Ok(AttemptRecord {
+        run_id: r.req_text("run_id")?,
+        task: r.req_text("task")?,
+        attempt: count(r.int("attempt")?)?,
+        status: task_status(&r.req_text("status")?)?,
+        error: r.text("error")?,
+        started_at: parse_ts(&r.req_text("started_at")?)?,
+        finished_at: r.text("finished_at")?.map(|s| parse_ts(&s)).transpose()?,
+    })
+}
+
+fn task_status(s: &str) -> Result<TaskStatus> {
+    TaskStatus::parse(s).ok_or_else(|| StoreError::Db(format!("unknown task status `{s}` in the store")))
+}
+
+fn count(n: Option<i64>) -> Result<u32> {
+    u32::try_from(n.unwrap_or(0)).map_err(|_| StoreError::Db(format!("bad count {n:?} in the store")))
+}
+
+fn parse_json(what: &str, s: &str) -> Result<Value> {
+    serde_json::from_str(s).map_err(|e| StoreError::Db(format!("bad {what} JSON in the store: {e}")))
+}
+
+fn db_error(what: &str, e: &sqlx::Error) -> StoreError {
+    StoreError::Db(format!("{what}: {}", describe(e)))
+}
+
+/// The database's own words when it gave any, without sqlx's wrapping.
+pub(crate) fn describe(e: &sqlx::Error) -> String {
+    match e {
+        sqlx::Error::Database(d) => d.message().to_string(),
+        sqlx::Error::PoolTimedOut => "timed out waiting for a database connection".into(),
+        sqlx::Error::PoolClosed => "the store was closed".into(),
+        sqlx::Error::Io(io) => io.to_string(),
+        other => other.to_string(),
+    }
+}
+
+/// `postgres://user:secret@host/db` -> `postgres://user:***@host/db`.
+fn redact(url: &str) -> String {
+    let Some((scheme, rest)) = url.split_once("://") else {
+        return url.to_string();
+    };
+    let authority_end = rest.find(['/', '?']).unwrap_or(rest.len());
+    let (authority, tail) = rest.split_at(authority_end);
+    match authority.rsplit_once('@') {
+        Some((userinfo, host)) => match userinfo.split_once(':') {
+            Some((user, _)) => format!("{scheme}://{user}:***@{host}{tail}"),
+            None => url.to_string(),
+        },
+        None => url.to_string(),
+    }
+}
+
+fn hostname() -> &'static str {
+    static HOST: OnceLock<String> = OnceLock::new();
+    HOST.get_or_init(|| {
+        let mut buf = [0u8; 256];
+        // SAFETY: `buf` is valid for writes of `buf.len()` bytes; the result
+        // is read up to the first NUL or the end of the buffer.
+        let rc = unsafe { libc::gethostname(buf.as_mut_ptr().cast(), buf.len()) };
+        if rc != 0 {
+            return "localhost".to_string();
+        }
+        let end = buf.iter().position(|&b| b == 0).unwrap_or(buf.len());
+        String::from_utf8_lossy(&buf[..end]).into_owned()
+    })
+}
+
+/// Whether a process with this pid exists on this host.
+fn process_exists(pid: i64) -> bool {
+    let Ok(pid) = libc::pid_t::try_from(pid) else {
+        return false;
+    };
+    if pid <= 0 {
+        return false;
+    }
+    if u32::try_from(pid).ok() == Some(std::process::id()) {
+        return true;
+    }
+    // SAFETY: signal 0 sends nothing; it only checks that the process exists.
+    let rc = unsafe { libc::kill(pid, 0) };
+    rc == 0 || std::io::Error::last_os_error().raw_os_error() != Some(libc::ESRCH)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn passwords_are_masked_in_locations() {
+        assert_eq!(redact("postgres://u:secret@h:5432/db"), "postgres://u:***@h:5432/db");
+        assert_eq!(redact("postgres://u@h/db"), "postgres://u@h/db");
+        assert_eq!(redact("postgresql://h/db?user=x"), "postgresql://h/db?user=x");
+    }
+
+    #[test]
+    fn this_process_exists_and_a_reaped_child_does_not() {
+        assert!(process_exists(i64::from(std::process::id())));
+        let mut child = std::process::Command::new("true").spawn().unwrap();
+        let pid = child.id();
+        child.wait().unwrap();
+        assert!(!process_exists(i64::from(pid)));
+        assert!(!process_exists(0));
+        assert!(!process_exists(-1));
+    }
+
+    #[tokio::test]
+    async fn bad_urls_are_refused() {
+        for url in ["mysql://x", "sqlite://", "", "state.db"] {
+            assert!(matches!(Store::open(url).await, Err(StoreError::BadUrl(_))), "{url}");
+        }
     }
 }
