@@ -41,8 +41,7 @@ fn is_workflow(path: &Path) -> bool {
     let Some(format) = Format::from_path(path) else {
         return false;
     };
-    let bytes =
-        std::fs::read(path).unwrap_or_else(|e| panic!("cannot read {}: {e}", path.display()));
+    let bytes = std::fs::read(path).unwrap_or_else(|e| panic!("cannot read {}: {e}", path.display()));
     let file = path.display().to_string();
     let Ok(text) = spec::decode(&file, &bytes) else {
         return true;
@@ -69,8 +68,7 @@ fn workflow_files(dir: &str) -> Vec<PathBuf> {
 /// Check one folder's workflows as one group (duplicate names included).
 fn check_group(dir: &str) -> Vec<Checked> {
     let files = workflow_files(dir);
-    let mut group = validate::check_paths(&files, &Options::default())
-        .unwrap_or_else(|e| panic!("cannot check {dir}/: {e}"));
+    let mut group = validate::check_paths(&files, &Options::default()).unwrap_or_else(|e| panic!("cannot check {dir}/: {e}"));
     validate::duplicate_workflows(&mut group);
     group
 }
@@ -78,11 +76,7 @@ fn check_group(dir: &str) -> Vec<Checked> {
 fn render(checked: &[Checked]) -> String {
     checked
         .iter()
-        .flat_map(|c| {
-            c.diagnostics
-                .iter()
-                .map(move |d| taskweave::diag::render_human(d, c.text.as_deref(), false))
-        })
+        .flat_map(|c| c.diagnostics.iter().map(move |d| taskweave::diag::render_human(d, c.text.as_deref(), false)))
         .collect::<Vec<_>>()
         .join("\n\n")
 }
@@ -93,31 +87,17 @@ fn every_workflow_validates_without_diagnostics() {
     for dir in ROOTS {
         let group = check_group(dir);
         total += group.len();
-        let bad: Vec<Checked> = group
-            .into_iter()
-            .filter(|c| !c.diagnostics.is_empty())
-            .collect();
-        assert!(
-            bad.is_empty(),
-            "workflows under {dir}/ have diagnostics:\n\n{}",
-            render(&bad)
-        );
+        let bad: Vec<Checked> = group.into_iter().filter(|c| !c.diagnostics.is_empty()).collect();
+        assert!(bad.is_empty(), "workflows under {dir}/ have diagnostics:\n\n{}", render(&bad));
     }
-    assert!(
-        total >= 5,
-        "expected the shipped workflows, found only {total}"
-    );
+    assert!(total >= 5, "expected the shipped workflows, found only {total}");
 }
 
 #[test]
 fn every_workflow_compiles() {
     for dir in ROOTS {
         for c in check_group(dir) {
-            assert!(
-                c.workflow.is_some(),
-                "{} did not compile into a workflow",
-                c.file
-            );
+            assert!(c.workflow.is_some(), "{} did not compile into a workflow", c.file);
         }
     }
 }
@@ -126,29 +106,12 @@ fn every_workflow_compiles() {
 /// that folder holds only workflows.
 #[test]
 fn workflows_folder_validates_as_a_whole() {
-    let checked = validate::check_paths(&[root("workflows")], &Options::default())
-        .expect("workflows/ is readable");
-    let names: Vec<&str> = checked
-        .iter()
-        .filter_map(|c| c.name.as_ref().map(|(n, _)| n.as_str()))
-        .collect();
-    for expected in [
-        "hello",
-        "diamond",
-        "document-processing-v2",
-        "document-processing-v2-toml",
-        "all-actions",
-    ] {
-        assert!(
-            names.contains(&expected),
-            "workflows/ lacks `{expected}` (found {names:?})"
-        );
+    let checked = validate::check_paths(&[root("workflows")], &Options::default()).expect("workflows/ is readable");
+    let names: Vec<&str> = checked.iter().filter_map(|c| c.name.as_ref().map(|(n, _)| n.as_str())).collect();
+    for expected in ["hello", "diamond", "document-processing-v2", "document-processing-v2-toml", "all-actions"] {
+        assert!(names.contains(&expected), "workflows/ lacks `{expected}` (found {names:?})");
     }
-    assert!(
-        checked.iter().all(|c| c.diagnostics.is_empty()),
-        "taskweave validate workflows/ reports:\n\n{}",
-        render(&checked)
-    );
+    assert!(checked.iter().all(|c| c.diagnostics.is_empty()), "taskweave validate workflows/ reports:\n\n{}", render(&checked));
 }
 
 #[test]
@@ -162,19 +125,11 @@ fn every_yaml_workflow_starts_with_the_schema_modeline() {
             let text = std::fs::read_to_string(&path).unwrap();
             let first = text.lines().next().unwrap_or("");
             let target = first.strip_prefix(MODELINE).unwrap_or_else(|| {
-                panic!(
-                    "{} must start with `{MODELINE}<relative path to schemas/workflow.schema.json>`, found `{first}`",
-                    path.display()
-                )
+                panic!("{} must start with `{MODELINE}<relative path to schemas/workflow.schema.json>`, found `{first}`", path.display())
             });
             let resolved = path.parent().unwrap().join(target.trim());
             let same = resolved.canonicalize().ok() == schema.canonicalize().ok();
-            assert!(
-                same,
-                "{}: the modeline points at `{}`, which is not schemas/workflow.schema.json",
-                path.display(),
-                target.trim()
-            );
+            assert!(same, "{}: the modeline points at `{}`, which is not schemas/workflow.schema.json", path.display(), target.trim());
         }
     }
 }
@@ -186,14 +141,9 @@ fn yaml_and_toml_forms_are_the_same_document() {
     let load = |name: &str, format: Format| {
         let path = root("workflows").join(name);
         let text = std::fs::read_to_string(&path).unwrap();
-        let mut doc = spec::parse(name, &text, format)
-            .unwrap_or_else(|_| panic!("{name} parses"))
-            .value;
+        let mut doc = spec::parse(name, &text, format).unwrap_or_else(|_| panic!("{name} parses")).value;
         doc.as_object_mut().unwrap().remove("name");
         doc
     };
-    assert_eq!(
-        load("document-processing-v2.yaml", Format::Yaml),
-        load("document-processing-v2.toml", Format::Toml)
-    );
+    assert_eq!(load("document-processing-v2.yaml", Format::Yaml), load("document-processing-v2.toml", Format::Toml));
 }

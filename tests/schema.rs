@@ -72,18 +72,14 @@ fn committed_schema_matches_the_types() {
 
 #[test]
 fn committed_schema_is_valid_draft_2020_12() {
-    let schema: Value =
-        serde_json::from_str(&committed()).expect("schemas/workflow.schema.json is JSON");
+    let schema: Value = serde_json::from_str(&committed()).expect("schemas/workflow.schema.json is JSON");
     assert_eq!(
         schema.get("$schema").and_then(Value::as_str),
         Some("https://json-schema.org/draft/2020-12/schema"),
         "the schema must declare draft 2020-12"
     );
     if let Err(e) = jsonschema::meta::validate(&schema) {
-        panic!(
-            "schemas/workflow.schema.json is not a valid JSON Schema: {e} (at {})",
-            e.instance_path()
-        );
+        panic!("schemas/workflow.schema.json is not a valid JSON Schema: {e} (at {})", e.instance_path());
     }
     assert!(jsonschema::meta::is_valid(&schema));
     assert!(jsonschema::draft202012::meta::is_valid(&schema));
@@ -93,18 +89,7 @@ fn committed_schema_is_valid_draft_2020_12() {
 
 #[test]
 fn schema_command_prints_the_committed_schema() {
-    let out = assert_cmd::Command::cargo_bin("taskweave")
-        .unwrap()
-        .arg("schema")
-        .output()
-        .unwrap();
-    assert!(
-        out.status.success(),
-        "`taskweave schema` failed: {}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-    assert_eq!(
-        String::from_utf8(out.stdout).unwrap(),
-        taskweave::spec::raw::json_schema_text()
-    );
+    let out = assert_cmd::Command::cargo_bin("taskweave").unwrap().arg("schema").output().unwrap();
+    assert!(out.status.success(), "`taskweave schema` failed: {}", String::from_utf8_lossy(&out.stderr));
+    assert_eq!(String::from_utf8(out.stdout).unwrap(), taskweave::spec::raw::json_schema_text());
 }
