@@ -500,18 +500,21 @@ fn json_col(d: Dialect, col: &str) -> String {
 /// per task update, and `time`'s general formatter costs several times more.
 pub(crate) fn ts_text(t: OffsetDateTime) -> String {
     let u = t.to_offset(UtcOffset::UTC);
-    let Ok(year) = u32::try_from(u.year()) else {
+    let (year, month, day) = u.to_calendar_date();
+    let Ok(year) = u32::try_from(year) else {
         return u.format(&Rfc3339).unwrap_or_default();
     };
+    let (hour, minute, second, micro) = u.to_hms_micro();
     let mut b = *b"0000-00-00T00:00:00.000000Z";
     digits(&mut b[0..4], year);
-    digits(&mut b[5..7], u32::from(u8::from(u.month())));
-    digits(&mut b[8..10], u32::from(u.day()));
-    digits(&mut b[11..13], u32::from(u.hour()));
-    digits(&mut b[14..16], u32::from(u.minute()));
-    digits(&mut b[17..19], u32::from(u.second()));
-    digits(&mut b[20..26], u.microsecond());
-    b.iter().map(|&c| char::from(c)).collect()
+    digits(&mut b[5..7], u32::from(u8::from(month)));
+    digits(&mut b[8..10], u32::from(day));
+    digits(&mut b[11..13], u32::from(hour));
+    digits(&mut b[14..16], u32::from(minute));
+    digits(&mut b[17..19], u32::from(second));
+    digits(&mut b[20..26], micro);
+    // Only ASCII digits and punctuation were written.
+    String::from_utf8_lossy(&b).into_owned()
 }
 
 fn digits(dst: &mut [u8], mut v: u32) {
