@@ -24,8 +24,8 @@ pub struct LocalBackend {
     name: String,
     executor: Executor,
     store: Option<Store>,
-    runs: Mutex<HashMap<String, Arc<LocalRun>>>,
-    finished: Mutex<std::collections::VecDeque<String>>,
+    runs: Arc<Mutex<HashMap<String, Arc<LocalRun>>>>,
+    finished: Arc<Mutex<std::collections::VecDeque<String>>>,
     shutdown: CancellationToken,
     tracker: tokio_util::task::TaskTracker,
 }
@@ -36,8 +36,8 @@ impl LocalBackend {
             name: name.into(),
             executor,
             store,
-            runs: Mutex::new(HashMap::new()),
-            finished: Mutex::new(Default::default()),
+            runs: Arc::new(Mutex::new(HashMap::new())),
+            finished: Arc::new(Mutex::new(Default::default())),
             shutdown: CancellationToken::new(),
             tracker: tokio_util::task::TaskTracker::new(),
         });
@@ -78,15 +78,6 @@ impl LocalBackend {
         }
     }
 
-    fn remember_finished(&self, id: String) {
-        let mut f = lock(&self.finished);
-        f.push_back(id);
-        while f.len() > KEEP_FINISHED {
-            if let Some(old) = f.pop_front() {
-                lock(&self.runs).remove(&old);
-            }
-        }
-    }
 
     fn refused(&self, reason: impl Into<String>) -> BackendError {
         BackendError::Refused {
@@ -144,17 +135,19 @@ impl Backend for LocalBackend {
         );
         let executor = self.executor.clone();
         let wf = Arc::clone(&req.workflow);
+        let (runs, finished, id) = (Arc::clone(&self.runs), Arc::clone(&self.finished), run_id.clone());
         self.tracker.spawn(async move {
             executor.drive(wf, shared, cancel).await;
             let _ = tx.send(true);
-        });
-        // Track finished runs for eviction once they end.
-        let mut done = lock(&self.runs).get(&run_id).map(|r| r.done.clone());
-        if let Some(d) = done.as_mut() {
-            if *d.borrow() {
-                self.remember_finished(run_id.clone());
+            // Keep the latest finished runs in memory; older ones are read from the store.
+            let mut f = lock(&finished);
+            f.push_back(id);
+            while f.len() > KEEP_FINISHED {
+                if let Some(old) = f.pop_front() {
+                    lock(&runs).remove(&old);
+                }
             }
-        }
+        });
         Ok(run_id)
     }
 
@@ -177,11 +170,7 @@ impl Backend for LocalBackend {
             let mut done = run.done.clone();
             let _ = tokio::time::timeout(w, done.wait_for(|d| *d)).await;
         }
-        let r = lock(&run.result).clone();
-        if r.status.is_terminal() {
-            self.remember_finished(run_id.to_string());
-        }
-        Ok(r)
+        Ok(lock(&run.result).clone())
     }
 
     async fn cancel(&self, run_id: &str) -> Result<(), BackendError> {

@@ -18,8 +18,11 @@ pub struct BenchArgs {
     #[arg(long, global = true, default_value_t = 5)]
     pub repeat: usize,
     /// Store URL for the run history (default: a fresh SQLite file in a temp folder).
-    #[arg(long, global = true)]
+    #[arg(long, global = true, conflicts_with = "no_store")]
     pub store: Option<String>,
+    /// Keep no run history (measures the scheduler alone).
+    #[arg(long, global = true)]
+    pub no_store: bool,
     #[arg(long, global = true, value_enum, default_value = "human")]
     pub format: OutputFormat,
 }
@@ -54,7 +57,9 @@ pub async fn bench(args: BenchArgs, config: Option<&Path>) -> anyhow::Result<Exi
         .clone()
         .unwrap_or_else(|| format!("sqlite://{}", tmp.path().join("bench.db").display()));
     let backend = args.backend.clone().unwrap_or_else(|| config.engine.default_backend.clone());
-    let engine = match EngineBuilder::new().config(config).store(store.clone()).build().await {
+    let builder = EngineBuilder::new().config(config);
+    let (builder, store) = if args.no_store { (builder.without_store(), "none".to_string()) } else { (builder.store(store.clone()), store) };
+    let engine = match builder.build().await {
         Ok(e) => e,
         Err(e) => {
             eprintln!("error: {e}");

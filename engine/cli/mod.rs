@@ -86,6 +86,10 @@ pub fn main() -> ExitCode {
     init_tracing();
     match run(cli) {
         Ok(code) => code,
+        // A closed stdout (`taskweave validate ... | head`) ends the command quietly.
+        Err(e) if e.chain().any(|c| c.downcast_ref::<std::io::Error>().is_some_and(|io| io.kind() == std::io::ErrorKind::BrokenPipe)) => {
+            ExitCode::SUCCESS
+        }
         Err(e) => {
             eprintln!("error: {e:#}");
             ExitCode::from(2)

@@ -154,7 +154,11 @@ pub async fn run(args: RunArgs, config: Option<&Path>) -> anyhow::Result<ExitCod
     };
     let run_id = match engine.submit(Arc::clone(&wf), opts).await {
         Ok(id) => id,
-        Err(e @ (EngineError::InvalidInput { .. } | EngineError::UnknownBackend { .. })) => return Ok(usage(e)),
+        // Nothing started: the request itself cannot run here.
+        Err(e @ (EngineError::InvalidInput { .. } | EngineError::UnknownBackend { .. } | EngineError::Backend(crate::backend::BackendError::Refused { .. }))) => {
+            engine.shutdown().await;
+            return Ok(usage(e));
+        }
         Err(e) => {
             eprintln!("error: {e}");
             engine.shutdown().await;
@@ -178,8 +182,10 @@ pub async fn run(args: RunArgs, config: Option<&Path>) -> anyhow::Result<ExitCod
                         break engine.get_result(&run_id, Some(Duration::from_secs(u64::MAX / 4))).await;
                     }
                 }
-                if let Ok(r) = engine.get_result(&run_id, None).await {
-                    if r.status.is_terminal() { break Ok(r); }
+                if let Ok(r) = engine.get_result(&run_id, None).await
+                    && r.status.is_terminal()
+                {
+                    break Ok(r);
                 }
             }
             _ = tokio::signal::ctrl_c() => {
@@ -192,8 +198,10 @@ pub async fn run(args: RunArgs, config: Option<&Path>) -> anyhow::Result<ExitCod
                 let _ = engine.cancel(&run_id).await;
             }
             r = engine.get_result(&run_id, Some(Duration::from_millis(250))) => {
-                if let Ok(r) = &r {
-                    if r.status.is_terminal() { break Ok(r.clone()); }
+                if let Ok(r) = &r
+                    && r.status.is_terminal()
+                {
+                    break Ok(r.clone());
                 }
             }
         }
@@ -370,10 +378,10 @@ impl Progress {
                     b.inc(1);
                 }
                 let mut l = format!("  {:<9} {task}", symbol(s));
-                if let Some(e) = &ev.error {
-                    if s != TaskStatus::Succeeded {
-                        l.push_str(&format!(": {}", one_line(&Value::String(e.clone()), 160)));
-                    }
+                if let Some(e) = &ev.error
+                    && s != TaskStatus::Succeeded
+                {
+                    l.push_str(&format!(": {}", one_line(&Value::String(e.clone()), 160)));
                 }
                 l
             }

@@ -7,14 +7,22 @@ use std::io::{IsTerminal, Write};
 use std::path::{Path, PathBuf};
 use std::process::ExitCode;
 
-pub fn validate(paths: &[PathBuf], format: DiagFormat, deny_warnings: bool, _config: Option<&Path>) -> anyhow::Result<ExitCode> {
+pub fn validate(paths: &[PathBuf], format: DiagFormat, deny_warnings: bool, config: Option<&Path>) -> anyhow::Result<ExitCode> {
     for p in paths {
         if !p.exists() {
             eprintln!("error: {}: no such file or folder", p.display());
             return Ok(ExitCode::from(2));
         }
     }
-    let opts = Options::default();
+    // With a configuration (given, or ./taskweave.toml), `backend` names are checked against it.
+    let opts = match crate::config::Config::load(config) {
+        Ok(c) if c.path.is_some() => Options { backends: Some(c.backend_names()) },
+        Ok(_) => Options::default(),
+        Err(e) => {
+            eprintln!("error: {e}");
+            return Ok(ExitCode::from(2));
+        }
+    };
     let checked = match validate::check_paths(paths, &opts) {
         Ok(c) => c,
         Err(e) => {

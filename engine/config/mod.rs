@@ -103,10 +103,11 @@ impl Config {
                             *w = dir.join(&*w);
                         }
                     }
-                    if let Some(rest) = c.engine.store.strip_prefix("sqlite://") {
-                        if !rest.starts_with('/') && !rest.starts_with(':') {
-                            c.engine.store = format!("sqlite://{}", dir.join(rest).display());
-                        }
+                    if let Some(rest) = c.engine.store.strip_prefix("sqlite://")
+                        && !rest.starts_with('/')
+                        && !rest.starts_with(':')
+                    {
+                        c.engine.store = format!("sqlite://{}", dir.join(rest).display());
                     }
                 }
                 c.path = Some(p.clone());

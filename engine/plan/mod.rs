@@ -446,12 +446,11 @@ fn reads_of(rt: &RawTask, ids: &HashMap<&str, TaskId>) -> (Vec<TaskId>, bool) {
         let Ok(t) = handlebars::Template::compile(s) else { continue };
         for p in template::referenced_paths(&t) {
             let mut segs = p.split(['.', '/']);
-            if segs.next() == Some("tasks") {
-                if let Some(id) = segs.next().and_then(|n| ids.get(n)) {
-                    if !reads.contains(id) {
-                        reads.push(*id);
-                    }
-                }
+            if segs.next() == Some("tasks")
+                && let Some(id) = segs.next().and_then(|n| ids.get(n))
+                && !reads.contains(id)
+            {
+                reads.push(*id);
             }
         }
     }

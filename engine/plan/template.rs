@@ -231,10 +231,8 @@ fn collect(t: &Template, out: &mut Vec<String>) {
                     _ => "",
                 };
                 let changes_context = matches!(name, "each" | "with") || h.block_param.is_some();
-                if !changes_context {
-                    if let Some(inner) = &h.template {
-                        collect(inner, out);
-                    }
+                if !changes_context && let Some(inner) = &h.template {
+                    collect(inner, out);
                 }
                 if let Some(inv) = &h.inverse {
                     collect(inv, out);

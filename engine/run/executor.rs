@@ -71,17 +71,17 @@ pub fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
 
 impl Executor {
     fn emit(&self, run: &RunResult, task: Option<&str>, status: &str, attempt: u32, error: Option<&str>) {
-        if let Some(tx) = &self.events {
-            if tx.receiver_count() > 0 {
-                let _ = tx.send(RunEvent {
-                    run_id: run.run_id.clone(),
-                    workflow: run.workflow.clone(),
-                    task: task.map(str::to_string),
-                    status: status.to_string(),
-                    attempt,
-                    error: error.map(str::to_string),
-                });
-            }
+        if let Some(tx) = &self.events
+            && tx.receiver_count() > 0
+        {
+            let _ = tx.send(RunEvent {
+                run_id: run.run_id.clone(),
+                workflow: run.workflow.clone(),
+                task: task.map(str::to_string),
+                status: status.to_string(),
+                attempt,
+                error: error.map(str::to_string),
+            });
         }
     }
 
@@ -267,15 +267,15 @@ impl Executor {
             }
             self.emit(&r, None, end.as_str(), 0, r.error.as_deref());
         }
-        if let Some(w) = &self.writer {
-            if let Err(e) = w.flush().await {
-                tracing::error!(run_id, "could not record the run: {e}");
-                let mut r = lock(&shared);
-                r.error = Some(match r.error.take() {
-                    Some(prev) => format!("{prev}; could not record the run: {e}"),
-                    None => format!("could not record the run: {e}"),
-                });
-            }
+        if let Some(w) = &self.writer
+            && let Err(e) = w.flush().await
+        {
+            tracing::error!(run_id, "could not record the run: {e}");
+            let mut r = lock(&shared);
+            r.error = Some(match r.error.take() {
+                Some(prev) => format!("{prev}; could not record the run: {e}"),
+                None => format!("could not record the run: {e}"),
+            });
         }
         end
     }

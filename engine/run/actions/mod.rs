@@ -85,8 +85,10 @@ pub async fn execute(a: Attempt<'_>) -> Result<Value, ActionError> {
         return Err(ActionError::Cancelled);
     }
     match &a.task.action {
-        Action::Run { .. } | Action::Shell { .. } => process::execute(&a).await,
-        Action::Http { .. } => http::execute(&a).await,
+        // Boxed: these futures hold I/O buffers, and an unboxed variant would
+        // make every attempt's future (even a no-op `echo`) that large.
+        Action::Run { .. } | Action::Shell { .. } => Box::pin(process::execute(&a)).await,
+        Action::Http { .. } => Box::pin(http::execute(&a)).await,
         Action::Uses { handler, with } => {
             let args = a.workflow.templates.render(with, a.ctx)?;
             let h = a
