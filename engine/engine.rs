@@ -134,12 +134,13 @@ impl EngineBuilder {
                 None => {}
             }
         }
+        let registry = Arc::new(crate::reload::Registry::new(self.config.engine.workflows.clone(), validate_options(&self.config)));
         Ok(Engine {
             inner: Arc::new(Inner {
                 config: self.config,
                 store,
                 backends,
-                workflows: RwLock::new(HashMap::new()),
+                registry,
                 events,
                 run_backends: RwLock::new(HashMap::new()),
             }),
@@ -157,7 +158,7 @@ struct Inner {
     config: Config,
     store: Option<Store>,
     backends: Backends,
-    workflows: RwLock<HashMap<String, Arc<Workflow>>>,
+    registry: Arc<crate::reload::Registry>,
     events: tokio::sync::broadcast::Sender<RunEvent>,
     /// Which backend holds each run started here.
     run_backends: RwLock<HashMap<String, String>>,
@@ -203,16 +204,19 @@ impl Engine {
         self.inner.events.subscribe()
     }
 
+    /// The workflow registry (names, versions, per-file reload status).
+    pub fn registry(&self) -> &Arc<crate::reload::Registry> {
+        &self.inner.registry
+    }
+
     /// Register (or replace) a validated workflow under its name.
     pub fn register_workflow(&self, wf: Arc<Workflow>) {
-        write(&self.inner.workflows).insert(wf.name.clone(), wf);
+        self.inner.registry.insert(wf);
     }
 
     /// Validate a file and register its workflow.
     pub fn register_file(&self, path: &Path) -> Result<Arc<Workflow>, EngineError> {
-        let opts = crate::validate::Options {
-            backends: self.inner.config.path.as_ref().map(|_| self.inner.config.backend_names()),
-        };
+        let opts = validate_options(&self.inner.config);
         let checked = crate::validate::check_file(path, &opts).map_err(|e| crate::config::ConfigError::Io {
             path: path.display().to_string(),
             source: e,
@@ -229,33 +233,19 @@ impl Engine {
         }
     }
 
-    /// Load every valid workflow of the configured folders; returns the files with errors.
-    pub fn load_workflows(&self) -> Vec<crate::validate::Checked> {
-        let mut bad = Vec::new();
-        for dir in &self.inner.config.engine.workflows {
-            if !dir.is_dir() {
-                continue;
-            }
-            if let Ok(checked) = crate::validate::check_paths(std::slice::from_ref(dir), &Default::default()) {
-                for c in checked {
-                    match &c.workflow {
-                        Some(wf) => self.register_workflow(Arc::clone(wf)),
-                        None => bad.push(c),
-                    }
-                }
-            }
-        }
-        bad
+    /// Load every workflow of the configured folders into the registry;
+    /// returns the status of the files that failed.
+    pub fn load_workflows(&self) -> Vec<crate::reload::FileStatus> {
+        self.inner.registry.load_all();
+        self.inner.registry.status().into_iter().filter(|f| !f.last_attempt.ok).collect()
     }
 
     pub fn workflow(&self, name: &str) -> Option<Arc<Workflow>> {
-        read(&self.inner.workflows).get(name).cloned()
+        self.inner.registry.get(name)
     }
 
     pub fn workflow_names(&self) -> Vec<String> {
-        let mut v: Vec<String> = read(&self.inner.workflows).keys().cloned().collect();
-        v.sort();
-        v
+        self.inner.registry.names()
     }
 
     /// Start a run of a registered workflow by name.
@@ -346,6 +336,12 @@ impl Engine {
             b.shutdown().await;
         }
     }
+}
+
+/// Validation options from a configuration: backend names are checked only
+/// when a configuration file was read.
+pub fn validate_options(c: &Config) -> crate::validate::Options {
+    crate::validate::Options { backends: c.path.as_ref().map(|_| c.backend_names()) }
 }
 
 /// Apply the input schema's top-level defaults, then validate.

@@ -15,6 +15,7 @@ pub mod config;
 pub mod diag;
 pub mod engine;
 pub mod plan;
+pub mod reload;
 pub mod run;
 pub mod spec;
 pub mod store;

@@ -136,8 +136,8 @@ pub async fn run(args: RunArgs, config: Option<&Path>) -> anyhow::Result<ExitCod
                 let hint = diag::did_you_mean(&args.target, names.iter().map(String::as_str))
                     .map(|s| format!(" (did you mean `{s}`?)"))
                     .unwrap_or_default();
-                if let Some(c) = bad.iter().find(|c| c.name.as_ref().is_some_and(|(n, _)| n == &args.target)) {
-                    return Ok(usage(format!("workflow `{}` in {} has errors; run `taskweave validate {}`", args.target, c.file, c.file)));
+                if let Some(c) = bad.iter().find(|c| c.workflow.as_deref() == Some(args.target.as_str())) {
+                    return Ok(usage(format!("workflow `{}` in {} has errors; run `taskweave validate {}`", args.target, c.path, c.path)));
                 }
                 return Ok(usage(format!("no workflow file or workflow named `{}`{hint}", args.target)));
             }
