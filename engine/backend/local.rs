@@ -197,6 +197,13 @@ impl Backend for LocalBackend {
         }
     }
 
+    async fn drain(&self) {
+        let pending: Vec<_> = lock(&self.runs).values().map(|r| r.done.clone()).collect();
+        for mut d in pending {
+            let _ = d.wait_for(|x| *x).await;
+        }
+    }
+
     async fn shutdown(&self) {
         self.shutdown.cancel();
         self.tracker.close();
@@ -211,14 +218,6 @@ impl LocalBackend {
     /// Whether a run is still in flight here.
     pub fn is_active(&self, run_id: &str) -> bool {
         lock(&self.runs).get(run_id).is_some_and(|r| !*r.done.borrow())
-    }
-
-    /// Wait for every run in flight to finish.
-    pub async fn drain(&self) {
-        let pending: Vec<_> = lock(&self.runs).values().map(|r| r.done.clone()).collect();
-        for mut d in pending {
-            let _ = d.wait_for(|x| *x).await;
-        }
     }
 }
 

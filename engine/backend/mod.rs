@@ -87,6 +87,8 @@ pub trait Backend: Send + Sync + 'static {
     async fn result(&self, run_id: &str, wait: Option<Duration>) -> Result<RunResult, BackendError>;
     /// Ask a run to stop. Idempotent; a finished run is left as it is.
     async fn cancel(&self, run_id: &str) -> Result<(), BackendError>;
+    /// Wait until the runs in flight here have finished (graceful shutdown).
+    async fn drain(&self) {}
     /// Stop accepting runs and cancel those in flight, recording them.
     async fn shutdown(&self) {}
 }

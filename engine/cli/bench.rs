@@ -40,10 +40,7 @@ pub enum BenchWorkload {
 pub async fn bench(args: BenchArgs, config: Option<&Path>) -> anyhow::Result<ExitCode> {
     let config = match Config::load(config) {
         Ok(c) => c,
-        Err(e) => {
-            eprintln!("error: {e}");
-            return Ok(ExitCode::from(2));
-        }
+        Err(e) => return Ok(super::config_error(&e)),
     };
     let (w, n) = match args.workload {
         BenchWorkload::Chain { n } => (Workload::Chain, n),

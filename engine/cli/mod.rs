@@ -2,6 +2,7 @@
 //! in one place: 0 success, 1 invalid / failed, 2 usage or I/O error.
 
 mod bench;
+mod doctor;
 mod run;
 mod validate;
 
@@ -72,6 +73,8 @@ pub enum Command {
     },
     /// Measure the engine: run workloads and validation, report figures.
     Bench(bench::BenchArgs),
+    /// Check that the store, every backend, the flag source and the workflow folders answer.
+    Doctor,
 }
 
 pub fn main() -> ExitCode {
@@ -109,6 +112,7 @@ fn run(cli: Cli) -> anyhow::Result<ExitCode> {
         Command::Run(args) => runtime()?.block_on(run::run(args, cli.config.as_deref())),
         Command::Runs { command } => runtime()?.block_on(run::runs(command, cli.config.as_deref())),
         Command::Bench(args) => runtime()?.block_on(bench::bench(args, cli.config.as_deref())),
+        Command::Doctor => runtime()?.block_on(doctor::doctor(cli.config.as_deref())),
     }
 }
 
@@ -119,4 +123,16 @@ fn runtime() -> anyhow::Result<tokio::runtime::Runtime> {
 fn init_tracing() {
     let filter = tracing_subscriber::EnvFilter::try_from_env("TASKWEAVE_LOG").unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("warn"));
     let _ = tracing_subscriber::fmt().with_env_filter(filter).with_writer(std::io::stderr).try_init();
+}
+
+/// Print a configuration error (positioned, with the source line) and return exit status 2.
+pub(crate) fn config_error(e: &crate::config::ConfigError) -> ExitCode {
+    match e {
+        crate::config::ConfigError::Invalid { diagnostic, text } => {
+            use std::io::IsTerminal;
+            eprintln!("{}", crate::diag::render_human(diagnostic, Some(text), std::io::stderr().is_terminal()));
+        }
+        other => eprintln!("error: {other}"),
+    }
+    ExitCode::from(2)
 }

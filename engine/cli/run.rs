@@ -97,7 +97,7 @@ fn looks_like_file(target: &str) -> bool {
 pub async fn run(args: RunArgs, config: Option<&Path>) -> anyhow::Result<ExitCode> {
     let config = match Config::load(config) {
         Ok(c) => c,
-        Err(e) => return Ok(usage(e)),
+        Err(e) => return Ok(super::config_error(&e)),
     };
     let input = match read_input(&args) {
         Ok(i) => i,
@@ -446,7 +446,7 @@ async fn resolve_id(store: &Store, id: &str) -> Result<String, ExitCode> {
 pub async fn runs(cmd: Option<RunsCommand>, config: Option<&Path>) -> anyhow::Result<ExitCode> {
     let config = match Config::load(config) {
         Ok(c) => c,
-        Err(e) => return Ok(usage(e)),
+        Err(e) => return Ok(super::config_error(&e)),
     };
     let store = match Store::open(&config.engine.store).await {
         Ok(s) => s,

@@ -18,10 +18,7 @@ pub fn validate(paths: &[PathBuf], format: DiagFormat, deny_warnings: bool, conf
     let opts = match crate::config::Config::load(config) {
         Ok(c) if c.path.is_some() => Options { backends: Some(c.backend_names()) },
         Ok(_) => Options::default(),
-        Err(e) => {
-            eprintln!("error: {e}");
-            return Ok(ExitCode::from(2));
-        }
+        Err(e) => return Ok(super::config_error(&e)),
     };
     let checked = match validate::check_paths(paths, &opts) {
         Ok(c) => c,

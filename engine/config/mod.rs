@@ -10,6 +10,9 @@ use std::path::{Path, PathBuf};
 
 pub const FILE_NAME: &str = "taskweave.toml";
 
+/// The backend kinds a configuration may name.
+pub const KINDS: [&str; 4] = ["local", "postgres", "celery", "temporal"];
+
 #[derive(Debug, Clone, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct EngineConfig {
@@ -72,8 +75,9 @@ pub struct Config {
 
 #[derive(Debug, thiserror::Error)]
 pub enum ConfigError {
-    #[error("{path}: {message}")]
-    Invalid { path: String, message: String },
+    /// The file is not a valid configuration; `diagnostic` is positioned in `text`.
+    #[error("{}:{}:{}: {}", .diagnostic.file, .diagnostic.span.start.line, .diagnostic.span.start.column, .diagnostic.message)]
+    Invalid { diagnostic: Box<crate::diag::Diagnostic>, text: String },
     #[error("{path}: {source}")]
     Io { path: String, source: std::io::Error },
 }
@@ -92,9 +96,9 @@ impl Config {
                     path: p.display().to_string(),
                     source: e,
                 })?;
-                let mut c = Config::parse(&text).map_err(|message| ConfigError::Invalid {
-                    path: p.display().to_string(),
-                    message,
+                let mut c = Config::parse_file(&p.display().to_string(), &text).map_err(|d| ConfigError::Invalid {
+                    diagnostic: Box::new(d),
+                    text: text.clone(),
                 })?;
                 // Relative folders and SQLite paths are relative to the config file.
                 if let Some(dir) = p.parent().filter(|d| !d.as_os_str().is_empty()) {
@@ -119,15 +123,69 @@ impl Config {
         Ok(cfg)
     }
 
-    /// Parse the text of a config file (no environment applied).
-    pub fn parse(text: &str) -> Result<Config, String> {
-        let c: Config = toml::from_str(text).map_err(|e| e.to_string().trim().to_string())?;
+    /// Parse a config file's text into a positioned diagnostic on error
+    /// (the key or value at fault, like workflow diagnostics).
+    pub fn parse_file(file: &str, text: &str) -> Result<Config, crate::diag::Diagnostic> {
+        use crate::diag::{Code, Diagnostic, Span};
+        let positioned = |span: Option<std::ops::Range<usize>>, msg: String| {
+            let (line, col) = span.map_or((1, 1), |r| {
+                let before = &text[..r.start.min(text.len())];
+                (before.matches('\n').count() as u32 + 1, before.rsplit('\n').next().map_or(0, |l| l.chars().count()) as u32 + 1)
+            });
+            Diagnostic::new(Code::Schema, file, Span::point(line, col), msg)
+        };
+        let c: Config = match toml::from_str(text) {
+            Ok(c) => c,
+            Err(e) => {
+                let msg = e.message().trim().to_string();
+                let mut d = positioned(e.span(), format!("invalid configuration: {msg}"));
+                if let Some(field) = msg.strip_prefix("unknown field `").and_then(|r| r.split('`').next()) {
+                    let expected = ["engine", "backends", "flags", "workflows", "store", "default_backend", "source", "namespace"];
+                    if let Some(s) = crate::diag::did_you_mean(field, expected) {
+                        d = d.with_help(format!("did you mean `{s}`?"));
+                    }
+                }
+                return Err(d);
+            }
+        };
+        // Semantic checks, positioned through the spanned document.
+        let doc = crate::spec::parse(file, text, crate::spec::Format::Toml).ok();
+        let span_of = |ptr: &str| doc.as_ref().map_or(Span::point(1, 1), |d| d.span(ptr));
         for (name, b) in &c.backends {
-            if !["local", "postgres", "celery", "temporal"].contains(&b.kind.as_str()) {
-                return Err(format!("backend `{name}`: unknown kind `{}` (expected local, postgres, celery or temporal)", b.kind));
+            if !KINDS.contains(&b.kind.as_str()) {
+                let mut d = Diagnostic::new(
+                    Code::Schema,
+                    file,
+                    span_of(&format!("/backends/{name}/kind")),
+                    format!("backend `{name}`: unknown kind `{}`", b.kind),
+                );
+                d = match crate::diag::did_you_mean(&b.kind, KINDS) {
+                    Some(s) => d.with_help(format!("did you mean `{s}`?")),
+                    None => d.with_help("the kinds are local, postgres, celery and temporal"),
+                };
+                return Err(d);
             }
         }
+        let names = c.backend_names();
+        if !names.contains(&c.engine.default_backend) {
+            let d = Diagnostic::new(
+                Code::UnknownBackend,
+                file,
+                span_of("/engine/default_backend"),
+                format!("`default_backend` names no configured backend: `{}`", c.engine.default_backend),
+            );
+            let d = match crate::diag::did_you_mean(&c.engine.default_backend, names.iter().map(String::as_str)) {
+                Some(s) => d.with_help(format!("did you mean `{s}`?")),
+                None => d.with_help(format!("configured backends: {}", names.join(", "))),
+            };
+            return Err(d);
+        }
         Ok(c)
+    }
+
+    /// Parse the text of a config file (no environment applied).
+    pub fn parse(text: &str) -> Result<Config, String> {
+        Config::parse_file(FILE_NAME, text).map_err(|d| format!("{}:{}: {}", d.span.start.line, d.span.start.column, d.message))
     }
 
     /// Environment overrides.
@@ -194,8 +252,17 @@ mod tests {
     }
 
     #[test]
-    fn unknown_kind_and_keys_are_rejected() {
-        assert!(Config::parse("[backends.x]\nkind = \"kafka\"\n").unwrap_err().contains("unknown kind `kafka`"));
-        assert!(Config::parse("[engine]\nstorr = \"x\"\n").unwrap_err().contains("storr"));
+    fn unknown_kind_and_keys_are_rejected_at_their_position() {
+        let d = Config::parse_file("t.toml", "[backends.x]\nkind = \"celey\"\n").unwrap_err();
+        assert!(d.message.contains("unknown kind `celey`"), "{d:?}");
+        assert_eq!((d.span.start.line, d.span.start.column), (2, 8));
+        assert_eq!(d.help.as_deref(), Some("did you mean `celery`?"));
+        let d = Config::parse_file("t.toml", "[engine]\nstorr = \"x\"\n").unwrap_err();
+        assert!(d.message.contains("storr"), "{d:?}");
+        assert_eq!((d.span.start.line, d.span.start.column), (2, 1));
+        assert_eq!(d.help.as_deref(), Some("did you mean `store`?"));
+        let d = Config::parse_file("t.toml", "[engine]\ndefault_backend = \"pg\"\n").unwrap_err();
+        assert_eq!(d.code, crate::diag::Code::UnknownBackend);
+        assert_eq!((d.span.start.line, d.span.start.column), (2, 19));
     }
 }

@@ -1,0 +1,150 @@
+//! `taskweave doctor`: is every configured backend, the store, the flag
+//! source and every workflow folder usable? One line per check.
+
+use crate::config::Config;
+use std::path::Path;
+use std::process::ExitCode;
+use std::time::Duration;
+
+struct Check {
+    what: String,
+    ok: bool,
+    detail: String,
+}
+
+pub async fn doctor(config: Option<&Path>) -> anyhow::Result<ExitCode> {
+    let config = match Config::load(config) {
+        Ok(c) => c,
+        Err(e) => return Ok(super::config_error(&e)),
+    };
+    let mut checks = Vec::new();
+    checks.push(Check {
+        what: "config".into(),
+        ok: true,
+        detail: match &config.path {
+            Some(p) => format!("{} is valid", p.display()),
+            None => "no taskweave.toml; using the defaults".into(),
+        },
+    });
+    // Store: open it (creates a SQLite file and applies migrations).
+    let store = tokio::time::timeout(Duration::from_secs(10), crate::store::Store::open(&config.engine.store)).await;
+    checks.push(match store {
+        Ok(Ok(s)) => Check {
+            what: "store".into(),
+            ok: true,
+            detail: format!("{} answers", s.location()),
+        },
+        Ok(Err(e)) => Check {
+            what: "store".into(),
+            ok: false,
+            detail: e.to_string(),
+        },
+        Err(_) => Check {
+            what: "store".into(),
+            ok: false,
+            detail: format!("{}: no answer within 10s", config.engine.store),
+        },
+    });
+    for name in config.backend_names() {
+        let kind = config.kind_of(&name).unwrap_or("?");
+        checks.push(match kind {
+            "local" => Check {
+                what: format!("backend {name}"),
+                ok: true,
+                detail: "local (embedded): always available".into(),
+            },
+            other => Check {
+                what: format!("backend {name}"),
+                ok: false,
+                detail: format!("kind `{other}` is not built into this binary (build with `--features {other}`)"),
+            },
+        });
+    }
+    if let Some(src) = &config.flags.source {
+        checks.push(flag_source(src).await);
+    }
+    for dir in &config.engine.workflows {
+        checks.push(if !dir.is_dir() {
+            Check {
+                what: format!("workflows {}", dir.display()),
+                ok: false,
+                detail: "folder does not exist".into(),
+            }
+        } else {
+            match crate::validate::check_paths(std::slice::from_ref(dir), &crate::engine::validate_options(&config)) {
+                Ok(files) => {
+                    let bad = files.iter().filter(|f| f.has_errors()).count();
+                    Check {
+                        what: format!("workflows {}", dir.display()),
+                        ok: bad == 0,
+                        detail: if bad == 0 {
+                            format!("{} valid workflow file(s)", files.len())
+                        } else {
+                            format!("{bad} of {} file(s) have errors; run `taskweave validate {}`", files.len(), dir.display())
+                        },
+                    }
+                }
+                Err(e) => Check {
+                    what: format!("workflows {}", dir.display()),
+                    ok: false,
+                    detail: e.to_string(),
+                },
+            }
+        });
+    }
+    let width = checks.iter().map(|c| c.what.len()).max().unwrap_or(0);
+    for c in &checks {
+        println!("{} {:<width$}  {}", if c.ok { "ok  " } else { "FAIL" }, c.what, c.detail);
+    }
+    let failed = checks.iter().filter(|c| !c.ok).count();
+    if failed > 0 {
+        println!("{failed} problem(s) found");
+        Ok(ExitCode::from(1))
+    } else {
+        println!("everything answers");
+        Ok(ExitCode::SUCCESS)
+    }
+}
+
+async fn flag_source(src: &str) -> Check {
+    let what = "flags".to_string();
+    if src.starts_with("http://") || src.starts_with("https://") {
+        let client = reqwest::Client::builder().timeout(Duration::from_secs(5)).build();
+        let r = match client {
+            Ok(c) => c.get(src).send().await,
+            Err(e) => {
+                return Check { what, ok: false, detail: e.to_string() };
+            }
+        };
+        match r {
+            Ok(resp) => Check {
+                what,
+                ok: true,
+                detail: format!("{src} answers (HTTP {})", resp.status().as_u16()),
+            },
+            Err(e) => Check {
+                what,
+                ok: false,
+                detail: format!("{src}: {}", e.without_url()),
+            },
+        }
+    } else {
+        match std::fs::metadata(src) {
+            Ok(m) if m.is_file() => Check {
+                what,
+                ok: true,
+                detail: format!("{src} is readable"),
+            },
+            Ok(_) => Check {
+                what,
+                ok: false,
+                detail: format!("{src} is not a file"),
+            },
+            Err(e) => Check {
+                what,
+                ok: false,
+                detail: format!("{src}: {e}"),
+            },
+        }
+    }
+}
