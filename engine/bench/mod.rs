@@ -1,3 +1,5 @@
 //! Benchmarks behind `taskweave bench`: figures, never assertions.
 
+pub mod api;
 pub mod workloads;
+pub mod validate;

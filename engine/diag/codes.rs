@@ -33,8 +33,8 @@ macro_rules! codes {
 
 codes! {
     Parse = "parse", Error,
-        "The file is not valid YAML or TOML: a syntax error, a tab used for indentation, an empty, binary or non-UTF-8 file, or a document nested too deeply.",
-        "version: 1\nname: hello\ntasks:\n\t- name: a\n",
+        "The file is not valid YAML or TOML: a syntax error, a tab used for indentation, an empty, binary or non-UTF-8 file, several YAML documents in one file, or a document nested too deeply or expanded too far by aliases.",
+        "version: 1\nname: hello\ntasks:\n\t- name: a\n\t  uses: echo\n",
         "version: 1\nname: hello\ntasks:\n  - name: a\n    uses: echo\n";
     DuplicateKey = "duplicate-key", Error,
         "A mapping repeats a key. YAML parsers disagree on which value wins, so taskweave refuses the file and points at the second key.",
@@ -46,48 +46,48 @@ codes! {
         "version: 1\nname: hello-world\ntasks:\n  - name: a\n    uses: echo\n";
     DuplicateTask = "duplicate-task", Error,
         "Two tasks share a name. Task names identify tasks in `parents` and templates, so they must be unique.",
-        "tasks:\n  - {name: fetch, uses: echo}\n  - {name: fetch, uses: echo}\n",
-        "tasks:\n  - {name: fetch, uses: echo}\n  - {name: fetch-again, uses: echo}\n";
+        "version: 1\nname: hello\ntasks:\n  - {name: fetch, uses: echo}\n  - {name: fetch, uses: echo}\n",
+        "version: 1\nname: hello\ntasks:\n  - {name: fetch, uses: echo}\n  - {name: fetch-again, uses: echo}\n";
     UnknownParent = "unknown-parent", Error,
         "A task lists a parent that names no task. The help suggests the closest existing name.",
-        "tasks:\n  - {name: extract-text, uses: echo}\n  - {name: summarise, uses: echo, parents: [extract-txt]}\n",
-        "tasks:\n  - {name: extract-text, uses: echo}\n  - {name: summarise, uses: echo, parents: [extract-text]}\n";
+        "version: 1\nname: hello\ntasks:\n  - {name: extract-text, uses: echo}\n  - {name: summarise, uses: echo, parents: [extract-txt]}\n",
+        "version: 1\nname: hello\ntasks:\n  - {name: extract-text, uses: echo}\n  - {name: summarise, uses: echo, parents: [extract-text]}\n";
     Cycle = "cycle", Error,
-        "The parents form a cycle, so no task of it could ever start. The message lists the whole cycle.",
-        "tasks:\n  - {name: a, uses: echo, parents: [b]}\n  - {name: b, uses: echo, parents: [a]}\n",
-        "tasks:\n  - {name: a, uses: echo}\n  - {name: b, uses: echo, parents: [a]}\n";
+        "The parents form a cycle, so no task of it could ever start. The message lists the whole cycle in execution order, from its first task back to it: `a -> b -> c -> a`.",
+        "version: 1\nname: hello\ntasks:\n  - {name: a, uses: echo, parents: [b]}\n  - {name: b, uses: echo, parents: [a]}\n",
+        "version: 1\nname: hello\ntasks:\n  - {name: a, uses: echo}\n  - {name: b, uses: echo, parents: [a]}\n";
     SelfParent = "self-parent", Error,
         "A task lists itself as a parent.",
-        "tasks:\n  - {name: a, uses: echo, parents: [a]}\n",
-        "tasks:\n  - {name: a, uses: echo}\n";
+        "version: 1\nname: hello\ntasks:\n  - {name: a, uses: echo, parents: [a]}\n",
+        "version: 1\nname: hello\ntasks:\n  - {name: a, uses: echo}\n";
     Action = "action", Error,
         "A task has no action or more than one. Each task has exactly one of `run`, `shell`, `http`, `celery` or `uses`.",
-        "tasks:\n  - name: a\n    run: [echo, hi]\n    shell: echo hi\n",
-        "tasks:\n  - name: a\n    run: [echo, hi]\n";
+        "version: 1\nname: hello\ntasks:\n  - name: a\n    run: [echo, hi]\n    shell: echo hi\n",
+        "version: 1\nname: hello\ntasks:\n  - name: a\n    run: [echo, hi]\n";
     Duration = "duration", Error,
         "A duration string does not parse. Durations look like `500ms`, `30s`, `10m`, `1h30m`; bare numbers are not durations.",
-        "timeout: 10 minutes-ish\n",
-        "timeout: 10m\n";
+        "version: 1\nname: hello\ntimeout: 10 minutes-ish\ntasks: [{name: a, uses: echo}]\n",
+        "version: 1\nname: hello\ntimeout: 10m\ntasks: [{name: a, uses: echo}]\n";
     Template = "template", Error,
         "A template does not parse as Handlebars (an unclosed `{{`, an unbalanced block), or uses raw `{{{ }}}` output in a `shell` script, where every inserted value must be quoted.",
-        "with: {path: \"{{input.path\"}\n",
-        "with: {path: \"{{input.path}}\"}\n";
+        "version: 1\nname: hello\ntasks:\n  - name: a\n    uses: echo\n    with: {path: \"{{input.path\"}\n",
+        "version: 1\nname: hello\ntasks:\n  - name: a\n    uses: echo\n    with: {path: \"{{input.path}}\"}\n";
     TemplateRef = "template-ref", Error,
         "A template reads something that cannot exist when the task runs: `tasks.X` where X is not an ancestor of the task, an input property that the input schema does not declare while it forbids others, or an unknown root (the roots are input, tasks, run, workflow and context).",
-        "tasks:\n  - {name: a, uses: echo}\n  - {name: b, uses: echo, with: {x: \"{{tasks.a.output}}\"}}\n",
-        "tasks:\n  - {name: a, uses: echo}\n  - {name: b, uses: echo, parents: [a], with: {x: \"{{tasks.a.output}}\"}}\n";
+        "version: 1\nname: hello\ntasks:\n  - {name: a, uses: echo}\n  - {name: b, uses: echo, with: {x: \"{{tasks.a.output}}\"}}\n",
+        "version: 1\nname: hello\ntasks:\n  - {name: a, uses: echo}\n  - {name: b, uses: echo, parents: [a], with: {x: \"{{tasks.a.output}}\"}}\n";
     TimeoutExceeds = "timeout-exceeds", Warning,
         "A task timeout is longer than the workflow timeout, so the workflow timeout will always cut the task first.",
-        "timeout: 10m\ntasks:\n  - {name: a, uses: echo, timeout: 1h}\n",
-        "timeout: 10m\ntasks:\n  - {name: a, uses: echo, timeout: 5m}\n";
+        "version: 1\nname: hello\ntimeout: 10m\ntasks:\n  - {name: a, uses: echo, timeout: 1h}\n",
+        "version: 1\nname: hello\ntimeout: 10m\ntasks:\n  - {name: a, uses: echo, timeout: 5m}\n";
     UnknownBackend = "unknown-backend", Error,
         "`backend` names a backend that the configuration (taskweave.toml) does not define. Only checked when a configuration is found or given.",
-        "backend: celry\n",
-        "backend: celery\n";
+        "# taskweave.toml defines [backends.celery]\nversion: 1\nname: hello\nbackend: celry\ntasks: [{name: a, uses: echo}]\n",
+        "# taskweave.toml defines [backends.celery]\nversion: 1\nname: hello\nbackend: celery\ntasks: [{name: a, uses: echo}]\n";
     DuplicateWorkflow = "duplicate-workflow", Error,
         "Two files in one folder declare the same workflow name, so a run by name would be ambiguous.",
-        "# a.yaml\nname: billing\n# b.yaml\nname: billing\n",
-        "# a.yaml\nname: billing\n# b.yaml\nname: billing-v2\n";
+        "# flows/a.yaml\nname: billing\n# flows/b.yaml\nname: billing\n",
+        "# flows/a.yaml\nname: billing\n# flows/b.yaml\nname: billing-v2\n";
 }
 
 impl Code {

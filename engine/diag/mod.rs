@@ -29,13 +29,7 @@ pub struct Span {
 
 impl Span {
     pub fn new(line: u32, column: u32, end_line: u32, end_column: u32) -> Self {
-        Span {
-            start: Pos { line, column },
-            end: Pos {
-                line: end_line,
-                column: end_column,
-            },
-        }
+        Span { start: Pos { line, column }, end: Pos { line: end_line, column: end_column } }
     }
 
     /// A one-character span at a position.
@@ -84,14 +78,7 @@ pub struct Diagnostic {
 
 impl Diagnostic {
     pub fn new(code: Code, file: impl Into<String>, span: Span, message: impl Into<String>) -> Self {
-        Diagnostic {
-            severity: code.severity(),
-            code,
-            message: message.into(),
-            file: file.into(),
-            span,
-            help: None,
-        }
+        Diagnostic { severity: code.severity(), code, message: message.into(), file: file.into(), span, help: None }
     }
 
     pub fn with_help(mut self, help: impl Into<String>) -> Self {
@@ -122,20 +109,38 @@ impl Serialize for Diagnostic {
     }
 }
 
-/// The closest candidate to `name`, for "did you mean" help.
+/// Names longer than this get no suggestion: string similarity is quadratic,
+/// and a hostile file may hold megabyte-long names.
+const MAX_SUGGEST_LEN: usize = 256;
+
+/// The closest candidate to `name`, for "did you mean" help: a candidate at
+/// most a third of its length (and at most 3 edits) away, or very similar by
+/// Jaro-Winkler when both are long enough for that to mean something.
 pub fn did_you_mean<'a>(name: &str, candidates: impl IntoIterator<Item = &'a str>) -> Option<&'a str> {
+    let len = name.chars().count();
+    if len == 0 || len > MAX_SUGGEST_LEN {
+        return None;
+    }
+    let max_edits = (len / 3).clamp(1, 3);
     candidates
         .into_iter()
-        .filter(|c| *c != name)
-        .map(|c| (strsim::jaro_winkler(name, c), c))
-        .filter(|(score, c)| *score >= 0.8 || strsim::levenshtein(name, c) <= 2)
-        .max_by(|a, b| a.0.total_cmp(&b.0))
-        .map(|(_, c)| c)
+        .filter(|c| *c != name && c.len() <= MAX_SUGGEST_LEN * 4)
+        .filter_map(|c| {
+            let edits = strsim::levenshtein(name, c);
+            let jw = strsim::jaro_winkler(name, c);
+            let close = edits <= max_edits || (len >= 4 && c.chars().count() >= 4 && jw >= 0.9);
+            close.then_some((edits, std::cmp::Reverse(ordered(jw)), c))
+        })
+        .min()
+        .map(|(_, _, c)| c)
+}
+
+/// A float as a totally ordered integer key (for similarity scores in 0..=1).
+fn ordered(x: f64) -> u64 {
+    (x.clamp(0.0, 1.0) * 1e9) as u64
 }
 
 /// Sort diagnostics by file and position, errors first on the same node.
 pub fn sort(diags: &mut [Diagnostic]) {
-    diags.sort_by(|a, b| {
-        (a.file.as_str(), a.span.start, a.severity).cmp(&(b.file.as_str(), b.span.start, b.severity))
-    });
+    diags.sort_by(|a, b| (a.file.as_str(), a.span.start, a.severity).cmp(&(b.file.as_str(), b.span.start, b.severity)));
 }

@@ -25,7 +25,11 @@ pub fn render_human(d: &Diagnostic, source: Option<&str>, color: bool) -> String
                 .annotation(AnnotationKind::Primary.span(range)),
         );
     } else {
-        group = group.element(annotate_snippets::Origin::path(d.file.as_str()).line(d.span.start.line as usize).char_column(d.span.start.column.saturating_sub(1) as usize));
+        group = group.element(
+            annotate_snippets::Origin::path(d.file.as_str())
+                .line(d.span.start.line as usize)
+                .char_column(d.span.start.column.saturating_sub(1) as usize),
+        );
     }
     if let Some(help) = &d.help {
         group = group.element(Level::HELP.message(help.as_str()));
@@ -58,11 +62,7 @@ fn excerpt<'a>(source: &'a str, d: &Diagnostic) -> Option<(&'a str, usize, std::
     let char_to_byte = |line_start: usize, col: u32| -> usize {
         let line = &source[line_start..];
         let line = &line[..line.find('\n').unwrap_or(line.len())];
-        line.char_indices()
-            .nth(col.saturating_sub(1) as usize)
-            .map_or(line.len(), |(b, _)| b)
-            + line_start
-            - first
+        line.char_indices().nth(col.saturating_sub(1) as usize).map_or(line.len(), |(b, _)| b) + line_start - first
     };
     let start = char_to_byte(first, d.span.start.column);
     let end = if (d.span.end.line as usize) <= end_line && d.span.end.line >= d.span.start.line {

@@ -19,6 +19,8 @@ use crate::diag::{Code, Diagnostic, Span};
 /// the stack or memory.
 pub const MAX_DEPTH: usize = 128;
 pub const MAX_NODES: usize = 5_000_000;
+/// The most nodes that YAML aliases may add to a document by expansion.
+pub const MAX_ALIAS_NODES: usize = 1_000_000;
 
 /// The formats a workflow file may be written in.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -61,12 +63,7 @@ pub fn decode(file: &str, bytes: &[u8]) -> Result<String, Diagnostic> {
         let prefix = &text[..idx];
         let line = prefix.matches('\n').count() as u32 + 1;
         let col = prefix.rsplit('\n').next().map_or(0, |l| l.chars().count()) as u32 + 1;
-        return Err(Diagnostic::new(
-            Code::Parse,
-            file,
-            Span::point(line, col),
-            "the file looks binary (it contains a NUL byte)",
-        ));
+        return Err(Diagnostic::new(Code::Parse, file, Span::point(line, col), "the file looks binary (it contains a NUL byte)"));
     }
     let text = text.strip_prefix('\u{feff}').unwrap_or(text);
     if text.trim().is_empty() {

@@ -1,11 +1,11 @@
 //! TOML to [`Node`], from `toml`'s spanned `DeTable` (byte spans on every key
 //! and value), converted to 1-based line/column.
 
-use super::node::{Key, Node, NodeKind};
 use super::MAX_DEPTH;
+use super::node::{Key, Node, NodeKind};
 use crate::diag::{Code, Diagnostic, Span};
-use toml::de::{DeTable, DeValue};
 use toml::Spanned;
+use toml::de::{DeTable, DeValue};
 
 /// Byte offset to 1-based line/column (columns in characters).
 pub(crate) struct LineIndex<'a> {
@@ -40,9 +40,22 @@ pub fn parse(file: &str, text: &str) -> Result<Node, Vec<Diagnostic>> {
     let table = match DeTable::parse(text) {
         Ok(t) => t,
         Err(e) => {
-            let sp = e.span().map_or(Span::point(1, 1), |r| index.span(r));
-            let msg = e.message().trim().to_string();
-            let code = if msg.contains("duplicate key") { Code::DuplicateKey } else { Code::Parse };
+            let range = e.span();
+            let sp = range.clone().map_or(Span::point(1, 1), |r| index.span(r));
+            let mut msg = e.message().trim().to_string();
+            let code = if msg.contains("duplicate key") {
+                // Name the key: the message does not, the span does.
+                let key = range
+                    .and_then(|r| text.get(r))
+                    .map(|k| k.trim().trim_matches(['"', '\'']))
+                    .filter(|k| !k.is_empty() && !k.contains('\n'));
+                if let Some(k) = key {
+                    msg = format!("duplicate key `{k}`");
+                }
+                Code::DuplicateKey
+            } else {
+                Code::Parse
+            };
             return Err(vec![Diagnostic::new(code, file, sp, msg)]);
         }
     };
@@ -58,28 +71,17 @@ fn table_node(t: &DeTable<'_>, sp: Span, ix: &LineIndex<'_>, file: &str, depth: 
     let mut items: Vec<_> = t.iter().collect();
     items.sort_by_key(|(k, _)| k.span().start);
     for (k, v) in items {
-        let key = Key {
-            name: k.get_ref().to_string(),
-            span: ix.span(k.span()),
-        };
+        let key = Key { name: k.get_ref().to_string(), span: ix.span(k.span()) };
         entries.push((key, value_node(v, ix, file, depth + 1, diags)));
     }
-    Node {
-        span: sp,
-        kind: NodeKind::Map(entries),
-    }
+    Node { span: sp, kind: NodeKind::Map(entries) }
 }
 
 fn value_node(v: &Spanned<DeValue<'_>>, ix: &LineIndex<'_>, file: &str, depth: usize, diags: &mut Vec<Diagnostic>) -> Node {
     let sp = ix.span(v.span());
     if depth > MAX_DEPTH {
         if diags.is_empty() {
-            diags.push(Diagnostic::new(
-                Code::Parse,
-                file,
-                sp,
-                format!("the document is nested deeper than {MAX_DEPTH} levels"),
-            ));
+            diags.push(Diagnostic::new(Code::Parse, file, sp, format!("the document is nested deeper than {MAX_DEPTH} levels")));
         }
         return Node { span: sp, kind: NodeKind::Null };
     }

@@ -5,10 +5,10 @@
 //! The rules read the untyped document so they still report everything when
 //! another part of the file breaks the schema.
 
-use crate::diag::{did_you_mean, Code, Diagnostic, Span};
+use crate::diag::{Code, Diagnostic, Span, did_you_mean};
 use crate::plan::{parse_duration, template};
-use crate::spec::raw::RawTask;
 use crate::spec::Document;
+use crate::spec::node::pointer_seg;
 use petgraph::graph::{DiGraph, NodeIndex};
 use serde_json::Value;
 use std::collections::{HashMap, HashSet};
@@ -70,8 +70,13 @@ impl Rules<'_> {
             if let Some(&first) = ids.get(name) {
                 let fs = self.doc.span(&format!("/tasks/{first}/name"));
                 self.push(
-                    Diagnostic::new(Code::DuplicateTask, self.file, self.doc.span(&format!("/tasks/{i}/name")), format!("duplicate task name `{name}`"))
-                        .with_help(format!("`{name}` is first defined at line {}, column {}", fs.start.line, fs.start.column)),
+                    Diagnostic::new(
+                        Code::DuplicateTask,
+                        self.file,
+                        self.doc.span(&format!("/tasks/{i}/name")),
+                        format!("duplicate task name `{name}`"),
+                    )
+                    .with_help(format!("`{name}` is first defined at line {}, column {}", fs.start.line, fs.start.column)),
                 );
             } else {
                 ids.insert(name, i);
@@ -91,15 +96,25 @@ impl Rules<'_> {
                     let Some(p) = p.as_str() else { continue };
                     let ptr = format!("/tasks/{i}/parents/{j}");
                     if p == name {
-                        self.push(Diagnostic::new(Code::SelfParent, self.file, self.doc.span(&ptr), format!("task `{name}` lists itself as a parent")));
+                        self.push(Diagnostic::new(
+                            Code::SelfParent,
+                            self.file,
+                            self.doc.span(&ptr),
+                            format!("task `{name}` lists itself as a parent"),
+                        ));
                     } else if let Some(&pid) = ids.get(p) {
                         if !parents_of[i].contains(&pid) {
                             parents_of[i].push(pid);
                             graph.add_edge(NodeIndex::new(pid), NodeIndex::new(i), ());
                         }
                     } else {
-                        let mut d = Diagnostic::new(Code::UnknownParent, self.file, self.doc.span(&ptr), format!("unknown parent `{p}` of task `{name}`"));
-                        if let Some(s) = did_you_mean(p, names.iter().copied()) {
+                        let mut d = Diagnostic::new(
+                            Code::UnknownParent,
+                            self.file,
+                            self.doc.span(&ptr),
+                            format!("unknown parent `{p}` of task `{name}`"),
+                        );
+                        if let Some(s) = did_you_mean(p, names.iter().copied().filter(|n| *n != name)) {
                             d = d.with_help(format!("did you mean `{s}`?"));
                         }
                         self.push(d);
@@ -131,7 +146,10 @@ impl Rules<'_> {
                                 self.doc.key_span(&format!("/tasks/{i}/{extra}")),
                                 format!("task `{name}` has more than one action (`{}` and `{extra}`)", present[0]),
                             )
-                            .with_help(format!("a task has exactly one action; `{}` is at line {}; split this into two tasks", present[0], first.start.line)),
+                            .with_help(format!(
+                                "a task has exactly one action; `{}` is at line {}; split this into two tasks",
+                                present[0], first.start.line
+                            )),
                         );
                     }
                 }
@@ -169,8 +187,11 @@ impl Rules<'_> {
                 }
             }
         }
-        self.cycles(&graph, tasks);
-        self.templates(tasks, &ids, &parents_of);
+        let position = topological_positions(&parents_of);
+        if position.1.len() < tasks.len() {
+            self.cycles(&graph, tasks);
+        }
+        self.templates(tasks, &ids, &parents_of, position);
     }
 
     fn backend(&mut self) {
@@ -207,52 +228,55 @@ impl Rules<'_> {
         }
     }
 
+    /// One `cycle` diagnostic per strongly connected component: the
+    /// shortest cycle through its first task (in file order), listed in
+    /// execution order from that task, reported at the parent link that
+    /// closes it (in the first task's `parents`).
     fn cycles(&mut self, graph: &DiGraph<usize, ()>, tasks: &[Value]) {
         let name = |i: usize| tasks[i].get("name").and_then(Value::as_str).unwrap_or("?").to_string();
-        let mut sccs = petgraph::algo::tarjan_scc(graph);
+        // Kosaraju's, not Tarjan's: petgraph's Tarjan recurses once per task
+        // of a chain, and a long chain would overflow the stack.
+        let mut sccs = petgraph::algo::kosaraju_scc(graph);
         sccs.retain(|c| c.len() > 1);
         sccs.sort_by_key(|c| c.iter().map(|n| n.index()).min());
         for scc in sccs {
             let members: HashSet<usize> = scc.iter().map(|n| n.index()).collect();
-            let start = *members.iter().min().unwrap_or(&0);
-            // Walk parent edges inside the component from the first task back
-            // to itself: `start` needs p1, p1 needs p2, ... -> start.
-            let mut path = vec![start];
-            let mut seen = HashSet::from([start]);
-            let mut cur = start;
-            loop {
-                let preds: Vec<usize> = graph
-                    .neighbors_directed(NodeIndex::new(cur), petgraph::Direction::Incoming)
-                    .map(|n| n.index())
-                    .filter(|n| members.contains(n))
-                    .collect();
-                if preds.contains(&start) && path.len() > 1 || preds.is_empty() {
-                    break;
-                }
-                match preds.iter().find(|p| !seen.contains(p)) {
-                    Some(&next) => {
-                        path.push(next);
-                        seen.insert(next);
-                        cur = next;
+            let Some(&start) = members.iter().min() else { continue };
+            // Breadth-first along parent -> child edges, inside the component,
+            // until an edge leads back to `start`.
+            let mut came_from: HashMap<usize, usize> = HashMap::new();
+            let mut queue = std::collections::VecDeque::from([start]);
+            let mut last = None;
+            'search: while let Some(cur) = queue.pop_front() {
+                for child in graph.neighbors_directed(NodeIndex::new(cur), petgraph::Direction::Outgoing) {
+                    let child = child.index();
+                    if child == start {
+                        last = Some(cur);
+                        break 'search;
                     }
-                    None => break,
-                }
-                if preds.contains(&start) {
-                    break;
+                    if members.contains(&child) && !came_from.contains_key(&child) {
+                        came_from.insert(child, cur);
+                        queue.push_back(child);
+                    }
                 }
             }
-            // path is in "depends on" order; print in execution order a -> b -> a.
+            let Some(last) = last else { continue };
+            let mut path = vec![last];
+            while let Some(&prev) = came_from.get(path.last().unwrap_or(&start)) {
+                path.push(prev);
+            }
+            if path.last() != Some(&start) {
+                path.push(start);
+            }
             path.reverse();
             let mut names: Vec<String> = path.iter().map(|&i| name(i)).collect();
             names.push(names[0].clone());
-            let first = path[0];
-            let second = path.get(1).copied().unwrap_or(first);
-            let ptr = tasks[second]
+            let closing = name(last);
+            let ptr = tasks[start]
                 .get("parents")
                 .and_then(Value::as_array)
-                .and_then(|ps| ps.iter().position(|p| p.as_str() == Some(&name(first))))
-                .map(|j| format!("/tasks/{second}/parents/{j}"))
-                .unwrap_or(format!("/tasks/{second}/name"));
+                .and_then(|ps| ps.iter().position(|p| p.as_str() == Some(closing.as_str())))
+                .map_or_else(|| format!("/tasks/{start}/name"), |j| format!("/tasks/{start}/parents/{j}"));
             self.push(
                 Diagnostic::new(Code::Cycle, self.file, self.doc.span(&ptr), format!("the parents form a cycle: {}", names.join(" -> ")))
                     .with_help("remove one of these parent links"),
@@ -260,58 +284,71 @@ impl Rules<'_> {
         }
     }
 
-    fn templates(&mut self, tasks: &[Value], ids: &HashMap<&str, usize>, parents_of: &[Vec<usize>]) {
+    fn templates(&mut self, tasks: &[Value], ids: &HashMap<&str, usize>, parents_of: &[Vec<usize>], position: (Vec<usize>, Vec<usize>)) {
         let input = self.doc.value.get("input");
         let closed_input: Option<Vec<String>> = input
             .filter(|i| i.get("additionalProperties") == Some(&Value::Bool(false)))
             .map(|i| i.get("properties").and_then(Value::as_object).map(|p| p.keys().cloned().collect()).unwrap_or_default());
-        let mut ancestors_cache: HashMap<usize, HashSet<usize>> = HashMap::new();
+        let mut reach = Reach::new(parents_of, position);
+        // References whose ancestry a short walk could not settle; answered
+        // together at the end.
+        let mut deferred: Vec<(usize, usize, Span, String, Option<String>)> = Vec::new();
         // Workflow-level templates: env values and the rollout entity.
-        let mut strings: Vec<(String, String, bool, Option<usize>)> = Vec::new();
-        if let Some(env) = self.doc.value.get("env").and_then(Value::as_object) {
+        let doc = self.doc;
+        let mut strings: Vec<(String, &str, bool, Option<usize>)> = Vec::new();
+        if let Some(env) = doc.value.get("env").and_then(Value::as_object) {
             for (k, v) in env {
-                if let Some(s) = v.as_str() {
-                    strings.push((format!("/env/{}", crate::spec::node::pointer_seg(k)), s.to_string(), false, None));
+                if let Some(s) = v.as_str().filter(|s| s.contains("{{")) {
+                    strings.push((format!("/env/{}", pointer_seg(k)), s, false, None));
                 }
             }
         }
-        if let Some(s) = self.doc.value.pointer("/backend/entity").and_then(Value::as_str) {
-            strings.push(("/backend/entity".into(), s.to_string(), false, None));
+        if let Some(s) = doc.value.pointer("/backend/entity").and_then(Value::as_str).filter(|s| s.contains("{{")) {
+            strings.push(("/backend/entity".into(), s, false, None));
         }
         for (i, t) in tasks.iter().enumerate() {
-            let Ok(rt) = serde_json::from_value::<RawTask>(t.clone()) else { continue };
-            for (ptr, s, shell) in crate::plan::task_template_strings(&rt) {
-                if s.contains("{{") {
-                    strings.push((format!("/tasks/{i}{ptr}"), s.to_string(), shell, Some(i)));
-                }
-            }
+            task_templates(t, &mut |ptr, s, shell| strings.push((format!("/tasks/{i}{ptr}"), s, shell, Some(i))));
         }
         for (ptr, s, shell, task) in strings {
-            if !s.contains("{{") {
-                continue;
-            }
             let node_span = self.doc.span(&ptr);
-            let tpl = match handlebars::Template::compile(&s) {
-                Ok(t) => t,
-                Err(e) => {
-                    let (line, col) = e.pos().unwrap_or((1, 1));
-                    let span = self.locate_line_col(node_span, &s, line, col);
-                    let reason = e.reason().to_string();
-                    self.push(
-                        Diagnostic::new(Code::Template, self.file, span, format!("invalid template: {reason}"))
-                            .with_help("templates are Handlebars: `{{input.name}}`, `{{tasks.NAME.output}}`"),
-                    );
-                    continue;
-                }
+            // Most templates are plain `{{root.path}}` reads, which need no
+            // parser; anything else goes through Handlebars.
+            let (paths, raw_output) = match simple_paths(s) {
+                Some(paths) => (paths.into_iter().map(str::to_string).collect(), false),
+                None => match handlebars::Template::compile(s) {
+                    Ok(tpl) => (template::referenced_paths(&tpl), template::has_raw_output(&tpl)),
+                    Err(e) => {
+                        let (span, message) = match unclosed(s) {
+                            // The parser's message for this common slip names a
+                            // grammar rule; say it plainly, at the `{{`.
+                            Some(at) => {
+                                let needle: String = s[at..].chars().take(24).collect();
+                                let span = self
+                                    .locate(node_span, &needle)
+                                    .map_or(node_span, |sp| Span::new(sp.start.line, sp.start.column, sp.start.line, sp.start.column + 2));
+                                (span, "invalid template: `{{` is never closed with `}}`".to_string())
+                            }
+                            None => {
+                                let (line, col) = e.pos().unwrap_or((1, 1));
+                                (self.locate_line_col(node_span, s, line, col), format!("invalid template: {}", e.reason()))
+                            }
+                        };
+                        self.push(
+                            Diagnostic::new(Code::Template, self.file, span, message)
+                                .with_help("templates are Handlebars: `{{input.name}}`, `{{tasks.NAME.output}}`"),
+                        );
+                        continue;
+                    }
+                },
             };
-            if shell && template::has_raw_output(&tpl) {
+            if shell && raw_output {
                 let span = self.locate(node_span, "{{{").unwrap_or(node_span);
                 self.push(
                     Diagnostic::new(Code::Template, self.file, span, "raw `{{{ }}}` output is not allowed in a `shell` script")
                         .with_help("use `{{...}}`: the value is then shell-quoted, so it can never become shell syntax"),
                 );
             }
-            for raw in template::referenced_paths(&tpl) {
+            for raw in paths {
                 if raw.starts_with('@') || raw == "this" || raw.starts_with("this.") || raw.starts_with("../") {
                     continue;
                 }
@@ -322,7 +359,12 @@ impl Rules<'_> {
                     if ["if", "unless", "each", "with", "lookup", "else", "log"].contains(&root) {
                         continue;
                     }
-                    let mut d = Diagnostic::new(Code::TemplateRef, self.file, span, format!("template reads `{raw}`, but `{root}` is not a template variable"));
+                    let mut d = Diagnostic::new(
+                        Code::TemplateRef,
+                        self.file,
+                        span,
+                        format!("template reads `{raw}`, but `{root}` is not a template variable"),
+                    );
                     d = match did_you_mean(root, ROOTS) {
                         Some(s) => d.with_help(format!("did you mean `{s}`? The variables are input, tasks, run, workflow and context")),
                         None => d.with_help("the variables are input, tasks, run, workflow and context"),
@@ -348,52 +390,42 @@ impl Rules<'_> {
                             ));
                             continue;
                         };
-                        let me = tasks[task].get("name").and_then(Value::as_str).unwrap_or("?");
                         match ids.get(target) {
                             None => {
-                                let mut d = Diagnostic::new(Code::TemplateRef, self.file, span, format!("template reads `{raw}`, but there is no task `{target}`"));
+                                let mut d = Diagnostic::new(
+                                    Code::TemplateRef,
+                                    self.file,
+                                    span,
+                                    format!("template reads `{raw}`, but there is no task `{target}`"),
+                                );
                                 if let Some(s) = did_you_mean(target, ids.keys().copied()) {
                                     d = d.with_help(format!("did you mean `{s}`?"));
                                 }
                                 self.push(d);
                             }
                             Some(&tid) => {
-                                let anc = ancestors_cache.entry(task).or_insert_with(|| ancestors(task, parents_of));
-                                if !anc.contains(&tid) {
-                                    self.push(
-                                        Diagnostic::new(
-                                            Code::TemplateRef,
-                                            self.file,
-                                            span,
-                                            format!("task `{me}` reads `{raw}`, but `{target}` is not an ancestor of `{me}`"),
-                                        )
-                                        .with_help(format!("add `{target}` to the parents of `{me}`, so its output exists when `{me}` starts")),
-                                    );
-                                } else if segs.get(2).is_some_and(|s| *s != "output") {
-                                    self.push(Diagnostic::new(
-                                        Code::TemplateRef,
-                                        self.file,
-                                        span,
-                                        format!("`{raw}`: a task exposes only `output` (`tasks.{target}.output`)"),
-                                    ));
+                                let field = segs.get(2).map(|f| f.to_string());
+                                match reach.quick(tid, task) {
+                                    Some(ancestor) => self.task_ref(ancestor, span, &raw, tasks, tid, task, field.as_deref()),
+                                    None => deferred.push((tid, task, span, raw.clone(), field)),
                                 }
                             }
                         }
                     }
                     "input" => {
-                        if let (Some(prop), Some(props)) = (segs.get(1), &closed_input) {
-                            if !props.iter().any(|p| p == prop) {
-                                let mut d = Diagnostic::new(
-                                    Code::TemplateRef,
-                                    self.file,
-                                    span,
-                                    format!("template reads `{raw}`, but the input schema declares no property `{prop}` and forbids others"),
-                                );
-                                if let Some(s) = did_you_mean(prop, props.iter().map(String::as_str)) {
-                                    d = d.with_help(format!("did you mean `{s}`?"));
-                                }
-                                self.push(d);
+                        if let (Some(prop), Some(props)) = (segs.get(1), &closed_input)
+                            && !props.iter().any(|p| p == prop)
+                        {
+                            let mut d = Diagnostic::new(
+                                Code::TemplateRef,
+                                self.file,
+                                span,
+                                format!("template reads `{raw}`, but the input schema declares no property `{prop}` and forbids others"),
+                            );
+                            if let Some(s) = did_you_mean(prop, props.iter().map(String::as_str)) {
+                                d = d.with_help(format!("did you mean `{s}`?"));
                             }
+                            self.push(d);
                         }
                     }
                     "run" | "workflow" => {
@@ -403,7 +435,10 @@ impl Rules<'_> {
                                 Code::TemplateRef,
                                 self.file,
                                 span,
-                                format!("`{raw}`: `{root}` has only {}", allowed.iter().map(|a| format!("`{a}`")).collect::<Vec<_>>().join(" and ")),
+                                format!(
+                                    "`{raw}`: `{root}` has only {}",
+                                    allowed.iter().map(|a| format!("`{a}`")).collect::<Vec<_>>().join(" and ")
+                                ),
                             ));
                             let _ = f;
                         }
@@ -412,6 +447,36 @@ impl Rules<'_> {
                 }
             }
         }
+        let queries: Vec<(usize, usize)> = deferred.iter().map(|(x, t, ..)| (*x, *t)).collect();
+        let answers = reach.batch(&queries);
+        for ((tid, task, span, raw, field), ancestor) in deferred.into_iter().zip(answers) {
+            self.task_ref(ancestor, span, &raw, tasks, tid, task, field.as_deref());
+        }
+    }
+
+    /// The verdict on a template of `task` reading `tasks.<target>...`.
+    #[allow(clippy::too_many_arguments)]
+    fn task_ref(&mut self, ancestor: bool, span: Span, raw: &str, tasks: &[Value], target: usize, task: usize, field: Option<&str>) {
+        let name = |i: usize| tasks[i].get("name").and_then(Value::as_str).unwrap_or("?");
+        let (me, target) = (name(task), name(target));
+        if !ancestor {
+            self.push(
+                Diagnostic::new(
+                    Code::TemplateRef,
+                    self.file,
+                    span,
+                    format!("task `{me}` reads `{raw}`, but `{target}` is not an ancestor of `{me}`"),
+                )
+                .with_help(format!("add `{target}` to the parents of `{me}`, so its output exists when `{me}` starts")),
+            );
+        } else if field.is_some_and(|f| f != "output") {
+            self.push(Diagnostic::new(
+                Code::TemplateRef,
+                self.file,
+                span,
+                format!("`{raw}`: a task exposes only `output` (`tasks.{target}.output`)"),
+            ));
+        }
     }
 
     /// The span of `needle` inside the source text of a node, when found.
@@ -419,9 +484,10 @@ impl Rules<'_> {
         let (start, end) = (self.byte_of(node.start)?, self.byte_of(node.end).unwrap_or(self.text.len()));
         let hay = self.text.get(start..end.max(start))?;
         let at = hay.find(needle)? + start;
-        let before = &self.text[..at];
-        let line = before.matches('\n').count() as u32 + 1;
-        let col = before.rsplit('\n').next().map_or(0, |l| l.chars().count()) as u32 + 1;
+        let line = self.line_starts.partition_point(|&s| s <= at);
+        let line_start = self.line_starts[line - 1];
+        let col = self.text[line_start..at].chars().count() as u32 + 1;
+        let line = line as u32;
         Some(Span::new(line, col, line, col + needle.chars().count() as u32))
     }
 
@@ -441,20 +507,313 @@ impl Rules<'_> {
         // Back up to the `{{` that opened the broken expression.
         let from = l[..from.min(l.len())].rfind("{{").unwrap_or(from);
         let needle: String = l[from..].chars().take(24).collect();
-        self.locate(node, &needle)
-            .map(|s| Span::new(s.start.line, s.start.column, s.start.line, s.start.column + 2))
-            .unwrap_or(node)
+        self.locate(node, &needle).map(|s| Span::new(s.start.line, s.start.column, s.start.line, s.start.column + 2)).unwrap_or(node)
     }
 }
 
-fn ancestors(task: usize, parents_of: &[Vec<usize>]) -> HashSet<usize> {
-    let mut seen = HashSet::new();
-    let mut stack: Vec<usize> = parents_of[task].clone();
-    while let Some(p) = stack.pop() {
-        if seen.insert(p) {
-            stack.extend(parents_of[p].iter().copied());
+/// "Is X an ancestor of T?" for many pairs, without building every task's
+/// ancestor set (quadratic on long chains, and templates commonly read the
+/// first task from everywhere).
+///
+/// [`Reach::quick`] walks up the parents of T for a few steps, skipping tasks
+/// placed before X in a topological order (they cannot descend from X):
+/// templates mostly read a parent or a near ancestor, which this settles.
+/// [`Reach::batch`] answers the rest exactly, 64 targets per pass over the
+/// tasks in topological order with one bit per target, so the cost is
+/// `O(targets / 64 * (tasks + parent links))` even for hostile files.
+///
+/// Tasks in or behind a cycle have no position; the cycle is reported, so
+/// their references are not judged (and nothing in a cycle is an ancestor of
+/// a task outside it).
+struct Reach<'a> {
+    parents_of: &'a [Vec<usize>],
+    /// Each task's position in a topological order; `NONE` in or behind a cycle.
+    position: Vec<usize>,
+    /// The positioned tasks in topological order.
+    order: Vec<usize>,
+    /// Visit stamps, so the buffer needs no clearing between walks.
+    seen: Vec<u32>,
+    stamp: u32,
+    stack: Vec<usize>,
+}
+
+const NONE: usize = usize::MAX;
+/// Steps of a quick walk before the question is left to [`Reach::batch`].
+const QUICK_STEPS: usize = 64;
+
+impl<'a> Reach<'a> {
+    fn new(parents_of: &'a [Vec<usize>], (position, order): (Vec<usize>, Vec<usize>)) -> Self {
+        Reach { parents_of, position, order, seen: vec![0; parents_of.len()], stamp: 0, stack: Vec::new() }
+    }
+
+    /// Settle "is `x` an ancestor of `task`" with a short walk, when it can.
+    fn quick(&mut self, x: usize, task: usize) -> Option<bool> {
+        let (px, pt) = (self.position[x], self.position[task]);
+        if pt == NONE {
+            return Some(true);
+        }
+        if px == NONE || px >= pt {
+            return Some(false);
+        }
+        self.stamp = self.stamp.wrapping_add(1);
+        if self.stamp == 0 {
+            self.seen.fill(0);
+            self.stamp = 1;
+        }
+        self.stack.clear();
+        self.stack.extend(self.parents_of[task].iter().copied());
+        let mut steps = 0;
+        while let Some(p) = self.stack.pop() {
+            if p == x {
+                return Some(true);
+            }
+            if self.seen[p] == self.stamp || self.position[p] < px {
+                continue;
+            }
+            steps += 1;
+            if steps > QUICK_STEPS {
+                return None;
+            }
+            self.seen[p] = self.stamp;
+            self.stack.extend(self.parents_of[p].iter().copied());
+        }
+        Some(false)
+    }
+
+    /// Answer many `(x, task)` questions exactly; see the type's docs.
+    fn batch(&self, queries: &[(usize, usize)]) -> Vec<bool> {
+        let mut answers = vec![false; queries.len()];
+        let mut targets: Vec<usize> = queries.iter().map(|&(x, _)| x).collect();
+        targets.sort_unstable();
+        targets.dedup();
+        let n = self.parents_of.len();
+        let mut bit_of = vec![NONE; n];
+        let mut reach = vec![0u64; n];
+        for chunk in targets.chunks(64) {
+            for (b, &x) in chunk.iter().enumerate() {
+                bit_of[x] = b;
+            }
+            // reach[t]: the bits of the chunk's targets among t and its ancestors.
+            for &t in &self.order {
+                let mut m = if bit_of[t] == NONE { 0 } else { 1u64 << bit_of[t] };
+                for &p in &self.parents_of[t] {
+                    m |= reach[p];
+                }
+                reach[t] = m;
+            }
+            for (i, &(x, t)) in queries.iter().enumerate() {
+                if bit_of[x] != NONE && x != t {
+                    answers[i] = (reach[t] >> bit_of[x]) & 1 == 1;
+                }
+            }
+            for &x in chunk {
+                bit_of[x] = NONE;
+            }
+        }
+        answers
+    }
+}
+
+/// Kahn's algorithm over the parent lists: each task's position in a
+/// topological order (`NONE` for tasks in or behind a cycle), and the
+/// positioned tasks in that order.
+fn topological_positions(parents_of: &[Vec<usize>]) -> (Vec<usize>, Vec<usize>) {
+    let n = parents_of.len();
+    let mut children: Vec<Vec<usize>> = vec![Vec::new(); n];
+    let mut waiting: Vec<usize> = vec![0; n];
+    for (t, ps) in parents_of.iter().enumerate() {
+        waiting[t] = ps.len();
+        for &p in ps {
+            children[p].push(t);
         }
     }
-    seen
+    let mut ready: Vec<usize> = (0..n).rev().filter(|&t| waiting[t] == 0).collect();
+    let mut position = vec![NONE; n];
+    let mut order = Vec::with_capacity(n);
+    while let Some(t) = ready.pop() {
+        position[t] = order.len();
+        order.push(t);
+        for &c in &children[t] {
+            waiting[c] -= 1;
+            if waiting[c] == 0 {
+                ready.push(c);
+            }
+        }
+    }
+    (position, order)
 }
 
+/// Every template string of a task (those containing `{{`), with its JSON
+/// pointer below the task and whether it is a shell script: the strings that
+/// `plan::task_template_strings` finds in a typed task, read from the untyped
+/// value so that a task with a schema error elsewhere is still checked.
+fn task_templates<'v>(task: &'v Value, out: &mut impl FnMut(String, &'v str, bool)) {
+    fn walk<'v>(ptr: String, v: &'v Value, out: &mut impl FnMut(String, &'v str, bool)) {
+        match v {
+            Value::String(s) if s.contains("{{") => out(ptr, s, false),
+            Value::Array(a) => a.iter().enumerate().for_each(|(i, x)| walk(format!("{ptr}/{i}"), x, out)),
+            Value::Object(m) => m.iter().for_each(|(k, x)| walk(format!("{ptr}/{}", pointer_seg(k)), x, out)),
+            _ => {}
+        }
+    }
+    fn strings<'v>(ptr: &str, v: Option<&'v Value>, out: &mut impl FnMut(String, &'v str, bool)) {
+        match v {
+            Some(Value::String(s)) if s.contains("{{") => out(ptr.to_string(), s, false),
+            Some(Value::Array(a)) => {
+                for (i, x) in a.iter().enumerate() {
+                    if let Some(s) = x.as_str().filter(|s| s.contains("{{")) {
+                        out(format!("{ptr}/{i}"), s, false);
+                    }
+                }
+            }
+            Some(Value::Object(m)) => {
+                for (k, x) in m {
+                    if let Some(s) = x.as_str().filter(|s| s.contains("{{")) {
+                        out(format!("{ptr}/{}", pointer_seg(k)), s, false);
+                    }
+                }
+            }
+            _ => {}
+        }
+    }
+    let Some(t) = task.as_object() else { return };
+    strings("/run", t.get("run").filter(|v| v.is_array()), out);
+    if let Some(s) = t.get("shell").and_then(Value::as_str).filter(|s| s.contains("{{")) {
+        out("/shell".into(), s, true);
+    }
+    strings("/env", t.get("env").filter(|v| v.is_object()), out);
+    strings("/cwd", t.get("cwd").filter(|v| v.is_string()), out);
+    if let Some(h) = t.get("http").and_then(Value::as_object) {
+        strings("/http/url", h.get("url").filter(|v| v.is_string()), out);
+        strings("/http/headers", h.get("headers").filter(|v| v.is_object()), out);
+        strings("/http/query", h.get("query").filter(|v| v.is_object()), out);
+        if let Some(j) = h.get("json") {
+            walk("/http/json".into(), j, out);
+        }
+        strings("/http/body", h.get("body").filter(|v| v.is_string()), out);
+    }
+    if let Some(c) = t.get("celery").and_then(Value::as_object) {
+        if let Some(a) = c.get("args").filter(|v| v.is_array()) {
+            walk("/celery/args".into(), a, out);
+        }
+        if let Some(k) = c.get("kwargs").filter(|v| v.is_object()) {
+            walk("/celery/kwargs".into(), k, out);
+        }
+    }
+    if let Some(w) = t.get("with") {
+        walk("/with".into(), w, out);
+    }
+}
+
+/// The byte offset of the first `{{` with no `}}` after it.
+fn unclosed(s: &str) -> Option<usize> {
+    let mut from = 0;
+    while let Some(open) = s[from..].find("{{").map(|i| i + from) {
+        match s[open + 2..].find("}}") {
+            Some(close) => from = open + 2 + close + 2,
+            None => return Some(open),
+        }
+    }
+    None
+}
+
+/// The paths read by a template made only of text and plain `{{root.a.b}}`
+/// expressions (a known root, at least one `.segment`, segments of ASCII
+/// letters, digits, `_` and `-`), or `None` for anything else (blocks,
+/// helpers, raw output, escapes, comments...), which Handlebars parses.
+/// Every template accepted here parses in Handlebars to the same paths.
+fn simple_paths(s: &str) -> Option<Vec<&str>> {
+    if s.contains('\\') {
+        return None;
+    }
+    let mut paths = Vec::new();
+    let mut rest = s;
+    while let Some(open) = rest.find("{{") {
+        let inner = &rest[open + 2..];
+        let close = inner.find("}}")?;
+        let path = inner[..close].trim_matches(' ');
+        if inner[close + 2..].starts_with('}') {
+            return None;
+        }
+        let mut segs = path.split('.');
+        let root = segs.next()?;
+        let mut count = 0;
+        for seg in segs {
+            if seg.is_empty() || !seg.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'_' || b == b'-') {
+                return None;
+            }
+            count += 1;
+        }
+        if count == 0 || !ROOTS.contains(&root) {
+            return None;
+        }
+        paths.push(path);
+        rest = &inner[close + 2..];
+    }
+    Some(paths)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use proptest::prelude::*;
+
+    fn parsed(s: &str) -> Option<Vec<String>> {
+        handlebars::Template::compile(s).ok().map(|t| template::referenced_paths(&t))
+    }
+
+    #[test]
+    fn simple_paths_examples() {
+        assert_eq!(simple_paths("a {{input.x}} b {{ tasks.step-1.output }}"), Some(vec!["input.x", "tasks.step-1.output"]));
+        assert_eq!(simple_paths("no template"), Some(vec![]));
+        for s in [
+            "{{x.y}}",
+            "{{input}}",
+            "{{{input.x}}}",
+            "{{#if input.x}}{{/if}}",
+            "\\{{input.x}}",
+            "{{input.x",
+            "{{input..x}}",
+            "{{input.x }}}",
+        ] {
+            assert_eq!(simple_paths(s), None, "{s}");
+        }
+    }
+
+    proptest! {
+        #![proptest_config(ProptestConfig { cases: 2_000, failure_persistence: None, ..ProptestConfig::default() })]
+
+        /// Whenever the fast path answers, Handlebars parses the template and
+        /// reads the same paths.
+        #[test]
+        fn simple_paths_agree_with_handlebars(parts in proptest::collection::vec(prop_oneof![
+            "[a-z {}.\\-~#/!&]{0,6}",
+            proptest::sample::select(&["{{", "}}", "{{{", "input", "tasks", "run", ".", "-", "a-b", "x_1", "0", " ", "\\"][..]).prop_map(str::to_string),
+        ], 0..12)) {
+            let s: String = parts.concat();
+            if let Some(paths) = simple_paths(&s) {
+                let expected = parsed(&s);
+                prop_assert_eq!(Some(paths.iter().map(|p| p.to_string()).collect::<Vec<_>>()), expected, "{}", s);
+            }
+        }
+
+        /// Well-formed reads are taken by the fast path, and agree.
+        #[test]
+        fn simple_reads_agree(pieces in proptest::collection::vec((
+            "[a-z ,:}{]{0,5}",
+            proptest::sample::select(&ROOTS[..]),
+            proptest::collection::vec("[a-zA-Z0-9_-]{1,6}", 1..4),
+            proptest::bool::ANY,
+        ), 1..5)) {
+            let mut s = String::new();
+            for (text, root, segs, pad) in &pieces {
+                let pad = if *pad { " " } else { "" };
+                s.push_str(&text.replace("{{", "{").replace("}}", "}"));
+                s.push_str(&format!("{{{{{pad}{root}.{}{pad}}}}}", segs.join(".")));
+            }
+            if let Some(paths) = simple_paths(&s) {
+                prop_assert_eq!(Some(paths.iter().map(|p| p.to_string()).collect::<Vec<_>>()), parsed(&s), "{}", s);
+            }
+        }
+    }
+}

@@ -1,0 +1,1041 @@
+//! The validator's contract (DESIGN.md, "Validation"): every diagnostic code
+//! at its exact node, in YAML and TOML; everything found at once; the YAML
+//! corner cases (anchors, merge keys, duplicate keys, tabs, strict scalars,
+//! several documents); undecodable files; the exact rendered output; and the
+//! CLI's formats and exit codes, driving the real binary.
+
+use assert_cmd::Command;
+use serde_json::Value;
+use std::path::{Path, PathBuf};
+use taskweave::diag::{render_github, render_human, render_json};
+use taskweave::spec::Format;
+use taskweave::validate::{Checked, Options, check_bytes, check_paths};
+use taskweave::{Code, Diagnostic, Severity};
+
+// ---------------------------------------------------------------------------
+// The table
+
+/// One expected diagnostic: code, start, end (when it matters) and a text
+/// that the message or help contains.
+struct Exp {
+    code: &'static str,
+    at: (u32, u32),
+    end: Option<(u32, u32)>,
+    says: &'static str,
+}
+
+const fn e(code: &'static str, at: (u32, u32), end: Option<(u32, u32)>, says: &'static str) -> Exp {
+    Exp { code, at, end, says }
+}
+
+struct Case {
+    name: &'static str,
+    format: Format,
+    src: &'static str,
+    expect: &'static [Exp],
+}
+
+const Y: Format = Format::Yaml;
+const T: Format = Format::Toml;
+
+fn check(name: &str, src: &[u8], format: Format, opts: &Options) -> Checked {
+    check_bytes(name, src, format, opts)
+}
+
+fn show(diags: &[Diagnostic]) -> String {
+    diags
+        .iter()
+        .map(|d| {
+            format!(
+                "  {}[{}] {}:{}-{}:{} {} | help: {}\n",
+                d.severity.as_str(),
+                d.code,
+                d.span.start.line,
+                d.span.start.column,
+                d.span.end.line,
+                d.span.end.column,
+                d.message,
+                d.help.as_deref().unwrap_or("-")
+            )
+        })
+        .collect()
+}
+
+/// Whether the diagnostics are exactly the expected ones, in order; a report when not.
+fn mismatch(case: &str, diags: &[Diagnostic], expect: &[Exp]) -> Option<String> {
+    let ok = diags.len() == expect.len()
+        && diags.iter().zip(expect).all(|(d, x)| {
+            let text = format!("{}\n{}", d.message, d.help.as_deref().unwrap_or(""));
+            d.code.as_str() == x.code
+                && d.severity == Code::parse(x.code).expect("a known code").severity()
+                && (d.span.start.line, d.span.start.column) == x.at
+                && x.end.is_none_or(|end| (d.span.end.line, d.span.end.column) == end)
+                && text.contains(x.says)
+        });
+    (!ok).then(|| {
+        format!(
+            "case `{case}`: expected\n{}got\n{}",
+            expect.iter().map(|x| format!("  [{}] {}:{} end {:?} says {:?}\n", x.code, x.at.0, x.at.1, x.end, x.says)).collect::<String>(),
+            show(diags)
+        )
+    })
+}
+
+fn assert_diags(case: &str, diags: &[Diagnostic], expect: &[Exp]) {
+    if let Some(report) = mismatch(case, diags, expect) {
+        panic!("{report}");
+    }
+}
+
+fn run_cases(cases: &[Case], opts: &Options) {
+    let mut failures = Vec::new();
+    for c in cases {
+        let checked = check(c.name, c.src.as_bytes(), c.format, opts);
+        failures.extend(mismatch(c.name, &checked.diagnostics, c.expect));
+        let errors = checked.diagnostics.iter().any(Diagnostic::is_error);
+        if checked.workflow.is_some() == errors {
+            failures.push(format!("case `{}`: a workflow exactly when there is no error", c.name));
+        }
+    }
+    assert!(failures.is_empty(), "{} of {} cases fail:\n{}", failures.len(), cases.len(), failures.join("\n"));
+}
+
+const YAML_CASES: &[Case] = &[
+    Case { name: "valid", format: Y, src: "version: 1\nname: demo\ntasks:\n  - name: a\n    uses: echo\n", expect: &[] },
+    Case {
+        name: "parse: unclosed flow sequence",
+        format: Y,
+        src: "version: 1\nname: demo\ntasks: [\n  {name: a, uses: echo}\n",
+        expect: &[e("parse", (3, 8), Some((3, 9)), "unclosed bracket")],
+    },
+    Case {
+        name: "parse: bad indentation",
+        format: Y,
+        src: "version: 1\nname: demo\n  tasks:\n",
+        expect: &[e("parse", (3, 8), None, "mapping values are not allowed")],
+    },
+    Case {
+        name: "duplicate-key in a task",
+        format: Y,
+        src: "version: 1\nname: demo\ntasks:\n  - name: a\n    uses: echo\n    uses: sleep\n",
+        expect: &[e("duplicate-key", (6, 5), Some((6, 9)), "first set at line 5, column 5")],
+    },
+    Case {
+        name: "schema: unknown field, did you mean",
+        format: Y,
+        src: "version: 1\nname: demo\ntasks:\n  - name: a\n    uses: echo\n  - name: b\n    parnts: [a]\n    uses: echo\n",
+        expect: &[e("schema", (7, 5), Some((7, 11)), "did you mean `parents`?")],
+    },
+    Case {
+        name: "schema: unknown top-level field",
+        format: Y,
+        src: "version: 1\nname: demo\ntimeuot: 5m\ntasks:\n  - name: a\n    uses: echo\n",
+        expect: &[e("schema", (3, 1), Some((3, 8)), "did you mean `timeout`?")],
+    },
+    Case {
+        name: "schema: wrong type",
+        format: Y,
+        src: "version: 1\nname: demo\ntimeout: 30\ntasks:\n  - name: a\n    uses: echo\n",
+        expect: &[e("schema", (3, 10), Some((3, 12)), "`timeout` must be a string, found an integer")],
+    },
+    Case {
+        name: "schema: wrong type in a list",
+        format: Y,
+        src: "version: 1\nname: demo\ntasks:\n  - name: a\n    uses: echo\n  - name: b\n    parents: a\n    uses: echo\n",
+        expect: &[e("schema", (7, 14), Some((7, 15)), "write a list: `parents: [a]`")],
+    },
+    Case {
+        name: "schema: missing required field",
+        format: Y,
+        src: "version: 1\nname: demo\ntasks:\n  - uses: echo\n",
+        expect: &[e("schema", (4, 5), Some((4, 6)), "missing required field `name` in `tasks.0`")],
+    },
+    Case {
+        name: "schema: missing tasks and version",
+        format: Y,
+        src: "name: demo\n",
+        expect: &[
+            e("schema", (1, 1), None, "missing required field `version`"),
+            e("schema", (1, 1), None, "missing required field `tasks`"),
+        ],
+    },
+    Case {
+        name: "schema: bad name",
+        format: Y,
+        src: "version: 1\nname: Demo Flow\ntasks:\n  - name: a\n    uses: echo\n",
+        expect: &[e("schema", (2, 7), Some((2, 16)), "try `demo-flow`")],
+    },
+    Case {
+        name: "schema: bad task name",
+        format: Y,
+        src: "version: 1\nname: demo\ntasks:\n  - name: Fetch_It\n    uses: echo\n",
+        expect: &[e("schema", (4, 11), Some((4, 19)), "invalid name `Fetch_It`")],
+    },
+    Case {
+        name: "schema: wrong version",
+        format: Y,
+        src: "version: 2\nname: demo\ntasks:\n  - name: a\n    uses: echo\n",
+        expect: &[e("schema", (1, 10), Some((1, 11)), "`version` must be 1, found 2")],
+    },
+    Case {
+        name: "schema: inside an optional object",
+        format: Y,
+        src: "version: 1\nname: demo\ntasks:\n  - name: a\n    uses: echo\n    retry: {attempts: \"3\"}\n",
+        expect: &[e("schema", (6, 23), Some((6, 26)), "`attempts` must be an integer, found a string")],
+    },
+    Case {
+        name: "schema: enum with did you mean",
+        format: Y,
+        src: "version: 1\nname: demo\ntasks:\n  - name: a\n    run: [date]\n    output: jsn\n",
+        expect: &[e("schema", (6, 13), Some((6, 16)), "did you mean `json`?")],
+    },
+    Case {
+        name: "schema: rollout field",
+        format: Y,
+        src: "version: 1\nname: demo\nbackend: {flag: f, varients: {\"1\": local}}\ntasks:\n  - name: a\n    uses: echo\n",
+        expect: &[e("schema", (3, 20), Some((3, 28)), "did you mean `variants`?")],
+    },
+    Case {
+        name: "duplicate-task",
+        format: Y,
+        src: "version: 1\nname: demo\ntasks:\n  - name: fetch\n    uses: echo\n  - name: fetch\n    uses: echo\n",
+        expect: &[e("duplicate-task", (6, 11), Some((6, 16)), "first defined at line 4, column 11")],
+    },
+    Case {
+        name: "unknown-parent with did you mean",
+        format: Y,
+        src: "version: 1\nname: demo\ntasks:\n  - name: extract-text\n    uses: echo\n  - name: summarise\n    parents: [extract-txt]\n    uses: echo\n",
+        expect: &[e("unknown-parent", (7, 15), Some((7, 26)), "did you mean `extract-text`?")],
+    },
+    Case {
+        name: "unknown-parent without a close name",
+        format: Y,
+        src: "version: 1\nname: demo\ntasks:\n  - name: a\n    uses: echo\n  - name: b\n    parents: [zz]\n    uses: echo\n",
+        expect: &[e("unknown-parent", (7, 15), Some((7, 17)), "unknown parent `zz` of task `b`")],
+    },
+    Case {
+        name: "cycle of three",
+        format: Y,
+        src: "version: 1\nname: demo\ntasks:\n  - name: a\n    parents: [c]\n    uses: echo\n  - name: b\n    parents: [a]\n    uses: echo\n  - name: c\n    parents: [b]\n    uses: echo\n",
+        expect: &[e("cycle", (5, 15), Some((5, 16)), "the parents form a cycle: a -> b -> c -> a")],
+    },
+    Case {
+        name: "cycle of two",
+        format: Y,
+        src: "version: 1\nname: demo\ntasks:\n  - {name: a, parents: [b], uses: echo}\n  - {name: b, parents: [a], uses: echo}\n",
+        expect: &[e("cycle", (4, 25), Some((4, 26)), "the parents form a cycle: a -> b -> a")],
+    },
+    Case {
+        name: "self-parent",
+        format: Y,
+        src: "version: 1\nname: demo\ntasks:\n  - name: a\n    parents: [a]\n    uses: echo\n",
+        expect: &[e("self-parent", (5, 15), Some((5, 16)), "task `a` lists itself as a parent")],
+    },
+    Case {
+        name: "action: none",
+        format: Y,
+        src: "version: 1\nname: demo\ntasks:\n  - name: a\n    timeout: 5s\n",
+        expect: &[e("action", (4, 11), Some((4, 12)), "task `a` has no action")],
+    },
+    Case {
+        name: "action: none, with given",
+        format: Y,
+        src: "version: 1\nname: demo\ntasks:\n  - name: a\n    with: {x: 1}\n",
+        expect: &[e("action", (4, 11), Some((4, 12)), "add `uses: NAME`")],
+    },
+    Case {
+        name: "action: two",
+        format: Y,
+        src: "version: 1\nname: demo\ntasks:\n  - name: a\n    run: [echo, hi]\n    shell: echo hi\n",
+        expect: &[e("action", (6, 5), Some((6, 10)), "more than one action (`run` and `shell`)")],
+    },
+    Case {
+        name: "duration",
+        format: Y,
+        src: "version: 1\nname: demo\ntimeout: 10 minutes-ish\ntasks:\n  - name: a\n    uses: echo\n",
+        expect: &[e("duration", (3, 10), Some((3, 24)), "`10 minutes-ish` is not a duration")],
+    },
+    Case {
+        name: "duration without a unit",
+        format: Y,
+        src: "version: 1\nname: demo\ntasks:\n  - name: a\n    uses: echo\n    retry: {attempts: 2, delay: \"5\"}\n",
+        expect: &[e("duration", (6, 33), Some((6, 36)), "`5` has no unit")],
+    },
+    Case {
+        name: "template",
+        format: Y,
+        src: "version: 1\nname: demo\ntasks:\n  - name: a\n    uses: echo\n    with: {path: \"{{input.path\"}\n",
+        expect: &[e("template", (6, 19), Some((6, 21)), "invalid template")],
+    },
+    Case {
+        name: "template: raw output in shell",
+        format: Y,
+        src: "version: 1\nname: demo\ntasks:\n  - name: a\n    shell: echo {{{input.x}}}\n",
+        expect: &[e("template", (5, 17), Some((5, 20)), "raw `{{{ }}}` output is not allowed")],
+    },
+    Case {
+        name: "template-ref: not an ancestor",
+        format: Y,
+        src: "version: 1\nname: demo\ntasks:\n  - name: a\n    uses: echo\n  - name: b\n    uses: echo\n    with: {x: \"{{tasks.a.output}}\"}\n",
+        expect: &[e("template-ref", (8, 18), Some((8, 32)), "`a` is not an ancestor of `b`")],
+    },
+    Case {
+        name: "template-ref: grand-parent is fine, sibling is not",
+        format: Y,
+        src: "version: 1\nname: demo\ntasks:\n  - {name: a, uses: echo}\n  - {name: b, parents: [a], uses: echo}\n  - {name: c, parents: [a], uses: echo}\n  - name: d\n    parents: [b]\n    run: [echo, \"{{tasks.a.output}} {{tasks.c.output}}\"]\n",
+        expect: &[e("template-ref", (9, 39), Some((9, 53)), "`c` is not an ancestor of `d`")],
+    },
+    Case {
+        name: "template-ref: undeclared input property",
+        format: Y,
+        src: "version: 1\nname: demo\ninput:\n  type: object\n  additionalProperties: false\n  properties:\n    document_path: {type: string}\ntasks:\n  - name: a\n    run: [cat, \"{{input.document_pth}}\"]\n",
+        expect: &[e("template-ref", (10, 19), Some((10, 37)), "did you mean `document_path`?")],
+    },
+    Case {
+        name: "template-ref: open input schema allows any property",
+        format: Y,
+        src: "version: 1\nname: demo\ninput:\n  type: object\n  properties:\n    document_path: {type: string}\ntasks:\n  - name: a\n    run: [cat, \"{{input.other}}\"]\n",
+        expect: &[],
+    },
+    Case {
+        name: "template-ref: unknown root",
+        format: Y,
+        src: "version: 1\nname: demo\ntasks:\n  - name: a\n    uses: echo\n    with: {x: \"{{inpt.x}}\"}\n",
+        expect: &[e("template-ref", (6, 18), Some((6, 24)), "did you mean `input`?")],
+    },
+    Case {
+        name: "template-ref: unknown task",
+        format: Y,
+        src: "version: 1\nname: demo\ntasks:\n  - name: fetch\n    uses: echo\n  - name: b\n    parents: [fetch]\n    uses: echo\n    with: {x: \"{{tasks.fetc.output}}\"}\n",
+        expect: &[e("template-ref", (9, 18), Some((9, 35)), "there is no task `fetc`")],
+    },
+    Case {
+        name: "timeout-exceeds",
+        format: Y,
+        src: "version: 1\nname: demo\ntimeout: 10m\ntasks:\n  - name: a\n    uses: echo\n    timeout: 1h\n",
+        expect: &[e("timeout-exceeds", (7, 14), Some((7, 16)), "longer than the workflow timeout of 10m")],
+    },
+    Case {
+        name: "timeout-exceeds through defaults",
+        format: Y,
+        src: "version: 1\nname: demo\ntimeout: 1m\ndefaults:\n  timeout: 2m\ntasks:\n  - name: a\n    uses: echo\n  - name: b\n    uses: echo\n    timeout: 30s\n",
+        expect: &[e("timeout-exceeds", (5, 12), Some((5, 14)), "task `a` may run for 2m")],
+    },
+];
+
+const TOML_CASES: &[Case] = &[
+    Case { name: "toml: valid", format: T, src: "version = 1\nname = \"demo\"\n\n[[tasks]]\nname = \"a\"\nuses = \"echo\"\n", expect: &[] },
+    Case { name: "toml: parse", format: T, src: "version = 1\nname = \"demo\n", expect: &[e("parse", (2, 13), None, "")] },
+    Case {
+        name: "toml: duplicate-key",
+        format: T,
+        src: "version = 1\nname = \"demo\"\nname = \"again\"\n",
+        expect: &[e("duplicate-key", (3, 1), Some((3, 5)), "duplicate key `name`")],
+    },
+    Case {
+        name: "toml: schema unknown field",
+        format: T,
+        src: "version = 1\nname = \"demo\"\n\n[[tasks]]\nname = \"a\"\nuses = \"echo\"\ntimout = \"5m\"\n",
+        expect: &[e("schema", (7, 1), Some((7, 7)), "did you mean `timeout`?")],
+    },
+    Case {
+        name: "toml: schema wrong type",
+        format: T,
+        src: "version = 1\nname = \"demo\"\n\n[[tasks]]\nname = \"a\"\nuses = \"echo\"\nretry = { attempts = \"3\" }\n",
+        expect: &[e("schema", (7, 22), Some((7, 25)), "`attempts` must be an integer, found a string")],
+    },
+    Case {
+        name: "toml: unknown-parent",
+        format: T,
+        src: "version = 1\nname = \"demo\"\n\n[[tasks]]\nname = \"extract-text\"\nuses = \"echo\"\n\n[[tasks]]\nname = \"b\"\nparents = [\"extract-txt\"]\nuses = \"echo\"\n",
+        expect: &[e("unknown-parent", (10, 12), Some((10, 25)), "did you mean `extract-text`?")],
+    },
+    Case {
+        name: "toml: cycle",
+        format: T,
+        src: "version = 1\nname = \"demo\"\n\n[[tasks]]\nname = \"a\"\nparents = [\"b\"]\nuses = \"echo\"\n\n[[tasks]]\nname = \"b\"\nparents = [\"a\"]\nuses = \"echo\"\n",
+        expect: &[e("cycle", (6, 12), Some((6, 15)), "a -> b -> a")],
+    },
+    Case {
+        name: "toml: self-parent and action",
+        format: T,
+        src: "version = 1\nname = \"demo\"\n\n[[tasks]]\nname = \"a\"\nparents = [\"a\"]\n",
+        expect: &[e("action", (5, 8), Some((5, 11)), "has no action"), e("self-parent", (6, 12), Some((6, 15)), "lists itself")],
+    },
+    Case {
+        name: "toml: duration",
+        format: T,
+        src: "version = 1\nname = \"demo\"\ntimeout = \"5 parsecs\"\n\n[[tasks]]\nname = \"a\"\nuses = \"echo\"\n",
+        expect: &[e("duration", (3, 11), Some((3, 22)), "`5 parsecs` is not a duration")],
+    },
+    Case {
+        name: "toml: template-ref",
+        format: T,
+        src: "version = 1\nname = \"demo\"\n\n[[tasks]]\nname = \"a\"\nuses = \"echo\"\n\n[[tasks]]\nname = \"b\"\nrun = [\"echo\", \"{{tasks.a.output}}\"]\n",
+        expect: &[e("template-ref", (10, 19), Some((10, 33)), "`a` is not an ancestor of `b`")],
+    },
+    Case {
+        name: "toml: timeout-exceeds",
+        format: T,
+        src: "version = 1\nname = \"demo\"\ntimeout = \"1m\"\n\n[[tasks]]\nname = \"a\"\nuses = \"echo\"\ntimeout = \"1h\"\n",
+        expect: &[e("timeout-exceeds", (8, 11), Some((8, 15)), "longer than the workflow timeout")],
+    },
+];
+
+#[test]
+fn yaml_table() {
+    run_cases(YAML_CASES, &Options::default());
+}
+
+#[test]
+fn toml_table() {
+    run_cases(TOML_CASES, &Options::default());
+}
+
+#[test]
+fn every_code_has_a_case() {
+    let mut seen: Vec<&str> = YAML_CASES.iter().flat_map(|c| c.expect.iter().map(|x| x.code)).collect();
+    // Checked in their own tests below: they need options or a folder.
+    seen.extend(["unknown-backend", "duplicate-workflow"]);
+    for code in Code::ALL {
+        assert!(seen.contains(&code.as_str()), "no YAML case for `{code}`");
+    }
+}
+
+#[test]
+fn unknown_backend_needs_a_configuration() {
+    let src = "version: 1\nname: demo\nbackend: celry\ntasks:\n  - name: a\n    uses: echo\n";
+    let opts = Options { backends: Some(vec!["local".into(), "celery".into(), "temporal".into()]) };
+    let checked = check("backend.yaml", src.as_bytes(), Y, &opts);
+    assert_diags("unknown-backend", &checked.diagnostics, &[e("unknown-backend", (3, 10), Some((3, 15)), "did you mean `celery`?")]);
+    // Without a configuration, any name goes.
+    assert!(check("backend.yaml", src.as_bytes(), Y, &Options::default()).diagnostics.is_empty());
+
+    let rollout = "version: 1\nname: demo\nbackend:\n  flag: move\n  variants: {\"100\": temporl, \"0\": celery}\n  default: pg\ntasks:\n  - name: a\n    uses: echo\n";
+    let checked = check("rollout.yaml", rollout.as_bytes(), Y, &opts);
+    assert_diags(
+        "unknown-backend in a rollout",
+        &checked.diagnostics,
+        &[
+            e("unknown-backend", (5, 21), Some((5, 28)), "did you mean `temporal`?"),
+            e("unknown-backend", (6, 12), Some((6, 14)), "configured backends: local, celery, temporal"),
+        ],
+    );
+}
+
+fn write(dir: &Path, name: &str, text: &str) -> PathBuf {
+    let p = dir.join(name);
+    std::fs::create_dir_all(p.parent().expect("a parent")).expect("mkdir");
+    std::fs::write(&p, text).expect("write");
+    p
+}
+
+#[test]
+fn duplicate_workflow_in_a_folder() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    write(dir.path(), "a.yaml", "version: 1\nname: billing\ntasks:\n  - name: a\n    uses: echo\n");
+    write(dir.path(), "nested/b.toml", "version = 1\nname = \"billing\"\n\n[[tasks]]\nname = \"a\"\nuses = \"echo\"\n");
+    write(dir.path(), "c.yml", "version: 1\nname: billing-v2\ntasks:\n  - name: a\n    uses: echo\n");
+    let checked = check_paths(&[dir.path().to_path_buf()], &Options::default()).expect("check");
+    assert_eq!(checked.len(), 3);
+    let b = checked.iter().find(|c| c.file.ends_with("b.toml")).expect("b.toml checked");
+    assert_diags("duplicate-workflow", &b.diagnostics, &[e("duplicate-workflow", (2, 8), Some((2, 17)), "also declared in")]);
+    assert!(b.diagnostics[0].message.contains("a.yaml"), "{}", b.diagnostics[0].message);
+    assert!(b.workflow.is_none());
+    for c in checked.iter().filter(|c| !c.file.ends_with("b.toml")) {
+        assert!(c.diagnostics.is_empty(), "{}: {}", c.file, show(&c.diagnostics));
+    }
+    // Two files named one by one are not a folder: no duplicate.
+    let files: Vec<PathBuf> = ["a.yaml", "nested/b.toml"].iter().map(|f| dir.path().join(f)).collect();
+    let checked = check_paths(&files, &Options::default()).expect("check");
+    assert!(checked.iter().all(|c| c.diagnostics.is_empty()));
+}
+
+// ---------------------------------------------------------------------------
+// Everything at once
+
+#[test]
+fn all_findings_at_once() {
+    let src = "\
+version: 1
+name: Many Problems
+timeout: 10m
+tasks:
+  - name: a
+    uses: echo
+    timout: 5m
+  - name: b
+    parents: [a, zzz]
+    run: [echo, \"{{tasks.c.output}}\"]
+    shell: echo
+  - name: c
+    parents: [d]
+    timeout: 1h
+    uses: echo
+  - name: d
+    parents: [c]
+    uses: echo
+    with: {x: \"{{inpt.x}}\", y: \"{{tasks.a.output\"}
+  - name: d
+    parents: [d]
+    retry: {attempts: 2, delay: soon}
+";
+    let checked = check("many.yaml", src.as_bytes(), Y, &Options::default());
+    assert_diags(
+        "many",
+        &checked.diagnostics,
+        &[
+            e("schema", (2, 7), Some((2, 20)), "invalid name `Many Problems`"),
+            e("schema", (7, 5), Some((7, 11)), "did you mean `timeout`?"),
+            e("unknown-parent", (9, 18), Some((9, 21)), "unknown parent `zzz` of task `b`"),
+            e("template-ref", (10, 20), Some((10, 34)), "`c` is not an ancestor of `b`"),
+            e("action", (11, 5), Some((11, 10)), "more than one action"),
+            e("cycle", (13, 15), Some((13, 16)), "c -> d -> c"),
+            e("timeout-exceeds", (14, 14), Some((14, 16)), "longer than the workflow timeout"),
+            e("template-ref", (19, 18), Some((19, 24)), "did you mean `input`?"),
+            e("template", (19, 33), Some((19, 35)), "`{{` is never closed"),
+            e("duplicate-task", (20, 11), Some((20, 12)), "first defined at line 16, column 11"),
+            e("action", (20, 11), Some((20, 12)), "has no action"),
+            e("self-parent", (21, 15), Some((21, 16)), "lists itself"),
+            e("duration", (22, 33), Some((22, 37)), "`soon` is not a duration"),
+        ],
+    );
+    assert!(checked.workflow.is_none());
+}
+
+// ---------------------------------------------------------------------------
+// YAML corner cases
+
+fn valid(src: &str) -> std::sync::Arc<taskweave::Workflow> {
+    let checked = check("valid.yaml", src.as_bytes(), Y, &Options::default());
+    assert!(checked.diagnostics.is_empty(), "expected no diagnostics, got\n{}", show(&checked.diagnostics));
+    checked.workflow.expect("a workflow")
+}
+
+#[test]
+fn anchors_aliases_and_merge_keys() {
+    let wf = valid(
+        "\
+version: 1
+name: anchors
+tasks:
+  - &base
+    name: a
+    uses: echo
+    timeout: 5m
+    retry: &retry {attempts: 3, delay: 1s}
+    with: &args {mode: fast, n: 1}
+  - <<: *base
+    name: b
+    parents: [a]
+  - name: c
+    parents: [a]
+    run: [echo, c]
+    retry: *retry
+  - <<: [*base]
+    name: d
+    parents: [b, c]
+    with: {<<: *args, n: 2}
+",
+    );
+    let names: Vec<&str> = wf.tasks.iter().map(|t| t.name.as_str()).collect();
+    assert_eq!(names, ["a", "b", "c", "d"]);
+    let b = &wf.raw.tasks[1];
+    assert_eq!(b.uses.as_deref(), Some("echo"));
+    assert_eq!(b.timeout.as_ref().map(|t| t.0.as_str()), Some("5m"));
+    assert_eq!(wf.raw.tasks[2].retry.as_ref().map(|r| r.attempts), Some(3));
+    // Explicit keys win over merged ones.
+    assert_eq!(wf.raw.tasks[3].with_, Some(serde_json::json!({"n": 2, "mode": "fast"})));
+    assert_eq!(wf.raw.tasks[3].parents, ["b", "c"]);
+}
+
+#[test]
+fn merge_of_a_scalar_is_a_parse_error() {
+    let src = "version: 1\nname: demo\ntasks:\n  - name: a\n    uses: echo\n    with: {<<: 5}\n";
+    let checked = check("merge.yaml", src.as_bytes(), Y, &Options::default());
+    assert_diags("merge scalar", &checked.diagnostics, &[e("parse", (6, 16), None, "a merge key (`<<`) takes a mapping")]);
+}
+
+#[test]
+fn unknown_alias_is_a_parse_error() {
+    let src = "version: 1\nname: demo\ntasks:\n  - name: a\n    uses: *nothing\n";
+    let checked = check("alias.yaml", src.as_bytes(), Y, &Options::default());
+    assert_eq!(checked.diagnostics.len(), 1, "{}", show(&checked.diagnostics));
+    assert_eq!(checked.diagnostics[0].code, Code::Parse);
+    assert_eq!(checked.diagnostics[0].span.start.line, 5);
+}
+
+#[test]
+fn duplicate_keys_point_at_the_second_key() {
+    let src = "version: 1\nname: demo\nname: other\ntasks:\n  - {name: a, uses: echo, uses: sleep}\n  - name: b\n    uses: echo\n    with:\n      x: 1\n      y: 2\n      x: 3\n";
+    let checked = check("dup.yaml", src.as_bytes(), Y, &Options::default());
+    assert_diags(
+        "duplicate keys",
+        &checked.diagnostics,
+        &[
+            e("duplicate-key", (3, 1), Some((3, 5)), "`name` is first set at line 2, column 1"),
+            e("duplicate-key", (5, 27), Some((5, 31)), "`uses` is first set at line 5, column 15"),
+            e("duplicate-key", (11, 7), Some((11, 8)), "`x` is first set at line 9, column 7"),
+        ],
+    );
+    // Quoted and plain spellings are the same key.
+    let src = "version: 1\nname: demo\n\"name\": other\ntasks: [{name: a, uses: echo}]\n";
+    let checked = check("dup.yaml", src.as_bytes(), Y, &Options::default());
+    assert_diags("quoted duplicate", &checked.diagnostics, &[e("duplicate-key", (3, 1), Some((3, 7)), "duplicate key `name`")]);
+}
+
+#[test]
+fn tabs_used_for_indentation_are_parse_errors_at_the_tab() {
+    let head = "version: 1\nname: demo\ntasks:\n";
+    let cases: &[(&str, (u32, u32))] = &[
+        // The whole item indented with a tab.
+        ("\t- name: a\n\t  uses: echo\n", (4, 1)),
+        // A continuation line indented with a tab.
+        ("  - name: a\n\t  uses: echo\n", (5, 1)),
+        // Spaces, then a tab.
+        ("  - name: a\n    uses: echo\n    with:\n  \t  x: 1\n", (7, 3)),
+        // After a block scalar: the tab is outside it, in the mapping's indentation.
+        ("  - name: a\n    shell: |\n      echo a\n    \t  b: 1\n", (7, 5)),
+        // A flow collection continued on a tab-indented line.
+        ("  - name: a\n    uses: echo\n    with: {a: 1,\n\tb: 2}\n", (7, 1)),
+    ];
+    for (body, at) in cases {
+        let src = format!("{head}{body}");
+        let checked = check("tab.yaml", src.as_bytes(), Y, &Options::default());
+        assert_diags(
+            &format!("{body:?}"),
+            &checked.diagnostics,
+            &[e("parse", *at, Some((at.0, at.1 + 1)), "YAML indentation must use spaces, never tabs")],
+        );
+        assert_eq!(checked.diagnostics[0].message, "a tab is used for indentation");
+    }
+}
+
+#[test]
+fn tabs_inside_scalars_are_content() {
+    let wf = valid(
+        "version: 1\nname: demo\ntasks:\n  - name: a\n    shell: |\n      printf 'a\\tb'\n      \techo tabbed\n  - name: b\n    uses: echo\n    with: {x: \"a\tb\", y: 'c\td', z: \"line\n\tcontinued\"}\n    description: text\tafter\n",
+    );
+    assert_eq!(wf.raw.tasks[0].shell.as_deref(), Some("printf 'a\\tb'\n\techo tabbed\n"));
+    assert_eq!(wf.raw.tasks[1].with_, Some(serde_json::json!({"x": "a\tb", "y": "c\td", "z": "line continued"})));
+    assert_eq!(wf.raw.tasks[1].description.as_deref(), Some("text\tafter"));
+}
+
+#[test]
+fn a_tab_far_from_another_error_is_reported_with_it() {
+    // Block scalar content with a tab must not be blamed for a later error.
+    let src = "version: 1\nname: demo\ntasks:\n  - name: a\n    shell: |\n      \techo ok\n  - name: b\n    uses: [unclosed\n";
+    let checked = check("tabs.yaml", src.as_bytes(), Y, &Options::default());
+    assert_eq!(checked.diagnostics.len(), 1, "{}", show(&checked.diagnostics));
+    assert_eq!(checked.diagnostics[0].code, Code::Parse);
+    assert_ne!(checked.diagnostics[0].message, "a tab is used for indentation");
+    assert!(checked.diagnostics[0].span.start.line >= 8, "{}", show(&checked.diagnostics));
+}
+
+#[test]
+fn scalars_are_strict() {
+    let wf = valid(
+        "version: 1\nname: demo\ntasks:\n  - name: a\n    uses: echo\n    with: {a: no, b: yes, c: on, d: off, e: 0755, f: 1.0, g: 12, h: true, i: ~, j: 0x1F, k: 1e3, l: \"12\", m: y, n: 1_000, o: .5}\n",
+    );
+    assert_eq!(
+        wf.raw.tasks[0].with_,
+        Some(serde_json::json!({
+            "a": "no", "b": "yes", "c": "on", "d": "off", "e": "0755", "f": 1.0, "g": 12, "h": true,
+            "i": null, "j": 31, "k": 1000.0, "l": "12", "m": "y", "n": "1_000", "o": 0.5
+        }))
+    );
+    // A name that YAML 1.1 would read as a boolean stays a name.
+    let wf = valid("version: 1\nname: \"on\"\ntasks:\n  - name: no\n    uses: echo\n  - name: yes\n    parents: [no]\n    uses: echo\n");
+    assert_eq!(wf.tasks[1].name, "yes");
+    assert_eq!(wf.tasks[1].parents, [0]);
+}
+
+#[test]
+fn several_yaml_documents_are_an_error() {
+    let src = "version: 1\nname: demo\ntasks: [{name: a, uses: echo}]\n---\nversion: 1\nname: other\n";
+    let checked = check("docs.yaml", src.as_bytes(), Y, &Options::default());
+    assert_diags("two documents", &checked.diagnostics, &[e("parse", (4, 1), Some((4, 4)), "exactly one YAML document")]);
+    // A leading `---` is one document.
+    valid("---\nversion: 1\nname: demo\ntasks: [{name: a, uses: echo}]\n");
+}
+
+#[test]
+fn undecodable_files() {
+    type Case<'a> = (&'a [u8], Format, (u32, u32), &'a str);
+    let cases: &[Case] = &[
+        (b"", Y, (1, 1), "the file is empty"),
+        (b"  \n\n# only a comment\n", Y, (1, 1), "the file holds no YAML document"),
+        (b"\n\n", T, (1, 1), "the file is empty"),
+        (b"version: 1\nname: caf\xe9\n", Y, (2, 10), "not valid UTF-8"),
+        (b"version = 1\nname = \"\xff\"\n", T, (2, 9), "not valid UTF-8"),
+        (b"version: 1\n\x00\x01\x02binary", Y, (2, 1), "looks binary"),
+        (b"\x89PNG\r\n\x1a\n\x00\x00", Y, (1, 1), "not valid UTF-8"),
+    ];
+    for (bytes, format, at, says) in cases {
+        let checked = check("file", bytes, *format, &Options::default());
+        assert_diags(&format!("{bytes:?}"), &checked.diagnostics, &[e("parse", *at, None, says)]);
+    }
+    // A byte-order mark is not content.
+    let checked = check("bom.yaml", "\u{feff}version: 1\nname: demo\ntasks: [{name: a, uses: echo}]\n".as_bytes(), Y, &Options::default());
+    assert!(checked.diagnostics.is_empty(), "{}", show(&checked.diagnostics));
+}
+
+#[test]
+fn a_document_that_is_not_a_mapping() {
+    for (src, format) in [("- a\n- b\n", Y), ("just text\n", Y)] {
+        let checked = check("list.yaml", src.as_bytes(), format, &Options::default());
+        assert_diags(src, &checked.diagnostics, &[e("schema", (1, 1), None, "must be a mapping")]);
+    }
+}
+
+#[test]
+fn the_shipped_workflows_are_valid() {
+    let root = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("workflows");
+    let checked = check_paths(&[root], &Options::default()).expect("check");
+    assert!(!checked.is_empty());
+    for c in &checked {
+        assert!(c.diagnostics.is_empty(), "{}:\n{}", c.file, show(&c.diagnostics));
+        assert!(c.workflow.is_some());
+    }
+}
+
+#[test]
+fn a_large_workflow_validates() {
+    let text = taskweave::bench::validate::workflow_yaml("large", 10_000, 7);
+    let checked = check("large.yaml", text.as_bytes(), Y, &Options::default());
+    assert!(checked.diagnostics.is_empty(), "{}", show(&checked.diagnostics[..checked.diagnostics.len().min(5)]));
+    assert_eq!(checked.workflow.expect("a workflow").tasks.len(), 10_000);
+    let text = taskweave::bench::validate::workflow_toml("large", 2_000, 7);
+    let checked = check("large.toml", text.as_bytes(), T, &Options::default());
+    assert!(checked.diagnostics.is_empty(), "{}", show(&checked.diagnostics[..checked.diagnostics.len().min(5)]));
+}
+
+// ---------------------------------------------------------------------------
+// Rendering
+
+fn human(name: &str, src: &str, format: Format, opts: &Options) -> String {
+    let checked = check(name, src.as_bytes(), format, opts);
+    let rendered: Vec<String> = checked.diagnostics.iter().map(|d| render_human(d, checked.text.as_deref(), false)).collect();
+    rendered.join("\n\n") + "\n"
+}
+
+#[test]
+fn rendered_unknown_parent() {
+    let src = "version: 1\nname: demo\ntasks:\n  - name: extract-text\n    uses: echo\n  - name: summarise\n    parents: [extract-txt]\n    uses: echo\n";
+    assert_eq!(
+        human("flow.yaml", src, Y, &Options::default()),
+        "\
+error[unknown-parent]: unknown parent `extract-txt` of task `summarise`
+ --> flow.yaml:7:15
+  |
+7 |     parents: [extract-txt]
+  |               ^^^^^^^^^^^
+  |
+  = help: did you mean `extract-text`?
+"
+    );
+}
+
+#[test]
+fn rendered_cycle_and_warning() {
+    let src = "version: 1\nname: demo\ntimeout: 1m\ntasks:\n  - {name: a, parents: [b], uses: echo}\n  - {name: b, parents: [a], uses: echo, timeout: 1h}\n";
+    assert_eq!(
+        human("cycle.yaml", src, Y, &Options::default()),
+        "\
+error[cycle]: the parents form a cycle: a -> b -> a
+ --> cycle.yaml:5:25
+  |
+5 |   - {name: a, parents: [b], uses: echo}
+  |                         ^
+  |
+  = help: remove one of these parent links
+
+warning[timeout-exceeds]: task `b` may run for 1h, longer than the workflow timeout of 1m
+ --> cycle.yaml:6:50
+  |
+6 |   - {name: b, parents: [a], uses: echo, timeout: 1h}
+  |                                                  ^^
+  |
+  = help: the workflow timeout will stop the task first; shorten the task timeout or lengthen the workflow's
+"
+    );
+}
+
+#[test]
+fn rendered_toml_duplicate_key() {
+    let src = "version = 1\nname = \"demo\"\nname = \"again\"\n";
+    assert_eq!(
+        human("dup.toml", src, T, &Options::default()),
+        "\
+error[duplicate-key]: duplicate key `name`
+ --> dup.toml:3:1
+  |
+3 | name = \"again\"
+  | ^^^^
+"
+    );
+}
+
+#[test]
+fn rendered_tab() {
+    let src = "version: 1\nname: demo\ntasks:\n\t- name: a\n";
+    assert_eq!(
+        human("tab.yaml", src, Y, &Options::default()),
+        "\
+error[parse]: a tab is used for indentation
+ --> tab.yaml:4:1
+  |
+4 |     - name: a
+  | ^^^^
+  |
+  = help: YAML indentation must use spaces, never tabs
+"
+    );
+}
+
+#[test]
+fn json_and_github_forms() {
+    let src = "version: 1\nname: demo\ntasks:\n  - name: a\n    parents: [b]\n    uses: echo\n";
+    let checked = check("w.yaml", src.as_bytes(), Y, &Options::default());
+    let json: Value = serde_json::from_str(&render_json(&checked.diagnostics)).expect("json");
+    assert_eq!(
+        json,
+        serde_json::json!([{
+            "severity": "error", "code": "unknown-parent", "message": "unknown parent `b` of task `a`",
+            "file": "w.yaml", "line": 5, "column": 15, "end_line": 5, "end_column": 16, "help": null
+        }])
+    );
+    assert_eq!(
+        render_github(&checked.diagnostics[0]),
+        "::error file=w.yaml,line=5,col=15,endLine=5,endColumn=16,title=unknown-parent::[unknown-parent] unknown parent `b` of task `a`"
+    );
+}
+
+// ---------------------------------------------------------------------------
+// The binary
+
+fn taskweave() -> Command {
+    let mut c = Command::cargo_bin("taskweave").expect("the taskweave binary");
+    c.env("NO_COLOR", "1").env_remove("TASKWEAVE_CONFIG");
+    c
+}
+
+struct Files {
+    dir: tempfile::TempDir,
+}
+
+impl Files {
+    fn new(files: &[(&str, &str)]) -> Files {
+        let dir = tempfile::tempdir().expect("tempdir");
+        for (name, text) in files {
+            write(dir.path(), name, text);
+        }
+        Files { dir }
+    }
+
+    fn cmd(&self) -> Command {
+        let mut c = taskweave();
+        c.current_dir(self.dir.path());
+        c
+    }
+}
+
+const VALID: &str = "version: 1\nname: demo\ntasks:\n  - name: a\n    uses: echo\n";
+const WARNS: &str = "version: 1\nname: warns\ntimeout: 1m\ntasks:\n  - name: a\n    uses: echo\n    timeout: 1h\n";
+const BROKEN: &str = "version: 1\nname: broken\ntasks:\n  - name: a\n    parents: [b]\n    uses: echo\n";
+
+#[test]
+fn cli_exit_codes() {
+    let f = Files::new(&[("ok.yaml", VALID), ("warns.yaml", WARNS), ("broken.yaml", BROKEN)]);
+    f.cmd().args(["validate", "ok.yaml"]).assert().code(0).stdout("1 file checked: 0 errors, 0 warnings\n");
+    f.cmd().args(["validate", "warns.yaml"]).assert().code(0).stdout(predicates::str::contains("1 file checked: 0 errors, 1 warning\n"));
+    f.cmd().args(["validate", "--deny-warnings", "warns.yaml"]).assert().code(1);
+    f.cmd()
+        .args(["validate", "broken.yaml", "ok.yaml"])
+        .assert()
+        .code(1)
+        .stdout(predicates::str::contains("2 files checked: 1 error, 0 warnings"));
+    f.cmd().args(["validate", "missing.yaml"]).assert().code(2).stderr(predicates::str::contains("missing.yaml"));
+    f.cmd().args(["validate", "ok.yaml", "missing/"]).assert().code(2);
+    f.cmd().args(["validate", "--format", "xml", "ok.yaml"]).assert().code(2);
+    f.cmd().arg("validate").assert().code(2);
+}
+
+#[test]
+fn cli_human_output() {
+    let f = Files::new(&[("broken.yaml", BROKEN)]);
+    f.cmd().args(["validate", "broken.yaml"]).assert().code(1).stdout(
+        "\
+error[unknown-parent]: unknown parent `b` of task `a`
+ --> broken.yaml:5:15
+  |
+5 |     parents: [b]
+  |               ^
+
+1 file checked: 1 error, 0 warnings
+",
+    );
+}
+
+#[test]
+fn cli_json_output() {
+    let f = Files::new(&[("broken.yaml", BROKEN), ("warns.yaml", WARNS)]);
+    let out = f.cmd().args(["validate", "--format", "json", "broken.yaml", "warns.yaml"]).assert().code(1).get_output().stdout.clone();
+    let json: Value = serde_json::from_slice(&out).expect("a JSON array");
+    let items = json.as_array().expect("an array");
+    assert_eq!(items.len(), 2);
+    let keys = ["code", "column", "end_column", "end_line", "file", "help", "line", "message", "severity"];
+    for item in items {
+        let mut got: Vec<&str> = item.as_object().expect("an object").keys().map(String::as_str).collect();
+        got.sort_unstable();
+        assert_eq!(got, keys);
+    }
+    assert_eq!(items[0]["code"], "unknown-parent");
+    assert_eq!(items[0]["severity"], "error");
+    assert_eq!(items[1]["code"], "timeout-exceeds");
+    assert_eq!(items[1]["severity"], "warning");
+    assert_eq!((items[1]["line"].as_u64(), items[1]["column"].as_u64()), (Some(7), Some(14)));
+    // Valid files: an empty array.
+    let f = Files::new(&[("ok.yaml", VALID)]);
+    f.cmd().args(["validate", "--format", "json", "ok.yaml"]).assert().code(0).stdout("[]\n");
+}
+
+#[test]
+fn cli_github_output() {
+    let f = Files::new(&[("broken.yaml", BROKEN), ("warns.yaml", WARNS)]);
+    f.cmd().args(["validate", "--format", "github", "broken.yaml", "warns.yaml"]).assert().code(1).stdout(
+        "::error file=broken.yaml,line=5,col=15,endLine=5,endColumn=16,title=unknown-parent::[unknown-parent] unknown parent `b` of task `a`\n\
+         ::warning file=warns.yaml,line=7,col=14,endLine=7,endColumn=16,title=timeout-exceeds::[timeout-exceeds] task `a` may run for 1h, longer than the workflow timeout of 1m (help: the workflow timeout will stop the task first; shorten the task timeout or lengthen the workflow's)\n",
+    );
+}
+
+#[test]
+fn cli_folder_with_duplicate_workflows() {
+    let f = Files::new(&[("flows/a.yaml", VALID), ("flows/b.yaml", VALID), ("flows/notes.txt", "not a workflow")]);
+    f.cmd().args(["validate", "--format", "github", "flows"]).assert().code(1).stdout(predicates::str::contains(
+        "title=duplicate-workflow::[duplicate-workflow] workflow `demo` is also declared in flows/a.yaml",
+    ));
+}
+
+#[test]
+fn cli_explain_every_code() {
+    for code in Code::ALL {
+        taskweave()
+            .args(["explain", code.as_str()])
+            .assert()
+            .code(0)
+            .stdout(predicates::str::starts_with(format!("{} ({})\n", code.as_str(), code.severity().as_str())))
+            .stdout(predicates::str::contains("Example that triggers it:"));
+    }
+    let listing = taskweave().arg("explain").assert().code(0).get_output().stdout.clone();
+    let listing = String::from_utf8(listing).expect("utf-8");
+    for code in Code::ALL {
+        assert!(listing.lines().any(|l| l.starts_with(code.as_str())), "`explain` lists {code}");
+    }
+    taskweave()
+        .args(["explain", "unknown-parnt"])
+        .assert()
+        .code(2)
+        .stderr(predicates::str::contains("unknown code `unknown-parnt`"))
+        .stderr(predicates::str::contains("did you mean `unknown-parent`?"));
+}
+
+#[test]
+fn explain_examples_trigger_their_code() {
+    // Each explanation's example really produces its code, and its fix does not.
+    let opts = Options { backends: Some(vec!["local".into(), "celery".into()]) };
+    for code in Code::ALL {
+        if *code == Code::DuplicateWorkflow {
+            continue;
+        }
+        let (bad, good) = code.examples();
+        let bad = check("bad.yaml", bad.as_bytes(), Y, &opts);
+        assert!(bad.diagnostics.iter().any(|d| d.code == *code), "{code}: the example gives\n{}", show(&bad.diagnostics));
+        let good = check("good.yaml", good.as_bytes(), Y, &opts);
+        assert!(good.diagnostics.is_empty(), "{code}: the fix gives\n{}", show(&good.diagnostics));
+    }
+}
+
+#[test]
+fn cli_graph_of_a_diamond() {
+    let diamond = "version: 1\nname: diamond\ntasks:\n  - {name: a, uses: echo}\n  - {name: b, parents: [a], uses: echo}\n  - {name: c, parents: [a], run: [date]}\n  - {name: d, parents: [b, c], uses: echo}\n";
+    let f = Files::new(&[("diamond.yaml", diamond), ("broken.yaml", BROKEN)]);
+    f.cmd().args(["graph", "diamond.yaml"]).assert().code(0).stdout(
+        "\
+flowchart TD
+    t0[\"a (uses)\"]
+    t1[\"b (uses)\"]
+    t2[\"c (run)\"]
+    t3[\"d (uses)\"]
+    t0 --> t1
+    t0 --> t2
+    t1 --> t3
+    t2 --> t3
+",
+    );
+    f.cmd().args(["graph", "--format", "dot", "diamond.yaml"]).assert().code(0).stdout(
+        "\
+digraph \"diamond\" {
+    rankdir=TB;
+    node [shape=box];
+    \"a\" [label=\"a\\n(uses)\"];
+    \"b\" [label=\"b\\n(uses)\"];
+    \"c\" [label=\"c\\n(run)\"];
+    \"d\" [label=\"d\\n(uses)\"];
+    \"a\" -> \"b\";
+    \"a\" -> \"c\";
+    \"b\" -> \"d\";
+    \"c\" -> \"d\";
+}
+",
+    );
+    f.cmd().args(["graph", "broken.yaml"]).assert().code(1).stderr(predicates::str::contains("error[unknown-parent]"));
+    f.cmd().args(["graph", "missing.yaml"]).assert().code(2);
+}
+
+// ---------------------------------------------------------------------------
+// The benchmark, as figures (not a test of speed): run with
+// `cargo test --release --test validate -- --ignored --nocapture bench_figures`.
+
+#[test]
+#[ignore = "a benchmark: prints figures"]
+fn bench_figures() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let files = std::env::var("BENCH_FILES").ok().and_then(|v| v.parse().ok()).unwrap_or(1000);
+    let tasks = std::env::var("BENCH_TASKS").ok().and_then(|v| v.parse().ok()).unwrap_or(50);
+    let report = taskweave::bench::validate::bench_validate(dir.path(), files, tasks).expect("bench");
+    println!("{}", serde_json::to_string_pretty(&report).expect("json"));
+    assert_eq!(report.diagnostics, 0);
+}
+
+#[test]
+fn severity_is_the_codes() {
+    for code in Code::ALL {
+        let expected = if *code == Code::TimeoutExceeds { Severity::Warning } else { Severity::Error };
+        assert_eq!(code.severity(), expected, "{code}");
+    }
+}
+
+#[test]
+fn far_ancestors_are_judged_exactly() {
+    // Two chains of 300 tasks joined at the end: references further than a
+    // short walk are answered by the exact pass.
+    let mut s = String::from("version: 1\nname: chains\ntasks:\n");
+    for chain in ["a", "b"] {
+        for i in 0..300 {
+            let parents = if i == 0 { String::new() } else { format!(", parents: [{chain}{}]", i - 1) };
+            s.push_str(&format!("  - {{name: {chain}{i}, uses: echo{parents}}}\n"));
+        }
+    }
+    s.push_str("  - name: end\n    parents: [a299, b299]\n    run: [echo, \"{{tasks.a0.output}}\", \"{{tasks.b0.output}}\"]\n");
+    s.push_str("  - name: side\n    parents: [a299]\n    run: [echo, \"{{tasks.a1.output}}\", \"{{tasks.b1.output}}\", \"{{tasks.end.output}}\"]\n");
+    let checked = check("chains.yaml", s.as_bytes(), Y, &Options::default());
+    assert_diags(
+        "far ancestors",
+        &checked.diagnostics,
+        &[
+            e("template-ref", (609, 43), Some((609, 58)), "`b1` is not an ancestor of `side`"),
+            e("template-ref", (609, 66), Some((609, 82)), "`end` is not an ancestor of `side`"),
+        ],
+    );
+}
