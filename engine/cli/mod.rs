@@ -4,6 +4,7 @@
 mod bench;
 mod doctor;
 mod run;
+mod serve;
 mod validate;
 
 use clap::{Parser, Subcommand, ValueEnum};
@@ -73,6 +74,10 @@ pub enum Command {
     },
     /// Measure the engine: run workloads and validation, report figures.
     Bench(bench::BenchArgs),
+    /// Serve the HTTP API; workflows in the configured folders reload live.
+    Serve(serve::ServeArgs),
+    /// The reload status of a running server.
+    Status(serve::StatusArgs),
     /// Check that the store, every backend, the flag source and the workflow folders answer.
     Doctor,
 }
@@ -112,6 +117,8 @@ fn run(cli: Cli) -> anyhow::Result<ExitCode> {
         Command::Run(args) => runtime()?.block_on(run::run(args, cli.config.as_deref())),
         Command::Runs { command } => runtime()?.block_on(run::runs(command, cli.config.as_deref())),
         Command::Bench(args) => runtime()?.block_on(bench::bench(args, cli.config.as_deref())),
+        Command::Serve(args) => runtime()?.block_on(serve::serve(args, cli.config.as_deref())),
+        Command::Status(args) => runtime()?.block_on(serve::status(args)),
         Command::Doctor => runtime()?.block_on(doctor::doctor(cli.config.as_deref())),
     }
 }
@@ -122,7 +129,7 @@ fn runtime() -> anyhow::Result<tokio::runtime::Runtime> {
 
 fn init_tracing() {
     let filter = tracing_subscriber::EnvFilter::try_from_env("TASKWEAVE_LOG").unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("warn"));
-    let _ = tracing_subscriber::fmt().with_env_filter(filter).with_writer(std::io::stderr).try_init();
+    let _ = tracing_subscriber::fmt().with_env_filter(filter).with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr())).with_writer(std::io::stderr).try_init();
 }
 
 /// Print a configuration error (positioned, with the source line) and return exit status 2.
