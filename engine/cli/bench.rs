@@ -35,6 +35,13 @@ pub enum BenchWorkload {
     Fanout { n: Option<usize> },
     /// N concurrent runs of a -> (b, c) (default 1000).
     Runs { n: Option<usize> },
+    /// Validation: FILES generated workflows of TASKS tasks each, plus one 10,000-task workflow.
+    Validate {
+        #[arg(long, default_value_t = 1000)]
+        files: usize,
+        #[arg(long, default_value_t = 50)]
+        tasks: usize,
+    },
 }
 
 pub async fn bench(args: BenchArgs, config: Option<&Path>) -> anyhow::Result<ExitCode> {
@@ -43,6 +50,7 @@ pub async fn bench(args: BenchArgs, config: Option<&Path>) -> anyhow::Result<Exi
         Err(e) => return Ok(super::config_error(&e)),
     };
     let (w, n) = match args.workload {
+        BenchWorkload::Validate { files, tasks } => return validate(files, tasks, args.format),
         BenchWorkload::Chain { n } => (Workload::Chain, n),
         BenchWorkload::Fanout { n } => (Workload::Fanout, n),
         BenchWorkload::Runs { n } => (Workload::Runs, n),
@@ -87,4 +95,21 @@ pub async fn bench(args: BenchArgs, config: Option<&Path>) -> anyhow::Result<Exi
         }
     }
     Ok(ExitCode::SUCCESS)
+}
+
+fn validate(files: usize, tasks: usize, format: OutputFormat) -> anyhow::Result<ExitCode> {
+    let tmp = tempfile::tempdir()?;
+    let r = crate::bench::validate::bench_validate(tmp.path(), files, tasks)?;
+    match format {
+        OutputFormat::Json => println!("{}", serde_json::to_string_pretty(&r)?),
+        OutputFormat::Human => {
+            println!("validate {} files x {} tasks ({:.1} MiB, {} threads)", r.files, r.tasks_per_file, r.folder_bytes as f64 / 1048576.0, r.threads);
+            println!("  folder        median {:.1} ms  (min {:.1}, max {:.1})", r.folder.median_ms, r.folder.min_ms, r.folder.max_ms);
+            println!("  throughput    {:.0} files/s, {:.0} tasks/s", r.files_per_sec, r.tasks_per_sec);
+            println!("  {}-task file  median {:.1} ms  (min {:.1}, max {:.1})", r.large_tasks, r.large.median_ms, r.large.min_ms, r.large.max_ms);
+            println!("  diagnostics   {}", r.diagnostics);
+            println!("  peak RSS      {:.1} MiB", r.peak_rss_mb);
+        }
+    }
+    Ok(if r.diagnostics == 0 { ExitCode::SUCCESS } else { ExitCode::from(1) })
 }
