@@ -7,14 +7,39 @@
 //! off to the side and swaps the good ones in at once; a broken file keeps
 //! its last good version serving. Runs pin the `Arc<Workflow>` they started
 //! with, so a reload never changes a run in flight.
+//!
+//! [`watch`] keeps a registry in step with its folders on disk. This module
+//! touches the file system only to read workflow files and list folders;
+//! validation itself stays pure.
 
-use crate::diag::Diagnostic;
+pub mod watch;
+
+pub use watch::{DEFAULT_DEBOUNCE, Watcher, watch};
+
+use crate::diag::{Code, Diagnostic, Span};
 use crate::plan::Workflow;
+use crate::spec::Format;
+use crate::validate::Checked;
 use serde::Serialize;
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, BTreeSet, HashMap};
 use std::path::{Path, PathBuf};
-use std::sync::{Arc, RwLock};
+use std::sync::{Arc, Mutex, RwLock};
 use time::OffsetDateTime;
+
+/// Why live reload could not start.
+#[derive(Debug, thiserror::Error)]
+pub enum ReloadError {
+    #[error("cannot watch {}: {source}", .path.display())]
+    Watch {
+        path: PathBuf,
+        #[source]
+        source: notify::Error,
+    },
+    #[error("cannot start the file watcher: {0}")]
+    Notify(#[source] notify::Error),
+    #[error("cannot start the reload thread: {0}")]
+    Thread(#[source] std::io::Error),
+}
 
 /// How the last attempt to load a file went.
 #[derive(Debug, Clone, Serialize)]
@@ -66,11 +91,38 @@ impl ReloadReport {
     }
 }
 
+/// A file's content fingerprint: CRC-32 and length.
+type Sum = (u32, usize);
+
 #[derive(Default)]
 struct State {
     /// name -> (active workflow, file it came from)
     active: BTreeMap<String, (Arc<Workflow>, Option<String>)>,
     files: BTreeMap<String, FileStatus>,
+    /// The fingerprint of each file's last read, kept only when the outcome
+    /// depends on that file alone: the same bytes again are a no-op.
+    sums: HashMap<String, Sum>,
+    /// Valid workflows whose name another file already serves (a
+    /// `duplicate-workflow`), by file: one takes over when the name frees up.
+    standby: BTreeMap<String, Arc<Workflow>>,
+}
+
+impl State {
+    /// The names a file serves (at most one, but an embedding program may insert more).
+    fn served_by(&self, key: &str) -> Vec<String> {
+        self.active.iter().filter(|(_, (_, f))| f.as_deref() == Some(key)).map(|(n, _)| n.clone()).collect()
+    }
+}
+
+/// What reading and compiling one file gave.
+enum Outcome {
+    /// Same bytes as last time: nothing to do.
+    Unchanged,
+    /// The file is gone.
+    Deleted,
+    /// The file exists but cannot be read.
+    Unreadable(std::io::Error),
+    Checked(Box<Checked>, Sum),
 }
 
 /// Name -> active workflow, plus per-file reload status.
@@ -79,17 +131,14 @@ pub struct Registry {
     options: crate::validate::Options,
     state: RwLock<State>,
     events: tokio::sync::broadcast::Sender<ReloadReport>,
+    /// One reload at a time; readers are never blocked by a compile.
+    reloading: Mutex<()>,
 }
 
 impl Registry {
     pub fn new(folders: Vec<PathBuf>, options: crate::validate::Options) -> Self {
         let (events, _) = tokio::sync::broadcast::channel(256);
-        Registry {
-            folders,
-            options,
-            state: RwLock::new(State::default()),
-            events,
-        }
+        Registry { folders, options, state: RwLock::new(State::default()), events, reloading: Mutex::new(()) }
     }
 
     pub fn folders(&self) -> &[PathBuf] {
@@ -147,104 +196,311 @@ impl Registry {
         self.read().files.values().filter(|f| f.workflow.as_deref() == Some(name)).cloned().collect()
     }
 
+    /// The status of one file, by the path it was loaded under.
+    pub fn file_status(&self, path: &Path) -> Option<FileStatus> {
+        self.read().files.get(&key(path)).cloned()
+    }
+
     /// Scan every folder and load everything (the first load, or a full resync).
+    /// Files whose bytes did not change since their last load are skipped.
     pub fn load_all(&self) -> ReloadReport {
-        let mut files = Vec::new();
-        for dir in &self.folders {
-            if let Ok(found) = crate::validate::find_files(dir) {
-                files.extend(found);
-            }
-        }
-        let known: Vec<PathBuf> = self.read().files.keys().map(PathBuf::from).collect();
-        files.extend(known);
-        files.sort();
-        files.dedup();
-        self.reload_paths(&files)
+        let mut paths = self.folders.clone();
+        paths.extend(self.read().files.keys().map(PathBuf::from));
+        self.reload_paths(&paths)
     }
 
     /// Reload a set of changed paths as one transaction: every file is
     /// compiled first; then the good ones swap in together, broken ones keep
     /// their last good version, deleted ones disappear for new runs.
+    ///
+    /// A path may be a workflow file (present or deleted) or a folder: a
+    /// folder stands for the workflow files found in it and every file
+    /// loaded from under it before (so a deleted folder removes them all).
+    /// Other paths are ignored. A file whose bytes are the same as at its
+    /// last load is skipped.
     pub fn reload_paths(&self, paths: &[PathBuf]) -> ReloadReport {
-        let now = OffsetDateTime::now_utc();
-        // 1. Compile off to the side (no lock held).
-        let mut compiled: Vec<(String, Option<crate::validate::Checked>)> = Vec::new();
-        for p in paths {
-            let key = p.display().to_string();
-            if p.is_file() && crate::validate::is_workflow_file(p) {
-                match crate::validate::check_file(p, &self.options) {
-                    Ok(c) => compiled.push((key, Some(c))),
-                    Err(_) => compiled.push((key, None)),
-                }
-            } else if !p.exists() {
-                compiled.push((key, None));
-            }
-        }
+        let _one_at_a_time = self.reloading.lock().unwrap_or_else(|e| e.into_inner());
+        // 1. Compile off to the side (no lock held while compiling).
+        let (keys, sums): (Vec<String>, Vec<Option<Sum>>) = {
+            let st = self.read();
+            let keys = expand(&st, paths);
+            let sums = keys.iter().map(|k| st.sums.get(k).copied()).collect();
+            (keys, sums)
+        };
+        let outcomes = compile_all(&keys, &sums, &self.options);
         // 2. Swap under the write lock.
-        let mut report = ReloadReport::default();
+        let now = OffsetDateTime::now_utc();
         let mut st = self.write();
-        for (key, checked) in compiled {
-            match checked {
-                None => {
-                    // Deleted (or unreadable): its workflow disappears for new runs.
-                    if let Some(old) = st.files.remove(&key)
-                        && let Some(name) = old.workflow
-                        && st.active.get(&name).is_some_and(|(_, f)| f.as_deref() == Some(key.as_str()))
-                    {
-                        st.active.remove(&name);
-                        report.removed.push(name);
-                    }
-                }
-                Some(c) => {
-                    let name = c.name.as_ref().map(|(n, _)| n.clone());
-                    let prev = st.files.get(&key).cloned();
-                    // Another file already serves this name: duplicate-workflow.
-                    let clash = name.as_ref().and_then(|n| {
-                        st.active.get(n).and_then(|(_, f)| f.clone()).filter(|f| f != &key)
-                    });
-                    let mut diagnostics = c.diagnostics.clone();
-                    if let (Some(other), Some((n, span))) = (&clash, &c.name) {
-                        diagnostics.push(
-                            Diagnostic::new(crate::diag::Code::DuplicateWorkflow, key.clone(), *span, format!("workflow `{n}` is also declared in {other}"))
-                                .with_help("workflow names must be unique across the watched folders; the file loaded first keeps serving"),
-                        );
-                    }
-                    let serving = if clash.is_none() { c.workflow.clone() } else { None };
-                    let ok = serving.is_some();
-                    let mut status = FileStatus {
-                        path: key.clone(),
-                        workflow: name.clone(),
-                        active_version: prev.as_ref().and_then(|p| p.active_version.clone()),
-                        last_attempt: LoadAttempt { ok, diagnostics, at: now },
-                        since: prev.as_ref().and_then(|p| p.since),
-                    };
-                    if let Some(wf) = serving {
-                        // A renamed workflow: the old name stops serving from this file.
-                        if let Some(old) = prev.as_ref().and_then(|p| p.workflow.clone()).filter(|o| Some(o) != name.as_ref())
-                            && st.active.get(&old).is_some_and(|(_, f)| f.as_deref() == Some(key.as_str()))
-                        {
-                            st.active.remove(&old);
-                            report.removed.push(old);
-                        }
-                        let changed = status.active_version.as_deref() != Some(wf.version.as_str());
-                        if changed {
-                            status.active_version = Some(wf.version.clone());
-                            status.since = Some(now);
-                            report.updated.push(wf.name.clone());
-                        }
-                        st.active.insert(wf.name.clone(), (wf, Some(key.clone())));
-                    } else {
-                        report.failed.push(key.clone());
-                    }
-                    st.files.insert(key, status);
-                }
-            }
-        }
-        drop(st);
+        let report = apply(&mut st, keys.into_iter().zip(outcomes).collect(), now);
+        // Sent before the new state shows: whoever sees it finds the event queued.
         if !report.is_noop() {
             let _ = self.events.send(report.clone());
         }
+        drop(st);
         report
+    }
+}
+
+/// The registry's key of a path.
+fn key(p: &Path) -> String {
+    p.display().to_string()
+}
+
+/// The files a set of changed paths stands for, sorted and without repeats.
+fn expand(st: &State, paths: &[PathBuf]) -> Vec<String> {
+    let mut keys = BTreeSet::new();
+    let known_under = |dir: &Path| st.files.keys().filter(|k| Path::new(k.as_str()).starts_with(dir)).cloned().collect::<Vec<_>>();
+    for p in paths {
+        if p.is_dir() {
+            if let Ok(found) = crate::validate::find_files(p) {
+                keys.extend(found.iter().map(|f| key(f)));
+            }
+            keys.extend(known_under(p));
+        } else if crate::validate::is_workflow_file(p) {
+            keys.insert(key(p));
+        } else if !p.exists() {
+            // Perhaps a deleted folder: what was loaded from under it goes too.
+            keys.extend(known_under(p));
+        }
+    }
+    keys.into_iter().collect()
+}
+
+/// Read and compile files, in parallel when there are several (a branch
+/// switch changes dozens at once), keeping their order.
+fn compile_all(keys: &[String], sums: &[Option<Sum>], opts: &crate::validate::Options) -> Vec<Outcome> {
+    let threads = std::thread::available_parallelism().map_or(1, |n| n.get()).min(8).min(keys.len() / 4);
+    if threads <= 1 {
+        return keys.iter().zip(sums).map(|(k, s)| compile(k, *s, opts)).collect();
+    }
+    let next = std::sync::atomic::AtomicUsize::new(0);
+    let mut done: Vec<(usize, Outcome)> = std::thread::scope(|s| {
+        let workers: Vec<_> = (0..threads)
+            .map(|_| {
+                s.spawn(|| {
+                    let mut out = Vec::new();
+                    loop {
+                        let i = next.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+                        let (Some(k), Some(sum)) = (keys.get(i), sums.get(i)) else { break };
+                        out.push((i, compile(k, *sum, opts)));
+                    }
+                    out
+                })
+            })
+            .collect();
+        workers.into_iter().flat_map(|w| w.join().unwrap_or_else(|e| std::panic::resume_unwind(e))).collect()
+    });
+    done.sort_by_key(|(i, _)| *i);
+    done.into_iter().map(|(_, o)| o).collect()
+}
+
+fn compile(key: &str, last: Option<Sum>, opts: &crate::validate::Options) -> Outcome {
+    let path = Path::new(key);
+    match std::fs::read(path) {
+        Ok(bytes) => {
+            let sum = (crc32fast::hash(&bytes), bytes.len());
+            if last == Some(sum) {
+                return Outcome::Unchanged;
+            }
+            let format = Format::from_path(path).unwrap_or(Format::Yaml);
+            Outcome::Checked(Box::new(crate::validate::check_bytes(key, &bytes, format, opts)), sum)
+        }
+        Err(e) if matches!(e.kind(), std::io::ErrorKind::NotFound | std::io::ErrorKind::NotADirectory) || path.is_dir() => Outcome::Deleted,
+        Err(e) => Outcome::Unreadable(e),
+    }
+}
+
+/// The names a transaction touched, with what served them before it:
+/// (version, when that version started serving).
+#[derive(Default)]
+struct Before(BTreeMap<String, Option<(String, Option<OffsetDateTime>)>>);
+
+impl Before {
+    fn touch(&mut self, st: &State, name: &str) {
+        if !self.0.contains_key(name) {
+            let was = st.active.get(name).map(|(w, f)| (w.version.clone(), f.as_ref().and_then(|f| st.files.get(f)).and_then(|s| s.since)));
+            self.0.insert(name.to_string(), was);
+        }
+    }
+}
+
+/// Swap a transaction's outcomes in: deletions first (so a file renamed in
+/// the same transaction does not clash with itself), then new and changed
+/// files, then workflows that were waiting for a name another file freed.
+fn apply(st: &mut State, outcomes: Vec<(String, Outcome)>, now: OffsetDateTime) -> ReloadReport {
+    let mut before = Before::default();
+    let mut touched = BTreeSet::new();
+    let mut failed = BTreeSet::new();
+    let mut freed = BTreeSet::new();
+
+    for (key, _) in outcomes.iter().filter(|(_, o)| matches!(o, Outcome::Deleted)) {
+        for name in st.served_by(key) {
+            before.touch(st, &name);
+            st.active.remove(&name);
+            freed.insert(name);
+        }
+        st.files.remove(key);
+        st.sums.remove(key);
+        st.standby.remove(key);
+    }
+
+    // Valid files claim their names together (see `settle`); statuses are written after.
+    let mut claims: BTreeMap<String, Claim> = BTreeMap::new();
+    let mut results: Vec<(String, Option<String>, Vec<Diagnostic>)> = Vec::new();
+    for (key, outcome) in outcomes {
+        match outcome {
+            Outcome::Unchanged | Outcome::Deleted => {}
+            Outcome::Unreadable(e) => {
+                st.sums.remove(&key);
+                st.standby.remove(&key);
+                let declared = st.files.get(&key).and_then(|s| s.workflow.clone());
+                let d = Diagnostic::new(Code::Parse, key.clone(), Span::point(1, 1), format!("cannot read the file: {e}"));
+                results.push((key, declared, vec![d]));
+            }
+            Outcome::Checked(c, sum) => {
+                let c = *c;
+                st.standby.remove(&key);
+                match c.workflow {
+                    Some(wf) => {
+                        let span = c.name.as_ref().map(|(_, s)| *s).unwrap_or_default();
+                        claims.insert(key.clone(), Claim { wf, span, sum });
+                    }
+                    // Broken: the last good version (if any) keeps serving.
+                    None => {
+                        st.sums.insert(key.clone(), sum);
+                    }
+                }
+                results.push((key, c.name.map(|(n, _)| n), c.diagnostics));
+            }
+        }
+    }
+    let winners = settle(st, &claims);
+    // Winners give up the names they served before (a workflow renamed in
+    // its file), then take their new ones.
+    for key in &winners {
+        for old in st.served_by(key).into_iter().filter(|n| *n != claims[key].wf.name) {
+            before.touch(st, &old);
+            st.active.remove(&old);
+            freed.insert(old);
+        }
+    }
+    for key in &winners {
+        let claim = &claims[key];
+        before.touch(st, &claim.wf.name);
+        st.active.insert(claim.wf.name.clone(), (Arc::clone(&claim.wf), Some(key.clone())));
+        st.sums.insert(key.clone(), claim.sum);
+    }
+    for (key, declared, mut diagnostics) in results {
+        let ok = winners.contains(&key);
+        if let Some(claim) = claims.get(&key).filter(|_| !ok) {
+            // Another file serves this name: duplicate-workflow, the first keeps serving.
+            let other = st.active.get(&claim.wf.name).and_then(|(_, f)| f.clone()).unwrap_or_default();
+            diagnostics.push(
+                Diagnostic::new(
+                    Code::DuplicateWorkflow,
+                    key.clone(),
+                    claim.span,
+                    format!("workflow `{}` is also declared in {other}", claim.wf.name),
+                )
+                .with_help("workflow names must be unique across the watched folders; the file loaded first keeps serving"),
+            );
+            st.sums.remove(&key);
+            st.standby.insert(key.clone(), Arc::clone(&claim.wf));
+        }
+        let prev = st.files.remove(&key);
+        st.files.insert(
+            key.clone(),
+            FileStatus {
+                path: key.clone(),
+                workflow: declared,
+                active_version: prev.as_ref().and_then(|p| p.active_version.clone()),
+                last_attempt: LoadAttempt { ok, diagnostics, at: now },
+                since: prev.and_then(|p| p.since),
+            },
+        );
+        if !ok {
+            failed.insert(key.clone());
+        }
+        touched.insert(key);
+    }
+
+    // A freed name goes to a valid file that lost the clash for it (the first by path).
+    for name in freed {
+        if st.active.contains_key(&name) {
+            continue;
+        }
+        let Some(file) = st.standby.iter().find(|(_, w)| w.name == name).map(|(f, _)| f.clone()) else { continue };
+        let Some(wf) = st.standby.remove(&file) else { continue };
+        before.touch(st, &name);
+        st.active.insert(name, (wf, Some(file.clone())));
+        if let Some(s) = st.files.get_mut(&file) {
+            s.last_attempt.ok = true;
+            s.last_attempt.diagnostics.retain(|d| d.code != Code::DuplicateWorkflow);
+            s.last_attempt.at = now;
+        }
+        failed.remove(&file);
+        touched.insert(file);
+    }
+
+    // Which version each touched file now serves, and since when. A version
+    // that only moved to another file (a renamed file) keeps its `since`.
+    for key in &touched {
+        let serving = st.served_by(key).into_iter().next().and_then(|n| st.active.get(&n).map(|(w, _)| (n, w.version.clone())));
+        let Some(status) = st.files.get_mut(key) else { continue };
+        let version = serving.as_ref().map(|(_, v)| v.clone());
+        if status.active_version != version {
+            status.since = serving.map(|(name, v)| match before.0.get(&name) {
+                Some(Some((old, since))) if *old == v => since.unwrap_or(now),
+                _ => now,
+            });
+            status.active_version = version;
+        }
+    }
+
+    let mut report = ReloadReport { failed: failed.into_iter().collect(), ..Default::default() };
+    for (name, was) in before.0 {
+        match (was.map(|(v, _)| v), st.active.get(&name).map(|(w, _)| &w.version)) {
+            (Some(_), None) => report.removed.push(name),
+            (old, Some(new)) if old.as_ref() != Some(new) => report.updated.push(name),
+            _ => {}
+        }
+    }
+    report
+}
+
+/// A valid file's claim on the workflow name it declares.
+struct Claim {
+    wf: Arc<Workflow>,
+    /// Where the name is in the file.
+    span: Span,
+    sum: Sum,
+}
+
+/// Which valid files of a reload get the name they declare. A name stays
+/// with the file that serves it unless that file gives it up in this very
+/// reload (it now declares another name it gets); otherwise the first
+/// claimant by path gets it. A file that loses keeps serving what it served,
+/// which may block another claim in turn, so this repeats until nothing
+/// changes (at most once per claim).
+fn settle(st: &State, claims: &BTreeMap<String, Claim>) -> BTreeSet<String> {
+    let mut winners: BTreeSet<String> = claims.keys().cloned().collect();
+    loop {
+        let mut first: HashMap<&str, &str> = HashMap::new();
+        for key in &winners {
+            first.entry(claims[key].wf.name.as_str()).or_insert(key.as_str());
+        }
+        let lost = winners.iter().find(|key| {
+            let name = &claims[key.as_str()].wf.name;
+            let held = st.active.get(name).and_then(|(_, f)| f.as_ref()).filter(|holder| *holder != *key).is_some_and(|holder| {
+                let releases = winners.contains(holder) && claims[holder].wf.name != *name;
+                !releases
+            });
+            held || first.get(name.as_str()).is_some_and(|k| *k != key.as_str())
+        });
+        match lost.cloned() {
+            Some(key) => winners.remove(&key),
+            None => return winners,
+        };
     }
 }
 

@@ -1,0 +1,425 @@
+//! Live reload: watch the registry's folders and reload what changed.
+//!
+//! Each configured folder is watched recursively through
+//! notify-debouncer-full, always as a directory (a watch on a single file
+//! goes silent after an editor's save-by-rename). Events only say *which
+//! paths* to look at; the registry reads the disk to learn what they are now,
+//! so a create, an edit, a delete, a rename (both sides), an editor's atomic
+//! save (write a temp file, rename it over) and a `git checkout` all come
+//! down to "reload these paths". Dot-files, other extensions and files under
+//! hidden or build folders are ignored, as `taskweave validate` does; a
+//! rename from a workflow file to a temporary name is a delete.
+//!
+//! Everything that arrives while files are still changing is gathered into
+//! one [`Registry::reload_paths`] transaction: the watcher notes when the
+//! last relevant raw event happened and waits until the debouncer has
+//! emitted everything up to then (see [`Probe`]). Reloads run on the
+//! watcher's own thread, never on an async runtime; each is logged at info
+//! with its report, and each error at warn as `file:line:col`.
+//!
+//! A folder that does not exist yet is waited for by watching its nearest
+//! existing ancestor (non-recursively); when it appears it is watched
+//! recursively and loaded. A folder that is deleted (or renamed away) unloads
+//! its workflows and is waited for again.
+
+use super::{Registry, ReloadError, ReloadReport};
+use notify_debouncer_full::notify::event::{AccessKind, AccessMode, ModifyKind};
+use notify_debouncer_full::notify::{self, Event, EventKind, RecommendedWatcher, RecursiveMode, WatcherKind};
+use notify_debouncer_full::{DebounceEventResult, Debouncer, RecommendedCache};
+use std::cell::Cell;
+use std::collections::BTreeSet;
+use std::path::{Component, Path, PathBuf};
+use std::sync::mpsc::{self, RecvTimeoutError};
+use std::sync::{Arc, Mutex};
+use std::thread::JoinHandle;
+use std::time::{Duration, Instant};
+
+/// The debounce used by `taskweave serve` unless told otherwise.
+pub const DEFAULT_DEBOUNCE: Duration = Duration::from_millis(50);
+
+/// Margin for the debouncer's thread to hand over what it emitted.
+const SLACK: Duration = Duration::from_millis(3);
+
+/// The longest a reload waits for files that keep changing.
+const MAX_GATHER: Duration = Duration::from_secs(2);
+
+/// Watches the registry's folders while it lives; dropping it stops
+/// watching (and waits for a reload in progress to finish).
+pub struct Watcher {
+    tx: mpsc::Sender<Msg>,
+    thread: Option<JoinHandle<()>>,
+}
+
+impl std::fmt::Debug for Watcher {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Watcher").finish_non_exhaustive()
+    }
+}
+
+impl Drop for Watcher {
+    fn drop(&mut self) {
+        let _ = self.tx.send(Msg::Stop);
+        if let Some(t) = self.thread.take() {
+            let _ = t.join();
+        }
+    }
+}
+
+enum Msg {
+    /// The debouncer emitted events (what they name, the probe has seen).
+    Events,
+    Errors(Vec<notify::Error>),
+    Stop,
+}
+
+/// Watch every folder of the registry (recursively) and reload changed
+/// files into it, `debounce` after they stop changing ([`DEFAULT_DEBOUNCE`]
+/// is a good value). The watcher first brings the registry in step with the
+/// disk ([`Registry::load_all`]: a no-op for files already loaded), so
+/// nothing changed between the first load and the watch is missed.
+pub fn watch(registry: Arc<Registry>, debounce: Duration) -> Result<Watcher, ReloadError> {
+    let debounce = debounce.max(Duration::from_millis(1));
+    let tick = (debounce / 4).max(Duration::from_millis(1));
+    let roots: Vec<Root> = registry
+        .folders()
+        .iter()
+        .map(|folder| Root { folder: folder.clone(), abs: std::path::absolute(folder).unwrap_or_else(|_| folder.clone()), watch: None })
+        .collect();
+    let probe = Arc::new(Probe { roots: roots.iter().map(|r| r.abs.clone()).collect(), seen: Mutex::default() });
+    let (tx, rx) = mpsc::channel();
+    let events = tx.clone();
+    let handler = move |result: DebounceEventResult| {
+        let _ = events.send(match result {
+            Ok(_) => Msg::Events,
+            Err(errs) => Msg::Errors(errs),
+        });
+    };
+    NEXT_PROBE.set(Some(Arc::clone(&probe)));
+    let debouncer = notify_debouncer_full::new_debouncer_opt::<_, ProbedWatcher, RecommendedCache>(
+        debounce,
+        Some(tick),
+        handler,
+        RecommendedCache::new(),
+        notify::Config::default(),
+    );
+    NEXT_PROBE.set(None);
+    let mut worker = Worker { registry, debouncer: debouncer.map_err(ReloadError::Notify)?, roots, probe, rx, debounce, tick };
+    for i in 0..worker.roots.len() {
+        worker.establish(i)?;
+    }
+    let thread = std::thread::Builder::new().name("taskweave-reload".into()).spawn(move || worker.run()).map_err(ReloadError::Thread)?;
+    Ok(Watcher { tx, thread: Some(thread) })
+}
+
+/// One configured folder.
+struct Root {
+    /// As configured: the form the registry's paths take.
+    folder: PathBuf,
+    /// Absolute: the form the watcher's events take.
+    abs: PathBuf,
+    /// What is watched for it: the folder (recursively) or, while it does
+    /// not exist, its nearest existing ancestor (non-recursively).
+    watch: Option<(PathBuf, RecursiveMode)>,
+}
+
+struct Worker {
+    registry: Arc<Registry>,
+    debouncer: Debouncer<ProbedWatcher, RecommendedCache>,
+    roots: Vec<Root>,
+    probe: Arc<Probe>,
+    rx: mpsc::Receiver<Msg>,
+    debounce: Duration,
+    tick: Duration,
+}
+
+impl Worker {
+    fn run(mut self) {
+        let started = Instant::now();
+        let report = self.registry.load_all();
+        log_reload(&self.registry, &report, started.elapsed());
+        loop {
+            let Ok(msg) = self.rx.recv() else { return };
+            if !self.take(msg) {
+                return;
+            }
+            // Gather until the debouncer has emitted everything that happened
+            // so far: one transaction for a whole branch switch.
+            let first = Instant::now();
+            loop {
+                let due = self.probe.last().map_or(first, |t| t + self.debounce + self.tick + SLACK);
+                let deadline = due.min(first + MAX_GATHER);
+                let now = Instant::now();
+                if deadline <= now {
+                    break;
+                }
+                match self.rx.recv_timeout(deadline - now) {
+                    Ok(msg) => {
+                        if !self.take(msg) {
+                            return;
+                        }
+                    }
+                    Err(RecvTimeoutError::Disconnected) => return,
+                    Err(RecvTimeoutError::Timeout) => {}
+                }
+            }
+            while let Ok(msg) = self.rx.try_recv() {
+                if !self.take(msg) {
+                    return;
+                }
+            }
+            self.flush();
+        }
+    }
+
+    /// Note what a message says; false to stop. The events themselves
+    /// only pace the reloads: the paths come from the [`Probe`].
+    fn take(&mut self, msg: Msg) -> bool {
+        match msg {
+            Msg::Stop => return false,
+            Msg::Errors(errs) => {
+                for e in errs {
+                    tracing::warn!("file watcher: {e}");
+                }
+            }
+            Msg::Events => {}
+        }
+        true
+    }
+
+    /// The registry's form of an event's path inside a folder, unless it is
+    /// the folder itself or lies under a dot-file or a build folder.
+    fn registry_path(&self, p: &Path) -> Option<PathBuf> {
+        let root = self.roots.iter().find(|r| p.starts_with(&r.abs))?;
+        let rel = p.strip_prefix(&root.abs).ok()?;
+        let ignored = |c: Component<'_>| match c {
+            Component::Normal(n) => n.to_str().is_none_or(|n| n.starts_with('.') || n == "target" || n == "node_modules"),
+            _ => true,
+        };
+        if rel.as_os_str().is_empty() || rel.components().any(ignored) {
+            return None;
+        }
+        Some(root.folder.join(rel))
+    }
+
+    /// Watch a folder (again), or its nearest existing ancestor while it is missing.
+    fn establish(&mut self, i: usize) -> Result<(), ReloadError> {
+        if let Some((old, _)) = self.roots[i].watch.take()
+            && !self.roots.iter().any(|r| r.watch.as_ref().is_some_and(|(p, _)| *p == old))
+        {
+            // Fails when the kernel already dropped it with the folder: fine.
+            let _ = self.debouncer.unwatch(&old);
+        }
+        let abs = &self.roots[i].abs;
+        let (target, mode) = if abs.is_dir() {
+            (abs.clone(), RecursiveMode::Recursive)
+        } else {
+            let ancestor = abs.ancestors().skip(1).find(|a| a.is_dir()).unwrap_or(Path::new("/"));
+            (ancestor.to_path_buf(), RecursiveMode::NonRecursive)
+        };
+        // Never downgrade another folder's recursive watch of the same path.
+        let covered = mode == RecursiveMode::NonRecursive && self.roots.iter().any(|r| r.watch.as_ref().is_some_and(|(p, _)| *p == target));
+        if !covered {
+            self.debouncer.watch(&target, mode).map_err(|source| ReloadError::Watch { path: target.clone(), source })?;
+        }
+        if mode == RecursiveMode::NonRecursive {
+            tracing::info!("{} does not exist (yet): waiting for it in {}", self.roots[i].folder.display(), target.display());
+        }
+        self.roots[i].watch = Some((target, mode));
+        Ok(())
+    }
+
+    fn flush(&mut self) {
+        let seen = self.probe.drain();
+        let mut paths: Vec<PathBuf> = seen
+            .paths
+            .iter()
+            .filter_map(|p| self.registry_path(p))
+            .filter(|p| crate::validate::is_workflow_file(p) || !p.is_file())
+            .collect::<BTreeSet<_>>()
+            .into_iter()
+            .collect();
+        if seen.overflow {
+            tracing::warn!("file watcher lost events: reloading every folder");
+            paths.extend(self.roots.iter().map(|r| r.folder.clone()));
+        }
+        for i in seen.hits {
+            if let Err(e) = self.establish(i) {
+                tracing::warn!("live reload of {} is off: {e}", self.roots[i].folder.display());
+            }
+            // Load (or unload) the folder as a whole: files may have
+            // appeared before the new watch was in place.
+            paths.push(self.roots[i].folder.clone());
+        }
+        if paths.is_empty() {
+            return;
+        }
+        let started = Instant::now();
+        let report = self.registry.reload_paths(&paths);
+        log_reload(&self.registry, &report, started.elapsed());
+    }
+}
+
+/// Whether an event may mean a changed file (opening or reading one does not).
+fn is_change(kind: &EventKind) -> bool {
+    match kind {
+        EventKind::Access(AccessKind::Close(AccessMode::Write)) => true,
+        EventKind::Access(_) => false,
+        _ => true,
+    }
+}
+
+fn log_reload(registry: &Registry, report: &ReloadReport, elapsed: Duration) {
+    if report.is_noop() {
+        tracing::debug!(elapsed_ms = elapsed.as_secs_f64() * 1e3, "workflows reloaded: nothing changed");
+        return;
+    }
+    tracing::info!(
+        updated = ?report.updated,
+        removed = ?report.removed,
+        failed = ?report.failed,
+        elapsed_ms = elapsed.as_secs_f64() * 1e3,
+        "workflows reloaded"
+    );
+    for file in &report.failed {
+        let Some(status) = registry.file_status(Path::new(file)) else { continue };
+        for d in status.last_attempt.diagnostics.iter().filter(|d| d.is_error()) {
+            tracing::warn!(
+                "{}:{}:{}: {}[{}]: {} (the last good version, if any, keeps serving)",
+                d.file,
+                d.span.start.line,
+                d.span.start.column,
+                d.severity.as_str(),
+                d.code.as_str(),
+                d.message
+            );
+        }
+    }
+}
+
+/// What the raw events said since the last reload: when the last relevant
+/// one happened, which paths inside the folders they named, which folders
+/// (or their ancestors) were created, removed or renamed.
+///
+/// It sits between notify and the debouncer (see [`ProbedWatcher`]) for two
+/// reasons. Timing: the debouncer emits an event `debounce` (plus at most
+/// one tick) after it happened, so once that much time has passed since the
+/// last one, everything is in hand and one reload covers it all. Paths: the
+/// debouncer drops a create followed by a remove of the same path, which is
+/// right unless the registry learnt of the file by a folder scan meanwhile.
+struct Probe {
+    roots: Vec<PathBuf>,
+    seen: Mutex<Seen>,
+}
+
+#[derive(Default)]
+struct Seen {
+    last: Option<Instant>,
+    /// Absolute paths inside the folders.
+    paths: BTreeSet<PathBuf>,
+    /// Indexes of the folders that were hit.
+    hits: BTreeSet<usize>,
+    /// Events were lost, or too many paths to keep: reload everything.
+    overflow: bool,
+}
+
+/// Past this many changed paths between two reloads, reload whole folders.
+const MAX_PATHS: usize = 100_000;
+
+impl Probe {
+    fn seen(&self) -> std::sync::MutexGuard<'_, Seen> {
+        self.seen.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    fn saw(&self, ev: &Event) {
+        let mut seen = self.seen();
+        if ev.need_rescan() {
+            seen.overflow = true;
+            seen.last = Some(Instant::now());
+            return;
+        }
+        if !is_change(&ev.kind) {
+            return;
+        }
+        let structural = matches!(ev.kind, EventKind::Create(_) | EventKind::Remove(_) | EventKind::Modify(ModifyKind::Name(_)));
+        let mut relevant = false;
+        for p in &ev.paths {
+            for (i, root) in self.roots.iter().enumerate() {
+                if structural && root.starts_with(p) {
+                    seen.hits.insert(i);
+                    relevant = true;
+                } else if p.starts_with(root) {
+                    if seen.paths.len() < MAX_PATHS {
+                        seen.paths.insert(p.clone());
+                    } else {
+                        seen.overflow = true;
+                    }
+                    // Editors' temporary files alone do not hold a reload back.
+                    relevant |= !p.file_name().and_then(|n| n.to_str()).is_some_and(|n| n.starts_with('.'));
+                }
+            }
+        }
+        if relevant {
+            seen.last = Some(Instant::now());
+        }
+    }
+
+    fn last(&self) -> Option<Instant> {
+        self.seen().last
+    }
+
+    /// Take the paths, hits and overflow seen so far (the time of the last event stays).
+    fn drain(&self) -> Seen {
+        let mut seen = self.seen();
+        Seen {
+            last: seen.last,
+            paths: std::mem::take(&mut seen.paths),
+            hits: std::mem::take(&mut seen.hits),
+            overflow: std::mem::take(&mut seen.overflow),
+        }
+    }
+}
+
+thread_local! {
+    /// Hands the probe to [`ProbedWatcher::new`], which the debouncer calls
+    /// with no room for extra arguments, on the thread that creates it.
+    static NEXT_PROBE: Cell<Option<Arc<Probe>>> = const { Cell::new(None) };
+}
+
+/// The platform's watcher, with a [`Probe`] that sees every raw event
+/// before the debouncer does. The debouncer exposes no raw events, and a
+/// second watcher would double the kernel watches.
+struct ProbedWatcher {
+    inner: RecommendedWatcher,
+}
+
+impl notify::Watcher for ProbedWatcher {
+    fn new<F: notify::EventHandler>(mut handler: F, config: notify::Config) -> notify::Result<Self> {
+        let probe = NEXT_PROBE.take();
+        let inner = RecommendedWatcher::new(
+            move |e: notify::Result<Event>| {
+                if let (Some(probe), Ok(ev)) = (&probe, &e) {
+                    probe.saw(ev);
+                }
+                handler.handle_event(e);
+            },
+            config,
+        )?;
+        Ok(ProbedWatcher { inner })
+    }
+
+    fn watch(&mut self, path: &Path, mode: RecursiveMode) -> notify::Result<()> {
+        self.inner.watch(path, mode)
+    }
+
+    fn unwatch(&mut self, path: &Path) -> notify::Result<()> {
+        self.inner.unwatch(path)
+    }
+
+    fn configure(&mut self, option: notify::Config) -> notify::Result<bool> {
+        self.inner.configure(option)
+    }
+
+    fn kind() -> WatcherKind {
+        RecommendedWatcher::kind()
+    }
+}
