@@ -1,5 +1,6 @@
 //! Benchmarks behind `taskweave bench`: figures, never assertions.
 
 pub mod api;
+pub mod reload;
 pub mod workloads;
 pub mod validate;

@@ -35,6 +35,13 @@ pub enum BenchWorkload {
     Fanout { n: Option<usize> },
     /// N concurrent runs of a -> (b, c) (default 1000).
     Runs { n: Option<usize> },
+    /// Hot reload: N edits of a watched workflow file, each timed from the write to the new version serving (default 100).
+    Reload {
+        n: Option<usize>,
+        /// The watcher's debounce.
+        #[arg(long, default_value = "50ms", value_parser = humantime::parse_duration)]
+        debounce: std::time::Duration,
+    },
     /// Validation: FILES generated workflows of TASKS tasks each, plus one 10,000-task workflow.
     Validate {
         #[arg(long, default_value_t = 1000)]
@@ -51,6 +58,7 @@ pub async fn bench(args: BenchArgs, config: Option<&Path>) -> anyhow::Result<Exi
     };
     let (w, n) = match args.workload {
         BenchWorkload::Validate { files, tasks } => return validate(files, tasks, args.format),
+        BenchWorkload::Reload { n, debounce } => return reload(n.unwrap_or(100).max(1), debounce, args.format).await,
         BenchWorkload::Chain { n } => (Workload::Chain, n),
         BenchWorkload::Fanout { n } => (Workload::Fanout, n),
         BenchWorkload::Runs { n } => (Workload::Runs, n),
@@ -112,4 +120,30 @@ fn validate(files: usize, tasks: usize, format: OutputFormat) -> anyhow::Result<
         }
     }
     Ok(if r.diagnostics == 0 { ExitCode::SUCCESS } else { ExitCode::from(1) })
+}
+
+/// `taskweave bench reload [N]`: edit a watched file N times, time each until it serves.
+async fn reload(edits: usize, debounce: std::time::Duration, format: OutputFormat) -> anyhow::Result<ExitCode> {
+    let report = match tokio::task::spawn_blocking(move || crate::bench::reload::reload_latency_with(edits, debounce)).await? {
+        Ok(r) => r,
+        Err(e) => {
+            eprintln!("error: {e}");
+            return Ok(ExitCode::from(1));
+        }
+    };
+    match format {
+        OutputFormat::Json => println!("{}", serde_json::to_string_pretty(&report)?),
+        OutputFormat::Human => {
+            println!(
+                "reload: {} edits of one watched file ({} files in the folder, debounce {:.0} ms)",
+                report.edits, report.files, report.debounce_ms
+            );
+            println!("  write -> serving   median {:.1} ms  p95 {:.1} ms", report.median_ms, report.p95_ms);
+            println!("                     mean {:.1} ms  (min {:.1}, max {:.1})", report.mean_ms, report.min_ms, report.max_ms);
+            if report.missed > 0 {
+                println!("  missed             {} (not served within {:?})", report.missed, crate::bench::reload::EDIT_TIMEOUT);
+            }
+        }
+    }
+    Ok(ExitCode::SUCCESS)
 }

@@ -39,6 +39,8 @@ pub enum ReloadError {
     Notify(#[source] notify::Error),
     #[error("cannot start the reload thread: {0}")]
     Thread(#[source] std::io::Error),
+    #[error(transparent)]
+    Io(std::io::Error),
 }
 
 /// How the last attempt to load a file went.

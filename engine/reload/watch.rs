@@ -10,12 +10,13 @@
 //! hidden or build folders are ignored, as `taskweave validate` does; a
 //! rename from a workflow file to a temporary name is a delete.
 //!
-//! Everything that arrives while files are still changing is gathered into
-//! one [`Registry::reload_paths`] transaction: the watcher notes when the
-//! last relevant raw event happened and waits until the debouncer has
-//! emitted everything up to then (see [`Probe`]). Reloads run on the
-//! watcher's own thread, never on an async runtime; each is logged at info
-//! with its report, and each error at warn as `file:line:col`.
+//! The debouncer paces the reloads: its first event after a quiet spell
+//! wakes the watcher, which then waits until no relevant raw event has come
+//! for `debounce` and reloads everything they named in one
+//! [`Registry::reload_paths`] transaction (so a whole branch switch is one
+//! reload). The paths come from a [`Probe`] that sees the raw events. Reloads
+//! run on the watcher's own thread, never on an async runtime; each is logged
+//! at info with its report, and each error at warn as `file:line:col`.
 //!
 //! A folder that does not exist yet is waited for by watching its nearest
 //! existing ancestor (non-recursively); when it appears it is watched
@@ -36,9 +37,6 @@ use std::time::{Duration, Instant};
 
 /// The debounce used by `taskweave serve` unless told otherwise.
 pub const DEFAULT_DEBOUNCE: Duration = Duration::from_millis(50);
-
-/// Margin for the debouncer's thread to hand over what it emitted.
-const SLACK: Duration = Duration::from_millis(3);
 
 /// The longest a reload waits for files that keep changing.
 const MAX_GATHER: Duration = Duration::from_secs(2);
@@ -103,7 +101,7 @@ pub fn watch(registry: Arc<Registry>, debounce: Duration) -> Result<Watcher, Rel
         notify::Config::default(),
     );
     NEXT_PROBE.set(None);
-    let mut worker = Worker { registry, debouncer: debouncer.map_err(ReloadError::Notify)?, roots, probe, rx, debounce, tick };
+    let mut worker = Worker { registry, debouncer: debouncer.map_err(ReloadError::Notify)?, roots, probe, rx, debounce };
     for i in 0..worker.roots.len() {
         worker.establish(i)?;
     }
@@ -129,7 +127,6 @@ struct Worker {
     probe: Arc<Probe>,
     rx: mpsc::Receiver<Msg>,
     debounce: Duration,
-    tick: Duration,
 }
 
 impl Worker {
@@ -142,32 +139,31 @@ impl Worker {
             if !self.take(msg) {
                 return;
             }
-            // Gather until the debouncer has emitted everything that happened
-            // so far: one transaction for a whole branch switch.
+            // Gather until files have been quiet for `debounce`: one
+            // transaction for a whole branch switch.
             let first = Instant::now();
-            loop {
-                let due = self.probe.last().map_or(first, |t| t + self.debounce + self.tick + SLACK);
-                let deadline = due.min(first + MAX_GATHER);
-                let now = Instant::now();
-                if deadline <= now {
-                    break;
-                }
-                match self.rx.recv_timeout(deadline - now) {
-                    Ok(msg) => {
-                        if !self.take(msg) {
-                            return;
+            let seen = loop {
+                let force = first.elapsed() >= MAX_GATHER;
+                match self.probe.take_when_quiet(self.debounce, force) {
+                    Ok(seen) => break seen,
+                    Err(due) => match self.rx.recv_timeout(due.min(first + MAX_GATHER).saturating_duration_since(Instant::now())) {
+                        Ok(msg) => {
+                            if !self.take(msg) {
+                                return;
+                            }
                         }
-                    }
-                    Err(RecvTimeoutError::Disconnected) => return,
-                    Err(RecvTimeoutError::Timeout) => {}
+                        Err(RecvTimeoutError::Disconnected) => return,
+                        Err(RecvTimeoutError::Timeout) => {}
+                    },
                 }
-            }
+            };
+            // Wake-ups already queued are covered by this reload.
             while let Ok(msg) = self.rx.try_recv() {
                 if !self.take(msg) {
                     return;
                 }
             }
-            self.flush();
+            self.flush(seen);
         }
     }
 
@@ -184,21 +180,6 @@ impl Worker {
             Msg::Events => {}
         }
         true
-    }
-
-    /// The registry's form of an event's path inside a folder, unless it is
-    /// the folder itself or lies under a dot-file or a build folder.
-    fn registry_path(&self, p: &Path) -> Option<PathBuf> {
-        let root = self.roots.iter().find(|r| p.starts_with(&r.abs))?;
-        let rel = p.strip_prefix(&root.abs).ok()?;
-        let ignored = |c: Component<'_>| match c {
-            Component::Normal(n) => n.to_str().is_none_or(|n| n.starts_with('.') || n == "target" || n == "node_modules"),
-            _ => true,
-        };
-        if rel.as_os_str().is_empty() || rel.components().any(ignored) {
-            return None;
-        }
-        Some(root.folder.join(rel))
     }
 
     /// Watch a folder (again), or its nearest existing ancestor while it is missing.
@@ -228,12 +209,11 @@ impl Worker {
         Ok(())
     }
 
-    fn flush(&mut self) {
-        let seen = self.probe.drain();
+    fn flush(&mut self, seen: Seen) {
         let mut paths: Vec<PathBuf> = seen
             .paths
             .iter()
-            .filter_map(|p| self.registry_path(p))
+            .filter_map(|p| registry_path(&self.roots, p))
             .filter(|p| crate::validate::is_workflow_file(p) || !p.is_file())
             .collect::<BTreeSet<_>>()
             .into_iter()
@@ -257,6 +237,21 @@ impl Worker {
         let report = self.registry.reload_paths(&paths);
         log_reload(&self.registry, &report, started.elapsed());
     }
+}
+
+/// The registry's form of an event's path inside a folder, unless it is
+/// the folder itself or lies under a dot-file or a build folder.
+fn registry_path(roots: &[Root], p: &Path) -> Option<PathBuf> {
+    let root = roots.iter().find(|r| p.starts_with(&r.abs))?;
+    let rel = p.strip_prefix(&root.abs).ok()?;
+    let ignored = |c: Component<'_>| match c {
+        Component::Normal(n) => n.to_str().is_none_or(|n| n.starts_with('.') || n == "target" || n == "node_modules"),
+        _ => true,
+    };
+    if rel.as_os_str().is_empty() || rel.components().any(ignored) {
+        return None;
+    }
+    Some(root.folder.join(rel))
 }
 
 /// Whether an event may mean a changed file (opening or reading one does not).
@@ -301,11 +296,12 @@ fn log_reload(registry: &Registry, report: &ReloadReport, elapsed: Duration) {
 /// (or their ancestors) were created, removed or renamed.
 ///
 /// It sits between notify and the debouncer (see [`ProbedWatcher`]) for two
-/// reasons. Timing: the debouncer emits an event `debounce` (plus at most
-/// one tick) after it happened, so once that much time has passed since the
-/// last one, everything is in hand and one reload covers it all. Paths: the
-/// debouncer drops a create followed by a remove of the same path, which is
-/// right unless the registry learnt of the file by a folder scan meanwhile.
+/// reasons. Timing: the debouncer emits each event `debounce` after it
+/// happened, path by path, so a burst of writes comes out over several of
+/// its ticks; the time of the last raw event tells when the burst is over.
+/// Paths: the debouncer drops a create followed by a remove of the same
+/// path, which is right unless the registry learnt of the file by a folder
+/// scan meanwhile (then it must hear of the remove).
 struct Probe {
     roots: Vec<PathBuf>,
     seen: Mutex<Seen>,
@@ -363,18 +359,20 @@ impl Probe {
         }
     }
 
-    fn last(&self) -> Option<Instant> {
-        self.seen().last
-    }
-
-    /// Take the paths, hits and overflow seen so far (the time of the last event stays).
-    fn drain(&self) -> Seen {
+    /// Take the paths, hits and overflow seen so far once no relevant raw
+    /// event came for `quiet` (or when `force`d); else when that will be.
+    /// Checked and taken under one lock, so a write that begins meanwhile
+    /// holds the reload back instead of being read half done.
+    fn take_when_quiet(&self, quiet: Duration, force: bool) -> Result<Seen, Instant> {
         let mut seen = self.seen();
-        Seen {
-            last: seen.last,
-            paths: std::mem::take(&mut seen.paths),
-            hits: std::mem::take(&mut seen.hits),
-            overflow: std::mem::take(&mut seen.overflow),
+        match seen.last.map(|t| t + quiet) {
+            Some(due) if !force && due > Instant::now() => Err(due),
+            _ => Ok(Seen {
+                last: seen.last,
+                paths: std::mem::take(&mut seen.paths),
+                hits: std::mem::take(&mut seen.hits),
+                overflow: std::mem::take(&mut seen.overflow),
+            }),
         }
     }
 }
@@ -421,5 +419,63 @@ impl notify::Watcher for ProbedWatcher {
 
     fn kind() -> WatcherKind {
         RecommendedWatcher::kind()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn root(folder: &str, abs: &str) -> Root {
+        Root { folder: PathBuf::from(folder), abs: PathBuf::from(abs), watch: None }
+    }
+
+    #[test]
+    fn event_paths_map_to_the_configured_form() {
+        let roots = [root("flows", "/srv/app/flows"), root("./more", "/srv/app/more"), root("/abs/w", "/abs/w")];
+        let map = |p: &str| registry_path(&roots, Path::new(p)).map(|p| p.display().to_string());
+        assert_eq!(map("/srv/app/flows/a.yaml").as_deref(), Some("flows/a.yaml"));
+        assert_eq!(map("/srv/app/flows/team/b.toml").as_deref(), Some("flows/team/b.toml"));
+        assert_eq!(map("/srv/app/more/c.yml").as_deref(), Some("./more/c.yml"));
+        assert_eq!(map("/abs/w/d.yaml").as_deref(), Some("/abs/w/d.yaml"));
+        // Events as notify builds them from a relative watch: `cwd/./more/...`.
+        assert_eq!(map("/srv/app/./more/e.yaml").as_deref(), Some("./more/e.yaml"));
+        // The folder itself, things outside, dot-files, hidden and build folders: not files to reload.
+        for p in [
+            "/srv/app/flows",
+            "/srv/app/other/a.yaml",
+            "/srv/app/flows/.a.yaml.tmp",
+            "/srv/app/flows/.git/x.yaml",
+            "/srv/app/flows/target/x.yaml",
+        ] {
+            assert_eq!(map(p), None, "{p}");
+        }
+    }
+
+    #[test]
+    fn opening_and_reading_files_are_not_changes() {
+        assert!(!is_change(&EventKind::Access(AccessKind::Open(AccessMode::Any))));
+        assert!(!is_change(&EventKind::Access(AccessKind::Close(AccessMode::Read))));
+        assert!(is_change(&EventKind::Access(AccessKind::Close(AccessMode::Write))));
+        assert!(is_change(&EventKind::Modify(ModifyKind::Any)));
+    }
+
+    #[test]
+    fn the_probe_notes_paths_inside_folders_and_hits_on_their_ancestors() {
+        let probe = Probe { roots: vec![PathBuf::from("/w/flows")], seen: Mutex::default() };
+        let ev = |kind, p: &str| Event::new(kind).add_path(PathBuf::from(p));
+        probe.saw(&ev(EventKind::Access(AccessKind::Open(AccessMode::Any)), "/w/flows/a.yaml"));
+        probe.saw(&ev(EventKind::Create(notify::event::CreateKind::File), "/w/other/a.yaml"));
+        assert!(probe.seen().last.is_none(), "nothing relevant yet");
+        probe.saw(&ev(EventKind::Create(notify::event::CreateKind::File), "/w/flows/.a.yaml.tmp"));
+        assert!(probe.seen().last.is_none(), "temporary files alone do not hold a reload back");
+        probe.saw(&ev(EventKind::Modify(ModifyKind::Any), "/w/flows/a.yaml"));
+        probe.saw(&ev(EventKind::Create(notify::event::CreateKind::Folder), "/w"));
+        // Not quiet yet.
+        assert!(probe.take_when_quiet(Duration::from_secs(60), false).is_err());
+        let seen = probe.take_when_quiet(Duration::from_secs(60), true).unwrap_or_else(|_| panic!("forced"));
+        assert_eq!(seen.paths.into_iter().collect::<Vec<_>>(), [PathBuf::from("/w/flows/.a.yaml.tmp"), PathBuf::from("/w/flows/a.yaml")]);
+        assert_eq!(seen.hits.into_iter().collect::<Vec<_>>(), [0]);
+        assert!(probe.take_when_quiet(Duration::ZERO, false).is_ok_and(|s| s.paths.is_empty() && s.hits.is_empty()));
     }
 }
