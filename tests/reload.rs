@@ -466,6 +466,36 @@ fn watcher_gathers_fifty_files_into_a_few_reloads() {
 }
 
 #[test]
+fn watcher_applies_a_branch_switch_as_one_change() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = |i: usize| dir.path().join(format!("w{i:02}.yaml"));
+    for i in 0..30 {
+        write(&path(i), &wf(&format!("w{i:02}"), "main"));
+    }
+    let r = registry(dir.path());
+    r.load_all();
+    let mut rx = r.subscribe();
+    let _w = watch(&r);
+    // Ten edited, ten deleted, ten renamed to another name, ten new: like `git checkout other`.
+    for i in 0..10 {
+        write(&path(i), &wf(&format!("w{i:02}"), "other"));
+        std::fs::remove_file(path(i + 10)).unwrap();
+        std::fs::rename(path(i + 20), path(i + 40)).unwrap();
+        write(&path(i + 30), &wf(&format!("w{:02}", i + 30), "other"));
+    }
+    let expected: Vec<String> = (0..10).chain(20..40).map(|i| format!("w{i:02}")).collect();
+    wait_for("the other branch to serve", || {
+        r.names() == expected && (0..10).all(|i| r.get(&format!("w{i:02}")).unwrap().description.as_deref() == Some("other"))
+    });
+    let reloads = events(&mut rx);
+    assert!(!reloads.is_empty() && reloads.len() <= 3, "{} reloads: {reloads:?}", reloads.len());
+    assert!(reloads.iter().all(|e| e.failed.is_empty()), "{reloads:?}");
+    let removed: usize = reloads.iter().map(|e| e.removed.len()).sum();
+    assert_eq!(removed, 10, "only the deleted files' workflows went away: {reloads:?}");
+    assert_eq!(r.status().len(), 30);
+}
+
+#[test]
 fn watcher_ignores_dot_files_other_extensions_and_hidden_folders() {
     let dir = tempfile::tempdir().unwrap();
     let r = registry(dir.path());

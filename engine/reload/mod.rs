@@ -107,12 +107,34 @@ struct State {
     /// Valid workflows whose name another file already serves (a
     /// `duplicate-workflow`), by file: one takes over when the name frees up.
     standby: BTreeMap<String, Arc<Workflow>>,
+    /// file -> the names it serves (`active` the other way round).
+    by_file: HashMap<String, BTreeSet<String>>,
 }
 
 impl State {
     /// The names a file serves (at most one, but an embedding program may insert more).
     fn served_by(&self, key: &str) -> Vec<String> {
-        self.active.iter().filter(|(_, (_, f))| f.as_deref() == Some(key)).map(|(n, _)| n.clone()).collect()
+        self.by_file.get(key).map(|names| names.iter().cloned().collect()).unwrap_or_default()
+    }
+
+    fn serve(&mut self, wf: Arc<Workflow>, file: Option<String>) {
+        let name = wf.name.clone();
+        self.unserve(&name);
+        if let Some(f) = &file {
+            self.by_file.entry(f.clone()).or_default().insert(name.clone());
+        }
+        self.active.insert(name, (wf, file));
+    }
+
+    fn unserve(&mut self, name: &str) {
+        if let Some((_, Some(f))) = self.active.remove(name)
+            && let Some(names) = self.by_file.get_mut(&f)
+        {
+            names.remove(name);
+            if names.is_empty() {
+                self.by_file.remove(&f);
+            }
+        }
     }
 }
 
@@ -163,7 +185,7 @@ impl Registry {
     /// Register a workflow that comes from no watched file (an embedding program's).
     pub fn insert(&self, wf: Arc<Workflow>) {
         let file = wf.source.as_ref().map(|p| p.display().to_string());
-        self.write().active.insert(wf.name.clone(), (wf, file));
+        self.write().serve(wf, file);
     }
 
     pub fn get(&self, name: &str) -> Option<Arc<Workflow>> {
@@ -338,7 +360,7 @@ fn apply(st: &mut State, outcomes: Vec<(String, Outcome)>, now: OffsetDateTime) 
     for (key, _) in outcomes.iter().filter(|(_, o)| matches!(o, Outcome::Deleted)) {
         for name in st.served_by(key) {
             before.touch(st, &name);
-            st.active.remove(&name);
+            st.unserve(&name);
             freed.insert(name);
         }
         st.files.remove(key);
@@ -382,14 +404,14 @@ fn apply(st: &mut State, outcomes: Vec<(String, Outcome)>, now: OffsetDateTime) 
     for key in &winners {
         for old in st.served_by(key).into_iter().filter(|n| *n != claims[key].wf.name) {
             before.touch(st, &old);
-            st.active.remove(&old);
+            st.unserve(&old);
             freed.insert(old);
         }
     }
     for key in &winners {
         let claim = &claims[key];
         before.touch(st, &claim.wf.name);
-        st.active.insert(claim.wf.name.clone(), (Arc::clone(&claim.wf), Some(key.clone())));
+        st.serve(Arc::clone(&claim.wf), Some(key.clone()));
         st.sums.insert(key.clone(), claim.sum);
     }
     for (key, declared, mut diagnostics) in results {
@@ -434,7 +456,7 @@ fn apply(st: &mut State, outcomes: Vec<(String, Outcome)>, now: OffsetDateTime) 
         let Some(file) = st.standby.iter().find(|(_, w)| w.name == name).map(|(f, _)| f.clone()) else { continue };
         let Some(wf) = st.standby.remove(&file) else { continue };
         before.touch(st, &name);
-        st.active.insert(name, (wf, Some(file.clone())));
+        st.serve(wf, Some(file.clone()));
         if let Some(s) = st.files.get_mut(&file) {
             s.last_attempt.ok = true;
             s.last_attempt.diagnostics.retain(|d| d.code != Code::DuplicateWorkflow);

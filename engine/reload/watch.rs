@@ -72,9 +72,10 @@ enum Msg {
 
 /// Watch every folder of the registry (recursively) and reload changed
 /// files into it, `debounce` after they stop changing ([`DEFAULT_DEBOUNCE`]
-/// is a good value). The watcher first brings the registry in step with the
-/// disk ([`Registry::load_all`]: a no-op for files already loaded), so
-/// nothing changed between the first load and the watch is missed.
+/// is a good value). Before it returns, it brings the registry in step with
+/// the disk ([`Registry::load_all`]: cheap for files already loaded, whose
+/// bytes are only checksummed), so nothing changed between a first load and
+/// the watch is missed, and every change after it returns is seen.
 pub fn watch(registry: Arc<Registry>, debounce: Duration) -> Result<Watcher, ReloadError> {
     let debounce = debounce.max(Duration::from_millis(1));
     let tick = (debounce / 4).max(Duration::from_millis(1));
@@ -105,6 +106,11 @@ pub fn watch(registry: Arc<Registry>, debounce: Duration) -> Result<Watcher, Rel
     for i in 0..worker.roots.len() {
         worker.establish(i)?;
     }
+    // Watching first, then reading: a change made meanwhile is seen by both,
+    // never by neither.
+    let started = Instant::now();
+    let report = worker.registry.load_all();
+    log_reload(&worker.registry, &report, started.elapsed());
     let thread = std::thread::Builder::new().name("taskweave-reload".into()).spawn(move || worker.run()).map_err(ReloadError::Thread)?;
     Ok(Watcher { tx, thread: Some(thread) })
 }
@@ -131,9 +137,6 @@ struct Worker {
 
 impl Worker {
     fn run(mut self) {
-        let started = Instant::now();
-        let report = self.registry.load_all();
-        log_reload(&self.registry, &report, started.elapsed());
         loop {
             let Ok(msg) = self.rx.recv() else { return };
             if !self.take(msg) {
