@@ -9,6 +9,7 @@
 //!   -> run (scheduler, actions, state machines) -> backend -> store
 //! ```
 
+pub mod api;
 pub mod backend;
 pub mod bench;
 pub mod config;
