@@ -109,20 +109,16 @@ pub async fn run_json(engine: &Engine, r: &RunResult) -> Value {
         },
     };
     let mut v = serde_json::to_value(r).unwrap_or(Value::Null);
-    if let Some(order) = order {
-        let mut tasks = Map::new();
-        for name in &order {
-            if let Some(t) = r.tasks.get(name) {
-                tasks.insert(name.clone(), serde_json::to_value(t).unwrap_or(Value::Null));
+    if let (Some(order), Some(Value::Object(mut tasks))) = (order, v.get_mut("tasks").map(Value::take)) {
+        let mut ordered = Map::new();
+        for name in order {
+            if let Some(t) = tasks.remove(&name) {
+                ordered.insert(name, t);
             }
         }
         // Anything the definition did not list keeps its place at the end.
-        for (name, t) in &r.tasks {
-            if !tasks.contains_key(name) {
-                tasks.insert(name.clone(), serde_json::to_value(t).unwrap_or(Value::Null));
-            }
-        }
-        v["tasks"] = Value::Object(tasks);
+        ordered.append(&mut tasks);
+        v["tasks"] = Value::Object(ordered);
     }
     v
 }
