@@ -114,13 +114,17 @@ impl Backend for LocalBackend {
         let mut result = new_result(&req.workflow, run_id.clone(), &self.name, req.input, req.entity_id, req.context);
         result.routing = req.routing;
         if let Some(store) = &self.store {
-            store
-                .create_run(&result, &serde_json::to_value(&req.workflow.raw).unwrap_or_default())
-                .await
-                .map_err(|e| BackendError::Unavailable {
+            let definition = serde_json::to_value(&req.workflow.raw).unwrap_or_default();
+            match &self.executor.writer {
+                // A fresh id cannot be taken: queue the creation ahead of the
+                // run's events; the run's final flush commits it.
+                Some(w) if req.run_id.is_none() => w.create(&result, definition),
+                // A caller's id may be: ask the store, which says so.
+                _ => store.create_run(&result, &definition).await.map_err(|e| BackendError::Unavailable {
                     backend: self.name.clone(),
                     reason: e.to_string(),
-                })?;
+                })?,
+            }
         }
         let shared: SharedResult = Arc::new(Mutex::new(result));
         let (tx, rx) = watch::channel(false);

@@ -22,26 +22,41 @@ pub const LARGE_TASKS: usize = 10_000;
 /// Timed repetitions of each measurement (after one warm-up).
 pub const REPEAT: usize = 7;
 
-/// Wall-clock figures of one measurement, in milliseconds.
+/// Figures of one measurement, in milliseconds: wall-clock time, and the CPU
+/// time the process spent (all threads), which a busy machine disturbs less.
 #[derive(Debug, Clone, Serialize)]
 pub struct Timing {
     pub median_ms: f64,
     pub min_ms: f64,
     pub max_ms: f64,
+    pub cpu_median_ms: f64,
     pub samples_ms: Vec<f64>,
 }
 
 impl Timing {
-    fn of(samples: Vec<f64>) -> Timing {
-        let mut sorted = samples.clone();
-        let median_ms = median(&mut sorted);
+    fn of(samples: Vec<(f64, f64)>) -> Timing {
+        let mut wall: Vec<f64> = samples.iter().map(|s| s.0).collect();
+        let mut cpu: Vec<f64> = samples.iter().map(|s| s.1).collect();
+        let median_ms = median(&mut wall);
         Timing {
             median_ms,
-            min_ms: sorted.first().copied().unwrap_or(0.0),
-            max_ms: sorted.last().copied().unwrap_or(0.0),
-            samples_ms: samples,
+            min_ms: wall.first().copied().unwrap_or(0.0),
+            max_ms: wall.last().copied().unwrap_or(0.0),
+            cpu_median_ms: median(&mut cpu),
+            samples_ms: samples.iter().map(|s| s.0).collect(),
         }
     }
+}
+
+/// Where the time of one large workflow goes (medians, milliseconds):
+/// decoding and parsing into the positioned tree, compiling the validated
+/// definition (`plan::compile`, timed on a copy of the definition), and the rest of `check_source` (schema,
+/// rules, deserialisation).
+#[derive(Debug, Clone, Serialize)]
+pub struct Stages {
+    pub parse_ms: f64,
+    pub compile_ms: f64,
+    pub schema_and_rules_ms: f64,
 }
 
 /// The report of [`bench_validate`].
@@ -62,6 +77,7 @@ pub struct ValidateReport {
     pub large_bytes: usize,
     /// `check_source` of the large workflow.
     pub large: Timing,
+    pub large_stages: Stages,
     /// Diagnostics found (the generated workflows are valid: this should be 0).
     pub diagnostics: usize,
     /// Threads `check_paths` may use.
@@ -230,10 +246,31 @@ pub fn workflow_toml(name: &str, tasks: usize, seed: u64) -> String {
     s
 }
 
-fn time_ms(f: impl FnOnce() -> usize) -> (f64, usize) {
-    let t = Instant::now();
-    let n = f();
-    (t.elapsed().as_secs_f64() * 1e3, n)
+/// CPU time of the whole process so far (user and system, all threads), in ms.
+fn cpu_ms() -> f64 {
+    let mut usage = std::mem::MaybeUninit::<libc::rusage>::zeroed();
+    // SAFETY: getrusage fills the struct it is given; RUSAGE_SELF is valid.
+    let rc = unsafe { libc::getrusage(libc::RUSAGE_SELF, usage.as_mut_ptr()) };
+    if rc != 0 {
+        return 0.0;
+    }
+    // SAFETY: initialised by the successful call above.
+    let u = unsafe { usage.assume_init() };
+    let ms = |t: libc::timeval| t.tv_sec as f64 * 1e3 + t.tv_usec as f64 / 1e3;
+    ms(u.ru_utime) + ms(u.ru_stime)
+}
+
+/// Run `f` once to warm up, then [`REPEAT`] times; the samples (wall, CPU)
+/// and the last result.
+fn measure<T>(mut f: impl FnMut() -> T) -> (Vec<(f64, f64)>, T) {
+    let mut last = f();
+    let mut samples = Vec::with_capacity(REPEAT);
+    for _ in 0..REPEAT {
+        let (t, c) = (Instant::now(), cpu_ms());
+        last = f();
+        samples.push((t.elapsed().as_secs_f64() * 1e3, cpu_ms() - c));
+    }
+    (samples, last)
 }
 
 /// Generate the files under `dir` (a `workflows/` folder and `large.yaml`)
@@ -260,39 +297,20 @@ pub fn bench_validate(dir: &Path, files: usize, tasks_per_file: usize) -> std::i
 
     let opts = Options::default();
     let paths = [folder.clone()];
-    let mut diagnostics = 0;
-    let mut samples = Vec::with_capacity(REPEAT);
-    for rep in 0..=REPEAT {
-        let mut err = None;
-        let (ms, n) = time_ms(|| match validate::check_paths(&paths, &opts) {
-            Ok(checked) => checked.iter().map(|c| c.diagnostics.len()).sum(),
-            Err(e) => {
-                err = Some(e);
-                0
-            }
-        });
-        if let Some(e) = err {
-            return Err(e);
-        }
-        diagnostics = n;
-        if rep > 0 {
-            samples.push(ms);
-        }
-    }
+    let (samples, checked) = measure(|| validate::check_paths(&paths, &opts));
+    let mut diagnostics: usize = checked?.iter().map(|c| c.diagnostics.len()).sum();
     let folder_timing = Timing::of(samples);
 
-    let mut samples = Vec::with_capacity(REPEAT);
-    let mut large_diagnostics = 0;
-    for rep in 0..=REPEAT {
-        let text = large_text.clone();
-        let (ms, n) = time_ms(|| validate::check_source("large.yaml", text, Format::Yaml, &opts).diagnostics.len());
-        large_diagnostics = n;
-        if rep > 0 {
-            samples.push(ms);
-        }
-    }
+    let (samples, n) = measure(|| validate::check_source("large.yaml", large_text.clone(), Format::Yaml, &opts).diagnostics.len());
+    diagnostics += n;
     let large = Timing::of(samples);
-    diagnostics += large_diagnostics;
+    let (parse, _) = measure(|| crate::spec::parse("large.yaml", &large_text, Format::Yaml).is_ok());
+    let raw: Option<crate::spec::raw::RawWorkflow> =
+        crate::spec::parse("large.yaml", &large_text, Format::Yaml).ok().and_then(|doc| serde::Deserialize::deserialize(&doc.value).ok());
+    let (compile, _) = measure(|| raw.clone().map(crate::plan::compile));
+    let parse_ms = median(&mut parse.iter().map(|s| s.0).collect::<Vec<_>>());
+    let compile_ms = median(&mut compile.iter().map(|s| s.0).collect::<Vec<_>>());
+    let large_stages = Stages { parse_ms, compile_ms, schema_and_rules_ms: (large.median_ms - parse_ms - compile_ms).max(0.0) };
     let secs = folder_timing.median_ms / 1e3;
     Ok(ValidateReport {
         dir: dir.to_path_buf(),
@@ -305,6 +323,7 @@ pub fn bench_validate(dir: &Path, files: usize, tasks_per_file: usize) -> std::i
         large_tasks: LARGE_TASKS,
         large_bytes: large_text.len(),
         large,
+        large_stages,
         diagnostics,
         threads: validate::threads(),
         peak_rss_mb: peak_rss_mb(),

@@ -86,10 +86,7 @@ pub fn peak_rss_mb() -> f64 {
     std::fs::read_to_string("/proc/self/status")
         .ok()
         .and_then(|s| {
-            s.lines()
-                .find(|l| l.starts_with("VmHWM:"))
-                .and_then(|l| l.split_whitespace().nth(1))
-                .and_then(|kb| kb.parse::<f64>().ok())
+            s.lines().find(|l| l.starts_with("VmHWM:")).and_then(|l| l.split_whitespace().nth(1)).and_then(|kb| kb.parse::<f64>().ok())
         })
         .map_or(0.0, |kb| kb / 1024.0)
 }
@@ -118,10 +115,7 @@ pub async fn run(engine: &Engine, w: Workload, n: usize, backend: &str, repeat: 
         let started = Instant::now();
         let mut ids = Vec::with_capacity(runs);
         for _ in 0..runs {
-            let opts = RunOptions {
-                backend: Some(backend.to_string()),
-                ..Default::default()
-            };
+            let opts = RunOptions { backend: Some(backend.to_string()), ..Default::default() };
             ids.push(engine.submit(Arc::clone(&wf), opts).await.map_err(|e| e.to_string())?);
         }
         for id in &ids {

@@ -113,9 +113,16 @@ impl Executor {
             let _ = r.status.transition(RunStatus::Running);
             r.started_at = Some(now());
             if let Some(w) = &self.writer {
-                w.run(&r);
+                w.run_fields(&r);
             }
             self.emit(&r, None, RunStatus::Running.as_str(), 0, None);
+        }
+        // The run is in the store before any of its tasks starts, so a process
+        // killed mid-run leaves a record behind. Concurrent runs share one commit.
+        if let Some(w) = &self.writer
+            && let Err(e) = w.flush().await
+        {
+            tracing::error!(run_id, "could not record the start of the run: {e}");
         }
 
         let deadline = wf.timeout.map(|t| tokio::time::Instant::now() + t);
@@ -253,29 +260,38 @@ impl Executor {
                 });
             }
         }
-        {
+        // Record the end first, then publish it: whoever sees the run finished
+        // can rely on its history being written (or on the error saying why not).
+        let mut fin = {
             let mut r = lock(&shared);
-            let _ = r.status.transition(end);
-            r.finished_at = Some(now());
-            if end == RunStatus::TimedOut {
-                r.error = Some(format!("the run timed out after {}", humantime::format_duration(wf.timeout.unwrap_or_default())));
-            } else if end == RunStatus::Cancelled && r.error.is_none() {
-                r.error = Some("the run was cancelled".into());
-            }
-            if let Some(w) = &self.writer {
-                w.run(&r);
-            }
-            self.emit(&r, None, end.as_str(), 0, r.error.as_deref());
+            let tasks = std::mem::take(&mut r.tasks);
+            let snapshot = r.clone();
+            r.tasks = tasks;
+            snapshot
+        };
+        let _ = fin.status.transition(end);
+        fin.finished_at = Some(now());
+        if end == RunStatus::TimedOut {
+            fin.error = Some(format!("the run timed out after {}", humantime::format_duration(wf.timeout.unwrap_or_default())));
+        } else if end == RunStatus::Cancelled && fin.error.is_none() {
+            fin.error = Some("the run was cancelled".into());
         }
-        if let Some(w) = &self.writer
-            && let Err(e) = w.flush().await
+        if let Some(w) = &self.writer {
+            w.run_fields(&fin);
+            if let Err(e) = w.flush().await {
+                tracing::error!(run_id, "could not record the run: {e}");
+                fin.error = Some(match fin.error.take() {
+                    Some(prev) => format!("{prev}; the run history could not be recorded: {e}"),
+                    None => format!("the run history could not be recorded: {e}"),
+                });
+            }
+        }
         {
-            tracing::error!(run_id, "could not record the run: {e}");
             let mut r = lock(&shared);
-            r.error = Some(match r.error.take() {
-                Some(prev) => format!("{prev}; could not record the run: {e}"),
-                None => format!("could not record the run: {e}"),
-            });
+            r.status = fin.status;
+            r.finished_at = fin.finished_at;
+            r.error = fin.error;
+            self.emit(&r, None, end.as_str(), 0, r.error.as_deref());
         }
         end
     }

@@ -76,7 +76,11 @@ impl Document {
             return (node, None, true);
         }
         for raw in pointer.trim_start_matches('/').split('/') {
-            let seg = raw.replace("~1", "/").replace("~0", "~");
+            let seg = if raw.contains('~') {
+                std::borrow::Cow::Owned(raw.replace("~1", "/").replace("~0", "~"))
+            } else {
+                std::borrow::Cow::Borrowed(raw)
+            };
             match node.child(&seg) {
                 Some((n, k)) => {
                     node = n;

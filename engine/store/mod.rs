@@ -3,7 +3,8 @@
 //! migrations.
 //!
 //! The executor writes through a [`StoreWriter`] that batches events into
-//! transactions, so recording history costs the hot path a channel send.
+//! transactions, so recording history costs the hot path an update of an
+//! in-memory batch; the local backend queues new runs through it too.
 //! Everything else (the CLI's `runs`, the API, cancel requests from other
 //! processes, recovery of runs whose process died) goes through [`Store`].
 //!
@@ -17,12 +18,12 @@ pub use writer::StoreWriter;
 
 use crate::run::{RunResult, RunStatus, TaskResult, TaskStatus};
 use serde_json::Value;
-use sql::{Dialect, Sql, Stmt, Val, parse_ts};
+use sql::{Dialect, Sql, Stmt, Val, definition_id, json_text, parse_ts};
 use sqlx::migrate::{MigrateError, Migration, MigrationType, Migrator};
 use sqlx::postgres::{PgConnectOptions, PgPool, PgPoolOptions, PgRow};
 use sqlx::sqlite::{SqliteConnectOptions, SqliteJournalMode, SqlitePool, SqlitePoolOptions, SqliteRow, SqliteSynchronous};
 use sqlx::{AssertSqlSafe, SqlSafeStr};
-use std::collections::{BTreeMap, HashMap};
+use std::collections::{BTreeMap, HashMap, VecDeque};
 use std::path::Path;
 use std::str::FromStr;
 use std::sync::{Arc, OnceLock};
@@ -109,7 +110,7 @@ impl Owner {
 }
 
 /// The newest schema this build knows.
-pub const SCHEMA_VERSION: i64 = 1;
+pub const SCHEMA_VERSION: i64 = 2;
 
 /// Where sqlx records applied migrations. Not sqlx's default name, so the
 /// store can share a PostgreSQL database with other sqlx users.
@@ -117,8 +118,14 @@ const MIGRATIONS_TABLE: &str = "_taskweave_store_migrations";
 
 /// Migration files, embedded. A file is never edited once released (sqlx
 /// checks a checksum); a change is a new numbered file.
-const SQLITE_MIGRATIONS: &[(i64, &str, &str)] = &[(1, "run history", include_str!("migrations/sqlite/0001_run_history.sql"))];
-const POSTGRES_MIGRATIONS: &[(i64, &str, &str)] = &[(1, "run history", include_str!("migrations/postgres/0001_run_history.sql"))];
+const SQLITE_MIGRATIONS: &[(i64, &str, &str)] = &[
+    (1, "run history", include_str!("migrations/sqlite/0001_run_history.sql")),
+    (2, "definitions and implicit tasks", include_str!("migrations/sqlite/0002_definitions_and_implicit_tasks.sql")),
+];
+const POSTGRES_MIGRATIONS: &[(i64, &str, &str)] = &[
+    (1, "run history", include_str!("migrations/postgres/0001_run_history.sql")),
+    (2, "definitions and implicit tasks", include_str!("migrations/postgres/0002_definitions_and_implicit_tasks.sql")),
+];
 
 /// A handle on the run history. Cheap to clone; every clone shares one pool.
 #[derive(Clone)]
@@ -137,6 +144,8 @@ pub(crate) struct Inner {
     pub(crate) sql: Sql,
     location: String,
     pub(crate) owner: Owner,
+    /// An SQLite file in WAL mode, whose log the writer checkpoints.
+    pub(crate) wal: bool,
 }
 
 enum Pool {
@@ -180,11 +189,13 @@ impl BindVal for sqlx::query::Query<'_, sqlx::Sqlite, <sqlx::Sqlite as sqlx::Dat
     fn bind_val(self, v: Val) -> Self {
         match v {
             Val::Text(v) => self.bind(v),
+            Val::Shared(v) => self.bind(v),
             Val::Int(v) => self.bind(v),
             Val::Bool(v) => self.bind(v),
             // Never built for SQLite; bound as JSON should that change.
             Val::Texts(v) => self.bind(serde_json::to_string(&v).unwrap_or_default()),
             Val::Ints(v) => self.bind(serde_json::to_string(&v).unwrap_or_default()),
+            Val::Bools(v) => self.bind(serde_json::to_string(&v).unwrap_or_default()),
         }
     }
 }
@@ -193,10 +204,12 @@ impl BindVal for sqlx::query::Query<'_, sqlx::Postgres, <sqlx::Postgres as sqlx:
     fn bind_val(self, v: Val) -> Self {
         match v {
             Val::Text(v) => self.bind(v),
+            Val::Shared(v) => self.bind(v.map(|s| s.to_string())),
             Val::Int(v) => self.bind(v),
             Val::Bool(v) => self.bind(v),
             Val::Texts(v) => self.bind(v),
             Val::Ints(v) => self.bind(v),
+            Val::Bools(v) => self.bind(v),
         }
     }
 }
@@ -226,6 +239,93 @@ macro_rules! impl_db_row {
 impl_db_row!(SqliteRow);
 impl_db_row!(PgRow);
 
+/// One statement of a [`Script`].
+pub(crate) enum Step {
+    Execute(Stmt),
+    /// An insert returning the keys of the rows it inserted.
+    Insert(Stmt),
+}
+
+/// Statements run in one transaction, each made once the previous one ran,
+/// so a long script never holds all its values at once and can depend on
+/// what came before.
+pub(crate) trait Script: Send {
+    /// The next statement; `None` commits.
+    fn next(&mut self) -> Option<Step>;
+    /// What the statement `next` gave last did: the rows it affected and,
+    /// for an [`Step::Insert`], the keys it returned.
+    fn done(&mut self, affected: u64, inserted: Vec<String>);
+}
+
+/// Statements given up front. With `stop_unless`, the rest is skipped when
+/// the statement at that index affects no row.
+struct Steps {
+    steps: VecDeque<Step>,
+    stop_unless: Option<usize>,
+    affected: Vec<u64>,
+}
+
+impl Steps {
+    fn new(steps: impl IntoIterator<Item = Step>, stop_unless: Option<usize>) -> Steps {
+        Steps { steps: steps.into_iter().collect(), stop_unless, affected: Vec::new() }
+    }
+
+    /// Whether the statement at `i` ran and affected no row.
+    fn none_at(&self, i: usize) -> bool {
+        self.affected.get(i) == Some(&0)
+    }
+}
+
+impl Script for Steps {
+    fn next(&mut self) -> Option<Step> {
+        if self.stop_unless.is_some_and(|i| self.none_at(i)) {
+            return None;
+        }
+        self.steps.pop_front()
+    }
+
+    fn done(&mut self, affected: u64, _inserted: Vec<String>) {
+        self.affected.push(affected);
+    }
+}
+
+/// How a new run's tasks are recorded.
+pub(crate) struct NewRun<'a> {
+    /// Every task is named by the definition, and the definition names no
+    /// other: its pending tasks need no row.
+    pub implicit_pending: bool,
+    /// The tasks written now, `(name, position, state)`: every task, or with
+    /// `implicit_pending` those not pending.
+    pub rows: Vec<(&'a str, i64, &'a TaskResult)>,
+}
+
+impl<'a> NewRun<'a> {
+    /// Tasks keep the order of `definition.tasks` when it lists them.
+    pub fn of(run: &'a RunResult, definition: &'a Value) -> NewRun<'a> {
+        let mut order: HashMap<&str, i64> = HashMap::new();
+        if let Some(tasks) = definition.get("tasks").and_then(Value::as_array) {
+            order.reserve(tasks.len());
+            for (i, t) in tasks.iter().enumerate() {
+                if let Some(name) = t.get("name").and_then(Value::as_str) {
+                    order.entry(name).or_insert(i as i64);
+                }
+            }
+        }
+        let implicit_pending =
+            !run.tasks.is_empty() && order.len() == run.tasks.len() && run.tasks.keys().all(|name| order.contains_key(name.as_str()));
+        let fallback = order.len() as i64;
+        let pending = TaskResult::pending();
+        let rows = run
+            .tasks
+            .iter()
+            .enumerate()
+            .filter(|(_, (_, t))| !implicit_pending || **t != pending)
+            .map(|(i, (name, t))| (name.as_str(), order.get(name.as_str()).copied().unwrap_or(fallback + i as i64), t))
+            .collect();
+        NewRun { implicit_pending, rows }
+    }
+}
+
 impl Inner {
     async fn fetch<T>(&self, what: &str, stmt: Stmt, f: impl Fn(&dyn DbRow) -> Result<T>) -> Result<Vec<T>> {
         with_pool!(&self.pool, |p, DB| {
@@ -250,6 +350,37 @@ impl Inner {
             Ok(affected)
         })
     }
+
+    /// Copies what SQLite's write-ahead log holds into the database, as far
+    /// as readers allow, without blocking anyone.
+    pub(crate) async fn checkpoint(&self) -> std::result::Result<(), sqlx::Error> {
+        if let Pool::Sqlite(p) = &self.pool {
+            sqlx::query("PRAGMA wal_checkpoint(PASSIVE)").execute(p).await?;
+        }
+        Ok(())
+    }
+
+    /// Runs the script in one transaction.
+    pub(crate) async fn run_script(&self, script: &mut dyn Script) -> std::result::Result<(), sqlx::Error> {
+        with_pool!(&self.pool, |p, DB| {
+            let mut tx = p.begin().await?;
+            while let Some(step) = script.next() {
+                match step {
+                    Step::Execute(s) => {
+                        let n = bound!(DB, s).execute(&mut *tx).await?.rows_affected();
+                        script.done(n, Vec::new());
+                    }
+                    Step::Insert(s) => {
+                        let rows = bound!(DB, s).fetch_all(&mut *tx).await?;
+                        let keys = rows.iter().map(|r| sqlx::Row::try_get::<String, _>(r, 0)).collect::<std::result::Result<Vec<_>, _>>()?;
+                        script.done(keys.len() as u64, keys);
+                    }
+                }
+            }
+            tx.commit().await?;
+            Ok(())
+        })
+    }
 }
 
 impl Store {
@@ -270,7 +401,8 @@ impl Store {
         } else {
             return Err(StoreError::BadUrl(url.to_string()));
         };
-        let inner = Inner { pool, sql: Sql::new(dialect, MIGRATIONS_TABLE), location, owner: Owner::current() };
+        let wal = dialect == Dialect::Sqlite && location != "sqlite::memory:";
+        let inner = Inner { pool, sql: Sql::new(dialect, MIGRATIONS_TABLE), location, owner: Owner::current(), wal };
         migrate(&inner).await?;
         Ok(Store { inner: Arc::new(inner) })
     }
@@ -288,32 +420,33 @@ impl Store {
         }
     }
 
-    /// Records a new run and all its tasks as they are (normally pending),
-    /// with the pinned workflow definition, owned by this process; in one
-    /// transaction. Tasks keep the order of `definition.tasks` when it lists them.
+    /// Records a new run and its tasks as they are (normally pending), with
+    /// the pinned workflow definition, owned by this process; in one
+    /// transaction. Tasks keep the order of `definition.tasks` when it lists
+    /// them. When the definition names exactly the run's tasks, pending
+    /// tasks get no row: they are read back as pending from the definition.
+    /// [`StoreWriter::create`] does the same without waiting.
     pub async fn create_run(&self, run: &RunResult, definition: &Value) -> Result<()> {
         let sql = &self.inner.sql;
-        let order: HashMap<&str, i64> = definition
-            .get("tasks")
-            .and_then(Value::as_array)
-            .map(|tasks| tasks.iter().enumerate().filter_map(|(i, t)| Some((t.get("name")?.as_str()?, i as i64))).collect())
-            .unwrap_or_default();
-        let fallback = order.len() as i64;
-        let tasks: Vec<(&str, &str, i64, &TaskResult)> = run
-            .tasks
-            .iter()
-            .enumerate()
-            .map(|(i, (name, t))| {
-                let pos = order.get(name.as_str()).copied().unwrap_or(fallback + i as i64);
-                (run.run_id.as_str(), name.as_str(), pos, t)
-            })
-            .collect();
-        let mut stmts = vec![sql.insert_run(run, definition, &self.inner.owner)];
+        let new = NewRun::of(run, definition);
+        let text = json_text(definition);
+        let id = definition_id(&text);
+        let insert_definition = sql.insert_definitions.stmt(1, vec![Val::Text(Some(id.clone())), Val::Text(Some(text))]);
+        let mut args = Vec::with_capacity(sql.insert_runs.width());
+        sql::push_run(run, &self.inner.owner, &mut args);
+        args.push(Val::Text(Some(id)));
+        args.push(Val::Bool(new.implicit_pending));
+        let insert_run = sql.insert_runs.stmt(1, args);
+        let tasks: Vec<(&str, &str, i64, &TaskResult)> =
+            new.rows.iter().map(|(name, position, t)| (run.run_id.as_str(), *name, *position, *t)).collect();
+        let mut stmts = Vec::new();
         sql.upsert_tasks(&tasks, &mut stmts);
-        self.inner.transaction(stmts).await.map_err(|e| match &e {
-            sqlx::Error::Database(d) if d.is_unique_violation() => StoreError::RunExists(run.run_id.clone()),
-            _ => db_error(&format!("recording run {}", run.run_id), &e),
-        })?;
+        let steps = [Step::Execute(insert_definition), Step::Insert(insert_run)].into_iter().chain(stmts.into_iter().map(Step::Execute));
+        let mut script = Steps::new(steps, Some(1));
+        self.inner.run_script(&mut script).await.map_err(|e| db_error(&format!("recording run {}", run.run_id), &e))?;
+        if script.none_at(1) {
+            return Err(StoreError::RunExists(run.run_id.clone()));
+        }
         Ok(())
     }
 
@@ -408,13 +541,12 @@ impl Store {
             let message = format!("interrupted: the process running it (pid {pid}) exited");
             let now = sql::ts_text(OffsetDateTime::now_utc());
             let args = || vec![Val::Text(Some(run_id.clone())), Val::Text(Some(message.clone())), Val::Text(Some(now.clone()))];
-            let stmts = vec![
-                Stmt { sql: sql.fail_orphan_run.clone(), args: args() },
-                Stmt { sql: sql.cancel_orphan_tasks.clone(), args: args() },
-                Stmt { sql: sql.cancel_orphan_attempts.clone(), args: args() },
-            ];
-            let affected = self.inner.transaction(stmts).await.map_err(|e| db_error(&format!("recovering run {run_id}"), &e))?;
-            if affected.first() == Some(&1) {
+            let steps = [&sql.fail_orphan_run, &sql.cancel_orphan_tasks, &sql.cancel_orphan_implicit_tasks, &sql.cancel_orphan_attempts]
+                .map(|q| Step::Execute(Stmt { sql: q.clone(), args: args() }));
+            // Only a run this call fails has its tasks and attempts cancelled.
+            let mut script = Steps::new(steps, Some(0));
+            self.inner.run_script(&mut script).await.map_err(|e| db_error(&format!("recovering run {run_id}"), &e))?;
+            if script.affected.first() == Some(&1) {
                 tracing::warn!(run_id, pid, "marked an interrupted run as failed");
                 recovered.push(run_id);
             }
@@ -496,11 +628,15 @@ async fn open_sqlite_file(path: &Path) -> Result<Pool> {
     if path.is_dir() {
         return Err(open_err("it is a folder, not a file".into()));
     }
+    // The writer checkpoints the log in the background after each batch
+    // (see `Inner::checkpoint`), so a commit seldom pays for one; the
+    // automatic checkpoint stays as a backstop for a log past 64 MB.
     let opts = SqliteConnectOptions::new()
         .filename(path)
         .create_if_missing(true)
         .journal_mode(SqliteJournalMode::Wal)
         .synchronous(SqliteSynchronous::Normal)
+        .pragma("wal_autocheckpoint", "16384")
         .busy_timeout(Duration::from_secs(10));
     let pool = SqlitePoolOptions::new()
         .max_connections(4)

@@ -5,16 +5,24 @@
 //! stored (text). Everything is bound as text, integers or booleans, so the
 //! same bind code serves both databases.
 //!
-//! Batched upserts differ by dialect. SQLite (in process, no round trips)
+//! Batched writes differ by dialect. SQLite (in process, no round trips)
 //! gets multi-row `VALUES` prepared for power-of-two row counts only, so a
 //! batch of any size re-uses a handful of cached statements. PostgreSQL gets
-//! one statement per table per batch, each column bound as an array and
-//! `UNNEST`ed: one round trip whatever the batch size.
+//! one statement per table and chunk of rows, each column bound as an array
+//! and `UNNEST`ed. Either way a batch is turned into statements one chunk at
+//! a time ([`Upsert::chunk`], [`Upsert::stmt`]), so the values bound at any
+//! moment stay bounded whatever the batch size.
+//!
+//! A run created with its tasks all pending and all named by its definition
+//! (the normal case) gets no task rows: its `implicit_pending` flag says that
+//! a task of the definition without a row is pending, and [`Sql::get_tasks`]
+//! reads them so. Rows appear as tasks move.
 
 use super::StoreError;
-use crate::run::{RunResult, TaskResult};
+use crate::run::{RunResult, RunStatus, TaskResult, TaskStatus};
 use serde_json::Value;
 use sqlx::{AssertSqlSafe, SqlSafeStr, SqlStr};
+use std::sync::{Arc, OnceLock};
 use time::format_description::well_known::Rfc3339;
 use time::{OffsetDateTime, UtcOffset};
 
@@ -28,10 +36,14 @@ pub(crate) enum Dialect {
 #[derive(Debug, Clone)]
 pub(crate) enum Val {
     Text(Option<String>),
+    /// Text shared by many rows (a run id, a task name, a status): SQLite
+    /// binds it without a copy.
+    Shared(Option<Arc<str>>),
     Int(Option<i64>),
     Bool(bool),
     Texts(Vec<Option<String>>),
     Ints(Vec<Option<i64>>),
+    Bools(Vec<bool>),
 }
 
 /// A statement with its arguments, ready to run.
@@ -41,11 +53,12 @@ pub(crate) struct Stmt {
     pub args: Vec<Val>,
 }
 
-/// How a column is bound (always as text or integer) and stored.
+/// How a column is bound (as text, integer or boolean) and stored.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 enum Kind {
     Text,
     Int,
+    Bool,
     /// JSON text; JSONB in PostgreSQL.
     Json,
     /// RFC 3339 text; TIMESTAMPTZ in PostgreSQL.
@@ -58,16 +71,27 @@ impl Kind {
         match self {
             Kind::Json => "::jsonb",
             Kind::Ts => "::timestamptz",
-            Kind::Text | Kind::Int => "",
+            Kind::Text | Kind::Int | Kind::Bool => "",
         }
     }
 
     fn pg_array(self) -> &'static str {
         match self {
             Kind::Int => "int8[]",
+            Kind::Bool => "bool[]",
             Kind::Text | Kind::Json | Kind::Ts => "text[]",
         }
     }
+}
+
+/// What a batched write does with a row whose key exists.
+enum OnConflict {
+    /// Replaces these columns.
+    Update(&'static [&'static str]),
+    /// Keeps the existing row.
+    Skip,
+    /// Keeps the existing row; the statement returns the keys it inserted.
+    SkipReturning,
 }
 
 /// A table written in batches.
@@ -76,16 +100,68 @@ struct Table {
     /// Columns in bind order.
     cols: &'static [(&'static str, Kind)],
     key: &'static str,
-    /// Columns a later write of an existing row replaces.
-    updated: &'static [&'static str],
+    on_conflict: OnConflict,
     /// Largest row count of one SQLite statement: keeps it well under
     /// SQLite's 32,766 parameters.
     max_rows: usize,
 }
 
-use Kind::{Int, Json, Text, Ts};
+use Kind::{Bool, Int, Json, Text, Ts};
+
+/// Rows of one PostgreSQL statement at most (bounds the arrays bound at once).
+const PG_MAX_ROWS: usize = 8192;
+
+const RUN_COLS: &[(&str, Kind)] = &[
+    ("run_id", Text),
+    ("workflow", Text),
+    ("version", Text),
+    ("status", Text),
+    ("backend", Text),
+    ("routing", Json),
+    ("error", Text),
+    ("entity_id", Text),
+    ("context", Json),
+    ("input", Json),
+    ("owner_host", Text),
+    ("owner_pid", Int),
+    ("created_at", Ts),
+    ("started_at", Ts),
+    ("finished_at", Ts),
+];
 
 const RUNS: Table = Table {
+    name: "runs",
+    cols: RUN_COLS,
+    key: "run_id",
+    // Never the owner, the definition or a cancel request.
+    on_conflict: OnConflict::Update(&[
+        "workflow",
+        "version",
+        "status",
+        "backend",
+        "routing",
+        "error",
+        "entity_id",
+        "context",
+        "input",
+        "created_at",
+        "started_at",
+        "finished_at",
+    ]),
+    max_rows: 64,
+};
+
+/// Definitions, named by the SHA-256 of their text (see [`definition_id`]).
+const DEFINITIONS: Table = Table {
+    name: "definitions",
+    cols: &[("id", Text), ("definition", Json)],
+    key: "id",
+    on_conflict: OnConflict::Skip,
+    max_rows: 16,
+};
+
+/// New runs, naming their definition: inserted unless the id exists.
+const CREATES: Table = Table {
     name: "runs",
     cols: &[
         ("run_id", Text),
@@ -103,23 +179,11 @@ const RUNS: Table = Table {
         ("created_at", Ts),
         ("started_at", Ts),
         ("finished_at", Ts),
+        ("definition_id", Text),
+        ("implicit_pending", Bool),
     ],
     key: "run_id",
-    // Never the owner, the definition or a cancel request.
-    updated: &[
-        "workflow",
-        "version",
-        "status",
-        "backend",
-        "routing",
-        "error",
-        "entity_id",
-        "context",
-        "input",
-        "created_at",
-        "started_at",
-        "finished_at",
-    ],
+    on_conflict: OnConflict::SkipReturning,
     max_rows: 64,
 };
 
@@ -139,21 +203,21 @@ const TASKS: Table = Table {
     ],
     key: "run_id, name",
     // Never the position: a task keeps its place in the workflow.
-    updated: &["status", "output", "attempts", "error", "skip_reason", "started_at", "finished_at"],
-    max_rows: 512,
+    on_conflict: OnConflict::Update(&["status", "output", "attempts", "error", "skip_reason", "started_at", "finished_at"]),
+    max_rows: 1024,
 };
 
 const ATTEMPTS: Table = Table {
     name: "attempts",
     cols: &[("run_id", Text), ("task", Text), ("attempt", Int), ("status", Text), ("error", Text), ("started_at", Ts), ("finished_at", Ts)],
     key: "run_id, task, attempt",
-    updated: &["status", "error", "started_at", "finished_at"],
-    max_rows: 512,
+    on_conflict: OnConflict::Update(&["status", "error", "started_at", "finished_at"]),
+    max_rows: 1024,
 };
 
-/// The batched upsert of one table, rendered for one dialect.
+/// The batched write of one table, rendered for one dialect.
 #[derive(Debug)]
-struct Upsert {
+pub(crate) struct Upsert {
     dialect: Dialect,
     kinds: Vec<Kind>,
     /// SQLite: `stmts[k]` writes `2^k` rows. PostgreSQL: one `UNNEST` statement.
@@ -163,8 +227,14 @@ struct Upsert {
 impl Upsert {
     fn new(d: Dialect, t: &Table) -> Upsert {
         let names: Vec<&str> = t.cols.iter().map(|(c, _)| *c).collect();
-        let set: Vec<String> = t.updated.iter().map(|c| format!("{c} = excluded.{c}")).collect();
-        let tail = format!("ON CONFLICT ({}) DO UPDATE SET {}", t.key, set.join(", "));
+        let tail = match t.on_conflict {
+            OnConflict::Update(cols) => {
+                let set: Vec<String> = cols.iter().map(|c| format!("{c} = excluded.{c}")).collect();
+                format!("ON CONFLICT ({}) DO UPDATE SET {}", t.key, set.join(", "))
+            }
+            OnConflict::Skip => format!("ON CONFLICT ({}) DO NOTHING", t.key),
+            OnConflict::SkipReturning => format!("ON CONFLICT ({key}) DO NOTHING RETURNING {key}", key = t.key),
+        };
         let stmts = match d {
             Dialect::Sqlite => {
                 let row = format!("({})", vec!["?"; t.cols.len()].join(", "));
@@ -196,51 +266,66 @@ impl Upsert {
         Upsert { dialect: d, kinds: t.cols.iter().map(|(_, k)| *k).collect(), stmts }
     }
 
-    /// Statements writing `rows`; `bind` pushes one row's values in column order.
-    fn add<T>(&self, rows: &[T], out: &mut Vec<Stmt>, mut bind: impl FnMut(&T, &mut Vec<Val>)) {
-        if rows.is_empty() {
-            return;
-        }
-        let width = self.kinds.len();
+    /// Values per row.
+    pub fn width(&self) -> usize {
+        self.kinds.len()
+    }
+
+    /// How many of `left` rows the next statement writes (`left` > 0).
+    pub fn chunk(&self, left: usize) -> usize {
         match self.dialect {
+            Dialect::Sqlite => (1usize << (self.stmts.len() - 1)).min(1usize << left.max(1).ilog2()),
+            Dialect::Postgres => left.clamp(1, PG_MAX_ROWS),
+        }
+    }
+
+    /// The statement writing `rows` rows (a count [`Upsert::chunk`] gave),
+    /// whose values `args` holds row after row, in column order.
+    pub fn stmt(&self, rows: usize, args: Vec<Val>) -> Stmt {
+        debug_assert_eq!(args.len(), rows * self.kinds.len());
+        match self.dialect {
+            Dialect::Sqlite => Stmt { sql: self.stmts[rows.ilog2() as usize].clone(), args },
             Dialect::Postgres => {
-                let mut flat = Vec::with_capacity(rows.len() * width);
-                for row in rows {
-                    bind(row, &mut flat);
-                }
+                let width = self.kinds.len();
                 let mut cols: Vec<Val> = self
                     .kinds
                     .iter()
                     .map(|k| match k {
-                        Kind::Int => Val::Ints(Vec::with_capacity(rows.len())),
-                        _ => Val::Texts(Vec::with_capacity(rows.len())),
+                        Kind::Int => Val::Ints(Vec::with_capacity(rows)),
+                        Kind::Bool => Val::Bools(Vec::with_capacity(rows)),
+                        _ => Val::Texts(Vec::with_capacity(rows)),
                     })
                     .collect();
-                for (i, v) in flat.into_iter().enumerate() {
+                for (i, v) in args.into_iter().enumerate() {
+                    let kind = self.kinds[i % width];
                     match (&mut cols[i % width], v) {
-                        (Val::Texts(col), Val::Text(v)) => col.push(v),
+                        (Val::Texts(col), Val::Text(v)) => col.push(v.map(|s| pg_text(kind, s))),
+                        (Val::Texts(col), Val::Shared(v)) => col.push(v.map(|s| pg_text(kind, s.to_string()))),
                         (Val::Ints(col), Val::Int(v)) => col.push(v),
+                        (Val::Bools(col), Val::Bool(v)) => col.push(v),
                         (Val::Texts(col), _) => col.push(None),
                         (Val::Ints(col), _) => col.push(None),
+                        (Val::Bools(col), _) => col.push(false),
                         _ => {}
                     }
                 }
-                out.push(Stmt { sql: self.stmts[0].clone(), args: cols });
+                Stmt { sql: self.stmts[0].clone(), args: cols }
             }
-            Dialect::Sqlite => {
-                let max = 1usize << (self.stmts.len() - 1);
-                let mut rest = rows;
-                while !rest.is_empty() {
-                    let n = max.min(1usize << rest.len().ilog2());
-                    let (chunk, tail) = rest.split_at(n);
-                    let mut args = Vec::with_capacity(n * width);
-                    for row in chunk {
-                        bind(row, &mut args);
-                    }
-                    out.push(Stmt { sql: self.stmts[n.ilog2() as usize].clone(), args });
-                    rest = tail;
-                }
+        }
+    }
+
+    /// Statements writing all of `rows`; `bind` pushes one row's values in column order.
+    fn add<T>(&self, rows: &[T], out: &mut Vec<Stmt>, mut bind: impl FnMut(&T, &mut Vec<Val>)) {
+        let mut rest = rows;
+        while !rest.is_empty() {
+            let n = self.chunk(rest.len());
+            let (chunk, tail) = rest.split_at(n);
+            let mut args = Vec::with_capacity(n * self.width());
+            for row in chunk {
+                bind(row, &mut args);
             }
+            out.push(self.stmt(n, args));
+            rest = tail;
         }
     }
 }
@@ -249,10 +334,11 @@ impl Upsert {
 #[derive(Debug)]
 pub(crate) struct Sql {
     pub dialect: Dialect,
-    upsert_runs: Upsert,
-    upsert_tasks: Upsert,
-    upsert_attempts: Upsert,
-    insert_run: SqlStr,
+    pub upsert_runs: Upsert,
+    pub upsert_tasks: Upsert,
+    pub upsert_attempts: Upsert,
+    pub insert_runs: Upsert,
+    pub insert_definitions: Upsert,
     pub get_run: SqlStr,
     pub get_tasks: SqlStr,
     pub get_definition: SqlStr,
@@ -264,6 +350,7 @@ pub(crate) struct Sql {
     pub orphan_candidates: SqlStr,
     pub fail_orphan_run: SqlStr,
     pub cancel_orphan_tasks: SqlStr,
+    pub cancel_orphan_implicit_tasks: SqlStr,
     pub cancel_orphan_attempts: SqlStr,
     ids_by_prefix: SqlStr,
     list_runs: [SqlStr; 4],
@@ -290,39 +377,55 @@ impl Sql {
         let list = |filter: &str, limit_param: usize| {
             sql(format!("SELECT {summary_sel} FROM runs {filter} ORDER BY created_at DESC, run_id DESC LIMIT ${limit_param}"))
         };
-        let mut insert_cols: Vec<(&str, Kind)> = RUNS.cols.to_vec();
-        insert_cols.push(("definition", Kind::Json));
-        let insert_params: Vec<String> = insert_cols
-            .iter()
-            .enumerate()
-            .map(|(i, (_, k))| match d {
-                Dialect::Sqlite => format!("${}", i + 1),
-                Dialect::Postgres => format!("${}{}", i + 1, k.pg_cast()),
-            })
-            .collect();
-        let insert_names: Vec<&str> = insert_cols.iter().map(|(c, _)| *c).collect();
         let now = match d {
             Dialect::Sqlite => "$3",
             Dialect::Postgres => "$3::timestamptz",
+        };
+        // The tasks a run's definition names, as `(name, position)` rows of
+        // `d`, for runs whose tasks without a row are pending.
+        let (defined_tasks, defined_name, defined_position) = match d {
+            Dialect::Sqlite => (
+                "runs r JOIN definitions df ON df.id = r.definition_id, json_each(df.definition, '$.tasks') AS d \
+                 WHERE r.run_id = $1 AND r.implicit_pending AND json_type(d.value, '$.name') = 'text'",
+                "json_extract(d.value, '$.name')",
+                "d.key",
+            ),
+            Dialect::Postgres => (
+                "runs r JOIN definitions df ON df.id = r.definition_id \
+                 CROSS JOIN LATERAL jsonb_array_elements(CASE WHEN jsonb_typeof(df.definition -> 'tasks') = 'array' \
+                 THEN df.definition -> 'tasks' ELSE '[]'::jsonb END) WITH ORDINALITY AS d(value, ord) \
+                 WHERE r.run_id = $1 AND r.implicit_pending AND jsonb_typeof(d.value -> 'name') = 'string'",
+                "(d.value ->> 'name')",
+                "(d.ord - 1)",
+            ),
+        };
+        let typed_null = match d {
+            Dialect::Sqlite => "NULL",
+            Dialect::Postgres => "NULL::text",
         };
         Sql {
             dialect,
             upsert_runs: Upsert::new(d, &RUNS),
             upsert_tasks: Upsert::new(d, &TASKS),
             upsert_attempts: Upsert::new(d, &ATTEMPTS),
-            insert_run: sql(format!(
-                "INSERT INTO runs ({}, cancel_requested) VALUES ({}, FALSE)",
-                insert_names.join(", "),
-                insert_params.join(", ")
-            )),
+            insert_runs: Upsert::new(d, &CREATES),
+            insert_definitions: Upsert::new(d, &DEFINITIONS),
             get_run: sql(format!("SELECT {run_sel} FROM runs WHERE run_id = $1")),
             get_tasks: sql(format!(
-                "SELECT name, status, {}, attempts, error, skip_reason, {}, {} FROM tasks WHERE run_id = $1 ORDER BY position, name",
-                json_col(d, "output"),
-                ts_col(d, "started_at"),
-                ts_col(d, "finished_at"),
+                "SELECT name, status, {output}, attempts, error, skip_reason, {started}, {finished} FROM tasks WHERE run_id = $1 \
+                 UNION ALL \
+                 SELECT {defined_name}, 'pending', {typed_null}, 0, {typed_null}, {typed_null}, {typed_null}, {typed_null} \
+                 FROM {defined_tasks} \
+                 AND NOT EXISTS (SELECT 1 FROM tasks t WHERE t.run_id = r.run_id AND t.name = {defined_name})",
+                output = json_col(d, "output"),
+                started = ts_col(d, "started_at"),
+                finished = ts_col(d, "finished_at"),
             )),
-            get_definition: sql(format!("SELECT {} FROM runs WHERE run_id = $1", json_col(d, "definition"))),
+            get_definition: sql(format!(
+                "SELECT COALESCE(df.definition, r.definition){} AS definition \
+                 FROM runs r LEFT JOIN definitions df ON df.id = r.definition_id WHERE r.run_id = $1",
+                if d == Dialect::Postgres { "::text" } else { "" }
+            )),
             get_attempts: sql(format!(
                 "SELECT run_id, task, attempt, status, error, {}, {} FROM attempts WHERE run_id = $1 \
                  ORDER BY started_at, task, attempt",
@@ -352,6 +455,13 @@ impl Sql {
             cancel_orphan_tasks: sql(format!(
                 "UPDATE tasks SET status = 'cancelled', error = $2, finished_at = COALESCE(finished_at, {now}) \
                  WHERE run_id = $1 AND status IN ('pending', 'running')"
+            )),
+            // The pending tasks that have no row yet get one, cancelled.
+            cancel_orphan_implicit_tasks: sql(format!(
+                "INSERT INTO tasks (run_id, name, position, status, attempts, error, finished_at) \
+                 SELECT r.run_id, {defined_name}, {defined_position}, 'cancelled', 0, $2, {now} \
+                 FROM {defined_tasks} \
+                 ON CONFLICT (run_id, name) DO NOTHING"
             )),
             cancel_orphan_attempts: sql(format!(
                 "UPDATE attempts SET status = 'cancelled', error = $2, finished_at = COALESCE(finished_at, {now}) \
@@ -411,74 +521,104 @@ impl Sql {
     /// Upserts of runs (their own fields; tasks go through [`Sql::upsert_tasks`]).
     /// A new row is owned by `owner`; an existing one keeps its owner.
     pub fn upsert_runs(&self, runs: &[&RunResult], owner: &super::Owner, out: &mut Vec<Stmt>) {
-        let d = self.dialect;
-        self.upsert_runs.add(runs, out, |r, args| run_row(d, r, owner, args));
+        self.upsert_runs.add(runs, out, |r, args| push_run(r, owner, args));
     }
 
     /// Upserts of task rows: `(run_id, name, position, result)`. The position
     /// is only written when the row is new.
     pub fn upsert_tasks(&self, tasks: &[(&str, &str, i64, &TaskResult)], out: &mut Vec<Stmt>) {
-        let d = self.dialect;
         self.upsert_tasks.add(tasks, out, |(run_id, name, position, t), args| {
-            args.extend([
-                text(d, run_id),
-                text(d, name),
-                Val::Int(Some(*position)),
-                text(d, t.status.as_str()),
-                Val::Text(t.output.as_ref().map(|v| json_text(d, v))),
-                Val::Int(Some(i64::from(t.attempts))),
-                opt_text(d, t.error.as_deref()),
-                opt_text(d, t.skip_reason.as_deref()),
-                Val::Text(t.started_at.map(ts_text)),
-                Val::Text(t.finished_at.map(ts_text)),
-            ])
+            push_task(Val::Text(Some(run_id.to_string())), Val::Text(Some(name.to_string())), *position, t, args)
         });
-    }
-
-    pub fn upsert_attempts(&self, attempts: &[&super::AttemptRecord], out: &mut Vec<Stmt>) {
-        let d = self.dialect;
-        self.upsert_attempts.add(attempts, out, |a, args| {
-            args.extend([
-                text(d, &a.run_id),
-                text(d, &a.task),
-                Val::Int(Some(i64::from(a.attempt))),
-                text(d, a.status.as_str()),
-                opt_text(d, a.error.as_deref()),
-                Val::Text(Some(ts_text(a.started_at))),
-                Val::Text(a.finished_at.map(ts_text)),
-            ])
-        });
-    }
-
-    /// The insert of a new run, with its definition and owner.
-    pub fn insert_run(&self, r: &RunResult, definition: &Value, owner: &super::Owner) -> Stmt {
-        let mut args = Vec::with_capacity(RUNS.cols.len() + 1);
-        run_row(self.dialect, r, owner, &mut args);
-        args.push(Val::Text(Some(json_text(self.dialect, definition))));
-        Stmt { sql: self.insert_run.clone(), args }
     }
 }
 
-/// The values of [`RUNS`]' columns for one run.
-fn run_row(d: Dialect, r: &RunResult, owner: &super::Owner, args: &mut Vec<Val>) {
-    let routing = r.routing.as_ref().map(|x| json_text(d, &serde_json::to_value(x).unwrap_or(Value::Null)));
+/// The values of the runs table's own columns for one run (the first 15 of
+/// [`CREATES`]). PostgreSQL's NULs are dealt with when the statement is made.
+pub(crate) fn push_run(r: &RunResult, owner: &super::Owner, args: &mut Vec<Val>) {
+    let routing = r.routing.as_ref().map(|x| json_text(&serde_json::to_value(x).unwrap_or(Value::Null)));
     args.extend([
-        text(d, &r.run_id),
-        text(d, &r.workflow),
-        text(d, &r.version),
-        text(d, r.status.as_str()),
-        text(d, &r.backend),
+        Val::Text(Some(r.run_id.clone())),
+        Val::Text(Some(r.workflow.clone())),
+        Val::Text(Some(r.version.clone())),
+        run_status(r.status),
+        Val::Text(Some(r.backend.clone())),
         Val::Text(routing),
-        opt_text(d, r.error.as_deref()),
-        text(d, &r.entity_id),
-        Val::Text(Some(json_text(d, &r.context))),
-        Val::Text(Some(json_text(d, &r.input))),
-        text(d, &owner.host),
+        Val::Text(r.error.clone()),
+        Val::Text(Some(r.entity_id.clone())),
+        Val::Text(Some(json_text(&r.context))),
+        Val::Text(Some(json_text(&r.input))),
+        Val::Text(Some(owner.host.clone())),
         Val::Int(Some(i64::from(owner.pid))),
         Val::Text(Some(ts_text(r.created_at))),
         Val::Text(r.started_at.map(ts_text)),
         Val::Text(r.finished_at.map(ts_text)),
     ])
+}
+
+/// The values of one task row.
+pub(crate) fn push_task(run_id: Val, name: Val, position: i64, t: &TaskResult, args: &mut Vec<Val>) {
+    args.extend([
+        run_id,
+        name,
+        Val::Int(Some(position)),
+        task_status(t.status),
+        Val::Text(t.output.as_ref().map(json_text)),
+        Val::Int(Some(i64::from(t.attempts))),
+        Val::Text(t.error.clone()),
+        Val::Text(t.skip_reason.clone()),
+        Val::Text(t.started_at.map(ts_text)),
+        Val::Text(t.finished_at.map(ts_text)),
+    ])
+}
+
+/// The values of one attempt row.
+#[allow(clippy::too_many_arguments)]
+pub(crate) fn push_attempt_parts(
+    run_id: Val,
+    task: Val,
+    attempt: u32,
+    status: TaskStatus,
+    error: Option<&str>,
+    started_at: OffsetDateTime,
+    finished_at: Option<OffsetDateTime>,
+    args: &mut Vec<Val>,
+) {
+    args.extend([
+        run_id,
+        task,
+        Val::Int(Some(i64::from(attempt))),
+        task_status(status),
+        Val::Text(error.map(str::to_string)),
+        Val::Text(Some(ts_text(started_at))),
+        Val::Text(finished_at.map(ts_text)),
+    ])
+}
+
+/// The name of a definition in the definitions table: the SHA-256 of its text.
+pub(crate) fn definition_id(text: &str) -> String {
+    use sha2::Digest;
+    let digest = sha2::Sha256::digest(text.as_bytes());
+    let mut id = String::with_capacity(7 + 64);
+    id.push_str("sha256:");
+    for b in digest {
+        id.push(char::from(b"0123456789abcdef"[usize::from(b >> 4)]));
+        id.push(char::from(b"0123456789abcdef"[usize::from(b & 15)]));
+    }
+    id
+}
+
+/// A status as shared text: statuses are bound on every row.
+fn task_status(s: TaskStatus) -> Val {
+    static ALL: OnceLock<Vec<(TaskStatus, Arc<str>)>> = OnceLock::new();
+    let all = ALL.get_or_init(|| TaskStatus::ALL.iter().map(|s| (*s, Arc::from(s.as_str()))).collect());
+    Val::Shared(Some(all.iter().find(|(x, _)| *x == s).map_or_else(|| Arc::from(s.as_str()), |(_, a)| a.clone())))
+}
+
+fn run_status(s: RunStatus) -> Val {
+    static ALL: OnceLock<Vec<(RunStatus, Arc<str>)>> = OnceLock::new();
+    let all = ALL.get_or_init(|| RunStatus::ALL.iter().map(|s| (*s, Arc::from(s.as_str()))).collect());
+    Val::Shared(Some(all.iter().find(|(x, _)| *x == s).map_or_else(|| Arc::from(s.as_str()), |(_, a)| a.clone())))
 }
 
 fn ts_col(d: Dialect, col: &str) -> String {
@@ -528,29 +668,35 @@ pub(crate) fn parse_ts(s: &str) -> Result<OffsetDateTime, StoreError> {
     OffsetDateTime::parse(s, &Rfc3339).map_err(|e| StoreError::Db(format!("bad timestamp `{s}` in the store: {e}")))
 }
 
-fn text(d: Dialect, s: &str) -> Val {
-    Val::Text(Some(clean(d, s)))
-}
-
-fn opt_text(d: Dialect, s: Option<&str>) -> Val {
-    Val::Text(s.map(|s| clean(d, s)))
-}
-
-/// PostgreSQL text cannot hold NUL; replace it rather than fail a whole batch.
-fn clean(d: Dialect, s: &str) -> String {
-    if d == Dialect::Postgres && s.contains('\0') { s.replace('\0', "\u{FFFD}") } else { s.to_string() }
-}
-
-/// JSON as text. PostgreSQL's JSONB rejects `\u0000` in strings, so for it
-/// NULs inside strings are replaced (rare: binary noise in a process output).
-pub(crate) fn json_text(d: Dialect, v: &Value) -> String {
-    let s = v.to_string();
-    if d == Dialect::Postgres && s.contains("\\u0000") {
-        let mut v = v.clone();
-        strip_nul(&mut v);
-        return v.to_string();
+/// Text for PostgreSQL, which cannot hold NUL in text nor `\u0000` in
+/// JSONB: replaced rather than fail a whole batch.
+fn pg_text(kind: Kind, s: String) -> String {
+    match kind {
+        Kind::Json => pg_json(s),
+        _ if s.contains('\0') => s.replace('\0', "\u{FFFD}"),
+        _ => s,
     }
-    s
+}
+
+/// JSON as text. A NUL inside a string is written `\u0000`, which
+/// PostgreSQL's JSONB rejects: [`Upsert::stmt`] replaces those for it.
+pub(crate) fn json_text(v: &Value) -> String {
+    v.to_string()
+}
+
+/// JSON text made acceptable to PostgreSQL's JSONB: NULs inside strings are
+/// replaced (rare: binary noise in a process output).
+fn pg_json(s: String) -> String {
+    if !s.contains("\\u0000") {
+        return s;
+    }
+    match serde_json::from_str::<Value>(&s) {
+        Ok(mut v) => {
+            strip_nul(&mut v);
+            v.to_string()
+        }
+        Err(_) => s,
+    }
 }
 
 fn strip_nul(v: &mut Value) {
@@ -578,19 +724,19 @@ mod tests {
     fn sqlite_chunks_are_powers_of_two_and_cover_every_row() {
         let sql = Sql::new(Dialect::Sqlite, "m");
         let t = TaskResult::pending();
-        let rows: Vec<(&str, &str, i64, &TaskResult)> = (0..1000).map(|_| ("r", "t", 0, &t)).collect();
+        let rows: Vec<(&str, &str, i64, &TaskResult)> = (0..3000).map(|_| ("r", "t", 0, &t)).collect();
         let mut out = Vec::new();
         sql.upsert_tasks(&rows, &mut out);
         let sizes: Vec<usize> = out.iter().map(|s| s.args.len() / TASKS.cols.len()).collect();
-        assert_eq!(sizes, vec![512, 256, 128, 64, 32, 8]);
-        assert!(out[5].sql.as_str().contains("VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?), (?, "));
+        assert_eq!(sizes, vec![1024, 1024, 512, 256, 128, 32, 16, 8]);
+        assert!(out[7].sql.as_str().contains("VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?), (?, "));
     }
 
     #[test]
-    fn postgres_writes_a_batch_as_one_statement_of_column_arrays() {
+    fn postgres_writes_a_chunk_as_one_statement_of_column_arrays() {
         let sql = Sql::new(Dialect::Postgres, "m");
         let mut t = TaskResult::pending();
-        t.error = Some("boom".into());
+        t.error = Some("boom\0".into());
         let rows: Vec<(&str, &str, i64, &TaskResult)> = (0..1000).map(|i| ("r", "t", i, &t)).collect();
         let mut out = Vec::new();
         sql.upsert_tasks(&rows, &mut out);
@@ -599,14 +745,34 @@ mod tests {
         assert!(s.contains("UNNEST($1::text[], $2::text[], $3::int8[]"), "{s}");
         assert!(s.contains("output::jsonb"), "{s}");
         assert_eq!(out[0].args.len(), TASKS.cols.len());
-        match (&out[0].args[2], &out[0].args[6]) {
-            (Val::Ints(pos), Val::Texts(err)) => {
+        match (&out[0].args[2], &out[0].args[3], &out[0].args[6]) {
+            (Val::Ints(pos), Val::Texts(status), Val::Texts(err)) => {
                 assert_eq!(pos.len(), 1000);
                 assert_eq!(pos[999], Some(999));
-                assert_eq!(err[0].as_deref(), Some("boom"));
+                assert_eq!(status[0].as_deref(), Some("pending"));
+                assert_eq!(err[0].as_deref(), Some("boom\u{FFFD}"));
             }
             other => panic!("{other:?}"),
         }
+        let many: Vec<(&str, &str, i64, &TaskResult)> = (0..PG_MAX_ROWS + 1).map(|i| ("r", "t", i as i64, &t)).collect();
+        let mut out = Vec::new();
+        sql.upsert_tasks(&many, &mut out);
+        assert_eq!(out.len(), 2);
+    }
+
+    #[test]
+    fn definitions_are_named_by_their_hash() {
+        assert_eq!(definition_id(""), "sha256:e3b0c44298fc1c149afbf4c8996fb92427ae41e4649b934ca495991b7852b855");
+        assert_ne!(definition_id("{}"), definition_id("[]"));
+    }
+
+    #[test]
+    fn new_runs_carry_the_runs_columns_then_definition_and_flag() {
+        assert_eq!(&CREATES.cols[..RUN_COLS.len()], RUN_COLS);
+        assert_eq!(CREATES.cols.len(), RUN_COLS.len() + 2);
+        let sql = Sql::new(Dialect::Sqlite, "m");
+        let s = sql.insert_runs.stmt(1, vec![Val::Int(None); CREATES.cols.len()]);
+        assert!(s.sql.as_str().ends_with("ON CONFLICT (run_id) DO NOTHING RETURNING run_id"), "{}", s.sql.as_str());
     }
 
     #[test]
@@ -623,7 +789,9 @@ mod tests {
     #[test]
     fn nul_is_replaced_for_postgres_only() {
         let v = serde_json::json!({"out": "a\u{0}b"});
-        assert!(json_text(Dialect::Sqlite, &v).contains("\\u0000"));
-        assert_eq!(json_text(Dialect::Postgres, &v), "{\"out\":\"a\u{FFFD}b\"}");
+        assert!(json_text(&v).contains("\\u0000"));
+        assert_eq!(pg_text(Kind::Json, json_text(&v)), "{\"out\":\"a\u{FFFD}b\"}");
+        assert_eq!(pg_text(Kind::Text, "a\0b".into()), "a\u{FFFD}b");
+        assert_eq!(pg_text(Kind::Json, "\"plain\"".into()), "\"plain\"");
     }
 }

@@ -1,29 +1,97 @@
 //! The executor's way into the store: ordered, batched, never blocking.
 //!
-//! Sending is a push onto an unbounded channel. One background task per
-//! [`StoreWriter`] (shared by its clones) takes whatever is queued, keeps
-//! only the last state of each task, attempt and run, and writes it all in
-//! one transaction. A failed batch is retried once, then reported by the
-//! next [`StoreWriter::flush`] and logged; the executor never waits on the
+//! Sending folds the event into a pending batch shared by the writer's clones
+//! (a short critical section, no database work), keeping only the last state
+//! of each run, task and attempt. One background task per [`StoreWriter`]
+//! takes the whole pending batch and writes it in one transaction; what is
+//! sent meanwhile gathers in the next batch. It writes at once when a flush
+//! waits, when the writer is dropped or when [`MAX_PENDING`] rows are
+//! pending, and otherwise lets events gather for [`LINGER`] first, so a task
+//! that starts and ends within that time is written once. The pending batch
+//! holds at most one entry per run, task and attempt, however fast events
+//! come, and the statements of a write are made one chunk of rows at a time.
+//!
+//! Each batch commits as a whole, so the database always holds the state
+//! at some point of the sequence of events sent.
+//!
+//! A failed batch is retried once, then reported by the next
+//! [`StoreWriter::flush`] and logged; the executor never waits on the
 //! database except when it asks to.
 
-use super::{AttemptRecord, Inner, Result, StoreError, describe};
-use crate::run::{RunResult, TaskResult};
-use std::collections::BTreeMap;
-use std::sync::Arc;
+use super::sql::{Stmt, Val, definition_id, json_text, push_attempt_parts, push_run, push_task};
+use super::{Inner, NewRun, Result, Script, Step, StoreError, describe};
+use crate::run::{RunResult, TaskResult, TaskStatus};
+use serde_json::Value;
+use std::collections::{BTreeMap, HashMap, HashSet, VecDeque};
+use std::hash::BuildHasherDefault;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, Mutex};
 use std::time::Duration;
-use tokio::sync::{mpsc, oneshot};
+use time::OffsetDateTime;
+use tokio::sync::{Notify, oneshot};
 
-/// Most events taken into one batch (bounds the memory and the transaction).
-const MAX_BATCH: usize = 50_000;
 /// Pause before the one retry of a failed batch.
 const RETRY_DELAY: Duration = Duration::from_millis(200);
 
-enum Msg {
-    Task(String, String, TaskResult),
-    Attempt(AttemptRecord),
-    Run(Box<RunResult>),
-    Flush(oneshot::Sender<Result<()>>),
+/// How long events gather before they are written when nobody waits.
+pub const LINGER: Duration = Duration::from_millis(100);
+
+/// Pending rows (runs, tasks, attempts) that start a write at once: bounds
+/// the memory the pending batch takes (some 25 MB).
+pub const MAX_PENDING: usize = 100_000;
+
+/// The batch's maps: keys are run ids and task names from this process, so
+/// a fast hash with no defence against chosen keys is enough.
+type Map<K, V> = HashMap<K, V, BuildHasherDefault<FxHasher>>;
+
+/// FxHash (as in rustc), with the final rotation of rustc-hash 2 so the
+/// low bits hashbrown indexes by are mixed too.
+#[derive(Default, Clone, Copy)]
+struct FxHasher(u64);
+
+impl FxHasher {
+    const K: u64 = 0xf135_7aea_2e62_a9c5;
+
+    fn add(&mut self, word: u64) {
+        self.0 = (self.0.rotate_left(5) ^ word).wrapping_mul(Self::K);
+    }
+}
+
+impl std::hash::Hasher for FxHasher {
+    fn write(&mut self, bytes: &[u8]) {
+        let mut chunks = bytes.chunks_exact(8);
+        for c in &mut chunks {
+            let mut w = [0u8; 8];
+            w.copy_from_slice(c);
+            self.add(u64::from_le_bytes(w));
+        }
+        let rest = chunks.remainder();
+        if !rest.is_empty() {
+            let mut w = [0u8; 8];
+            w[..rest.len()].copy_from_slice(rest);
+            self.add(u64::from_le_bytes(w) ^ ((rest.len() as u64) << 59));
+        }
+    }
+
+    fn write_u8(&mut self, i: u8) {
+        self.add(u64::from(i));
+    }
+
+    fn write_u32(&mut self, i: u32) {
+        self.add(u64::from(i));
+    }
+
+    fn write_u64(&mut self, i: u64) {
+        self.add(i);
+    }
+
+    fn write_usize(&mut self, i: usize) {
+        self.add(i as u64);
+    }
+
+    fn finish(&self) -> u64 {
+        self.0.rotate_left(26)
+    }
 }
 
 /// Batched, ordered writes from the executor.
@@ -31,148 +99,664 @@ enum Msg {
 /// Events sent through one writer (and its clones) reach the database in the
 /// order they were sent. Writers from separate [`super::Store::writer`] calls
 /// are not ordered with each other.
-#[derive(Clone, Debug)]
+#[derive(Clone)]
 pub struct StoreWriter {
-    tx: Option<mpsc::UnboundedSender<Msg>>,
+    handle: Option<Arc<Handle>>,
+}
+
+impl std::fmt::Debug for StoreWriter {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("StoreWriter").field("running", &self.handle.is_some()).finish()
+    }
+}
+
+/// Shared by a writer's clones; the last one dropped tells the background
+/// task to finish.
+struct Handle {
+    shared: Arc<Shared>,
+}
+
+impl Drop for Handle {
+    fn drop(&mut self) {
+        lock(&self.shared.pending).closed = true;
+        self.shared.wake.notify_one();
+        self.shared.urgent.notify_one();
+    }
+}
+
+struct Shared {
+    pending: Mutex<Pending>,
+    /// Something was sent.
+    wake: Notify,
+    /// Something waits for a write: a flush, a full batch, the end.
+    urgent: Notify,
+}
+
+#[derive(Default)]
+struct Pending {
+    batch: Batch,
+    /// Flushes waiting for everything sent before them.
+    flushes: Vec<oneshot::Sender<Result<()>>>,
+    /// Every writer handle is gone: write what is left, then stop.
+    closed: bool,
+    /// The background task is gone (its runtime shut down).
+    stopped: bool,
 }
 
 pub(super) fn spawn(inner: Arc<Inner>) -> StoreWriter {
-    let (tx, rx) = mpsc::unbounded_channel();
     match tokio::runtime::Handle::try_current() {
         Ok(rt) => {
-            rt.spawn(write_loop(inner, rx));
-            StoreWriter { tx: Some(tx) }
+            let shared = Arc::new(Shared { pending: Mutex::new(Pending::default()), wake: Notify::new(), urgent: Notify::new() });
+            rt.spawn(write_loop(inner, Arc::clone(&shared)));
+            StoreWriter { handle: Some(Arc::new(Handle { shared })) }
         }
         Err(_) => {
             tracing::error!("the store writer was created outside a Tokio runtime; run history will not be recorded");
-            StoreWriter { tx: None }
+            StoreWriter { handle: None }
         }
     }
 }
 
 impl StoreWriter {
+    /// Records a new run, as [`super::Store::create_run`] does, but queued:
+    /// it reaches the database with the events sent after it, and nothing
+    /// here waits. Should the id exist already, the run and every later
+    /// event of it are left out and the next flush reports
+    /// [`StoreError::RunExists`].
+    pub fn create(&self, run: &RunResult, definition: Value) {
+        let layout = NewRun::of(run, &definition);
+        let rows: Vec<(Arc<str>, i64, TaskResult)> =
+            layout.rows.iter().map(|(name, position, t)| (Arc::from(*name), *position, (*t).clone())).collect();
+        let implicit_pending = layout.implicit_pending;
+        let fields = fields_of(run);
+        self.with_batch(|b| {
+            if b.creates.contains_key(run.run_id.as_str()) {
+                b.duplicates.push(run.run_id.clone());
+                return;
+            }
+            if b.runs.remove(run.run_id.as_str()).is_none() {
+                b.rows += 1;
+            }
+            let id = b.key(&run.run_id);
+            if !rows.is_empty() {
+                let tasks = b.tasks.entry(Arc::clone(&id)).or_default();
+                let before = tasks.len();
+                for (name, position, state) in rows {
+                    tasks.insert(name, TaskRow { position: Some(position), state });
+                }
+                b.rows += tasks.len() - before;
+            }
+            b.creates.insert(id, Create { run: fields, definition: Definition::Value(definition), implicit_pending });
+        });
+    }
+
     /// Records the task's current state.
     pub fn task(&self, run_id: &str, task: &str, t: &TaskResult) {
-        self.send(Msg::Task(run_id.to_string(), task.to_string(), t.clone()));
+        self.with_batch(|b| {
+            let tasks = b.tasks_of(run_id);
+            match tasks.get_mut(task) {
+                Some(row) => row.state.clone_from(t),
+                None => {
+                    tasks.insert(Arc::from(task), TaskRow { position: None, state: t.clone() });
+                    b.rows += 1;
+                }
+            }
+        });
     }
 
     /// Records one attempt (again when it finishes: the last state wins).
-    pub fn attempt(&self, a: AttemptRecord) {
-        self.send(Msg::Attempt(a));
+    pub fn attempt(&self, a: super::AttemptRecord) {
+        self.with_batch(|b| {
+            let super::AttemptRecord { run_id, task, attempt, status, error, started_at, finished_at } = a;
+            let row = AttemptRow { status, error, started_at, finished_at };
+            // Share the task name with its task row when there is one.
+            let name = b.tasks.get(run_id.as_str()).and_then(|m| m.get_key_value(task.as_str())).map(|(k, _)| Arc::clone(k));
+            let tries = match b.attempts.get_mut(run_id.as_str()) {
+                Some(m) => m,
+                None => {
+                    let id = b.key(&run_id);
+                    b.attempts.entry(id).or_default()
+                }
+            };
+            let tries = match tries.get_mut(task.as_str()) {
+                Some(v) => v,
+                None => tries.entry(name.unwrap_or_else(|| Arc::from(task))).or_default(),
+            };
+            match tries.iter_mut().find(|(n, _)| *n == attempt) {
+                Some((_, r)) => *r = row,
+                None => {
+                    tries.push((attempt, row));
+                    b.rows += 1;
+                }
+            }
+        });
     }
 
     /// Records the run's fields and every one of its tasks.
     pub fn run(&self, r: &RunResult) {
-        self.send(Msg::Run(Box::new(r.clone())));
+        let fields = fields_of(r);
+        self.with_batch(|b| {
+            let tasks = b.tasks_of(&r.run_id);
+            let before = tasks.len();
+            for (i, (name, t)) in r.tasks.iter().enumerate() {
+                match tasks.get_mut(name.as_str()) {
+                    Some(row) => {
+                        row.state.clone_from(t);
+                        row.position.get_or_insert(i as i64);
+                    }
+                    None => {
+                        tasks.insert(Arc::from(name.as_str()), TaskRow { position: Some(i as i64), state: t.clone() });
+                    }
+                }
+            }
+            b.rows += tasks.len() - before;
+            b.set_fields(fields);
+        });
+    }
+
+    /// Records the run's own fields (status, error, times...), not its
+    /// tasks: what the executor sends when a run starts and ends, its
+    /// tasks going through [`StoreWriter::task`]. Costs the same whatever
+    /// the number of tasks.
+    pub fn run_fields(&self, r: &RunResult) {
+        let fields = fields_of(r);
+        self.with_batch(|b| b.set_fields(fields));
     }
 
     /// Waits until everything sent before is committed. Returns the first
     /// write error since the previous flush, if any.
     pub async fn flush(&self) -> Result<()> {
-        let Some(tx) = &self.tx else {
+        let Some(h) = &self.handle else {
             return Err(StoreError::WriterStopped);
         };
         let (done, wait) = oneshot::channel();
-        if tx.send(Msg::Flush(done)).is_err() {
-            return Err(StoreError::WriterStopped);
+        {
+            let mut p = lock(&h.shared.pending);
+            if p.stopped {
+                return Err(StoreError::WriterStopped);
+            }
+            p.flushes.push(done);
         }
+        h.shared.wake.notify_one();
+        h.shared.urgent.notify_one();
         wait.await.unwrap_or(Err(StoreError::WriterStopped))
     }
 
-    fn send(&self, msg: Msg) {
-        if let Some(tx) = &self.tx {
-            // Fails only once the background task is gone; flush says so.
-            let _ = tx.send(msg);
+    fn with_batch(&self, f: impl FnOnce(&mut Batch)) {
+        let Some(h) = &self.handle else { return };
+        let full = {
+            let mut p = lock(&h.shared.pending);
+            // Once the background task is gone nothing is kept; flush says so.
+            if p.stopped {
+                return;
+            }
+            let before = p.batch.rows;
+            f(&mut p.batch);
+            before < MAX_PENDING && p.batch.rows >= MAX_PENDING
+        };
+        h.shared.wake.notify_one();
+        if full {
+            h.shared.urgent.notify_one();
         }
     }
 }
 
-/// The last state of everything one batch touches, in key order (so two
-/// writers touching the same rows lock them in the same order).
+/// A run's own fields, without its tasks.
+fn fields_of(r: &RunResult) -> RunResult {
+    RunResult {
+        run_id: r.run_id.clone(),
+        workflow: r.workflow.clone(),
+        version: r.version.clone(),
+        status: r.status,
+        backend: r.backend.clone(),
+        routing: r.routing.clone(),
+        error: r.error.clone(),
+        entity_id: r.entity_id.clone(),
+        context: r.context.clone(),
+        input: r.input.clone(),
+        created_at: r.created_at,
+        started_at: r.started_at,
+        finished_at: r.finished_at,
+        tasks: BTreeMap::new(),
+    }
+}
+
+struct Create {
+    /// Its fields as last sent (tasks go to [`Batch::tasks`]).
+    run: RunResult,
+    definition: Definition,
+    implicit_pending: bool,
+}
+
+enum Definition {
+    /// As sent; turned into text by the background task.
+    Value(Value),
+    /// As written: its id and text.
+    Text(Arc<str>, Arc<str>),
+}
+
+struct TaskRow {
+    /// Its place in the workflow, when the sender knew it.
+    position: Option<i64>,
+    state: TaskResult,
+}
+
+struct AttemptRow {
+    status: TaskStatus,
+    error: Option<String>,
+    started_at: OffsetDateTime,
+    finished_at: Option<OffsetDateTime>,
+}
+
+/// The last state of everything sent since the previous write began.
 #[derive(Default)]
 struct Batch {
-    runs: BTreeMap<String, RunResult>,
-    /// (run, task) -> (position if new, state)
-    tasks: BTreeMap<(String, String), (i64, TaskResult)>,
-    attempts: BTreeMap<(String, String, u32), AttemptRecord>,
+    creates: Map<Arc<str>, Create>,
+    /// Fields of runs not created in this batch.
+    runs: Map<Arc<str>, RunResult>,
+    /// Per run, per task.
+    tasks: Map<Arc<str>, Map<Arc<str>, TaskRow>>,
+    /// Per run, per task: (attempt, state).
+    attempts: Map<Arc<str>, Map<Arc<str>, Vec<(u32, AttemptRow)>>>,
+    /// Ids created a second time in this batch.
+    duplicates: Vec<String>,
+    /// How many rows the batch writes.
+    rows: usize,
 }
 
 impl Batch {
-    fn add(&mut self, msg: Msg) {
-        match msg {
-            Msg::Task(run_id, name, t) => {
-                self.tasks.insert((run_id, name), (0, t));
+    /// The batch's key for a run id, shared by its maps.
+    fn key(&self, run_id: &str) -> Arc<str> {
+        let known = self
+            .tasks
+            .get_key_value(run_id)
+            .map(|(k, _)| k)
+            .or_else(|| self.creates.get_key_value(run_id).map(|(k, _)| k))
+            .or_else(|| self.runs.get_key_value(run_id).map(|(k, _)| k))
+            .or_else(|| self.attempts.get_key_value(run_id).map(|(k, _)| k));
+        known.map_or_else(|| Arc::from(run_id), Arc::clone)
+    }
+
+    fn tasks_of(&mut self, run_id: &str) -> &mut Map<Arc<str>, TaskRow> {
+        if !self.tasks.contains_key(run_id) {
+            let id = self.key(run_id);
+            self.tasks.insert(id, Map::default());
+        }
+        self.tasks.get_mut(run_id).expect("inserted above")
+    }
+
+    fn set_fields(&mut self, fields: RunResult) {
+        if let Some(c) = self.creates.get_mut(fields.run_id.as_str()) {
+            c.run = fields;
+            return;
+        }
+        match self.runs.get_mut(fields.run_id.as_str()) {
+            Some(r) => *r = fields,
+            None => {
+                let id = self.key(&fields.run_id);
+                self.runs.insert(id, fields);
+                self.rows += 1;
             }
-            Msg::Attempt(a) => {
-                self.attempts.insert((a.run_id.clone(), a.task.clone(), a.attempt), a);
-            }
-            Msg::Run(mut r) => {
-                let tasks = std::mem::take(&mut r.tasks);
-                for (i, (name, t)) in tasks.into_iter().enumerate() {
-                    self.tasks.insert((r.run_id.clone(), name), (i as i64, t));
-                }
-                self.runs.insert(r.run_id.clone(), *r);
-            }
-            Msg::Flush(_) => {}
         }
     }
 
     fn is_empty(&self) -> bool {
-        self.runs.is_empty() && self.tasks.is_empty() && self.attempts.is_empty()
+        self.creates.is_empty() && self.runs.is_empty() && self.tasks.is_empty() && self.attempts.is_empty() && self.duplicates.is_empty()
     }
 
-    fn len(&self) -> usize {
-        self.runs.len() + self.tasks.len() + self.attempts.len()
-    }
+}
 
-    fn statements(&self, inner: &Inner) -> Vec<super::Stmt> {
-        let mut out = Vec::new();
-        let runs: Vec<&RunResult> = self.runs.values().collect();
-        inner.sql.upsert_runs(&runs, &inner.owner, &mut out);
-        let tasks: Vec<(&str, &str, i64, &TaskResult)> =
-            self.tasks.iter().map(|((run_id, name), (pos, t))| (run_id.as_str(), name.as_str(), *pos, t)).collect();
-        inner.sql.upsert_tasks(&tasks, &mut out);
-        let attempts: Vec<&AttemptRecord> = self.attempts.values().collect();
-        inner.sql.upsert_attempts(&attempts, &mut out);
-        out
+/// What the background task keeps between batches.
+#[derive(Default)]
+struct Memory {
+    /// Task positions of the runs created here whose pending tasks have no
+    /// row, until they end: a task's row is written when it first moves.
+    positions: Map<Arc<str>, Map<String, i64>>,
+    /// Runs whose creation found the id taken: their events are dropped.
+    rejected: HashSet<Arc<str>>,
+    /// The first error not yet returned by a flush.
+    unreported: Option<StoreError>,
+    /// A checkpoint runs (SQLite).
+    checkpointing: Arc<AtomicBool>,
+    /// Definitions this writer has committed lately, oldest first: runs of
+    /// a workflow send its definition once.
+    written: VecDeque<Arc<str>>,
+}
+
+/// How many definition ids [`Memory::written`] keeps.
+const KNOWN_DEFINITIONS: usize = 64;
+
+/// Locks a mutex even if a panicking thread poisoned it: the batch stays
+/// consistent between our own updates.
+fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
+    m.lock().unwrap_or_else(|e| e.into_inner())
+}
+
+/// Ends the writer when its task is dropped (runtime shutdown) or returns:
+/// waiting flushes then fail with [`StoreError::WriterStopped`].
+struct StopGuard(Arc<Shared>);
+
+impl Drop for StopGuard {
+    fn drop(&mut self) {
+        let mut p = lock(&self.0.pending);
+        p.stopped = true;
+        p.flushes.clear();
+        p.batch = Batch::default();
     }
 }
 
-async fn write_loop(inner: Arc<Inner>, mut rx: mpsc::UnboundedReceiver<Msg>) {
-    let mut unreported: Option<StoreError> = None;
-    let mut queued = Vec::with_capacity(1024);
-    // Ends when every sender is dropped and the queue is drained.
-    while rx.recv_many(&mut queued, MAX_BATCH).await > 0 {
-        let mut batch = Batch::default();
-        let mut flushes = Vec::new();
-        for msg in queued.drain(..) {
-            match msg {
-                Msg::Flush(done) => flushes.push(done),
-                other => batch.add(other),
+async fn write_loop(inner: Arc<Inner>, shared: Arc<Shared>) {
+    let _guard = StopGuard(Arc::clone(&shared));
+    let mut memory = Memory::default();
+    loop {
+        let (idle, urgent, closed) = {
+            let p = lock(&shared.pending);
+            let idle = p.batch.is_empty() && p.flushes.is_empty();
+            (idle, p.closed || !p.flushes.is_empty() || p.batch.rows >= MAX_PENDING, p.closed)
+        };
+        if idle {
+            if closed {
+                return;
+            }
+            shared.wake.notified().await;
+            continue;
+        }
+        if !urgent {
+            tokio::select! {
+                _ = tokio::time::sleep(LINGER) => {}
+                _ = shared.urgent.notified() => {}
             }
         }
-        if !batch.is_empty()
-            && let Err(e) = write(&inner, &batch).await
-        {
-            tracing::error!("{e}");
-            unreported.get_or_insert(e);
+        let (batch, flushes) = {
+            let mut p = lock(&shared.pending);
+            (std::mem::take(&mut p.batch), std::mem::take(&mut p.flushes))
+        };
+        if !batch.is_empty() {
+            memory.write(&inner, batch).await;
+            memory.checkpoint(&inner);
         }
         for done in flushes {
-            let _ = done.send(unreported.take().map_or(Ok(()), Err));
+            let _ = done.send(memory.unreported.take().map_or(Ok(()), Err));
         }
     }
 }
 
-async fn write(inner: &Inner, batch: &Batch) -> Result<()> {
-    let first = match inner.transaction(batch.statements(inner)).await {
-        Ok(_) => return Ok(()),
-        Err(e) => e,
-    };
-    tracing::warn!("store: writing {} updates failed ({}); retrying once", batch.len(), describe(&first));
-    tokio::time::sleep(RETRY_DELAY).await;
-    inner
-        .transaction(batch.statements(inner))
-        .await
-        .map(|_| ())
-        .map_err(|e| StoreError::Db(format!("could not record {} updates at {}: {}", batch.len(), inner.location, describe(&e))))
+impl Memory {
+    async fn write(&mut self, inner: &Inner, mut batch: Batch) {
+        for id in std::mem::take(&mut batch.duplicates) {
+            self.report(StoreError::RunExists(id));
+        }
+        for (id, c) in &mut batch.creates {
+            if let Definition::Value(v) = &mut c.definition {
+                let v = std::mem::take(v);
+                let text = json_text(&v);
+                let def_id: Arc<str> = definition_id(&text).into();
+                if c.implicit_pending {
+                    self.positions.insert(Arc::clone(id), positions(v));
+                }
+                c.definition = Definition::Text(def_id, text.into());
+            }
+        }
+        if batch.is_empty() {
+            return;
+        }
+        let mut result = self.attempt(inner, &batch).await;
+        if let Err(e) = &result {
+            tracing::warn!("store: writing {} updates failed ({}); retrying once", batch.rows, describe(e));
+            tokio::time::sleep(RETRY_DELAY).await;
+            result = self.attempt(inner, &batch).await;
+        }
+        match result {
+            Ok(rejected) => {
+                for c in batch.creates.values() {
+                    if let Definition::Text(id, _) = &c.definition
+                        && !self.written.contains(id)
+                    {
+                        if self.written.len() == KNOWN_DEFINITIONS {
+                            self.written.pop_front();
+                        }
+                        self.written.push_back(Arc::clone(id));
+                    }
+                }
+                for id in rejected {
+                    self.report(StoreError::RunExists(id.to_string()));
+                    self.positions.remove(&id);
+                    self.rejected.insert(id);
+                }
+                let ended = batch.creates.iter().map(|(id, c)| (id, &c.run)).chain(&batch.runs).filter(|(_, r)| r.status.is_terminal());
+                for (id, _) in ended {
+                    self.positions.remove(id);
+                }
+            }
+            Err(e) => self.report(StoreError::Db(format!(
+                "could not record {} updates at {}: {}",
+                batch.rows,
+                inner.location,
+                describe(&e)
+            ))),
+        }
+    }
+
+    /// Starts a checkpoint of SQLite's write-ahead log unless one runs: in
+    /// the background, so a commit never waits for it.
+    fn checkpoint(&self, inner: &Arc<Inner>) {
+        if !inner.wal || self.checkpointing.swap(true, Ordering::AcqRel) {
+            return;
+        }
+        let (inner, running) = (Arc::clone(inner), Arc::clone(&self.checkpointing));
+        tokio::spawn(async move {
+            if let Err(e) = inner.checkpoint().await {
+                tracing::debug!("store: checkpoint: {}", describe(&e));
+            }
+            running.store(false, Ordering::Release);
+        });
+    }
+
+    fn report(&mut self, e: StoreError) {
+        tracing::error!("{e}");
+        self.unreported.get_or_insert(e);
+    }
+
+    /// One try at writing the batch; the runs whose creation found their id taken.
+    async fn attempt(&self, inner: &Inner, batch: &Batch) -> std::result::Result<Vec<Arc<str>>, sqlx::Error> {
+        let mut script = BatchScript::new(inner, batch, self);
+        inner.run_script(&mut script).await?;
+        Ok(script.rejected)
+    }
+}
+
+/// The position of each named task of a definition, taking the names out of it.
+fn positions(definition: Value) -> Map<String, i64> {
+    let Value::Object(mut d) = definition else { return Map::default() };
+    let Some(Value::Array(tasks)) = d.remove("tasks") else { return Map::default() };
+    let mut out = Map::with_capacity_and_hasher(tasks.len(), Default::default());
+    for (i, t) in tasks.into_iter().enumerate() {
+        if let Value::Object(mut t) = t
+            && let Some(Value::String(name)) = t.remove("name")
+        {
+            out.entry(name).or_insert(i as i64);
+        }
+    }
+    out
+}
+
+#[derive(Clone, Copy, PartialEq, Eq)]
+enum Phase {
+    Definitions,
+    Creates,
+    Runs,
+    Tasks,
+    Attempts,
+    Done,
+}
+
+/// A batch as statements, made one chunk at a time: definitions not yet
+/// written, new runs (their inserts say which ids were free), then run
+/// fields, tasks and attempts in key order, leaving out the runs whose id
+/// was taken.
+struct BatchScript<'a> {
+    inner: &'a Inner,
+    memory: &'a Memory,
+    phase: Phase,
+    definitions: Vec<(&'a Arc<str>, &'a Arc<str>)>,
+    creates: Vec<(&'a Arc<str>, &'a Create)>,
+    runs: Vec<(&'a Arc<str>, &'a RunResult)>,
+    tasks: Vec<(&'a Arc<str>, &'a Arc<str>, &'a TaskRow)>,
+    attempts: Vec<(&'a Arc<str>, &'a Arc<str>, u32, &'a AttemptRow)>,
+    /// Rows of the current phase already written.
+    at: usize,
+    created: HashSet<String>,
+    rejected: Vec<Arc<str>>,
+}
+
+impl<'a> BatchScript<'a> {
+    fn new(inner: &'a Inner, batch: &'a Batch, memory: &'a Memory) -> BatchScript<'a> {
+        let mut creates: Vec<_> = batch.creates.iter().collect();
+        creates.sort_unstable_by(|a, b| a.0.cmp(b.0));
+        let mut definitions: Vec<_> = creates
+            .iter()
+            .filter_map(|(_, c)| match &c.definition {
+                Definition::Text(id, text) if !memory.written.contains(id) => Some((id, text)),
+                _ => None,
+            })
+            .collect();
+        definitions.sort_unstable_by(|a, b| a.0.cmp(b.0));
+        definitions.dedup_by(|a, b| a.0 == b.0);
+        let mut runs: Vec<_> = batch.runs.iter().collect();
+        runs.sort_unstable_by(|a, b| a.0.cmp(b.0));
+        // Runs in id order, then each run's rows in key order.
+        let mut task_runs: Vec<_> = batch.tasks.iter().collect();
+        task_runs.sort_unstable_by(|a, b| a.0.cmp(b.0));
+        let mut tasks = Vec::with_capacity(task_runs.iter().map(|(_, m)| m.len()).sum());
+        for (run, m) in task_runs {
+            let from = tasks.len();
+            tasks.extend(m.iter().map(|(name, row)| (run, name, row)));
+            tasks[from..].sort_unstable_by(|a, b| a.1.cmp(b.1));
+        }
+        let mut attempt_runs: Vec<_> = batch.attempts.iter().collect();
+        attempt_runs.sort_unstable_by(|a, b| a.0.cmp(b.0));
+        let mut attempts = Vec::new();
+        for (run, m) in attempt_runs {
+            let from = attempts.len();
+            attempts.extend(m.iter().flat_map(|(task, v)| v.iter().map(move |(n, row)| (run, task, *n, row))));
+            attempts[from..].sort_unstable_by(|a, b| (a.1, a.2).cmp(&(b.1, b.2)));
+        }
+        BatchScript {
+            inner,
+            memory,
+            phase: Phase::Definitions,
+            definitions,
+            creates,
+            runs,
+            tasks,
+            attempts,
+            at: 0,
+            created: HashSet::new(),
+            rejected: Vec::new(),
+        }
+    }
+
+    /// Rows left in the current phase.
+    fn left(&self) -> usize {
+        match self.phase {
+            Phase::Definitions => self.definitions.len(),
+            Phase::Creates => self.creates.len(),
+            Phase::Runs => self.runs.len(),
+            Phase::Tasks => self.tasks.len(),
+            Phase::Attempts => self.attempts.len(),
+            Phase::Done => 0,
+        }
+        .saturating_sub(self.at)
+    }
+
+    fn advance(&mut self) {
+        if self.phase == Phase::Creates {
+            for (id, _) in &self.creates {
+                if !self.created.contains(&***id) {
+                    self.rejected.push(Arc::clone(id));
+                }
+            }
+            let out: HashSet<&str> =
+                self.rejected.iter().map(|id| &**id).chain(self.memory.rejected.iter().map(|id| &**id)).collect();
+            if !out.is_empty() {
+                self.runs.retain(|(id, _)| !out.contains(&***id));
+                self.tasks.retain(|(id, _, _)| !out.contains(&***id));
+                self.attempts.retain(|(id, _, _, _)| !out.contains(&***id));
+            }
+        }
+        self.phase = match self.phase {
+            Phase::Definitions => Phase::Creates,
+            Phase::Creates => Phase::Runs,
+            Phase::Runs => Phase::Tasks,
+            Phase::Tasks => Phase::Attempts,
+            Phase::Attempts | Phase::Done => Phase::Done,
+        };
+        self.at = 0;
+    }
+}
+
+impl Script for BatchScript<'_> {
+    fn next(&mut self) -> Option<Step> {
+        while self.phase != Phase::Done && self.left() == 0 {
+            self.advance();
+        }
+        let sql = &self.inner.sql;
+        let owner = &self.inner.owner;
+        let shared = |s: &Arc<str>| Val::Shared(Some(Arc::clone(s)));
+        let (start, phase) = (self.at, self.phase);
+        let upsert = match phase {
+            Phase::Definitions => &sql.insert_definitions,
+            Phase::Creates => &sql.insert_runs,
+            Phase::Runs => &sql.upsert_runs,
+            Phase::Tasks => &sql.upsert_tasks,
+            Phase::Attempts => &sql.upsert_attempts,
+            Phase::Done => return None,
+        };
+        let n = upsert.chunk(self.left());
+        let mut args = Vec::with_capacity(n * upsert.width());
+        match phase {
+            Phase::Definitions => {
+                for (id, text) in &self.definitions[start..start + n] {
+                    args.extend([shared(id), shared(text)]);
+                }
+            }
+            Phase::Creates => {
+                for (_, c) in &self.creates[start..start + n] {
+                    push_run(&c.run, owner, &mut args);
+                    args.push(match &c.definition {
+                        Definition::Text(id, _) => shared(id),
+                        Definition::Value(v) => Val::Text(Some(definition_id(&json_text(v)))),
+                    });
+                    args.push(Val::Bool(c.implicit_pending));
+                }
+            }
+            Phase::Runs => {
+                for (_, r) in &self.runs[start..start + n] {
+                    push_run(r, owner, &mut args);
+                }
+            }
+            Phase::Tasks => {
+                for (run, name, row) in &self.tasks[start..start + n] {
+                    let position = row
+                        .position
+                        .or_else(|| self.memory.positions.get(&***run).and_then(|p| p.get(&***name)).copied())
+                        .unwrap_or(0);
+                    push_task(shared(run), shared(name), position, &row.state, &mut args);
+                }
+            }
+            Phase::Attempts => {
+                for (run, task, attempt, a) in &self.attempts[start..start + n] {
+                    push_attempt_parts(shared(run), shared(task), *attempt, a.status, a.error.as_deref(), a.started_at, a.finished_at, &mut args);
+                }
+            }
+            Phase::Done => unreachable!("returned above"),
+        }
+        self.at += n;
+        let stmt: Stmt = upsert.stmt(n, args);
+        Some(if phase == Phase::Creates { Step::Insert(stmt) } else { Step::Execute(stmt) })
+    }
+
+    fn done(&mut self, _affected: u64, inserted: Vec<String>) {
+        self.created.extend(inserted);
+    }
 }

@@ -41,6 +41,21 @@ impl Rules<'_> {
 
     fn duration(&mut self, pointer: &str) -> Option<Duration> {
         let s = self.doc.value.pointer(pointer)?.as_str()?;
+        self.parse_duration_at(s, pointer)
+    }
+
+    /// A task's duration field, looked up without building its pointer
+    /// unless it is there.
+    fn task_duration(&mut self, task: &Value, i: usize, path: &[&str]) -> Option<Duration> {
+        let mut v = task;
+        for seg in path {
+            v = v.get(seg)?;
+        }
+        let s = v.as_str()?;
+        self.parse_duration_at(s, &format!("/tasks/{i}/{}", path.join("/")))
+    }
+
+    fn parse_duration_at(&mut self, s: &str, pointer: &str) -> Option<Duration> {
         match parse_duration(s) {
             Ok(d) if d.is_zero() && pointer.ends_with("timeout") => {
                 self.push(Diagnostic::new(Code::Duration, self.file, self.doc.span(pointer), "a timeout must be longer than zero"));
@@ -162,9 +177,9 @@ impl Rules<'_> {
                     ));
                 }
             }
-            let task_timeout = self.duration(&format!("/tasks/{i}/timeout"));
-            self.duration(&format!("/tasks/{i}/retry/delay"));
-            self.duration(&format!("/tasks/{i}/retry/max_delay"));
+            let task_timeout = self.task_duration(t, i, &["timeout"]);
+            self.task_duration(t, i, &["retry", "delay"]);
+            self.task_duration(t, i, &["retry", "max_delay"]);
             if let Some(w) = wf_timeout {
                 let (tt, ptr) = match task_timeout {
                     Some(tt) => (Some(tt), format!("/tasks/{i}/timeout")),
