@@ -476,6 +476,27 @@ async fn events_stream_run_and_task_transitions() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_client_that_falls_behind_skips_events_and_never_blocks_runs() {
+    let e = EngineBuilder::new().without_store().build().await.unwrap();
+    e.register_workflow(workflow(GREET));
+    let app = app(&e);
+    let resp = app.clone().oneshot(get("/v1/events")).await.unwrap();
+    // 8 events per run; the channel keeps 4096: the unread stream falls behind.
+    let mut ids = Vec::new();
+    for i in 0..600 {
+        let opts = taskweave::RunOptions { input: Some(json!({"who": format!("w{i}")})), ..Default::default() };
+        ids.push(e.run_workflow("greet", opts).await.unwrap());
+    }
+    for id in &ids {
+        assert_eq!(e.get_result(id, Some(WAIT)).await.unwrap().status.as_str(), "succeeded", "runs go on while a client lags");
+    }
+    let seen = read_events(resp.into_body(), |name, _| name == "lagged").await;
+    let (name, data) = &seen[0];
+    assert_eq!(name, "lagged", "the first thing a lagging client hears: {seen:?}");
+    assert!(data["skipped"].as_u64().unwrap() > 0, "{data}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn metrics_count_runs_and_tasks() {
     let e = engine().await;
     let app = app(&e);
