@@ -27,6 +27,7 @@ use prometheus_client::metrics::gauge::Gauge;
 use prometheus_client::metrics::histogram::Histogram;
 use prometheus_client::registry::{Registry, Unit};
 use std::collections::HashMap;
+use std::collections::hash_map::Entry;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 use tokio::sync::broadcast::error::RecvError;
@@ -232,9 +233,9 @@ fn on_run_event(engine: &Engine, metrics: &Arc<Metrics>, in_flight: &mut HashMap
     }
     let Some(status) = RunStatus::parse(&ev.status) else { return };
     if status == RunStatus::Running {
-        if !in_flight.contains_key(&ev.run_id) {
+        if let Entry::Vacant(slot) = in_flight.entry(ev.run_id) {
             metrics.active(&ev.workflow).inc();
-            in_flight.insert(ev.run_id, InFlight { workflow: ev.workflow, since: Instant::now(), counted: false });
+            slot.insert(InFlight { workflow: ev.workflow, since: Instant::now(), counted: false });
         }
     } else if status.is_terminal() {
         // A run that started before this feed listened: only its end is counted.
