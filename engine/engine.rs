@@ -67,12 +67,7 @@ pub struct EngineBuilder {
 
 impl EngineBuilder {
     pub fn new() -> Self {
-        EngineBuilder {
-            config: Config::default(),
-            handlers: Handlers::with_builtins(),
-            limits: Limits::default(),
-            store: None,
-        }
+        EngineBuilder { config: Config::default(), handlers: Handlers::with_builtins(), limits: Limits::default(), store: None }
     }
 
     pub fn config(mut self, c: Config) -> Self {
@@ -136,14 +131,7 @@ impl EngineBuilder {
         }
         let registry = Arc::new(crate::reload::Registry::new(self.config.engine.workflows.clone(), validate_options(&self.config)));
         Ok(Engine {
-            inner: Arc::new(Inner {
-                config: self.config,
-                store,
-                backends,
-                registry,
-                events,
-                run_backends: RwLock::new(HashMap::new()),
-            }),
+            inner: Arc::new(Inner { config: self.config, store, backends, registry, events, run_backends: RwLock::new(HashMap::new()) }),
         })
     }
 }
@@ -217,19 +205,14 @@ impl Engine {
     /// Validate a file and register its workflow.
     pub fn register_file(&self, path: &Path) -> Result<Arc<Workflow>, EngineError> {
         let opts = validate_options(&self.inner.config);
-        let checked = crate::validate::check_file(path, &opts).map_err(|e| crate::config::ConfigError::Io {
-            path: path.display().to_string(),
-            source: e,
-        })?;
+        let checked = crate::validate::check_file(path, &opts)
+            .map_err(|e| crate::config::ConfigError::Io { path: path.display().to_string(), source: e })?;
         match checked.workflow {
             Some(wf) => {
                 self.register_workflow(Arc::clone(&wf));
                 Ok(wf)
             }
-            None => Err(EngineError::Invalid {
-                file: checked.file,
-                diagnostics: checked.diagnostics,
-            }),
+            None => Err(EngineError::Invalid { file: checked.file, diagnostics: checked.diagnostics }),
         }
     }
 
@@ -268,7 +251,9 @@ impl Engine {
             Some(b) => b,
             None => match &wf.backend {
                 Some(crate::spec::raw::BackendSpec::Name(n)) => n.clone(),
-                Some(crate::spec::raw::BackendSpec::Rollout(r)) => r.default.clone().unwrap_or_else(|| self.inner.config.engine.default_backend.clone()),
+                Some(crate::spec::raw::BackendSpec::Rollout(r)) => {
+                    r.default.clone().unwrap_or_else(|| self.inner.config.engine.default_backend.clone())
+                }
                 None => self.inner.config.engine.default_backend.clone(),
             },
         };
@@ -283,10 +268,10 @@ impl Engine {
     }
 
     fn backend(&self, name: &str) -> Result<&Arc<dyn Backend>, EngineError> {
-        self.inner.backends.get(name).ok_or_else(|| EngineError::UnknownBackend {
-            name: name.to_string(),
-            known: self.inner.backends.names(),
-        })
+        self.inner
+            .backends
+            .get(name)
+            .ok_or_else(|| EngineError::UnknownBackend { name: name.to_string(), known: self.inner.backends.names() })
     }
 
     async fn backend_of(&self, run_id: &str) -> Result<&Arc<dyn Backend>, EngineError> {
@@ -354,15 +339,13 @@ pub fn prepare_input(wf: &Workflow, mut input: Value) -> Result<Value, EngineErr
             }
         }
     }
-    let validator = wf.input_validator().map_err(|m| EngineError::InvalidInput {
-        message: m,
-        pointer: String::new(),
-    })?;
+    let validator = wf.input_validator().map_err(|m| EngineError::InvalidInput { message: m, pointer: String::new() })?;
     if let Some(err) = validator.iter_errors(&input).next() {
         let pointer = err.instance_path().as_str().to_string();
         let message = match err.kind() {
             jsonschema::error::ValidationErrorKind::Required { property } => {
-                let at = if pointer.is_empty() { String::new() } else { format!(" in `{}`", pointer.trim_start_matches('/').replace('/', ".")) };
+                let at =
+                    if pointer.is_empty() { String::new() } else { format!(" in `{}`", pointer.trim_start_matches('/').replace('/', ".")) };
                 format!("missing required property `{}`{at}", property.as_str().unwrap_or_default())
             }
             jsonschema::error::ValidationErrorKind::AdditionalProperties { unexpected } => {

@@ -27,9 +27,7 @@ async fn summarise(with: Value, _ctx: HandlerCtx) -> Result<Value, ActionError> 
 #[tokio::main]
 async fn main() -> Result<(), Box<dyn std::error::Error>> {
     let root = Path::new(env!("CARGO_MANIFEST_DIR"));
-    let document = std::env::args()
-        .nth(1)
-        .unwrap_or_else(|| root.join("examples/data/sample.txt").display().to_string());
+    let document = std::env::args().nth(1).unwrap_or_else(|| root.join("examples/data/sample.txt").display().to_string());
 
     // History in memory only; `.store("sqlite://...")` keeps it on disk.
     let engine = Engine::builder().without_store().handler("llm", summarise).build().await?;

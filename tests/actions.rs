@@ -18,17 +18,8 @@ use wiremock::{Mock, MockServer, ResponseTemplate};
 /// A workflow with one task `t`, whose body is `task` (YAML, indented by the caller).
 fn workflow(extra: &str, task: &str) -> Arc<Workflow> {
     let yaml = format!("version: 1\nname: t\n{extra}tasks:\n  - name: t\n{task}");
-    let checked = taskweave::validate::check_source(
-        "t.yaml",
-        yaml.clone(),
-        taskweave::spec::Format::Yaml,
-        &Default::default(),
-    );
-    assert!(
-        checked.diagnostics.is_empty(),
-        "{yaml}\n{:#?}",
-        checked.diagnostics
-    );
+    let checked = taskweave::validate::check_source("t.yaml", yaml.clone(), taskweave::spec::Format::Yaml, &Default::default());
+    assert!(checked.diagnostics.is_empty(), "{yaml}\n{:#?}", checked.diagnostics);
     checked.workflow.expect("a valid workflow")
 }
 
@@ -50,11 +41,7 @@ struct Env {
 
 impl Default for Env {
     fn default() -> Self {
-        Env {
-            limits: Limits::default(),
-            handlers: Handlers::with_builtins(),
-            cancel: CancellationToken::new(),
-        }
+        Env { limits: Limits::default(), handlers: Handlers::with_builtins(), cancel: CancellationToken::new() }
     }
 }
 
@@ -135,11 +122,7 @@ fn alive(pid: i32) -> bool {
         return std::io::Error::last_os_error().raw_os_error() != Some(libc::ESRCH);
     }
     match std::fs::read_to_string(format!("/proc/{pid}/stat")) {
-        Ok(stat) => {
-            stat.rsplit_once(')')
-                .map(|x| x.1.trim_start().starts_with('Z'))
-                != Some(true)
-        }
+        Ok(stat) => stat.rsplit_once(')').map(|x| x.1.trim_start().starts_with('Z')) != Some(true),
         Err(_) => false,
     }
 }
@@ -176,24 +159,15 @@ async fn members_when(pidfile: &Path, n: usize) -> (i32, Vec<i32>) {
 #[tokio::test]
 async fn run_output_is_stdout_without_one_trailing_newline() {
     let wf = workflow("", "    run: [echo, \"hello {{input.name}}\"]\n");
-    assert_eq!(
-        run(&wf, json!({"name": "world"})).await,
-        Ok(json!("hello world"))
-    );
+    assert_eq!(run(&wf, json!({"name": "world"})).await, Ok(json!("hello world")));
     let wf = workflow("", "    run: [printf, \"a\\n\\n\"]\n");
     assert_eq!(run(&wf, json!({})).await, Ok(json!("a\n")));
 }
 
 #[tokio::test]
 async fn run_json_output_is_parsed() {
-    let wf = workflow(
-        "",
-        "    run: [echo, '{\"n\": 1, \"ok\": [true, null]}']\n    output: json\n",
-    );
-    assert_eq!(
-        run(&wf, json!({})).await,
-        Ok(json!({"n": 1, "ok": [true, null]}))
-    );
+    let wf = workflow("", "    run: [echo, '{\"n\": 1, \"ok\": [true, null]}']\n    output: json\n");
+    assert_eq!(run(&wf, json!({})).await, Ok(json!({"n": 1, "ok": [true, null]})));
 }
 
 #[tokio::test]
@@ -206,10 +180,7 @@ async fn run_bad_json_output_fails_with_the_parse_error() {
 
 #[tokio::test]
 async fn nonzero_exit_fails_with_code_and_stderr() {
-    let wf = workflow(
-        "",
-        "    shell: \"echo partial; echo 'it broke' >&2; exit 3\"\n",
-    );
+    let wf = workflow("", "    shell: \"echo partial; echo 'it broke' >&2; exit 3\"\n");
     let m = failed(run(&wf, json!({})).await);
     assert!(m.contains("exited with code 3"), "{m}");
     assert!(m.contains("it broke"), "{m}");
@@ -237,14 +208,9 @@ async fn env_and_cwd_are_applied() {
         "    shell: 'echo \"$WF_VAR|$TASK_VAR|$SHARED|$TASKWEAVE_TASK|$(pwd)\"'\n    \
          env: {TASK_VAR: \"{{input.v}}\", SHARED: task}\n    cwd: \"{{input.dir}}\"\n",
     );
-    let out = run(&wf, json!({"v": "from input", "dir": dir.path()}))
-        .await
-        .unwrap();
+    let out = run(&wf, json!({"v": "from input", "dir": dir.path()})).await.unwrap();
     let cwd = dir.path().canonicalize().unwrap();
-    assert_eq!(
-        out,
-        json!(format!("from-workflow|from input|task|t|{}", cwd.display()))
-    );
+    assert_eq!(out, json!(format!("from-workflow|from input|task|t|{}", cwd.display())));
     // The inherited environment is kept (PATH found `echo` above; HOME too).
     let wf = workflow("", "    run: [sh, -c, 'test -n \"$PATH\" && echo ok']\n");
     assert_eq!(run(&wf, json!({})).await, Ok(json!("ok")));
@@ -263,47 +229,28 @@ async fn shell_values_cannot_inject_commands() {
     let p1 = dir.path().join("pwned1");
     let p2 = dir.path().join("pwned2");
     let p3 = dir.path().join("pwned3");
-    let values = [
-        format!("\"; touch {}; echo \"", p1.display()),
-        format!("$(touch {})", p2.display()),
-        format!("`touch {}` it's", p3.display()),
-    ];
-    let wf = workflow(
-        "",
-        "    shell: |\n      echo {{input.a}}\n      echo {{input.b}}\n      echo {{input.c}}\n",
-    );
-    let out = run(&wf, json!({"a": values[0], "b": values[1], "c": values[2]}))
-        .await
-        .unwrap();
+    let values =
+        [format!("\"; touch {}; echo \"", p1.display()), format!("$(touch {})", p2.display()), format!("`touch {}` it's", p3.display())];
+    let wf = workflow("", "    shell: |\n      echo {{input.a}}\n      echo {{input.b}}\n      echo {{input.c}}\n");
+    let out = run(&wf, json!({"a": values[0], "b": values[1], "c": values[2]})).await.unwrap();
     assert_eq!(out, json!(values.join("\n")));
     for p in [&p1, &p2, &p3] {
         assert!(!p.exists(), "{} was created", p.display());
     }
     // `run` has no shell at all.
     let wf = workflow("", "    run: [echo, \"{{input.a}}\", \"{{input.b}}\"]\n");
-    let out = run(&wf, json!({"a": values[0], "b": values[1]}))
-        .await
-        .unwrap();
+    let out = run(&wf, json!({"a": values[0], "b": values[1]})).await.unwrap();
     assert_eq!(out, json!(format!("{} {}", values[0], values[1])));
     assert!(!p1.exists() && !p2.exists());
 }
 
 #[tokio::test]
 async fn output_over_the_cap_fails_and_stops_the_process() {
-    let env = Env {
-        limits: Limits {
-            max_output_bytes: 1024,
-            ..Limits::default()
-        },
-        ..Env::default()
-    };
+    let env = Env { limits: Limits { max_output_bytes: 1024, ..Limits::default() }, ..Env::default() };
     let wf = workflow("", "    shell: 'while :; do echo 0123456789abcdef; done'\n");
     let m = failed(env.run(&wf, json!({})).await);
     assert_eq!(m, "stdout exceeded 1 KiB");
-    let wf = workflow(
-        "",
-        "    shell: 'while :; do echo 0123456789abcdef >&2; done'\n",
-    );
+    let wf = workflow("", "    shell: 'while :; do echo 0123456789abcdef >&2; done'\n");
     let m = failed(env.run(&wf, json!({})).await);
     assert_eq!(m, "stderr exceeded 1 KiB");
     // Exactly at the cap is fine.
@@ -316,10 +263,7 @@ async fn output_over_the_cap_fails_and_stops_the_process() {
 async fn cancel_stops_the_whole_process_group() {
     let dir = tempfile::tempdir().unwrap();
     let pidfile = dir.path().join("pid");
-    let wf = workflow(
-        "",
-        "    shell: 'echo $$ > {{input.pidfile}}; sleep 100; echo x'\n",
-    );
+    let wf = workflow("", "    shell: 'echo $$ > {{input.pidfile}}; sleep 100; echo x'\n");
     let env = Env::default();
     let cancel = env.cancel.clone();
     let watcher = {
@@ -337,11 +281,7 @@ async fn cancel_stops_the_whole_process_group() {
     assert_gone(&members).await;
     assert!(group_members(pgid).is_empty());
     // sh and sleep die on SIGTERM: no need to wait for the 5 s grace.
-    assert!(
-        started.elapsed() < Duration::from_secs(4),
-        "{:?}",
-        started.elapsed()
-    );
+    assert!(started.elapsed() < Duration::from_secs(4), "{:?}", started.elapsed());
 }
 
 #[tokio::test]
@@ -355,13 +295,7 @@ async fn processes_ignoring_sigterm_get_sigkill_after_the_grace() {
          echo $$ > {{input.pidfile}}\n      while :; do sleep 1; done\n",
     );
     let grace = Duration::from_millis(500);
-    let env = Env {
-        limits: Limits {
-            kill_grace: grace,
-            ..Limits::default()
-        },
-        ..Env::default()
-    };
+    let env = Env { limits: Limits { kill_grace: grace, ..Limits::default() }, ..Env::default() };
     let cancel = env.cancel.clone();
     let watcher = {
         let pidfile = pidfile.clone();
@@ -372,17 +306,10 @@ async fn processes_ignoring_sigterm_get_sigkill_after_the_grace() {
             (pgid, members, at)
         }
     };
-    let (r, (pgid, members, cancelled_at)) = tokio::join!(
-        env.run(&wf, json!({"pidfile": pidfile, "marker": marker})),
-        watcher
-    );
+    let (r, (pgid, members, cancelled_at)) = tokio::join!(env.run(&wf, json!({"pidfile": pidfile, "marker": marker})), watcher);
     assert_eq!(r, Err(ActionError::Cancelled));
     // The shell survived SIGTERM (its trap ran), so SIGKILL came after the grace.
-    assert!(
-        cancelled_at.elapsed() >= grace,
-        "{:?}",
-        cancelled_at.elapsed()
-    );
+    assert!(cancelled_at.elapsed() >= grace, "{:?}", cancelled_at.elapsed());
     assert!(cancelled_at.elapsed() < Duration::from_secs(10));
     assert_eq!(std::fs::read_to_string(&marker).unwrap().trim(), "term");
     assert_gone(&members).await;
@@ -393,10 +320,7 @@ async fn processes_ignoring_sigterm_get_sigkill_after_the_grace() {
 async fn a_dropped_attempt_leaves_no_processes() {
     let dir = tempfile::tempdir().unwrap();
     let pidfile = dir.path().join("pid");
-    let wf = workflow(
-        "",
-        "    shell: 'echo $$ > {{input.pidfile}}; sleep 100; echo x'\n",
-    );
+    let wf = workflow("", "    shell: 'echo $$ > {{input.pidfile}}; sleep 100; echo x'\n");
     let env = Env::default();
     let input = json!({"pidfile": pidfile});
     let attempt = env.run(&wf, input);
@@ -412,15 +336,9 @@ async fn a_dropped_attempt_leaves_no_processes() {
 async fn background_children_do_not_outlive_the_task() {
     let dir = tempfile::tempdir().unwrap();
     let pidfile = dir.path().join("bg");
-    let wf = workflow(
-        "",
-        "    shell: 'sleep 100 & echo $! > {{input.pidfile}}; echo done'\n",
-    );
+    let wf = workflow("", "    shell: 'sleep 100 & echo $! > {{input.pidfile}}; echo done'\n");
     let started = Instant::now();
-    assert_eq!(
-        run(&wf, json!({"pidfile": pidfile})).await,
-        Ok(json!("done"))
-    );
+    assert_eq!(run(&wf, json!({"pidfile": pidfile})).await, Ok(json!("done")));
     assert!(started.elapsed() < Duration::from_secs(30));
     let bg: i32 = wait_for_file(&pidfile).await.parse().unwrap();
     assert_gone(&[bg]).await;
@@ -436,11 +354,7 @@ async fn http_get_sends_query_and_headers() {
         .and(query_param("q", "rust lang"))
         .and(query_param("limit", "5"))
         .and(header("x-token", "secret-1"))
-        .respond_with(
-            ResponseTemplate::new(200)
-                .set_body_json(json!({"items": [1, 2]}))
-                .insert_header("X-Request-Id", "abc"),
-        )
+        .respond_with(ResponseTemplate::new(200).set_body_json(json!({"items": [1, 2]})).insert_header("X-Request-Id", "abc"))
         .expect(1)
         .mount(&server)
         .await;
@@ -449,21 +363,11 @@ async fn http_get_sends_query_and_headers() {
         "    http:\n      url: \"{{input.base}}/items\"\n      \
          query: {q: \"{{input.q}}\", limit: \"5\"}\n      headers: {X-Token: \"{{input.token}}\"}\n",
     );
-    let out = run(
-        &wf,
-        json!({"base": server.uri(), "q": "rust lang", "token": "secret-1"}),
-    )
-    .await
-    .unwrap();
+    let out = run(&wf, json!({"base": server.uri(), "q": "rust lang", "token": "secret-1"})).await.unwrap();
     assert_eq!(out["status"], json!(200));
     assert_eq!(out["body"], json!({"items": [1, 2]}));
     assert_eq!(out["headers"]["x-request-id"], json!("abc"));
-    assert!(
-        out["headers"]["content-type"]
-            .as_str()
-            .unwrap()
-            .contains("application/json")
-    );
+    assert!(out["headers"]["content-type"].as_str().unwrap().contains("application/json"));
 }
 
 #[tokio::test]
@@ -488,12 +392,7 @@ async fn http_post_json_keeps_template_types() {
          count: \"{{input.count}}\"\n        tags: \"{{input.tags}}\"\n        meta: \"{{input.meta}}\"\n        \
          text: \"run {{run.id}} for {{workflow.name}}\"\n        fixed: 1.5\n",
     );
-    let out = run(
-        &wf,
-        json!({"base": server.uri(), "count": 3, "tags": ["a", "b"], "meta": {"deep": true}}),
-    )
-    .await
-    .unwrap();
+    let out = run(&wf, json!({"base": server.uri(), "count": 3, "tags": ["a", "b"], "meta": {"deep": true}})).await.unwrap();
     assert_eq!(out["status"], json!(201));
     assert_eq!(out["body"], json!("created"));
 }
@@ -508,23 +407,15 @@ async fn http_text_body_is_sent_as_is() {
         .expect(1)
         .mount(&server)
         .await;
-    let wf = workflow(
-        "",
-        "    http:\n      method: PUT\n      url: \"{{input.base}}/doc\"\n      body: \"hello {{input.who}}\"\n",
-    );
-    let out = run(&wf, json!({"base": server.uri(), "who": "world"}))
-        .await
-        .unwrap();
+    let wf = workflow("", "    http:\n      method: PUT\n      url: \"{{input.base}}/doc\"\n      body: \"hello {{input.who}}\"\n");
+    let out = run(&wf, json!({"base": server.uri(), "who": "world"})).await.unwrap();
     assert_eq!(out["body"], json!("plain text"));
 }
 
 #[tokio::test]
 async fn http_non_2xx_fails_with_status_and_body() {
     let server = MockServer::start().await;
-    Mock::given(method("GET"))
-        .respond_with(ResponseTemplate::new(503).set_body_string("down for maintenance"))
-        .mount(&server)
-        .await;
+    Mock::given(method("GET")).respond_with(ResponseTemplate::new(503).set_body_string("down for maintenance")).mount(&server).await;
     let wf = workflow("", "    http: {url: \"{{input.base}}/x\"}\n");
     let m = failed(run(&wf, json!({"base": server.uri()})).await);
     assert_eq!(m, "HTTP 503 Service Unavailable: down for maintenance");
@@ -540,14 +431,8 @@ async fn http_connection_errors_are_retryable() {
 #[tokio::test]
 async fn http_honours_cancel_timeout_and_body_cap() {
     let server = MockServer::start().await;
-    Mock::given(path("/slow"))
-        .respond_with(ResponseTemplate::new(200).set_delay(Duration::from_secs(30)))
-        .mount(&server)
-        .await;
-    Mock::given(path("/big"))
-        .respond_with(ResponseTemplate::new(200).set_body_string("x".repeat(100)))
-        .mount(&server)
-        .await;
+    Mock::given(path("/slow")).respond_with(ResponseTemplate::new(200).set_delay(Duration::from_secs(30))).mount(&server).await;
+    Mock::given(path("/big")).respond_with(ResponseTemplate::new(200).set_body_string("x".repeat(100))).mount(&server).await;
     let slow = workflow("", "    http: {url: \"{{input.base}}/slow\"}\n");
     let input = json!({"base": server.uri()});
 
@@ -561,14 +446,8 @@ async fn http_honours_cancel_timeout_and_body_cap() {
     assert_eq!(r, Err(ActionError::Cancelled));
     assert!(started.elapsed() < Duration::from_secs(10));
 
-    let env = Env {
-        limits: Limits {
-            http_timeout: Duration::from_millis(200),
-            max_output_bytes: 16,
-            ..Limits::default()
-        },
-        ..Env::default()
-    };
+    let env =
+        Env { limits: Limits { http_timeout: Duration::from_millis(200), max_output_bytes: 16, ..Limits::default() }, ..Env::default() };
     let m = failed(env.run(&slow, input.clone()).await);
     assert!(m.contains("timed out"), "{m}");
     let big = workflow("", "    http: {url: \"{{input.base}}/big\"}\n");
@@ -588,14 +467,8 @@ async fn builtins_are_registered() {
 
 #[tokio::test]
 async fn echo_returns_its_arguments() {
-    let wf = workflow(
-        "",
-        "    uses: echo\n    with: {n: \"{{input.n}}\", s: \"id {{run.id}}\", list: [1, two]}\n",
-    );
-    assert_eq!(
-        run(&wf, json!({"n": 7})).await,
-        Ok(json!({"n": 7, "s": "id r1", "list": [1, "two"]}))
-    );
+    let wf = workflow("", "    uses: echo\n    with: {n: \"{{input.n}}\", s: \"id {{run.id}}\", list: [1, two]}\n");
+    assert_eq!(run(&wf, json!({"n": 7})).await, Ok(json!({"n": 7, "s": "id r1", "list": [1, "two"]})));
 }
 
 #[tokio::test]
@@ -623,32 +496,15 @@ async fn sleep_sleeps_and_honours_cancel() {
 #[tokio::test]
 async fn fail_fails_as_asked() {
     let wf = workflow("", "    uses: fail\n");
-    assert_eq!(
-        run(&wf, json!({})).await,
-        Err(ActionError::Failed("failed on purpose".into()))
-    );
-    let wf = workflow(
-        "",
-        "    uses: fail\n    with: {message: \"no {{input.x}}\"}\n",
-    );
-    assert_eq!(
-        run(&wf, json!({"x": "luck"})).await,
-        Err(ActionError::Failed("no luck".into()))
-    );
-    let wf = workflow(
-        "",
-        "    uses: fail\n    with: {message: broken, retryable: false}\n",
-    );
-    assert_eq!(
-        run(&wf, json!({})).await,
-        Err(ActionError::Permanent("broken".into()))
-    );
+    assert_eq!(run(&wf, json!({})).await, Err(ActionError::Failed("failed on purpose".into())));
+    let wf = workflow("", "    uses: fail\n    with: {message: \"no {{input.x}}\"}\n");
+    assert_eq!(run(&wf, json!({"x": "luck"})).await, Err(ActionError::Failed("no luck".into())));
+    let wf = workflow("", "    uses: fail\n    with: {message: broken, retryable: false}\n");
+    assert_eq!(run(&wf, json!({})).await, Err(ActionError::Permanent("broken".into())));
 }
 
 fn fixture(name: &str) -> PathBuf {
-    Path::new(env!("CARGO_MANIFEST_DIR"))
-        .join("tests/fixtures/actions")
-        .join(name)
+    Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures/actions").join(name)
 }
 
 #[tokio::test]
@@ -656,36 +512,22 @@ async fn extract_text_reads_plain_text() {
     let dir = tempfile::tempdir().unwrap();
     let p = dir.path().join("notes.txt");
     std::fs::write(&p, "first line\nsecond line\n").unwrap();
-    let wf = workflow(
-        "",
-        "    uses: extract-text\n    with: {path: \"{{input.path}}\"}\n",
-    );
+    let wf = workflow("", "    uses: extract-text\n    with: {path: \"{{input.path}}\"}\n");
     assert_eq!(
         run(&wf, json!({"path": p})).await,
-        Ok(
-            json!({"text": "first line\nsecond line\n", "page_count": 1, "extraction_method": "plain"})
-        )
+        Ok(json!({"text": "first line\nsecond line\n", "page_count": 1, "extraction_method": "plain"}))
     );
 }
 
 #[tokio::test]
 async fn extract_text_reads_pdfs() {
-    let wf = workflow(
-        "",
-        "    uses: extract-text\n    with: {path: \"{{input.path}}\"}\n",
-    );
-    let out = run(&wf, json!({"path": fixture("two-pages.pdf")}))
-        .await
-        .unwrap();
+    let wf = workflow("", "    uses: extract-text\n    with: {path: \"{{input.path}}\"}\n");
+    let out = run(&wf, json!({"path": fixture("two-pages.pdf")})).await.unwrap();
     assert_eq!(out["extraction_method"], json!("pdf"));
     assert_eq!(out["page_count"], json!(2));
     let text = out["text"].as_str().unwrap();
-    let first = text
-        .find("Hello from page one")
-        .unwrap_or_else(|| panic!("{text:?}"));
-    let second = text
-        .find("Second page here")
-        .unwrap_or_else(|| panic!("{text:?}"));
+    let first = text.find("Hello from page one").unwrap_or_else(|| panic!("{text:?}"));
+    let second = text.find("Second page here").unwrap_or_else(|| panic!("{text:?}"));
     assert!(first < second, "{text:?}");
 }
 
@@ -693,19 +535,12 @@ async fn extract_text_reads_pdfs() {
 async fn extract_text_failures_name_the_file() {
     let dir = tempfile::tempdir().unwrap();
     let missing = dir.path().join("missing.txt");
-    let wf = workflow(
-        "",
-        "    uses: extract-text\n    with: {path: \"{{input.path}}\"}\n",
-    );
+    let wf = workflow("", "    uses: extract-text\n    with: {path: \"{{input.path}}\"}\n");
     let m = failed(run(&wf, json!({"path": missing})).await);
     assert!(m.contains(&missing.display().to_string()), "{m}");
 
     let broken = dir.path().join("broken.pdf");
-    std::fs::write(
-        &broken,
-        b"%PDF-1.4\n1 0 obj << /Type /Catalog >> endobj\ntrailer <<>>\n%%EOF\n",
-    )
-    .unwrap();
+    std::fs::write(&broken, b"%PDF-1.4\n1 0 obj << /Type /Catalog >> endobj\ntrailer <<>>\n%%EOF\n").unwrap();
     let m = failed(run(&wf, json!({"path": broken})).await);
     assert!(m.contains("broken.pdf"), "{m}");
 }
@@ -741,19 +576,10 @@ async fn llm_sends_a_chat_completion_and_reads_the_reply() {
         .expect(1)
         .mount(&server)
         .await;
-    let wf = workflow(
-        "",
-        "    uses: llm\n    with: {prompt: \"Summarise: {{input.text}}\", temperature: 0}\n",
-    );
-    let env = Env {
-        handlers: llm_handlers(&server, Some("test-key")),
-        ..Env::default()
-    };
+    let wf = workflow("", "    uses: llm\n    with: {prompt: \"Summarise: {{input.text}}\", temperature: 0}\n");
+    let env = Env { handlers: llm_handlers(&server, Some("test-key")), ..Env::default() };
     let out = env.run(&wf, json!({"text": "the doc"})).await.unwrap();
-    assert_eq!(
-        out,
-        json!({"response": "A summary.", "tokens_used": 42, "model": "gpt-test-2025"})
-    );
+    assert_eq!(out, json!({"response": "A summary.", "tokens_used": 42, "model": "gpt-test-2025"}));
 }
 
 #[tokio::test]
@@ -771,16 +597,8 @@ async fn llm_errors_are_classified() {
         .respond_with(ResponseTemplate::new(404).set_body_string("no such model"))
         .mount(&server)
         .await;
-    let env = Env {
-        handlers: llm_handlers(&server, Some("test-key")),
-        ..Env::default()
-    };
-    let task = |model: &str| {
-        workflow(
-            "",
-            &format!("    uses: llm\n    with: {{prompt: hi, model: {model}}}\n"),
-        )
-    };
+    let env = Env { handlers: llm_handlers(&server, Some("test-key")), ..Env::default() };
+    let task = |model: &str| workflow("", &format!("    uses: llm\n    with: {{prompt: hi, model: {model}}}\n"));
     let m = failed(env.run(&task("flaky"), json!({})).await);
     assert!(m.contains("500") && m.contains("upstream exploded"), "{m}");
     let m = failed(env.run(&task("busy"), json!({})).await);
@@ -793,11 +611,7 @@ async fn llm_errors_are_classified() {
 #[tokio::test]
 async fn llm_without_a_key_for_a_remote_service_is_permanent() {
     let env = Env {
-        handlers: Handlers::builtin(LlmConfig {
-            base_url: "https://llm.example.invalid/v1".into(),
-            api_key: None,
-            ..LlmConfig::default()
-        }),
+        handlers: Handlers::builtin(LlmConfig { base_url: "https://llm.example.invalid/v1".into(), api_key: None, ..LlmConfig::default() }),
         ..Env::default()
     };
     let wf = workflow("", "    uses: llm\n    with: {prompt: hi}\n");

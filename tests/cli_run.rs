@@ -83,16 +83,8 @@ fn invalid_input_exits_2_and_names_the_property() {
         .assert()
         .code(2)
         .stderr(predicate::str::contains("missing required property `who`"));
-    tw(dir.path())
-        .args(["run", "greet.yaml", "--input", r#"{"who": 5}"#])
-        .assert()
-        .code(2)
-        .stderr(predicate::str::contains("who"));
-    tw(dir.path())
-        .args(["run", "greet.yaml", "--input", "{not json"])
-        .assert()
-        .code(2)
-        .stderr(predicate::str::contains("not valid JSON"));
+    tw(dir.path()).args(["run", "greet.yaml", "--input", r#"{"who": 5}"#]).assert().code(2).stderr(predicate::str::contains("who"));
+    tw(dir.path()).args(["run", "greet.yaml", "--input", "{not json"]).assert().code(2).stderr(predicate::str::contains("not valid JSON"));
     // Nothing ran.
     tw(dir.path()).args(["runs", "list", "--format", "json"]).assert().success().stdout(predicate::str::diff("[]\n"));
 }
@@ -156,10 +148,10 @@ fn by_name_from_the_configured_folder() {
 #[cfg(unix)]
 fn wait_for(path: &Path) -> String {
     for _ in 0..400 {
-        if let Ok(s) = std::fs::read_to_string(path) {
-            if !s.trim().is_empty() {
-                return s.trim().to_string();
-            }
+        if let Ok(s) = std::fs::read_to_string(path)
+            && !s.trim().is_empty()
+        {
+            return s.trim().to_string();
         }
         std::thread::sleep(Duration::from_millis(25));
     }
@@ -233,11 +225,7 @@ fn a_killed_run_is_recorded_as_interrupted_and_runs_cancel_reaches_a_live_one() 
     let runs: Value = serde_json::from_slice(&out.stdout).unwrap();
     assert_eq!(runs[0]["status"], "failed", "{runs}");
     let id = runs[0]["run_id"].as_str().unwrap().to_string();
-    tw(dir.path())
-        .args(["runs", "show", &id])
-        .assert()
-        .success()
-        .stdout(predicate::str::contains("interrupted"));
+    tw(dir.path()).args(["runs", "show", &id]).assert().success().stdout(predicate::str::contains("interrupted"));
 
     // 2. `runs cancel` from another process stops a live run.
     std::fs::remove_file(&pidfile).unwrap();
@@ -263,11 +251,7 @@ fn a_killed_run_is_recorded_as_interrupted_and_runs_cancel_reaches_a_live_one() 
 fn celery_tasks_are_refused_on_the_local_backend() {
     let dir = tempfile::tempdir().unwrap();
     write(dir.path(), "c.yaml", "version: 1\nname: c\ntasks:\n  - {name: add, celery: {task: tasks.add, args: [1, 2]}}\n");
-    tw(dir.path())
-        .args(["run", "c.yaml"])
-        .assert()
-        .code(2)
-        .stderr(predicate::str::contains("needs a backend of kind `celery`"));
+    tw(dir.path()).args(["run", "c.yaml"]).assert().code(2).stderr(predicate::str::contains("needs a backend of kind `celery`"));
 }
 
 #[test]

@@ -14,10 +14,7 @@ async fn local() -> Option<Arc<dyn Backend>> {
     let store = Store::open(&format!("sqlite://{}", dir.join("state.db").display())).await.expect("store");
     let executor = Executor {
         handlers: Arc::new(Handlers::with_builtins()),
-        limits: Arc::new(Limits {
-            kill_grace: Duration::from_millis(500),
-            ..Limits::default()
-        }),
+        limits: Arc::new(Limits { kill_grace: Duration::from_millis(500), ..Limits::default() }),
         writer: Some(store.writer()),
         events: None,
     };

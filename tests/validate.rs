@@ -1039,3 +1039,16 @@ fn far_ancestors_are_judged_exactly() {
         ],
     );
 }
+
+#[test]
+fn cli_unknown_backend_with_a_configuration() {
+    let config = "[backends.local]\nkind = \"local\"\n\n[backends.celery]\nkind = \"celery\"\nbroker = \"redis://127.0.0.1:6379/0\"\n";
+    let flow = "version: 1\nname: demo\nbackend: celry\ntasks:\n  - name: a\n    uses: echo\n";
+    let f = Files::new(&[("taskweave.toml", config), ("flow.yaml", flow)]);
+    f.cmd().args(["validate", "--format", "github", "flow.yaml"]).assert().code(1).stdout(
+        "::error file=flow.yaml,line=3,col=10,endLine=3,endColumn=15,title=unknown-backend::[unknown-backend] unknown backend `celry` (help: did you mean `celery`?)\n",
+    );
+    // Without a configuration, backend names are not checked.
+    let f = Files::new(&[("flow.yaml", flow)]);
+    f.cmd().args(["validate", "flow.yaml"]).assert().code(0);
+}

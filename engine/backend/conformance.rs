@@ -285,7 +285,9 @@ pub async fn results_and_unknown_ids(b: Arc<dyn Backend>) {
 /// The caller's entity id and context reach the run and its templates.
 pub async fn entity_and_context(b: Arc<dyn Backend>) {
     let mut req = RunRequest::new(
-        workflow("version: 1\nname: conf-ctx\ntasks:\n  - {name: who, uses: echo, with: {user: \"{{context.user_id}}\", run: \"{{run.id}}\", wf: \"{{workflow.name}}\"}}\n"),
+        workflow(
+            "version: 1\nname: conf-ctx\ntasks:\n  - {name: who, uses: echo, with: {user: \"{{context.user_id}}\", run: \"{{run.id}}\", wf: \"{{workflow.name}}\"}}\n",
+        ),
         json!({}),
     );
     req.entity_id = Some("org-7".into());

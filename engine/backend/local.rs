@@ -2,7 +2,7 @@
 //! their history in the store. Nothing to start.
 
 use super::{Backend, BackendError, RunRequest};
-use crate::run::executor::{lock, new_result, Executor, SharedResult};
+use crate::run::executor::{Executor, SharedResult, lock, new_result};
 use crate::run::{RunResult, RunStatus};
 use crate::store::Store;
 use std::collections::HashMap;
@@ -61,11 +61,7 @@ impl LocalBackend {
 
     async fn poll_cancel_requests(&self) {
         let Some(store) = &self.store else { return };
-        let active: Vec<String> = lock(&self.runs)
-            .iter()
-            .filter(|(_, r)| !*r.done.borrow())
-            .map(|(id, _)| id.clone())
-            .collect();
+        let active: Vec<String> = lock(&self.runs).iter().filter(|(_, r)| !*r.done.borrow()).map(|(id, _)| id.clone()).collect();
         if active.is_empty() {
             return;
         }
@@ -78,12 +74,8 @@ impl LocalBackend {
         }
     }
 
-
     fn refused(&self, reason: impl Into<String>) -> BackendError {
-        BackendError::Refused {
-            backend: self.name.clone(),
-            reason: reason.into(),
-        }
+        BackendError::Refused { backend: self.name.clone(), reason: reason.into() }
     }
 }
 
@@ -120,23 +112,16 @@ impl Backend for LocalBackend {
                 // run's events; the run's final flush commits it.
                 Some(w) if req.run_id.is_none() => w.create(&result, definition),
                 // A caller's id may be: ask the store, which says so.
-                _ => store.create_run(&result, &definition).await.map_err(|e| BackendError::Unavailable {
-                    backend: self.name.clone(),
-                    reason: e.to_string(),
-                })?,
+                _ => store
+                    .create_run(&result, &definition)
+                    .await
+                    .map_err(|e| BackendError::Unavailable { backend: self.name.clone(), reason: e.to_string() })?,
             }
         }
         let shared: SharedResult = Arc::new(Mutex::new(result));
         let (tx, rx) = watch::channel(false);
         let cancel = self.shutdown.child_token();
-        lock(&self.runs).insert(
-            run_id.clone(),
-            Arc::new(LocalRun {
-                result: Arc::clone(&shared),
-                done: rx,
-                cancel: cancel.clone(),
-            }),
-        );
+        lock(&self.runs).insert(run_id.clone(), Arc::new(LocalRun { result: Arc::clone(&shared), done: rx, cancel: cancel.clone() }));
         let executor = self.executor.clone();
         let wf = Arc::clone(&req.workflow);
         let (runs, finished, id) = (Arc::clone(&self.runs), Arc::clone(&self.finished), run_id.clone());
@@ -162,10 +147,7 @@ impl Backend for LocalBackend {
                 Some(s) => s
                     .get_run(run_id)
                     .await
-                    .map_err(|e| BackendError::Unavailable {
-                        backend: self.name.clone(),
-                        reason: e.to_string(),
-                    })?
+                    .map_err(|e| BackendError::Unavailable { backend: self.name.clone(), reason: e.to_string() })?
                     .ok_or_else(|| BackendError::NotFound(run_id.to_string())),
                 None => Err(BackendError::NotFound(run_id.to_string())),
             };
@@ -191,10 +173,7 @@ impl Backend for LocalBackend {
                         Ok(Some(_)) => Ok(()),
                         _ => Err(BackendError::NotFound(run_id.to_string())),
                     },
-                    Err(e) => Err(BackendError::Unavailable {
-                        backend: self.name.clone(),
-                        reason: e.to_string(),
-                    }),
+                    Err(e) => Err(BackendError::Unavailable { backend: self.name.clone(), reason: e.to_string() }),
                 },
                 None => Err(BackendError::NotFound(run_id.to_string())),
             },

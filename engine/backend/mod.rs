@@ -34,14 +34,7 @@ pub struct RunRequest {
 
 impl RunRequest {
     pub fn new(workflow: Arc<Workflow>, input: Value) -> Self {
-        RunRequest {
-            workflow,
-            input,
-            entity_id: None,
-            context: Value::Object(Default::default()),
-            run_id: None,
-            routing: None,
-        }
+        RunRequest { workflow, input, entity_id: None, context: Value::Object(Default::default()), run_id: None, routing: None }
     }
 }
 

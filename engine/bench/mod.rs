@@ -2,5 +2,5 @@
 
 pub mod api;
 pub mod reload;
-pub mod workloads;
 pub mod validate;
+pub mod workloads;

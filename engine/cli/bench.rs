@@ -65,13 +65,11 @@ pub async fn bench(args: BenchArgs, config: Option<&Path>) -> anyhow::Result<Exi
     };
     let n = n.unwrap_or(w.default_size()).max(1);
     let tmp = tempfile::tempdir()?;
-    let store = args
-        .store
-        .clone()
-        .unwrap_or_else(|| format!("sqlite://{}", tmp.path().join("bench.db").display()));
+    let store = args.store.clone().unwrap_or_else(|| format!("sqlite://{}", tmp.path().join("bench.db").display()));
     let backend = args.backend.clone().unwrap_or_else(|| config.engine.default_backend.clone());
     let builder = EngineBuilder::new().config(config);
-    let (builder, store) = if args.no_store { (builder.without_store(), "none".to_string()) } else { (builder.store(store.clone()), store) };
+    let (builder, store) =
+        if args.no_store { (builder.without_store(), "none".to_string()) } else { (builder.store(store.clone()), store) };
     let engine = match builder.build().await {
         Ok(e) => e,
         Err(e) => {
@@ -111,10 +109,19 @@ fn validate(files: usize, tasks: usize, format: OutputFormat) -> anyhow::Result<
     match format {
         OutputFormat::Json => println!("{}", serde_json::to_string_pretty(&r)?),
         OutputFormat::Human => {
-            println!("validate {} files x {} tasks ({:.1} MiB, {} threads)", r.files, r.tasks_per_file, r.folder_bytes as f64 / 1048576.0, r.threads);
+            println!(
+                "validate {} files x {} tasks ({:.1} MiB, {} threads)",
+                r.files,
+                r.tasks_per_file,
+                r.folder_bytes as f64 / 1048576.0,
+                r.threads
+            );
             println!("  folder        median {:.1} ms  (min {:.1}, max {:.1})", r.folder.median_ms, r.folder.min_ms, r.folder.max_ms);
             println!("  throughput    {:.0} files/s, {:.0} tasks/s", r.files_per_sec, r.tasks_per_sec);
-            println!("  {}-task file  median {:.1} ms  (min {:.1}, max {:.1})", r.large_tasks, r.large.median_ms, r.large.min_ms, r.large.max_ms);
+            println!(
+                "  {}-task file  median {:.1} ms  (min {:.1}, max {:.1})",
+                r.large_tasks, r.large.median_ms, r.large.min_ms, r.large.max_ms
+            );
             println!("  diagnostics   {}", r.diagnostics);
             println!("  peak RSS      {:.1} MiB", r.peak_rss_mb);
         }

@@ -29,30 +29,14 @@ pub async fn doctor(config: Option<&Path>) -> anyhow::Result<ExitCode> {
     // Store: open it (creates a SQLite file and applies migrations).
     let store = tokio::time::timeout(Duration::from_secs(10), crate::store::Store::open(&config.engine.store)).await;
     checks.push(match store {
-        Ok(Ok(s)) => Check {
-            what: "store".into(),
-            ok: true,
-            detail: format!("{} answers", s.location()),
-        },
-        Ok(Err(e)) => Check {
-            what: "store".into(),
-            ok: false,
-            detail: e.to_string(),
-        },
-        Err(_) => Check {
-            what: "store".into(),
-            ok: false,
-            detail: format!("{}: no answer within 10s", config.engine.store),
-        },
+        Ok(Ok(s)) => Check { what: "store".into(), ok: true, detail: format!("{} answers", s.location()) },
+        Ok(Err(e)) => Check { what: "store".into(), ok: false, detail: e.to_string() },
+        Err(_) => Check { what: "store".into(), ok: false, detail: format!("{}: no answer within 10s", config.engine.store) },
     });
     for name in config.backend_names() {
         let kind = config.kind_of(&name).unwrap_or("?");
         checks.push(match kind {
-            "local" => Check {
-                what: format!("backend {name}"),
-                ok: true,
-                detail: "local (embedded): always available".into(),
-            },
+            "local" => Check { what: format!("backend {name}"), ok: true, detail: "local (embedded): always available".into() },
             other => Check {
                 what: format!("backend {name}"),
                 ok: false,
@@ -65,11 +49,7 @@ pub async fn doctor(config: Option<&Path>) -> anyhow::Result<ExitCode> {
     }
     for dir in &config.engine.workflows {
         checks.push(if !dir.is_dir() {
-            Check {
-                what: format!("workflows {}", dir.display()),
-                ok: false,
-                detail: "folder does not exist".into(),
-            }
+            Check { what: format!("workflows {}", dir.display()), ok: false, detail: "folder does not exist".into() }
         } else {
             match crate::validate::check_paths(std::slice::from_ref(dir), &crate::engine::validate_options(&config)) {
                 Ok(files) => {
@@ -84,11 +64,7 @@ pub async fn doctor(config: Option<&Path>) -> anyhow::Result<ExitCode> {
                         },
                     }
                 }
-                Err(e) => Check {
-                    what: format!("workflows {}", dir.display()),
-                    ok: false,
-                    detail: e.to_string(),
-                },
+                Err(e) => Check { what: format!("workflows {}", dir.display()), ok: false, detail: e.to_string() },
             }
         });
     }
@@ -117,34 +93,14 @@ async fn flag_source(src: &str) -> Check {
             }
         };
         match r {
-            Ok(resp) => Check {
-                what,
-                ok: true,
-                detail: format!("{src} answers (HTTP {})", resp.status().as_u16()),
-            },
-            Err(e) => Check {
-                what,
-                ok: false,
-                detail: format!("{src}: {}", e.without_url()),
-            },
+            Ok(resp) => Check { what, ok: true, detail: format!("{src} answers (HTTP {})", resp.status().as_u16()) },
+            Err(e) => Check { what, ok: false, detail: format!("{src}: {}", e.without_url()) },
         }
     } else {
         match std::fs::metadata(src) {
-            Ok(m) if m.is_file() => Check {
-                what,
-                ok: true,
-                detail: format!("{src} is readable"),
-            },
-            Ok(_) => Check {
-                what,
-                ok: false,
-                detail: format!("{src} is not a file"),
-            },
-            Err(e) => Check {
-                what,
-                ok: false,
-                detail: format!("{src}: {e}"),
-            },
+            Ok(m) if m.is_file() => Check { what, ok: true, detail: format!("{src} is readable") },
+            Ok(_) => Check { what, ok: false, detail: format!("{src} is not a file") },
+            Err(e) => Check { what, ok: false, detail: format!("{src}: {e}") },
         }
     }
 }

@@ -155,7 +155,11 @@ pub async fn run(args: RunArgs, config: Option<&Path>) -> anyhow::Result<ExitCod
     let run_id = match engine.submit(Arc::clone(&wf), opts).await {
         Ok(id) => id,
         // Nothing started: the request itself cannot run here.
-        Err(e @ (EngineError::InvalidInput { .. } | EngineError::UnknownBackend { .. } | EngineError::Backend(crate::backend::BackendError::Refused { .. }))) => {
+        Err(
+            e @ (EngineError::InvalidInput { .. }
+            | EngineError::UnknownBackend { .. }
+            | EngineError::Backend(crate::backend::BackendError::Refused { .. })),
+        ) => {
             engine.shutdown().await;
             return Ok(usage(e));
         }
@@ -255,11 +259,7 @@ fn one_line(v: &Value, max: usize) -> String {
         other => other.to_string(),
     };
     let s = s.replace('\n', "⏎");
-    if s.chars().count() > max {
-        format!("{}…", s.chars().take(max).collect::<String>())
-    } else {
-        s
-    }
+    if s.chars().count() > max { format!("{}…", s.chars().take(max).collect::<String>()) } else { s }
 }
 
 fn duration_of(t: &crate::run::TaskResult) -> String {
@@ -453,26 +453,17 @@ pub async fn runs(cmd: Option<RunsCommand>, config: Option<&Path>) -> anyhow::Re
         Err(e) => return Ok(usage(e)),
     };
     let _ = store.recover_orphans().await;
-    let cmd = cmd.unwrap_or(RunsCommand::List {
-        workflow: None,
-        status: None,
-        limit: 20,
-        format: OutputFormat::Human,
-    });
+    let cmd = cmd.unwrap_or(RunsCommand::List { workflow: None, status: None, limit: 20, format: OutputFormat::Human });
     match cmd {
         RunsCommand::List { workflow, status, limit, format } => {
             let status = match status.as_deref().map(|s| RunStatus::parse(s).ok_or(s)) {
-                Some(Err(s)) => return Ok(usage(format!("unknown status `{s}` (queued, running, succeeded, failed, timed_out, cancelled)"))),
+                Some(Err(s)) => {
+                    return Ok(usage(format!("unknown status `{s}` (queued, running, succeeded, failed, timed_out, cancelled)")));
+                }
                 Some(Ok(s)) => Some(s),
                 None => None,
             };
-            let runs = store
-                .list_runs(&RunFilter {
-                    workflow,
-                    status,
-                    limit: Some(limit),
-                })
-                .await?;
+            let runs = store.list_runs(&RunFilter { workflow, status, limit: Some(limit) }).await?;
             match format {
                 OutputFormat::Json => println!("{}", serde_json::to_string_pretty(&runs)?),
                 OutputFormat::Human => {

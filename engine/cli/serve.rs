@@ -60,10 +60,7 @@ pub async fn serve(args: ServeArgs, config: Option<&Path>) -> anyhow::Result<Exi
     };
     let router = crate::api::router(
         engine.clone(),
-        crate::api::ApiOptions {
-            token: args.token.clone().filter(|t| !t.is_empty()),
-            ..Default::default()
-        },
+        crate::api::ApiOptions { token: args.token.clone().filter(|t| !t.is_empty()), ..Default::default() },
     );
     let listener = match tokio::net::TcpListener::bind(args.bind).await {
         Ok(l) => l,

@@ -77,10 +77,13 @@ pub fn graph(file: &Path, format: GraphFormat) -> anyhow::Result<ExitCode> {
         }
         return Ok(ExitCode::from(1));
     };
-    print!("{}", match format {
-        GraphFormat::Mermaid => wf.mermaid(),
-        GraphFormat::Dot => wf.dot(),
-    });
+    print!(
+        "{}",
+        match format {
+            GraphFormat::Mermaid => wf.mermaid(),
+            GraphFormat::Dot => wf.dot(),
+        }
+    );
     Ok(ExitCode::SUCCESS)
 }
 

@@ -36,11 +36,7 @@ fn default_backend() -> String {
 
 impl Default for EngineConfig {
     fn default() -> Self {
-        EngineConfig {
-            workflows: default_workflows(),
-            store: default_store(),
-            default_backend: default_backend(),
-        }
+        EngineConfig { workflows: default_workflows(), store: default_store(), default_backend: default_backend() }
     }
 }
 
@@ -92,14 +88,9 @@ impl Config {
         };
         let mut cfg = match &found {
             Some(p) => {
-                let text = std::fs::read_to_string(p).map_err(|e| ConfigError::Io {
-                    path: p.display().to_string(),
-                    source: e,
-                })?;
-                let mut c = Config::parse_file(&p.display().to_string(), &text).map_err(|d| ConfigError::Invalid {
-                    diagnostic: Box::new(d),
-                    text: text.clone(),
-                })?;
+                let text = std::fs::read_to_string(p).map_err(|e| ConfigError::Io { path: p.display().to_string(), source: e })?;
+                let mut c = Config::parse_file(&p.display().to_string(), &text)
+                    .map_err(|d| ConfigError::Invalid { diagnostic: Box::new(d), text: text.clone() })?;
                 // Relative folders and SQLite paths are relative to the config file.
                 if let Some(dir) = p.parent().filter(|d| !d.as_os_str().is_empty()) {
                     for w in &mut c.engine.workflows {

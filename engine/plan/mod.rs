@@ -43,13 +43,7 @@ pub struct RetryPolicy {
 
 impl Default for RetryPolicy {
     fn default() -> Self {
-        RetryPolicy {
-            attempts: 1,
-            delay: Duration::from_secs(1),
-            backoff: 2.0,
-            max_delay: Duration::from_secs(3600),
-            jitter: true,
-        }
+        RetryPolicy { attempts: 1, delay: Duration::from_secs(1), backoff: 2.0, max_delay: Duration::from_secs(3600), jitter: true }
     }
 }
 
@@ -310,10 +304,7 @@ fn compile_env(env: &std::collections::BTreeMap<String, String>, key: &str, t: &
 fn compile_action(rt: &RawTask, key: &str, t: &mut Templates) -> Result<Action, String> {
     let output = rt.output.unwrap_or_default();
     let cwd = |t: &mut Templates| -> Result<Option<TValue>, String> {
-        rt.cwd
-            .as_ref()
-            .map(|c| t.compile_str(&format!("{key}/cwd"), c).map_err(|e| tmpl_err(key, e)))
-            .transpose()
+        rt.cwd.as_ref().map(|c| t.compile_str(&format!("{key}/cwd"), c).map_err(|e| tmpl_err(key, e))).transpose()
     };
     if let Some(argv) = &rt.run {
         let argv = argv
@@ -321,33 +312,24 @@ fn compile_action(rt: &RawTask, key: &str, t: &mut Templates) -> Result<Action, 
             .enumerate()
             .map(|(i, a)| t.compile_str(&format!("{key}/run/{i}"), a).map_err(|e| tmpl_err(key, e)))
             .collect::<Result<_, _>>()?;
-        return Ok(Action::Run {
-            argv,
-            env: compile_env(&rt.env, key, t)?,
-            cwd: cwd(t)?,
-            output,
-        });
+        return Ok(Action::Run { argv, env: compile_env(&rt.env, key, t)?, cwd: cwd(t)?, output });
     }
     if let Some(script) = &rt.shell {
         let k = format!("{key}/shell");
         let script = t.compile_shell(&k, script).map_err(|e| tmpl_err(&k, e))?;
-        return Ok(Action::Shell {
-            script,
-            env: compile_env(&rt.env, key, t)?,
-            cwd: cwd(t)?,
-            output,
-        });
+        return Ok(Action::Shell { script, env: compile_env(&rt.env, key, t)?, cwd: cwd(t)?, output });
     }
     if let Some(h) = &rt.http {
         let k = format!("{key}/http");
-        let map = |m: &std::collections::BTreeMap<String, String>, part: &str, t: &mut Templates| -> Result<Vec<(String, TValue)>, String> {
-            m.iter()
-                .map(|(name, v)| {
-                    let kk = format!("{k}/{part}/{name}");
-                    t.compile_str(&kk, v).map(|x| (name.clone(), x)).map_err(|e| tmpl_err(&kk, e))
-                })
-                .collect()
-        };
+        let map =
+            |m: &std::collections::BTreeMap<String, String>, part: &str, t: &mut Templates| -> Result<Vec<(String, TValue)>, String> {
+                m.iter()
+                    .map(|(name, v)| {
+                        let kk = format!("{k}/{part}/{name}");
+                        t.compile_str(&kk, v).map(|x| (name.clone(), x)).map_err(|e| tmpl_err(&kk, e))
+                    })
+                    .collect()
+            };
         return Ok(Action::Http {
             method: h.method.unwrap_or(if h.json.is_some() || h.body.is_some() { HttpMethod::POST } else { HttpMethod::GET }),
             url: t.compile_str(&format!("{k}/url"), &h.url).map_err(|e| tmpl_err(&k, e))?,
@@ -385,9 +367,7 @@ pub fn task_template_strings(rt: &RawTask) -> Vec<(String, &str, bool)> {
         match v {
             Value::String(s) => out.push((ptr, s.as_str(), false)),
             Value::Array(a) => a.iter().enumerate().for_each(|(i, x)| walk(format!("{ptr}/{i}"), x, out)),
-            Value::Object(m) => m
-                .iter()
-                .for_each(|(k, x)| walk(format!("{ptr}/{}", crate::spec::node::pointer_seg(k)), x, out)),
+            Value::Object(m) => m.iter().for_each(|(k, x)| walk(format!("{ptr}/{}", crate::spec::node::pointer_seg(k)), x, out)),
             _ => {}
         }
     }

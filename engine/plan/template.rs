@@ -84,22 +84,14 @@ impl Templates {
                 for (i, x) in items.iter().enumerate() {
                     out.push(self.compile_value(&format!("{key}/{i}"), x)?);
                 }
-                if out.iter().all(TValue::is_static) {
-                    TValue::Lit(v.clone())
-                } else {
-                    TValue::Arr(out)
-                }
+                if out.iter().all(TValue::is_static) { TValue::Lit(v.clone()) } else { TValue::Arr(out) }
             }
             Value::Object(m) => {
                 let mut out = Vec::with_capacity(m.len());
                 for (k, x) in m {
                     out.push((k.clone(), self.compile_value(&format!("{key}/{}", super::super::spec::node::pointer_seg(k)), x)?));
                 }
-                if out.iter().all(|(_, t)| t.is_static()) {
-                    TValue::Lit(v.clone())
-                } else {
-                    TValue::Obj(out)
-                }
+                if out.iter().all(|(_, t)| t.is_static()) { TValue::Lit(v.clone()) } else { TValue::Obj(out) }
             }
             other => TValue::Lit(other.clone()),
         })
@@ -127,9 +119,7 @@ impl Templates {
     pub fn render(&self, t: &TValue, ctx: &Value) -> Result<Value, RenderError> {
         Ok(match t {
             TValue::Lit(v) => v.clone(),
-            TValue::Expr(path) => lookup(ctx, path)
-                .cloned()
-                .ok_or_else(|| RenderError::Missing(path.join(".")))?,
+            TValue::Expr(path) => lookup(ctx, path).cloned().ok_or_else(|| RenderError::Missing(path.join(".")))?,
             TValue::Text(name) => Value::String(self.render_text(&self.text, name, ctx)?),
             TValue::Arr(items) => Value::Array(items.iter().map(|x| self.render(x, ctx)).collect::<Result<_, _>>()?),
             TValue::Obj(entries) => {
@@ -158,13 +148,7 @@ impl Templates {
         reg.render(name, ctx).map_err(|e| {
             let reason = e.reason().to_string();
             match reason.find("strict mode") {
-                Some(_) => RenderError::Missing(
-                    reason
-                        .split('"')
-                        .nth(1)
-                        .unwrap_or(reason.as_str())
-                        .to_string(),
-                ),
+                Some(_) => RenderError::Missing(reason.split('"').nth(1).unwrap_or(reason.as_str()).to_string()),
                 None => RenderError::Handlebars(reason),
             }
         })

@@ -248,10 +248,9 @@ impl Executor {
             if status[id] == TaskStatus::Pending {
                 let (to, reason) = match end {
                     RunStatus::Cancelled => (TaskStatus::Cancelled, "run cancelled".to_string()),
-                    RunStatus::TimedOut => (
-                        TaskStatus::Skipped,
-                        format!("run timed out after {}", humantime::format_duration(wf.timeout.unwrap_or_default())),
-                    ),
+                    RunStatus::TimedOut => {
+                        (TaskStatus::Skipped, format!("run timed out after {}", humantime::format_duration(wf.timeout.unwrap_or_default())))
+                    }
                     _ => (TaskStatus::Skipped, "not reached".to_string()),
                 };
                 self.set_task(&shared, &wf, id, &mut status, to, |t| {
@@ -408,7 +407,8 @@ impl Executor {
             // A panicking action fails its attempt instead of the run.
             let fut = std::panic::AssertUnwindSafe(fut).catch_unwind().map(|r| {
                 r.unwrap_or_else(|p| {
-                    let msg = p.downcast_ref::<&str>().map(|s| s.to_string()).or_else(|| p.downcast_ref::<String>().cloned()).unwrap_or_default();
+                    let msg =
+                        p.downcast_ref::<&str>().map(|s| s.to_string()).or_else(|| p.downcast_ref::<String>().cloned()).unwrap_or_default();
                     Err(ActionError::Permanent(format!("the action panicked: {msg}")))
                 })
             });

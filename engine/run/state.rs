@@ -78,10 +78,7 @@ impl TaskStatus {
     /// | terminal  | nothing                                             |
     pub fn can_become(self, to: TaskStatus) -> bool {
         use TaskStatus::*;
-        matches!(
-            (self, to),
-            (Pending, Running | Skipped | Cancelled) | (Running, Running | Succeeded | Failed | TimedOut | Cancelled)
-        )
+        matches!((self, to), (Pending, Running | Skipped | Cancelled) | (Running, Running | Succeeded | Failed | TimedOut | Cancelled))
     }
 
     pub fn transition(&mut self, to: TaskStatus) -> Result<(), IllegalTransition> {
@@ -89,24 +86,14 @@ impl TaskStatus {
             *self = to;
             Ok(())
         } else {
-            Err(IllegalTransition {
-                what: "task",
-                from: self.as_str(),
-                to: to.as_str(),
-            })
+            Err(IllegalTransition { what: "task", from: self.as_str(), to: to.as_str() })
         }
     }
 }
 
 impl RunStatus {
-    pub const ALL: [RunStatus; 6] = [
-        RunStatus::Queued,
-        RunStatus::Running,
-        RunStatus::Succeeded,
-        RunStatus::Failed,
-        RunStatus::TimedOut,
-        RunStatus::Cancelled,
-    ];
+    pub const ALL: [RunStatus; 6] =
+        [RunStatus::Queued, RunStatus::Running, RunStatus::Succeeded, RunStatus::Failed, RunStatus::TimedOut, RunStatus::Cancelled];
 
     pub fn as_str(self) -> &'static str {
         match self {
@@ -136,10 +123,7 @@ impl RunStatus {
     /// | terminal| nothing                                             |
     pub fn can_become(self, to: RunStatus) -> bool {
         use RunStatus::*;
-        matches!(
-            (self, to),
-            (Queued, Running | Cancelled | Failed) | (Running, Succeeded | Failed | TimedOut | Cancelled)
-        )
+        matches!((self, to), (Queued, Running | Cancelled | Failed) | (Running, Succeeded | Failed | TimedOut | Cancelled))
     }
 
     pub fn transition(&mut self, to: RunStatus) -> Result<(), IllegalTransition> {
@@ -147,11 +131,7 @@ impl RunStatus {
             *self = to;
             Ok(())
         } else {
-            Err(IllegalTransition {
-                what: "run",
-                from: self.as_str(),
-                to: to.as_str(),
-            })
+            Err(IllegalTransition { what: "run", from: self.as_str(), to: to.as_str() })
         }
     }
 }

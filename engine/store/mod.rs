@@ -372,7 +372,8 @@ impl Inner {
                     }
                     Step::Insert(s) => {
                         let rows = bound!(DB, s).fetch_all(&mut *tx).await?;
-                        let keys = rows.iter().map(|r| sqlx::Row::try_get::<String, _>(r, 0)).collect::<std::result::Result<Vec<_>, _>>()?;
+                        let keys =
+                            rows.iter().map(|r| sqlx::Row::try_get::<String, _>(r, 0)).collect::<std::result::Result<Vec<_>, _>>()?;
                         script.done(keys.len() as u64, keys);
                     }
                 }

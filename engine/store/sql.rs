@@ -152,13 +152,8 @@ const RUNS: Table = Table {
 };
 
 /// Definitions, named by the SHA-256 of their text (see [`definition_id`]).
-const DEFINITIONS: Table = Table {
-    name: "definitions",
-    cols: &[("id", Text), ("definition", Json)],
-    key: "id",
-    on_conflict: OnConflict::Skip,
-    max_rows: 16,
-};
+const DEFINITIONS: Table =
+    Table { name: "definitions", cols: &[("id", Text), ("definition", Json)], key: "id", on_conflict: OnConflict::Skip, max_rows: 16 };
 
 /// New runs, naming their definition: inserted unless the id exists.
 const CREATES: Table = Table {

@@ -349,6 +349,9 @@ struct AttemptRow {
 }
 
 /// The last state of everything sent since the previous write began.
+/// One task's attempts in a batch: (attempt number, latest state).
+type AttemptRows = Vec<(u32, AttemptRow)>;
+
 #[derive(Default)]
 struct Batch {
     creates: Map<Arc<str>, Create>,
@@ -357,7 +360,7 @@ struct Batch {
     /// Per run, per task.
     tasks: Map<Arc<str>, Map<Arc<str>, TaskRow>>,
     /// Per run, per task: (attempt, state).
-    attempts: Map<Arc<str>, Map<Arc<str>, Vec<(u32, AttemptRow)>>>,
+    attempts: Map<Arc<str>, Map<Arc<str>, AttemptRows>>,
     /// Ids created a second time in this batch.
     duplicates: Vec<String>,
     /// How many rows the batch writes.
@@ -403,7 +406,6 @@ impl Batch {
     fn is_empty(&self) -> bool {
         self.creates.is_empty() && self.runs.is_empty() && self.tasks.is_empty() && self.attempts.is_empty() && self.duplicates.is_empty()
     }
-
 }
 
 /// What the background task keeps between batches.
@@ -528,12 +530,9 @@ impl Memory {
                     self.positions.remove(id);
                 }
             }
-            Err(e) => self.report(StoreError::Db(format!(
-                "could not record {} updates at {}: {}",
-                batch.rows,
-                inner.location,
-                describe(&e)
-            ))),
+            Err(e) => {
+                self.report(StoreError::Db(format!("could not record {} updates at {}: {}", batch.rows, inner.location, describe(&e))))
+            }
         }
     }
 
@@ -676,8 +675,7 @@ impl<'a> BatchScript<'a> {
                     self.rejected.push(Arc::clone(id));
                 }
             }
-            let out: HashSet<&str> =
-                self.rejected.iter().map(|id| &**id).chain(self.memory.rejected.iter().map(|id| &**id)).collect();
+            let out: HashSet<&str> = self.rejected.iter().map(|id| &**id).chain(self.memory.rejected.iter().map(|id| &**id)).collect();
             if !out.is_empty() {
                 self.runs.retain(|(id, _)| !out.contains(&***id));
                 self.tasks.retain(|(id, _, _)| !out.contains(&***id));
@@ -737,16 +735,23 @@ impl Script for BatchScript<'_> {
             }
             Phase::Tasks => {
                 for (run, name, row) in &self.tasks[start..start + n] {
-                    let position = row
-                        .position
-                        .or_else(|| self.memory.positions.get(&***run).and_then(|p| p.get(&***name)).copied())
-                        .unwrap_or(0);
+                    let position =
+                        row.position.or_else(|| self.memory.positions.get(&***run).and_then(|p| p.get(&***name)).copied()).unwrap_or(0);
                     push_task(shared(run), shared(name), position, &row.state, &mut args);
                 }
             }
             Phase::Attempts => {
                 for (run, task, attempt, a) in &self.attempts[start..start + n] {
-                    push_attempt_parts(shared(run), shared(task), *attempt, a.status, a.error.as_deref(), a.started_at, a.finished_at, &mut args);
+                    push_attempt_parts(
+                        shared(run),
+                        shared(task),
+                        *attempt,
+                        a.status,
+                        a.error.as_deref(),
+                        a.started_at,
+                        a.finished_at,
+                        &mut args,
+                    );
                 }
             }
             Phase::Done => unreachable!("returned above"),

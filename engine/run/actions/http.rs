@@ -33,56 +33,30 @@ pub(crate) fn client() -> Result<&'static reqwest::Client, ActionError> {
 
 /// Send the task's request and return `{status, headers, body}`.
 pub async fn execute(a: &Attempt<'_>) -> Result<Value, ActionError> {
-    let Action::Http {
-        method,
-        url,
-        headers,
-        query,
-        json,
-        body,
-    } = &a.task.action
-    else {
-        return Err(ActionError::Permanent(format!(
-            "task `{}`: a `{}` action is not an HTTP request",
-            a.task.name,
-            a.task.action.kind()
-        )));
+    let Action::Http { method, url, headers, query, json, body } = &a.task.action else {
+        return Err(ActionError::Permanent(format!("task `{}`: a `{}` action is not an HTTP request", a.task.name, a.task.action.kind())));
     };
     let t = &a.workflow.templates;
     let url = t.render_string(url, a.ctx)?;
     let shown = display_url(&url);
-    let parsed = reqwest::Url::parse(&url).map_err(|e| {
-        ActionError::Permanent(format!(
-            "task `{}`: `{shown}` is not a valid URL: {e}",
-            a.task.name
-        ))
-    })?;
+    let parsed = reqwest::Url::parse(&url)
+        .map_err(|e| ActionError::Permanent(format!("task `{}`: `{shown}` is not a valid URL: {e}", a.task.name)))?;
     let mut req = client()?.request(reqwest_method(*method), parsed);
     for (name, v) in headers {
         let value = t.render_string(v, a.ctx)?;
-        let name = reqwest::header::HeaderName::from_bytes(name.as_bytes()).map_err(|_| {
-            ActionError::Permanent(format!("`{name}` is not a valid HTTP header name"))
-        })?;
-        let value = reqwest::header::HeaderValue::from_str(&value).map_err(|_| {
-            ActionError::Permanent(format!(
-                "the value of header `{name}` is not a valid HTTP header value"
-            ))
-        })?;
+        let name = reqwest::header::HeaderName::from_bytes(name.as_bytes())
+            .map_err(|_| ActionError::Permanent(format!("`{name}` is not a valid HTTP header name")))?;
+        let value = reqwest::header::HeaderValue::from_str(&value)
+            .map_err(|_| ActionError::Permanent(format!("the value of header `{name}` is not a valid HTTP header value")))?;
         req = req.header(name, value);
     }
     if !query.is_empty() {
-        let pairs = query
-            .iter()
-            .map(|(k, v)| Ok((k.as_str(), t.render_string(v, a.ctx)?)))
-            .collect::<Result<Vec<_>, ActionError>>()?;
+        let pairs = query.iter().map(|(k, v)| Ok((k.as_str(), t.render_string(v, a.ctx)?))).collect::<Result<Vec<_>, ActionError>>()?;
         req = req.query(&pairs);
     }
     match (json, body) {
         (Some(_), Some(_)) => {
-            return Err(ActionError::Permanent(format!(
-                "task `{}`: an HTTP request takes `json` or `body`, not both",
-                a.task.name
-            )));
+            return Err(ActionError::Permanent(format!("task `{}`: an HTTP request takes `json` or `body`, not both", a.task.name)));
         }
         (Some(j), None) => req = req.json(&t.render(j, a.ctx)?),
         (None, Some(b)) => req = req.body(t.render_string(b, a.ctx)?),
@@ -93,17 +67,10 @@ pub async fn execute(a: &Attempt<'_>) -> Result<Value, ActionError> {
     let cap = a.limits.max_output_bytes;
 
     let work = async {
-        let resp = req
-            .send()
-            .await
-            .map_err(|e| send_error(&shown, limit, &e))?;
+        let resp = req.send().await.map_err(|e| send_error(&shown, limit, &e))?;
         let status = resp.status();
         let headers = header_map(resp.headers());
-        let content_type = resp
-            .headers()
-            .get(reqwest::header::CONTENT_TYPE)
-            .and_then(|v| v.to_str().ok())
-            .map(str::to_string);
+        let content_type = resp.headers().get(reqwest::header::CONTENT_TYPE).and_then(|v| v.to_str().ok()).map(str::to_string);
         let bytes = read_body(resp, cap, &shown, limit).await?;
         if !status.is_success() {
             return Err(ActionError::Failed(status_message(status, &bytes)));
@@ -138,12 +105,7 @@ fn reqwest_method(m: HttpMethod) -> reqwest::Method {
 fn header_map(h: &reqwest::header::HeaderMap) -> Map<String, Value> {
     let mut out = Map::new();
     for name in h.keys() {
-        let value = h
-            .get_all(name)
-            .iter()
-            .map(|v| String::from_utf8_lossy(v.as_bytes()).into_owned())
-            .collect::<Vec<_>>()
-            .join(", ");
+        let value = h.get_all(name).iter().map(|v| String::from_utf8_lossy(v.as_bytes()).into_owned()).collect::<Vec<_>>().join(", ");
         // `HeaderName`s are already lowercase.
         out.insert(name.as_str().to_string(), Value::String(value));
     }
@@ -152,24 +114,14 @@ fn header_map(h: &reqwest::header::HeaderMap) -> Map<String, Value> {
 
 /// Whether a `Content-Type` names JSON (`application/json`, `…+json`).
 pub(crate) fn is_json_type(content_type: &str) -> bool {
-    let essence = content_type
-        .split(';')
-        .next()
-        .unwrap_or("")
-        .trim()
-        .to_ascii_lowercase();
+    let essence = content_type.split(';').next().unwrap_or("").trim().to_ascii_lowercase();
     essence == "application/json" || essence.ends_with("+json") || essence == "text/json"
 }
 
 /// The body as JSON when it is JSON (by its content type, or an object or
 /// array that parses), else as text.
 fn body_value(content_type: Option<&str>, bytes: Vec<u8>) -> Value {
-    let looks_structured = || {
-        matches!(
-            bytes.iter().find(|b| !b.is_ascii_whitespace()),
-            Some(b'{' | b'[')
-        )
-    };
+    let looks_structured = || matches!(bytes.iter().find(|b| !b.is_ascii_whitespace()), Some(b'{' | b'['));
     if (content_type.is_some_and(is_json_type) || looks_structured())
         && let Ok(v) = serde_json::from_slice(&bytes)
     {
@@ -182,27 +134,13 @@ fn body_value(content_type: Option<&str>, bytes: Vec<u8>) -> Value {
 }
 
 /// Read a response body, failing when it is longer than `cap` bytes.
-pub(crate) async fn read_body(
-    mut resp: reqwest::Response,
-    cap: usize,
-    shown_url: &str,
-    limit: Duration,
-) -> Result<Vec<u8>, ActionError> {
-    let too_big = || {
-        ActionError::Failed(format!(
-            "the response body of {shown_url} exceeded {}",
-            super::process::human_bytes(cap)
-        ))
-    };
+pub(crate) async fn read_body(mut resp: reqwest::Response, cap: usize, shown_url: &str, limit: Duration) -> Result<Vec<u8>, ActionError> {
+    let too_big = || ActionError::Failed(format!("the response body of {shown_url} exceeded {}", super::process::human_bytes(cap)));
     if resp.content_length().is_some_and(|n| n > cap as u64) {
         return Err(too_big());
     }
     let mut buf = Vec::new();
-    while let Some(chunk) = resp
-        .chunk()
-        .await
-        .map_err(|e| send_error(shown_url, limit, &e))?
-    {
+    while let Some(chunk) = resp.chunk().await.map_err(|e| send_error(shown_url, limit, &e))? {
         if buf.len() + chunk.len() > cap {
             return Err(too_big());
         }
@@ -216,11 +154,7 @@ pub(crate) fn status_message(status: reqwest::StatusCode, body: &[u8]) -> String
     let head = &body[..body.len().min(ERROR_BODY_BYTES)];
     let text = String::from_utf8_lossy(head);
     let text = text.trim();
-    let more = if body.len() > ERROR_BODY_BYTES {
-        "…"
-    } else {
-        ""
-    };
+    let more = if body.len() > ERROR_BODY_BYTES { "…" } else { "" };
     let reason = status.canonical_reason().unwrap_or("");
     let code = status.as_u16();
     match (reason.is_empty(), text.is_empty()) {
@@ -234,21 +168,12 @@ pub(crate) fn status_message(status: reqwest::StatusCode, body: &[u8]) -> String
 /// A transport error as a retryable failure with its causes.
 pub(crate) fn send_error(shown_url: &str, limit: Duration, e: &reqwest::Error) -> ActionError {
     if e.is_timeout() {
-        return ActionError::Failed(format!(
-            "HTTP request to {shown_url} timed out after {}",
-            humantime::format_duration(limit)
-        ));
+        return ActionError::Failed(format!("HTTP request to {shown_url} timed out after {}", humantime::format_duration(limit)));
     }
     if e.is_builder() {
-        return ActionError::Permanent(format!(
-            "invalid HTTP request to {shown_url}: {}",
-            error_chain(e)
-        ));
+        return ActionError::Permanent(format!("invalid HTTP request to {shown_url}: {}", error_chain(e)));
     }
-    ActionError::Failed(format!(
-        "HTTP request to {shown_url} failed: {}",
-        error_chain(e)
-    ))
+    ActionError::Failed(format!("HTTP request to {shown_url} failed: {}", error_chain(e)))
 }
 
 /// An error and its sources, `: `-joined (reqwest's own message is terse).
@@ -295,30 +220,15 @@ mod tests {
 
     #[test]
     fn bodies_parse_when_they_are_json() {
-        assert_eq!(
-            body_value(Some("application/json"), b"42".to_vec()),
-            Value::from(42)
-        );
-        assert_eq!(
-            body_value(Some("text/plain"), b"42".to_vec()),
-            Value::from("42")
-        );
-        assert_eq!(
-            body_value(None, br#" {"a": 1}"#.to_vec()),
-            serde_json::json!({"a": 1})
-        );
-        assert_eq!(
-            body_value(Some("application/json"), b"not json".to_vec()),
-            Value::from("not json")
-        );
+        assert_eq!(body_value(Some("application/json"), b"42".to_vec()), Value::from(42));
+        assert_eq!(body_value(Some("text/plain"), b"42".to_vec()), Value::from("42"));
+        assert_eq!(body_value(None, br#" {"a": 1}"#.to_vec()), serde_json::json!({"a": 1}));
+        assert_eq!(body_value(Some("application/json"), b"not json".to_vec()), Value::from("not json"));
     }
 
     #[test]
     fn status_messages_quote_the_body() {
-        let m = status_message(
-            reqwest::StatusCode::SERVICE_UNAVAILABLE,
-            b"down for maintenance\n",
-        );
+        let m = status_message(reqwest::StatusCode::SERVICE_UNAVAILABLE, b"down for maintenance\n");
         assert_eq!(m, "HTTP 503 Service Unavailable: down for maintenance");
         let big = vec![b'x'; 3000];
         let m = status_message(reqwest::StatusCode::BAD_GATEWAY, &big);
@@ -328,9 +238,6 @@ mod tests {
 
     #[test]
     fn urls_in_messages_hide_secrets() {
-        assert_eq!(
-            display_url("https://u:p@example.com/a?token=s#f"),
-            "https://example.com/a"
-        );
+        assert_eq!(display_url("https://u:p@example.com/a?token=s#f"), "https://example.com/a");
     }
 }

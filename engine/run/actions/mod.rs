@@ -32,11 +32,7 @@ pub struct Limits {
 
 impl Default for Limits {
     fn default() -> Self {
-        Limits {
-            max_output_bytes: 10 * 1024 * 1024,
-            kill_grace: Duration::from_secs(5),
-            http_timeout: Duration::from_secs(300),
-        }
+        Limits { max_output_bytes: 10 * 1024 * 1024, kill_grace: Duration::from_secs(5), http_timeout: Duration::from_secs(300) }
     }
 }
 
@@ -91,25 +87,16 @@ pub async fn execute(a: Attempt<'_>) -> Result<Value, ActionError> {
         Action::Http { .. } => Box::pin(http::execute(&a)).await,
         Action::Uses { handler, with } => {
             let args = a.workflow.templates.render(with, a.ctx)?;
-            let h = a
-                .handlers
-                .get(handler)
-                .ok_or_else(|| ActionError::Permanent(format!("unknown handler `{handler}`")))?;
-            let hctx = HandlerCtx {
-                run_id: a.run_id.to_string(),
-                task: a.task.name.clone(),
-                attempt: a.attempt,
-                cancel: a.cancel.clone(),
-            };
+            let h = a.handlers.get(handler).ok_or_else(|| ActionError::Permanent(format!("unknown handler `{handler}`")))?;
+            let hctx = HandlerCtx { run_id: a.run_id.to_string(), task: a.task.name.clone(), attempt: a.attempt, cancel: a.cancel.clone() };
             tokio::select! {
                 biased;
                 _ = a.cancel.cancelled() => Err(ActionError::Cancelled),
                 r = h.call(args, hctx) => r,
             }
         }
-        Action::Celery { task, .. } => Err(ActionError::Permanent(format!(
-            "task `{}` sends `{task}` to Celery, which needs a Celery backend",
-            a.task.name
-        ))),
+        Action::Celery { task, .. } => {
+            Err(ActionError::Permanent(format!("task `{}` sends `{task}` to Celery, which needs a Celery backend", a.task.name)))
+        }
     }
 }

@@ -42,62 +42,29 @@ struct Spawn {
 
 fn prepare(a: &Attempt<'_>) -> Result<Spawn, ActionError> {
     let t = &a.workflow.templates;
-    let render_env =
-        |env: &[(String, crate::plan::TValue)]| -> Result<Vec<(String, String)>, ActionError> {
-            env.iter()
-                .map(|(k, v)| Ok((k.clone(), t.render_string(v, a.ctx)?)))
-                .collect()
-        };
+    let render_env = |env: &[(String, crate::plan::TValue)]| -> Result<Vec<(String, String)>, ActionError> {
+        env.iter().map(|(k, v)| Ok((k.clone(), t.render_string(v, a.ctx)?))).collect()
+    };
     let render_cwd = |cwd: &Option<crate::plan::TValue>| -> Result<Option<String>, ActionError> {
-        Ok(cwd
-            .as_ref()
-            .map(|c| t.render_string(c, a.ctx))
-            .transpose()?)
+        Ok(cwd.as_ref().map(|c| t.render_string(c, a.ctx)).transpose()?)
     };
     match &a.task.action {
-        Action::Run {
-            argv,
-            env,
-            cwd,
-            output,
-        } => {
-            let mut argv = argv
-                .iter()
-                .map(|x| t.render_string(x, a.ctx))
-                .collect::<Result<Vec<_>, _>>()?
-                .into_iter();
+        Action::Run { argv, env, cwd, output } => {
+            let mut argv = argv.iter().map(|x| t.render_string(x, a.ctx)).collect::<Result<Vec<_>, _>>()?.into_iter();
             let program = argv.next().unwrap_or_default();
             if program.is_empty() {
-                return Err(ActionError::Permanent(format!(
-                    "task `{}`: `run` needs a program name as its first element",
-                    a.task.name
-                )));
+                return Err(ActionError::Permanent(format!("task `{}`: `run` needs a program name as its first element", a.task.name)));
             }
-            Ok(Spawn {
-                program,
-                args: argv.collect(),
-                env: render_env(env)?,
-                cwd: render_cwd(cwd)?,
-                output: *output,
-            })
+            Ok(Spawn { program, args: argv.collect(), env: render_env(env)?, cwd: render_cwd(cwd)?, output: *output })
         }
-        Action::Shell {
-            script,
-            env,
-            cwd,
-            output,
-        } => Ok(Spawn {
+        Action::Shell { script, env, cwd, output } => Ok(Spawn {
             program: "sh".into(),
             args: vec!["-c".into(), t.render_shell(script, a.ctx)?],
             env: render_env(env)?,
             cwd: render_cwd(cwd)?,
             output: *output,
         }),
-        other => Err(ActionError::Permanent(format!(
-            "task `{}`: a `{}` action is not a process",
-            a.task.name,
-            other.kind()
-        ))),
+        other => Err(ActionError::Permanent(format!("task `{}`: a `{}` action is not a process", a.task.name, other.kind()))),
     }
 }
 
@@ -107,9 +74,7 @@ pub async fn execute(a: &Attempt<'_>) -> Result<Value, ActionError> {
     if let Some(dir) = &spec.cwd
         && !Path::new(dir).is_dir()
     {
-        return Err(ActionError::Failed(format!(
-            "working directory `{dir}` does not exist or is not a directory"
-        )));
+        return Err(ActionError::Failed(format!("working directory `{dir}` does not exist or is not a directory")));
     }
     let mut cmd = Command::new(&spec.program);
     cmd.args(&spec.args)
@@ -127,21 +92,13 @@ pub async fn execute(a: &Attempt<'_>) -> Result<Value, ActionError> {
     }
     let mut child = cmd.spawn().map_err(|e| spawn_error(&spec.program, e))?;
     let Some(pid) = child.id() else {
-        return Err(ActionError::Failed(format!(
-            "`{}` exited before it could be watched",
-            spec.program
-        )));
+        return Err(ActionError::Failed(format!("`{}` exited before it could be watched", spec.program)));
     };
     // The child called setpgid(0, 0) before exec, so its pid is the group id.
-    let mut group = Group {
-        pgid: pid as libc::pid_t,
-        armed: true,
-    };
+    let mut group = Group { pgid: pid as libc::pid_t, armed: true };
     let (Some(mut stdout), Some(mut stderr)) = (child.stdout.take(), child.stderr.take()) else {
         group.kill();
-        return Err(ActionError::Failed(
-            "could not capture the output of the process".into(),
-        ));
+        return Err(ActionError::Failed("could not capture the output of the process".into()));
     };
     tracing::debug!(task = %a.task.name, program = %spec.program, pid, "process started");
 
@@ -196,11 +153,7 @@ pub async fn execute(a: &Attempt<'_>) -> Result<Value, ActionError> {
     let status = status.unwrap_or_default();
     tracing::debug!(task = %a.task.name, %status, "process finished");
     if !status.success() {
-        return Err(ActionError::Failed(exit_message(
-            &spec.program,
-            status,
-            &err.buf,
-        )));
+        return Err(ActionError::Failed(exit_message(&spec.program, status, &err.buf)));
     }
     output(spec.output, out.buf)
 }
@@ -232,12 +185,8 @@ fn output(format: OutputFormat, stdout: Vec<u8>) -> Result<Value, ActionError> {
 
 fn spawn_error(program: &str, e: std::io::Error) -> ActionError {
     match e.kind() {
-        std::io::ErrorKind::NotFound => {
-            ActionError::Failed(format!("program `{program}` not found"))
-        }
-        std::io::ErrorKind::PermissionDenied => ActionError::Failed(format!(
-            "program `{program}` cannot be executed: permission denied"
-        )),
+        std::io::ErrorKind::NotFound => ActionError::Failed(format!("program `{program}` not found")),
+        std::io::ErrorKind::PermissionDenied => ActionError::Failed(format!("program `{program}` cannot be executed: permission denied")),
         _ => ActionError::Failed(format!("cannot start `{program}`: {e}")),
     }
 }
@@ -252,12 +201,7 @@ struct Capture {
 
 impl Capture {
     fn new(name: &'static str, cap: usize) -> Self {
-        Capture {
-            name,
-            cap,
-            buf: Vec::new(),
-            open: true,
-        }
+        Capture { name, cap, buf: Vec::new(), open: true }
     }
 
     /// Account for one read; an error when the stream went over its cap.
@@ -266,11 +210,7 @@ impl Capture {
             Ok(0) => self.open = false,
             Ok(n) => {
                 if self.buf.len() + n > self.cap {
-                    return Err(ActionError::Failed(format!(
-                        "{} exceeded {}",
-                        self.name,
-                        human_bytes(self.cap)
-                    )));
+                    return Err(ActionError::Failed(format!("{} exceeded {}", self.name, human_bytes(self.cap))));
                 }
                 self.buf.extend_from_slice(&chunk[..n]);
             }
@@ -343,9 +283,7 @@ async fn kill_and_reap(child: &mut Child, group: &mut Group, leader_running: boo
 async fn terminate(child: &mut Child, group: &mut Group, grace: Duration) {
     group.signal(libc::SIGTERM);
     let deadline = tokio::time::Instant::now() + grace;
-    let leader_exited = tokio::time::timeout_at(deadline, child.wait())
-        .await
-        .is_ok();
+    let leader_exited = tokio::time::timeout_at(deadline, child.wait()).await.is_ok();
     if leader_exited {
         // The leader is reaped; wait for the rest of its group too.
         while group.alive() && tokio::time::Instant::now() < deadline {
@@ -364,18 +302,11 @@ fn exit_message(program: &str, status: ExitStatus, stderr: &[u8]) -> String {
     use std::os::unix::process::ExitStatusExt;
     let what = match (status.code(), status.signal()) {
         (Some(code), _) => format!("`{program}` exited with code {code}"),
-        (None, Some(sig)) => format!(
-            "`{program}` was killed by signal {sig} ({})",
-            signal_name(sig)
-        ),
+        (None, Some(sig)) => format!("`{program}` was killed by signal {sig} ({})", signal_name(sig)),
         (None, None) => format!("`{program}` failed: {status}"),
     };
     let tail = stderr_tail(stderr);
-    if tail.is_empty() {
-        format!("{what} (no stderr)")
-    } else {
-        format!("{what}; stderr:\n{tail}")
-    }
+    if tail.is_empty() { format!("{what} (no stderr)") } else { format!("{what}; stderr:\n{tail}") }
 }
 
 /// The last lines of stderr, at most [`STDERR_TAIL_LINES`] lines and
@@ -397,11 +328,7 @@ fn stderr_tail(stderr: &[u8]) -> String {
         cut = true;
     }
     let tail = &text[start..];
-    if cut {
-        format!("…{tail}")
-    } else {
-        tail.to_string()
-    }
+    if cut { format!("…{tail}") } else { tail.to_string() }
 }
 
 fn signal_name(sig: i32) -> &'static str {
@@ -459,18 +386,9 @@ mod tests {
 
     #[test]
     fn text_output_drops_one_trailing_newline() {
-        assert_eq!(
-            output(OutputFormat::Text, b"a\n\n".to_vec()).unwrap(),
-            Value::String("a\n".into())
-        );
-        assert_eq!(
-            output(OutputFormat::Text, b"a\r\n".to_vec()).unwrap(),
-            Value::String("a".into())
-        );
-        assert_eq!(
-            output(OutputFormat::Text, b"a".to_vec()).unwrap(),
-            Value::String("a".into())
-        );
+        assert_eq!(output(OutputFormat::Text, b"a\n\n".to_vec()).unwrap(), Value::String("a\n".into()));
+        assert_eq!(output(OutputFormat::Text, b"a\r\n".to_vec()).unwrap(), Value::String("a".into()));
+        assert_eq!(output(OutputFormat::Text, b"a".to_vec()).unwrap(), Value::String("a".into()));
     }
 
     #[test]

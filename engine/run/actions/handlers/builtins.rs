@@ -32,17 +32,12 @@ fn sleep_duration(with: &Value) -> Result<Duration, ActionError> {
         (Some(Value::String(s)), None) => crate::plan::parse_duration(s).map_err(bad),
         (None, Some(Value::Number(n))) => {
             let secs = n.as_f64().unwrap_or(f64::NAN);
-            Duration::try_from_secs_f64(secs)
-                .map_err(|_| bad(format!("`seconds` must be a non-negative number, not {n}")))
+            Duration::try_from_secs_f64(secs).map_err(|_| bad(format!("`seconds` must be a non-negative number, not {n}")))
         }
         (Some(_), Some(_)) => Err(bad("give `duration` or `seconds`, not both".into())),
-        (Some(other), None) => Err(bad(format!(
-            "`duration` must be a string like \"200ms\", not {other}"
-        ))),
+        (Some(other), None) => Err(bad(format!("`duration` must be a string like \"200ms\", not {other}"))),
         (None, Some(other)) => Err(bad(format!("`seconds` must be a number, not {other}"))),
-        (None, None) => Err(bad(
-            "needs `with: {duration: \"200ms\"}` or `with: {seconds: 0.2}`".into(),
-        )),
+        (None, None) => Err(bad("needs `with: {duration: \"200ms\"}` or `with: {seconds: 0.2}`".into())),
     }
 }
 
@@ -57,9 +52,7 @@ pub async fn fail(with: Value, _ctx: HandlerCtx) -> Result<Value, ActionError> {
     match with.get("retryable") {
         None | Some(Value::Null) | Some(Value::Bool(true)) => Err(ActionError::Failed(message)),
         Some(Value::Bool(false)) => Err(ActionError::Permanent(message)),
-        Some(other) => Err(ActionError::Permanent(format!(
-            "fail: `retryable` must be true or false, not {other}"
-        ))),
+        Some(other) => Err(ActionError::Permanent(format!("fail: `retryable` must be true or false, not {other}"))),
     }
 }
 
@@ -69,39 +62,25 @@ pub async fn extract_text(with: Value, _ctx: HandlerCtx) -> Result<Value, Action
     let path = match with.get("path") {
         Some(Value::String(s)) if !s.is_empty() => PathBuf::from(s),
         Some(other) => {
-            return Err(ActionError::Permanent(format!(
-                "extract-text: `path` must be a file path, not {other}"
-            )));
+            return Err(ActionError::Permanent(format!("extract-text: `path` must be a file path, not {other}")));
         }
         None => {
-            return Err(ActionError::Permanent(
-                "extract-text: needs `with: {path: ...}`".into(),
-            ));
+            return Err(ActionError::Permanent("extract-text: needs `with: {path: ...}`".into()));
         }
     };
     let bytes = tokio::fs::read(&path).await.map_err(|e| match e.kind() {
-        std::io::ErrorKind::NotFound => {
-            ActionError::Failed(format!("extract-text: file `{}` not found", path.display()))
-        }
-        _ => ActionError::Failed(format!(
-            "extract-text: cannot read `{}`: {e}",
-            path.display()
-        )),
+        std::io::ErrorKind::NotFound => ActionError::Failed(format!("extract-text: file `{}` not found", path.display())),
+        _ => ActionError::Failed(format!("extract-text: cannot read `{}`: {e}", path.display())),
     })?;
     if is_pdf(&path, &bytes) {
         let shown = path.display().to_string();
         let (text, pages) = tokio::task::spawn_blocking(move || pdf_text(&bytes, &shown))
             .await
-            .map_err(|e| {
-                ActionError::Failed(format!("extract-text: PDF extraction stopped: {e}"))
-            })??;
+            .map_err(|e| ActionError::Failed(format!("extract-text: PDF extraction stopped: {e}")))??;
         return Ok(json!({"text": text, "page_count": pages, "extraction_method": "pdf"}));
     }
     if bytes.contains(&0) {
-        return Err(ActionError::Permanent(format!(
-            "extract-text: `{}` is neither a text file nor a PDF",
-            path.display()
-        )));
+        return Err(ActionError::Permanent(format!("extract-text: `{}` is neither a text file nor a PDF", path.display())));
     }
     let text = match String::from_utf8(bytes) {
         Ok(s) => s,
@@ -113,9 +92,7 @@ pub async fn extract_text(with: Value, _ctx: HandlerCtx) -> Result<Value, Action
 /// A PDF by its extension or its `%PDF-` header (which may follow up to
 /// 1 KiB of junk).
 fn is_pdf(path: &Path, bytes: &[u8]) -> bool {
-    let by_name = path
-        .extension()
-        .is_some_and(|e| e.eq_ignore_ascii_case("pdf"));
+    let by_name = path.extension().is_some_and(|e| e.eq_ignore_ascii_case("pdf"));
     let head = &bytes[..bytes.len().min(1024)];
     by_name || head.windows(5).any(|w| w == b"%PDF-")
 }
@@ -125,8 +102,7 @@ fn pdf_text(bytes: &[u8], shown: &str) -> Result<(String, usize), ActionError> {
     let parse = || -> Result<(String, usize), String> {
         let mut doc = pdf_extract::Document::load_mem(bytes).map_err(|e| e.to_string())?;
         if doc.is_encrypted() {
-            doc.decrypt("")
-                .map_err(|e| format!("it is encrypted and needs a password ({e})"))?;
+            doc.decrypt("").map_err(|e| format!("it is encrypted and needs a password ({e})"))?;
         }
         let pages = doc.get_pages().len();
         let mut text = String::new();
@@ -138,18 +114,14 @@ fn pdf_text(bytes: &[u8], shown: &str) -> Result<(String, usize), ActionError> {
     };
     match std::panic::catch_unwind(std::panic::AssertUnwindSafe(parse)) {
         Ok(Ok(r)) => Ok(r),
-        Ok(Err(e)) => Err(ActionError::Failed(format!(
-            "extract-text: cannot read the PDF `{shown}`: {e}"
-        ))),
+        Ok(Err(e)) => Err(ActionError::Failed(format!("extract-text: cannot read the PDF `{shown}`: {e}"))),
         Err(panic) => {
             let why = panic
                 .downcast_ref::<&str>()
                 .map(|s| s.to_string())
                 .or_else(|| panic.downcast_ref::<String>().cloned())
                 .unwrap_or_else(|| "unknown error".into());
-            Err(ActionError::Failed(format!(
-                "extract-text: the PDF parser failed on `{shown}`: {why}"
-            )))
+            Err(ActionError::Failed(format!("extract-text: the PDF parser failed on `{shown}`: {why}")))
         }
     }
 }
@@ -160,26 +132,11 @@ mod tests {
 
     #[test]
     fn sleep_takes_a_duration_or_seconds() {
-        assert_eq!(
-            sleep_duration(&json!({"duration": "200ms"})).unwrap(),
-            Duration::from_millis(200)
-        );
-        assert_eq!(
-            sleep_duration(&json!({"seconds": 0.25})).unwrap(),
-            Duration::from_millis(250)
-        );
-        assert!(matches!(
-            sleep_duration(&json!({"seconds": -1})),
-            Err(ActionError::Permanent(_))
-        ));
-        assert!(matches!(
-            sleep_duration(&json!({"duration": "soon"})),
-            Err(ActionError::Permanent(_))
-        ));
-        assert!(matches!(
-            sleep_duration(&json!({})),
-            Err(ActionError::Permanent(_))
-        ));
+        assert_eq!(sleep_duration(&json!({"duration": "200ms"})).unwrap(), Duration::from_millis(200));
+        assert_eq!(sleep_duration(&json!({"seconds": 0.25})).unwrap(), Duration::from_millis(250));
+        assert!(matches!(sleep_duration(&json!({"seconds": -1})), Err(ActionError::Permanent(_))));
+        assert!(matches!(sleep_duration(&json!({"duration": "soon"})), Err(ActionError::Permanent(_))));
+        assert!(matches!(sleep_duration(&json!({})), Err(ActionError::Permanent(_))));
     }
 
     #[test]
@@ -192,9 +149,6 @@ mod tests {
     #[test]
     fn garbage_pdfs_fail_cleanly() {
         let r = pdf_text(b"%PDF-1.4 this is not a pdf", "x.pdf");
-        assert!(
-            matches!(r, Err(ActionError::Failed(ref m)) if m.contains("x.pdf")),
-            "{r:?}"
-        );
+        assert!(matches!(r, Err(ActionError::Failed(ref m)) if m.contains("x.pdf")), "{r:?}");
     }
 }

@@ -33,12 +33,7 @@ pub struct LlmConfig {
 
 impl Default for LlmConfig {
     fn default() -> Self {
-        LlmConfig {
-            base_url: DEFAULT_BASE_URL.into(),
-            api_key: None,
-            model: DEFAULT_MODEL.into(),
-            timeout: DEFAULT_TIMEOUT,
-        }
+        LlmConfig { base_url: DEFAULT_BASE_URL.into(), api_key: None, model: DEFAULT_MODEL.into(), timeout: DEFAULT_TIMEOUT }
     }
 }
 
@@ -67,26 +62,17 @@ impl LlmConfig {
     }
 
     fn from_lookup(get: impl Fn(&str) -> Option<String>) -> Self {
-        let var = |k: &str| {
-            get(k)
-                .map(|v| v.trim().to_string())
-                .filter(|v| !v.is_empty())
-        };
+        let var = |k: &str| get(k).map(|v| v.trim().to_string()).filter(|v| !v.is_empty());
         let d = LlmConfig::default();
         let timeout = match var("TASKWEAVE_LLM_TIMEOUT") {
             Some(t) => crate::plan::parse_duration(&t).unwrap_or_else(|e| {
-                tracing::warn!(
-                    "TASKWEAVE_LLM_TIMEOUT: {e}; using {}",
-                    humantime::format_duration(d.timeout)
-                );
+                tracing::warn!("TASKWEAVE_LLM_TIMEOUT: {e}; using {}", humantime::format_duration(d.timeout));
                 d.timeout
             }),
             None => d.timeout,
         };
         LlmConfig {
-            base_url: var("TASKWEAVE_LLM_BASE_URL")
-                .or_else(|| var("OPENAI_BASE_URL"))
-                .unwrap_or(d.base_url),
+            base_url: var("TASKWEAVE_LLM_BASE_URL").or_else(|| var("OPENAI_BASE_URL")).unwrap_or(d.base_url),
             api_key: var("TASKWEAVE_LLM_API_KEY").or_else(|| var("OPENAI_API_KEY")),
             model: var("TASKWEAVE_LLM_MODEL").unwrap_or(d.model),
             timeout,
@@ -107,11 +93,7 @@ fn is_local(base_url: &str) -> bool {
     let Some(host) = u.host_str() else {
         return false;
     };
-    match host
-        .trim_start_matches('[')
-        .trim_end_matches(']')
-        .parse::<std::net::IpAddr>()
-    {
+    match host.trim_start_matches('[').trim_end_matches(']').parse::<std::net::IpAddr>() {
         Ok(ip) => ip.is_loopback() || ip.is_unspecified(),
         Err(_) => host == "localhost" || host.ends_with(".localhost"),
     }
@@ -174,27 +156,20 @@ fn request_body(with: &Value, default_model: &str) -> Result<(Value, String), Ac
 
 /// `{response, tokens_used, model}` from a chat completion.
 fn parse_reply(reply: &Value, requested_model: &str) -> Result<Value, ActionError> {
-    let message = reply
-        .pointer("/choices/0/message")
-        .ok_or_else(|| ActionError::Failed("llm: the reply has no `choices[0].message`".into()))?;
+    let message =
+        reply.pointer("/choices/0/message").ok_or_else(|| ActionError::Failed("llm: the reply has no `choices[0].message`".into()))?;
     let response = match message.get("content") {
         Some(Value::String(s)) => s.clone(),
         Some(Value::Null) | None => String::new(),
         Some(other) => other.to_string(),
     };
     let usage = reply.get("usage");
-    let tokens = usage
-        .and_then(|u| u.get("total_tokens"))
-        .and_then(Value::as_u64)
-        .or_else(|| {
-            let p = usage?.get("prompt_tokens")?.as_u64()?;
-            let c = usage?.get("completion_tokens")?.as_u64()?;
-            Some(p + c)
-        });
-    let model = reply
-        .get("model")
-        .and_then(Value::as_str)
-        .unwrap_or(requested_model);
+    let tokens = usage.and_then(|u| u.get("total_tokens")).and_then(Value::as_u64).or_else(|| {
+        let p = usage?.get("prompt_tokens")?.as_u64()?;
+        let c = usage?.get("completion_tokens")?.as_u64()?;
+        Some(p + c)
+    });
+    let model = reply.get("model").and_then(Value::as_str).unwrap_or(requested_model);
     Ok(json!({"response": response, "tokens_used": tokens, "model": model}))
 }
 
@@ -217,25 +192,16 @@ impl Handler for Llm {
         }
         tracing::debug!(task = %ctx.task, url = %shown, %model, "llm request");
         let work = async {
-            let resp = req
-                .send()
-                .await
-                .map_err(|e| send_error(&shown, cfg.timeout, &e))?;
+            let resp = req.send().await.map_err(|e| send_error(&shown, cfg.timeout, &e))?;
             let status = resp.status();
             let bytes = read_body(resp, MAX_RESPONSE_BYTES, &shown, cfg.timeout).await?;
             if !status.is_success() {
                 let msg = format!("llm: {}", status_message(status, &bytes));
-                let retryable =
-                    status.as_u16() == 408 || status.as_u16() == 429 || status.is_server_error();
-                return Err(if retryable {
-                    ActionError::Failed(msg)
-                } else {
-                    ActionError::Permanent(msg)
-                });
+                let retryable = status.as_u16() == 408 || status.as_u16() == 429 || status.is_server_error();
+                return Err(if retryable { ActionError::Failed(msg) } else { ActionError::Permanent(msg) });
             }
-            let reply: Value = serde_json::from_slice(&bytes).map_err(|e| {
-                ActionError::Failed(format!("llm: the reply from {shown} is not JSON: {e}"))
-            })?;
+            let reply: Value =
+                serde_json::from_slice(&bytes).map_err(|e| ActionError::Failed(format!("llm: the reply from {shown} is not JSON: {e}")))?;
             parse_reply(&reply, &model)
         };
         tokio::select! {
@@ -252,14 +218,8 @@ mod tests {
 
     #[test]
     fn config_reads_the_environment_names() {
-        let env = |pairs: &'static [(&'static str, &'static str)]| {
-            move |k: &str| {
-                pairs
-                    .iter()
-                    .find(|(n, _)| *n == k)
-                    .map(|(_, v)| v.to_string())
-            }
-        };
+        let env =
+            |pairs: &'static [(&'static str, &'static str)]| move |k: &str| pairs.iter().find(|(n, _)| *n == k).map(|(_, v)| v.to_string());
         let c = LlmConfig::from_lookup(env(&[]));
         assert_eq!(c.base_url, "https://api.openai.com/v1");
         assert_eq!(c.model, "gpt-4o-mini");
@@ -270,10 +230,7 @@ mod tests {
             ("TASKWEAVE_LLM_MODEL", "m"),
             ("TASKWEAVE_LLM_TIMEOUT", "5s"),
         ]));
-        assert_eq!(
-            (c.base_url.as_str(), c.api_key.as_deref(), c.model.as_str()),
-            ("http://a/v1", Some("k1"), "m")
-        );
+        assert_eq!((c.base_url.as_str(), c.api_key.as_deref(), c.model.as_str()), ("http://a/v1", Some("k1"), "m"));
         assert_eq!(c.timeout, Duration::from_secs(5));
         let c = LlmConfig::from_lookup(env(&[
             ("OPENAI_BASE_URL", "http://a/v1"),
@@ -282,18 +239,12 @@ mod tests {
             ("TASKWEAVE_LLM_API_KEY", "k2"),
             ("TASKWEAVE_LLM_MODEL", ""),
         ]));
-        assert_eq!(
-            (c.base_url.as_str(), c.api_key.as_deref(), c.model.as_str()),
-            ("http://b/v1", Some("k2"), "gpt-4o-mini")
-        );
+        assert_eq!((c.base_url.as_str(), c.api_key.as_deref(), c.model.as_str()), ("http://b/v1", Some("k2"), "gpt-4o-mini"));
     }
 
     #[test]
     fn debug_output_hides_the_key() {
-        let c = LlmConfig {
-            api_key: Some("sk-secret".into()),
-            ..LlmConfig::default()
-        };
+        let c = LlmConfig { api_key: Some("sk-secret".into()), ..LlmConfig::default() };
         assert!(!format!("{c:?}").contains("sk-secret"));
     }
 
@@ -307,11 +258,7 @@ mod tests {
 
     #[test]
     fn request_bodies_carry_the_options() {
-        let (b, m) = request_body(
-            &json!({"prompt": "hi", "system": "be brief", "temperature": 0.2, "max_tokens": 50}),
-            "gpt-x",
-        )
-        .unwrap();
+        let (b, m) = request_body(&json!({"prompt": "hi", "system": "be brief", "temperature": 0.2, "max_tokens": 50}), "gpt-x").unwrap();
         assert_eq!(m, "gpt-x");
         assert_eq!(
             b,
@@ -320,18 +267,12 @@ mod tests {
                 {"role": "user", "content": "hi"}],
                 "temperature": 0.2, "max_tokens": 50})
         );
-        assert!(matches!(
-            request_body(&json!({}), "m"),
-            Err(ActionError::Permanent(_))
-        ));
+        assert!(matches!(request_body(&json!({}), "m"), Err(ActionError::Permanent(_))));
     }
 
     #[test]
     fn replies_without_usage_still_parse() {
         let r = parse_reply(&json!({"choices": [{"message": {"content": "ok"}}]}), "m").unwrap();
-        assert_eq!(
-            r,
-            json!({"response": "ok", "tokens_used": null, "model": "m"})
-        );
+        assert_eq!(r, json!({"response": "ok", "tokens_used": null, "model": "m"}));
     }
 }
