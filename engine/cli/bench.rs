@@ -42,6 +42,12 @@ pub enum BenchWorkload {
         #[arg(long, default_value = "50ms", value_parser = humantime::parse_duration)]
         debounce: std::time::Duration,
     },
+    /// HTTP API throughput: N runs of a no-op workflow, each POSTed and long-polled, by C concurrent clients.
+    Api {
+        n: Option<usize>,
+        #[arg(long, default_value_t = 32)]
+        concurrency: usize,
+    },
     /// Validation: FILES generated workflows of TASKS tasks each, plus one 10,000-task workflow.
     Validate {
         #[arg(long, default_value_t = 1000)]
@@ -58,6 +64,7 @@ pub async fn bench(args: BenchArgs, config: Option<&Path>) -> anyhow::Result<Exi
     };
     let (w, n) = match args.workload {
         BenchWorkload::Validate { files, tasks } => return validate(files, tasks, args.format),
+        BenchWorkload::Api { n, concurrency } => return api(n.unwrap_or(2000), concurrency, args.repeat, args.format).await,
         BenchWorkload::Reload { n, debounce } => return reload(n.unwrap_or(100).max(1), debounce, args.format).await,
         BenchWorkload::Chain { n } => (Workload::Chain, n),
         BenchWorkload::Fanout { n } => (Workload::Fanout, n),
@@ -150,6 +157,27 @@ async fn reload(edits: usize, debounce: std::time::Duration, format: OutputForma
             if report.missed > 0 {
                 println!("  missed             {} (not served within {:?})", report.missed, crate::bench::reload::EDIT_TIMEOUT);
             }
+        }
+    }
+    Ok(ExitCode::SUCCESS)
+}
+
+async fn api(runs: usize, concurrency: usize, repeat: usize, format: OutputFormat) -> anyhow::Result<ExitCode> {
+    let b = crate::bench::api::ApiBench { runs, concurrency, repeat: repeat.max(1), store: None };
+    let r = match crate::bench::api::api_throughput_with(&b).await {
+        Ok(r) => r,
+        Err(e) => {
+            eprintln!("error: {e}");
+            return Ok(ExitCode::from(1));
+        }
+    };
+    match format {
+        OutputFormat::Json => println!("{}", serde_json::to_string_pretty(&r)?),
+        OutputFormat::Human => {
+            println!("api: {} runs (POST + long-poll) by {} clients, {} repetitions, store {}", r.runs, r.concurrency, r.repeat, r.store);
+            println!("  throughput    median {:.0} runs/s  (min {:.0}, max {:.0})", r.runs_per_sec, r.min_runs_per_sec, r.max_runs_per_sec);
+            println!("  latency       p50 {:.2} ms, p99 {:.2} ms", r.latency_p50_ms, r.latency_p99_ms);
+            println!("  peak RSS      {:.1} MiB", r.peak_rss_mb);
         }
     }
     Ok(ExitCode::SUCCESS)
