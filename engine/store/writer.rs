@@ -6,10 +6,12 @@
 //! takes the whole pending batch and writes it in one transaction; what is
 //! sent meanwhile gathers in the next batch. It writes at once when a flush
 //! waits, when the writer is dropped or when [`MAX_PENDING`] rows are
-//! pending, and otherwise lets events gather for [`LINGER`] first, so a task
-//! that starts and ends within that time is written once. The pending batch
-//! holds at most one entry per run, task and attempt, however fast events
-//! come, and the statements of a write are made one chunk of rows at a time.
+//! pending; otherwise once events pause for [`QUIET`], and at the latest
+//! [`MAX_DELAY`] after the first pending one. So while events pour in, the
+//! states they replace are never written: a task that starts and ends
+//! meanwhile is written once. The pending batch holds at most one entry per
+//! run, task and attempt, however fast events come, and the statements of a
+//! write are made one chunk of rows at a time.
 //!
 //! Each batch commits as a whole, so the database always holds the state
 //! at some point of the sequence of events sent.
@@ -29,16 +31,22 @@ use std::sync::{Arc, Mutex};
 use std::time::Duration;
 use time::OffsetDateTime;
 use tokio::sync::{Notify, oneshot};
+use tokio::time::Instant;
 
 /// Pause before the one retry of a failed batch.
 const RETRY_DELAY: Duration = Duration::from_millis(200);
 
-/// How long events gather before they are written when nobody waits.
-pub const LINGER: Duration = Duration::from_millis(100);
+/// A pause in events this long starts a write.
+pub const QUIET: Duration = Duration::from_millis(20);
+
+/// The longest an event waits to be written when nobody flushes (plus the
+/// time the write before it takes): how stale the store may look from
+/// another process, or what a crash may lose.
+pub const MAX_DELAY: Duration = Duration::from_secs(1);
 
 /// Pending rows (runs, tasks, attempts) that start a write at once: bounds
-/// the memory the pending batch takes (some 25 MB).
-pub const MAX_PENDING: usize = 100_000;
+/// the memory the pending batch takes (some 200 bytes a row).
+pub const MAX_PENDING: usize = 250_000;
 
 /// The batch's maps: keys are run ids and task names from this process, so
 /// a fast hash with no defence against chosen keys is enough.
@@ -135,6 +143,9 @@ struct Shared {
 #[derive(Default)]
 struct Pending {
     batch: Batch,
+    /// When the first and the last event of the batch came.
+    first: Option<Instant>,
+    last: Option<Instant>,
     /// Flushes waiting for everything sent before them.
     flushes: Vec<oneshot::Sender<Result<()>>>,
     /// Every writer handle is gone: write what is left, then stop.
@@ -292,6 +303,9 @@ impl StoreWriter {
             }
             let before = p.batch.rows;
             f(&mut p.batch);
+            let now = Instant::now();
+            p.first.get_or_insert(now);
+            p.last = Some(now);
             before < MAX_PENDING && p.batch.rows >= MAX_PENDING
         };
         h.shared.wake.notify_one();
@@ -464,13 +478,11 @@ async fn write_loop(inner: Arc<Inner>, shared: Arc<Shared>) {
             continue;
         }
         if !urgent {
-            tokio::select! {
-                _ = tokio::time::sleep(LINGER) => {}
-                _ = shared.urgent.notified() => {}
-            }
+            gather(&shared).await;
         }
         let (batch, flushes) = {
             let mut p = lock(&shared.pending);
+            (p.first, p.last) = (None, None);
             (std::mem::take(&mut p.batch), std::mem::take(&mut p.flushes))
         };
         if !batch.is_empty() {
@@ -479,6 +491,30 @@ async fn write_loop(inner: Arc<Inner>, shared: Arc<Shared>) {
         }
         for done in flushes {
             let _ = done.send(memory.unreported.take().map_or(Ok(()), Err));
+        }
+    }
+}
+
+/// Lets events gather until they pause for [`QUIET`], [`MAX_DELAY`] after
+/// the first, or until something is urgent.
+async fn gather(shared: &Shared) {
+    loop {
+        let wake_at = {
+            let p = lock(&shared.pending);
+            if p.closed || !p.flushes.is_empty() || p.batch.rows >= MAX_PENDING {
+                return;
+            }
+            match (p.first, p.last) {
+                (Some(first), Some(last)) => (last + QUIET).min(first + MAX_DELAY),
+                _ => return,
+            }
+        };
+        if Instant::now() >= wake_at {
+            return;
+        }
+        tokio::select! {
+            _ = tokio::time::sleep_until(wake_at) => {}
+            _ = shared.urgent.notified() => return,
         }
     }
 }
@@ -579,6 +615,15 @@ fn positions(definition: Value) -> Map<String, i64> {
     out
 }
 
+/// The first 8 bytes of a name as a number that sorts as the name does
+/// (sorting by it first spares most string comparisons).
+fn prefix(name: &str) -> u64 {
+    let mut b = [0u8; 8];
+    let n = name.len().min(8);
+    b[..n].copy_from_slice(&name.as_bytes()[..n]);
+    u64::from_be_bytes(b)
+}
+
 #[derive(Clone, Copy, PartialEq, Eq)]
 enum Phase {
     Definitions,
@@ -627,18 +672,22 @@ impl<'a> BatchScript<'a> {
         let mut task_runs: Vec<_> = batch.tasks.iter().collect();
         task_runs.sort_unstable_by(|a, b| a.0.cmp(b.0));
         let mut tasks = Vec::with_capacity(task_runs.iter().map(|(_, m)| m.len()).sum());
+        let mut keyed = Vec::new();
         for (run, m) in task_runs {
-            let from = tasks.len();
-            tasks.extend(m.iter().map(|(name, row)| (run, name, row)));
-            tasks[from..].sort_unstable_by(|a, b| a.1.cmp(b.1));
+            keyed.clear();
+            keyed.extend(m.iter().map(|(name, row)| (prefix(name), name, row)));
+            keyed.sort_unstable_by(|a, b| a.0.cmp(&b.0).then_with(|| a.1.cmp(b.1)));
+            tasks.extend(keyed.iter().map(|(_, name, row)| (run, *name, *row)));
         }
         let mut attempt_runs: Vec<_> = batch.attempts.iter().collect();
         attempt_runs.sort_unstable_by(|a, b| a.0.cmp(b.0));
         let mut attempts = Vec::new();
+        let mut keyed = Vec::new();
         for (run, m) in attempt_runs {
-            let from = attempts.len();
-            attempts.extend(m.iter().flat_map(|(task, v)| v.iter().map(move |(n, row)| (run, task, *n, row))));
-            attempts[from..].sort_unstable_by(|a, b| (a.1, a.2).cmp(&(b.1, b.2)));
+            keyed.clear();
+            keyed.extend(m.iter().flat_map(|(task, v)| v.iter().map(move |(n, row)| (prefix(task), task, *n, row))));
+            keyed.sort_unstable_by(|a, b| a.0.cmp(&b.0).then_with(|| a.1.cmp(b.1)).then(a.2.cmp(&b.2)));
+            attempts.extend(keyed.iter().map(|(_, task, n, row)| (run, *task, *n, *row)));
         }
         BatchScript {
             inner,
