@@ -634,6 +634,13 @@ fn deep_templates() {
     for tpl in [
         format!("{}x{}", "{{#if input.a}}".repeat(100_000), "{{/if}}".repeat(100_000)),
         format!("{}x{}", "{{#if input.a}}".repeat(300), "{{/if}}".repeat(300)),
+        format!("{}x{}", "{{#if input.a}}".repeat(3_000), "{{/if}}".repeat(3_000)),
+        format!("{}x{}", "{{#if input.a}}".repeat(10_000), "{{/if}}".repeat(10_000)),
+        format!("{}x{}", "{{#with input.a}}".repeat(10_000), "{{/with}}".repeat(10_000)),
+        format!("{{{{x {}a{}}}}}", "(lookup ".repeat(3_000), ")".repeat(3_000)),
+        format!("{{{{x {}1{}}}}}", "[".repeat(10_000), "]".repeat(10_000)),
+        // (Escaped for the double-quoted YAML string it is written into.)
+        format!("{{{{x {}1{}}}}}", "{\\\"a\\\":".repeat(10_000), "}".repeat(10_000)),
         format!("{{{{{}a{}}}}}", "(lookup ".repeat(100_000), ")".repeat(100_000)),
         "{{".repeat(100_000),
         "{{#each input.x}}".repeat(50_000),

@@ -330,6 +330,20 @@ impl Rules<'_> {
             // parser; anything else goes through Handlebars.
             let (paths, raw_output) = match simple_paths(s) {
                 Some(paths) => (paths.into_iter().map(str::to_string).collect(), false),
+                // Handlebars builds nested blocks and subexpressions
+                // recursively: refuse what could exhaust the stack.
+                None if nesting(s) > MAX_TEMPLATE_NESTING => {
+                    self.push(
+                        Diagnostic::new(
+                            Code::Template,
+                            self.file,
+                            node_span,
+                            format!("invalid template: blocks or subexpressions nested deeper than {MAX_TEMPLATE_NESTING} levels"),
+                        )
+                        .with_help("split the template, or compute the value in a task"),
+                    );
+                    continue;
+                }
                 None => match handlebars::Template::compile(s) {
                     Ok(tpl) => (template::referenced_paths(&tpl), template::has_raw_output(&tpl)),
                     Err(e) => {
@@ -345,7 +359,10 @@ impl Rules<'_> {
                             }
                             None => {
                                 let (line, col) = e.pos().unwrap_or((1, 1));
-                                (self.locate_line_col(node_span, s, line, col), format!("invalid template: {}", e.reason()))
+                                (
+                                    self.locate_line_col(node_span, s, line, col),
+                                    format!("invalid template: {}", clip(&e.reason().to_string(), 200)),
+                                )
                             }
                         };
                         self.push(
@@ -720,6 +737,49 @@ fn task_templates<'v>(task: &'v Value, out: &mut impl FnMut(String, &'v str, boo
     }
 }
 
+/// How deeply a template may nest blocks (`{{#if}}`) or subexpressions
+/// (`(lookup (lookup ...))`).
+const MAX_TEMPLATE_NESTING: usize = 64;
+
+/// The deepest nesting of blocks, and of parentheses or brackets inside one
+/// expression, of a template, by a lexical scan (it only has to bound what
+/// Handlebars would recurse on, not to parse).
+fn nesting(s: &str) -> usize {
+    let (mut blocks, mut deepest) = (0usize, 0usize);
+    let mut rest = s;
+    while let Some(open) = rest.find("{{") {
+        let inner = rest[open + 2..].trim_start_matches(['{', '~']);
+        match inner.as_bytes().first() {
+            Some(b'#' | b'^') => blocks += 1,
+            Some(b'/') => blocks = blocks.saturating_sub(1),
+            _ => {}
+        }
+        let end = inner.find("}}").unwrap_or(inner.len());
+        let mut parens = 0usize;
+        for b in inner[..end].bytes() {
+            match b {
+                b'(' | b'[' => {
+                    parens += 1;
+                    deepest = deepest.max(parens);
+                }
+                b')' | b']' => parens = parens.saturating_sub(1),
+                _ => {}
+            }
+        }
+        deepest = deepest.max(blocks);
+        rest = &inner[end..];
+    }
+    deepest
+}
+
+/// At most `max` characters of a message part, marked when cut.
+fn clip(s: &str, max: usize) -> String {
+    match s.char_indices().nth(max) {
+        Some((at, _)) => format!("{}…", &s[..at]),
+        None => s.to_string(),
+    }
+}
+
 /// The byte offset of the first `{{` with no `}}` after it.
 fn unclosed(s: &str) -> Option<usize> {
     let mut from = 0;
@@ -775,6 +835,14 @@ mod tests {
 
     fn parsed(s: &str) -> Option<Vec<String>> {
         handlebars::Template::compile(s).ok().map(|t| template::referenced_paths(&t))
+    }
+
+    #[test]
+    fn nesting_depth() {
+        assert_eq!(nesting("plain"), 0);
+        assert_eq!(nesting("{{#if a}}{{#each b}}{{(lookup (lookup x 'a') 'b')}}{{/each}}{{/if}}"), 2);
+        assert_eq!(nesting(&format!("{{{{x {}a{}}}}}", "(lookup ".repeat(100), ")".repeat(100))), 100);
+        assert_eq!(nesting(&"{{#if a}}".repeat(70)), 70);
     }
 
     #[test]
