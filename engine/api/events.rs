@@ -13,7 +13,6 @@
 //! `?run_id=` and `?workflow=` narrow run and task events (reloads always pass).
 
 use super::AppState;
-use super::error::ApiError;
 use super::extract::QueryParams;
 use crate::run::executor::RunEvent;
 use axum::extract::State;
@@ -62,7 +61,7 @@ fn json_event(name: &str, data: &impl serde::Serialize) -> Event {
 pub async fn events(
     State(st): State<Arc<AppState>>,
     QueryParams(filter): QueryParams<EventFilter>,
-) -> Result<Sse<impl Stream<Item = Result<Event, Infallible>>>, ApiError> {
+) -> Sse<impl Stream<Item = Result<Event, Infallible>>> {
     let runs = receiver_stream(st.engine.subscribe()).filter_map(move |item| {
         let out = match item {
             Item::Lagged(n) => Some(lagged(n)),
@@ -79,7 +78,7 @@ pub async fn events(
         Item::Event(r) => json_event("reload", &r),
     });
     let merged = stream::select(runs, reloads).map(Ok);
-    Ok(Sse::new(merged).keep_alive(KeepAlive::new().interval(KEEP_ALIVE)))
+    Sse::new(merged).keep_alive(KeepAlive::new().interval(KEEP_ALIVE))
 }
 
 fn run_event(ev: &RunEvent) -> Event {
