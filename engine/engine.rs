@@ -3,8 +3,7 @@
 //! embedding program needs: start up, register workflows and handlers, start
 //! runs, read results, cancel, shut down.
 
-use crate::backend::local::LocalBackend;
-use crate::backend::{Backend, BackendError, Backends, RunRequest};
+use crate::backend::{Backend, BackendError, Backends, DriverContext, RunRequest};
 use crate::config::Config;
 use crate::diag::Diagnostic;
 use crate::plan::Workflow;
@@ -121,15 +120,23 @@ impl EngineBuilder {
             writer: store.as_ref().map(Store::writer),
             events: Some(events.clone()),
         };
+        let registry = Arc::new(crate::reload::Registry::new(self.config.engine.workflows.clone(), validate_options(&self.config)));
         let mut backends = Backends::default();
         for name in self.config.backend_names() {
-            match self.config.kind_of(&name) {
-                Some("local") => backends.insert(LocalBackend::new(name.clone(), executor.clone(), store.clone())),
-                Some(kind) => tracing::debug!("backend `{name}` of kind `{kind}` is not built into this binary"),
-                None => {}
+            let Some(kind) = self.config.kind_of(&name) else { continue };
+            let ctx = DriverContext {
+                name: name.clone(),
+                kind: kind.to_string(),
+                options: self.config.backends.get(&name).map(|b| b.options.clone()).unwrap_or_default(),
+                executor: executor.clone(),
+                store: store.clone(),
+                registry: Arc::clone(&registry),
+            };
+            match crate::backend::open(ctx).await? {
+                Some(b) => backends.insert(b),
+                None => tracing::debug!("backend `{name}` of kind `{kind}` is not built into this binary"),
             }
         }
-        let registry = Arc::new(crate::reload::Registry::new(self.config.engine.workflows.clone(), validate_options(&self.config)));
         Ok(Engine {
             inner: Arc::new(Inner { config: self.config, store, backends, registry, events, run_backends: RwLock::new(HashMap::new()) }),
         })

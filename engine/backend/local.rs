@@ -187,6 +187,10 @@ impl Backend for LocalBackend {
         }
     }
 
+    async fn check(&self) -> Result<String, BackendError> {
+        Ok("local (embedded): always available".into())
+    }
+
     async fn shutdown(&self) {
         self.shutdown.cancel();
         self.tracker.close();

@@ -11,10 +11,14 @@ pub mod conformance;
 pub mod local;
 
 use crate::plan::Workflow;
+use crate::run::executor::Executor;
 use crate::run::{Routing, RunResult};
+use crate::store::Store;
 use serde_json::Value;
+use std::collections::BTreeMap;
 use std::sync::Arc;
 use std::time::Duration;
+use tokio_util::sync::CancellationToken;
 
 /// A run to start.
 #[derive(Debug, Clone)]
@@ -84,6 +88,70 @@ pub trait Backend: Send + Sync + 'static {
     async fn drain(&self) {}
     /// Stop accepting runs and cancel those in flight, recording them.
     async fn shutdown(&self) {}
+    /// Check that the backend answers (`doctor`): one line saying what was found.
+    async fn check(&self) -> Result<String, BackendError> {
+        Ok(format!("{} backend: available", self.kind()))
+    }
+    /// Execute this backend's tasks until `stop` fires (`taskweave worker`),
+    /// then finish or hand back what was claimed and return.
+    async fn work(&self, opts: WorkerOptions, stop: CancellationToken) -> Result<(), BackendError> {
+        let _ = (opts, stop);
+        Err(BackendError::Refused {
+            backend: self.name().to_string(),
+            reason: format!("a `{}` backend has no workers: its runs execute in the process that starts them", self.kind()),
+        })
+    }
+}
+
+/// How a `taskweave worker` works.
+#[derive(Debug, Clone)]
+pub struct WorkerOptions {
+    /// Tasks executed at once by this worker.
+    pub concurrency: usize,
+    /// Queues to take tasks from; empty means the backend's default queue.
+    pub queues: Vec<String>,
+}
+
+impl Default for WorkerOptions {
+    fn default() -> Self {
+        WorkerOptions { concurrency: 8, queues: Vec::new() }
+    }
+}
+
+/// What a driver is given when it is opened.
+#[derive(Clone)]
+pub struct DriverContext {
+    /// The configured name.
+    pub name: String,
+    /// The configured kind.
+    pub kind: String,
+    /// The driver's own keys of `[backends.NAME]` (everything but `kind`).
+    pub options: BTreeMap<String, toml::Value>,
+    /// Runs tasks: handlers, limits, the store writer and the event bus.
+    pub executor: Executor,
+    /// The run store, when there is one.
+    pub store: Option<Store>,
+    /// The loaded workflows (drivers that serve workflows by name read it).
+    pub registry: Arc<crate::reload::Registry>,
+}
+
+/// Open the backend a configuration names. `Ok(None)`: its kind is not
+/// built into this binary (a cargo feature that was left out).
+pub async fn open(ctx: DriverContext) -> Result<Option<Arc<dyn Backend>>, BackendError> {
+    match ctx.kind.as_str() {
+        "local" => Ok(Some(local::LocalBackend::new(ctx.name, ctx.executor, ctx.store))),
+        // Each driver adds its arm here, behind its cargo feature:
+        // `#[cfg(feature = "X")] "X" => X::open(ctx).await.map(Some),`
+        _ => Ok(None),
+    }
+}
+
+/// Whether this binary was built with the driver for `kind`.
+pub fn is_built(kind: &str) -> bool {
+    match kind {
+        "local" => true,
+        _ => false,
+    }
 }
 
 /// Backend name -> instance.

@@ -33,15 +33,45 @@ pub async fn doctor(config: Option<&Path>) -> anyhow::Result<ExitCode> {
         Ok(Err(e)) => Check { what: "store".into(), ok: false, detail: e.to_string() },
         Err(_) => Check { what: "store".into(), ok: false, detail: format!("{}: no answer within 10s", config.engine.store) },
     });
+    let registry = std::sync::Arc::new(crate::reload::Registry::new(Vec::new(), crate::engine::validate_options(&config)));
     for name in config.backend_names() {
-        let kind = config.kind_of(&name).unwrap_or("?");
-        checks.push(match kind {
-            "local" => Check { what: format!("backend {name}"), ok: true, detail: "local (embedded): always available".into() },
-            other => Check {
-                what: format!("backend {name}"),
+        let kind = config.kind_of(&name).unwrap_or("?").to_string();
+        let what = format!("backend {name}");
+        if !crate::backend::is_built(&kind) {
+            checks.push(Check {
+                what,
                 ok: false,
-                detail: format!("kind `{other}` is not built into this binary (build with `--features {other}`)"),
+                detail: format!("kind `{kind}` is not built into this binary (build with `--features {kind}`)"),
+            });
+            continue;
+        }
+        let ctx = crate::backend::DriverContext {
+            name: name.clone(),
+            kind: kind.clone(),
+            options: config.backends.get(&name).map(|b| b.options.clone()).unwrap_or_default(),
+            executor: crate::run::executor::Executor {
+                handlers: std::sync::Arc::new(crate::run::actions::Handlers::with_builtins()),
+                limits: std::sync::Arc::default(),
+                writer: None,
+                events: None,
             },
+            store: None,
+            registry: std::sync::Arc::clone(&registry),
+        };
+        let checked = tokio::time::timeout(Duration::from_secs(10), async {
+            let backend = crate::backend::open(ctx).await?.ok_or_else(|| crate::backend::BackendError::Permanent {
+                backend: name.clone(),
+                reason: format!("kind `{kind}` is not built into this binary"),
+            })?;
+            let line = backend.check().await;
+            backend.shutdown().await;
+            line
+        })
+        .await;
+        checks.push(match checked {
+            Ok(Ok(detail)) => Check { what, ok: true, detail },
+            Ok(Err(e)) => Check { what, ok: false, detail: e.to_string() },
+            Err(_) => Check { what, ok: false, detail: format!("kind `{kind}`: no answer within 10s") },
         });
     }
     if let Some(src) = &config.flags.source {

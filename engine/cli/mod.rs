@@ -6,6 +6,7 @@ mod doctor;
 mod run;
 mod serve;
 mod validate;
+mod worker;
 
 use clap::{Parser, Subcommand, ValueEnum};
 use std::path::PathBuf;
@@ -80,6 +81,8 @@ pub enum Command {
     Status(serve::StatusArgs),
     /// Check that the store, every backend, the flag source and the workflow folders answer.
     Doctor,
+    /// Execute the tasks of a distributed backend (PostgreSQL, Celery, Temporal).
+    Worker(worker::WorkerArgs),
 }
 
 pub fn main() -> ExitCode {
@@ -120,6 +123,7 @@ fn run(cli: Cli) -> anyhow::Result<ExitCode> {
         Command::Serve(args) => runtime()?.block_on(serve::serve(args, cli.config.as_deref())),
         Command::Status(args) => runtime()?.block_on(serve::status(args)),
         Command::Doctor => runtime()?.block_on(doctor::doctor(cli.config.as_deref())),
+        Command::Worker(args) => runtime()?.block_on(worker::worker(args, cli.config.as_deref())),
     }
 }
 
