@@ -6,6 +6,8 @@
 use crate::backend::{Backend, BackendError, Backends, DriverContext, RunRequest};
 use crate::config::Config;
 use crate::diag::Diagnostic;
+use crate::flags::FlagSource;
+use crate::flags::routing::RoutingMetrics;
 use crate::plan::Workflow;
 use crate::run::actions::{Handler, Handlers, Limits};
 use crate::run::executor::{Executor, RunEvent};
@@ -35,6 +37,8 @@ pub enum EngineError {
     Config(#[from] crate::config::ConfigError),
     #[error("{} error(s) in {file}", .diagnostics.iter().filter(|d| d.is_error()).count())]
     Invalid { file: String, diagnostics: Vec<Diagnostic> },
+    #[error(transparent)]
+    Flags(#[from] crate::flags::FlagError),
 }
 
 impl From<BackendError> for EngineError {
@@ -62,11 +66,32 @@ pub struct EngineBuilder {
     handlers: Handlers,
     limits: Limits,
     store: Option<Option<String>>,
+    flags: Option<Option<FlagSource>>,
+    watch_flags: bool,
 }
 
 impl EngineBuilder {
     pub fn new() -> Self {
-        EngineBuilder { config: Config::default(), handlers: Handlers::with_builtins(), limits: Limits::default(), store: None }
+        EngineBuilder {
+            config: Config::default(),
+            handlers: Handlers::with_builtins(),
+            limits: Limits::default(),
+            store: None,
+            flags: None,
+            watch_flags: true,
+        }
+    }
+
+    /// The flag source rollout rules evaluate against (default: from `[flags]` of the config).
+    pub fn flags(mut self, source: FlagSource) -> Self {
+        self.flags = Some(Some(source));
+        self
+    }
+
+    /// Whether a flag file is reloaded when it changes (default: yes).
+    pub fn watch_flags(mut self, watch: bool) -> Self {
+        self.watch_flags = watch;
+        self
     }
 
     pub fn config(mut self, c: Config) -> Self {
@@ -137,8 +162,32 @@ impl EngineBuilder {
                 None => tracing::debug!("backend `{name}` of kind `{kind}` is not built into this binary"),
             }
         }
+        let flags = match self.flags {
+            Some(f) => f,
+            None => FlagSource::from_config(&self.config.flags)?,
+        };
+        let flag_watcher = match (&flags, self.watch_flags) {
+            (Some(f), true) => match f.watch(crate::reload::watch::DEFAULT_DEBOUNCE) {
+                Ok(w) => w,
+                Err(e) => {
+                    tracing::warn!("flags: cannot watch {} for changes: {e}", f.describe());
+                    None
+                }
+            },
+            _ => None,
+        };
         Ok(Engine {
-            inner: Arc::new(Inner { config: self.config, store, backends, registry, events, run_backends: RwLock::new(HashMap::new()) }),
+            inner: Arc::new(Inner {
+                config: self.config,
+                store,
+                backends,
+                registry,
+                events,
+                run_backends: RwLock::new(HashMap::new()),
+                flags,
+                _flag_watcher: flag_watcher,
+                routing_metrics: RoutingMetrics::default(),
+            }),
         })
     }
 }
@@ -157,6 +206,10 @@ struct Inner {
     events: tokio::sync::broadcast::Sender<RunEvent>,
     /// Which backend holds each run started here.
     run_backends: RwLock<HashMap<String, String>>,
+    /// Where `backend:` rollout rules read their flags.
+    flags: Option<FlagSource>,
+    _flag_watcher: Option<crate::flags::FileWatcher>,
+    routing_metrics: RoutingMetrics,
 }
 
 /// The engine, cheap to clone.
@@ -252,26 +305,125 @@ impl Engine {
 
     /// Start a run of a workflow. The input is checked against the workflow's
     /// input schema (defaults applied) before anything runs.
+    ///
+    /// A workflow whose `backend:` is a rollout rule gets its backend from
+    /// the rule's flag, evaluated once here with the run's entity id and
+    /// context; the decision is recorded on the run. When the chosen backend
+    /// refuses the run before accepting it, the run goes to the rule's
+    /// `default` instead (recorded as a fallback). A caller's `backend` wins
+    /// over any rule.
     pub async fn submit(&self, wf: Arc<Workflow>, opts: RunOptions) -> Result<String, EngineError> {
         let input = prepare_input(&wf, opts.input.unwrap_or(Value::Object(Default::default())))?;
-        let backend_name = match opts.backend {
-            Some(b) => b,
-            None => match &wf.backend {
-                Some(crate::spec::raw::BackendSpec::Name(n)) => n.clone(),
-                Some(crate::spec::raw::BackendSpec::Rollout(r)) => {
-                    r.default.clone().unwrap_or_else(|| self.inner.config.engine.default_backend.clone())
+        let context = opts.context.unwrap_or(Value::Object(Default::default()));
+        let default_backend = &self.inner.config.engine.default_backend;
+        let mut run_id = opts.run_id;
+        let mut entity_id = opts.entity_id;
+        let (backend_name, routing, rule_default) = match (opts.backend, &wf.backend) {
+            (Some(b), _) => (b, None, None),
+            (None, Some(crate::spec::raw::BackendSpec::Name(n))) => (n.clone(), None, None),
+            (None, Some(crate::spec::raw::BackendSpec::Rollout(rule))) => {
+                // The entity the flag buckets on: the rule's template, else the
+                // caller's entity id, else the run id (chosen now).
+                let entity = match &rule.entity {
+                    Some(t) => {
+                        let id = run_id.get_or_insert_with(|| uuid::Uuid::now_v7().to_string()).clone();
+                        render_entity(t, &wf, &input, &context, &id, entity_id.as_deref())
+                    }
+                    None => Ok(match &entity_id {
+                        Some(e) => e.clone(),
+                        None => run_id.get_or_insert_with(|| uuid::Uuid::now_v7().to_string()).clone(),
+                    }),
+                };
+                let evaluation = match (entity, &self.inner.flags) {
+                    (Err(e), _) => Err(e),
+                    (Ok(_), None) => Err("no flag source is configured (`[flags] source` or FLIPT_SERVER_URL)".to_string()),
+                    (Ok(entity), Some(src)) => {
+                        if rule.entity.is_some() && entity_id.is_none() {
+                            entity_id = Some(entity.clone());
+                        }
+                        let ctx = crate::flags::context_of(&context);
+                        src.evaluate(&rule.flag, Some(crate::flags::routing::expected_type(rule)), &entity, &ctx)
+                            .await
+                            .map_err(|e| e.to_string())
+                    }
+                };
+                let routing = crate::flags::routing::decide(rule, evaluation.as_ref().map_err(Clone::clone), default_backend);
+                if let Some(err) = &routing.error {
+                    tracing::warn!(workflow = %wf.name, flag = %rule.flag, backend = %routing.backend, "flag evaluation failed, using the rule's default backend: {err}");
                 }
-                None => self.inner.config.engine.default_backend.clone(),
-            },
+                let fallback = rule.default.clone().unwrap_or_else(|| default_backend.clone());
+                (routing.backend.clone(), Some(routing), Some(fallback))
+            }
+            (None, None) => (default_backend.clone(), None, None),
         };
-        let backend = self.backend(&backend_name)?;
-        let mut req = RunRequest::new(wf, input);
-        req.entity_id = opts.entity_id;
-        req.context = opts.context.unwrap_or(Value::Object(Default::default()));
-        req.run_id = opts.run_id;
-        let id = backend.submit(req).await?;
+        let mut req = RunRequest::new(Arc::clone(&wf), input);
+        req.entity_id = entity_id;
+        req.context = context;
+        req.run_id = run_id;
+        req.routing = routing;
+        let (id, backend_name) = match self.dispatch(&backend_name, req.clone()).await {
+            Ok(id) => (id, backend_name),
+            Err(e) => {
+                let refused = match &e {
+                    EngineError::Backend(b) => b.allows_fallback(),
+                    EngineError::UnknownBackend { .. } => true,
+                    _ => false,
+                };
+                match (req.routing.as_mut(), rule_default) {
+                    (Some(routing), Some(fallback)) if refused && fallback != backend_name => {
+                        tracing::warn!(workflow = %wf.name, from = %backend_name, to = %fallback, "backend refused a routed run; falling back: {e}");
+                        routing.fallback = Some(crate::run::result::Fallback { from: backend_name.clone(), error: e.to_string() });
+                        routing.backend = fallback.clone();
+                        let id = self.dispatch(&fallback, req.clone()).await?;
+                        (id, fallback)
+                    }
+                    _ => return Err(e),
+                }
+            }
+        };
+        if let Some(r) = &req.routing {
+            self.inner.routing_metrics.record(&wf.name, r);
+        }
         write(&self.inner.run_backends).insert(id.clone(), backend_name);
         Ok(id)
+    }
+
+    async fn dispatch(&self, backend: &str, req: RunRequest) -> Result<String, EngineError> {
+        Ok(self.backend(backend)?.submit(req).await?)
+    }
+
+    /// The flag source rollout rules read, when one is configured.
+    pub fn flags(&self) -> Option<&FlagSource> {
+        self.inner.flags.as_ref()
+    }
+
+    /// Counters of routing decisions (exposed by the API's `/metrics`).
+    pub fn routing_metrics(&self) -> &RoutingMetrics {
+        &self.inner.routing_metrics
+    }
+
+    /// The migration dashboard: runs created within `since` (of one
+    /// workflow when given), from the run store, with the flag source's status.
+    pub async fn migration_status(&self, since: Duration, workflow: Option<String>) -> Result<MigrationReport, EngineError> {
+        let from = time::OffsetDateTime::now_utc() - since;
+        let filter = crate::store::MigrationFilter { since: from, workflow };
+        let stats = match &self.inner.store {
+            Some(s) => s.migration_stats(&filter).await?,
+            None => crate::store::MigrationStats {
+                since: from,
+                workflow: filter.workflow,
+                total: 0,
+                backends: Vec::new(),
+                variants: Vec::new(),
+                fallbacks: 0,
+                flag_errors: 0,
+            },
+        };
+        Ok(MigrationReport {
+            window: humantime::format_duration(since).to_string(),
+            stats,
+            flags: self.inner.flags.as_ref().map(FlagSource::status),
+        })
     }
 
     fn backend(&self, name: &str) -> Result<&Arc<dyn Backend>, EngineError> {
@@ -328,6 +480,34 @@ impl Engine {
             b.shutdown().await;
         }
     }
+}
+
+/// The migration dashboard (`taskweave migration status`, `GET /v1/migration`).
+#[derive(Debug, Clone, serde::Serialize)]
+pub struct MigrationReport {
+    /// The window counted, as given (`24h`).
+    pub window: String,
+    #[serde(flatten)]
+    pub stats: crate::store::MigrationStats,
+    /// The flag source and its last load, when one is configured.
+    pub flags: Option<crate::flags::SourceStatus>,
+}
+
+/// Render a rule's `entity` template for a run.
+fn render_entity(t: &str, wf: &Workflow, input: &Value, context: &Value, run_id: &str, entity_id: Option<&str>) -> Result<String, String> {
+    let mut templates = crate::plan::template::Templates::new();
+    let compiled = templates.compile_str("backend.entity", t).map_err(|e| format!("the rule's `entity` template: {e}"))?;
+    let ctx = serde_json::json!({
+        "input": input,
+        "context": context,
+        "run": {"id": run_id, "entity_id": entity_id.unwrap_or(run_id)},
+        "workflow": {"name": wf.name, "version": wf.version},
+    });
+    let entity = templates.render_string(&compiled, &ctx).map_err(|e| format!("the rule's `entity` template: {e}"))?;
+    if entity.is_empty() {
+        return Err(format!("the rule's `entity` template `{t}` rendered an empty entity id"));
+    }
+    Ok(entity)
 }
 
 /// Validation options from a configuration: backend names are checked only

@@ -15,6 +15,7 @@ pub mod bench;
 pub mod config;
 pub mod diag;
 pub mod engine;
+pub mod flags;
 pub mod plan;
 pub mod reload;
 pub mod run;

@@ -222,7 +222,7 @@ async fn round_trip_of_a_run_with_outputs_errors_skips_and_routing(cx: Ctx) {
     let s = &cx.store;
     let created = at(0).to_offset(time::macros::offset!(+2));
     let mut run = new_run("0193-round-trip", "diamond", created, &["a", "b", "c", "d", "e"]);
-    run.routing = Some(Routing { flag: "task_abstraction_enabled".into(), variant: Some("100".into()), reason: "MATCH".into() });
+    run.routing = Some(Routing { flag: "task_abstraction_enabled".into(), variant: Some("100".into()), reason: "MATCH".into(), ..Default::default() });
     run.entity_id = "user-7".into();
     run.context = json!({"user_id": "user-7", "organization_id": 3});
     run.input = json!({"document_path": "/tmp/a b.pdf", "n": [1, 2.5, null]});

@@ -224,6 +224,7 @@ impl From<EngineError> for ApiError {
             EngineError::Store(s) => ApiError::new(ErrorCode::StoreUnavailable, s.to_string()),
             e @ EngineError::Invalid { .. } => ApiError::new(ErrorCode::Internal, e.to_string()),
             EngineError::Config(c) => ApiError::new(ErrorCode::Internal, c.to_string()),
+            EngineError::Flags(f) => ApiError::new(ErrorCode::Internal, f.to_string()),
         }
     }
 }

@@ -15,6 +15,11 @@
 //! - `taskweave_reloads_total{outcome}` (`success` or `failure`)
 //! - `taskweave_active_runs{workflow}` (gauge)
 //! - `taskweave_events_missed_total`
+//! - `taskweave_routed_runs_finished_total{workflow, backend, variant, status}` (runs a flag routed)
+//! - `taskweave_routing_decisions_total{workflow, flag, variant, reason, backend}`,
+//!   `taskweave_flag_evaluation_errors_total{workflow, flag}` and
+//!   `taskweave_routing_fallbacks_total{workflow, from, to}`: counted by the
+//!   engine when runs are created (shared by every router of one engine)
 
 use crate::engine::{Engine, EngineError};
 use crate::reload::ReloadReport;
@@ -54,6 +59,14 @@ struct FinishedLabels {
 }
 
 #[derive(Debug, Clone, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct RoutedLabels {
+    workflow: String,
+    backend: String,
+    variant: String,
+    status: String,
+}
+
+#[derive(Debug, Clone, Hash, PartialEq, Eq, EncodeLabelSet)]
 struct TaskLabels {
     workflow: String,
     status: String,
@@ -80,6 +93,7 @@ pub struct Metrics {
     registry: Registry,
     runs_started: Family<StartedLabels, Counter>,
     runs_finished: Family<FinishedLabels, Counter>,
+    routed_finished: Family<RoutedLabels, Counter>,
     task_duration: HistogramFamily,
     reloads: Family<ReloadLabels, Counter>,
     active_runs: Family<WorkflowLabels, Gauge>,
@@ -94,15 +108,33 @@ impl Default for Metrics {
 
 impl Metrics {
     pub fn new() -> Self {
+        Self::build(None)
+    }
+
+    /// Metrics that also expose an engine's routing counters.
+    pub fn with_routing(routing: &crate::flags::routing::RoutingMetrics) -> Self {
+        Self::build(Some(routing))
+    }
+
+    fn build(routing: Option<&crate::flags::routing::RoutingMetrics>) -> Self {
         let mut registry = Registry::with_prefix("taskweave");
         let runs_started = Family::<StartedLabels, Counter>::default();
         let runs_finished = Family::<FinishedLabels, Counter>::default();
+        let routed_finished = Family::<RoutedLabels, Counter>::default();
         let task_duration: HistogramFamily = Family::new_with_constructor(duration_histogram);
         let reloads = Family::<ReloadLabels, Counter>::default();
         let active_runs = Family::<WorkflowLabels, Gauge>::default();
         let events_missed = Counter::default();
         registry.register("runs_started", "Runs that started, by workflow and backend", runs_started.clone());
         registry.register("runs_finished", "Runs that ended, by workflow, backend and final status", runs_finished.clone());
+        registry.register(
+            "routed_runs_finished",
+            "Runs routed by a flag that ended, by workflow, backend, variant (or boolean value) and final status",
+            routed_finished.clone(),
+        );
+        if let Some(r) = routing {
+            r.register(&mut registry);
+        }
         registry.register_with_unit(
             "task_duration",
             "Task durations from first start to final end, by workflow and final status",
@@ -112,7 +144,7 @@ impl Metrics {
         registry.register("reloads", "Workflow reloads that changed something or failed, by outcome", reloads.clone());
         registry.register("active_runs", "Runs in flight, by workflow", active_runs.clone());
         registry.register("events_missed", "Run and reload events the metrics feed skipped because it lagged", events_missed.clone());
-        Metrics { registry, runs_started, runs_finished, task_duration, reloads, active_runs, events_missed }
+        Metrics { registry, runs_started, runs_finished, routed_finished, task_duration, reloads, active_runs, events_missed }
     }
 
     /// The Prometheus text exposition.
@@ -133,6 +165,12 @@ impl Metrics {
             .get_or_create(&FinishedLabels { workflow: workflow.into(), backend: backend.into(), status: status.into() })
             .inc();
         let Some(r) = result else { return };
+        if let Some(routing) = &r.routing {
+            let variant = routing.variant.clone().or_else(|| routing.enabled.map(|e| e.to_string())).unwrap_or_default();
+            self.routed_finished
+                .get_or_create(&RoutedLabels { workflow: workflow.into(), backend: backend.into(), variant, status: status.into() })
+                .inc();
+        }
         for t in r.tasks.values() {
             if let (Some(a), Some(b)) = (t.started_at, t.finished_at)
                 && t.status.is_terminal()

@@ -2,8 +2,8 @@
 //!
 //! It lists workflows and their reload status, starts runs, serves results
 //! (with long-polling), cancels, lists history, streams run/task/reload
-//! events as server-sent events, exposes Prometheus metrics and its own
-//! OpenAPI document. It touches the engine only through the [`Engine`]
+//! events as server-sent events, serves the migration dashboard, exposes
+//! Prometheus metrics and its own OpenAPI document. It touches the engine only through the [`Engine`]
 //! facade and its registry; it owns no state but its metrics.
 //!
 //! Every error is an [`ApiError`] (`{"error": {"code", "message", "details"}}`),
@@ -16,6 +16,7 @@ pub mod error;
 mod events;
 pub mod extract;
 pub mod metrics;
+mod migration;
 mod runs;
 mod workflows;
 
@@ -93,6 +94,7 @@ fn route_handlers() -> Routes {
         (Method::GET, "/v1/runs/{id}", get(runs::show)),
         (Method::POST, "/v1/runs/{id}/cancel", post(runs::cancel)),
         (Method::GET, "/v1/events", get(events::events)),
+        (Method::GET, "/v1/migration", get(migration::status)),
     ]
 }
 
@@ -107,7 +109,7 @@ pub fn routes() -> Vec<(Method, &'static str)> {
 /// it must be called inside a Tokio runtime (without one, `/metrics` only
 /// shows zeros); the task ends when the router is dropped.
 pub fn router(engine: Engine, opts: ApiOptions) -> Router {
-    let metrics = Arc::new(Metrics::new());
+    let metrics = Arc::new(Metrics::with_routing(engine.routing_metrics()));
     let feed = match tokio::runtime::Handle::try_current() {
         Ok(_) => {
             let stop = CancellationToken::new();

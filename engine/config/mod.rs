@@ -51,8 +51,15 @@ pub struct BackendConfig {
 #[derive(Debug, Clone, Deserialize, Default)]
 #[serde(deny_unknown_fields)]
 pub struct FlagsConfig {
+    /// A Flipt features file (relative to the config file), or the
+    /// `http(s)://` URL of a Flipt server (`FLIPT_SERVER_URL`).
     pub source: Option<String>,
+    /// The Flipt namespace (`FLIPT_NAMESPACE`); default `default`.
     pub namespace: Option<String>,
+    /// How long a Flipt server may take to answer (default `2s`; `TASKWEAVE_FLAGS_TIMEOUT`).
+    pub timeout: Option<String>,
+    /// How long a server's answer is reused (default `5s`; `0s` for never).
+    pub cache_ttl: Option<String>,
 }
 
 #[derive(Debug, Clone, Deserialize, Default)]
@@ -104,6 +111,12 @@ impl Config {
                     {
                         c.engine.store = format!("sqlite://{}", dir.join(rest).display());
                     }
+                    if let Some(src) = &c.flags.source
+                        && !src.contains("://")
+                        && Path::new(src).is_relative()
+                    {
+                        c.flags.source = Some(dir.join(src).display().to_string());
+                    }
                 }
                 c.path = Some(p.clone());
                 c
@@ -131,7 +144,18 @@ impl Config {
                 let msg = e.message().trim().to_string();
                 let mut d = positioned(e.span(), format!("invalid configuration: {msg}"));
                 if let Some(field) = msg.strip_prefix("unknown field `").and_then(|r| r.split('`').next()) {
-                    let expected = ["engine", "backends", "flags", "workflows", "store", "default_backend", "source", "namespace"];
+                    let expected = [
+                        "engine",
+                        "backends",
+                        "flags",
+                        "workflows",
+                        "store",
+                        "default_backend",
+                        "source",
+                        "namespace",
+                        "timeout",
+                        "cache_ttl",
+                    ];
                     if let Some(s) = crate::diag::did_you_mean(field, expected) {
                         d = d.with_help(format!("did you mean `{s}`?"));
                     }
@@ -195,6 +219,9 @@ impl Config {
         }
         if let Some(ns) = var("FLIPT_NAMESPACE").filter(|s| !s.is_empty()) {
             self.flags.namespace = Some(ns);
+        }
+        if let Some(t) = var("TASKWEAVE_FLAGS_TIMEOUT").filter(|s| !s.is_empty()) {
+            self.flags.timeout = Some(t);
         }
         for (key, env) in [("broker", "CELERY_BROKER_URL"), ("result_backend", "CELERY_RESULT_BACKEND")] {
             if let Some(v) = var(env).filter(|s| !s.is_empty()) {

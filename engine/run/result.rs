@@ -6,12 +6,40 @@ use serde_json::Value;
 use std::collections::BTreeMap;
 use time::OffsetDateTime;
 
-/// How a flag routed a run to its backend.
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+/// How a flag routed a run to its backend: decided once, when the run was
+/// created, and never changed after.
+#[derive(Debug, Clone, PartialEq, Default, Serialize, Deserialize)]
 pub struct Routing {
     pub flag: String,
+    /// The variant key (variant flags), `None` when the flag gave none.
     pub variant: Option<String>,
+    /// Flipt's reason (`MATCH`, `DEFAULT`, `UNKNOWN`, `FLAG_DISABLED`), or
+    /// `ERROR` when the flag could not be evaluated.
     pub reason: String,
+    /// The backend the run went to.
+    #[serde(default)]
+    pub backend: String,
+    /// Boolean flags: the value.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub enabled: Option<bool>,
+    /// The segments that matched.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub segment_keys: Vec<String>,
+    /// Why the flag could not be evaluated (the rule's default backend was used).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub error: Option<String>,
+    /// The chosen backend refused the run before accepting it, so it went to the rule's default.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub fallback: Option<Fallback>,
+}
+
+/// A refusal that sent a routed run to the rule's default backend.
+#[derive(Debug, Clone, PartialEq, Default, Serialize, Deserialize)]
+pub struct Fallback {
+    /// The backend the flag chose, which refused.
+    pub from: String,
+    /// What it said.
+    pub error: String,
 }
 
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]

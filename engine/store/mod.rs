@@ -11,8 +11,11 @@
 //! This module touches only the database it is given; it knows nothing of
 //! backends or workflows beyond the pinned definition it keeps as JSON.
 
+mod migration;
 mod sql;
 mod writer;
+
+pub use migration::{BackendStats, MigrationFilter, MigrationStats, VariantStats};
 
 pub use writer::StoreWriter;
 
@@ -110,7 +113,7 @@ impl Owner {
 }
 
 /// The newest schema this build knows.
-pub const SCHEMA_VERSION: i64 = 2;
+pub const SCHEMA_VERSION: i64 = 3;
 
 /// Where sqlx records applied migrations. Not sqlx's default name, so the
 /// store can share a PostgreSQL database with other sqlx users.
@@ -121,10 +124,12 @@ const MIGRATIONS_TABLE: &str = "_taskweave_store_migrations";
 const SQLITE_MIGRATIONS: &[(i64, &str, &str)] = &[
     (1, "run history", include_str!("migrations/sqlite/0001_run_history.sql")),
     (2, "definitions and implicit tasks", include_str!("migrations/sqlite/0002_definitions_and_implicit_tasks.sql")),
+    (3, "routing columns", include_str!("migrations/sqlite/0003_routing_columns.sql")),
 ];
 const POSTGRES_MIGRATIONS: &[(i64, &str, &str)] = &[
     (1, "run history", include_str!("migrations/postgres/0001_run_history.sql")),
     (2, "definitions and implicit tasks", include_str!("migrations/postgres/0002_definitions_and_implicit_tasks.sql")),
+    (3, "routing columns", include_str!("migrations/postgres/0003_routing_columns.sql")),
 ];
 
 /// A handle on the run history. Cheap to clone; every clone shares one pool.
