@@ -9,6 +9,8 @@
 
 pub mod conformance;
 pub mod local;
+#[cfg(feature = "postgres")]
+pub mod postgres;
 
 use crate::plan::Workflow;
 use crate::run::executor::Executor;
@@ -142,6 +144,8 @@ pub async fn open(ctx: DriverContext) -> Result<Option<Arc<dyn Backend>>, Backen
         "local" => Ok(Some(local::LocalBackend::new(ctx.name, ctx.executor, ctx.store))),
         // Each driver adds its arm here, behind its cargo feature:
         // `#[cfg(feature = "X")] "X" => X::open(ctx).await.map(Some),`
+        #[cfg(feature = "postgres")]
+        "postgres" => postgres::open(ctx).await.map(Some),
         _ => Ok(None),
     }
 }
@@ -150,6 +154,7 @@ pub async fn open(ctx: DriverContext) -> Result<Option<Arc<dyn Backend>>, Backen
 pub fn is_built(kind: &str) -> bool {
     match kind {
         "local" => true,
+        "postgres" => cfg!(feature = "postgres"),
         _ => false,
     }
 }

@@ -204,11 +204,7 @@ impl Executor {
                             let retryable = out.timed_out || err.is_retryable();
                             if !stopped_by_run && stop.is_none() && retryable && out.attempt < task.retry.attempts {
                                 let next = out.attempt + 1;
-                                let mut delay = task.retry.delay_before(next);
-                                if task.retry.jitter && !delay.is_zero() {
-                                    let f: f64 = rand::rng().random_range(0.8..1.2);
-                                    delay = Duration::from_secs_f64((delay.as_secs_f64() * f).min(task.retry.max_delay.as_secs_f64()));
-                                }
+                                let delay = retry_delay(&task.retry, next);
                                 self.set_task(&shared, &wf, id, &mut status, TaskStatus::Running, |t| {
                                     t.attempts = next;
                                     t.error = Some(msg.clone());
@@ -363,20 +359,7 @@ impl Executor {
         outputs: &[Option<Value>],
         run_cancel: &CancellationToken,
     ) {
-        let task = &wf.tasks[id];
-        // The template context: only the ancestor outputs the task reads.
-        let ctx = if task.templated {
-            let mut ctx = (**base_ctx).clone();
-            let mut tasks = Map::new();
-            for &r in &task.reads {
-                tasks.insert(wf.tasks[r].name.clone(), json!({"output": outputs[r].clone().unwrap_or(Value::Null)}));
-            }
-            ctx["tasks"] = Value::Object(tasks);
-            ctx["run"]["attempt"] = json!(attempt);
-            Some(ctx)
-        } else {
-            None
-        };
+        let ctx = attempt_context(wf, id, attempt, base_ctx, |r| outputs[r].clone());
         let wf = Arc::clone(wf);
         let handlers = Arc::clone(&self.handlers);
         let limits = Arc::clone(&self.limits);
@@ -392,40 +375,92 @@ impl Executor {
                 }
             }
             let started_at = now();
-            let empty = Value::Null;
-            let task = &wf.tasks[id];
-            let fut = actions::execute(Attempt {
-                workflow: &wf,
-                task,
-                ctx: ctx.as_ref().unwrap_or(&empty),
-                run_id: &run_id,
-                attempt,
-                cancel: token.clone(),
-                limits: &limits,
-                handlers: &handlers,
-            });
-            // A panicking action fails its attempt instead of the run.
-            let fut = std::panic::AssertUnwindSafe(fut).catch_unwind().map(|r| {
-                r.unwrap_or_else(|p| {
-                    let msg =
-                        p.downcast_ref::<&str>().map(|s| s.to_string()).or_else(|| p.downcast_ref::<String>().cloned()).unwrap_or_default();
-                    Err(ActionError::Permanent(format!("the action panicked: {msg}")))
-                })
-            });
-            tokio::pin!(fut);
-            let (result, timed_out) = match task.timeout {
-                None => (fut.await, false),
-                Some(t) => tokio::select! {
-                    r = &mut fut => (r, false),
-                    _ = tokio::time::sleep(t) => {
-                        token.cancel();
-                        let _ = fut.await;
-                        (Err(ActionError::Cancelled), true)
-                    }
-                },
-            };
+            let (result, timed_out) = run_attempt(&wf, id, attempt, ctx.as_ref(), &run_id, token, &limits, &handlers).await;
             Outcome { task: id, attempt, result, timed_out, started_at }
         });
+    }
+}
+
+/// The delay before try number `next` (2 for the first retry): the policy's
+/// backoff, with jitter when the policy asks for it.
+pub fn retry_delay(policy: &crate::plan::RetryPolicy, next: u32) -> Duration {
+    let mut delay = policy.delay_before(next);
+    if policy.jitter && !delay.is_zero() {
+        let f: f64 = rand::rng().random_range(0.8..1.2);
+        delay = Duration::from_secs_f64((delay.as_secs_f64() * f).min(policy.max_delay.as_secs_f64()));
+    }
+    delay
+}
+
+/// The template context of one attempt of task `id`: `base_ctx` (`input`,
+/// `run.id`, `workflow`, `context`) with the outputs of the ancestors the
+/// task reads and `run.attempt`; `None` when the task has no templates.
+pub fn attempt_context(
+    wf: &Workflow,
+    id: TaskId,
+    attempt: u32,
+    base_ctx: &Value,
+    output: impl Fn(TaskId) -> Option<Value>,
+) -> Option<Value> {
+    let task = &wf.tasks[id];
+    if !task.templated {
+        return None;
+    }
+    let mut ctx = base_ctx.clone();
+    let mut tasks = Map::new();
+    for &r in &task.reads {
+        tasks.insert(wf.tasks[r].name.clone(), json!({"output": output(r).unwrap_or(Value::Null)}));
+    }
+    ctx["tasks"] = Value::Object(tasks);
+    ctx["run"]["attempt"] = json!(attempt);
+    Some(ctx)
+}
+
+/// Run one attempt of task `id` to its end: the action under the task's
+/// timeout, a panic turned into a permanent error. Returns the outcome and
+/// whether the task timeout stopped it. Drivers that execute tasks outside
+/// [`Executor::drive`] (remote workers) use this too.
+#[allow(clippy::too_many_arguments)]
+pub async fn run_attempt(
+    wf: &Workflow,
+    id: TaskId,
+    attempt: u32,
+    ctx: Option<&Value>,
+    run_id: &str,
+    token: CancellationToken,
+    limits: &Limits,
+    handlers: &Handlers,
+) -> (Result<Value, ActionError>, bool) {
+    let empty = Value::Null;
+    let task = &wf.tasks[id];
+    let fut = actions::execute(Attempt {
+        workflow: wf,
+        task,
+        ctx: ctx.unwrap_or(&empty),
+        run_id,
+        attempt,
+        cancel: token.clone(),
+        limits,
+        handlers,
+    });
+    // A panicking action fails its attempt instead of the run.
+    let fut = std::panic::AssertUnwindSafe(fut).catch_unwind().map(|r| {
+        r.unwrap_or_else(|p| {
+            let msg = p.downcast_ref::<&str>().map(|s| s.to_string()).or_else(|| p.downcast_ref::<String>().cloned()).unwrap_or_default();
+            Err(ActionError::Permanent(format!("the action panicked: {msg}")))
+        })
+    });
+    tokio::pin!(fut);
+    match task.timeout {
+        None => (fut.await, false),
+        Some(t) => tokio::select! {
+            r = &mut fut => (r, false),
+            _ = tokio::time::sleep(t) => {
+                token.cancel();
+                let _ = fut.await;
+                (Err(ActionError::Cancelled), true)
+            }
+        },
     }
 }
 

@@ -1,0 +1,625 @@
+//! The PostgreSQL backend (`kind = "postgres"`): durable runs in PostgreSQL,
+//! executed by any number of `taskweave worker --backend NAME` processes,
+//! in the model of Hatchet, River and Oban.
+//!
+//! Submitting a run is one statement: the pinned definition (by content
+//! hash), the run and its tasks. Workers claim ready tasks with `FOR UPDATE
+//! SKIP LOCKED`, hold a lease they renew by heartbeat, and commit each
+//! attempt's end in one transaction that also promotes the children whose
+//! parents all succeeded, skips the descendants of a failure and finishes
+//! the run ([`queue`]). LISTEN/NOTIFY wakes idle workers, stops cancelled
+//! runs and answers waiting callers; polling is only the fallback. A reaper,
+//! run by every worker and every process that submits, retries the tasks of
+//! workers whose lease expired (up to a crash budget) and stops runs past
+//! their deadline.
+//!
+//! The queue is the truth about a run. The run store learns of it twice: the
+//! process that accepts a run records it (queued), and the process that
+//! finishes it (a worker, a reaper or a canceller) writes its final result
+//! and attempts to its configured store and marks the run synced; a reaper
+//! writes again the finished runs whose sync was lost.
+//!
+//! Everything lives in its own schema (default `taskweave_queue`, set as
+//! the connections' `search_path`), with its own sqlx migrations, so it can
+//! share a database with the run store. Touches: that schema, the store, the
+//! executor's actions.
+
+mod queue;
+mod worker;
+
+use super::{Backend, BackendError, DriverContext, RunRequest, WorkerOptions};
+use crate::plan::Workflow;
+use crate::run::RunResult;
+use crate::run::executor::Executor;
+use crate::store::Store;
+use queue::{Db, StopKind};
+use sqlx::postgres::{PgConnectOptions, PgPool, PgPoolOptions};
+use std::collections::HashMap;
+use std::str::FromStr;
+use std::sync::{Arc, Mutex, Weak};
+use std::time::Duration;
+use tokio_util::sync::CancellationToken;
+
+/// The newest queue schema this build knows.
+pub const QUEUE_SCHEMA_VERSION: i64 = 1;
+
+const MIGRATIONS: &[(i64, &str, &str)] = &[(1, "queue", include_str!("migrations/0001_queue.sql"))];
+
+/// The driver's settings, from `[backends.NAME]`.
+#[derive(Debug, Clone)]
+pub struct Settings {
+    /// `url`, else `DATABASE_URL`.
+    pub url: String,
+    /// The URL with its password masked, for messages.
+    pub location: String,
+    /// `schema`: where the queue's tables live (default `taskweave_queue`).
+    pub schema: String,
+    /// `lease`: how long a claimed task stays a worker's without a heartbeat (default 30s).
+    pub lease: Duration,
+    /// `poll`: how often idle workers and reapers look without a notification (default 1s).
+    pub poll: Duration,
+    /// `crash_budget`: tries of a task whose worker may be lost before it fails (default 3).
+    pub crash_budget: u32,
+    /// `max_connections` of this process's pool (default 16).
+    pub max_connections: u32,
+    /// `shutdown_grace`: how long a stopping worker lets running tasks finish before handing them back (default 30s).
+    pub shutdown_grace: Duration,
+}
+
+impl Settings {
+    pub fn from_options(name: &str, options: &std::collections::BTreeMap<String, toml::Value>) -> Result<Settings, BackendError> {
+        let bad = |reason: String| BackendError::Permanent { backend: name.to_string(), reason };
+        let text = |key: &str| -> Result<Option<String>, BackendError> {
+            match options.get(key) {
+                None => Ok(None),
+                Some(toml::Value::String(s)) => Ok(Some(s.clone())),
+                Some(other) => Err(bad(format!("`{key}` must be a string, not {}", other.type_str()))),
+            }
+        };
+        let duration = |key: &str, default: Duration| -> Result<Duration, BackendError> {
+            match text(key)? {
+                None => Ok(default),
+                Some(s) => crate::plan::parse_duration(&s).map_err(|e| bad(format!("`{key}`: {e}"))),
+            }
+        };
+        let int = |key: &str, default: u32| -> Result<u32, BackendError> {
+            match options.get(key) {
+                None => Ok(default),
+                Some(toml::Value::Integer(i)) if *i >= 1 && *i <= 10_000 => Ok(*i as u32),
+                Some(other) => Err(bad(format!("`{key}` must be an integer from 1 to 10000, not {other}"))),
+            }
+        };
+        let url = match text("url")? {
+            Some(u) => u,
+            None => std::env::var("DATABASE_URL")
+                .ok()
+                .filter(|s| !s.is_empty())
+                .ok_or_else(|| bad("no `url` in its configuration and no DATABASE_URL in the environment".into()))?,
+        };
+        let location = redact(&url);
+        if !(url.starts_with("postgres://") || url.starts_with("postgresql://")) {
+            return Err(bad(format!("`url` must be a postgres:// URL, not `{location}`")));
+        }
+        let schema = text("schema")?.unwrap_or_else(|| "taskweave_queue".into());
+        let valid = schema.len() <= 63
+            && schema.bytes().next().is_some_and(|b| b.is_ascii_lowercase() || b == b'_')
+            && schema.bytes().all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'_');
+        if !valid {
+            return Err(bad(format!("`schema` must be a lower-case SQL name (letters, digits, `_`), not `{schema}`")));
+        }
+        let lease = duration("lease", Duration::from_secs(30))?;
+        if lease < Duration::from_millis(500) {
+            return Err(bad("`lease` must be at least 500ms".into()));
+        }
+        let s = Settings {
+            url,
+            location,
+            schema,
+            lease,
+            poll: duration("poll", Duration::from_secs(1))?.max(Duration::from_millis(10)),
+            crash_budget: int("crash_budget", 3)?,
+            max_connections: int("max_connections", 16)?,
+            shutdown_grace: duration("shutdown_grace", Duration::from_secs(30))?,
+        };
+        let known = ["url", "schema", "lease", "poll", "crash_budget", "max_connections", "shutdown_grace"];
+        if let Some(k) = options.keys().find(|k| !known.contains(&k.as_str())) {
+            return Err(bad(format!("unknown key `{k}` (known: {})", known.join(", "))));
+        }
+        Ok(s)
+    }
+
+    fn channel(&self, what: &str) -> String {
+        format!("{}_{what}", self.schema)
+    }
+}
+
+/// `postgres://user:secret@host/db` -> `postgres://user:***@host/db`.
+fn redact(url: &str) -> String {
+    let Some((scheme, rest)) = url.split_once("://") else {
+        return url.to_string();
+    };
+    let end = rest.find(['/', '?']).unwrap_or(rest.len());
+    let (authority, tail) = rest.split_at(end);
+    match authority.rsplit_once('@') {
+        Some((userinfo, host)) => match userinfo.split_once(':') {
+            Some((user, _)) => format!("{scheme}://{user}:***@{host}{tail}"),
+            None => url.to_string(),
+        },
+        None => url.to_string(),
+    }
+}
+
+/// Open the driver. Nothing connects yet: the first use (or `doctor`)
+/// connects, creates or checks the schema, and says what went wrong.
+pub async fn open(ctx: DriverContext) -> Result<Arc<dyn Backend>, BackendError> {
+    let settings = Settings::from_options(&ctx.name, &ctx.options)?;
+    let opts = PgConnectOptions::from_str(&settings.url)
+        .map_err(|e| BackendError::Permanent { backend: ctx.name.clone(), reason: format!("bad `url` {}: {e}", settings.location) })?
+        .options([("search_path", settings.schema.as_str())])
+        .application_name("taskweave");
+    let pool = PgPoolOptions::new()
+        .max_connections(settings.max_connections)
+        .min_connections(0)
+        .acquire_timeout(Duration::from_secs(10))
+        // Dead connections (a restarted server) fail their next statement,
+        // which is retried: no ping before every statement.
+        .test_before_acquire(false)
+        .connect_lazy_with(opts);
+    let db = Db::new(pool.clone(), &settings);
+    let backend = Arc::new_cyclic(|me| PgBackend {
+        me: me.clone(),
+        name: ctx.name,
+        settings,
+        pool,
+        db,
+        executor: ctx.executor,
+        store: ctx.store,
+        prepared: tokio::sync::Mutex::new(false),
+        workflows: Mutex::new(HashMap::new()),
+        hub: Hub::default(),
+        shutdown: CancellationToken::new(),
+        tracker: tokio_util::task::TaskTracker::new(),
+        sync_tx: Mutex::new(None),
+    });
+    Ok(backend)
+}
+
+/// What the LISTEN connection hears, shared with this process's workers and waiters.
+pub(crate) struct Hub {
+    /// Bumped when tasks may have become ready (or notifications were missed).
+    ready: tokio::sync::watch::Sender<u64>,
+    /// Runs asked to stop.
+    stops: tokio::sync::broadcast::Sender<String>,
+    /// Runs that finished.
+    done: tokio::sync::broadcast::Sender<String>,
+}
+
+impl Default for Hub {
+    fn default() -> Self {
+        Hub {
+            ready: tokio::sync::watch::channel(0).0,
+            stops: tokio::sync::broadcast::channel(1024).0,
+            done: tokio::sync::broadcast::channel(4096).0,
+        }
+    }
+}
+
+impl Hub {
+    fn wake(&self) {
+        self.ready.send_modify(|n| *n = n.wrapping_add(1));
+    }
+}
+
+pub struct PgBackend {
+    me: Weak<PgBackend>,
+    name: String,
+    settings: Settings,
+    pool: PgPool,
+    db: Db,
+    executor: Executor,
+    store: Option<Store>,
+    /// Whether the schema was checked and migrated (and the background started).
+    prepared: tokio::sync::Mutex<bool>,
+    /// Compiled definitions by content hash: runs pin them, workers compile each once.
+    workflows: Mutex<HashMap<String, Arc<Workflow>>>,
+    hub: Hub,
+    shutdown: CancellationToken,
+    tracker: tokio_util::task::TaskTracker,
+    /// Finished runs whose result goes to the store.
+    sync_tx: Mutex<Option<tokio::sync::mpsc::UnboundedSender<String>>>,
+}
+
+fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
+    m.lock().unwrap_or_else(|e| e.into_inner())
+}
+
+impl PgBackend {
+    fn unavailable(&self, reason: impl std::fmt::Display) -> BackendError {
+        BackendError::Unavailable { backend: self.name.clone(), reason: reason.to_string() }
+    }
+
+    fn db_error(&self, e: &queue::DbError) -> BackendError {
+        if e.is_connection() {
+            self.unavailable(format!("{}: {e}", self.settings.location))
+        } else {
+            BackendError::Permanent { backend: self.name.clone(), reason: e.to_string() }
+        }
+    }
+
+    /// Connect, refuse a newer schema, apply migrations, start the background
+    /// (LISTEN, reaper, store sync). Once it succeeded it is not repeated.
+    async fn prepare(&self) -> Result<(), BackendError> {
+        let mut done = self.prepared.lock().await;
+        if *done {
+            return Ok(());
+        }
+        let version = self.db.schema_version().await.map_err(|e| self.db_error(&e))?;
+        if let Some(v) = version.filter(|v| *v > QUEUE_SCHEMA_VERSION) {
+            return Err(BackendError::Permanent {
+                backend: self.name.clone(),
+                reason: format!(
+                    "the queue schema `{}` at {} was created by a newer taskweave (version {v}); this one knows versions up to {QUEUE_SCHEMA_VERSION}",
+                    self.settings.schema, self.settings.location
+                ),
+            });
+        }
+        let mut m = sqlx::migrate::Migrator::with_migrations(
+            MIGRATIONS
+                .iter()
+                .map(|(v, d, text)| {
+                    sqlx::migrate::Migration::new(
+                        *v,
+                        (*d).into(),
+                        sqlx::migrate::MigrationType::Simple,
+                        sqlx::SqlSafeStr::into_sql_str(sqlx::AssertSqlSafe(*text)),
+                        false,
+                    )
+                })
+                .collect(),
+        );
+        m.create_schema(self.settings.schema.clone());
+        m.dangerous_set_table_name(format!("{}._sqlx_migrations", self.settings.schema));
+        m.run(&self.pool).await.map_err(|e| match e {
+            sqlx::migrate::MigrateError::VersionMissing(v) => BackendError::Permanent {
+                backend: self.name.clone(),
+                reason: format!(
+                    "the queue schema `{}` at {} has migration {v}, unknown to this taskweave (a newer release?)",
+                    self.settings.schema, self.settings.location
+                ),
+            },
+            sqlx::migrate::MigrateError::Execute(e) | sqlx::migrate::MigrateError::ExecuteMigration(e, _) => {
+                self.db_error(&queue::DbError::from(e))
+            }
+            other => self.unavailable(format!("{}: preparing the queue schema: {other}", self.settings.location)),
+        })?;
+        *done = true;
+        self.start_background();
+        Ok(())
+    }
+
+    fn start_background(&self) {
+        let Some(me) = self.me.upgrade() else { return };
+        // LISTEN: wake workers, stop runs, answer waiters.
+        let b = Arc::clone(&me);
+        self.tracker.spawn(async move { b.listen().await });
+        // The reaper: expired leases, run deadlines, lost store writes.
+        let b = Arc::clone(&me);
+        self.tracker.spawn(async move { b.reap_loop().await });
+        if let Some(writer) = self.executor.writer.clone() {
+            let (tx, rx) = tokio::sync::mpsc::unbounded_channel();
+            *lock(&self.sync_tx) = Some(tx);
+            let b = Arc::clone(&me);
+            self.tracker.spawn(async move { b.sync_loop(writer, rx).await });
+        }
+    }
+
+    async fn listen(self: Arc<Self>) {
+        let channels = [self.settings.channel("ready"), self.settings.channel("stop"), self.settings.channel("done")];
+        loop {
+            let listener = async {
+                let mut l = sqlx::postgres::PgListener::connect_with(&self.pool).await?;
+                l.listen_all(channels.iter().map(String::as_str)).await?;
+                Ok::<_, sqlx::Error>(l)
+            };
+            let mut l = tokio::select! {
+                _ = self.shutdown.cancelled() => return,
+                l = listener => match l {
+                    Ok(l) => l,
+                    Err(e) => {
+                        tracing::debug!("LISTEN on {}: {e}", self.settings.location);
+                        tokio::select! {
+                            _ = self.shutdown.cancelled() => return,
+                            _ = tokio::time::sleep(Duration::from_millis(250)) => continue,
+                        }
+                    }
+                },
+            };
+            // Anything may have been missed while not listening.
+            self.hub.wake();
+            loop {
+                let next = tokio::select! {
+                    _ = self.shutdown.cancelled() => return,
+                    n = l.try_recv() => n,
+                };
+                match next {
+                    Ok(Some(n)) => {
+                        let ch = n.channel();
+                        if ch == channels[0] {
+                            self.hub.wake();
+                        } else if ch == channels[1] {
+                            let _ = self.hub.stops.send(n.payload().to_string());
+                        } else {
+                            let _ = self.hub.done.send(n.payload().to_string());
+                        }
+                    }
+                    // The connection was lost; it reconnects on the next call.
+                    Ok(None) => self.hub.wake(),
+                    Err(e) => {
+                        tracing::debug!("LISTEN connection lost: {e}");
+                        break;
+                    }
+                }
+            }
+        }
+    }
+
+    async fn reap_loop(self: Arc<Self>) {
+        loop {
+            let jitter = rand::random_range(0.8..1.2);
+            tokio::select! {
+                _ = self.shutdown.cancelled() => return,
+                _ = tokio::time::sleep(self.settings.poll.mul_f64(jitter)) => {}
+            }
+            if let Err(e) = self.reap_once().await {
+                tracing::debug!("reaper: {e}");
+            }
+        }
+    }
+
+    /// One pass of the reaper: expired leases, run deadlines, store writes.
+    pub(crate) async fn reap_once(&self) -> Result<(), queue::DbError> {
+        for lost in self.db.expired_leases(100).await? {
+            let outcome = if lost.crashes + 1 >= self.settings.crash_budget as i32 {
+                queue::Outcome::Final {
+                    status: crate::run::TaskStatus::Failed,
+                    error: format!(
+                        "the worker running it was lost {} times (its lease expired each time); giving up after the crash budget of {}",
+                        lost.crashes + 1,
+                        self.settings.crash_budget
+                    ),
+                    crash: true,
+                }
+            } else {
+                queue::Outcome::Crashed {
+                    error: format!("attempt {}: the worker running it stopped renewing its lease; trying again", lost.attempt),
+                }
+            };
+            let fin = self.db.finish_attempt(&lost.run_id, lost.position, lost.attempt, None, "reaper", outcome, 0).await?;
+            if fin.run_finished {
+                self.finished(&lost.run_id);
+            }
+        }
+        for run_id in self.db.past_deadline(100).await? {
+            if self.db.stop_run(&run_id, StopKind::TimedOut).await? {
+                self.finished(&run_id);
+            }
+        }
+        if lock(&self.sync_tx).is_some() {
+            for run_id in self.db.unsynced(Duration::from_secs(5), 500).await? {
+                self.finished(&run_id);
+            }
+        }
+        Ok(())
+    }
+
+    /// A run finished here: its result goes to the store.
+    fn finished(&self, run_id: &str) {
+        if let Some(tx) = &*lock(&self.sync_tx) {
+            let _ = tx.send(run_id.to_string());
+        }
+    }
+
+    async fn sync_loop(self: Arc<Self>, writer: crate::store::StoreWriter, mut rx: tokio::sync::mpsc::UnboundedReceiver<String>) {
+        loop {
+            let first = tokio::select! {
+                _ = self.shutdown.cancelled() => None,
+                r = rx.recv() => r,
+            };
+            let Some(first) = first else { break };
+            let mut ids = vec![first];
+            while ids.len() < 500
+                && let Ok(id) = rx.try_recv()
+            {
+                ids.push(id);
+            }
+            self.sync(&writer, &ids).await;
+        }
+        // Whatever finished before the end.
+        let mut ids = Vec::new();
+        while let Ok(id) = rx.try_recv() {
+            ids.push(id);
+        }
+        if !ids.is_empty() {
+            self.sync(&writer, &ids).await;
+        }
+    }
+
+    async fn sync(&self, writer: &crate::store::StoreWriter, ids: &[String]) {
+        let mut ids = ids.to_vec();
+        ids.sort();
+        ids.dedup();
+        let loaded = match self.db.load_for_store(&ids).await {
+            Ok(l) => l,
+            Err(e) => {
+                tracing::warn!("reading finished runs for the store: {e}");
+                return;
+            }
+        };
+        let mut synced = Vec::with_capacity(loaded.len());
+        for (result, attempts) in loaded {
+            if !result.status.is_terminal() {
+                continue;
+            }
+            writer.run(&result);
+            for a in attempts {
+                writer.attempt(a);
+            }
+            synced.push(result.run_id);
+        }
+        if synced.is_empty() {
+            return;
+        }
+        match writer.flush().await {
+            Ok(()) => {
+                if let Err(e) = self.db.mark_synced(&synced).await {
+                    tracing::debug!("marking runs as recorded: {e}");
+                }
+            }
+            Err(e) => tracing::warn!("recording finished runs in the store: {e}"),
+        }
+    }
+
+    /// The compiled workflow of a definition, compiled once per process.
+    async fn workflow(&self, definition_id: &str) -> Result<Arc<Workflow>, queue::DbError> {
+        if let Some(wf) = lock(&self.workflows).get(definition_id) {
+            return Ok(Arc::clone(wf));
+        }
+        let text = self.db.definition(definition_id).await?;
+        let raw: crate::spec::raw::RawWorkflow =
+            serde_json::from_str(&text).map_err(|e| queue::DbError::Data(format!("definition {definition_id}: {e}")))?;
+        let wf = crate::plan::compile(raw).map_err(|e| queue::DbError::Data(format!("definition {definition_id}: {e}")))?;
+        lock(&self.workflows).insert(definition_id.to_string(), Arc::clone(&wf));
+        Ok(wf)
+    }
+}
+
+#[async_trait::async_trait]
+impl Backend for PgBackend {
+    fn name(&self) -> &str {
+        &self.name
+    }
+
+    fn kind(&self) -> &'static str {
+        "postgres"
+    }
+
+    async fn submit(&self, req: RunRequest) -> Result<String, BackendError> {
+        if self.shutdown.is_cancelled() {
+            return Err(BackendError::Refused { backend: self.name.clone(), reason: "shutting down".into() });
+        }
+        if let Some(t) = req.workflow.tasks.iter().find(|t| matches!(t.action, crate::plan::Action::Celery { .. })) {
+            return Err(BackendError::Refused {
+                backend: self.name.clone(),
+                reason: format!(
+                    "task `{}` is a `celery:` task, which needs a backend of kind `celery`; this is `{}` (postgres)",
+                    t.name, self.name
+                ),
+            });
+        }
+        self.prepare().await?;
+        let wf = &req.workflow;
+        lock(&self.workflows).entry(wf.version.clone()).or_insert_with(|| Arc::clone(wf));
+        let chosen = req.run_id.is_some();
+        let run_id = req.run_id.clone().unwrap_or_else(|| uuid::Uuid::now_v7().to_string());
+        let mut result = crate::run::executor::new_result(wf, run_id.clone(), &self.name, req.input, req.entity_id, req.context);
+        result.routing = req.routing;
+        let definition = serde_json::to_value(&wf.raw).unwrap_or_default();
+        // One statement; retried when the connection drops (a retry that
+        // finds the run inserted by the lost try is a success).
+        let mut tries = 0;
+        loop {
+            tries += 1;
+            match self.db.submit(wf, &result, &definition).await {
+                Ok(true) => break,
+                Ok(false) if chosen || tries == 1 => {
+                    return Err(BackendError::Refused { backend: self.name.clone(), reason: format!("a run `{run_id}` exists already") });
+                }
+                Ok(false) => break,
+                Err(e) if e.is_connection() && tries < 5 => {
+                    tokio::time::sleep(Duration::from_millis(50 * tries)).await;
+                }
+                Err(e) => return Err(self.db_error(&e)),
+            }
+        }
+        // The run store records the accepted run; the queue stays the truth.
+        if let Some(w) = &self.executor.writer {
+            w.create(&result, definition);
+        } else if let Some(store) = &self.store
+            && let Err(e) = store.create_run(&result, &definition).await
+        {
+            tracing::warn!(run_id, "could not record the run in the store: {e}");
+        }
+        Ok(run_id)
+    }
+
+    async fn result(&self, run_id: &str, wait: Option<Duration>) -> Result<RunResult, BackendError> {
+        self.prepare().await?;
+        let until = wait.map(|w| tokio::time::Instant::now() + w);
+        let mut done = self.hub.done.subscribe();
+        loop {
+            let r = queue::retrying(|| self.db.load_result(run_id)).await.map_err(|e| self.db_error(&e))?;
+            let Some(r) = r else { return Err(BackendError::NotFound(run_id.to_string())) };
+            let Some(until) = until.filter(|_| !r.status.is_terminal()) else { return Ok(r) };
+            if tokio::time::Instant::now() >= until {
+                return Ok(r);
+            }
+            // Until the run's notification, the deadline, or a poll.
+            let poll = tokio::time::Instant::now() + self.settings.poll;
+            loop {
+                tokio::select! {
+                    _ = tokio::time::sleep_until(until.min(poll)) => break,
+                    m = done.recv() => match m {
+                        Ok(id) if id == run_id => break,
+                        Ok(_) => {}
+                        Err(tokio::sync::broadcast::error::RecvError::Lagged(_)) => break,
+                        Err(_) => {
+                            tokio::time::sleep_until(until.min(poll)).await;
+                            break;
+                        }
+                    },
+                }
+            }
+        }
+    }
+
+    async fn cancel(&self, run_id: &str) -> Result<(), BackendError> {
+        self.prepare().await?;
+        match queue::retrying(|| self.db.stop_run_checked(run_id, StopKind::Cancelled)).await {
+            Ok(None) => Err(BackendError::NotFound(run_id.to_string())),
+            Ok(Some(finished)) => {
+                if finished {
+                    self.finished(run_id);
+                }
+                Ok(())
+            }
+            Err(e) => Err(self.db_error(&e)),
+        }
+    }
+
+    async fn check(&self) -> Result<String, BackendError> {
+        self.prepare().await?;
+        let (server, in_flight) = self.db.describe().await.map_err(|e| self.db_error(&e))?;
+        Ok(format!(
+            "postgres at {} ({server}): queue schema `{}` version {QUEUE_SCHEMA_VERSION}, {in_flight} run(s) in flight",
+            self.settings.location, self.settings.schema
+        ))
+    }
+
+    async fn work(&self, opts: WorkerOptions, stop: CancellationToken) -> Result<(), BackendError> {
+        self.prepare().await?;
+        let Some(me) = self.me.upgrade() else { return Ok(()) };
+        worker::Worker::new(me, opts).run(stop).await;
+        Ok(())
+    }
+
+    async fn drain(&self) {}
+
+    async fn shutdown(&self) {
+        self.shutdown.cancel();
+        self.tracker.close();
+        self.tracker.wait().await;
+        if let Some(w) = &self.executor.writer {
+            let _ = w.flush().await;
+        }
+    }
+}

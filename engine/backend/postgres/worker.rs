@@ -1,0 +1,406 @@
+//! One `taskweave worker` of the PostgreSQL backend: claims ready tasks of
+//! its queues up to its concurrency, runs each attempt with the executor's
+//! actions, renews its leases by heartbeat, and finishes each attempt in one
+//! transaction (which may hand it the children it just made ready).
+//!
+//! A worker that cannot renew its leases for most of a lease stops its
+//! attempts itself, so an attempt never runs on two workers at once: by the
+//! time a reaper hands the task to another worker, this one has let go.
+
+use super::PgBackend;
+use super::queue::{Claimed, Outcome, StopKind, retrying};
+use crate::backend::WorkerOptions;
+use crate::run::TaskStatus;
+use crate::run::actions::ActionError;
+use crate::run::executor::{attempt_context, retry_delay, run_attempt};
+use serde_json::json;
+use std::collections::{HashMap, HashSet};
+use std::sync::atomic::{AtomicU8, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+use tokio::sync::{OwnedSemaphorePermit, Semaphore};
+use tokio::time::Instant;
+use tokio_util::sync::CancellationToken;
+
+/// Why a running attempt was stopped.
+const WHY_NONE: u8 = 0;
+/// Its run was cancelled or timed out.
+const WHY_STOP: u8 = 1;
+/// Its lease is no longer this worker's: nothing may be recorded.
+const WHY_LOST: u8 = 2;
+/// This worker is stopping: the task is handed back.
+const WHY_SHUTDOWN: u8 = 3;
+
+struct Running {
+    attempt: i32,
+    token: CancellationToken,
+    why: Arc<AtomicU8>,
+}
+
+impl Running {
+    fn stop(&self, why: u8) {
+        let _ = self.why.compare_exchange(WHY_NONE, why, Ordering::SeqCst, Ordering::SeqCst);
+        self.token.cancel();
+    }
+}
+
+type Key = (String, i32);
+
+pub(crate) struct Worker {
+    b: Arc<PgBackend>,
+    id: String,
+    queues: Vec<String>,
+    concurrency: usize,
+    sem: Arc<Semaphore>,
+    running: Mutex<HashMap<Key, Running>>,
+    /// When a retry this worker scheduled becomes ready.
+    next_wake: Mutex<Option<Instant>>,
+    /// No more direct claims: the worker is stopping.
+    stopping: CancellationToken,
+}
+
+fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
+    m.lock().unwrap_or_else(|e| e.into_inner())
+}
+
+impl Worker {
+    pub(crate) fn new(b: Arc<PgBackend>, opts: WorkerOptions) -> Arc<Worker> {
+        let concurrency = opts.concurrency.max(1);
+        let queues = if opts.queues.is_empty() { vec!["default".to_string()] } else { opts.queues };
+        let id = format!("{}:{}:{}", hostname(), std::process::id(), uuid::Uuid::now_v7().simple());
+        Arc::new(Worker {
+            b,
+            id,
+            queues,
+            concurrency,
+            sem: Arc::new(Semaphore::new(concurrency)),
+            running: Mutex::new(HashMap::new()),
+            next_wake: Mutex::new(None),
+            stopping: CancellationToken::new(),
+        })
+    }
+
+    /// Work until `stop` fires, then let running attempts finish (up to the
+    /// shutdown grace) and hand back the rest.
+    pub(crate) async fn run(self: Arc<Self>, stop: CancellationToken) {
+        let tracker = tokio_util::task::TaskTracker::new();
+        let background = CancellationToken::new();
+        let hb = tokio::spawn(Arc::clone(&self).heartbeat(background.clone()));
+        let stops = tokio::spawn(Arc::clone(&self).follow_stops(background.clone()));
+        let mut ready = self.b.hub.ready.subscribe();
+        let poll = self.b.settings.poll;
+        let mut failures = 0u32;
+        loop {
+            let first = tokio::select! {
+                biased;
+                _ = stop.cancelled() => break,
+                p = Arc::clone(&self.sem).acquire_owned() => match p { Ok(p) => p, Err(_) => break },
+            };
+            let mut permits = vec![first];
+            while permits.len() < self.concurrency
+                && let Ok(p) = Arc::clone(&self.sem).try_acquire_owned()
+            {
+                permits.push(p);
+            }
+            ready.borrow_and_update();
+            match self.b.db.claim(&self.queues, permits.len(), &self.id).await {
+                Ok(claimed) => {
+                    failures = 0;
+                    let got = claimed.len();
+                    for c in claimed {
+                        let Some(p) = permits.pop() else { break };
+                        self.register(&c);
+                        tracker.spawn(Arc::clone(&self).execute_chain(c, p));
+                    }
+                    drop(permits);
+                    if got > 0 {
+                        continue;
+                    }
+                    let wake = lock(&self.next_wake).take();
+                    let until = Instant::now() + poll;
+                    let until = wake.map_or(until, |w| w.min(until));
+                    tokio::select! {
+                        biased;
+                        _ = stop.cancelled() => break,
+                        _ = ready.changed() => {}
+                        _ = tokio::time::sleep_until(until) => {}
+                    }
+                }
+                Err(e) => {
+                    drop(permits);
+                    failures += 1;
+                    if failures == 1 || failures % 50 == 0 {
+                        tracing::warn!("worker {}: claiming tasks: {e}", self.id);
+                    }
+                    let pause = Duration::from_millis(50 << failures.min(5)).min(poll);
+                    tokio::select! {
+                        _ = stop.cancelled() => break,
+                        _ = tokio::time::sleep(pause) => {}
+                    }
+                }
+            }
+        }
+        // Stopping: no new claims; running attempts get the grace period.
+        self.stopping.cancel();
+        tracker.close();
+        if tokio::time::timeout(self.b.settings.shutdown_grace, tracker.wait()).await.is_err() {
+            for r in lock(&self.running).values() {
+                r.stop(WHY_SHUTDOWN);
+            }
+            tracker.wait().await;
+        }
+        background.cancel();
+        let _ = hb.await;
+        let _ = stops.await;
+    }
+
+    fn register(&self, c: &Claimed) -> (CancellationToken, Arc<AtomicU8>) {
+        let token = CancellationToken::new();
+        let why = Arc::new(AtomicU8::new(WHY_NONE));
+        lock(&self.running)
+            .insert((c.run_id.clone(), c.position), Running { attempt: c.attempt, token: token.clone(), why: Arc::clone(&why) });
+        (token, why)
+    }
+
+    /// Run a claimed task, then the children its completion claimed for us.
+    /// (Boxed: it spawns itself for the children beyond the first.)
+    fn execute_chain(self: Arc<Self>, first: Claimed, permit: OwnedSemaphorePermit) -> futures::future::BoxFuture<'static, ()> {
+        Box::pin(async move {
+            let mut next = Some((first, permit));
+            while let Some((c, permit)) = next.take() {
+                let mut claimed = self.execute(c, &permit).await.into_iter();
+                if let Some(c) = claimed.next() {
+                    next = Some((c, permit));
+                }
+                for c in claimed {
+                    let w = Arc::clone(&self);
+                    tokio::spawn(async move {
+                        // Children beyond the first wait for a free slot.
+                        if let Ok(p) = Arc::clone(&w.sem).acquire_owned().await {
+                            w.execute_chain(c, p).await;
+                        }
+                    });
+                }
+            }
+        })
+    }
+
+    /// One attempt: run it, finish it; returns the children claimed for us.
+    async fn execute(&self, c: Claimed, _permit: &OwnedSemaphorePermit) -> Vec<Claimed> {
+        let key = (c.run_id.clone(), c.position);
+        let (token, why) = {
+            let r = lock(&self.running);
+            match r.get(&key) {
+                Some(x) => (x.token.clone(), Arc::clone(&x.why)),
+                None => {
+                    drop(r);
+                    self.register(&c)
+                }
+            }
+        };
+        let wf = retrying(|| self.b.workflow(&c.definition_id)).await;
+        let (outcome, retry_at) = match wf {
+            Err(e) => {
+                let error = format!("cannot read the run's definition: {e}");
+                (Outcome::Final { status: TaskStatus::Failed, error, crash: false }, None)
+            }
+            Ok(wf) if c.position < 0 || c.position as usize >= wf.tasks.len() => {
+                let error = format!("the run's definition has no task at position {}", c.position);
+                (Outcome::Final { status: TaskStatus::Failed, error, crash: false }, None)
+            }
+            Ok(_) if c.stop.is_some() => (Outcome::Stopped, None),
+            Ok(wf) => {
+                let id = c.position as usize;
+                let task = &wf.tasks[id];
+                let base = json!({
+                    "input": c.input,
+                    "run": {"id": c.run_id},
+                    "workflow": {"name": wf.name, "version": wf.version},
+                    "context": c.context,
+                });
+                let ctx = attempt_context(&wf, id, c.attempt as u32, &base, |r| c.outputs.get(&(r as i32)).cloned());
+                // The run's deadline: stop the run (every worker's attempts) when it passes.
+                let deadline = c.deadline_us.map(|us| {
+                    let now_us = time::OffsetDateTime::now_utc().unix_timestamp_nanos() / 1000;
+                    let left = Duration::from_micros((i128::from(us) - now_us).max(0) as u64);
+                    let (b, run_id, token, why) = (Arc::clone(&self.b), c.run_id.clone(), token.clone(), Arc::clone(&why));
+                    tokio::spawn(async move {
+                        tokio::time::sleep(left).await;
+                        let _ = why.compare_exchange(WHY_NONE, WHY_STOP, Ordering::SeqCst, Ordering::SeqCst);
+                        match retrying(|| b.db.stop_run(&run_id, StopKind::TimedOut)).await {
+                            Ok(true) => b.finished(&run_id),
+                            Ok(false) => {}
+                            Err(e) => tracing::warn!(run_id, "stopping a run past its deadline: {e}"),
+                        }
+                        token.cancel();
+                    })
+                });
+                let limits = &self.b.executor.limits;
+                let handlers = &self.b.executor.handlers;
+                let (result, timed_out) =
+                    run_attempt(&wf, id, c.attempt as u32, ctx.as_ref(), &c.run_id, token.clone(), limits, handlers).await;
+                if let Some(d) = deadline {
+                    d.abort();
+                }
+                match result {
+                    Ok(v) => (Outcome::Succeeded(v), None),
+                    Err(ActionError::Cancelled) if !timed_out => (Outcome::Stopped, None),
+                    Err(e) => {
+                        let (status, error, retryable) = if timed_out {
+                            let after = humantime::format_duration(task.timeout.unwrap_or_default());
+                            (TaskStatus::TimedOut, format!("attempt {} timed out after {after}", c.attempt), true)
+                        } else {
+                            (TaskStatus::Failed, e.to_string(), e.is_retryable())
+                        };
+                        // Tries lost with a worker do not count against `retry.attempts`.
+                        let counted = (c.attempt - c.lost).max(1) as u32;
+                        if retryable && counted < task.retry.attempts {
+                            let delay = retry_delay(&task.retry, counted + 1);
+                            (Outcome::Retry { status, error, delay }, Some(Instant::now() + delay))
+                        } else {
+                            (Outcome::Final { status, error, crash: false }, None)
+                        }
+                    }
+                }
+            }
+        };
+        lock(&self.running).remove(&key);
+        if why.load(Ordering::SeqCst) == WHY_LOST {
+            // Another worker may have it now: record nothing.
+            return Vec::new();
+        }
+        // Children this completion may claim for us: our permit, plus what is free.
+        let mut extra: Vec<OwnedSemaphorePermit> = Vec::new();
+        let children = match (&outcome, self.b.workflow(&c.definition_id).await) {
+            (Outcome::Succeeded(_), Ok(wf)) if (c.position as usize) < wf.tasks.len() => wf.tasks[c.position as usize].children.len(),
+            _ => 0,
+        };
+        let claim_max = if self.stopping.is_cancelled() || children == 0 {
+            0
+        } else {
+            while extra.len() + 1 < children
+                && let Ok(p) = Arc::clone(&self.sem).try_acquire_owned()
+            {
+                extra.push(p);
+            }
+            extra.len() + 1
+        };
+        let started = Instant::now();
+        let mut tries = 0u32;
+        let finish = loop {
+            tries += 1;
+            match self.b.db.finish_attempt(&c.run_id, c.position, c.attempt, Some(&self.id), &self.id, outcome.clone(), claim_max).await {
+                Ok(f) => break f,
+                Err(e) if e.is_connection() && started.elapsed() < self.b.settings.lease => {
+                    if tries == 1 {
+                        tracing::warn!("worker {}: recording the end of {} {}: {e}; retrying", self.id, c.run_id, c.position);
+                    }
+                    tokio::time::sleep(Duration::from_millis(20 << tries.min(5))).await;
+                }
+                Err(e) => {
+                    tracing::error!("worker {}: recording the end of {} {}: {e}", self.id, c.run_id, c.position);
+                    return Vec::new();
+                }
+            }
+        };
+        if finish.run_finished {
+            self.b.finished(&c.run_id);
+        }
+        if let Some(at) = retry_at {
+            let mut w = lock(&self.next_wake);
+            *w = Some(w.map_or(at, |x| x.min(at)));
+        }
+        for n in &finish.claimed {
+            self.register(n);
+        }
+        // The permits taken for children beyond the first go back; the
+        // children take them again in `execute_chain`.
+        drop(extra);
+        if finish.stale {
+            tracing::debug!("worker {}: attempt {} of {} {} was no longer ours", self.id, c.attempt, c.run_id, c.position);
+        }
+        finish.claimed
+    }
+
+    /// Renew the leases; stop what is no longer ours or whose run stops.
+    async fn heartbeat(self: Arc<Self>, stop: CancellationToken) {
+        let lease = self.b.settings.lease;
+        let every = (lease / 4).max(Duration::from_millis(100));
+        let mut last_ok = Instant::now();
+        loop {
+            tokio::select! {
+                _ = stop.cancelled() => return,
+                _ = tokio::time::sleep(every) => {}
+            }
+            let held: Vec<(String, i32, i32)> = lock(&self.running).iter().map(|((r, p), x)| (r.clone(), *p, x.attempt)).collect();
+            if held.is_empty() {
+                last_ok = Instant::now();
+                continue;
+            }
+            match self.b.db.heartbeat(&self.id, &held).await {
+                Ok(rows) => {
+                    last_ok = Instant::now();
+                    let alive: HashSet<Key> = rows.iter().map(|(r, p, _)| (r.clone(), *p)).collect();
+                    let running = lock(&self.running);
+                    for (run_id, position, stop) in &rows {
+                        if stop.is_some()
+                            && let Some(r) = running.get(&(run_id.clone(), *position))
+                        {
+                            r.stop(WHY_STOP);
+                        }
+                    }
+                    for (run_id, position, attempt) in held {
+                        let key = (run_id, position);
+                        if !alive.contains(&key)
+                            && let Some(r) = running.get(&key)
+                            && r.attempt == attempt
+                        {
+                            r.stop(WHY_LOST);
+                        }
+                    }
+                }
+                Err(e) => {
+                    tracing::warn!("worker {}: renewing leases: {e}", self.id);
+                    // Let go before a reaper can give the tasks to another worker.
+                    if last_ok.elapsed() > lease.mul_f64(0.75) {
+                        for r in lock(&self.running).values() {
+                            r.stop(WHY_LOST);
+                        }
+                    }
+                }
+            }
+        }
+    }
+
+    /// Stop the attempts of runs that are cancelled or timed out.
+    async fn follow_stops(self: Arc<Self>, stop: CancellationToken) {
+        let mut rx = self.b.hub.stops.subscribe();
+        loop {
+            let run_id = tokio::select! {
+                _ = stop.cancelled() => return,
+                m = rx.recv() => match m {
+                    Ok(id) => id,
+                    Err(tokio::sync::broadcast::error::RecvError::Lagged(_)) => continue,
+                    Err(_) => return,
+                },
+            };
+            for ((r, _), x) in lock(&self.running).iter() {
+                if *r == run_id {
+                    x.stop(WHY_STOP);
+                }
+            }
+        }
+    }
+}
+
+fn hostname() -> String {
+    let mut buf = [0u8; 256];
+    // SAFETY: `buf` is valid for writes of `buf.len()` bytes; gethostname
+    // writes at most that many and we stop at the first NUL.
+    let rc = unsafe { libc::gethostname(buf.as_mut_ptr().cast(), buf.len()) };
+    if rc != 0 {
+        return "localhost".into();
+    }
+    let end = buf.iter().position(|b| *b == 0).unwrap_or(buf.len());
+    String::from_utf8_lossy(&buf[..end]).into_owned()
+}
