@@ -495,15 +495,16 @@ pub struct MigrationReport {
 
 /// Render a rule's `entity` template for a run.
 fn render_entity(t: &str, wf: &Workflow, input: &Value, context: &Value, run_id: &str, entity_id: Option<&str>) -> Result<String, String> {
-    let mut templates = crate::plan::template::Templates::new();
-    let compiled = templates.compile_str("backend.entity", t).map_err(|e| format!("the rule's `entity` template: {e}"))?;
+    let mut hb = handlebars::Handlebars::new();
+    hb.set_strict_mode(true);
+    hb.register_escape_fn(handlebars::no_escape);
     let ctx = serde_json::json!({
         "input": input,
         "context": context,
         "run": {"id": run_id, "entity_id": entity_id.unwrap_or(run_id)},
         "workflow": {"name": wf.name, "version": wf.version},
     });
-    let entity = templates.render_string(&compiled, &ctx).map_err(|e| format!("the rule's `entity` template: {e}"))?;
+    let entity = hb.render_template(t, &ctx).map_err(|e| format!("the rule's `entity` template `{t}`: {}", e.reason()))?;
     if entity.is_empty() {
         return Err(format!("the rule's `entity` template `{t}` rendered an empty entity id"));
     }

@@ -127,9 +127,25 @@ async fn flag_source(src: &str) -> Check {
             Err(e) => Check { what, ok: false, detail: format!("{src}: {}", e.without_url()) },
         }
     } else {
-        match std::fs::metadata(src) {
-            Ok(m) if m.is_file() => Check { what, ok: true, detail: format!("{src} is readable") },
-            Ok(_) => Check { what, ok: false, detail: format!("{src} is not a file") },
+        match crate::flags::file::load_path(std::path::Path::new(src)) {
+            Ok(l) => match (&l.features, l.diagnostics.iter().find(|d| d.is_error())) {
+                (Some(f), _) => {
+                    Check { what, ok: true, detail: format!("{src}: {} flag(s), {} segment(s)", f.flags.len(), f.segments.len()) }
+                }
+                (None, Some(d)) => Check {
+                    what,
+                    ok: false,
+                    detail: format!(
+                        "{}:{}:{}: {} ({} error(s); run `taskweave flags validate {src}`)",
+                        d.file,
+                        d.span.start.line,
+                        d.span.start.column,
+                        d.message,
+                        l.diagnostics.iter().filter(|d| d.is_error()).count()
+                    ),
+                },
+                (None, None) => Check { what, ok: false, detail: format!("{src} is not a valid features file") },
+            },
             Err(e) => Check { what, ok: false, detail: format!("{src}: {e}") },
         }
     }

@@ -3,6 +3,8 @@
 
 mod bench;
 mod doctor;
+mod flags;
+mod migration;
 mod run;
 mod serve;
 mod validate;
@@ -83,6 +85,16 @@ pub enum Command {
     Doctor,
     /// Execute the tasks of a distributed backend (PostgreSQL, Celery, Temporal).
     Worker(worker::WorkerArgs),
+    /// Feature flags: evaluate a flag as Flipt would, check a features file.
+    Flags {
+        #[command(subcommand)]
+        command: flags::FlagsCommand,
+    },
+    /// The migration dashboard: runs per backend and flag variant.
+    Migration {
+        #[command(subcommand)]
+        command: migration::MigrationCommand,
+    },
 }
 
 pub fn main() -> ExitCode {
@@ -124,6 +136,8 @@ fn run(cli: Cli) -> anyhow::Result<ExitCode> {
         Command::Status(args) => runtime()?.block_on(serve::status(args)),
         Command::Doctor => runtime()?.block_on(doctor::doctor(cli.config.as_deref())),
         Command::Worker(args) => runtime()?.block_on(worker::worker(args, cli.config.as_deref())),
+        Command::Flags { command } => runtime()?.block_on(flags::flags(command, cli.config.as_deref())),
+        Command::Migration { command } => runtime()?.block_on(migration::migration(command, cli.config.as_deref())),
     }
 }
 

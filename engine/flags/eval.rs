@@ -272,10 +272,7 @@ pub fn constraint_matches(c: &Constraint, v: &str) -> bool {
                 _ => false,
             }
         }
-        ConstraintType::Boolean => match (c.op, v) {
-            (Op::True, "true") | (Op::False, "false") => true,
-            _ => false,
-        },
+        ConstraintType::Boolean => matches!((c.op, v), (Op::True, "true") | (Op::False, "false")),
         ConstraintType::DateTime => {
             let (Some(t), Operand::Time(x)) = (super::model::parse_time(v), &c.operand) else { return false };
             compare(c.op, t.cmp(x))
