@@ -1,0 +1,417 @@
+//! The Celery backend: runs over Redis, wire-compatible with Celery 5 in both
+//! directions.
+//!
+//! - Every task of a run is a Celery task message (`taskweave.run.task`)
+//!   that any `taskweave worker --backend NAME` takes from the queue; run
+//!   state lives in Redis ([`runs`]), and whichever worker finishes a task
+//!   advances the run. No process is the orchestrator; no Celery chords.
+//! - `celery:` tasks are sent to Python Celery workers by name; their
+//!   result is the task output, their exception the task error.
+//! - taskweave workers serve Python callers: `taskweave.<handler>` runs a
+//!   handler, `taskweave.workflow.<name>` runs a loaded workflow; results are
+//!   written where `AsyncResult(id).get()` reads them.
+//!
+//! Options of `[backends.NAME]`: `broker` (a `redis://` URL; env
+//! `CELERY_BROKER_URL`), `result_backend` (default: the broker; env
+//! `CELERY_RESULT_BACKEND`), `queue` (the queue taskweave workers serve,
+//! default `taskweave`), `celery_queue` (where `celery:` tasks without a
+//! `queue` go, default `celery`), `key_prefix` (kombu's `global_keyprefix`),
+//! `visibility_timeout` (default `1h`), `result_expires` (default `1d`).
+
+pub mod broker;
+pub mod runs;
+pub mod wire;
+mod worker;
+
+use super::{Backend, BackendError, DriverContext, RunRequest, WorkerOptions};
+use crate::run::executor::Executor;
+use crate::run::{RunResult, TaskResult, TaskStatus};
+use broker::Broker;
+use runs::{Progress, Runs, StopReason};
+use serde_json::{Value, json};
+use std::collections::HashMap;
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+use time::OffsetDateTime;
+use tokio_util::sync::CancellationToken;
+use wire::Outgoing;
+
+/// The Celery task name of one task of a run.
+pub const RUN_TASK: &str = "taskweave.run.task";
+/// Prefix of the Celery names of served workflows.
+pub const WORKFLOW_PREFIX: &str = "taskweave.workflow.";
+
+/// Options of a `[backends.NAME]` of kind `celery`.
+#[derive(Debug, Clone, PartialEq)]
+pub struct CeleryOptions {
+    pub broker: String,
+    pub result_backend: String,
+    pub queue: String,
+    pub celery_queue: String,
+    pub key_prefix: String,
+    pub visibility_timeout: Duration,
+    pub result_expires: Duration,
+}
+
+fn duration_option(name: &str, v: &toml::Value) -> Result<Duration, String> {
+    match v {
+        toml::Value::Integer(s) if *s > 0 => Ok(Duration::from_secs(*s as u64)),
+        toml::Value::Float(s) if *s > 0.0 => Ok(Duration::from_secs_f64(*s)),
+        toml::Value::String(s) => crate::plan::parse_duration(s).map_err(|e| format!("`{name}`: {e}")),
+        other => Err(format!("`{name}` must be a duration such as \"30s\", not {other}")),
+    }
+}
+
+impl CeleryOptions {
+    pub fn parse(o: &std::collections::BTreeMap<String, toml::Value>) -> Result<Self, String> {
+        let s = |k: &str| -> Result<Option<String>, String> {
+            match o.get(k) {
+                None => Ok(None),
+                Some(toml::Value::String(s)) => Ok(Some(s.clone())),
+                Some(other) => Err(format!("`{k}` must be a string, not {other}")),
+            }
+        };
+        let known = ["broker", "result_backend", "queue", "celery_queue", "key_prefix", "visibility_timeout", "result_expires"];
+        if let Some(k) = o.keys().find(|k| !known.contains(&k.as_str())) {
+            return Err(format!("unknown option `{k}` (known: {})", known.join(", ")));
+        }
+        let broker = s("broker")?.ok_or("no `broker` (a redis:// URL; or set CELERY_BROKER_URL)")?;
+        let redis_url = |u: &str, what: &str| -> Result<(), String> {
+            if u.starts_with("redis://") || u.starts_with("rediss://") || u.starts_with("unix://") || u.starts_with("redis+unix://") {
+                Ok(())
+            } else {
+                Err(format!("`{what}` must be a redis:// URL, not `{}`", broker::redact(u)))
+            }
+        };
+        redis_url(&broker, "broker")?;
+        let result_backend = s("result_backend")?.unwrap_or_else(|| broker.clone());
+        redis_url(&result_backend, "result_backend")?;
+        Ok(CeleryOptions {
+            broker,
+            result_backend,
+            queue: s("queue")?.unwrap_or_else(|| "taskweave".into()),
+            celery_queue: s("celery_queue")?.unwrap_or_else(|| "celery".into()),
+            key_prefix: s("key_prefix")?.unwrap_or_default(),
+            visibility_timeout: o
+                .get("visibility_timeout")
+                .map(|v| duration_option("visibility_timeout", v))
+                .transpose()?
+                .unwrap_or(Duration::from_secs(3600)),
+            result_expires: o
+                .get("result_expires")
+                .map(|v| duration_option("result_expires", v))
+                .transpose()?
+                .unwrap_or(Duration::from_secs(86400)),
+        })
+    }
+}
+
+/// A Celery-over-Redis backend.
+pub struct CeleryBackend {
+    name: String,
+    opts: CeleryOptions,
+    broker: Broker,
+    runs: Runs,
+    executor: Executor,
+    registry: Arc<crate::reload::Registry>,
+    /// Compiled definitions of the runs this process has touched, by version.
+    compiled: Mutex<HashMap<String, Arc<crate::plan::Workflow>>>,
+    shutdown: CancellationToken,
+}
+
+/// Open the backend a configuration names: connects to Redis.
+pub async fn open(ctx: DriverContext) -> Result<Arc<dyn Backend>, BackendError> {
+    Ok(CeleryBackend::open(ctx).await?)
+}
+
+impl CeleryBackend {
+    pub async fn open(ctx: DriverContext) -> Result<Arc<CeleryBackend>, BackendError> {
+        let opts = CeleryOptions::parse(&ctx.options).map_err(|reason| BackendError::Permanent { backend: ctx.name.clone(), reason })?;
+        let broker = Broker::connect(
+            &opts.broker,
+            &opts.result_backend,
+            opts.key_prefix.clone(),
+            opts.visibility_timeout,
+            opts.result_expires.as_secs().max(1),
+        )
+        .await
+        .map_err(|e| BackendError::Unavailable {
+            backend: ctx.name.clone(),
+            reason: format!("cannot reach the broker at {}: {e}", broker::redact(&opts.broker)),
+        })?;
+        let runs = Runs { broker: broker.clone(), keep: opts.result_expires.as_secs().max(1) };
+        Ok(Arc::new(CeleryBackend {
+            name: ctx.name,
+            opts,
+            broker,
+            runs,
+            executor: ctx.executor,
+            registry: ctx.registry,
+            compiled: Mutex::new(HashMap::new()),
+            shutdown: CancellationToken::new(),
+        }))
+    }
+
+    pub fn options(&self) -> &CeleryOptions {
+        &self.opts
+    }
+
+    fn unavailable(&self, e: impl std::fmt::Display) -> BackendError {
+        BackendError::Unavailable { backend: self.name.clone(), reason: format!("{} ({})", e, self.broker.url) }
+    }
+
+    /// The queue list of a run's own task messages.
+    fn run_queue(&self, wf: &crate::plan::Workflow) -> String {
+        wf.queue.clone().unwrap_or_else(|| self.opts.queue.clone())
+    }
+
+    /// The message that runs task `task` of run `run`.
+    fn task_message(&self, queue: &str, run: &str, task: &str) -> String {
+        let mut m = Outgoing::new(RUN_TASK, queue);
+        m.kwargs.insert("run_id".into(), json!(run));
+        m.kwargs.insert("task".into(), json!(task));
+        m.root_id = Some(run.to_string());
+        m.encode()
+    }
+
+    /// Write a run to Redis and queue its first tasks. `reply`: a Celery task
+    /// id to answer with the run result when it ends.
+    async fn start_run(&self, req: RunRequest, run_id: String, reply: Option<&str>) -> Result<bool, BackendError> {
+        let wf = &req.workflow;
+        let now = OffsetDateTime::now_utc();
+        let queue = self.run_queue(wf);
+        let mut fields: Vec<(String, String)> = vec![
+            ("def".into(), serde_json::to_string(&wf.raw).unwrap_or_default()),
+            ("version".into(), wf.version.clone()),
+            ("workflow".into(), wf.name.clone()),
+            ("backend".into(), self.name.clone()),
+            ("input".into(), req.input.to_string()),
+            ("context".into(), req.context.to_string()),
+            ("entity".into(), req.entity_id.clone().unwrap_or_else(|| run_id.clone())),
+            ("created".into(), runs::rfc3339(now)),
+            ("status".into(), "queued".into()),
+            ("n".into(), wf.tasks.len().to_string()),
+            ("done".into(), "0".into()),
+            ("bad".into(), "0".into()),
+            ("limit".into(), wf.concurrency.unwrap_or(0).to_string()),
+            ("queue".into(), queue.clone()),
+        ];
+        if let Some(r) = &req.routing {
+            fields.push(("routing".into(), serde_json::to_string(r).unwrap_or_default()));
+        }
+        if let Some(r) = reply {
+            fields.push(("reply".into(), r.to_string()));
+        }
+        if let Some(t) = wf.timeout {
+            let deadline = now + t;
+            fields.push(("deadline".into(), ((deadline.unix_timestamp_nanos() / 1_000_000) as i64).to_string()));
+            fields.push(("timeout_error".into(), format!("the run timed out after {}", humantime::format_duration(t))));
+        }
+        let pending = serde_json::to_string(&TaskResult::pending()).unwrap_or_default();
+        for t in &wf.tasks {
+            fields.push((format!("s:{}", t.name), "pending".into()));
+            fields.push((format!("t:{}", t.name), pending.clone()));
+            fields.push((format!("w:{}", t.name), t.parents.len().to_string()));
+        }
+        let roots: Vec<String> = wf.roots().map(|id| self.task_message(&queue, &run_id, &wf.tasks[id].name)).collect();
+        let qkey = self.broker.key(&wire::queue_key(&queue, 0));
+        self.runs.submit(&run_id, fields, &qkey, roots).await.map_err(|e| self.unavailable(e))
+    }
+
+    /// Stop a run for `reason` and answer its Celery caller if that ended it.
+    async fn stop_run(&self, run_id: &str, reason: StopReason, wf: &crate::plan::Workflow) -> Result<Progress, BackendError> {
+        let now = OffsetDateTime::now_utc();
+        let pending: Vec<(String, TaskResult)> = wf
+            .tasks
+            .iter()
+            .map(|t| {
+                let mut r = TaskResult::pending();
+                match reason {
+                    StopReason::Cancelled => {
+                        r.status = TaskStatus::Cancelled;
+                        r.skip_reason = Some("run cancelled".into());
+                    }
+                    StopReason::TimedOut => {
+                        r.status = TaskStatus::Skipped;
+                        r.skip_reason = Some(format!("run timed out after {}", humantime::format_duration(wf.timeout.unwrap_or_default())));
+                    }
+                }
+                r.finished_at = Some(now);
+                (t.name.clone(), r)
+            })
+            .collect();
+        let p = self.runs.stop(run_id, reason, &pending).await.map_err(|e| self.unavailable(e))?;
+        self.after(run_id, &p).await;
+        Ok(p)
+    }
+
+    /// When a transition ended a run that a Celery client is waiting for,
+    /// write its result.
+    async fn after(&self, run_id: &str, p: &Progress) {
+        let Progress::Finished { reply: Some(reply), .. } = p else { return };
+        match self.runs.fields(run_id).await {
+            Ok(Some(f)) => {
+                let r = runs::result_from(run_id, &f);
+                let outcome = run_outcome(&r);
+                let value = wire::encode_result(reply, &outcome, OffsetDateTime::now_utc());
+                if let Err(e) = self.broker.store_result(reply, &value).await {
+                    tracing::error!(run_id, "could not store the Celery result of the run: {e}");
+                }
+            }
+            Ok(None) => {}
+            Err(e) => tracing::error!(run_id, "could not read the finished run: {e}"),
+        }
+    }
+
+    /// The compiled definition a run pinned.
+    async fn workflow_of(&self, run_id: &str, version: Option<&str>) -> Result<Option<Arc<crate::plan::Workflow>>, BackendError> {
+        if let Some(v) = version
+            && let Some(w) = self.compiled.lock().unwrap_or_else(|e| e.into_inner()).get(v)
+        {
+            return Ok(Some(Arc::clone(w)));
+        }
+        let got = self.runs.get(run_id, &["def".into()]).await.map_err(|e| self.unavailable(e))?;
+        let Some(Some(def)) = got.into_iter().next() else { return Ok(None) };
+        let raw: crate::spec::raw::RawWorkflow = serde_json::from_str(&def).map_err(|e| BackendError::Permanent {
+            backend: self.name.clone(),
+            reason: format!("run {run_id}: the stored definition does not parse: {e}"),
+        })?;
+        let wf = crate::plan::compile(raw).map_err(|e| BackendError::Permanent {
+            backend: self.name.clone(),
+            reason: format!("run {run_id}: the stored definition does not compile: {e}"),
+        })?;
+        let mut c = self.compiled.lock().unwrap_or_else(|e| e.into_inner());
+        if c.len() > 1000 {
+            c.clear();
+        }
+        c.insert(wf.version.clone(), Arc::clone(&wf));
+        Ok(Some(wf))
+    }
+}
+
+/// A finished run as a Celery result: the run result JSON on success; on
+/// failure a `WorkflowFailed` naming the failing task and its error.
+fn run_outcome(r: &RunResult) -> wire::TaskOutcome {
+    let value = serde_json::to_value(r).unwrap_or(Value::Null);
+    if r.status == crate::run::RunStatus::Succeeded {
+        return wire::TaskOutcome::Success(value);
+    }
+    let failing = r
+        .tasks
+        .iter()
+        .filter(|(_, t)| matches!(t.status, TaskStatus::Failed | TaskStatus::TimedOut))
+        .min_by_key(|(_, t)| t.finished_at)
+        .map(|(n, t)| format!("; task `{n}` {}: {}", t.status, t.error.as_deref().unwrap_or("")))
+        .unwrap_or_default();
+    let why = r.error.as_deref().map(|e| format!(": {e}")).unwrap_or_default();
+    wire::TaskOutcome::Failure(wire::PyError::new(
+        "WorkflowFailed",
+        "taskweave",
+        format!("run {} of `{}` {}{why}{failing}", r.run_id, r.workflow, r.status),
+    ))
+}
+
+#[async_trait::async_trait]
+impl Backend for CeleryBackend {
+    fn name(&self) -> &str {
+        &self.name
+    }
+
+    fn kind(&self) -> &'static str {
+        "celery"
+    }
+
+    async fn submit(&self, req: RunRequest) -> Result<String, BackendError> {
+        if self.shutdown.is_cancelled() {
+            return Err(BackendError::Refused { backend: self.name.clone(), reason: "shutting down".into() });
+        }
+        let run_id = req.run_id.clone().unwrap_or_else(|| uuid::Uuid::now_v7().to_string());
+        if !self.start_run(req, run_id.clone(), None).await? {
+            return Err(BackendError::Refused { backend: self.name.clone(), reason: format!("a run `{run_id}` exists already") });
+        }
+        Ok(run_id)
+    }
+
+    async fn result(&self, run_id: &str, wait: Option<Duration>) -> Result<RunResult, BackendError> {
+        let until = wait.map(|w| tokio::time::Instant::now() + w);
+        let mut watch = wait.map(|_| self.broker.watch(self.runs.events()));
+        loop {
+            let f = self.runs.fields(run_id).await.map_err(|e| self.unavailable(e))?;
+            let Some(f) = f else { return Err(BackendError::NotFound(run_id.to_string())) };
+            let r = runs::result_from(run_id, &f);
+            let Some(until) = until else { return Ok(r) };
+            if r.is_done() || tokio::time::Instant::now() >= until {
+                return Ok(r);
+            }
+            // A run past its deadline with nobody left to notice ends here.
+            let now_ms = (OffsetDateTime::now_utc().unix_timestamp_nanos() / 1_000_000) as i64;
+            if f.get("deadline").and_then(|d| d.parse::<i64>().ok()).is_some_and(|d| d + 1000 < now_ms)
+                && let Some(wf) = self.workflow_of(run_id, f.get("version").map(String::as_str)).await?
+            {
+                self.stop_run(run_id, StopReason::TimedOut, &wf).await?;
+                continue;
+            }
+            let left = until.saturating_duration_since(tokio::time::Instant::now()).min(Duration::from_millis(500));
+            if let Some(w) = watch.as_mut() {
+                let want = format!("done:{run_id}");
+                let t0 = tokio::time::Instant::now();
+                while let Some(m) = w.next(left.saturating_sub(t0.elapsed())).await {
+                    if m == want {
+                        break;
+                    }
+                }
+            }
+        }
+    }
+
+    async fn cancel(&self, run_id: &str) -> Result<(), BackendError> {
+        let got = self.runs.get(run_id, &["version".into(), "status".into()]).await.map_err(|e| self.unavailable(e))?;
+        let version = got.first().cloned().flatten();
+        if version.is_none() {
+            return Err(BackendError::NotFound(run_id.to_string()));
+        }
+        let Some(wf) = self.workflow_of(run_id, version.as_deref()).await? else {
+            return Err(BackendError::NotFound(run_id.to_string()));
+        };
+        self.stop_run(run_id, StopReason::Cancelled, &wf).await?;
+        Ok(())
+    }
+
+    async fn check(&self) -> Result<String, BackendError> {
+        match tokio::time::timeout(Duration::from_secs(3), self.broker.ping()).await {
+            Ok(Ok(v)) => Ok(format!("celery: broker {} answers (Redis {v}); taskweave queue `{}`", self.broker.url, self.opts.queue)),
+            Ok(Err(e)) => Err(self.unavailable(format!("the broker does not answer: {e}"))),
+            Err(_) => Err(self.unavailable("the broker did not answer within 3s")),
+        }
+    }
+
+    async fn shutdown(&self) {
+        self.shutdown.cancel();
+        self.broker.close();
+    }
+
+    async fn work(&self, opts: WorkerOptions, stop: CancellationToken) -> Result<(), BackendError> {
+        worker::work(self, opts, stop).await
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn options_are_checked() {
+        let mut o = std::collections::BTreeMap::new();
+        assert!(CeleryOptions::parse(&o).unwrap_err().contains("broker"));
+        o.insert("broker".into(), toml::Value::String("amqp://x".into()));
+        assert!(CeleryOptions::parse(&o).unwrap_err().contains("redis://"));
+        o.insert("broker".into(), toml::Value::String("redis://:pw@127.0.0.1:6379/3".into()));
+        o.insert("visibility_timeout".into(), toml::Value::String("30s".into()));
+        let c = CeleryOptions::parse(&o).unwrap();
+        assert_eq!(c.result_backend, c.broker);
+        assert_eq!(c.visibility_timeout, Duration::from_secs(30));
+        assert_eq!((c.queue.as_str(), c.celery_queue.as_str()), ("taskweave", "celery"));
+        o.insert("brokr".into(), toml::Value::String("x".into()));
+        assert!(CeleryOptions::parse(&o).unwrap_err().contains("unknown option `brokr`"));
+    }
+}
