@@ -241,8 +241,9 @@ pub fn compile(raw: RawWorkflow) -> Result<Arc<Workflow>, String> {
             }
         }
         let key = format!("/tasks/{i}");
-        let action = compile_action(rt, &key, &mut templates)?;
-        let (reads, templated) = reads_of(rt, &ids);
+        let mut read = template::Reads::default();
+        let action = compile_action(rt, &key, &mut templates, &mut read)?;
+        let (reads, templated) = task_reads(&read, &ids);
         tasks.push(Task {
             id: i,
             name: rt.name.clone(),
@@ -288,70 +289,84 @@ pub fn compile(raw: RawWorkflow) -> Result<Arc<Workflow>, String> {
     }))
 }
 
-fn tmpl_err(key: &str, e: handlebars::TemplateError) -> String {
+fn tmpl_err(key: &str, e: template::CompileError) -> String {
     format!("template at {key}: {e}")
 }
 
-fn compile_env(env: &std::collections::BTreeMap<String, String>, key: &str, t: &mut Templates) -> Result<Vec<(String, TValue)>, String> {
+fn compile_env(
+    env: &std::collections::BTreeMap<String, String>,
+    key: &str,
+    t: &mut Templates,
+    r: &mut template::Reads,
+) -> Result<Vec<(String, TValue)>, String> {
     env.iter()
         .map(|(k, v)| {
             let kk = format!("{key}/env/{k}");
-            t.compile_str(&kk, v).map(|x| (k.clone(), x)).map_err(|e| tmpl_err(&kk, e))
+            t.compile_str_reading(&kk, v, r).map(|x| (k.clone(), x)).map_err(|e| tmpl_err(&kk, e))
         })
         .collect()
 }
 
-fn compile_action(rt: &RawTask, key: &str, t: &mut Templates) -> Result<Action, String> {
+/// Compile a task's action; `r` gathers what its templates read.
+fn compile_action(rt: &RawTask, key: &str, t: &mut Templates, r: &mut template::Reads) -> Result<Action, String> {
     let output = rt.output.unwrap_or_default();
-    let cwd = |t: &mut Templates| -> Result<Option<TValue>, String> {
-        rt.cwd.as_ref().map(|c| t.compile_str(&format!("{key}/cwd"), c).map_err(|e| tmpl_err(key, e))).transpose()
+    let cwd = |t: &mut Templates, r: &mut template::Reads| -> Result<Option<TValue>, String> {
+        rt.cwd.as_ref().map(|c| t.compile_str_reading(&format!("{key}/cwd"), c, r).map_err(|e| tmpl_err(key, e))).transpose()
     };
     if let Some(argv) = &rt.run {
         let argv = argv
             .iter()
             .enumerate()
-            .map(|(i, a)| t.compile_str(&format!("{key}/run/{i}"), a).map_err(|e| tmpl_err(key, e)))
+            .map(|(i, a)| t.compile_str_reading(&format!("{key}/run/{i}"), a, r).map_err(|e| tmpl_err(key, e)))
             .collect::<Result<_, _>>()?;
-        return Ok(Action::Run { argv, env: compile_env(&rt.env, key, t)?, cwd: cwd(t)?, output });
+        return Ok(Action::Run { argv, env: compile_env(&rt.env, key, t, r)?, cwd: cwd(t, r)?, output });
     }
     if let Some(script) = &rt.shell {
         let k = format!("{key}/shell");
-        let script = t.compile_shell(&k, script).map_err(|e| tmpl_err(&k, e))?;
-        return Ok(Action::Shell { script, env: compile_env(&rt.env, key, t)?, cwd: cwd(t)?, output });
+        let script = t.compile_shell_reading(&k, script, r).map_err(|e| tmpl_err(&k, e))?;
+        return Ok(Action::Shell { script, env: compile_env(&rt.env, key, t, r)?, cwd: cwd(t, r)?, output });
+    }
+    // Only `run` and `shell` use `env` and `cwd`; what they would read still
+    // counts as read, in the order the fields come in a task.
+    for v in rt.env.values().chain(&rt.cwd) {
+        r.scan(v);
     }
     if let Some(h) = &rt.http {
         let k = format!("{key}/http");
-        let map =
-            |m: &std::collections::BTreeMap<String, String>, part: &str, t: &mut Templates| -> Result<Vec<(String, TValue)>, String> {
-                m.iter()
-                    .map(|(name, v)| {
-                        let kk = format!("{k}/{part}/{name}");
-                        t.compile_str(&kk, v).map(|x| (name.clone(), x)).map_err(|e| tmpl_err(&kk, e))
-                    })
-                    .collect()
-            };
+        let map = |m: &std::collections::BTreeMap<String, String>,
+                   part: &str,
+                   t: &mut Templates,
+                   r: &mut template::Reads|
+         -> Result<Vec<(String, TValue)>, String> {
+            m.iter()
+                .map(|(name, v)| {
+                    let kk = format!("{k}/{part}/{name}");
+                    t.compile_str_reading(&kk, v, r).map(|x| (name.clone(), x)).map_err(|e| tmpl_err(&kk, e))
+                })
+                .collect()
+        };
         return Ok(Action::Http {
             method: h.method.unwrap_or(if h.json.is_some() || h.body.is_some() { HttpMethod::POST } else { HttpMethod::GET }),
-            url: t.compile_str(&format!("{k}/url"), &h.url).map_err(|e| tmpl_err(&k, e))?,
-            headers: map(&h.headers, "headers", t)?,
-            query: map(&h.query, "query", t)?,
-            json: h.json.as_ref().map(|j| t.compile_value(&format!("{k}/json"), j).map_err(|e| tmpl_err(&k, e))).transpose()?,
-            body: h.body.as_ref().map(|b| t.compile_str(&format!("{k}/body"), b).map_err(|e| tmpl_err(&k, e))).transpose()?,
+            url: t.compile_str_reading(&format!("{k}/url"), &h.url, r).map_err(|e| tmpl_err(&k, e))?,
+            headers: map(&h.headers, "headers", t, r)?,
+            query: map(&h.query, "query", t, r)?,
+            json: h.json.as_ref().map(|j| t.compile_value_reading(&format!("{k}/json"), j, r).map_err(|e| tmpl_err(&k, e))).transpose()?,
+            body: h.body.as_ref().map(|b| t.compile_str_reading(&format!("{k}/body"), b, r).map_err(|e| tmpl_err(&k, e))).transpose()?,
         });
     }
     if let Some(c) = &rt.celery {
         let k = format!("{key}/celery");
         return Ok(Action::Celery {
             task: c.task.clone(),
-            args: t.compile_value(&format!("{k}/args"), &Value::Array(c.args.clone())).map_err(|e| tmpl_err(&k, e))?,
-            kwargs: t.compile_value(&format!("{k}/kwargs"), &Value::Object(c.kwargs.clone())).map_err(|e| tmpl_err(&k, e))?,
+            args: t.compile_value_reading(&format!("{k}/args"), &Value::Array(c.args.clone()), r).map_err(|e| tmpl_err(&k, e))?,
+            kwargs: t.compile_value_reading(&format!("{k}/kwargs"), &Value::Object(c.kwargs.clone()), r).map_err(|e| tmpl_err(&k, e))?,
             queue: c.queue.clone(),
             priority: c.priority,
         });
     }
     if let Some(h) = &rt.uses {
         let with = match &rt.with_ {
-            Some(w) => t.compile_value(&format!("{key}/with"), w).map_err(|e| tmpl_err(key, e))?,
+            Some(w) => t.compile_value_reading(&format!("{key}/with"), w, r).map_err(|e| tmpl_err(key, e))?,
             None => TValue::Lit(Value::Object(Default::default())),
         };
         return Ok(Action::Uses { handler: h.clone(), with });
@@ -359,82 +374,20 @@ fn compile_action(rt: &RawTask, key: &str, t: &mut Templates) -> Result<Action, 
     Err(format!("task `{}` has no action", rt.name))
 }
 
-/// Every template string of a task, with its JSON pointer below the task and
-/// whether it is a shell script.
-pub fn task_template_strings(rt: &RawTask) -> Vec<(String, &str, bool)> {
-    let mut out = Vec::new();
-    fn walk<'a>(ptr: String, v: &'a Value, out: &mut Vec<(String, &'a str, bool)>) {
-        match v {
-            Value::String(s) => out.push((ptr, s.as_str(), false)),
-            Value::Array(a) => a.iter().enumerate().for_each(|(i, x)| walk(format!("{ptr}/{i}"), x, out)),
-            Value::Object(m) => m.iter().for_each(|(k, x)| walk(format!("{ptr}/{}", crate::spec::node::pointer_seg(k)), x, out)),
-            _ => {}
-        }
-    }
-    if let Some(run) = &rt.run {
-        for (i, a) in run.iter().enumerate() {
-            out.push((format!("/run/{i}"), a.as_str(), false));
-        }
-    }
-    if let Some(s) = &rt.shell {
-        out.push(("/shell".into(), s.as_str(), true));
-    }
-    for (k, v) in &rt.env {
-        out.push((format!("/env/{}", crate::spec::node::pointer_seg(k)), v.as_str(), false));
-    }
-    if let Some(c) = &rt.cwd {
-        out.push(("/cwd".into(), c.as_str(), false));
-    }
-    if let Some(h) = &rt.http {
-        out.push(("/http/url".into(), h.url.as_str(), false));
-        for (k, v) in &h.headers {
-            out.push((format!("/http/headers/{}", crate::spec::node::pointer_seg(k)), v.as_str(), false));
-        }
-        for (k, v) in &h.query {
-            out.push((format!("/http/query/{}", crate::spec::node::pointer_seg(k)), v.as_str(), false));
-        }
-        if let Some(j) = &h.json {
-            walk("/http/json".into(), j, &mut out);
-        }
-        if let Some(b) = &h.body {
-            out.push(("/http/body".into(), b.as_str(), false));
-        }
-    }
-    if let Some(c) = &rt.celery {
-        for (i, a) in c.args.iter().enumerate() {
-            walk(format!("/celery/args/{i}"), a, &mut out);
-        }
-        for (k, v) in &c.kwargs {
-            walk(format!("/celery/kwargs/{}", crate::spec::node::pointer_seg(k)), v, &mut out);
-        }
-    }
-    if let Some(w) = &rt.with_ {
-        walk("/with".into(), w, &mut out);
-    }
-    out
-}
-
-/// Which tasks' outputs a task's templates read, and whether it has templates at all.
-fn reads_of(rt: &RawTask, ids: &HashMap<&str, TaskId>) -> (Vec<TaskId>, bool) {
+/// Which tasks' outputs a task's templates read (each once, in order), and
+/// whether it has templates at all.
+fn task_reads(r: &template::Reads, ids: &HashMap<&str, TaskId>) -> (Vec<TaskId>, bool) {
     let mut reads = Vec::new();
-    let mut templated = false;
-    for (_, s, _) in task_template_strings(rt) {
-        if !s.contains("{{") {
-            continue;
-        }
-        templated = true;
-        let Ok(t) = handlebars::Template::compile(s) else { continue };
-        for p in template::referenced_paths(&t) {
-            let mut segs = p.split(['.', '/']);
-            if segs.next() == Some("tasks")
-                && let Some(id) = segs.next().and_then(|n| ids.get(n))
-                && !reads.contains(id)
-            {
-                reads.push(*id);
-            }
+    for p in &r.paths {
+        let mut segs = p.split(['.', '/']);
+        if segs.next() == Some("tasks")
+            && let Some(&id) = segs.next().and_then(|n| ids.get(n))
+            && !reads.contains(&id)
+        {
+            reads.push(id);
         }
     }
-    (reads, templated)
+    (reads, r.templated)
 }
 
 impl Workflow {

@@ -5,10 +5,28 @@
 //! string that is exactly one `{{path}}` is replaced by the JSON value itself,
 //! so numbers stay numbers and objects stay objects. `shell` scripts render
 //! through a second registry whose escape function shell-quotes every value.
+//!
+//! Most templates are text with plain `{{root.a.b}}` reads. [`plain`]
+//! recognises those with a linear scan and gives what Handlebars' parser would
+//! (the paths read, and whether the string is one lone read), so validation and
+//! [`Templates`] compile them without running the parser; such a template is
+//! parsed by Handlebars only when it is first rendered as text. Everything
+//! else (blocks, helpers, escapes, raw output, whitespace control...) is
+//! parsed by Handlebars at once, behind the [`MAX_TEMPLATE_NESTING`] guard.
 
 use handlebars::template::{Parameter, TemplateElement};
-use handlebars::{Handlebars, Path, PathSeg, Template};
+use handlebars::{Handlebars, Path, PathSeg, RenderContext, Renderable, StringOutput, Template};
 use serde_json::{Map, Value};
+use std::collections::HashMap;
+use std::sync::OnceLock;
+
+/// The variables a template may read.
+pub const ROOTS: [&str; 5] = ["input", "tasks", "run", "workflow", "context"];
+
+/// How deeply a template may nest blocks (`{{#if}}`) or subexpressions
+/// (`(lookup (lookup ...))`): Handlebars builds them recursively, so deeper
+/// templates could exhaust the stack.
+pub const MAX_TEMPLATE_NESTING: usize = 64;
 
 /// A value whose strings may be templates, compiled once.
 #[derive(Debug, Clone)]
@@ -37,15 +55,176 @@ pub enum RenderError {
     Handlebars(String),
 }
 
-/// The template registries of one workflow.
+/// Why a template does not compile.
+#[derive(Debug, thiserror::Error)]
+pub enum CompileError {
+    #[error(transparent)]
+    Parse(#[from] handlebars::TemplateError),
+    #[error("blocks or subexpressions nested deeper than {MAX_TEMPLATE_NESTING} levels")]
+    TooDeep,
+}
+
+/// A template made only of text and plain reads, as [`plain`] finds it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Plain<'a> {
+    /// The paths read, as written (`tasks.a.output`), in order.
+    pub reads: Vec<&'a str>,
+    /// Whether the string is exactly one read (`{{input.x}}`, no text around
+    /// it), which renders as the JSON value itself.
+    pub lone: bool,
+}
+
+/// Recognise a template made only of text and plain `{{root.a.b}}`
+/// expressions: a root from [`ROOTS`], at least one `.segment`, segments of
+/// ASCII letters, digits, `_` and `-`, optionally padded with spaces inside
+/// the braces. `None` for anything else (blocks, helpers, raw `{{{ }}}`
+/// output, whitespace control, comments, backslash escapes...), which
+/// Handlebars parses. Every template accepted here parses in Handlebars to the
+/// same paths and the same lone expression (the tests prove it on a table and
+/// on generated templates).
+///
+/// Hand-written because Handlebars' own parser (pest) is most of the cost of
+/// validating a workflow, and nearly every real template is this simple.
+pub fn plain(s: &str) -> Option<Plain<'_>> {
+    if s.contains('\\') {
+        return None;
+    }
+    let mut reads = Vec::new();
+    let mut text = false;
+    let mut rest = s;
+    while let Some(open) = rest.find("{{") {
+        text |= open > 0;
+        let inner = &rest[open + 2..];
+        let close = inner.find("}}")?;
+        let after = &inner[close + 2..];
+        if after.starts_with('}') {
+            return None;
+        }
+        let path = inner[..close].trim_matches(' ');
+        let mut segs = path.split('.');
+        if !segs.next().is_some_and(|root| ROOTS.contains(&root)) {
+            return None;
+        }
+        let mut count = 0;
+        for seg in segs {
+            if seg.is_empty() || !seg.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'_' || b == b'-') {
+                return None;
+            }
+            count += 1;
+        }
+        if count == 0 {
+            return None;
+        }
+        reads.push(path);
+        rest = after;
+    }
+    text |= !rest.is_empty();
+    let lone = reads.len() == 1 && !text;
+    Some(Plain { reads, lone })
+}
+
+/// The deepest nesting of blocks, and of parentheses or brackets inside one
+/// expression, of a template, by a lexical scan (it only has to bound what
+/// Handlebars would recurse on, not to parse).
+pub fn nesting(s: &str) -> usize {
+    let (mut blocks, mut deepest) = (0usize, 0usize);
+    let mut rest = s;
+    while let Some(open) = rest.find("{{") {
+        let inner = rest[open + 2..].trim_start_matches(['{', '~']);
+        match inner.as_bytes().first() {
+            Some(b'#' | b'^') => blocks += 1,
+            Some(b'/') => blocks = blocks.saturating_sub(1),
+            _ => {}
+        }
+        let end = inner.find("}}").unwrap_or(inner.len());
+        let mut parens = 0usize;
+        for b in inner[..end].bytes() {
+            match b {
+                b'(' | b'[' => {
+                    parens += 1;
+                    deepest = deepest.max(parens);
+                }
+                b')' | b']' => parens = parens.saturating_sub(1),
+                _ => {}
+            }
+        }
+        deepest = deepest.max(blocks);
+        rest = &inner[end..];
+    }
+    deepest
+}
+
+/// Parse a template with Handlebars, refusing first what is nested too
+/// deeply for its recursive parser.
+pub fn parse(s: &str) -> Result<Template, CompileError> {
+    if nesting(s) > MAX_TEMPLATE_NESTING {
+        return Err(CompileError::TooDeep);
+    }
+    Ok(Template::compile(s)?)
+}
+
+/// The paths a group of template strings read, gathered as they compile.
+#[derive(Debug, Default)]
+pub struct Reads {
+    /// Whether any of the strings is a template at all (contains `{{`).
+    pub templated: bool,
+    /// Every path read, as written (`tasks.a.output`), in order.
+    pub paths: Vec<String>,
+}
+
+impl Reads {
+    /// Gather what a string reads without compiling it; a template that does
+    /// not parse reads nothing.
+    pub fn scan(&mut self, s: &str) {
+        if !s.contains("{{") {
+            return;
+        }
+        self.templated = true;
+        match plain(s) {
+            Some(p) => self.paths.extend(p.reads.iter().map(|r| r.to_string())),
+            None => {
+                if let Ok(t) = parse(s) {
+                    self.paths.extend(referenced_paths(&t));
+                }
+            }
+        }
+    }
+}
+
+/// A text template: its source, parsed by Handlebars at most once, and only
+/// when first needed (at once when it is not [`plain`], on first render when it is).
+struct Lazy {
+    source: String,
+    parsed: OnceLock<Result<Template, String>>,
+}
+
+impl Lazy {
+    fn unparsed(source: &str) -> Lazy {
+        Lazy { source: source.to_string(), parsed: OnceLock::new() }
+    }
+
+    fn parsed(source: &str, t: Template) -> Lazy {
+        Lazy { source: source.to_string(), parsed: OnceLock::from(Ok(t)) }
+    }
+
+    fn template(&self) -> Result<&Template, RenderError> {
+        self.parsed
+            .get_or_init(|| Template::compile(&self.source).map_err(|e| e.to_string()))
+            .as_ref()
+            .map_err(|e| RenderError::Handlebars(e.clone()))
+    }
+}
+
+/// The text templates of one workflow, by name (a JSON pointer, unique per
+/// workflow); shell scripts apart, as they render with shell quoting.
 pub struct Templates {
-    text: Handlebars<'static>,
-    shell: Handlebars<'static>,
+    text: HashMap<String, Lazy>,
+    shell: HashMap<String, Lazy>,
 }
 
 impl std::fmt::Debug for Templates {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("Templates").finish_non_exhaustive()
+        f.debug_struct("Templates").field("text", &self.text.len()).field("shell", &self.shell.len()).finish()
     }
 }
 
@@ -63,33 +242,46 @@ pub fn shell_quote(s: &str) -> String {
     format!("'{}'", s.replace('\'', r"'\''"))
 }
 
+/// The two Handlebars registries: strict, no HTML escaping, and for shell
+/// scripts shell-quoting. They hold no templates and no workflow-specific
+/// helpers, so one pair serves every workflow.
+fn registry(shell: bool) -> &'static Handlebars<'static> {
+    static TEXT: OnceLock<Handlebars<'static>> = OnceLock::new();
+    static SHELL: OnceLock<Handlebars<'static>> = OnceLock::new();
+    let (cell, escape): (_, fn(&str) -> String) = if shell { (&SHELL, shell_quote) } else { (&TEXT, handlebars::no_escape) };
+    cell.get_or_init(|| {
+        let mut h = Handlebars::new();
+        h.set_strict_mode(true);
+        h.register_escape_fn(escape);
+        h
+    })
+}
+
 impl Templates {
     pub fn new() -> Self {
-        let mut text = Handlebars::new();
-        text.set_strict_mode(true);
-        text.register_escape_fn(handlebars::no_escape);
-        let mut shell = Handlebars::new();
-        shell.set_strict_mode(true);
-        shell.register_escape_fn(shell_quote);
-        Templates { text, shell }
+        Templates { text: HashMap::new(), shell: HashMap::new() }
     }
 
-    /// Compile a JSON value whose strings are templates; `key` names the
-    /// registered templates (a JSON pointer is unique per workflow).
-    pub fn compile_value(&mut self, key: &str, v: &Value) -> Result<TValue, handlebars::TemplateError> {
+    /// Compile a JSON value whose strings are templates, gathering what they
+    /// read; `key` names the text templates (a JSON pointer is unique per
+    /// workflow).
+    pub fn compile_value_reading(&mut self, key: &str, v: &Value, reads: &mut Reads) -> Result<TValue, CompileError> {
         Ok(match v {
-            Value::String(s) => self.compile_str(key, s)?,
+            Value::String(s) => self.compile_str_reading(key, s, reads)?,
             Value::Array(items) => {
                 let mut out = Vec::with_capacity(items.len());
                 for (i, x) in items.iter().enumerate() {
-                    out.push(self.compile_value(&format!("{key}/{i}"), x)?);
+                    out.push(self.compile_value_reading(&format!("{key}/{i}"), x, reads)?);
                 }
                 if out.iter().all(TValue::is_static) { TValue::Lit(v.clone()) } else { TValue::Arr(out) }
             }
             Value::Object(m) => {
                 let mut out = Vec::with_capacity(m.len());
                 for (k, x) in m {
-                    out.push((k.clone(), self.compile_value(&format!("{key}/{}", super::super::spec::node::pointer_seg(k)), x)?));
+                    out.push((
+                        k.clone(),
+                        self.compile_value_reading(&format!("{key}/{}", super::super::spec::node::pointer_seg(k)), x, reads)?,
+                    ));
                 }
                 if out.iter().all(|(_, t)| t.is_static()) { TValue::Lit(v.clone()) } else { TValue::Obj(out) }
             }
@@ -97,22 +289,53 @@ impl Templates {
         })
     }
 
-    pub fn compile_str(&mut self, key: &str, s: &str) -> Result<TValue, handlebars::TemplateError> {
+    /// Compile one string: a literal, a lone read, or a text template.
+    pub fn compile_str(&mut self, key: &str, s: &str) -> Result<TValue, CompileError> {
+        self.compile_str_reading(key, s, &mut Reads::default())
+    }
+
+    /// [`Templates::compile_str`], gathering what the template reads into `reads`.
+    pub fn compile_str_reading(&mut self, key: &str, s: &str, reads: &mut Reads) -> Result<TValue, CompileError> {
         if !s.contains("{{") {
             return Ok(TValue::Lit(Value::String(s.to_string())));
         }
-        let t = Template::compile(s)?;
+        reads.templated = true;
+        if let Some(p) = plain(s) {
+            reads.paths.extend(p.reads.iter().map(|r| r.to_string()));
+            if p.lone {
+                return Ok(TValue::Expr(p.reads[0].split('.').map(str::to_string).collect()));
+            }
+            self.text.insert(key.to_string(), Lazy::unparsed(s));
+            return Ok(TValue::Text(key.to_string()));
+        }
+        let t = parse(s)?;
+        reads.paths.extend(referenced_paths(&t));
         if let Some(path) = whole_path(&t) {
             return Ok(TValue::Expr(path));
         }
-        self.text.register_template(key, t);
+        self.text.insert(key.to_string(), Lazy::parsed(s, t));
         Ok(TValue::Text(key.to_string()))
     }
 
-    /// Compile a shell script; returns the registered name.
-    pub fn compile_shell(&mut self, key: &str, s: &str) -> Result<String, handlebars::TemplateError> {
-        let t = Template::compile(s)?;
-        self.shell.register_template(key, t);
+    /// Compile a shell script, gathering what it reads; returns its name.
+    pub fn compile_shell_reading(&mut self, key: &str, s: &str, reads: &mut Reads) -> Result<String, CompileError> {
+        let lazy = if !s.contains("{{") {
+            Lazy::unparsed(s)
+        } else {
+            reads.templated = true;
+            match plain(s) {
+                Some(p) => {
+                    reads.paths.extend(p.reads.iter().map(|r| r.to_string()));
+                    Lazy::unparsed(s)
+                }
+                None => {
+                    let t = parse(s)?;
+                    reads.paths.extend(referenced_paths(&t));
+                    Lazy::parsed(s, t)
+                }
+            }
+        };
+        self.shell.insert(key.to_string(), lazy);
         Ok(key.to_string())
     }
 
@@ -120,7 +343,7 @@ impl Templates {
         Ok(match t {
             TValue::Lit(v) => v.clone(),
             TValue::Expr(path) => lookup(ctx, path).cloned().ok_or_else(|| RenderError::Missing(path.join(".")))?,
-            TValue::Text(name) => Value::String(self.render_text(&self.text, name, ctx)?),
+            TValue::Text(name) => Value::String(self.render_text(false, name, ctx)?),
             TValue::Arr(items) => Value::Array(items.iter().map(|x| self.render(x, ctx)).collect::<Result<_, _>>()?),
             TValue::Obj(entries) => {
                 let mut m = Map::with_capacity(entries.len());
@@ -141,11 +364,20 @@ impl Templates {
     }
 
     pub fn render_shell(&self, name: &str, ctx: &Value) -> Result<String, RenderError> {
-        self.render_text(&self.shell, name, ctx)
+        self.render_text(true, name, ctx)
     }
 
-    fn render_text(&self, reg: &Handlebars<'static>, name: &str, ctx: &Value) -> Result<String, RenderError> {
-        reg.render(name, ctx).map_err(|e| {
+    fn render_text(&self, shell: bool, name: &str, ctx: &Value) -> Result<String, RenderError> {
+        let (reg, templates) = if shell { (registry(true), &self.shell) } else { (registry(false), &self.text) };
+        let Some(lazy) = templates.get(name) else {
+            return Err(RenderError::Handlebars(handlebars::RenderErrorReason::TemplateNotFound(name.to_string()).to_string()));
+        };
+        let template = lazy.template()?;
+        // What `Handlebars::render` does for a registered template.
+        let ctx = handlebars::Context::from(ctx.clone());
+        let mut out = StringOutput::new();
+        let mut rc = RenderContext::new(None);
+        template.render(reg, &ctx, &mut rc, &mut out).and_then(|()| Ok(out.into_string()?)).map_err(|e| {
             let reason = e.reason().to_string();
             match reason.find("strict mode") {
                 Some(_) => RenderError::Missing(reason.split('"').nth(1).unwrap_or(reason.as_str()).to_string()),
@@ -256,4 +488,246 @@ pub fn has_raw_output(t: &Template) -> bool {
         }
         _ => false,
     })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use proptest::prelude::*;
+    use serde_json::json;
+
+    /// What Handlebars makes of a template: the paths read and the lone
+    /// expression, or `None` when it does not parse.
+    fn by_handlebars(s: &str) -> Option<(Vec<String>, Option<Vec<String>>)> {
+        let t = Template::compile(s).ok()?;
+        Some((referenced_paths(&t), whole_path(&t)))
+    }
+
+    /// What the fast path makes of it, in the same shape.
+    fn by_plain(s: &str) -> Option<(Vec<String>, Option<Vec<String>>)> {
+        let p = plain(s)?;
+        let lone = p.lone.then(|| p.reads[0].split('.').map(str::to_string).collect());
+        Some((p.reads.iter().map(|r| r.to_string()).collect(), lone))
+    }
+
+    fn compiled(s: &str) -> (Result<TValue, CompileError>, Reads, Templates) {
+        let mut t = Templates::new();
+        let mut reads = Reads::default();
+        let v = t.compile_str_reading("/x", s, &mut reads);
+        (v, reads, t)
+    }
+
+    /// The same template compiled the way it was before the fast path:
+    /// Handlebars only.
+    fn compiled_by_handlebars(s: &str) -> Result<(Option<Vec<String>>, Vec<String>), CompileError> {
+        let t = parse(s)?;
+        Ok((whole_path(&t), referenced_paths(&t)))
+    }
+
+    #[test]
+    fn plain_examples() {
+        assert_eq!(
+            plain("a {{input.x}} b {{ tasks.step-1.output }}"),
+            Some(Plain { reads: vec!["input.x", "tasks.step-1.output"], lone: false })
+        );
+        assert_eq!(plain("no template"), Some(Plain { reads: vec![], lone: false }));
+        assert_eq!(plain("{{tasks.a.output.b}}"), Some(Plain { reads: vec!["tasks.a.output.b"], lone: true }));
+        assert_eq!(plain("{{ input.x }}"), Some(Plain { reads: vec!["input.x"], lone: true }));
+        assert_eq!(plain(" {{input.x}}"), Some(Plain { reads: vec!["input.x"], lone: false }));
+        assert_eq!(plain("{{input.x}}{{input.y}}"), Some(Plain { reads: vec!["input.x", "input.y"], lone: false }));
+        for s in [
+            "{{x}}",
+            "{{x.y}}",
+            "{{input}}",
+            "{{{input.x}}}",
+            "{{#if input.x}}{{/if}}",
+            "\\{{input.x}}",
+            "{{input.x",
+            "{{input..x}}",
+            "{{input.x }}}",
+            "{{~input.x~}}",
+            "{{lookup input 'x'}}",
+            "{{input.x (lookup input 'y')}}",
+            "{{! comment }}",
+            "{{input.[x]}}",
+            "{{&input.x}}",
+            "{{input.x\n}}",
+        ] {
+            assert_eq!(plain(s), None, "{s}");
+        }
+    }
+
+    /// The table of the brief: for every template, the fast path either
+    /// declines or agrees with Handlebars, and `compile_str` gives what a
+    /// Handlebars-only compile gives.
+    #[test]
+    fn fast_path_agrees_with_handlebars_on_a_table() {
+        let deep = |n: usize| format!("{}x{}", "{{#if input.a}}".repeat(n), "{{/if}}".repeat(n));
+        let deep_sub = |n: usize| format!("{{{{lookup input {}'a'{}}}}}", "(lookup input ".repeat(n), ")".repeat(n));
+        let table: Vec<(String, bool)> = vec![
+            // (template, taken by the fast path)
+            ("plain text".into(), true),
+            ("{{x}}".into(), false),
+            ("{{input.x}}".into(), true),
+            ("{{tasks.a.output.b}}".into(), true),
+            ("{{ tasks.step-1.output }}".into(), true),
+            ("Summarise: {{tasks.extract-text.output.text}}!".into(), true),
+            ("{{run.id}}-{{run.attempt}}".into(), true),
+            ("{{input.items.0}}".into(), true),
+            ("{{lookup input 'x'}}".into(), false),
+            ("{{#if input.x}}yes{{else}}no{{/if}}".into(), false),
+            ("{{#each input.list}}{{this}}{{/each}}".into(), false),
+            ("\\{{input.x}}".into(), false),
+            ("a \\\\{{input.x}}".into(), false),
+            ("{{{input.x}}}".into(), false),
+            ("{{{tasks.a.output}}} and {{input.y}}".into(), false),
+            ("{{~input.x~}}".into(), false),
+            ("  {{~ input.x}}  ".into(), false),
+            ("{{lookup (lookup input 'a') 'b'}}".into(), false),
+            ("{{input.x".into(), false),
+            ("{{#if input.x}}".into(), false),
+            (deep(MAX_TEMPLATE_NESTING), false),
+            (deep(MAX_TEMPLATE_NESTING + 1), false),
+            (deep_sub(MAX_TEMPLATE_NESTING - 1), false),
+            (deep_sub(MAX_TEMPLATE_NESTING), false),
+        ];
+        for (s, fast) in &table {
+            assert_eq!(plain(s).is_some(), *fast, "fast path taken for {s:?}");
+            if let Some(got) = by_plain(s) {
+                assert_eq!(Some(got), by_handlebars(s), "{s}");
+            }
+            let (v, reads, _) = compiled(s);
+            match (v, compiled_by_handlebars(s)) {
+                (Ok(v), Ok((whole, paths))) => {
+                    if s.contains("{{") {
+                        assert_eq!(reads.paths, paths, "{s}");
+                        match (&v, whole) {
+                            (TValue::Expr(a), Some(b)) => assert_eq!(a, &b, "{s}"),
+                            (TValue::Text(_), None) => {}
+                            (v, w) => panic!("{s:?}: compiled to {v:?}, Handlebars' lone path is {w:?}"),
+                        }
+                    } else {
+                        assert!(matches!(v, TValue::Lit(_)), "{s}");
+                    }
+                }
+                (Err(CompileError::TooDeep), Err(CompileError::TooDeep)) => {}
+                (Err(CompileError::Parse(_)), Err(CompileError::Parse(_))) => {}
+                (a, b) => panic!("{s:?}: {a:?} vs {b:?}"),
+            }
+        }
+    }
+
+    #[test]
+    fn nesting_guard_is_enforced_by_compile() {
+        let at = |n: usize| format!("{}x{}", "{{#if input.a}}".repeat(n), "{{/if}}".repeat(n));
+        assert!(compiled(&at(MAX_TEMPLATE_NESTING)).0.is_ok());
+        assert!(matches!(compiled(&at(MAX_TEMPLATE_NESTING + 1)).0, Err(CompileError::TooDeep)));
+        let mut t = Templates::new();
+        assert!(matches!(t.compile_shell_reading("/s", &at(MAX_TEMPLATE_NESTING + 1), &mut Reads::default()), Err(CompileError::TooDeep)));
+        // Far deeper than any stack would take: refused, not parsed.
+        let huge = format!("{{{{x {}a{}}}}}", "(lookup ".repeat(100_000), ")".repeat(100_000));
+        assert!(matches!(compiled(&huge).0, Err(CompileError::TooDeep)));
+    }
+
+    #[test]
+    fn nesting_depth() {
+        assert_eq!(nesting("plain"), 0);
+        assert_eq!(nesting("{{#if a}}{{#each b}}{{(lookup (lookup x 'a') 'b')}}{{/each}}{{/if}}"), 2);
+        assert_eq!(nesting(&format!("{{{{x {}a{}}}}}", "(lookup ".repeat(100), ")".repeat(100))), 100);
+        assert_eq!(nesting(&"{{#if a}}".repeat(70)), 70);
+    }
+
+    /// Rendering a fast-path template (parsed on first use) gives what
+    /// Handlebars gives for the same template registered the usual way.
+    #[test]
+    fn renders_like_a_registered_template() {
+        let ctx = json!({
+            "input": {"x": "it's", "n": 3, "list": [1, "a"], "obj": {"k": 1}, "nul": null, "t": true},
+            "tasks": {"a": {"output": {"b": "$(rm -rf /)"}}},
+            "run": {"id": "r1", "attempt": 2},
+        });
+        let cases = [
+            "x={{input.x}} n={{input.n}}",
+            "{{input.list}} {{input.obj}} [{{input.nul}}] {{input.t}}",
+            "echo {{tasks.a.output.b}} {{input.x}}",
+            "{{run.id}}/{{run.attempt}}",
+            "{{#if input.t}}{{input.x}}{{/if}}",
+            "missing: {{input.nope}}",
+        ];
+        for shell in [false, true] {
+            let mut reference = Handlebars::new();
+            reference.set_strict_mode(true);
+            if shell {
+                reference.register_escape_fn(shell_quote);
+            } else {
+                reference.register_escape_fn(handlebars::no_escape);
+            }
+            for s in cases {
+                reference.register_template_string("t", s).expect("parses");
+                let want = reference.render("t", &ctx).map_err(|e| e.reason().to_string());
+                let mut t = Templates::new();
+                let got = if shell {
+                    let name = t.compile_shell_reading("/s", s, &mut Reads::default()).expect("compiles");
+                    t.render_shell(&name, &ctx)
+                } else {
+                    let v = t.compile_str("/s", s).expect("compiles");
+                    t.render_string(&v, &ctx)
+                };
+                match (&want, &got) {
+                    (Ok(w), Ok(g)) => assert_eq!(w, g, "{s} (shell: {shell})"),
+                    (Err(w), Err(RenderError::Missing(p))) => assert!(w.contains(p.as_str()), "{s}: {w} vs {p}"),
+                    _ => panic!("{s} (shell: {shell}): {want:?} vs {got:?}"),
+                }
+            }
+        }
+    }
+
+    #[test]
+    fn lone_reads_keep_their_json_type() {
+        let ctx = json!({"input": {"n": 3, "obj": {"k": [1, 2]}}});
+        for (s, want) in [("{{input.n}}", json!(3)), ("{{ input.obj }}", json!({"k": [1, 2]})), ("n={{input.n}}", json!("n=3"))] {
+            let (v, _, t) = compiled(s);
+            assert_eq!(t.render(&v.expect("compiles"), &ctx).expect("renders"), want, "{s}");
+        }
+    }
+
+    proptest! {
+        #![proptest_config(ProptestConfig { cases: 2_000, failure_persistence: None, ..ProptestConfig::default() })]
+
+        /// Whenever the fast path answers, Handlebars parses the template and
+        /// reads the same paths, with the same lone expression.
+        #[test]
+        fn plain_agrees_with_handlebars(parts in proptest::collection::vec(prop_oneof![
+            "[a-z {}.\\-~#/!&]{0,6}",
+            proptest::sample::select(&["{{", "}}", "{{{", "input", "tasks", "run", ".", "-", "a-b", "x_1", "0", " ", "\\", "else", "this"][..]).prop_map(str::to_string),
+        ], 0..12)) {
+            let s: String = parts.concat();
+            if let Some(got) = by_plain(&s) {
+                prop_assert_eq!(Some(got), by_handlebars(&s), "{}", s);
+            }
+        }
+
+        /// Well-formed reads are taken by the fast path, and agree.
+        #[test]
+        fn plain_reads_agree(pieces in proptest::collection::vec((
+            "[a-z ,:}{]{0,5}",
+            proptest::sample::select(&ROOTS[..]),
+            proptest::collection::vec("[a-zA-Z0-9_-]{1,6}", 1..4),
+            proptest::bool::ANY,
+        ), 1..5)) {
+            let mut s = String::new();
+            for (text, root, segs, pad) in &pieces {
+                let pad = if *pad { " " } else { "" };
+                s.push_str(&text.replace("{{", "{").replace("}}", "}"));
+                s.push_str(&format!("{{{{{pad}{root}.{}{pad}}}}}", segs.join(".")));
+            }
+            let got = by_plain(&s);
+            if pieces.iter().all(|(text, ..)| !text.contains(['{', '}'])) {
+                prop_assert!(got.is_some(), "{}", s);
+            }
+            if let Some(got) = got {
+                prop_assert_eq!(Some(got), by_handlebars(&s), "{}", s);
+            }
+        }
+    }
 }

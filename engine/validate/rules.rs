@@ -6,7 +6,8 @@
 //! another part of the file breaks the schema.
 
 use crate::diag::{Code, Diagnostic, Span, did_you_mean};
-use crate::plan::{parse_duration, template};
+use crate::plan::parse_duration;
+use crate::plan::template::{self, MAX_TEMPLATE_NESTING, ROOTS, nesting};
 use crate::spec::Document;
 use crate::spec::node::pointer_seg;
 use petgraph::graph::{DiGraph, NodeIndex};
@@ -15,7 +16,6 @@ use std::collections::{HashMap, HashSet};
 use std::time::Duration;
 
 pub const ACTIONS: [&str; 5] = ["run", "shell", "http", "celery", "uses"];
-const ROOTS: [&str; 5] = ["input", "tasks", "run", "workflow", "context"];
 
 pub struct Rules<'a> {
     pub file: &'a str,
@@ -328,8 +328,8 @@ impl Rules<'_> {
             let node_span = self.doc.span(&ptr);
             // Most templates are plain `{{root.path}}` reads, which need no
             // parser; anything else goes through Handlebars.
-            let (paths, raw_output) = match simple_paths(s) {
-                Some(paths) => (paths.into_iter().map(str::to_string).collect(), false),
+            let (paths, raw_output) = match template::plain(s) {
+                Some(p) => (p.reads.into_iter().map(str::to_string).collect(), false),
                 // Handlebars builds nested blocks and subexpressions
                 // recursively: refuse what could exhaust the stack.
                 None if nesting(s) > MAX_TEMPLATE_NESTING => {
@@ -677,8 +677,8 @@ fn topological_positions(parents_of: &[Vec<usize>]) -> (Vec<usize>, Vec<usize>) 
 
 /// Every template string of a task (those containing `{{`), with its JSON
 /// pointer below the task and whether it is a shell script: the strings that
-/// `plan::task_template_strings` finds in a typed task, read from the untyped
-/// value so that a task with a schema error elsewhere is still checked.
+/// `plan::compile` compiles in a typed task, read from the untyped value so
+/// that a task with a schema error elsewhere is still checked.
 fn task_templates<'v>(task: &'v Value, out: &mut impl FnMut(String, &'v str, bool)) {
     fn walk<'v>(ptr: String, v: &'v Value, out: &mut impl FnMut(String, &'v str, bool)) {
         match v {
@@ -737,41 +737,6 @@ fn task_templates<'v>(task: &'v Value, out: &mut impl FnMut(String, &'v str, boo
     }
 }
 
-/// How deeply a template may nest blocks (`{{#if}}`) or subexpressions
-/// (`(lookup (lookup ...))`).
-const MAX_TEMPLATE_NESTING: usize = 64;
-
-/// The deepest nesting of blocks, and of parentheses or brackets inside one
-/// expression, of a template, by a lexical scan (it only has to bound what
-/// Handlebars would recurse on, not to parse).
-fn nesting(s: &str) -> usize {
-    let (mut blocks, mut deepest) = (0usize, 0usize);
-    let mut rest = s;
-    while let Some(open) = rest.find("{{") {
-        let inner = rest[open + 2..].trim_start_matches(['{', '~']);
-        match inner.as_bytes().first() {
-            Some(b'#' | b'^') => blocks += 1,
-            Some(b'/') => blocks = blocks.saturating_sub(1),
-            _ => {}
-        }
-        let end = inner.find("}}").unwrap_or(inner.len());
-        let mut parens = 0usize;
-        for b in inner[..end].bytes() {
-            match b {
-                b'(' | b'[' => {
-                    parens += 1;
-                    deepest = deepest.max(parens);
-                }
-                b')' | b']' => parens = parens.saturating_sub(1),
-                _ => {}
-            }
-        }
-        deepest = deepest.max(blocks);
-        rest = &inner[end..];
-    }
-    deepest
-}
-
 /// At most `max` characters of a message part, marked when cut.
 fn clip(s: &str, max: usize) -> String {
     match s.char_indices().nth(max) {
@@ -790,113 +755,4 @@ fn unclosed(s: &str) -> Option<usize> {
         }
     }
     None
-}
-
-/// The paths read by a template made only of text and plain `{{root.a.b}}`
-/// expressions (a known root, at least one `.segment`, segments of ASCII
-/// letters, digits, `_` and `-`), or `None` for anything else (blocks,
-/// helpers, raw output, escapes, comments...), which Handlebars parses.
-/// Every template accepted here parses in Handlebars to the same paths.
-fn simple_paths(s: &str) -> Option<Vec<&str>> {
-    if s.contains('\\') {
-        return None;
-    }
-    let mut paths = Vec::new();
-    let mut rest = s;
-    while let Some(open) = rest.find("{{") {
-        let inner = &rest[open + 2..];
-        let close = inner.find("}}")?;
-        let path = inner[..close].trim_matches(' ');
-        if inner[close + 2..].starts_with('}') {
-            return None;
-        }
-        let mut segs = path.split('.');
-        let root = segs.next()?;
-        let mut count = 0;
-        for seg in segs {
-            if seg.is_empty() || !seg.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'_' || b == b'-') {
-                return None;
-            }
-            count += 1;
-        }
-        if count == 0 || !ROOTS.contains(&root) {
-            return None;
-        }
-        paths.push(path);
-        rest = &inner[close + 2..];
-    }
-    Some(paths)
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-    use proptest::prelude::*;
-
-    fn parsed(s: &str) -> Option<Vec<String>> {
-        handlebars::Template::compile(s).ok().map(|t| template::referenced_paths(&t))
-    }
-
-    #[test]
-    fn nesting_depth() {
-        assert_eq!(nesting("plain"), 0);
-        assert_eq!(nesting("{{#if a}}{{#each b}}{{(lookup (lookup x 'a') 'b')}}{{/each}}{{/if}}"), 2);
-        assert_eq!(nesting(&format!("{{{{x {}a{}}}}}", "(lookup ".repeat(100), ")".repeat(100))), 100);
-        assert_eq!(nesting(&"{{#if a}}".repeat(70)), 70);
-    }
-
-    #[test]
-    fn simple_paths_examples() {
-        assert_eq!(simple_paths("a {{input.x}} b {{ tasks.step-1.output }}"), Some(vec!["input.x", "tasks.step-1.output"]));
-        assert_eq!(simple_paths("no template"), Some(vec![]));
-        for s in [
-            "{{x.y}}",
-            "{{input}}",
-            "{{{input.x}}}",
-            "{{#if input.x}}{{/if}}",
-            "\\{{input.x}}",
-            "{{input.x",
-            "{{input..x}}",
-            "{{input.x }}}",
-        ] {
-            assert_eq!(simple_paths(s), None, "{s}");
-        }
-    }
-
-    proptest! {
-        #![proptest_config(ProptestConfig { cases: 2_000, failure_persistence: None, ..ProptestConfig::default() })]
-
-        /// Whenever the fast path answers, Handlebars parses the template and
-        /// reads the same paths.
-        #[test]
-        fn simple_paths_agree_with_handlebars(parts in proptest::collection::vec(prop_oneof![
-            "[a-z {}.\\-~#/!&]{0,6}",
-            proptest::sample::select(&["{{", "}}", "{{{", "input", "tasks", "run", ".", "-", "a-b", "x_1", "0", " ", "\\"][..]).prop_map(str::to_string),
-        ], 0..12)) {
-            let s: String = parts.concat();
-            if let Some(paths) = simple_paths(&s) {
-                let expected = parsed(&s);
-                prop_assert_eq!(Some(paths.iter().map(|p| p.to_string()).collect::<Vec<_>>()), expected, "{}", s);
-            }
-        }
-
-        /// Well-formed reads are taken by the fast path, and agree.
-        #[test]
-        fn simple_reads_agree(pieces in proptest::collection::vec((
-            "[a-z ,:}{]{0,5}",
-            proptest::sample::select(&ROOTS[..]),
-            proptest::collection::vec("[a-zA-Z0-9_-]{1,6}", 1..4),
-            proptest::bool::ANY,
-        ), 1..5)) {
-            let mut s = String::new();
-            for (text, root, segs, pad) in &pieces {
-                let pad = if *pad { " " } else { "" };
-                s.push_str(&text.replace("{{", "{").replace("}}", "}"));
-                s.push_str(&format!("{{{{{pad}{root}.{}{pad}}}}}", segs.join(".")));
-            }
-            if let Some(paths) = simple_paths(&s) {
-                prop_assert_eq!(Some(paths.iter().map(|p| p.to_string()).collect::<Vec<_>>()), parsed(&s), "{}", s);
-            }
-        }
-    }
 }
