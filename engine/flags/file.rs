@@ -188,6 +188,8 @@ impl<'f> Loader<'f> {
         let mut seg_first: HashMap<String, Span> = HashMap::new();
         if let Some(list) = get(top, "segments") {
             for item in self.seq(list, "`segments`") {
+                // A segment with errors still claims its key, so rules naming
+                // it report nothing more.
                 if let Some((seg, span)) = self.segment(item) {
                     if let Some(first) = seg_first.get(&seg.key) {
                         let d = Diagnostic::new(Code::DuplicateKey, self.file, span, format!("duplicate segment key `{}`", seg.key))
@@ -234,24 +236,18 @@ impl<'f> Loader<'f> {
         let e = self.map(n, "a segment", SEGMENT_KEYS)?;
         let (key, span) = self.key_of(e, n.span, "a segment")?;
         let name = get(e, "name").and_then(|n| self.string(n, "`name`")).unwrap_or_else(|| key.clone());
-        let match_type = match get(e, "match_type") {
-            Some(m) => match self.enumerated(m, "match type", MATCH_TYPES)?.as_str() {
-                "ANY_MATCH_TYPE" => MatchType::Any,
-                _ => MatchType::All,
-            },
-            None => MatchType::All,
+        let match_type = match get(e, "match_type").and_then(|m| self.enumerated(m, "match type", MATCH_TYPES)) {
+            Some(m) if m == "ANY_MATCH_TYPE" => MatchType::Any,
+            _ => MatchType::All,
         };
         let mut constraints = Vec::new();
-        let mut ok = true;
         if let Some(list) = get(e, "constraints") {
             for c in self.seq(list, "`constraints`") {
-                match self.constraint(c) {
-                    Some(c) => constraints.push(c),
-                    None => ok = false,
-                }
+                // A constraint with errors is reported; the file is refused.
+                constraints.extend(self.constraint(c));
             }
         }
-        ok.then_some((Segment { key, name, match_type, constraints }, span))
+        Some((Segment { key, name, match_type, constraints }, span))
     }
 
     fn constraint(&mut self, n: &Node) -> Option<Constraint> {
