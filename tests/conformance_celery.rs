@@ -85,3 +85,129 @@ thread_local! {
 }
 
 taskweave::conformance_tests!(celery());
+
+fn driver_context(options: BTreeMap<String, toml::Value>) -> DriverContext {
+    DriverContext {
+        name: "celery".into(),
+        kind: "celery".into(),
+        options,
+        executor: Executor {
+            handlers: Arc::new(Handlers::with_builtins()),
+            limits: Arc::new(Limits { kill_grace: Duration::from_millis(500), ..Limits::default() }),
+            writer: None,
+            events: None,
+        },
+        store: None,
+        registry: Arc::new(taskweave::reload::Registry::new(Vec::new(), Default::default())),
+    }
+}
+
+/// `doctor` with a broker that is down: the backend still opens (the engine
+/// starts), and its check is one line naming the broker, without the password.
+#[tokio::test]
+async fn unreachable_broker_is_one_clear_line() {
+    let mut options = BTreeMap::new();
+    options.insert("broker".to_string(), toml::Value::String("redis://:hunter2@127.0.0.1:1/0".into()));
+    let b = CeleryBackend::open(driver_context(options)).await.expect("opening does not need the broker");
+    let e = b.check().await.expect_err("nothing listens on port 1");
+    let line = e.to_string();
+    assert!(e.is_retryable(), "{line}");
+    assert!(line.contains("redis://***@127.0.0.1:1/0") && line.contains("does not answer"), "{line}");
+    assert!(!line.contains("hunter2") && !line.contains('\n'), "{line}");
+    let err = b
+        .submit(taskweave::backend::RunRequest::new(
+            taskweave::backend::conformance::workflow("version: 1\nname: x\ntasks: [{name: a, uses: echo}]\n"),
+            serde_json::json!({}),
+        ))
+        .await
+        .expect_err("no broker, no run");
+    assert!(err.is_retryable(), "{err}");
+}
+
+/// A private Redis with an append-only file, restarted (SIGKILL) while a
+/// task runs: the workers reconnect and the run completes.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn runs_survive_a_redis_restart() {
+    let Some(server) = which("redis-server") else {
+        if require_services() {
+            panic!("redis-server is required (TASKWEAVE_REQUIRE_SERVICES=1)");
+        }
+        eprintln!("SKIPPED: runs_survive_a_redis_restart: no redis-server binary");
+        return;
+    };
+    let dir = tempfile::tempdir().expect("tempdir");
+    let port = {
+        let l = std::net::TcpListener::bind("127.0.0.1:0").expect("a free port");
+        l.local_addr().unwrap().port()
+    };
+    let start = || RedisProc::start(&server, port, dir.path());
+    let mut redis = start();
+    let url = format!("redis://127.0.0.1:{port}/0");
+    let mut options = BTreeMap::new();
+    options.insert("broker".to_string(), toml::Value::String(url.clone()));
+    let backend = CeleryBackend::open(driver_context(options)).await.expect("open");
+    let stop = CancellationToken::new();
+    let (b, s) = (Arc::clone(&backend), stop.clone());
+    tokio::spawn(async move { b.work(WorkerOptions { concurrency: 2, queues: Vec::new() }, s).await });
+    let wf = taskweave::backend::conformance::workflow(
+        "version: 1\nname: restart\ntasks:\n  - {name: a, uses: sleep, with: {duration: 2s}}\n  - {name: b, parents: [a], uses: echo, with: {after: \"{{tasks.a.output}}\"}}\n",
+    );
+    let id = backend.submit(taskweave::backend::RunRequest::new(wf, serde_json::json!({}))).await.expect("submit");
+    let mut started = false;
+    for _ in 0..200 {
+        if backend.result(&id, None).await.is_ok_and(|r| r.tasks["a"].status == taskweave::run::TaskStatus::Running) {
+            started = true;
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(25)).await;
+    }
+    assert!(started, "task a never started");
+    redis.kill();
+    tokio::time::sleep(Duration::from_millis(700)).await;
+    redis = start();
+    let r = backend.result(&id, Some(Duration::from_secs(60))).await.expect("result after the restart");
+    assert_eq!(r.status, taskweave::run::RunStatus::Succeeded, "{r:#?}");
+    assert_eq!(r.tasks["b"].status, taskweave::run::TaskStatus::Succeeded);
+    stop.cancel();
+    backend.shutdown().await;
+    drop(redis);
+}
+
+fn which(bin: &str) -> Option<std::path::PathBuf> {
+    std::env::var_os("PATH")?.to_str()?.split(':').map(|d| std::path::Path::new(d).join(bin)).find(|p| p.is_file())
+}
+
+/// A redis-server of the test's own, killed by PID when dropped.
+struct RedisProc(std::process::Child);
+
+impl RedisProc {
+    fn start(server: &std::path::Path, port: u16, dir: &std::path::Path) -> RedisProc {
+        let child = std::process::Command::new(server)
+            .args(["--bind", "127.0.0.1", "--port", &port.to_string(), "--save", "", "--appendonly", "yes", "--appendfsync", "always"])
+            .arg("--dir")
+            .arg(dir)
+            .stdout(std::process::Stdio::null())
+            .stderr(std::process::Stdio::null())
+            .spawn()
+            .expect("start redis-server");
+        for _ in 0..100 {
+            if std::net::TcpStream::connect(("127.0.0.1", port)).is_ok() {
+                break;
+            }
+            std::thread::sleep(Duration::from_millis(50));
+        }
+        RedisProc(child)
+    }
+
+    fn kill(&mut self) {
+        // SAFETY: signalling our own child by PID.
+        unsafe { libc::kill(self.0.id() as i32, libc::SIGKILL) };
+        let _ = self.0.wait();
+    }
+}
+
+impl Drop for RedisProc {
+    fn drop(&mut self) {
+        self.kill();
+    }
+}

@@ -102,7 +102,7 @@ fn manager_config() -> ConnectionManagerConfig {
 }
 
 impl Broker {
-    /// Connect; fails when Redis does not answer.
+    /// Set up the connections (established on first use).
     pub async fn connect(
         url: &str,
         results_url: &str,
@@ -112,9 +112,14 @@ impl Broker {
     ) -> redis::RedisResult<Broker> {
         let client = redis::Client::open(url)?;
         let results_client = redis::Client::open(results_url)?;
-        let conn = client.get_connection_manager_with_config(manager_config()).await?;
-        let results =
-            if results_url == url { conn.clone() } else { results_client.get_connection_manager_with_config(manager_config()).await? };
+        // Lazy: a broker that is down now does not stop the engine from
+        // starting (other backends work); commands fail until it is back.
+        let conn = ConnectionManager::new_lazy_with_config(client.clone(), manager_config())?;
+        let results = if results_url == url {
+            conn.clone()
+        } else {
+            ConnectionManager::new_lazy_with_config(results_client.clone(), manager_config())?
+        };
         let b = Broker {
             client,
             results_client,

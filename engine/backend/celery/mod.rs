@@ -119,7 +119,8 @@ pub struct CeleryBackend {
     shutdown: CancellationToken,
 }
 
-/// Open the backend a configuration names: connects to Redis.
+/// Open the backend a configuration names. Redis is reached on first use,
+/// so a broker that is down does not keep the engine from starting.
 pub async fn open(ctx: DriverContext) -> Result<Arc<dyn Backend>, BackendError> {
     Ok(CeleryBackend::open(ctx).await?)
 }
@@ -135,9 +136,9 @@ impl CeleryBackend {
             opts.result_expires.as_secs().max(1),
         )
         .await
-        .map_err(|e| BackendError::Unavailable {
+        .map_err(|e| BackendError::Permanent {
             backend: ctx.name.clone(),
-            reason: format!("cannot reach the broker at {}: {e}", broker::redact(&opts.broker)),
+            reason: format!("broker {}: {e}", broker::redact(&opts.broker)),
         })?;
         let runs = Runs { broker: broker.clone(), keep: opts.result_expires.as_secs().max(1) };
         Ok(Arc::new(CeleryBackend {
@@ -336,7 +337,16 @@ impl Backend for CeleryBackend {
         let until = wait.map(|w| tokio::time::Instant::now() + w);
         let mut watch = wait.map(|_| self.broker.watch(self.runs.events()));
         loop {
-            let f = self.runs.fields(run_id).await.map_err(|e| self.unavailable(e))?;
+            let f = match self.runs.fields(run_id).await {
+                Ok(f) => f,
+                // Redis restarting: keep waiting while the caller is willing to.
+                Err(e) if until.is_some_and(|u| tokio::time::Instant::now() + Duration::from_millis(250) < u) => {
+                    tracing::debug!(run_id, "reading the run: {e}; retrying");
+                    tokio::time::sleep(Duration::from_millis(250)).await;
+                    continue;
+                }
+                Err(e) => return Err(self.unavailable(e)),
+            };
             let Some(f) = f else { return Err(BackendError::NotFound(run_id.to_string())) };
             let r = runs::result_from(run_id, &f);
             let Some(until) = until else { return Ok(r) };
@@ -380,8 +390,14 @@ impl Backend for CeleryBackend {
     async fn check(&self) -> Result<String, BackendError> {
         match tokio::time::timeout(Duration::from_secs(3), self.broker.ping()).await {
             Ok(Ok(v)) => Ok(format!("celery: broker {} answers (Redis {v}); taskweave queue `{}`", self.broker.url, self.opts.queue)),
-            Ok(Err(e)) => Err(self.unavailable(format!("the broker does not answer: {e}"))),
-            Err(_) => Err(self.unavailable("the broker did not answer within 3s")),
+            Ok(Err(e)) => Err(BackendError::Unavailable {
+                backend: self.name.clone(),
+                reason: format!("the broker at {} does not answer: {e}", self.broker.url),
+            }),
+            Err(_) => Err(BackendError::Unavailable {
+                backend: self.name.clone(),
+                reason: format!("the broker at {} did not answer within 3s", self.broker.url),
+            }),
         }
     }
 

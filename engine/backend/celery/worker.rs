@@ -87,7 +87,8 @@ pub(super) async fn work(b: &CeleryBackend, opts: WorkerOptions, stop: Cancellat
             keys.push(b.broker.key(&wire::priority_keys(q)[step]));
         }
     }
-    let mut consumer = b.broker.consumer().await.map_err(|e| b.unavailable(e))?;
+    // The BRPOP connection, (re)made by the pop itself when Redis was away.
+    let mut consumer: Option<redis::aio::MultiplexedConnection> = None;
     let capacity = opts.concurrency.max(1);
     let handback = CancellationToken::new();
     let stops = Stops::default();
@@ -102,15 +103,31 @@ pub(super) async fn work(b: &CeleryBackend, opts: WorkerOptions, stop: Cancellat
     let mut poll_stops = tokio::time::interval(Duration::from_secs(1));
     // The BRPOP in progress is never dropped mid-flight: a popped message
     // would be lost. It lives across loop turns until it answers.
-    let mut pop: Option<BoxFuture<'static, (redis::RedisResult<Option<String>>, redis::aio::MultiplexedConnection)>> = None;
+    type Popped = (redis::RedisResult<Option<String>>, Option<redis::aio::MultiplexedConnection>);
+    let mut pop: Option<BoxFuture<'static, Popped>> = None;
     let mut backoff = Duration::from_millis(100);
     tracing::info!(queues = ?queues, "celery worker started on {}", b.broker.url);
     loop {
         if pop.is_none() && !stop.is_cancelled() && running.len() < capacity {
-            let (broker, keys, mut c) = (b.broker.clone(), keys.clone(), consumer.clone());
+            let (broker, keys, c, pause) = (b.broker.clone(), keys.clone(), consumer.take(), backoff);
             pop = Some(Box::pin(async move {
-                let r = broker.pop(&mut c, &keys, Duration::from_secs(1)).await;
-                (r, c)
+                let mut c = match c {
+                    Some(c) => c,
+                    None => match broker.consumer().await {
+                        Ok(c) => c,
+                        Err(e) => {
+                            tokio::time::sleep(pause).await;
+                            return (Err(e), None);
+                        }
+                    },
+                };
+                match broker.pop(&mut c, &keys, Duration::from_secs(1)).await {
+                    Ok(r) => (Ok(r), Some(c)),
+                    Err(e) => {
+                        tokio::time::sleep(pause).await;
+                        (Err(e), None)
+                    }
+                }
             }));
         }
         if stop.is_cancelled() && pop.is_none() {
@@ -153,12 +170,8 @@ pub(super) async fn work(b: &CeleryBackend, opts: WorkerOptions, stop: Cancellat
                     }
                     Ok(None) => {}
                     Err(e) => {
-                        tracing::warn!("broker connection: {e}; reconnecting");
-                        tokio::time::sleep(backoff).await;
+                        tracing::warn!("broker {}: {e}; reconnecting", b.broker.url);
                         backoff = (backoff * 2).min(Duration::from_secs(5));
-                        if let Ok(c) = b.broker.consumer().await {
-                            consumer = c;
-                        }
                     }
                 }
             }
