@@ -142,6 +142,10 @@ pub struct Incoming {
     /// `[hard, soft]` seconds.
     pub timelimit: (Option<f64>, Option<f64>),
     pub root_id: Option<String>,
+    /// `headers.eta`: not to run before.
+    pub eta: Option<OffsetDateTime>,
+    /// `headers.expires`: not to run after.
+    pub expires: Option<OffsetDateTime>,
     /// The decoded `[args, kwargs, embed]`, or why it could not be decoded.
     pub body: Result<(Vec<Value>, Map<String, Value>), String>,
 }
@@ -178,8 +182,17 @@ pub fn decode(raw: &str) -> Result<Incoming, Undecodable> {
         retries: h("retries").and_then(Value::as_u64).unwrap_or(0) as u32,
         timelimit: (limit(0), limit(1)),
         root_id: h("root_id").and_then(Value::as_str).map(str::to_string),
+        eta: h("eta").and_then(Value::as_str).and_then(parse_time),
+        expires: h("expires").and_then(Value::as_str).and_then(parse_time),
         body,
     })
+}
+
+/// Celery's ISO 8601 times (`2030-01-01T12:00:00+00:00`, with or without
+/// microseconds; naive ones are UTC).
+fn parse_time(s: &str) -> Option<OffsetDateTime> {
+    use time::format_description::well_known::Rfc3339;
+    OffsetDateTime::parse(s, &Rfc3339).ok().or_else(|| OffsetDateTime::parse(&format!("{s}+00:00"), &Rfc3339).ok())
 }
 
 fn decode_body(v: &Value) -> Result<(Vec<Value>, Map<String, Value>), String> {
@@ -378,6 +391,113 @@ mod tests {
         assert!(e.contains("application/x-python-serialize"), "{e}");
         assert!(decode("{\"body\": \"\"}").is_err(), "no delivery tag: cannot be bookkept");
         assert!(decode("nope").is_err());
+    }
+
+    /// Captured from real Celery: `tests/fixtures/celery/wire/` (see the
+    /// README of the captures for how they were made).
+    fn fixture(name: &str) -> Value {
+        let path = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures/celery/wire").join(name);
+        serde_json::from_str(&std::fs::read_to_string(&path).unwrap_or_else(|e| panic!("{}: {e}", path.display()))).unwrap()
+    }
+
+    #[test]
+    fn captured_messages_decode_as_celery_sent_them() {
+        let dir = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures/celery/wire");
+        let mut n = 0;
+        for entry in std::fs::read_dir(&dir).unwrap() {
+            let name = entry.unwrap().file_name().to_string_lossy().to_string();
+            if !name.starts_with("msg.") {
+                continue;
+            }
+            let f = fixture(&name);
+            let d = &f["decoded"];
+            let m = decode(f["raw"].as_str().unwrap()).unwrap_or_else(|e| panic!("{name}: {e}"));
+            assert_eq!(m.id.as_deref(), d["headers"]["id"].as_str(), "{name}");
+            assert_eq!(m.task.as_deref(), d["headers"]["task"].as_str(), "{name}");
+            assert_eq!(m.delivery_tag, d["properties"]["delivery_tag"].as_str().unwrap(), "{name}");
+            let (args, kwargs) = m.body.clone().unwrap_or_else(|e| panic!("{name}: {e}"));
+            assert_eq!(Value::Array(args), d["body_decoded"][0], "{name}");
+            assert_eq!(Value::Object(kwargs), d["body_decoded"][1], "{name}");
+            // The list Celery pushed it to is the one taskweave computes.
+            assert_eq!(f["redis_key"].as_str().unwrap(), queue_key(&m.routing_key, m.priority), "{name}");
+            if let Some(eta) = d["headers"]["eta"].as_str() {
+                assert_eq!(m.eta, parse_time(eta), "{name}");
+                assert!(m.eta.is_some(), "{name}: eta {eta}");
+            }
+            n += 1;
+        }
+        assert!(n >= 15, "only {n} captured messages");
+    }
+
+    #[test]
+    fn messages_taskweave_sends_carry_every_field_celery_sends() {
+        let captured = fixture("msg.plain_add.json")["decoded"].clone();
+        let ours: Value = serde_json::from_str(&Outgoing::new("tasks.add", "capture").encode()).unwrap();
+        for part in ["headers", "properties"] {
+            let mut want: Vec<&String> = captured[part].as_object().unwrap().keys().collect();
+            let mut got: Vec<&String> = ours[part].as_object().unwrap().keys().collect();
+            want.sort();
+            got.sort();
+            assert_eq!(got, want, "{part}");
+        }
+        let mut top: Vec<&String> = ours.as_object().unwrap().keys().collect();
+        top.sort();
+        assert_eq!(top, ["body", "content-encoding", "content-type", "headers", "properties"]);
+        assert_eq!(ours["properties"]["delivery_info"], json!({"exchange": "", "routing_key": "capture"}));
+        assert_eq!(ours["properties"]["body_encoding"], "base64");
+    }
+
+    #[test]
+    fn hand_built_and_restored_messages() {
+        let minimal = fixture("handbuilt.minimal.json");
+        let m = decode(&minimal.to_string()).unwrap();
+        assert_eq!(m.body.unwrap(), (vec![json!(20), json!(22)], Map::new()));
+        assert_eq!(m.retries, 0);
+        let poison = std::fs::read_to_string(
+            std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures/celery/wire/poison.no-embed.restored.json"),
+        )
+        .unwrap();
+        let p = decode(poison.trim()).unwrap();
+        assert!(p.redelivered, "kombu marks restored messages");
+        assert!(p.body.unwrap_err().contains("2 elements"));
+        let again = decode(&mark_redelivered(&Outgoing::new("t", "q").encode())).unwrap();
+        assert!(again.redelivered);
+    }
+
+    #[test]
+    fn captured_results_decode() {
+        let published = fixture("runtime.pubsub.json");
+        let ok = published[0]["data"].as_str().unwrap();
+        assert_eq!(decode_result(ok).unwrap(), TaskOutcome::Success(json!(5)));
+        match decode_result(published[1]["data"].as_str().unwrap()).unwrap() {
+            TaskOutcome::Failure(e) => {
+                assert_eq!(
+                    (e.exc_type.as_str(), e.exc_module.as_deref(), e.message.as_str()),
+                    ("ValueError", Some("builtins"), "captured")
+                );
+                assert!(e.traceback.unwrap().contains("raise ValueError(message)"));
+            }
+            other => panic!("{other:?}"),
+        }
+        let ext = fixture("result.extended.success.json");
+        assert_eq!(decode_result(&ext.to_string()).unwrap(), TaskOutcome::Success(json!(5)));
+        assert!(matches!(decode_result(&fixture("result.extended.failure.json").to_string()).unwrap(), TaskOutcome::Failure(_)));
+    }
+
+    #[test]
+    fn results_are_written_as_celery_writes_them() {
+        let hw = fixture("handwritten.results.json");
+        let id = "00000000-0000-4000-8000-000000000001";
+        let t = OffsetDateTime::parse("2030-01-01T00:00:00Z", &time::format_description::well_known::Rfc3339).unwrap();
+        let ours: Value = serde_json::from_str(&encode_result(id, &TaskOutcome::Success(json!({"text": "hello"})), t)).unwrap();
+        assert_eq!(ours, hw["success_value"]);
+        let fail = TaskOutcome::Failure(PyError {
+            traceback: hw["failure_value"]["traceback"].as_str().map(str::to_string),
+            ..PyError::new("ValueError", "builtins", "bad pdf")
+        });
+        let ours: Value = serde_json::from_str(&encode_result(id, &fail, t)).unwrap();
+        assert_eq!(ours, hw["failure_value"]);
+        assert_eq!(result_key(id), hw["key"].as_str().unwrap());
     }
 
     #[test]

@@ -240,6 +240,23 @@ async fn handle(b: &CeleryBackend, m: &Incoming, handback: &CancellationToken, s
         return Settle::Ack;
     };
     let task = m.task.clone().unwrap_or_default();
+    let now = OffsetDateTime::now_utc();
+    if let Some(expires) = m.expires
+        && expires < now
+    {
+        let e = PyError::new("TaskRevokedError", "celery.exceptions", "expired");
+        return answer(&b.broker, &id, &TaskOutcome::Revoked(e)).await;
+    }
+    // A task with an ETA waits for it here, kept in flight (and refreshed).
+    if let Some(eta) = m.eta
+        && eta > now
+    {
+        let wait = Duration::try_from(eta - now).unwrap_or_default();
+        tokio::select! {
+            _ = tokio::time::sleep(wait) => {}
+            _ = handback.cancelled() => return Settle::HandBack,
+        }
+    }
     let (args, kwargs) = match &m.body {
         Ok(b) => b.clone(),
         Err(why) => {
