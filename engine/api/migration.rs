@@ -35,6 +35,9 @@ pub async fn status(State(st): State<Arc<AppState>>, QueryParams(q): QueryParams
         Some(s) => parse_window(s)?,
         None => DEFAULT_WINDOW,
     };
-    let report = st.engine.migration_status(window, q.workflow.filter(|w| !w.is_empty())).await?;
+    let mut report = st.engine.migration_status(window, q.workflow.filter(|w| !w.is_empty())).await?;
+    if let Some(s) = q.since.as_deref().filter(|s| !s.is_empty()) {
+        report.window = s.trim().to_string();
+    }
     Ok(Json(serde_json::to_value(report).unwrap_or(Value::Null)))
 }

@@ -45,13 +45,14 @@ pub async fn migration(cmd: MigrationCommand, config: Option<&Path>) -> anyhow::
     };
     let report = engine.migration_status(window, workflow).await;
     engine.shutdown().await;
-    let report = match report {
+    let mut report = match report {
         Ok(r) => r,
         Err(e) => {
             eprintln!("error: {e}");
             return Ok(ExitCode::from(1));
         }
     };
+    report.window = since.trim().to_string();
     match format {
         OutputFormat::Json => println!("{}", serde_json::to_string_pretty(&report)?),
         OutputFormat::Human => print!("{}", human(&report)),
