@@ -164,11 +164,12 @@ pub async fn open(ctx: DriverContext) -> Result<Arc<dyn Backend>, BackendError> 
         // Dead connections (a restarted server) fail their next statement,
         // which is retried: no ping before every statement.
         .test_before_acquire(false)
-        .connect_lazy_with(opts);
+        .connect_lazy_with(opts.clone());
     let db = Db::new(pool.clone(), &settings);
     let backend = Arc::new_cyclic(|me| PgBackend {
         me: me.clone(),
         name: ctx.name,
+        connect: opts,
         settings,
         pool,
         db,
@@ -214,6 +215,7 @@ pub struct PgBackend {
     me: Weak<PgBackend>,
     name: String,
     settings: Settings,
+    connect: PgConnectOptions,
     pool: PgPool,
     db: Db,
     executor: Executor,
@@ -252,6 +254,16 @@ impl PgBackend {
         let mut done = self.prepared.lock().await;
         if *done {
             return Ok(());
+        }
+        // One connection first: its error says what is wrong (the pool's would only time out).
+        let conn =
+            tokio::time::timeout(Duration::from_secs(10), <sqlx::PgConnection as sqlx::Connection>::connect_with(&self.connect)).await;
+        match conn {
+            Ok(Ok(c)) => {
+                let _ = sqlx::Connection::close(c).await;
+            }
+            Ok(Err(e)) => return Err(self.db_error(&queue::DbError::from(e))),
+            Err(_) => return Err(self.unavailable(format!("{}: no answer within 10s", self.settings.location))),
         }
         let version = self.db.schema_version().await.map_err(|e| self.db_error(&e))?;
         if let Some(v) = version.filter(|v| *v > QUEUE_SCHEMA_VERSION) {

@@ -129,7 +129,7 @@ impl Worker {
                 Err(e) => {
                     drop(permits);
                     failures += 1;
-                    if failures == 1 || failures % 50 == 0 {
+                    if failures == 1 || failures.is_multiple_of(50) {
                         tracing::warn!("worker {}: claiming tasks: {e}", self.id);
                     }
                     let pause = Duration::from_millis(50 << failures.min(5)).min(poll);
