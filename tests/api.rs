@@ -620,6 +620,107 @@ async fn store_unavailable_is_a_503() {
     assert_error(&r, 503, "store_unavailable");
 }
 
+const ROUTED: &str = r#"
+version: 1
+name: routed
+backend:
+  flag: task_abstraction_enabled
+  variants: {new: next, legacy: legacy}
+  default: legacy
+tasks:
+  - {name: a, uses: echo}
+"#;
+
+const FLAGS: &str = r#"
+version: "1.4"
+flags:
+  - key: task_abstraction_enabled
+    enabled: true
+    variants: [{key: legacy, default: true}, {key: new}]
+    rules:
+      - segment: beta
+        distributions: [{variant: new, rollout: 100}]
+segments:
+  - key: beta
+    constraints:
+      - {type: STRING_COMPARISON_TYPE, property: organization_id, operator: eq, value: beta_org}
+"#;
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn routed_runs_and_the_migration_dashboard() {
+    let cfg =
+        Config::parse("[engine]\ndefault_backend = \"legacy\"\n[backends.legacy]\nkind = \"local\"\n[backends.next]\nkind = \"local\"\n")
+            .unwrap();
+    let features = taskweave::flags::file::load_str("features.yml", FLAGS).features.expect("valid flags");
+    let e = EngineBuilder::new()
+        .config(cfg)
+        .store("sqlite::memory:")
+        .flags(taskweave::flags::FlagSource::from_features(features))
+        .build()
+        .await
+        .expect("engine");
+    e.register_workflow(workflow(ROUTED));
+    let app = app(&e);
+
+    // The decision comes back with the accepted run, and stays on it.
+    let r = call(
+        &app,
+        post_json("/v1/workflows/routed/runs", json!({"entity_id": "u1", "context": {"organization_id": "beta_org"}}).to_string()),
+    )
+    .await;
+    assert_eq!(r.status, StatusCode::ACCEPTED, "{}", r.text);
+    assert_eq!(r.body["backend"], "next");
+    assert_eq!(r.body["routing"]["flag"], "task_abstraction_enabled");
+    assert_eq!(r.body["routing"]["variant"], "new");
+    assert_eq!(r.body["routing"]["reason"], "MATCH");
+    assert_eq!(r.body["routing"]["backend"], "next");
+    assert_eq!(r.body["routing"]["segment_keys"], json!(["beta"]));
+    let id = r.body["run_id"].as_str().unwrap().to_string();
+    let other = submit(&app, "routed", json!({"entity_id": "u2", "context": {"organization_id": "acme"}})).await;
+    for id in [&id, &other] {
+        eventually("the run to finish", || async {
+            let r = call(&app, get(&format!("/v1/runs/{id}"))).await;
+            (r.body["status"] == "succeeded").then_some(r.body)
+        })
+        .await;
+    }
+    let run = call(&app, get(&format!("/v1/runs/{other}"))).await.body;
+    assert_eq!(
+        (run["backend"].as_str(), run["routing"]["variant"].as_str(), run["routing"]["reason"].as_str()),
+        (Some("legacy"), Some("legacy"), Some("DEFAULT"))
+    );
+
+    let m = call(&app, get("/v1/migration?since=1h")).await;
+    assert_eq!(m.status, StatusCode::OK, "{}", m.text);
+    assert_eq!(m.body["window"], "1h");
+    assert_eq!(m.body["total"], 2);
+    let backends: Vec<(String, u64)> = m.body["backends"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|b| (b["backend"].as_str().unwrap().to_string(), b["runs"].as_u64().unwrap()))
+        .collect();
+    assert_eq!(backends, vec![("legacy".to_string(), 1), ("next".to_string(), 1)]);
+    assert_eq!(m.body["backends"][0]["share"], 50.0);
+    assert_eq!(m.body["backends"][1]["success_rate"], 100.0);
+    assert_eq!(m.body["variants"].as_array().unwrap().len(), 2);
+    assert_eq!((m.body["fallbacks"].as_u64(), m.body["flag_errors"].as_u64()), (Some(0), Some(0)));
+    assert_eq!(m.body["flags"]["ok"], true);
+    let m = call(&app, get("/v1/migration?workflow=nothing")).await;
+    assert_eq!((m.body["total"].as_u64(), m.body["window"].as_str()), (Some(0), Some("1day")));
+    assert_error(&call(&app, get("/v1/migration?since=soon")).await, 400, "invalid_query");
+    assert_error(&call(&app, get("/v1/migration?since=0s")).await, 400, "invalid_query");
+
+    let metrics = eventually("routed runs in the metrics", || async {
+        let text = call(&app, get("/metrics")).await.text;
+        text.contains("taskweave_routed_runs_finished_total").then_some(Value::String(text))
+    })
+    .await;
+    let text = metrics.as_str().unwrap();
+    assert!(text.contains(r#"taskweave_routing_decisions_total{workflow="routed",flag="task_abstraction_enabled",variant="new",reason="MATCH",backend="next"} 1"#), "{text}");
+    e.shutdown().await;
+}
+
 #[tokio::test]
 async fn the_openapi_document_covers_every_route() {
     let e = engine().await;

@@ -75,7 +75,11 @@ struct FileState {
 }
 
 enum Kind {
-    File { path: PathBuf, state: RwLock<FileState> },
+    /// A features file; `None` for flags handed over already loaded.
+    File {
+        path: Option<PathBuf>,
+        state: RwLock<FileState>,
+    },
     Remote(remote::Remote),
 }
 
@@ -125,7 +129,7 @@ impl FlagSource {
         let s = FlagSource {
             inner: Arc::new(Inner {
                 namespace: namespace.to_string(),
-                kind: Kind::File { path: path.to_path_buf(), state: RwLock::new(state) },
+                kind: Kind::File { path: Some(path.to_path_buf()), state: RwLock::new(state) },
             }),
         };
         s.reload();
@@ -136,7 +140,7 @@ impl FlagSource {
     pub fn from_features(features: Features) -> FlagSource {
         let namespace = features.namespace.clone();
         let state = FileState { features: Some(Arc::new(features)), last_bytes: None, ok: true, diagnostics: Vec::new() };
-        FlagSource { inner: Arc::new(Inner { namespace, kind: Kind::File { path: PathBuf::from("<memory>"), state: RwLock::new(state) } }) }
+        FlagSource { inner: Arc::new(Inner { namespace, kind: Kind::File { path: None, state: RwLock::new(state) } }) }
     }
 
     pub fn remote(url: &str, namespace: &str, timeout: Duration, cache_ttl: Duration) -> Result<FlagSource, FlagError> {
@@ -151,7 +155,7 @@ impl FlagSource {
     /// The file path or server URL.
     pub fn describe(&self) -> String {
         match &self.inner.kind {
-            Kind::File { path, .. } => path.display().to_string(),
+            Kind::File { path, .. } => path.as_ref().map_or_else(|| "<memory>".to_string(), |p| p.display().to_string()),
             Kind::Remote(r) => r.url().to_string(),
         }
     }
@@ -167,7 +171,7 @@ impl FlagSource {
     /// Read the file again. Returns whether the flags served changed. A
     /// broken file keeps the last good flags; its diagnostics are in the status.
     pub fn reload(&self) -> bool {
-        let Kind::File { path, state } = &self.inner.kind else { return false };
+        let Kind::File { path: Some(path), state } = &self.inner.kind else { return false };
         let file = path.display().to_string();
         let bytes = match std::fs::read(path) {
             Ok(b) => b,
@@ -214,10 +218,10 @@ impl FlagSource {
 
     pub fn status(&self) -> SourceStatus {
         match &self.inner.kind {
-            Kind::File { path, state } => {
+            Kind::File { state, .. } => {
                 let st = read(state);
                 SourceStatus {
-                    source: path.display().to_string(),
+                    source: self.describe(),
                     namespace: self.inner.namespace.clone(),
                     ok: st.ok,
                     flags: st.features.as_ref().map(|f| f.flags.len()),
@@ -238,14 +242,14 @@ impl FlagSource {
     /// (an error when the flag has the other type), else by the flag's type.
     pub async fn evaluate(&self, flag: &str, kind: Option<FlagType>, entity: &str, ctx: &Context) -> Result<Evaluation, FlagError> {
         match &self.inner.kind {
-            Kind::File { path, state } => {
+            Kind::File { state, .. } => {
                 let features = {
                     let st = read(state);
                     match &st.features {
                         Some(f) => Arc::clone(f),
                         None => {
                             let count = st.diagnostics.iter().filter(|d| d.is_error()).count();
-                            return Err(FlagError::Invalid { file: path.display().to_string(), count });
+                            return Err(FlagError::Invalid { file: self.describe(), count });
                         }
                     }
                 };
@@ -265,7 +269,7 @@ impl FlagSource {
     /// Reload a file source whenever its file changes, until the returned
     /// watcher is dropped. `None` for a server.
     pub fn watch(&self, debounce: Duration) -> Result<Option<FileWatcher>, FlagError> {
-        let Kind::File { path, .. } = &self.inner.kind else { return Ok(None) };
+        let Kind::File { path: Some(path), .. } = &self.inner.kind else { return Ok(None) };
         // Watch the folder, not the file: an editor's save-by-rename would
         // leave a watch on the file itself silent.
         let dir = match path.parent().filter(|d| !d.as_os_str().is_empty()) {
