@@ -105,8 +105,13 @@ impl Drop for Proc {
 
 /// A Python Celery worker with the fixture tasks on DB `db`, queue `celery`.
 fn python_worker(py: &Path, db: u8) -> Proc {
+    python_worker_with(py, db, &["--pool", "solo"])
+}
+
+fn python_worker_with(py: &Path, db: u8, pool: &[&str]) -> Proc {
     let child = Command::new(py)
-        .args(["-m", "celery", "-A", "tasks", "worker", "--pool", "solo", "-Q", "celery", "--without-heartbeat", "--without-gossip"])
+        .args(["-m", "celery", "-A", "tasks", "worker", "-Q", "celery", "--without-heartbeat", "--without-gossip"])
+        .args(pool)
         .args(["--without-mingle", "-l", "warning"])
         .current_dir(fixtures())
         .env("CELERY_BROKER_URL", redis_url(db))
@@ -360,4 +365,84 @@ tasks:
     let n: i64 = redis::AsyncCommands::hlen(&mut c, "unacked").await.unwrap();
     assert_eq!(n, 0, "the redelivered message was acked");
     b.shutdown().await;
+}
+
+/// Python-side ends of `celery:` tasks: a hard time limit, a revoke by an
+/// operator, and taskweave's own timeout, which revokes the Python task.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn python_time_limits_revokes_and_our_timeouts() {
+    const DB: u8 = 13;
+    let Some(py) = services("python_time_limits_revokes_and_our_timeouts", DB) else { return };
+    // Time limits and terminating revokes need the prefork pool.
+    let _python = python_worker_with(&py, DB, &["--pool", "prefork", "-c", "2"]);
+    let b = backend(DB, empty_registry()).await;
+    let stop = start_worker(&b);
+    let client = redis::Client::open(redis_url(DB)).unwrap();
+    let mut c = client.get_multiplexed_async_connection().await.unwrap();
+
+    // A hard time limit in Python: the task fails with Python's exception.
+    let wf = taskweave::backend::conformance::workflow(
+        "version: 1\nname: limits\ntasks:\n  - {name: limited, celery: {task: tasks.limited, args: [5000]}}\n",
+    );
+    let id = b.submit(RunRequest::new(wf, json!({}))).await.expect("submit");
+    let r = b.result(&id, Some(WAIT)).await.expect("result");
+    assert_eq!(r.tasks["limited"].status, TaskStatus::Failed, "{r:#?}");
+    assert!(r.tasks["limited"].error.as_deref().unwrap_or("").starts_with("TimeLimitExceeded"), "{r:#?}");
+
+    // Revoked by an operator while it runs: REVOKED fails the task.
+    let wf = taskweave::backend::conformance::workflow(
+        "version: 1\nname: revoked\ntasks:\n  - {name: long, celery: {task: tasks.sleep_ms, args: [30000]}}\n",
+    );
+    let id = b.submit(RunRequest::new(wf, json!({}))).await.expect("submit");
+    let python_id = running_python_task(&mut c, "tasks.sleep_ms").await;
+    let out = Command::new(&py)
+        .arg("revoke.py")
+        .arg(&python_id)
+        .current_dir(fixtures())
+        .env("CELERY_BROKER_URL", redis_url(DB))
+        .output()
+        .unwrap();
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    let r = b.result(&id, Some(WAIT)).await.expect("result");
+    assert_eq!(r.tasks["long"].status, TaskStatus::Failed, "{r:#?}");
+    let err = r.tasks["long"].error.clone().unwrap_or_default();
+    assert!(err.starts_with("TaskRevokedError") && err.contains("revoked"), "{err}");
+
+    // taskweave's own timeout: the task times out here and is revoked there.
+    let wf = taskweave::backend::conformance::workflow(
+        "version: 1\nname: ours\ntasks:\n  - {name: long, timeout: 2s, celery: {task: tasks.sleep_ms, args: [30000]}}\n",
+    );
+    let id = b.submit(RunRequest::new(wf, json!({}))).await.expect("submit");
+    let python_id = running_python_task(&mut c, "tasks.sleep_ms").await;
+    let r = b.result(&id, Some(WAIT)).await.expect("result");
+    assert_eq!(r.tasks["long"].status, TaskStatus::TimedOut, "{r:#?}");
+    assert_eq!(r.tasks["long"].error.as_deref(), Some("attempt 1 timed out after 2s"));
+    let key = format!("celery-task-meta-{python_id}");
+    let mut status = None;
+    for _ in 0..200 {
+        let got: Option<String> = redis::AsyncCommands::get(&mut c, &key).await.unwrap();
+        if let Some(v) = got {
+            status = serde_json::from_str::<Value>(&v).ok().and_then(|v| v["status"].as_str().map(str::to_string));
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    assert_eq!(status.as_deref(), Some("REVOKED"), "the Python task was terminated by taskweave's revoke");
+    stop.cancel();
+    b.shutdown().await;
+}
+
+/// The id of the `task` a Python worker is running (from `unacked`).
+async fn running_python_task(c: &mut redis::aio::MultiplexedConnection, task: &str) -> String {
+    for _ in 0..400 {
+        let entries: Vec<String> = redis::AsyncCommands::hvals(c, "unacked").await.unwrap();
+        for e in entries {
+            let v: Value = serde_json::from_str(&e).unwrap_or_default();
+            if v[0]["headers"]["task"] == task {
+                return v[0]["headers"]["id"].as_str().unwrap().to_string();
+            }
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    panic!("no Python worker took `{task}`");
 }

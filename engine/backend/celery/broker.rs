@@ -359,6 +359,38 @@ return 1",
         Ok(n)
     }
 
+    /// Ask every Celery worker to revoke a task and terminate it if it runs
+    /// (`app.control.revoke(id, terminate=True)`): a broadcast on the
+    /// `celery.pidbox` fanout exchange, which kombu's Redis transport maps to
+    /// a PUBLISH on `/{db}.celery.pidbox`.
+    pub async fn revoke(&self, task_id: &str) -> redis::RedisResult<()> {
+        use base64::Engine as _;
+        let body = serde_json::json!({
+            "method": "revoke",
+            "arguments": {"task_id": task_id, "terminate": true, "signal": "SIGTERM"},
+            "destination": null,
+            "pattern": null,
+            "matcher": null,
+        });
+        let message = serde_json::json!({
+            "body": base64::engine::general_purpose::STANDARD.encode(body.to_string()),
+            "content-encoding": "utf-8",
+            "content-type": "application/json",
+            "headers": {"clock": 1, "expires": unix_now() + 30.0},
+            "properties": {
+                "delivery_mode": 2,
+                "delivery_info": {"exchange": "celery.pidbox", "routing_key": ""},
+                "priority": 0,
+                "body_encoding": "base64",
+                "delivery_tag": wire::uuid4().to_string(),
+            },
+        });
+        let db = self.client.get_connection_info().redis_settings().db();
+        let mut c = self.conn.clone();
+        let _: i64 = c.publish(self.key(&format!("/{db}.celery.pidbox")), message.to_string()).await?;
+        Ok(())
+    }
+
     /// PING, and the server version.
     pub async fn ping(&self) -> redis::RedisResult<String> {
         let mut c = self.conn.clone();

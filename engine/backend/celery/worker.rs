@@ -712,7 +712,13 @@ async fn call_celery(b: &CeleryBackend, wf: &Workflow, task: &Task, ctx: &Value,
             Err(e) => tracing::warn!("could not read the result of {}: {e}", m.id),
         }
         tokio::select! {
-            _ = cancel.cancelled() => return Err(ActionError::Cancelled),
+            _ = cancel.cancelled() => {
+                // Nothing is to run on for a task taskweave gave up on.
+                if let Err(e) = b.broker.revoke(&m.id).await {
+                    tracing::warn!("could not revoke Celery task {}: {e}", m.id);
+                }
+                return Err(ActionError::Cancelled);
+            }
             got = watch.next(Duration::from_secs(1)) => {
                 if let Some(raw) = got && let Some(r) = settle(&raw) {
                     return r;
