@@ -10,6 +10,7 @@ use taskweave::backend::celery::CeleryBackend;
 use taskweave::backend::{Backend, DriverContext, WorkerOptions};
 use taskweave::run::actions::{Handlers, Limits};
 use taskweave::run::executor::Executor;
+use taskweave::store::Store;
 use tokio_util::sync::CancellationToken;
 
 const REDIS: &str = "redis://127.0.0.1:6379/9";
@@ -34,21 +35,7 @@ async fn celery() -> Option<Arc<dyn Backend>> {
     options.insert("broker".to_string(), toml::Value::String(REDIS.into()));
     options.insert("key_prefix".to_string(), toml::Value::String(prefix.clone()));
     options.insert("visibility_timeout".to_string(), toml::Value::String("5s".into()));
-    let executor = Executor {
-        handlers: Arc::new(Handlers::with_builtins()),
-        limits: Arc::new(Limits { kill_grace: Duration::from_millis(500), ..Limits::default() }),
-        writer: None,
-        events: None,
-    };
-    let ctx = DriverContext {
-        name: "celery".into(),
-        kind: "celery".into(),
-        options,
-        executor,
-        store: None,
-        registry: Arc::new(taskweave::reload::Registry::new(Vec::new(), Default::default())),
-    };
-    let backend = CeleryBackend::open(ctx).await.expect("open");
+    let backend = CeleryBackend::open(driver_context(options, Some(sqlite_store().await))).await.expect("open");
     let stop = CancellationToken::new();
     // Two workers, as two machines would run them; the suite's widest
     // fan-out (four sleeps at once) needs that much room.
@@ -86,7 +73,13 @@ thread_local! {
 
 taskweave::conformance_tests!(celery());
 
-fn driver_context(options: BTreeMap<String, toml::Value>) -> DriverContext {
+/// A run history in a fresh SQLite file, as `taskweave serve` keeps one.
+async fn sqlite_store() -> Store {
+    let dir = tempfile::tempdir().expect("tempdir").keep();
+    Store::open(&format!("sqlite://{}", dir.join("state.db").display())).await.expect("store")
+}
+
+fn driver_context(options: BTreeMap<String, toml::Value>, store: Option<Store>) -> DriverContext {
     DriverContext {
         name: "celery".into(),
         kind: "celery".into(),
@@ -94,10 +87,10 @@ fn driver_context(options: BTreeMap<String, toml::Value>) -> DriverContext {
         executor: Executor {
             handlers: Arc::new(Handlers::with_builtins()),
             limits: Arc::new(Limits { kill_grace: Duration::from_millis(500), ..Limits::default() }),
-            writer: None,
+            writer: store.as_ref().map(Store::writer),
             events: None,
         },
-        store: None,
+        store,
         registry: Arc::new(taskweave::reload::Registry::new(Vec::new(), Default::default())),
     }
 }
@@ -108,7 +101,7 @@ fn driver_context(options: BTreeMap<String, toml::Value>) -> DriverContext {
 async fn unreachable_broker_is_one_clear_line() {
     let mut options = BTreeMap::new();
     options.insert("broker".to_string(), toml::Value::String("redis://:hunter2@127.0.0.1:1/0".into()));
-    let b = CeleryBackend::open(driver_context(options)).await.expect("opening does not need the broker");
+    let b = CeleryBackend::open(driver_context(options, None)).await.expect("opening does not need the broker");
     let e = b.check().await.expect_err("nothing listens on port 1");
     let line = e.to_string();
     assert!(e.is_retryable(), "{line}");
@@ -145,7 +138,7 @@ async fn runs_survive_a_redis_restart() {
     let url = format!("redis://127.0.0.1:{port}/0");
     let mut options = BTreeMap::new();
     options.insert("broker".to_string(), toml::Value::String(url.clone()));
-    let backend = CeleryBackend::open(driver_context(options)).await.expect("open");
+    let backend = CeleryBackend::open(driver_context(options, None)).await.expect("open");
     let stop = CancellationToken::new();
     let (b, s) = (Arc::clone(&backend), stop.clone());
     tokio::spawn(async move { b.work(WorkerOptions { concurrency: 2, queues: Vec::new() }, s).await });
@@ -210,4 +203,52 @@ impl Drop for RedisProc {
     fn drop(&mut self) {
         self.kill();
     }
+}
+
+/// Runs are in the history from submission, with their backend, and their
+/// end is recorded there by whichever worker finished them.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_history_records_celery_runs() {
+    let client = redis::Client::open(REDIS).expect("url");
+    if let Err(e) = client.get_multiplexed_async_connection().await {
+        if require_services() {
+            panic!("Redis is required (TASKWEAVE_REQUIRE_SERVICES=1): {e}");
+        }
+        eprintln!("SKIPPED: the_history_records_celery_runs: {e}");
+        return;
+    }
+    let store = sqlite_store().await;
+    let prefix = format!("tw-hist-{}:", uuid::Uuid::now_v7().simple());
+    let mut options = BTreeMap::new();
+    options.insert("broker".to_string(), toml::Value::String(REDIS.into()));
+    options.insert("key_prefix".to_string(), toml::Value::String(prefix.clone()));
+    let backend = CeleryBackend::open(driver_context(options, Some(store.clone()))).await.expect("open");
+    let _cleanup = Cleanup { stop: CancellationToken::new(), prefix };
+    let id = backend
+        .submit(taskweave::backend::RunRequest::new(
+            taskweave::backend::conformance::workflow(
+                "version: 1\nname: hist\ntasks:\n  - {name: a, uses: echo, with: {x: 1}}\n  - {name: b, parents: [a], uses: fail, with: {message: nope}}\n",
+            ),
+            serde_json::json!({}),
+        ))
+        .await
+        .expect("submit");
+    let queued = store.get_run(&id).await.expect("store").expect("recorded at submission");
+    assert_eq!((queued.backend.as_str(), queued.status), ("celery", taskweave::run::RunStatus::Queued));
+    let (b, stop) = (Arc::clone(&backend), _cleanup.stop.clone());
+    tokio::spawn(async move { b.work(WorkerOptions { concurrency: 2, queues: Vec::new() }, stop).await });
+    let r = backend.result(&id, Some(Duration::from_secs(60))).await.expect("result");
+    assert_eq!(r.status, taskweave::run::RunStatus::Failed);
+    let mut recorded = None;
+    for _ in 0..100 {
+        recorded = store.get_run(&id).await.expect("store");
+        if recorded.as_ref().is_some_and(|r| r.status.is_terminal()) {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    let recorded = recorded.expect("the run");
+    assert_eq!(recorded.status, taskweave::run::RunStatus::Failed, "{recorded:#?}");
+    assert_eq!(recorded.tasks["a"].output, Some(serde_json::json!({"x": 1})));
+    assert_eq!(recorded.tasks["b"].error.as_deref(), Some("nope"));
 }

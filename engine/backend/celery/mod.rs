@@ -113,6 +113,9 @@ pub struct CeleryBackend {
     broker: Broker,
     runs: Runs,
     executor: Executor,
+    /// The run history, when there is one: runs are recorded there when
+    /// submitted and when they end (Redis holds them while they run).
+    store: Option<crate::store::Store>,
     registry: Arc<crate::reload::Registry>,
     /// Compiled definitions of the runs this process has touched, by version.
     compiled: Mutex<HashMap<String, Arc<crate::plan::Workflow>>>,
@@ -147,6 +150,7 @@ impl CeleryBackend {
             broker,
             runs,
             executor: ctx.executor,
+            store: ctx.store,
             registry: ctx.registry,
             compiled: Mutex::new(HashMap::new()),
             shutdown: CancellationToken::new(),
@@ -246,21 +250,38 @@ impl CeleryBackend {
         Ok(p)
     }
 
-    /// When a transition ended a run that a Celery client is waiting for,
-    /// write its result.
+    /// When a transition ended a run: answer the Celery client waiting for
+    /// it, and record the end in the run history (when this process's store
+    /// knows the run).
     async fn after(&self, run_id: &str, p: &Progress) {
-        let Progress::Finished { reply: Some(reply), .. } = p else { return };
-        match self.runs.fields(run_id).await {
-            Ok(Some(f)) => {
-                let r = runs::result_from(run_id, &f);
-                let outcome = run_outcome(&r);
-                let value = wire::encode_result(reply, &outcome, OffsetDateTime::now_utc());
-                if let Err(e) = self.broker.store_result(reply, &value).await {
-                    tracing::error!(run_id, "could not store the Celery result of the run: {e}");
-                }
+        let Progress::Finished { reply, .. } = p else { return };
+        if reply.is_none() && self.store.is_none() {
+            return;
+        }
+        let r = match self.runs.fields(run_id).await {
+            Ok(Some(f)) => runs::result_from(run_id, &f),
+            Ok(None) => return,
+            Err(e) => {
+                tracing::error!(run_id, "could not read the finished run: {e}");
+                return;
             }
-            Ok(None) => {}
-            Err(e) => tracing::error!(run_id, "could not read the finished run: {e}"),
+        };
+        if let Some(reply) = reply {
+            let value = wire::encode_result(reply, &run_outcome(&r), OffsetDateTime::now_utc());
+            if let Err(e) = self.broker.store_result(reply, &value).await {
+                tracing::error!(run_id, "could not store the Celery result of the run: {e}");
+            }
+        }
+        if let (Some(store), Some(w)) = (&self.store, &self.executor.writer)
+            && matches!(store.get_run(run_id).await, Ok(Some(_)))
+        {
+            w.run_fields(&r);
+            for (name, t) in &r.tasks {
+                w.task(run_id, name, t);
+            }
+            if let Err(e) = w.flush().await {
+                tracing::error!(run_id, "could not record the end of the run: {e}");
+            }
         }
     }
 
@@ -327,8 +348,27 @@ impl Backend for CeleryBackend {
             return Err(BackendError::Refused { backend: self.name.clone(), reason: "shutting down".into() });
         }
         let run_id = req.run_id.clone().unwrap_or_else(|| uuid::Uuid::now_v7().to_string());
+        let record = self.store.as_ref().map(|_| {
+            let mut r = crate::run::executor::new_result(
+                &req.workflow,
+                run_id.clone(),
+                &self.name,
+                req.input.clone(),
+                req.entity_id.clone(),
+                req.context.clone(),
+            );
+            r.routing = req.routing.clone();
+            (r, serde_json::to_value(&req.workflow.raw).unwrap_or_default())
+        });
         if !self.start_run(req, run_id.clone(), None).await? {
             return Err(BackendError::Refused { backend: self.name.clone(), reason: format!("a run `{run_id}` exists already") });
+        }
+        // The history knows the run from now on (its backend included, so
+        // `taskweave runs show` in another process finds where it runs).
+        if let (Some(store), Some((r, def))) = (&self.store, record)
+            && let Err(e) = store.create_run(&r, &def).await
+        {
+            tracing::warn!(run_id, "could not record the run in the history: {e}");
         }
         Ok(run_id)
     }
@@ -347,7 +387,15 @@ impl Backend for CeleryBackend {
                 }
                 Err(e) => return Err(self.unavailable(e)),
             };
-            let Some(f) = f else { return Err(BackendError::NotFound(run_id.to_string())) };
+            let Some(f) = f else {
+                // Expired from Redis: the history may still have it.
+                if let Some(store) = &self.store
+                    && let Ok(Some(r)) = store.get_run(run_id).await
+                {
+                    return Ok(r);
+                }
+                return Err(BackendError::NotFound(run_id.to_string()));
+            };
             let r = runs::result_from(run_id, &f);
             let Some(until) = until else { return Ok(r) };
             if r.is_done() || tokio::time::Instant::now() >= until {
