@@ -202,14 +202,44 @@ fn human(e: &Evaluation, entity: &str) -> String {
 
 /// One answer of `flags eval` in JSON: the batch format.
 pub fn answer(e: &Evaluation, entity: &str) -> Value {
-    match e.flag_type {
-        FlagType::Variant => json!({
-            "flag": e.flag, "entity_id": entity, "match": e.matched, "variant": e.variant,
-            "reason": e.reason.as_str(), "segment_keys": e.segment_keys,
-        }),
-        FlagType::Boolean => json!({
-            "flag": e.flag, "entity_id": entity, "enabled": e.enabled, "reason": e.reason.as_str(), "segment_keys": e.segment_keys,
-        }),
+    serde_json::to_value(Answer::of(e, entity)).unwrap_or(Value::Null)
+}
+
+/// An answer serialised straight from the evaluation (no intermediate JSON
+/// value: the batch mode writes one per query).
+#[derive(serde::Serialize)]
+#[serde(untagged)]
+enum Answer<'a> {
+    Variant {
+        flag: &'a str,
+        entity_id: &'a str,
+        #[serde(rename = "match")]
+        matched: bool,
+        variant: &'a str,
+        reason: &'static str,
+        segment_keys: &'a [String],
+    },
+    Boolean {
+        flag: &'a str,
+        entity_id: &'a str,
+        enabled: bool,
+        reason: &'static str,
+        segment_keys: &'a [String],
+    },
+    Error {
+        flag: &'a str,
+        entity_id: &'a str,
+        error: String,
+    },
+}
+
+impl<'a> Answer<'a> {
+    fn of(e: &'a Evaluation, entity_id: &'a str) -> Answer<'a> {
+        let (flag, reason, segment_keys) = (e.flag.as_str(), e.reason.as_str(), e.segment_keys.as_slice());
+        match e.flag_type {
+            FlagType::Variant => Answer::Variant { flag, entity_id, matched: e.matched, variant: &e.variant, reason, segment_keys },
+            FlagType::Boolean => Answer::Boolean { flag, entity_id, enabled: e.enabled, reason, segment_keys },
+        }
     }
 }
 
@@ -267,11 +297,10 @@ fn batch(file: &Path, queries: &Path, namespace: Option<&str>) -> anyhow::Result
         } else {
             features.evaluate(&q.flag, &q.entity_id, ctx.as_ref().unwrap_or(&empty))
         };
-        let v = match result {
-            Ok(e) => answer(&e, &q.entity_id),
-            Err(e) => json!({"flag": q.flag, "entity_id": q.entity_id, "error": e.to_string()}),
-        };
-        serde_json::to_writer(&mut out, &v)?;
+        match &result {
+            Ok(e) => serde_json::to_writer(&mut out, &Answer::of(e, &q.entity_id))?,
+            Err(e) => serde_json::to_writer(&mut out, &Answer::Error { flag: &q.flag, entity_id: &q.entity_id, error: e.to_string() })?,
+        }
         out.write_all(b"\n")?;
     }
     out.flush()?;

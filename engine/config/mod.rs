@@ -2,7 +2,7 @@
 //! which backends exist. Every key can be overridden by environment
 //! (`TASK_QUEUE_BACKEND`, `TASKWEAVE_STORE`, `TASKWEAVE_WORKFLOWS`, and the
 //! original layer's `CELERY_BROKER_URL`, `CELERY_RESULT_BACKEND`,
-//! `FLIPT_SERVER_URL`, `FLIPT_NAMESPACE`).
+//! `FLIPT_SERVER_URL`, `FLIPT_NAMESPACE`; `TASKWEAVE_FLAGS_TIMEOUT`).
 
 use serde::Deserialize;
 use std::collections::BTreeMap;
@@ -282,5 +282,28 @@ mod tests {
         let d = Config::parse_file("t.toml", "[engine]\ndefault_backend = \"pg\"\n").unwrap_err();
         assert_eq!(d.code, crate::diag::Code::UnknownBackend);
         assert_eq!((d.span.start.line, d.span.start.column), (2, 19));
+    }
+
+    #[test]
+    fn flags_source_relative_to_the_file_and_env_overrides() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("taskweave.toml");
+        std::fs::write(&path, "[flags]\nsource = \"flipt/features.yml\"\ntimeout = \"300ms\"\n").unwrap();
+        let c = Config::load(Some(&path)).unwrap();
+        assert_eq!(c.flags.source.as_deref(), Some(dir.path().join("flipt/features.yml").to_str().unwrap()));
+        assert_eq!(c.flags.timeout.as_deref(), Some("300ms"));
+        let mut c = Config::parse("[flags]\nsource = \"f.yml\"\n").unwrap();
+        c.apply_env(|k| match k {
+            "FLIPT_SERVER_URL" => Some("http://127.0.0.1:8080".into()),
+            "FLIPT_NAMESPACE" => Some("prod".into()),
+            "TASKWEAVE_FLAGS_TIMEOUT" => Some("1s".into()),
+            _ => None,
+        });
+        assert_eq!(
+            (c.flags.source.as_deref(), c.flags.namespace.as_deref(), c.flags.timeout.as_deref()),
+            (Some("http://127.0.0.1:8080"), Some("prod"), Some("1s"))
+        );
+        let d = Config::parse_file("t.toml", "[flags]\nsorce = \"x\"\n").unwrap_err();
+        assert_eq!(d.help.as_deref(), Some("did you mean `source`?"));
     }
 }
