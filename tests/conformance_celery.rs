@@ -252,3 +252,57 @@ async fn the_history_records_celery_runs() {
     assert_eq!(recorded.tasks["a"].output, Some(serde_json::json!({"x": 1})));
     assert_eq!(recorded.tasks["b"].error.as_deref(), Some("nope"));
 }
+
+/// A task that runs longer than the visibility timeout is not handed to a
+/// second worker: its worker keeps the `unacked_index` score fresh.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn long_tasks_stay_with_their_worker() {
+    let client = redis::Client::open(REDIS).expect("url");
+    let mut c = match client.get_multiplexed_async_connection().await {
+        Ok(c) => c,
+        Err(e) => {
+            if require_services() {
+                panic!("Redis is required (TASKWEAVE_REQUIRE_SERVICES=1): {e}");
+            }
+            eprintln!("SKIPPED: long_tasks_stay_with_their_worker: {e}");
+            return;
+        }
+    };
+    let prefix = format!("tw-vis-{}:", uuid::Uuid::now_v7().simple());
+    let mut options = BTreeMap::new();
+    options.insert("broker".to_string(), toml::Value::String(REDIS.into()));
+    options.insert("key_prefix".to_string(), toml::Value::String(prefix.clone()));
+    options.insert("visibility_timeout".to_string(), toml::Value::String("1s".into()));
+    let backend = CeleryBackend::open(driver_context(options, None)).await.expect("open");
+    let cleanup = Cleanup { stop: CancellationToken::new(), prefix: prefix.clone() };
+    // Two workers, each restoring what looks abandoned every half second.
+    for _ in 0..2 {
+        let (b, stop) = (Arc::clone(&backend), cleanup.stop.clone());
+        tokio::spawn(async move { b.work(WorkerOptions { concurrency: 2, queues: Vec::new() }, stop).await });
+    }
+    let id = backend
+        .submit(taskweave::backend::RunRequest::new(
+            taskweave::backend::conformance::workflow(
+                "version: 1\nname: vis\ntasks:\n  - {name: long, uses: sleep, with: {duration: 3500ms}}\n",
+            ),
+            serde_json::json!({}),
+        ))
+        .await
+        .expect("submit");
+    // While it runs, its in-flight entry is never older than the timeout.
+    let mut seen = 0;
+    for _ in 0..25 {
+        let entries: Vec<(String, f64)> =
+            redis::AsyncCommands::zrange_withscores(&mut c, format!("{prefix}unacked_index"), 0, -1).await.unwrap();
+        let now = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).unwrap().as_secs_f64();
+        for (_, score) in &entries {
+            assert!(now - score < 1.0, "an in-flight score went stale: {:.2}s old", now - score);
+            seen += 1;
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    assert!(seen > 0, "the task was never in flight");
+    let r = backend.result(&id, Some(Duration::from_secs(60))).await.expect("result");
+    assert_eq!(r.status, taskweave::run::RunStatus::Succeeded, "{r:#?}");
+    assert_eq!(r.tasks["long"].attempts, 1, "the task ran once, on one worker");
+}
