@@ -937,3 +937,21 @@ fn cli_migration_status_reads_the_store() {
     assert!(text.contains("1 run(s) in the last 1h") && text.contains("next"), "{text}");
     bin().args(["--config", cfg.to_str().unwrap(), "migration", "status", "--since", "soon"]).assert().code(2);
 }
+
+#[test]
+fn doctor_reports_a_broken_flag_file_at_its_position() {
+    let dir = tempfile::tempdir().unwrap();
+    let cfg = dir.path().join("taskweave.toml");
+    std::fs::write(&cfg, "[engine]\nstore = \"sqlite://state.db\"\nworkflows = []\n[flags]\nsource = \"features.yml\"\n").unwrap();
+    std::fs::write(dir.path().join("features.yml"), rollout_file(5)).unwrap();
+    let out = bin().args(["--config", cfg.to_str().unwrap(), "doctor"]).output().unwrap();
+    let text = String::from_utf8_lossy(&out.stdout).to_string();
+    assert!(out.status.success(), "{text}");
+    assert!(text.contains("features.yml: 1 flag(s), 2 segment(s)"), "{text}");
+    std::fs::write(dir.path().join("features.yml"), rollout_file(5).replace("operator: eq", "operator: EQ_COMPARISON_OPERATOR")).unwrap();
+    let out = bin().args(["--config", cfg.to_str().unwrap(), "doctor"]).output().unwrap();
+    let text = String::from_utf8_lossy(&out.stdout).to_string();
+    assert_eq!(out.status.code(), Some(1), "{text}");
+    let line = text.lines().find(|l| l.contains("flags")).unwrap();
+    assert!(line.starts_with("FAIL") && line.contains("features.yml:21:") && line.contains("EQ_COMPARISON_OPERATOR"), "{line}");
+}
