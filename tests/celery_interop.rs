@@ -334,7 +334,8 @@ tasks:
     let id = b.submit(RunRequest::new(wf, json!({"log": log.display().to_string()}))).await.expect("submit");
     let mut first = worker();
     let mut running = false;
-    for _ in 0..300 {
+    // A debug build starting next to Python workers on two cores can be slow.
+    for _ in 0..1200 {
         let r = b.result(&id, None).await.expect("result");
         if r.tasks["slow"].status == TaskStatus::Running {
             running = true;

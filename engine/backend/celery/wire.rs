@@ -142,6 +142,8 @@ pub struct Incoming {
     /// `[hard, soft]` seconds.
     pub timelimit: (Option<f64>, Option<f64>),
     pub root_id: Option<String>,
+    /// `headers.ignore_result`: the caller wants no result stored.
+    pub ignore_result: bool,
     /// `headers.eta`: not to run before.
     pub eta: Option<OffsetDateTime>,
     /// `headers.expires`: not to run after.
@@ -182,6 +184,7 @@ pub fn decode(raw: &str) -> Result<Incoming, Undecodable> {
         retries: h("retries").and_then(Value::as_u64).unwrap_or(0) as u32,
         timelimit: (limit(0), limit(1)),
         root_id: h("root_id").and_then(Value::as_str).map(str::to_string),
+        ignore_result: h("ignore_result").and_then(Value::as_bool).unwrap_or(false),
         eta: h("eta").and_then(Value::as_str).and_then(parse_time),
         expires: h("expires").and_then(Value::as_str).and_then(parse_time),
         body,
@@ -420,6 +423,7 @@ mod tests {
             assert_eq!(Value::Object(kwargs), d["body_decoded"][1], "{name}");
             // The list Celery pushed it to is the one taskweave computes.
             assert_eq!(f["redis_key"].as_str().unwrap(), queue_key(&m.routing_key, m.priority), "{name}");
+            assert_eq!(m.ignore_result, d["headers"]["ignore_result"] == json!(true), "{name}");
             if let Some(eta) = d["headers"]["eta"].as_str() {
                 assert_eq!(m.eta, parse_time(eta), "{name}");
                 assert!(m.eta.is_some(), "{name}: eta {eta}");

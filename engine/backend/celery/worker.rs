@@ -222,8 +222,12 @@ fn failure(exc_type: &str, module: &str, msg: impl Into<String>) -> TaskOutcome 
     TaskOutcome::Failure(PyError::new(exc_type, module, msg))
 }
 
-/// Write the result of a message served for a Celery client.
-async fn answer(broker: &Broker, id: &str, outcome: &TaskOutcome) -> Settle {
+/// Write the result of a message served for a Celery client (unless it
+/// asked for none with `ignore_result`).
+async fn answer(broker: &Broker, m: &Incoming, id: &str, outcome: &TaskOutcome) -> Settle {
+    if m.ignore_result {
+        return Settle::Ack;
+    }
     let value = wire::encode_result(id, outcome, OffsetDateTime::now_utc());
     match broker.store_result(id, &value).await {
         Ok(()) => Settle::Ack,
@@ -245,7 +249,7 @@ async fn handle(b: &CeleryBackend, m: &Incoming, handback: &CancellationToken, s
         && expires < now
     {
         let e = PyError::new("TaskRevokedError", "celery.exceptions", "expired");
-        return answer(&b.broker, &id, &TaskOutcome::Revoked(e)).await;
+        return answer(&b.broker, m, &id, &TaskOutcome::Revoked(e)).await;
     }
     // A task with an ETA waits for it here, kept in flight (and refreshed).
     if let Some(eta) = m.eta
@@ -261,17 +265,17 @@ async fn handle(b: &CeleryBackend, m: &Incoming, handback: &CancellationToken, s
         Ok(b) => b.clone(),
         Err(why) => {
             tracing::error!(task_id = id, "cannot decode `{task}`: {why}");
-            return answer(&b.broker, &id, &failure("InvalidTaskMessage", "taskweave", format!("`{task}`: {why}"))).await;
+            return answer(&b.broker, m, &id, &failure("InvalidTaskMessage", "taskweave", format!("`{task}`: {why}"))).await;
         }
     };
     if task == RUN_TASK {
         let (Some(run), Some(name)) = (kwargs.get("run_id").and_then(Value::as_str), kwargs.get("task").and_then(Value::as_str)) else {
-            return answer(&b.broker, &id, &failure("TypeError", "builtins", format!("{RUN_TASK} needs kwargs `run_id` and `task`"))).await;
+            return answer(&b.broker, m, &id, &failure("TypeError", "builtins", format!("{RUN_TASK} needs kwargs `run_id` and `task`"))).await;
         };
         return run_task(b, run, name, handback, stops).await;
     }
     if let Some(name) = task.strip_prefix(WORKFLOW_PREFIX) {
-        return serve_workflow(b, &id, name, args, kwargs).await;
+        return serve_workflow(b, m, &id, name, args, kwargs).await;
     }
     if let Some(name) = task.strip_prefix("taskweave.") {
         return serve_handler(b, m, &id, name, args, kwargs, handback).await;
@@ -281,7 +285,7 @@ async fn handle(b: &CeleryBackend, m: &Incoming, handback: &CancellationToken, s
         m.routing_key
     );
     tracing::error!(task_id = id, "{msg}");
-    answer(&b.broker, &id, &failure("NotRegistered", "celery.exceptions", msg)).await
+    answer(&b.broker, m, &id, &failure("NotRegistered", "celery.exceptions", msg)).await
 }
 
 /// The one JSON value a handler or workflow takes from Celery's args and kwargs.
@@ -307,11 +311,11 @@ async fn serve_handler(
         let mut known: Vec<&str> = b.executor.handlers.names().collect();
         known.sort();
         let msg = format!("no handler `{name}` (for task `{full}`); this worker serves: {}", known.join(", "));
-        return answer(&b.broker, id, &failure("NotRegistered", "celery.exceptions", msg)).await;
+        return answer(&b.broker, m, id, &failure("NotRegistered", "celery.exceptions", msg)).await;
     };
     let with = match single_argument(&full, args, kwargs) {
         Ok(w) => w,
-        Err(msg) => return answer(&b.broker, id, &failure("TypeError", "builtins", msg)).await,
+        Err(msg) => return answer(&b.broker, m, id, &failure("TypeError", "builtins", msg)).await,
     };
     let cancel = CancellationToken::new();
     let ctx = HandlerCtx { run_id: id.to_string(), task: full.clone(), attempt: m.retries + 1, cancel: cancel.clone() };
@@ -341,10 +345,10 @@ async fn serve_handler(
             return Settle::HandBack;
         }
     };
-    answer(&b.broker, id, &outcome).await
+    answer(&b.broker, m, id, &outcome).await
 }
 
-async fn serve_workflow(b: &CeleryBackend, id: &str, name: &str, args: Vec<Value>, kwargs: Map<String, Value>) -> Settle {
+async fn serve_workflow(b: &CeleryBackend, m: &Incoming, id: &str, name: &str, args: Vec<Value>, kwargs: Map<String, Value>) -> Settle {
     let Some(wf) = b.registry.get(name) else {
         let mut known = b.registry.names();
         known.sort();
@@ -352,19 +356,20 @@ async fn serve_workflow(b: &CeleryBackend, id: &str, name: &str, args: Vec<Value
             "no workflow `{name}` is loaded by this worker; loaded: {}",
             if known.is_empty() { "none".into() } else { known.join(", ") }
         );
-        return answer(&b.broker, id, &failure("NotRegistered", "celery.exceptions", msg)).await;
+        return answer(&b.broker, m, id, &failure("NotRegistered", "celery.exceptions", msg)).await;
     };
     let input = match single_argument(&format!("{WORKFLOW_PREFIX}{name}"), args, kwargs) {
         Ok(i) => i,
-        Err(msg) => return answer(&b.broker, id, &failure("TypeError", "builtins", msg)).await,
+        Err(msg) => return answer(&b.broker, m, id, &failure("TypeError", "builtins", msg)).await,
     };
     let input = match crate::engine::prepare_input(&wf, input) {
         Ok(i) => i,
-        Err(e) => return answer(&b.broker, id, &failure("ValueError", "builtins", format!("invalid input for `{name}`: {e}"))).await,
+        Err(e) => return answer(&b.broker, m, id, &failure("ValueError", "builtins", format!("invalid input for `{name}`: {e}"))).await,
     };
     // The run id is the Celery task id: a redelivered message finds its run
     // already started and is only acked.
-    match b.start_run(RunRequest::new(wf, input), id.to_string(), Some(id)).await {
+    let reply = if m.ignore_result { None } else { Some(id) };
+    match b.start_run(RunRequest::new(wf, input), id.to_string(), reply).await {
         Ok(_) => Settle::Ack,
         Err(e) => {
             tracing::error!(task_id = id, "could not start workflow `{name}`: {e}");
