@@ -170,6 +170,18 @@ impl Broker {
                                     let _ = tx.send(payload.clone());
                                 }
                             }
+                            // Run events also reach the listeners of that one run
+                            // (`<channel>#<run id>`), so a waiter is not woken by
+                            // every other run's end.
+                            if let Some(run) = payload
+                                .strip_prefix("done:")
+                                .or_else(|| payload.strip_prefix("stop:").and_then(|r| r.split_once(':').map(|x| x.1)))
+                                && let Some(l) = m.get(&format!("{channel}#{run}"))
+                            {
+                                for tx in l.values() {
+                                    let _ = tx.send(payload.clone());
+                                }
+                            }
                         }
                         Ok::<(), redis::RedisError>(())
                     };

@@ -375,7 +375,7 @@ impl Backend for CeleryBackend {
 
     async fn result(&self, run_id: &str, wait: Option<Duration>) -> Result<RunResult, BackendError> {
         let until = wait.map(|w| tokio::time::Instant::now() + w);
-        let mut watch = wait.map(|_| self.broker.watch(self.runs.events()));
+        let mut watch = wait.map(|_| self.broker.watch(format!("{}#{run_id}", self.runs.events())));
         loop {
             let f = match self.runs.fields(run_id).await {
                 Ok(f) => f,

@@ -270,7 +270,8 @@ async fn handle(b: &CeleryBackend, m: &Incoming, handback: &CancellationToken, s
     };
     if task == RUN_TASK {
         let (Some(run), Some(name)) = (kwargs.get("run_id").and_then(Value::as_str), kwargs.get("task").and_then(Value::as_str)) else {
-            return answer(&b.broker, m, &id, &failure("TypeError", "builtins", format!("{RUN_TASK} needs kwargs `run_id` and `task`"))).await;
+            return answer(&b.broker, m, &id, &failure("TypeError", "builtins", format!("{RUN_TASK} needs kwargs `run_id` and `task`")))
+                .await;
         };
         return run_task(b, run, name, handback, stops).await;
     }
