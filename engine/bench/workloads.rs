@@ -102,6 +102,12 @@ pub fn median(v: &mut [f64]) -> f64 {
 
 /// Run a workload `repeat` times (after one warm-up) and report.
 pub async fn run(engine: &Engine, w: Workload, n: usize, backend: &str, repeat: usize) -> Result<Report, String> {
+    run_with(engine, w, n, backend, repeat, 1).await
+}
+
+/// As [`run`], with the runs of a repetition submitted by `submitters`
+/// concurrent callers (as clients of a remote backend would).
+pub async fn run_with(engine: &Engine, w: Workload, n: usize, backend: &str, repeat: usize, submitters: usize) -> Result<Report, String> {
     let t0 = Instant::now();
     let checked = crate::validate::check_source("bench.yaml", workflow_yaml(w, n), crate::spec::Format::Yaml, &Default::default());
     let wf = checked.workflow.ok_or_else(|| format!("bench workflow invalid: {:?}", checked.diagnostics.first()))?;
@@ -114,9 +120,27 @@ pub async fn run(engine: &Engine, w: Workload, n: usize, backend: &str, repeat: 
     for rep in 0..=repeat {
         let started = Instant::now();
         let mut ids = Vec::with_capacity(runs);
-        for _ in 0..runs {
-            let opts = RunOptions { backend: Some(backend.to_string()), ..Default::default() };
-            ids.push(engine.submit(Arc::clone(&wf), opts).await.map_err(|e| e.to_string())?);
+        if submitters > 1 {
+            let mut set = tokio::task::JoinSet::new();
+            for part in 0..submitters.min(runs) {
+                let (engine, wf, backend) = (engine.clone(), Arc::clone(&wf), backend.to_string());
+                set.spawn(async move {
+                    let mut ids = Vec::new();
+                    for _ in (part..runs).step_by(submitters) {
+                        let opts = RunOptions { backend: Some(backend.clone()), ..Default::default() };
+                        ids.push(engine.submit(Arc::clone(&wf), opts).await.map_err(|e| e.to_string())?);
+                    }
+                    Ok::<_, String>(ids)
+                });
+            }
+            while let Some(part) = set.join_next().await {
+                ids.extend(part.map_err(|e| e.to_string())??);
+            }
+        } else {
+            for _ in 0..runs {
+                let opts = RunOptions { backend: Some(backend.to_string()), ..Default::default() };
+                ids.push(engine.submit(Arc::clone(&wf), opts).await.map_err(|e| e.to_string())?);
+            }
         }
         for id in &ids {
             let r = engine.get_result(id, Some(Duration::from_secs(3600))).await.map_err(|e| e.to_string())?;
@@ -146,4 +170,51 @@ pub async fn run(engine: &Engine, w: Workload, n: usize, backend: &str, repeat: 
         peak_rss_mb: peak_rss_mb(),
         samples_ms: samples,
     })
+}
+
+/// `taskweave worker` processes started for a benchmark (`--workers N`),
+/// stopped by PID: SIGTERM, then SIGKILL after 10 s.
+pub struct WorkerProcesses {
+    children: Vec<std::process::Child>,
+}
+
+impl WorkerProcesses {
+    pub fn start(n: usize, backend: &str, concurrency: u32, config: Option<&std::path::Path>) -> std::io::Result<WorkerProcesses> {
+        let exe = std::env::current_exe()?;
+        let mut children = Vec::with_capacity(n);
+        for _ in 0..n {
+            let mut cmd = std::process::Command::new(&exe);
+            if let Some(c) = config {
+                cmd.arg("--config").arg(c);
+            }
+            cmd.args(["worker", "--backend", backend, "--concurrency", &concurrency.to_string()])
+                .stdin(std::process::Stdio::null())
+                .stdout(std::process::Stdio::null());
+            match cmd.spawn() {
+                Ok(c) => children.push(c),
+                Err(e) => {
+                    WorkerProcesses { children }.stop();
+                    return Err(e);
+                }
+            }
+        }
+        Ok(WorkerProcesses { children })
+    }
+
+    pub fn stop(mut self) {
+        for c in &self.children {
+            // SAFETY: signalling a child process started above.
+            unsafe { libc::kill(c.id() as i32, libc::SIGTERM) };
+        }
+        for c in &mut self.children {
+            let until = Instant::now() + Duration::from_secs(10);
+            while matches!(c.try_wait(), Ok(None)) && Instant::now() < until {
+                std::thread::sleep(Duration::from_millis(20));
+            }
+            if matches!(c.try_wait(), Ok(None)) {
+                let _ = c.kill();
+            }
+            let _ = c.wait();
+        }
+    }
 }

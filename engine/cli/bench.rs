@@ -25,6 +25,15 @@ pub struct BenchArgs {
     pub no_store: bool,
     #[arg(long, global = true, value_enum, default_value = "human")]
     pub format: OutputFormat,
+    /// Start N `taskweave worker --backend B` processes for the run (for backends with workers); stopped by PID at the end.
+    #[arg(long, global = true, default_value_t = 0)]
+    pub workers: usize,
+    /// Concurrency of each worker started by `--workers`.
+    #[arg(long, global = true, default_value_t = 16)]
+    pub worker_concurrency: u32,
+    /// Concurrent callers submitting the runs of a repetition (`runs` workload).
+    #[arg(long, global = true, default_value_t = 1)]
+    pub submitters: usize,
 }
 
 #[derive(Debug, clap::Subcommand)]
@@ -58,6 +67,7 @@ pub enum BenchWorkload {
 }
 
 pub async fn bench(args: BenchArgs, config: Option<&Path>) -> anyhow::Result<ExitCode> {
+    let config_path = config;
     let config = match Config::load(config) {
         Ok(c) => c,
         Err(e) => return Ok(super::config_error(&e)),
@@ -84,7 +94,16 @@ pub async fn bench(args: BenchArgs, config: Option<&Path>) -> anyhow::Result<Exi
             return Ok(ExitCode::from(2));
         }
     };
-    let report = workloads::run(&engine, w, n, &backend, args.repeat.max(1)).await;
+    let workers = match workloads::WorkerProcesses::start(args.workers, &backend, args.worker_concurrency, config_path) {
+        Ok(w) => w,
+        Err(e) => {
+            eprintln!("error: starting workers: {e}");
+            engine.shutdown().await;
+            return Ok(ExitCode::from(2));
+        }
+    };
+    let report = workloads::run_with(&engine, w, n, &backend, args.repeat.max(1), args.submitters.max(1)).await;
+    workers.stop();
     engine.shutdown().await;
     let report = match report {
         Ok(r) => r,
@@ -103,6 +122,9 @@ pub async fn bench(args: BenchArgs, config: Option<&Path>) -> anyhow::Result<Exi
             println!("  wall time     median {:.2} ms  (min {:.2}, max {:.2})", report.median_ms, report.min_ms, report.max_ms);
             println!("  throughput    {:.0} tasks/s", report.tasks_per_sec);
             println!("  per task      {:.1} µs", report.per_task_us);
+            if args.workers > 0 {
+                println!("  workers       {} processes x concurrency {}", args.workers, args.worker_concurrency);
+            }
             println!("  compile       {:.2} ms (validation + plan, once)", report.compile_ms);
             println!("  peak RSS      {:.1} MiB", report.peak_rss_mb);
         }

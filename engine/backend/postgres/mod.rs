@@ -64,6 +64,10 @@ pub struct Settings {
     pub max_connections: u32,
     /// `shutdown_grace`: how long a stopping worker lets running tasks finish before handing them back (default 30s).
     pub shutdown_grace: Duration,
+    /// `synchronous_completions`: claims and attempt ends wait for the
+    /// server's disk too (default false: a server crash may lose the last
+    /// ones, whose tasks then run again when their lease expires).
+    pub synchronous_completions: bool,
 }
 
 impl Settings {
@@ -120,8 +124,13 @@ impl Settings {
             crash_budget: int("crash_budget", 3)?,
             max_connections: int("max_connections", 16)?,
             shutdown_grace: duration("shutdown_grace", Duration::from_secs(30))?,
+            synchronous_completions: match options.get("synchronous_completions") {
+                None => false,
+                Some(toml::Value::Boolean(b)) => *b,
+                Some(other) => return Err(bad(format!("`synchronous_completions` must be true or false, not {other}"))),
+            },
         };
-        let known = ["url", "schema", "lease", "poll", "crash_budget", "max_connections", "shutdown_grace"];
+        let known = ["url", "schema", "lease", "poll", "crash_budget", "max_connections", "shutdown_grace", "synchronous_completions"];
         if let Some(k) = options.keys().find(|k| !known.contains(&k.as_str())) {
             return Err(bad(format!("unknown key `{k}` (known: {})", known.join(", "))));
         }

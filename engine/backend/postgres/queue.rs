@@ -173,7 +173,8 @@ pub(crate) struct LostTask {
 macro_rules! claim_sql {
     ($filter:literal) => {
         concat!(
-            "WITH c AS (SELECT run_id, position FROM tasks WHERE ",
+            "WITH s AS (SELECT set_config('synchronous_commit', $6, true) AS v), \
+             c AS (SELECT run_id, position FROM tasks WHERE (SELECT v FROM s) IS NOT NULL AND ",
             $filter,
             " AND state = 'ready' AND ready_at <= clock_timestamp() \
              ORDER BY ready_at, run_id, position LIMIT $2 FOR UPDATE SKIP LOCKED), \
@@ -192,7 +193,7 @@ macro_rules! claim_sql {
     };
 }
 
-const CLAIM_FROM_QUEUES: &str = claim_sql!("queue = ANY($1)");
+const CLAIM_FROM_QUEUES: &str = claim_sql!("queue = ANY($1) AND $5::int[] IS NULL");
 const CLAIM_FROM_RUN: &str = claim_sql!("run_id = $1 AND position = ANY($5)");
 
 const SUBMIT: &str = "WITH d AS (INSERT INTO definitions (id, definition) SELECT $1, $2::jsonb WHERE $2::text IS NOT NULL \
@@ -269,6 +270,11 @@ pub(crate) struct Db {
     done_channel: String,
     /// Definitions known to be in the database: submits send only their id.
     known: Mutex<HashSet<String>>,
+    /// `synchronous_commit` of claims and attempt ends (`off` unless
+    /// `synchronous_completions`): one lost in a server crash is the same as
+    /// a worker lost before it committed, and the lease runs the task again.
+    /// Submits, cancels and stops always wait for the disk.
+    completion_commit: &'static str,
 }
 
 fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
@@ -370,6 +376,7 @@ impl Db {
             stop_channel: s.channel("stop"),
             done_channel: s.channel("done"),
             known: Mutex::new(HashSet::new()),
+            completion_commit: if s.synchronous_completions { "on" } else { "off" },
         }
     }
 
@@ -475,8 +482,15 @@ impl Db {
 
     /// Claim up to `limit` ready tasks of these queues for `owner`.
     pub(crate) async fn claim(&self, queues: &[String], limit: usize, owner: &str) -> Result<Vec<Claimed>> {
-        let rows =
-            sqlx::query(CLAIM_FROM_QUEUES).bind(queues).bind(limit as i64).bind(owner).bind(self.lease_ms).fetch_all(&self.pool).await?;
+        let rows = sqlx::query(CLAIM_FROM_QUEUES)
+            .bind(queues)
+            .bind(limit as i64)
+            .bind(owner)
+            .bind(self.lease_ms)
+            .bind(None::<Vec<i32>>)
+            .bind(self.completion_commit)
+            .fetch_all(&self.pool)
+            .await?;
         let claimed = rows.iter().map(claimed_from_row).collect::<Result<Vec<_>>>()?;
         self.mark_started(&claimed).await;
         Ok(claimed)
@@ -491,10 +505,12 @@ impl Db {
         ids.sort_unstable();
         ids.dedup();
         let r = sqlx::query(
-            "UPDATE runs SET status = 'running', started_at = COALESCE(started_at, clock_timestamp()) \
-             WHERE run_id = ANY($1) AND status = 'queued'",
+            "WITH s AS (SELECT set_config('synchronous_commit', $2, true) AS v) \
+             UPDATE runs SET status = 'running', started_at = COALESCE(started_at, clock_timestamp()) \
+             WHERE run_id = ANY($1) AND status = 'queued' AND (SELECT v FROM s) IS NOT NULL",
         )
         .bind(&ids)
+        .bind(self.completion_commit)
         .execute(&self.pool)
         .await;
         if let Err(e) = r {
@@ -519,10 +535,14 @@ impl Db {
         claim_max: usize,
     ) -> Result<Finish> {
         let mut tx = self.pool.begin().await?;
-        let run = sqlx::query("SELECT stop, concurrency, timeout_ms, queue FROM runs WHERE run_id = $1 FOR NO KEY UPDATE")
-            .bind(run_id)
-            .fetch_optional(&mut *tx)
-            .await?;
+        let run = sqlx::query(
+            "SELECT set_config('synchronous_commit', $2, true) AS sc, stop, concurrency, timeout_ms, queue \
+             FROM runs WHERE run_id = $1 FOR NO KEY UPDATE",
+        )
+        .bind(run_id)
+        .bind(self.completion_commit)
+        .fetch_optional(&mut *tx)
+        .await?;
         let Some(run) = run else {
             return Ok(Finish { stale: true, ..Finish::default() });
         };
@@ -642,6 +662,7 @@ impl Db {
                     .bind(owner)
                     .bind(self.lease_ms)
                     .bind(&direct)
+                    .bind(self.completion_commit)
                     .fetch_all(&mut *tx)
                     .await?;
                 claimed = rows.iter().map(claimed_from_row).collect::<Result<Vec<_>>>()?;
