@@ -92,10 +92,10 @@ pub fn plain(s: &str) -> Option<Plain<'_>> {
     let mut reads = Vec::new();
     let mut text = false;
     let mut rest = s;
-    while let Some(open) = rest.find("{{") {
+    while let Some(open) = find_pair(rest, '{') {
         text |= open > 0;
         let inner = &rest[open + 2..];
-        let close = inner.find("}}")?;
+        let close = find_pair(inner, '}')?;
         let after = &inner[close + 2..];
         if after.starts_with('}') {
             return None;
@@ -121,6 +121,29 @@ pub fn plain(s: &str) -> Option<Plain<'_>> {
     text |= !rest.is_empty();
     let lone = reads.len() == 1 && !text;
     Some(Plain { reads, lone })
+}
+
+/// The byte offset of the first `{{` (`c` = `{`) or `}}` (`c` = `}`).
+///
+/// Hand-written because `str::find` with a two-character pattern sets up a
+/// general substring searcher on every call, which costs more than the
+/// search itself on strings as short as most templates.
+fn find_pair(s: &str, c: char) -> Option<usize> {
+    let bytes = s.as_bytes();
+    let mut from = 0;
+    while let Some(i) = s[from..].find(c) {
+        let at = from + i;
+        if bytes.get(at + 1) == Some(&(c as u8)) {
+            return Some(at);
+        }
+        from = at + 1;
+    }
+    None
+}
+
+/// Whether a string is a template at all: whether it contains `{{`.
+pub fn is_template(s: &str) -> bool {
+    find_pair(s, '{').is_some()
 }
 
 /// The deepest nesting of blocks, and of parentheses or brackets inside one
@@ -176,7 +199,7 @@ impl Reads {
     /// Gather what a string reads without compiling it; a template that does
     /// not parse reads nothing.
     pub fn scan(&mut self, s: &str) {
-        if !s.contains("{{") {
+        if !is_template(s) {
             return;
         }
         self.templated = true;
@@ -296,7 +319,7 @@ impl Templates {
 
     /// [`Templates::compile_str`], gathering what the template reads into `reads`.
     pub fn compile_str_reading(&mut self, key: &str, s: &str, reads: &mut Reads) -> Result<TValue, CompileError> {
-        if !s.contains("{{") {
+        if !is_template(s) {
             return Ok(TValue::Lit(Value::String(s.to_string())));
         }
         reads.templated = true;
@@ -319,7 +342,7 @@ impl Templates {
 
     /// Compile a shell script, gathering what it reads; returns its name.
     pub fn compile_shell_reading(&mut self, key: &str, s: &str, reads: &mut Reads) -> Result<String, CompileError> {
-        let lazy = if !s.contains("{{") {
+        let lazy = if !is_template(s) {
             Lazy::unparsed(s)
         } else {
             reads.templated = true;
@@ -522,6 +545,22 @@ mod tests {
     fn compiled_by_handlebars(s: &str) -> Result<(Option<Vec<String>>, Vec<String>), CompileError> {
         let t = parse(s)?;
         Ok((whole_path(&t), referenced_paths(&t)))
+    }
+
+    #[test]
+    fn finds_braces_pairs() {
+        for (s, open, close) in [
+            ("", None, None),
+            ("{x}", None, None),
+            ("a{b{{c}}", Some(3), Some(6)),
+            ("}{{", Some(1), None),
+            ("{{{x}}}", Some(0), Some(4)),
+            ("é{{", Some(2), None),
+        ] {
+            assert_eq!(find_pair(s, '{'), open, "{s}");
+            assert_eq!(find_pair(s, '}'), close, "{s}");
+            assert_eq!(is_template(s), s.contains("{{"), "{s}");
+        }
     }
 
     #[test]

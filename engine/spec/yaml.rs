@@ -9,7 +9,7 @@
 use super::node::{Key, Node, NodeKind};
 use super::{MAX_ALIAS_NODES, MAX_DEPTH, MAX_NODES};
 use crate::diag::{Code, Diagnostic, Span};
-use serde_saphyr::granit_parser::{ErrorKind, Event, Parser, ScalarStyle, Span as YSpan};
+use serde_saphyr::granit_parser::{ErrorKind, Event, Options, Parser, ScalarStyle, Span as YSpan};
 use std::collections::{HashMap, HashSet};
 
 fn span(s: &YSpan) -> Span {
@@ -35,7 +35,11 @@ struct Builder<'f> {
 }
 
 pub fn parse(file: &str, text: &str) -> Result<Node, Vec<Diagnostic>> {
-    let mut parser = Parser::new_from_str(text);
+    // Comments are still checked as syntax, but we have no use for their
+    // text, and capturing it costs a good part of the parse.
+    let mut options = Options::default();
+    options.set_emit_comments(false);
+    let mut parser = Parser::new_from_str_with_options(text, options);
     let mut b = Builder { file, stack: Vec::new(), anchors: HashMap::new(), root: None, nodes: 0, alias_nodes: 0, diags: Vec::new() };
     let mut documents = 0;
     while let Some(ev) = parser.next_event() {

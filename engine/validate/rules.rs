@@ -12,6 +12,7 @@ use crate::spec::Document;
 use crate::spec::node::pointer_seg;
 use petgraph::graph::{DiGraph, NodeIndex};
 use serde_json::Value;
+use std::borrow::Cow;
 use std::collections::{HashMap, HashSet};
 use std::time::Duration;
 
@@ -307,29 +308,47 @@ impl Rules<'_> {
         let mut reach = Reach::new(parents_of, position);
         // References whose ancestry a short walk could not settle; answered
         // together at the end.
-        let mut deferred: Vec<(usize, usize, Span, String, Option<String>)> = Vec::new();
+        let mut deferred: Vec<(usize, usize, String, String, Option<String>)> = Vec::new();
         // Workflow-level templates: env values and the rollout entity.
         let doc = self.doc;
-        let mut strings: Vec<(String, &str, bool, Option<usize>)> = Vec::new();
+        // The template strings: (pointer as a range of `pointers`, text,
+        // shell script, task).
+        let mut pointers = String::new();
+        let mut strings: Vec<(std::ops::Range<usize>, &str, bool, Option<usize>)> = Vec::new();
+        let mut ptr = String::new();
         if let Some(env) = doc.value.get("env").and_then(Value::as_object) {
             for (k, v) in env {
-                if let Some(s) = v.as_str().filter(|s| s.contains("{{")) {
-                    strings.push((format!("/env/{}", pointer_seg(k)), s, false, None));
+                if let Some(s) = v.as_str().filter(|s| template::is_template(s)) {
+                    ptr.clear();
+                    ptr.push_str("/env");
+                    push_seg(&mut ptr, k);
+                    pointers.push_str(&ptr);
+                    strings.push((pointers.len() - ptr.len()..pointers.len(), s, false, None));
                 }
             }
         }
-        if let Some(s) = doc.value.pointer("/backend/entity").and_then(Value::as_str).filter(|s| s.contains("{{")) {
-            strings.push(("/backend/entity".into(), s, false, None));
+        if let Some(s) = doc.value.pointer("/backend/entity").and_then(Value::as_str).filter(|s| template::is_template(s)) {
+            pointers.push_str("/backend/entity");
+            strings.push((pointers.len() - "/backend/entity".len()..pointers.len(), s, false, None));
         }
         for (i, t) in tasks.iter().enumerate() {
-            task_templates(t, &mut |ptr, s, shell| strings.push((format!("/tasks/{i}{ptr}"), s, shell, Some(i))));
+            ptr.clear();
+            ptr.push_str("/tasks");
+            push_index(&mut ptr, i);
+            task_templates(t, &mut ptr, &mut |p, s, shell| {
+                pointers.push_str(p);
+                strings.push((pointers.len() - p.len()..pointers.len(), s, shell, Some(i)));
+            });
         }
-        for (ptr, s, shell, task) in strings {
-            let node_span = self.doc.span(&ptr);
+        for (range, s, shell, task) in strings {
+            let ptr = &pointers[range];
+            // Spans are looked up only for a finding: most templates have none.
+            let node_cell = std::cell::OnceCell::new();
+            let node_span = || *node_cell.get_or_init(|| doc.span(ptr));
             // Most templates are plain `{{root.path}}` reads, which need no
             // parser; anything else goes through Handlebars.
             let (paths, raw_output) = match template::plain(s) {
-                Some(p) => (p.reads.into_iter().map(str::to_string).collect(), false),
+                Some(p) => (p.reads.into_iter().map(Cow::Borrowed).collect::<Vec<_>>(), false),
                 // Handlebars builds nested blocks and subexpressions
                 // recursively: refuse what could exhaust the stack.
                 None if nesting(s) > MAX_TEMPLATE_NESTING => {
@@ -337,7 +356,7 @@ impl Rules<'_> {
                         Diagnostic::new(
                             Code::Template,
                             self.file,
-                            node_span,
+                            node_span(),
                             format!("invalid template: blocks or subexpressions nested deeper than {MAX_TEMPLATE_NESTING} levels"),
                         )
                         .with_help("split the template, or compute the value in a task"),
@@ -345,22 +364,22 @@ impl Rules<'_> {
                     continue;
                 }
                 None => match handlebars::Template::compile(s) {
-                    Ok(tpl) => (template::referenced_paths(&tpl), template::has_raw_output(&tpl)),
+                    Ok(tpl) => (template::referenced_paths(&tpl).into_iter().map(Cow::Owned).collect(), template::has_raw_output(&tpl)),
                     Err(e) => {
                         let (span, message) = match unclosed(s) {
                             // The parser's message for this common slip names a
                             // grammar rule; say it plainly, at the `{{`.
                             Some(at) => {
                                 let needle: String = s[at..].chars().take(24).collect();
-                                let span = self
-                                    .locate(node_span, &needle)
-                                    .map_or(node_span, |sp| Span::new(sp.start.line, sp.start.column, sp.start.line, sp.start.column + 2));
+                                let span = self.locate(node_span(), &needle).map_or(node_span(), |sp| {
+                                    Span::new(sp.start.line, sp.start.column, sp.start.line, sp.start.column + 2)
+                                });
                                 (span, "invalid template: `{{` is never closed with `}}`".to_string())
                             }
                             None => {
                                 let (line, col) = e.pos().unwrap_or((1, 1));
                                 (
-                                    self.locate_line_col(node_span, s, line, col),
+                                    self.locate_line_col(node_span(), s, line, col),
                                     format!("invalid template: {}", clip(&e.reason().to_string(), 200)),
                                 )
                             }
@@ -374,7 +393,7 @@ impl Rules<'_> {
                 },
             };
             if shell && raw_output {
-                let span = self.locate(node_span, "{{{").unwrap_or(node_span);
+                let span = self.locate(node_span(), "{{{").unwrap_or_else(node_span);
                 self.push(
                     Diagnostic::new(Code::Template, self.file, span, "raw `{{{ }}}` output is not allowed in a `shell` script")
                         .with_help("use `{{...}}`: the value is then shell-quoted, so it can never become shell syntax"),
@@ -384,8 +403,8 @@ impl Rules<'_> {
                 if raw.starts_with('@') || raw == "this" || raw.starts_with("this.") || raw.starts_with("../") {
                     continue;
                 }
-                let segs: Vec<&str> = raw.split(['.', '/']).collect();
-                let span = self.locate(node_span, &raw).unwrap_or(node_span);
+                let segs: Vec<&str> = raw.split(['.', '/']).take(3).collect();
+                let span = |me: &Self| me.locate(node_span(), &raw).unwrap_or_else(node_span);
                 let root = segs[0];
                 if !ROOTS.contains(&root) {
                     if ["if", "unless", "each", "with", "lookup", "else", "log"].contains(&root) {
@@ -394,7 +413,7 @@ impl Rules<'_> {
                     let mut d = Diagnostic::new(
                         Code::TemplateRef,
                         self.file,
-                        span,
+                        span(self),
                         format!("template reads `{raw}`, but `{root}` is not a template variable"),
                     );
                     d = match did_you_mean(root, ROOTS) {
@@ -408,7 +427,7 @@ impl Rules<'_> {
                     "tasks" => {
                         let Some(target) = segs.get(1) else {
                             self.push(
-                                Diagnostic::new(Code::TemplateRef, self.file, span, "read one task's output: `tasks.NAME.output`")
+                                Diagnostic::new(Code::TemplateRef, self.file, span(self), "read one task's output: `tasks.NAME.output`")
                                     .with_help("templates may read only the outputs of a task's ancestors, by name"),
                             );
                             continue;
@@ -417,7 +436,7 @@ impl Rules<'_> {
                             self.push(Diagnostic::new(
                                 Code::TemplateRef,
                                 self.file,
-                                span,
+                                span(self),
                                 format!("`{raw}`: task outputs are not available here, only in a task's own templates"),
                             ));
                             continue;
@@ -427,7 +446,7 @@ impl Rules<'_> {
                                 let mut d = Diagnostic::new(
                                     Code::TemplateRef,
                                     self.file,
-                                    span,
+                                    span(self),
                                     format!("template reads `{raw}`, but there is no task `{target}`"),
                                 );
                                 if let Some(s) = did_you_mean(target, ids.keys().copied()) {
@@ -436,10 +455,10 @@ impl Rules<'_> {
                                 self.push(d);
                             }
                             Some(&tid) => {
-                                let field = segs.get(2).map(|f| f.to_string());
+                                let field = segs.get(2).copied();
                                 match reach.quick(tid, task) {
-                                    Some(ancestor) => self.task_ref(ancestor, span, &raw, tasks, tid, task, field.as_deref()),
-                                    None => deferred.push((tid, task, span, raw.clone(), field)),
+                                    Some(ancestor) => self.task_ref(ancestor, &span, &raw, tasks, tid, task, field),
+                                    None => deferred.push((tid, task, ptr.to_string(), raw.to_string(), field.map(str::to_string))),
                                 }
                             }
                         }
@@ -451,7 +470,7 @@ impl Rules<'_> {
                             let mut d = Diagnostic::new(
                                 Code::TemplateRef,
                                 self.file,
-                                span,
+                                span(self),
                                 format!("template reads `{raw}`, but the input schema declares no property `{prop}` and forbids others"),
                             );
                             if let Some(s) = did_you_mean(prop, props.iter().map(String::as_str)) {
@@ -466,7 +485,7 @@ impl Rules<'_> {
                             self.push(Diagnostic::new(
                                 Code::TemplateRef,
                                 self.file,
-                                span,
+                                span(self),
                                 format!(
                                     "`{raw}`: `{root}` has only {}",
                                     allowed.iter().map(|a| format!("`{a}`")).collect::<Vec<_>>().join(" and ")
@@ -481,14 +500,27 @@ impl Rules<'_> {
         }
         let queries: Vec<(usize, usize)> = deferred.iter().map(|(x, t, ..)| (*x, *t)).collect();
         let answers = reach.batch(&queries);
-        for ((tid, task, span, raw, field), ancestor) in deferred.into_iter().zip(answers) {
-            self.task_ref(ancestor, span, &raw, tasks, tid, task, field.as_deref());
+        for ((tid, task, ptr, raw, field), ancestor) in deferred.into_iter().zip(answers) {
+            let span = |me: &Self| {
+                let node = me.doc.span(&ptr);
+                me.locate(node, &raw).unwrap_or(node)
+            };
+            self.task_ref(ancestor, &span, &raw, tasks, tid, task, field.as_deref());
         }
     }
 
     /// The verdict on a template of `task` reading `tasks.<target>...`.
     #[allow(clippy::too_many_arguments)]
-    fn task_ref(&mut self, ancestor: bool, span: Span, raw: &str, tasks: &[Value], target: usize, task: usize, field: Option<&str>) {
+    fn task_ref(
+        &mut self,
+        ancestor: bool,
+        span: &dyn Fn(&Self) -> Span,
+        raw: &str,
+        tasks: &[Value],
+        target: usize,
+        task: usize,
+        field: Option<&str>,
+    ) {
         let name = |i: usize| tasks[i].get("name").and_then(Value::as_str).unwrap_or("?");
         let (me, target) = (name(task), name(target));
         if !ancestor {
@@ -496,7 +528,7 @@ impl Rules<'_> {
                 Diagnostic::new(
                     Code::TemplateRef,
                     self.file,
-                    span,
+                    span(self),
                     format!("task `{me}` reads `{raw}`, but `{target}` is not an ancestor of `{me}`"),
                 )
                 .with_help(format!("add `{target}` to the parents of `{me}`, so its output exists when `{me}` starts")),
@@ -505,7 +537,7 @@ impl Rules<'_> {
             self.push(Diagnostic::new(
                 Code::TemplateRef,
                 self.file,
-                span,
+                span(self),
                 format!("`{raw}`: a task exposes only `output` (`tasks.{target}.output`)"),
             ));
         }
@@ -676,64 +708,127 @@ fn topological_positions(parents_of: &[Vec<usize>]) -> (Vec<usize>, Vec<usize>) 
 }
 
 /// Every template string of a task (those containing `{{`), with its JSON
-/// pointer below the task and whether it is a shell script: the strings that
-/// `plan::compile` compiles in a typed task, read from the untyped value so
-/// that a task with a schema error elsewhere is still checked.
-fn task_templates<'v>(task: &'v Value, out: &mut impl FnMut(String, &'v str, bool)) {
-    fn walk<'v>(ptr: String, v: &'v Value, out: &mut impl FnMut(String, &'v str, bool)) {
+/// pointer and whether it is a shell script: the strings that `plan::compile`
+/// compiles in a typed task, read from the untyped value so that a task with
+/// a schema error elsewhere is still checked.
+///
+/// `ptr` holds the task's pointer (`/tasks/3`) and is extended in place for
+/// each string (and restored), so listing the strings allocates nothing.
+fn task_templates<'v>(task: &'v Value, ptr: &mut String, out: &mut impl FnMut(&str, &'v str, bool)) {
+    fn walk<'v>(ptr: &mut String, v: &'v Value, out: &mut impl FnMut(&str, &'v str, bool)) {
         match v {
-            Value::String(s) if s.contains("{{") => out(ptr, s, false),
-            Value::Array(a) => a.iter().enumerate().for_each(|(i, x)| walk(format!("{ptr}/{i}"), x, out)),
-            Value::Object(m) => m.iter().for_each(|(k, x)| walk(format!("{ptr}/{}", pointer_seg(k)), x, out)),
+            Value::String(s) if template::is_template(s) => out(ptr, s, false),
+            Value::Array(a) => {
+                for (i, x) in a.iter().enumerate() {
+                    let len = ptr.len();
+                    push_index(ptr, i);
+                    walk(ptr, x, out);
+                    ptr.truncate(len);
+                }
+            }
+            Value::Object(m) => {
+                for (k, x) in m {
+                    let len = ptr.len();
+                    push_seg(ptr, k);
+                    walk(ptr, x, out);
+                    ptr.truncate(len);
+                }
+            }
             _ => {}
         }
     }
-    fn strings<'v>(ptr: &str, v: Option<&'v Value>, out: &mut impl FnMut(String, &'v str, bool)) {
+    /// A string, or the strings directly inside a list or a mapping.
+    fn strings<'v>(ptr: &mut String, v: Option<&'v Value>, out: &mut impl FnMut(&str, &'v str, bool)) {
         match v {
-            Some(Value::String(s)) if s.contains("{{") => out(ptr.to_string(), s, false),
+            Some(Value::String(s)) if template::is_template(s) => out(ptr, s, false),
             Some(Value::Array(a)) => {
                 for (i, x) in a.iter().enumerate() {
-                    if let Some(s) = x.as_str().filter(|s| s.contains("{{")) {
-                        out(format!("{ptr}/{i}"), s, false);
+                    if let Some(s) = x.as_str().filter(|s| template::is_template(s)) {
+                        let len = ptr.len();
+                        push_index(ptr, i);
+                        out(ptr, s, false);
+                        ptr.truncate(len);
                     }
                 }
             }
             Some(Value::Object(m)) => {
                 for (k, x) in m {
-                    if let Some(s) = x.as_str().filter(|s| s.contains("{{")) {
-                        out(format!("{ptr}/{}", pointer_seg(k)), s, false);
+                    if let Some(s) = x.as_str().filter(|s| template::is_template(s)) {
+                        let len = ptr.len();
+                        push_seg(ptr, k);
+                        out(ptr, s, false);
+                        ptr.truncate(len);
                     }
                 }
             }
             _ => {}
         }
     }
-    let Some(t) = task.as_object() else { return };
-    strings("/run", t.get("run").filter(|v| v.is_array()), out);
-    if let Some(s) = t.get("shell").and_then(Value::as_str).filter(|s| s.contains("{{")) {
-        out("/shell".into(), s, true);
+    /// Run `f` with `suffix` appended to the pointer.
+    fn at<'v, O: FnMut(&str, &'v str, bool)>(ptr: &mut String, suffix: &str, out: &mut O, f: impl FnOnce(&mut String, &mut O)) {
+        let len = ptr.len();
+        ptr.push_str(suffix);
+        f(ptr, out);
+        ptr.truncate(len);
     }
-    strings("/env", t.get("env").filter(|v| v.is_object()), out);
-    strings("/cwd", t.get("cwd").filter(|v| v.is_string()), out);
+    let Some(t) = task.as_object() else { return };
+    if let Some(run) = t.get("run").filter(|v| v.is_array()) {
+        at(ptr, "/run", out, |p, o| strings(p, Some(run), o));
+    }
+    if let Some(s) = t.get("shell").and_then(Value::as_str).filter(|s| template::is_template(s)) {
+        at(ptr, "/shell", out, |p, o| o(p, s, true));
+    }
+    if let Some(env) = t.get("env").filter(|v| v.is_object()) {
+        at(ptr, "/env", out, |p, o| strings(p, Some(env), o));
+    }
+    if let Some(cwd) = t.get("cwd").filter(|v| v.is_string()) {
+        at(ptr, "/cwd", out, |p, o| strings(p, Some(cwd), o));
+    }
     if let Some(h) = t.get("http").and_then(Value::as_object) {
-        strings("/http/url", h.get("url").filter(|v| v.is_string()), out);
-        strings("/http/headers", h.get("headers").filter(|v| v.is_object()), out);
-        strings("/http/query", h.get("query").filter(|v| v.is_object()), out);
-        if let Some(j) = h.get("json") {
-            walk("/http/json".into(), j, out);
-        }
-        strings("/http/body", h.get("body").filter(|v| v.is_string()), out);
+        at(ptr, "/http", out, |ptr, out| {
+            if let Some(v) = h.get("url").filter(|v| v.is_string()) {
+                at(ptr, "/url", out, |p, o| strings(p, Some(v), o));
+            }
+            if let Some(v) = h.get("headers").filter(|v| v.is_object()) {
+                at(ptr, "/headers", out, |p, o| strings(p, Some(v), o));
+            }
+            if let Some(v) = h.get("query").filter(|v| v.is_object()) {
+                at(ptr, "/query", out, |p, o| strings(p, Some(v), o));
+            }
+            if let Some(j) = h.get("json") {
+                at(ptr, "/json", out, |p, o| walk(p, j, o));
+            }
+            if let Some(v) = h.get("body").filter(|v| v.is_string()) {
+                at(ptr, "/body", out, |p, o| strings(p, Some(v), o));
+            }
+        });
     }
     if let Some(c) = t.get("celery").and_then(Value::as_object) {
         if let Some(a) = c.get("args").filter(|v| v.is_array()) {
-            walk("/celery/args".into(), a, out);
+            at(ptr, "/celery/args", out, |p, o| walk(p, a, o));
         }
         if let Some(k) = c.get("kwargs").filter(|v| v.is_object()) {
-            walk("/celery/kwargs".into(), k, out);
+            at(ptr, "/celery/kwargs", out, |p, o| walk(p, k, o));
         }
     }
     if let Some(w) = t.get("with") {
-        walk("/with".into(), w, out);
+        at(ptr, "/with", out, |p, o| walk(p, w, o));
+    }
+}
+
+/// Append `/i` to a JSON pointer.
+fn push_index(ptr: &mut String, i: usize) {
+    use std::fmt::Write as _;
+    let _ = write!(ptr, "/{i}");
+}
+
+/// Append `/seg` to a JSON pointer, escaped.
+fn push_seg(ptr: &mut String, seg: &str) {
+    ptr.push('/');
+    if seg.contains(['~', '/']) {
+        ptr.push_str(&pointer_seg(seg));
+    } else {
+        ptr.push_str(seg);
     }
 }
 
