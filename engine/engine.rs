@@ -131,7 +131,7 @@ impl EngineBuilder {
         let store = match url {
             Some(u) => {
                 let s = Store::open(&u).await?;
-                if let Err(e) = s.recover_orphans().await {
+                if let Err(e) = s.recover_orphans_of(&self.config.in_process_backends()).await {
                     tracing::warn!("could not check for interrupted runs: {e}");
                 }
                 Some(s)

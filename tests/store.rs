@@ -222,7 +222,12 @@ async fn round_trip_of_a_run_with_outputs_errors_skips_and_routing(cx: Ctx) {
     let s = &cx.store;
     let created = at(0).to_offset(time::macros::offset!(+2));
     let mut run = new_run("0193-round-trip", "diamond", created, &["a", "b", "c", "d", "e"]);
-    run.routing = Some(Routing { flag: "task_abstraction_enabled".into(), variant: Some("100".into()), reason: "MATCH".into(), ..Default::default() });
+    run.routing = Some(Routing {
+        flag: "task_abstraction_enabled".into(),
+        variant: Some("100".into()),
+        reason: "MATCH".into(),
+        ..Default::default()
+    });
     run.entity_id = "user-7".into();
     run.context = json!({"user_id": "user-7", "organization_id": 3});
     run.input = json!({"document_path": "/tmp/a b.pdf", "n": [1, 2.5, null]});
@@ -404,10 +409,17 @@ async fn orphans_of_dead_local_processes_are_failed(cx: Ctx) {
         assert!(s.set_owner(id, owner).await.unwrap());
     }
     assert!(!s.set_owner("o-unknown", &here).await.unwrap());
+    // A run of a distributed backend outlives the process that submitted it.
+    let mut distributed = make("o-dead-distributed", RunStatus::Running);
+    distributed.backend = "pg".into();
+    s.create_run(&distributed, &def).await.unwrap();
+    assert!(s.set_owner("o-dead-distributed", &dead).await.unwrap());
 
-    let mut recovered = s.recover_orphans().await.unwrap();
+    let mut recovered = s.recover_orphans_of(&["local".to_string()]).await.unwrap();
     recovered.sort();
     assert_eq!(recovered, ["o-dead-queued", "o-dead-running"]);
+    assert_eq!(s.get_run("o-dead-distributed").await.unwrap().unwrap().status, RunStatus::Running);
+    assert_eq!(s.recover_orphans().await.unwrap(), ["o-dead-distributed"], "without a filter every backend's runs are checked");
 
     let message = format!("interrupted: the process running it (pid {}) exited", dead.pid);
     let r = s.get_run("o-dead-running").await.unwrap().unwrap();
@@ -606,6 +618,19 @@ async fn sqlite_creates_folders_and_uses_wal() {
     let mode: (String,) = sqlx::query_as("PRAGMA journal_mode").fetch_one(&mut c).await.unwrap();
     assert_eq!(mode.0, "wal");
     store.close().await;
+}
+
+#[tokio::test]
+async fn processes_opening_a_new_sqlite_store_at_once_all_succeed() {
+    for round in 0..5 {
+        let dir = tempfile::tempdir().unwrap();
+        let url = format!("sqlite://{}", dir.path().join("state.db").display());
+        let opens = (0..4).map(|_| Store::open(&url));
+        for (i, opened) in futures::future::join_all(opens).await.into_iter().enumerate() {
+            let store = opened.unwrap_or_else(|e| panic!("round {round}, opener {i}: {e}"));
+            store.close().await;
+        }
+    }
 }
 
 #[tokio::test]

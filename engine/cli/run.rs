@@ -452,7 +452,7 @@ pub async fn runs(cmd: Option<RunsCommand>, config: Option<&Path>) -> anyhow::Re
         Ok(s) => s,
         Err(e) => return Ok(usage(e)),
     };
-    let _ = store.recover_orphans().await;
+    let _ = store.recover_orphans_of(&config.in_process_backends()).await;
     let cmd = cmd.unwrap_or(RunsCommand::List { workflow: None, status: None, limit: 20, format: OutputFormat::Human });
     match cmd {
         RunsCommand::List { workflow, status, limit, format } => {

@@ -242,6 +242,12 @@ impl Config {
         names
     }
 
+    /// The backends whose runs execute inside the process that starts them
+    /// (kind `local`): a run of theirs whose process is gone was interrupted.
+    pub fn in_process_backends(&self) -> Vec<String> {
+        self.backend_names().into_iter().filter(|n| self.kind_of(n) == Some("local")).collect()
+    }
+
     pub fn kind_of(&self, backend: &str) -> Option<&str> {
         match self.backends.get(backend) {
             Some(b) => Some(b.kind.as_str()),

@@ -530,14 +530,29 @@ impl Store {
     /// host that no longer exists, cancelling their unfinished tasks; returns
     /// their ids.
     pub async fn recover_orphans(&self) -> Result<Vec<String>> {
+        self.recover(None).await
+    }
+
+    /// [`Store::recover_orphans`], limited to runs of the named backends:
+    /// those that execute inside the process that started them. Runs of a
+    /// distributed backend outlive the process that submitted them.
+    pub async fn recover_orphans_of(&self, in_process: &[String]) -> Result<Vec<String>> {
+        self.recover(Some(in_process)).await
+    }
+
+    async fn recover(&self, in_process: Option<&[String]>) -> Result<Vec<String>> {
         let sql = &self.inner.sql;
         let me = &self.inner.owner;
         let candidates = self
             .inner
             .fetch("looking for interrupted runs", stmt(&sql.orphan_candidates, [me.host.as_str()]), |r| {
-                Ok((r.req_text("run_id")?, r.int("owner_pid")?))
+                Ok((r.req_text("run_id")?, r.int("owner_pid")?, r.req_text("backend")?))
             })
             .await?;
+        let candidates = candidates
+            .into_iter()
+            .filter(|(_, _, backend)| in_process.is_none_or(|names| names.contains(backend)))
+            .map(|(run_id, pid, _)| (run_id, pid));
         let mut recovered = Vec::new();
         for (run_id, pid) in candidates {
             let pid = pid.unwrap_or(0);
@@ -725,7 +740,22 @@ async fn migrate(inner: &Inner) -> Result<()> {
     }
     let m = migrator(inner.sql.dialect);
     let result = match &inner.pool {
-        Pool::Sqlite(p) => m.run(p).await,
+        Pool::Sqlite(p) => {
+            // sqlx takes no lock on SQLite, so two processes opening a new
+            // file at once both run the first migration and one fails on
+            // the other's tables; once the winner has committed, running
+            // again finds the migrations applied.
+            let mut tries = 0;
+            loop {
+                match m.run(p).await {
+                    Err(MigrateError::Execute(_) | MigrateError::ExecuteMigration(..)) if tries < 5 => {
+                        tries += 1;
+                        tokio::time::sleep(std::time::Duration::from_millis(50 * tries)).await;
+                    }
+                    other => break other,
+                }
+            }
+        }
         Pool::Postgres(p) => m.run(p).await,
     };
     result.map_err(|e| match e {

@@ -440,9 +440,11 @@ impl Sql {
                      AND run_id IN (SELECT jsonb_array_elements_text($1::jsonb)) ORDER BY run_id"
                     .into(),
             }),
-            orphan_candidates: sql("SELECT run_id, owner_pid FROM runs WHERE status IN ('queued', 'running') AND owner_host = $1 \
+            orphan_candidates: sql(
+                "SELECT run_id, owner_pid, backend FROM runs WHERE status IN ('queued', 'running') AND owner_host = $1 \
                  ORDER BY run_id"
-                .into()),
+                    .into(),
+            ),
             fail_orphan_run: sql(format!(
                 "UPDATE runs SET status = 'failed', error = $2, finished_at = {now} \
                  WHERE run_id = $1 AND status IN ('queued', 'running')"
