@@ -148,6 +148,7 @@ suite!(
     writer_drains_its_queue_after_being_dropped,
     writer_takes_100k_task_updates,
     writer_reports_a_failed_write_through_flush,
+    a_creation_that_may_find_its_run_recorded_is_quiet,
     short_ids_find_their_runs,
     reopening_keeps_history,
     a_newer_schema_is_refused_clearly,
@@ -562,6 +563,26 @@ async fn writer_reports_a_failed_write_through_flush(cx: Ctx) {
     assert!(!text.contains('\n'), "one line: {text}");
     // Reported once: the next flush has nothing new to say.
     w.flush().await.unwrap();
+}
+
+async fn a_creation_that_may_find_its_run_recorded_is_quiet(cx: Ctx) {
+    let s = &cx.store;
+    let def = definition(&["a"]);
+    let mut finished = new_run("dup-1", "wf", at(0), &["a"]);
+    finished.status = RunStatus::Succeeded;
+    s.create_run(&finished, &def).await.unwrap();
+    let w = s.writer();
+    // Another process recorded the run first (a worker finished it): quiet, and the record stays.
+    w.create_if_absent(&new_run("dup-1", "wf", at(0), &["a"]), def.clone());
+    w.flush().await.unwrap();
+    assert_eq!(s.get_run("dup-1").await.unwrap().unwrap().status, RunStatus::Succeeded);
+    // A plain creation of a taken id is still reported.
+    w.create(&new_run("dup-1", "wf", at(0), &["a"]), def.clone());
+    assert!(matches!(w.flush().await, Err(StoreError::RunExists(id)) if id == "dup-1"));
+    // A new id is recorded as usual.
+    w.create_if_absent(&new_run("dup-2", "wf", at(0), &["a"]), def);
+    w.flush().await.unwrap();
+    assert_eq!(s.get_run("dup-2").await.unwrap().unwrap().status, RunStatus::Queued);
 }
 
 async fn short_ids_find_their_runs(cx: Ctx) {

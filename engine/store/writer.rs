@@ -175,6 +175,17 @@ impl StoreWriter {
     /// event of it are left out and the next flush reports
     /// [`StoreError::RunExists`].
     pub fn create(&self, run: &RunResult, definition: Value) {
+        self.create_run(run, definition, false)
+    }
+
+    /// [`StoreWriter::create`] for a run that another process may record
+    /// first (a distributed backend's worker finishing it quickly): when the
+    /// id exists already, this creation is dropped without a report.
+    pub fn create_if_absent(&self, run: &RunResult, definition: Value) {
+        self.create_run(run, definition, true)
+    }
+
+    fn create_run(&self, run: &RunResult, definition: Value, may_exist: bool) {
         let layout = NewRun::of(run, &definition);
         let rows: Vec<(Arc<str>, i64, TaskResult)> =
             layout.rows.iter().map(|(name, position, t)| (Arc::from(*name), *position, (*t).clone())).collect();
@@ -197,7 +208,7 @@ impl StoreWriter {
                 }
                 b.rows += tasks.len() - before;
             }
-            b.creates.insert(id, Create { run: fields, definition: Definition::Value(definition), implicit_pending });
+            b.creates.insert(id, Create { run: fields, definition: Definition::Value(definition), implicit_pending, may_exist });
         });
     }
 
@@ -336,6 +347,8 @@ fn fields_of(r: &RunResult) -> RunResult {
 }
 
 struct Create {
+    /// Another process may have recorded the run already: no report then.
+    may_exist: bool,
     /// Its fields as last sent (tasks go to [`Batch::tasks`]).
     run: RunResult,
     definition: Definition,
@@ -557,7 +570,9 @@ impl Memory {
                     }
                 }
                 for id in rejected {
-                    self.report(StoreError::RunExists(id.to_string()));
+                    if !batch.creates.get(&id).is_some_and(|c| c.may_exist) {
+                        self.report(StoreError::RunExists(id.to_string()));
+                    }
                     self.positions.remove(&id);
                     self.rejected.insert(id);
                 }

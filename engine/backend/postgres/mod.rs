@@ -564,7 +564,7 @@ impl Backend for PgBackend {
         }
         // The run store records the accepted run; the queue stays the truth.
         if let Some(w) = &self.executor.writer {
-            w.create(&result, definition);
+            w.create_if_absent(&result, definition);
         } else if let Some(store) = &self.store
             && let Err(e) = store.create_run(&result, &definition).await
         {
