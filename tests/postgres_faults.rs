@@ -638,3 +638,69 @@ async fn doctor_and_worker_say_what_is_wrong_in_one_line() {
     assert!(line.contains("newer taskweave (version 99)"), "{line}");
     let _ = sqlx::query(sqlx::AssertSqlSafe(format!("DROP DATABASE IF EXISTS {db} WITH (FORCE)"))).execute(&mut admin).await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn serve_submits_to_postgres_and_cancels_across_processes() {
+    let Some(mut env) = Env::new("serve_submits_to_postgres_and_cancels_across_processes", "lease = \"5s\"").await else { return };
+    std::fs::write(
+        env.path().join("workflows/hello.yaml"),
+        "version: 1\nname: hello\ntasks:\n  - {name: a, uses: echo, with: {n: 1}}\n  - {name: b, parents: [a], uses: echo, with: {got: \"{{tasks.a.output.n}}\"}}\n",
+    )
+    .expect("workflow");
+    std::fs::write(
+        env.path().join("workflows/slow.yaml"),
+        "version: 1\nname: slow\ntasks:\n  - {name: s, uses: sleep, with: {seconds: 60}}\n",
+    )
+    .expect("workflow");
+    env.start_worker(4);
+    // The server is one more child of this test: killed on drop like the workers.
+    let log = env.path().join("serve.log");
+    let out = std::fs::File::create(&log).expect("log");
+    let server = env
+        .cmd()
+        .args(["serve", "--bind", "127.0.0.1:0"])
+        .stdin(Stdio::null())
+        .stdout(out.try_clone().expect("log"))
+        .stderr(out)
+        .spawn()
+        .expect("start taskweave serve");
+    env.workers.push(server);
+    let line = wait_for_line(&log, "taskweave serving http://", WAIT).await;
+    let base = line.split_whitespace().find(|w| w.starts_with("http://")).expect("address").to_string();
+    let http = reqwest::Client::new();
+
+    let accepted = http.post(format!("{base}/v1/workflows/hello/runs")).json(&json!({"input": {}})).send().await.expect("POST");
+    assert_eq!(accepted.status().as_u16(), 202);
+    let accepted: serde_json::Value = accepted.json().await.expect("JSON");
+    assert_eq!(accepted["backend"], "pg");
+    let id = accepted["run_id"].as_str().expect("run id").to_string();
+    let done: serde_json::Value = http.get(format!("{base}/v1/runs/{id}?wait=60s")).send().await.expect("GET").json().await.expect("JSON");
+    assert_eq!(done["status"], "succeeded", "{done}");
+    assert_eq!(done["backend"], "pg");
+    assert_eq!(done["tasks"]["b"]["output"], json!({"got": 1}));
+
+    // Cancel through the server a task that runs in a worker process.
+    let slow: serde_json::Value =
+        http.post(format!("{base}/v1/workflows/slow/runs")).json(&json!({})).send().await.expect("POST").json().await.expect("JSON");
+    let slow_id = slow["run_id"].as_str().expect("run id").to_string();
+    let until = Instant::now() + WAIT;
+    loop {
+        let r: serde_json::Value = http.get(format!("{base}/v1/runs/{slow_id}")).send().await.expect("GET").json().await.expect("JSON");
+        if r["tasks"]["s"]["status"] == "running" {
+            break;
+        }
+        assert!(Instant::now() < until, "the slow task never started: {r}\n{}", env.worker_logs());
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    let cancel = http.post(format!("{base}/v1/runs/{slow_id}/cancel")).send().await.expect("POST cancel");
+    assert!(cancel.status().is_success(), "cancel: {}", cancel.status());
+    let ended: serde_json::Value =
+        http.get(format!("{base}/v1/runs/{slow_id}?wait=60s")).send().await.expect("GET").json().await.expect("JSON");
+    assert_eq!(ended["status"], "cancelled", "{ended}");
+    assert_eq!(ended["tasks"]["s"]["status"], "cancelled", "{ended}");
+
+    // The history lists both runs.
+    let listed: serde_json::Value = http.get(format!("{base}/v1/runs?limit=10")).send().await.expect("GET").json().await.expect("JSON");
+    let text = listed.to_string();
+    assert!(text.contains(&id) && text.contains(&slow_id), "{listed}");
+}
