@@ -147,6 +147,8 @@ pub(crate) struct Claimed {
     pub input: Value,
     pub context: Value,
     pub deadline_us: Option<i64>,
+    /// The claim marked the run as running.
+    pub marked: bool,
     /// Outputs of the ancestors the task reads, by position.
     pub outputs: HashMap<i32, Value>,
 }
@@ -170,6 +172,9 @@ pub(crate) struct LostTask {
     pub crashes: i32,
 }
 
+/// Claims ready tasks and marks their runs as running. A run whose row
+/// another transaction holds is skipped, never waited for (the locking rule);
+/// `marked` tells which runs still need [`Db::mark_started`].
 macro_rules! claim_sql {
     ($filter:literal) => {
         concat!(
@@ -182,8 +187,13 @@ macro_rules! claim_sql {
              lease_expires = clock_timestamp() + $4 * interval '1 millisecond', \
              started_at = COALESCE(t.started_at, clock_timestamp()), attempt_started_at = clock_timestamp() \
              FROM c WHERE t.run_id = c.run_id AND t.position = c.position \
-             RETURNING t.run_id, t.position, t.attempt, t.lost, t.reads) \
+             RETURNING t.run_id, t.position, t.attempt, t.lost, t.reads), \
+             m AS (SELECT run_id FROM runs WHERE run_id IN (SELECT run_id FROM u) AND status = 'queued' \
+             FOR NO KEY UPDATE SKIP LOCKED), \
+             mu AS (UPDATE runs SET status = 'running', started_at = COALESCE(runs.started_at, clock_timestamp()) \
+             FROM m WHERE runs.run_id = m.run_id RETURNING runs.run_id) \
              SELECT u.run_id, u.position, u.attempt, u.lost, r.definition_id, r.status, r.stop, \
+             u.run_id IN (SELECT run_id FROM mu) AS marked, \
              r.input::text AS input, r.context::text AS context, \
              (extract(epoch FROM r.deadline) * 1000000)::int8 AS deadline_us, \
              (SELECT jsonb_object_agg(p.position::text, p.output)::text FROM tasks p \
@@ -211,22 +221,32 @@ const SUBMIT: &str = "WITH d AS (INSERT INTO definitions (id, definition) SELECT
      n AS (SELECT pg_notify($21, $7) FROM r) \
      SELECT (SELECT count(*) FROM r) AS inserted, (SELECT count(*) FROM n) AS notified";
 
-const FINISH_TASK: &str = "WITH u AS (UPDATE tasks SET state = $5, output = $6::jsonb, error = $7, \
+/// Ends an attempt: locks the run's row first (the locking rule), records
+/// the attempt; a success also promotes its children (to `held` when the run
+/// has a `concurrency`) and counts the task final, so the common case costs
+/// one statement. `$14`: `synchronous_commit` of the transaction.
+const FINISH_TASK: &str = "WITH r AS (SELECT stop, concurrency, timeout_ms, queue FROM runs \
+       WHERE run_id = $1 AND set_config('synchronous_commit', $14, true) IS NOT NULL FOR NO KEY UPDATE), \
+     u AS (UPDATE tasks SET state = $5, output = $6::jsonb, error = $7, \
        ready_at = CASE WHEN $5 = 'ready' THEN clock_timestamp() + $8 * interval '1 millisecond' ELSE ready_at END, \
        finished_at = CASE WHEN $5 = 'ready' THEN NULL ELSE clock_timestamp() END, \
        lost = lost + $9, crashes = crashes + $10, lease_owner = NULL, lease_expires = NULL \
-       WHERE run_id = $1 AND position = $2 AND attempt = $3 AND state = 'claimed' \
+       WHERE run_id = $1 AND position = $2 AND attempt = $3 AND state = 'claimed' AND EXISTS (SELECT 1 FROM r) \
        AND (lease_owner = $4 OR ($4::text IS NULL AND lease_expires < clock_timestamp())) \
        RETURNING run_id, position, attempt, name, children, attempt_started_at), \
      a AS (INSERT INTO attempts (run_id, position, attempt, status, error, worker, started_at, finished_at) \
        SELECT run_id, position, attempt, $11, $12, $13, COALESCE(attempt_started_at, clock_timestamp()), clock_timestamp() \
-       FROM u ON CONFLICT DO NOTHING) \
-     SELECT name, children FROM u";
-
-const PROMOTE: &str = "UPDATE tasks SET waiting = waiting - 1, \
-       state = CASE WHEN waiting = 1 THEN $3 ELSE state END, \
-       ready_at = CASE WHEN waiting = 1 THEN clock_timestamp() ELSE ready_at END \
-     WHERE run_id = $1 AND position = ANY($2) AND state = 'waiting' RETURNING position, state";
+       FROM u ON CONFLICT DO NOTHING), \
+     p AS (UPDATE tasks t SET waiting = t.waiting - 1, \
+       state = CASE WHEN t.waiting > 1 THEN t.state WHEN (SELECT concurrency FROM r) IS NULL THEN 'ready' ELSE 'held' END, \
+       ready_at = CASE WHEN t.waiting = 1 THEN clock_timestamp() ELSE t.ready_at END \
+       FROM u WHERE $5 = 'succeeded' AND t.run_id = u.run_id AND t.position = ANY(u.children) AND t.state = 'waiting' \
+       RETURNING t.position, t.state), \
+     c AS (UPDATE runs SET open = open - 1, succeeded = succeeded + 1 \
+       WHERE $5 = 'succeeded' AND run_id IN (SELECT run_id FROM u) RETURNING open, succeeded, total, stop, timeout_ms) \
+     SELECT u.name, u.children, (SELECT array_agg(p.position) FROM p WHERE p.state = 'ready') AS ready, \
+       r.stop AS run_stop, r.concurrency, r.timeout_ms AS run_timeout_ms, r.queue, \
+       c.open, c.succeeded, c.total, c.stop, c.timeout_ms FROM u CROSS JOIN r LEFT JOIN c ON TRUE";
 
 const FILL: &str = "UPDATE tasks SET state = 'ready', ready_at = clock_timestamp() \
      WHERE run_id = $1 AND state = 'held' AND position IN (\
@@ -362,6 +382,7 @@ fn claimed_from_row(r: &PgRow) -> Result<Claimed> {
         input: json(r.try_get("input")?, "input")?.unwrap_or(Value::Null),
         context: json(r.try_get("context")?, "context")?.unwrap_or(Value::Null),
         deadline_us: r.try_get("deadline_us")?,
+        marked: r.try_get::<Option<bool>, _>("marked")?.unwrap_or(false),
         outputs,
     })
 }
@@ -496,9 +517,10 @@ impl Db {
         Ok(claimed)
     }
 
-    /// Runs whose first task was just claimed are running.
+    /// Runs whose first task was just claimed are running (those the
+    /// claim itself could not mark).
     async fn mark_started(&self, claimed: &[Claimed]) {
-        let mut ids: Vec<&str> = claimed.iter().filter(|c| c.run_status == "queued").map(|c| c.run_id.as_str()).collect();
+        let mut ids: Vec<&str> = claimed.iter().filter(|c| c.run_status == "queued" && !c.marked).map(|c| c.run_id.as_str()).collect();
         if ids.is_empty() {
             return;
         }
@@ -535,23 +557,20 @@ impl Db {
         claim_max: usize,
     ) -> Result<Finish> {
         let mut tx = self.pool.begin().await?;
-        let run = sqlx::query(
-            "SELECT set_config('synchronous_commit', $2, true) AS sc, stop, concurrency, timeout_ms, queue \
-             FROM runs WHERE run_id = $1 FOR NO KEY UPDATE",
-        )
-        .bind(run_id)
-        .bind(self.completion_commit)
-        .fetch_optional(&mut *tx)
-        .await?;
-        let Some(run) = run else {
-            return Ok(Finish { stale: true, ..Finish::default() });
+        // Only an attempt that may retry depends on the run's stop before it
+        // is recorded; the others learn it from FINISH_TASK.
+        let early_stop = if matches!(outcome, Outcome::Stopped | Outcome::Retry { .. } | Outcome::Crashed { .. }) {
+            let run =
+                sqlx::query("SELECT stop FROM runs WHERE run_id = $1 FOR NO KEY UPDATE").bind(run_id).fetch_optional(&mut *tx).await?;
+            let Some(run) = run else {
+                return Ok(Finish { stale: true, ..Finish::default() });
+            };
+            StopKind::parse(run.try_get::<Option<String>, _>("stop")?.as_deref())
+        } else {
+            None
         };
-        let stop = StopKind::parse(run.try_get::<Option<String>, _>("stop")?.as_deref());
-        let concurrency: Option<i32> = run.try_get("concurrency")?;
-        let timeout_ms: Option<i64> = run.try_get("timeout_ms")?;
-        let queue: String = run.try_get("queue")?;
         // A stopped run retries nothing; a stopped attempt ends as the run's stop says.
-        let outcome = match (outcome, stop) {
+        let outcome = match (outcome, early_stop) {
             (Outcome::Stopped, Some(k)) | (Outcome::Retry { .. }, Some(k)) => {
                 let (status, error) = k.attempt_end();
                 Outcome::Final { status, error: error.into(), crash: false }
@@ -594,34 +613,27 @@ impl Db {
             .bind(attempt_status)
             .bind(attempt_error)
             .bind(worker)
+            .bind(self.completion_commit)
             .fetch_optional(&mut *tx)
             .await?;
         let Some(row) = row else {
             tx.rollback().await?;
             return Ok(Finish { stale: true, ..Finish::default() });
         };
+        let stop = StopKind::parse(row.try_get::<Option<String>, _>("run_stop")?.as_deref());
+        let concurrency: Option<i32> = row.try_get("concurrency")?;
+        let timeout_ms: Option<i64> = row.try_get("run_timeout_ms")?;
+        let queue: String = row.try_get("queue")?;
         let name: String = row.try_get("name")?;
         let children: Vec<i32> = row.try_get("children")?;
         let mut ready: Vec<i32> = Vec::new();
         let mut finals = 0i32;
-        let mut succeeded = 0i32;
+        let succeeded = matches!(outcome, Outcome::Succeeded(_));
         match &outcome {
             Outcome::Succeeded(_) => {
-                finals += 1;
-                succeeded += 1;
-                if !children.is_empty() {
-                    let promoted = sqlx::query(PROMOTE)
-                        .bind(run_id)
-                        .bind(&children)
-                        .bind(if concurrency.is_some() { "held" } else { "ready" })
-                        .fetch_all(&mut *tx)
-                        .await?;
-                    for p in promoted {
-                        if p.try_get::<String, _>("state")? == "ready" {
-                            ready.push(p.try_get("position")?);
-                        }
-                    }
-                }
+                // FINISH_TASK promoted the children and counted the task.
+                let promoted: Option<Vec<i32>> = row.try_get("ready")?;
+                ready.extend(promoted.unwrap_or_default());
             }
             Outcome::Final { status, .. } => {
                 finals += 1;
@@ -669,8 +681,10 @@ impl Db {
             }
         }
         let mut run_finished = false;
-        if finals > 0 {
-            let c = sqlx::query(COUNT_FINAL).bind(run_id).bind(finals).bind(succeeded).fetch_one(&mut *tx).await?;
+        if succeeded {
+            run_finished = self.finish_run_if_done(&mut tx, run_id, &row, timeout_ms).await?;
+        } else if finals > 0 {
+            let c = sqlx::query(COUNT_FINAL).bind(run_id).bind(finals).bind(0i32).fetch_one(&mut *tx).await?;
             run_finished = self.finish_run_if_done(&mut tx, run_id, &c, timeout_ms).await?;
         }
         if ready.len() > claimed.len() && !run_finished {
