@@ -24,6 +24,7 @@
 //! share a database with the run store. Touches: that schema, the store, the
 //! executor's actions.
 
+mod events;
 mod queue;
 mod worker;
 
@@ -190,6 +191,7 @@ pub async fn open(ctx: DriverContext) -> Result<Arc<dyn Backend>, BackendError> 
         shutdown: CancellationToken::new(),
         tracker: tokio_util::task::TaskTracker::new(),
         sync_tx: Mutex::new(None),
+        watched: Mutex::new(HashMap::new()),
     });
     Ok(backend)
 }
@@ -238,6 +240,8 @@ pub struct PgBackend {
     tracker: tokio_util::task::TaskTracker,
     /// Finished runs whose result goes to the store.
     sync_tx: Mutex<Option<tokio::sync::mpsc::UnboundedSender<String>>>,
+    /// Unfinished runs submitted here, with what was announced of them.
+    watched: Mutex<HashMap<String, events::Seen>>,
 }
 
 fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
@@ -326,6 +330,11 @@ impl PgBackend {
         // The reaper: expired leases, run deadlines, lost store writes.
         let b = Arc::clone(&me);
         self.tracker.spawn(async move { b.reap_loop().await });
+        // Run events of the runs submitted here.
+        if self.executor.events.is_some() {
+            let b = Arc::clone(&me);
+            self.tracker.spawn(async move { b.events_loop().await });
+        }
         if let Some(writer) = self.executor.writer.clone() {
             let (tx, rx) = tokio::sync::mpsc::unbounded_channel();
             *lock(&self.sync_tx) = Some(tx);
@@ -379,6 +388,59 @@ impl PgBackend {
                         tracing::debug!("LISTEN connection lost: {e}");
                         break;
                     }
+                }
+            }
+        }
+    }
+
+    /// Announce the transitions of the runs submitted here: on every
+    /// notification that something moved, and at every poll.
+    async fn events_loop(self: Arc<Self>) {
+        let mut ready = self.hub.ready.subscribe();
+        let mut done = self.hub.done.subscribe();
+        loop {
+            tokio::select! {
+                _ = self.shutdown.cancelled() => return,
+                _ = tokio::time::sleep(self.settings.poll) => {}
+                r = ready.changed() => if r.is_err() { return },
+                m = done.recv() => if let Err(tokio::sync::broadcast::error::RecvError::Closed) = m { return },
+            }
+            self.announce().await;
+        }
+    }
+
+    /// One pass: read each watched run, send what changed since the last pass.
+    async fn announce(&self) {
+        let Some(tx) = &self.executor.events else { return };
+        if tx.receiver_count() == 0 {
+            // Nobody listens (as with the local executor, what nobody hears is not kept).
+            lock(&self.watched).clear();
+            return;
+        }
+        let ids: Vec<String> = lock(&self.watched).keys().cloned().collect();
+        for run_id in ids {
+            let r = match self.db.load_result(&run_id).await {
+                Ok(Some(r)) => r,
+                Ok(None) => {
+                    lock(&self.watched).remove(&run_id);
+                    continue;
+                }
+                Err(e) => {
+                    tracing::debug!(run_id, "reading the run for its events: {e}");
+                    return;
+                }
+            };
+            let mut out = Vec::new();
+            {
+                let mut watched = lock(&self.watched);
+                let Some(seen) = watched.get_mut(&run_id) else { continue };
+                if events::diff(seen, &r, &mut out) {
+                    watched.remove(&run_id);
+                }
+            }
+            if tx.receiver_count() > 0 {
+                for ev in out {
+                    let _ = tx.send(ev);
                 }
             }
         }
@@ -561,6 +623,9 @@ impl Backend for PgBackend {
                 }
                 Err(e) => return Err(self.db_error(&e)),
             }
+        }
+        if self.executor.events.as_ref().is_some_and(|tx| tx.receiver_count() > 0) {
+            lock(&self.watched).entry(run_id.clone()).or_default();
         }
         // The run store records the accepted run; the queue stays the truth.
         if let Some(w) = &self.executor.writer {
