@@ -210,3 +210,26 @@ mod postgres {
         let _ = sqlx::query(sqlx::AssertSqlSafe(format!("DROP DATABASE IF EXISTS {db} WITH (FORCE)"))).execute(&mut conn).await;
     }
 }
+
+#[cfg(feature = "celery")]
+mod celery {
+    use super::*;
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn celery_runs_send_their_events_to_the_submitter() {
+        let test = "celery_runs_send_their_events_to_the_submitter";
+        let redis = "redis://127.0.0.1:6379/0";
+        let up = tokio::time::timeout(Duration::from_secs(3), tokio::net::TcpStream::connect("127.0.0.1:6379")).await;
+        if !matches!(up, Ok(Ok(_))) {
+            return require(test, "Redis is not available at 127.0.0.1:6379");
+        }
+        let dir = tempfile::tempdir().expect("tempdir");
+        // A queue and key prefix of its own: other tests share the server.
+        let prefix = format!("tw-events-{}-{}:", std::process::id(), uuid::Uuid::now_v7().simple());
+        let config = format!(
+            "[engine]\ndefault_backend = \"local\"\n\n[backends.local]\nkind = \"local\"\n\n\
+             [backends.cel]\nkind = \"celery\"\nbroker = \"{redis}\"\nkey_prefix = \"{prefix}\"\nvisibility_timeout = \"3s\"\n"
+        );
+        submitter_sees_each_event_once(dir.path(), &config, "cel").await;
+    }
+}

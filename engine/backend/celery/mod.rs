@@ -19,6 +19,13 @@
 //! `visibility_timeout` (default `1h`), `result_expires` (default `1d`).
 
 pub mod broker;
+// The same derivation of run events as the PostgreSQL driver's: that
+// module when it is built, else its file compiled here.
+#[cfg(feature = "postgres")]
+use super::postgres::events;
+#[cfg(not(feature = "postgres"))]
+#[path = "../postgres/events.rs"]
+mod events;
 pub mod runs;
 pub mod wire;
 mod worker;
@@ -120,6 +127,8 @@ pub struct CeleryBackend {
     /// Compiled definitions of the runs this process has touched, by version.
     compiled: Mutex<HashMap<String, Arc<crate::plan::Workflow>>>,
     shutdown: CancellationToken,
+    /// Unfinished runs submitted here, with what was announced of them.
+    watched: Arc<Mutex<HashMap<String, events::Seen>>>,
 }
 
 /// Open the backend a configuration names. Redis is reached on first use,
@@ -144,6 +153,12 @@ impl CeleryBackend {
             reason: format!("broker {}: {e}", broker::redact(&opts.broker)),
         })?;
         let runs = Runs { broker: broker.clone(), keep: opts.result_expires.as_secs().max(1) };
+        let watched = Arc::new(Mutex::new(HashMap::new()));
+        let shutdown = CancellationToken::new();
+        if let Some(tx) = ctx.executor.events.clone() {
+            let wake = broker.watch(runs.events());
+            tokio::spawn(announce_loop(runs.clone(), tx, Arc::clone(&watched), wake, shutdown.clone()));
+        }
         Ok(Arc::new(CeleryBackend {
             name: ctx.name,
             opts,
@@ -153,7 +168,8 @@ impl CeleryBackend {
             store: ctx.store,
             registry: ctx.registry,
             compiled: Mutex::new(HashMap::new()),
-            shutdown: CancellationToken::new(),
+            shutdown,
+            watched,
         }))
     }
 
@@ -363,6 +379,9 @@ impl Backend for CeleryBackend {
         if !self.start_run(req, run_id.clone(), None).await? {
             return Err(BackendError::Refused { backend: self.name.clone(), reason: format!("a run `{run_id}` exists already") });
         }
+        if self.executor.events.as_ref().is_some_and(|tx| tx.receiver_count() > 0) {
+            crate::run::executor::lock(&self.watched).entry(run_id.clone()).or_default();
+        }
         // The history knows the run from now on (its backend included, so
         // `taskweave runs show` in another process finds where it runs).
         if let (Some(store), Some((r, def))) = (&self.store, record)
@@ -456,6 +475,58 @@ impl Backend for CeleryBackend {
 
     async fn work(&self, opts: WorkerOptions, stop: CancellationToken) -> Result<(), BackendError> {
         worker::work(self, opts, stop).await
+    }
+}
+
+/// How often the runs submitted here are read for their events without a
+/// message on the events channel (task starts and ends publish none).
+const EVENTS_POLL: Duration = Duration::from_millis(200);
+
+/// Announce the transitions of the runs submitted in this process: at every
+/// message on the events channel (a run ended or stopped) and every poll.
+async fn announce_loop(
+    runs: Runs,
+    tx: tokio::sync::broadcast::Sender<crate::run::executor::RunEvent>,
+    watched: Arc<Mutex<HashMap<String, events::Seen>>>,
+    mut wake: broker::Watch,
+    stop: CancellationToken,
+) {
+    use crate::run::executor::lock;
+    loop {
+        tokio::select! {
+            _ = stop.cancelled() => return,
+            _ = wake.next(EVENTS_POLL) => {}
+        }
+        if tx.receiver_count() == 0 {
+            // Nobody listens (as with the local executor, what nobody hears is not kept).
+            lock(&watched).clear();
+            continue;
+        }
+        let ids: Vec<String> = lock(&watched).keys().cloned().collect();
+        for run_id in ids {
+            let r = match runs.fields(&run_id).await {
+                Ok(Some(f)) => runs::result_from(&run_id, &f),
+                Ok(None) => {
+                    lock(&watched).remove(&run_id);
+                    continue;
+                }
+                Err(e) => {
+                    tracing::debug!(run_id, "reading the run for its events: {e}");
+                    break;
+                }
+            };
+            let mut out = Vec::new();
+            {
+                let mut w = lock(&watched);
+                let Some(seen) = w.get_mut(&run_id) else { continue };
+                if events::diff(seen, &r, &mut out) {
+                    w.remove(&run_id);
+                }
+            }
+            for ev in out {
+                let _ = tx.send(ev);
+            }
+        }
     }
 }
 

@@ -1,15 +1,16 @@
-//! Run events for runs on the PostgreSQL backend, in the process that
-//! submitted them.
+//! Run events derived from a distributed backend's state of a run, for the
+//! process that submitted it.
 //!
-//! Workers commit transitions to the queue and do not announce them, so the
-//! submitting process (the one serving the API, or `taskweave run`) derives
-//! them: it reads each of its unfinished runs when a notification says that
-//! something moved (tasks became ready, a run finished) and at every poll,
-//! compares with what it announced last, and sends what changed on the
-//! executor's event channel, in the shape the local executor sends. A
-//! transition shorter than a poll still gets its `running` event (the one
-//! the local executor would have sent) before its end. Each run's events are
-//! derived by one loop in this process only, so each goes out once.
+//! The workers of the PostgreSQL and Celery backends commit transitions to
+//! the database or to Redis and do not announce them, so the submitting
+//! process (the one serving the API, or `taskweave run`) derives them: it
+//! reads each of its unfinished runs when a notification says that something
+//! moved and at every poll, compares with what it announced last, and sends
+//! what changed on the executor's event channel, in the shape the local
+//! executor sends. A task that ran and ended between two reads still gets its
+//! `running` event(s) (one per attempt) before its end. Each run's events are
+//! derived by one loop per process only, so each goes out once, whether or
+//! not the process is also a worker. (The Celery driver includes this file.)
 
 use crate::run::executor::RunEvent;
 use crate::run::{RunResult, RunStatus, TaskStatus};
@@ -54,12 +55,9 @@ pub(crate) fn diff(seen: &mut Seen, r: &RunResult, out: &mut Vec<RunEvent>) -> b
         if before.is_terminal() || (before == t.status && before_attempt == t.attempts) {
             continue;
         }
-        // Each attempt that started since: a task that ran, whatever its end.
-        let ran = t.status == TaskStatus::Running || t.started_at.is_some();
-        if ran {
-            for attempt in (before_attempt + 1)..=t.attempts {
-                found.push((t.started_at, event(r, Some(name), TaskStatus::Running.as_str(), attempt, None)));
-            }
+        // Each attempt that started since, whatever its end.
+        for attempt in (before_attempt + 1)..=t.attempts {
+            found.push((t.started_at, event(r, Some(name), TaskStatus::Running.as_str(), attempt, None)));
         }
         if t.status.is_terminal() {
             found.push((t.finished_at, event(r, Some(name), t.status.as_str(), t.attempts, t.error.as_deref())));
