@@ -207,6 +207,7 @@ mod postgres {
              [backends.pg]\nkind = \"postgres\"\nurl = \"{url}\"\npoll = \"200ms\"\n"
         );
         submitter_sees_each_event_once(dir.path(), &config, "pg").await;
+        metrics_count_the_run(&config, "pg").await;
         let _ = sqlx::query(sqlx::AssertSqlSafe(format!("DROP DATABASE IF EXISTS {db} WITH (FORCE)"))).execute(&mut conn).await;
     }
 }
@@ -232,4 +233,43 @@ mod celery {
         );
         submitter_sees_each_event_once(dir.path(), &config, "cel").await;
     }
+}
+
+/// `/metrics` of `taskweave serve` counts a run on `backend` from its events.
+#[cfg(feature = "postgres")]
+async fn metrics_count_the_run(config: &str, backend: &str) {
+    use http_body_util::BodyExt;
+    use tower::ServiceExt;
+    let engine = Engine::builder().config(Config::parse(config).expect("config")).without_store().build().await.expect("engine");
+    let app = taskweave::api::router(engine.clone(), taskweave::api::ApiOptions::default());
+    let metrics = || async {
+        let req = axum::http::Request::get("/metrics").body(axum::body::Body::empty()).expect("request");
+        let resp = app.clone().oneshot(req).await.expect("the router answers");
+        String::from_utf8_lossy(&resp.into_body().collect().await.expect("body").to_bytes()).into_owned()
+    };
+    // The metrics feed listens once the router is up.
+    let _ = metrics().await;
+    let stop = CancellationToken::new();
+    let b = Arc::clone(engine.backends().get(backend).expect("the backend"));
+    let (s, w) = (stop.clone(), Arc::clone(&b));
+    let working = tokio::spawn(async move { w.work(WorkerOptions { concurrency: 2, queues: Vec::new() }, s).await });
+    let wf = taskweave::backend::conformance::workflow(CHAIN);
+    let id = engine.submit(wf, RunOptions { backend: Some(backend.into()), ..Default::default() }).await.expect("submit");
+    let r = engine.get_result(&id, Some(Duration::from_secs(60))).await.expect("result");
+    assert_eq!(r.status.as_str(), "failed", "{r:#?}");
+    let want = format!(r#"taskweave_runs_finished_total{{workflow="events-chain",backend="{backend}",status="failed"}} 1"#);
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(10);
+    let text = loop {
+        let t = metrics().await;
+        if t.contains(&want) || tokio::time::Instant::now() > deadline {
+            break t;
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    };
+    assert!(text.contains(&want), "{text}");
+    assert!(text.contains(r#"taskweave_active_runs{workflow="events-chain"} 0"#), "{text}");
+    assert!(text.contains(&format!(r#"taskweave_runs_started_total{{workflow="events-chain",backend="{backend}"}} 1"#)), "{text}");
+    stop.cancel();
+    let _ = tokio::time::timeout(Duration::from_secs(10), working).await;
+    engine.shutdown().await;
 }
