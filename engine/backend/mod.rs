@@ -10,6 +10,8 @@
 #[cfg(feature = "celery")]
 pub mod celery;
 pub mod conformance;
+#[cfg(any(feature = "postgres", feature = "celery"))]
+pub(crate) mod events;
 pub mod local;
 #[cfg(feature = "postgres")]
 pub mod postgres;

@@ -19,13 +19,7 @@
 //! `visibility_timeout` (default `1h`), `result_expires` (default `1d`).
 
 pub mod broker;
-// The same derivation of run events as the PostgreSQL driver's: that
-// module when it is built, else its file compiled here.
-#[cfg(feature = "postgres")]
-use super::postgres::events;
-#[cfg(not(feature = "postgres"))]
-#[path = "../postgres/events.rs"]
-mod events;
+use super::events;
 pub mod runs;
 pub mod wire;
 mod worker;

@@ -24,7 +24,7 @@
 //! share a database with the run store. Touches: that schema, the store, the
 //! executor's actions.
 
-pub(crate) mod events;
+use super::events;
 mod queue;
 mod worker;
 

@@ -10,7 +10,7 @@
 //! executor sends. A task that ran and ended between two reads still gets its
 //! `running` event(s) (one per attempt) before its end. Each run's events are
 //! derived by one loop per process only, so each goes out once, whether or
-//! not the process is also a worker. (The Celery driver includes this file.)
+//! not the process is also a worker.
 
 use crate::run::executor::RunEvent;
 use crate::run::{RunResult, RunStatus, TaskStatus};
