@@ -93,12 +93,7 @@ impl Backend for LocalBackend {
         if self.shutdown.is_cancelled() {
             return Err(self.refused("shutting down"));
         }
-        if let Some(t) = req.workflow.tasks.iter().find(|t| matches!(t.action, crate::plan::Action::Celery { .. })) {
-            return Err(self.refused(format!(
-                "task `{}` is a `celery:` task, which needs a backend of kind `celery`; this is `{}` (local)",
-                t.name, self.name
-            )));
-        }
+        super::refuse_celery_tasks(&self.name, self.kind(), &req.workflow)?;
         let run_id = req.run_id.clone().unwrap_or_else(|| uuid::Uuid::now_v7().to_string());
         if lock(&self.runs).contains_key(&run_id) {
             return Err(self.refused(format!("a run `{run_id}` exists already")));

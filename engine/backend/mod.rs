@@ -109,6 +109,18 @@ pub trait Backend: Send + Sync + 'static {
     }
 }
 
+/// Refuses a run with `celery:` tasks on a backend that cannot send them
+/// (every kind but `celery`), before anything is accepted.
+pub(crate) fn refuse_celery_tasks(name: &str, kind: &str, wf: &Workflow) -> Result<(), BackendError> {
+    match wf.tasks.iter().find(|t| matches!(t.action, crate::plan::Action::Celery { .. })) {
+        Some(t) => Err(BackendError::Refused {
+            backend: name.to_string(),
+            reason: format!("task `{}` is a `celery:` task, which needs a backend of kind `celery`; this is `{name}` ({kind})", t.name),
+        }),
+        None => Ok(()),
+    }
+}
+
 /// How a `taskweave worker` works.
 #[derive(Debug, Clone)]
 pub struct WorkerOptions {

@@ -155,6 +155,20 @@ fn init_tracing() {
         .try_init();
 }
 
+/// Load the configured workflow folders into the engine's registry (off the
+/// async threads) and log each finding of the files that fail; returns the
+/// load report.
+pub(crate) async fn load_workflows(engine: &crate::engine::Engine) -> anyhow::Result<crate::reload::ReloadReport> {
+    let registry = std::sync::Arc::clone(engine.registry());
+    let report = tokio::task::spawn_blocking(move || registry.load_all()).await?;
+    for f in engine.registry().status().iter().filter(|f| !f.last_attempt.ok) {
+        for d in &f.last_attempt.diagnostics {
+            tracing::warn!("{}:{}:{}: {} [{}]", d.file, d.span.start.line, d.span.start.column, d.message, d.code);
+        }
+    }
+    Ok(report)
+}
+
 /// Print a configuration error (positioned, with the source line) and return exit status 2.
 pub(crate) fn config_error(e: &crate::config::ConfigError) -> ExitCode {
     match e {

@@ -40,17 +40,8 @@ pub async fn serve(args: ServeArgs, config: Option<&Path>) -> anyhow::Result<Exi
             return Ok(ExitCode::from(2));
         }
     };
+    let report = super::load_workflows(&engine).await?;
     let registry = std::sync::Arc::clone(engine.registry());
-    let report = tokio::task::spawn_blocking({
-        let r = std::sync::Arc::clone(&registry);
-        move || r.load_all()
-    })
-    .await?;
-    for f in registry.status().iter().filter(|f| !f.last_attempt.ok) {
-        for d in &f.last_attempt.diagnostics {
-            tracing::warn!("{}:{}:{}: {} [{}]", d.file, d.span.start.line, d.span.start.column, d.message, d.code);
-        }
-    }
     let _watcher = match crate::reload::watch::watch(std::sync::Arc::clone(&registry), args.debounce) {
         Ok(w) => Some(w),
         Err(e) => {

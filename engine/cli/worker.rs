@@ -48,13 +48,7 @@ pub async fn worker(args: WorkerArgs, config: Option<&Path>) -> anyhow::Result<E
             return Ok(ExitCode::from(2));
         }
     };
-    let registry = std::sync::Arc::clone(engine.registry());
-    tokio::task::spawn_blocking(move || registry.load_all()).await?;
-    for f in engine.registry().status().iter().filter(|f| !f.last_attempt.ok) {
-        for d in &f.last_attempt.diagnostics {
-            tracing::warn!("{}:{}:{}: {} [{}]", d.file, d.span.start.line, d.span.start.column, d.message, d.code);
-        }
-    }
+    super::load_workflows(&engine).await?;
     let Some(backend) = engine.backends().get(&args.backend).cloned() else {
         eprintln!("error: backend `{}` could not be started", args.backend);
         return Ok(ExitCode::from(2));

@@ -590,15 +590,7 @@ impl Backend for PgBackend {
         if self.shutdown.is_cancelled() {
             return Err(BackendError::Refused { backend: self.name.clone(), reason: "shutting down".into() });
         }
-        if let Some(t) = req.workflow.tasks.iter().find(|t| matches!(t.action, crate::plan::Action::Celery { .. })) {
-            return Err(BackendError::Refused {
-                backend: self.name.clone(),
-                reason: format!(
-                    "task `{}` is a `celery:` task, which needs a backend of kind `celery`; this is `{}` (postgres)",
-                    t.name, self.name
-                ),
-            });
-        }
+        super::refuse_celery_tasks(&self.name, self.kind(), &req.workflow)?;
         self.prepare().await?;
         let wf = &req.workflow;
         lock(&self.workflows).entry(wf.version.clone()).or_insert_with(|| Arc::clone(wf));
