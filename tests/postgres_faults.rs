@@ -699,8 +699,15 @@ async fn serve_submits_to_postgres_and_cancels_across_processes() {
     assert_eq!(ended["status"], "cancelled", "{ended}");
     assert_eq!(ended["tasks"]["s"]["status"], "cancelled", "{ended}");
 
-    // The history lists both runs.
-    let listed: serde_json::Value = http.get(format!("{base}/v1/runs?limit=10")).send().await.expect("GET").json().await.expect("JSON");
-    let text = listed.to_string();
-    assert!(text.contains(&id) && text.contains(&slow_id), "{listed}");
+    // The history lists both runs (it is written behind the queue: wait for it).
+    let until = Instant::now() + WAIT;
+    loop {
+        let listed: serde_json::Value = http.get(format!("{base}/v1/runs?limit=10")).send().await.expect("GET").json().await.expect("JSON");
+        let text = listed.to_string();
+        if text.contains(&id) && text.contains(&slow_id) {
+            break;
+        }
+        assert!(Instant::now() < until, "the history never listed both runs: {listed}");
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
 }
