@@ -35,7 +35,7 @@ use crate::run::executor::Executor;
 use crate::store::Store;
 use queue::{Db, StopKind};
 use sqlx::postgres::{PgConnectOptions, PgPool, PgPoolOptions};
-use std::collections::HashMap;
+use std::collections::{HashMap, HashSet};
 use std::str::FromStr;
 use std::sync::{Arc, Mutex, Weak};
 use std::time::Duration;
@@ -45,6 +45,10 @@ use tokio_util::sync::CancellationToken;
 pub const QUEUE_SCHEMA_VERSION: i64 = 1;
 
 const MIGRATIONS: &[(i64, &str, &str)] = &[(1, "queue", include_str!("migrations/0001_queue.sql"))];
+
+/// How long the store sync waits after a run finished for more to finish,
+/// so that they are read from the queue and written in one batch.
+const SYNC_GATHER: Duration = Duration::from_millis(25);
 
 /// The driver's settings, from `[backends.NAME]`.
 #[derive(Debug, Clone)]
@@ -192,6 +196,8 @@ pub async fn open(ctx: DriverContext) -> Result<Arc<dyn Backend>, BackendError> 
         tracker: tokio_util::task::TaskTracker::new(),
         sync_tx: Mutex::new(None),
         watched: Mutex::new(HashMap::new()),
+        to_wake: Mutex::new(HashSet::new()),
+        wake_pending: tokio::sync::Notify::new(),
     });
     Ok(backend)
 }
@@ -242,6 +248,9 @@ pub struct PgBackend {
     sync_tx: Mutex<Option<tokio::sync::mpsc::UnboundedSender<String>>>,
     /// Unfinished runs submitted here, with what was announced of them.
     watched: Mutex<HashMap<String, events::Seen>>,
+    /// Queues with runs submitted here whose workers are not told yet.
+    to_wake: Mutex<HashSet<String>>,
+    wake_pending: tokio::sync::Notify,
 }
 
 fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
@@ -327,6 +336,9 @@ impl PgBackend {
         // LISTEN: wake workers, stop runs, answer waiters.
         let b = Arc::clone(&me);
         self.tracker.spawn(async move { b.listen().await });
+        // Wake the workers of the queues runs were submitted to.
+        let b = Arc::clone(&me);
+        self.tracker.spawn(async move { b.wake_loop().await });
         // The reaper: expired leases, run deadlines, lost store writes.
         let b = Arc::clone(&me);
         self.tracker.spawn(async move { b.reap_loop().await });
@@ -389,6 +401,28 @@ impl PgBackend {
                         break;
                     }
                 }
+            }
+        }
+    }
+
+    /// Notify the queues of submitted runs, after their submits committed:
+    /// one statement for all the submits since the last one. (A lost
+    /// notification costs the workers' poll interval, nothing more.)
+    async fn wake_loop(self: Arc<Self>) {
+        loop {
+            let stopping = tokio::select! {
+                _ = self.shutdown.cancelled() => true,
+                _ = self.wake_pending.notified() => false,
+            };
+            let queues: Vec<String> = lock(&self.to_wake).drain().collect();
+            if !queues.is_empty() {
+                let sent = tokio::time::timeout(Duration::from_secs(2), queue::retrying(|| self.db.notify_queues(&queues))).await;
+                if let Ok(Err(e)) = sent {
+                    tracing::debug!("notifying the workers of {}: {e}", queues.join(", "));
+                }
+            }
+            if stopping {
+                return;
             }
         }
     }
@@ -509,6 +543,11 @@ impl PgBackend {
                 r = rx.recv() => r,
             };
             let Some(first) = first else { break };
+            // Runs finishing meanwhile share the write (and its reads of the queue).
+            tokio::select! {
+                _ = self.shutdown.cancelled() => {}
+                _ = tokio::time::sleep(SYNC_GATHER) => {}
+            }
             let mut ids = vec![first];
             while ids.len() < 500
                 && let Ok(id) = rx.try_recv()
@@ -616,6 +655,8 @@ impl Backend for PgBackend {
                 Err(e) => return Err(self.db_error(&e)),
             }
         }
+        lock(&self.to_wake).insert(wf.queue.clone().unwrap_or_else(|| "default".into()));
+        self.wake_pending.notify_one();
         if self.executor.events.as_ref().is_some_and(|tx| tx.receiver_count() > 0) {
             lock(&self.watched).entry(run_id.clone()).or_default();
         }

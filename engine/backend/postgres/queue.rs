@@ -217,14 +217,22 @@ const SUBMIT: &str = "WITH d AS (INSERT INTO definitions (id, definition) SELECT
        SELECT r.run_id, u.position, u.name, $7, u.state, u.waiting, u.children::int[], u.reads::int[], \
        CASE WHEN u.state = 'ready' THEN clock_timestamp() END \
        FROM r, UNNEST($15::int[], $16::text[], $17::text[], $18::int[], $19::text[], $20::text[]) \
-       AS u(position, name, state, waiting, children, reads)), \
-     n AS (SELECT pg_notify($21, $7) FROM r) \
-     SELECT (SELECT count(*) FROM r) AS inserted, (SELECT count(*) FROM n) AS notified";
+       AS u(position, name, state, waiting, children, reads)) \
+     SELECT (SELECT count(*) FROM r) AS inserted";
+
+/// Wakes the workers of these queues. Its own transaction, which does not
+/// wait for the disk: a submit's commit waits for the disk, and PostgreSQL
+/// holds its one lock for notifying transactions until a commit is flushed,
+/// so a submit that notified would hold up every other notifying commit.
+const NOTIFY_QUEUES: &str = "WITH s AS (SELECT set_config('synchronous_commit', 'off', true) AS v) \
+     SELECT pg_notify($1, q) FROM s, UNNEST($2::text[]) AS q WHERE s.v IS NOT NULL";
 
 /// Ends an attempt: locks the run's row first (the locking rule), records
 /// the attempt; a success also promotes its children (to `held` when the run
-/// has a `concurrency`) and counts the task final, so the common case costs
-/// one statement. `$14`: `synchronous_commit` of the transaction.
+/// has a `concurrency`) and counts the task final, and when that was the
+/// run's last open task and the run was not asked to stop, finishes the run
+/// and notifies its end, so the common case costs one statement. `$14`:
+/// `synchronous_commit` of the transaction; `$15`: the channel of run ends.
 const FINISH_TASK: &str = "WITH r AS (SELECT stop, concurrency, timeout_ms, queue FROM runs \
        WHERE run_id = $1 AND set_config('synchronous_commit', $14, true) IS NOT NULL FOR NO KEY UPDATE), \
      u AS (UPDATE tasks SET state = $5, output = $6::jsonb, error = $7, \
@@ -242,11 +250,19 @@ const FINISH_TASK: &str = "WITH r AS (SELECT stop, concurrency, timeout_ms, queu
        ready_at = CASE WHEN t.waiting = 1 THEN clock_timestamp() ELSE t.ready_at END \
        FROM u WHERE $5 = 'succeeded' AND t.run_id = u.run_id AND t.position = ANY(u.children) AND t.state = 'waiting' \
        RETURNING t.position, t.state), \
-     c AS (UPDATE runs SET open = open - 1, succeeded = succeeded + 1 \
-       WHERE $5 = 'succeeded' AND run_id IN (SELECT run_id FROM u) RETURNING open, succeeded, total, stop, timeout_ms) \
+     c AS (UPDATE runs SET open = open - 1, succeeded = succeeded + 1, \
+       status = CASE WHEN open = 1 AND stop IS NULL AND finished_at IS NULL \
+         THEN CASE WHEN succeeded + 1 = total THEN 'succeeded' ELSE 'failed' END ELSE status END, \
+       error = CASE WHEN open = 1 AND stop IS NULL AND finished_at IS NULL THEN NULL ELSE error END, \
+       started_at = CASE WHEN open = 1 AND stop IS NULL THEN COALESCE(started_at, created_at) ELSE started_at END, \
+       finished_at = CASE WHEN open = 1 AND stop IS NULL AND finished_at IS NULL THEN clock_timestamp() ELSE finished_at END \
+       WHERE $5 = 'succeeded' AND run_id IN (SELECT run_id FROM u) \
+       RETURNING run_id, open, succeeded, total, stop, timeout_ms, open = 0 AND stop IS NULL AS finished), \
+     n AS (SELECT pg_notify($15, run_id) FROM c WHERE c.finished) \
      SELECT u.name, u.children, (SELECT array_agg(p.position) FROM p WHERE p.state = 'ready') AS ready, \
        r.stop AS run_stop, r.concurrency, r.timeout_ms AS run_timeout_ms, r.queue, \
-       c.open, c.succeeded, c.total, c.stop, c.timeout_ms FROM u CROSS JOIN r LEFT JOIN c ON TRUE";
+       c.open, c.succeeded, c.total, c.stop, c.timeout_ms, c.finished, (SELECT count(*) FROM n) AS notified \
+       FROM u CROSS JOIN r LEFT JOIN c ON TRUE";
 
 const FILL: &str = "UPDATE tasks SET state = 'ready', ready_at = clock_timestamp() \
      WHERE run_id = $1 AND state = 'held' AND position IN (\
@@ -425,7 +441,8 @@ impl Db {
     }
 
     /// Insert a run, its tasks and (unless known) its definition in one
-    /// statement. `false`: a run with this id exists.
+    /// statement. `false`: a run with this id exists. The caller wakes the
+    /// workers afterwards ([`Db::notify_queues`]).
     pub(crate) async fn submit(&self, wf: &Workflow, run: &RunResult, definition: &Value) -> Result<bool> {
         let def_id = wf.version.clone();
         let n = wf.tasks.len();
@@ -477,8 +494,7 @@ impl Db {
                 .bind(&states)
                 .bind(&waiting)
                 .bind(&children)
-                .bind(&reads)
-                .bind(&self.ready_channel);
+                .bind(&reads);
             match q.fetch_one(&self.pool).await {
                 Ok(row) => {
                     lock(&self.known).insert(def_id.clone());
@@ -493,6 +509,12 @@ impl Db {
             }
         }
         Err(DbError::Data("the run's definition could not be recorded".into()))
+    }
+
+    /// Tell the workers of these queues that tasks became ready.
+    pub(crate) async fn notify_queues(&self, queues: &[String]) -> Result<()> {
+        sqlx::query(NOTIFY_QUEUES).bind(&self.ready_channel).bind(queues).execute(&self.pool).await?;
+        Ok(())
     }
 
     pub(crate) async fn definition(&self, id: &str) -> Result<String> {
@@ -614,6 +636,7 @@ impl Db {
             .bind(attempt_error)
             .bind(worker)
             .bind(self.completion_commit)
+            .bind(&self.done_channel)
             .fetch_optional(&mut *tx)
             .await?;
         let Some(row) = row else {
@@ -682,7 +705,9 @@ impl Db {
         }
         let mut run_finished = false;
         if succeeded {
-            run_finished = self.finish_run_if_done(&mut tx, run_id, &row, timeout_ms).await?;
+            // FINISH_TASK finished the run unless it was asked to stop.
+            run_finished = row.try_get::<Option<bool>, _>("finished")?.unwrap_or(false)
+                || self.finish_run_if_done(&mut tx, run_id, &row, timeout_ms).await?;
         } else if finals > 0 {
             let c = sqlx::query(COUNT_FINAL).bind(run_id).bind(finals).bind(0i32).fetch_one(&mut *tx).await?;
             run_finished = self.finish_run_if_done(&mut tx, run_id, &c, timeout_ms).await?;
@@ -889,7 +914,7 @@ impl Db {
              (extract(epoch FROM a.started_at) * 1000000)::int8 AS started_us, \
              (extract(epoch FROM a.finished_at) * 1000000)::int8 AS finished_us \
              FROM attempts a JOIN tasks t ON t.run_id = a.run_id AND t.position = a.position \
-             WHERE a.run_id = ANY($1) ORDER BY a.run_id, a.started_at",
+             WHERE a.run_id = ANY($1) AND t.run_id = ANY($1) ORDER BY a.run_id, a.started_at",
         )
         .bind(ids)
         .fetch_all(&self.pool)
