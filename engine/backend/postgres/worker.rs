@@ -15,7 +15,7 @@ use crate::run::actions::ActionError;
 use crate::run::executor::{attempt_context, retry_delay, run_attempt};
 use serde_json::json;
 use std::collections::{HashMap, HashSet};
-use std::sync::atomic::{AtomicU8, Ordering};
+use std::sync::atomic::{AtomicU8, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 use tokio::sync::{OwnedSemaphorePermit, Semaphore};
@@ -57,6 +57,9 @@ pub(crate) struct Worker {
     next_wake: Mutex<Option<Instant>>,
     /// No more direct claims: the worker is stopping.
     stopping: CancellationToken,
+    /// Permits the claim loop holds while its claim is in flight: most come
+    /// back when it returns, so a completion may count them for its children.
+    claiming: AtomicUsize,
 }
 
 fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
@@ -77,6 +80,7 @@ impl Worker {
             running: Mutex::new(HashMap::new()),
             next_wake: Mutex::new(None),
             stopping: CancellationToken::new(),
+            claiming: AtomicUsize::new(0),
         })
     }
 
@@ -103,7 +107,10 @@ impl Worker {
                 permits.push(p);
             }
             ready.borrow_and_update();
-            match self.b.db.claim(&self.queues, permits.len(), &self.id).await {
+            self.claiming.store(permits.len(), Ordering::SeqCst);
+            let result = self.b.db.claim(&self.queues, permits.len(), &self.id).await;
+            self.claiming.store(0, Ordering::SeqCst);
+            match result {
                 Ok(claimed) => {
                     failures = 0;
                     let got = claimed.len();
@@ -283,7 +290,11 @@ impl Worker {
             {
                 extra.push(p);
             }
-            extra.len() + 1
+            // Slots the claim loop holds for a moment count too: children
+            // claimed for them wait for a slot in `execute_chain`, rather
+            // than being announced to every worker and claimed again.
+            let soon = self.claiming.load(Ordering::SeqCst).min(children - 1 - extra.len());
+            extra.len() + 1 + soon
         };
         let started = Instant::now();
         let mut tries = 0u32;
