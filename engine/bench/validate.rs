@@ -19,7 +19,7 @@ use std::time::Instant;
 
 /// Tasks of the single large workflow.
 pub const LARGE_TASKS: usize = 10_000;
-/// Timed repetitions of each measurement (after one warm-up).
+/// Timed repetitions of each measurement (after one warm-up), by default.
 pub const REPEAT: usize = 7;
 
 /// Figures of one measurement, in milliseconds: wall-clock time, and the CPU
@@ -82,6 +82,8 @@ pub struct ValidateReport {
     pub diagnostics: usize,
     /// Threads `check_paths` may use.
     pub threads: usize,
+    /// Timed repetitions of each measurement.
+    pub repeat: usize,
     pub peak_rss_mb: f64,
 }
 
@@ -260,12 +262,14 @@ fn cpu_ms() -> f64 {
     ms(u.ru_utime) + ms(u.ru_stime)
 }
 
-/// Run `f` once to warm up, then [`REPEAT`] times; the samples (wall, CPU)
-/// and the last result.
-fn measure<T>(mut f: impl FnMut() -> T) -> (Vec<(f64, f64)>, T) {
+/// Run `f` once to warm up, then `repeat` times; the samples (wall, CPU)
+/// and the last result. The result of one repetition is dropped before the
+/// next starts, outside the timed part: freeing it is not the work measured.
+fn measure<T>(repeat: usize, mut f: impl FnMut() -> T) -> (Vec<(f64, f64)>, T) {
     let mut last = f();
-    let mut samples = Vec::with_capacity(REPEAT);
-    for _ in 0..REPEAT {
+    let mut samples = Vec::with_capacity(repeat);
+    for _ in 0..repeat {
+        drop(last);
         let (t, c) = (Instant::now(), cpu_ms());
         last = f();
         samples.push((t.elapsed().as_secs_f64() * 1e3, cpu_ms() - c));
@@ -274,8 +278,15 @@ fn measure<T>(mut f: impl FnMut() -> T) -> (Vec<(f64, f64)>, T) {
 }
 
 /// Generate the files under `dir` (a `workflows/` folder and `large.yaml`)
-/// and time validation over them. See the module docs.
+/// and time validation over them, [`REPEAT`] times. See the module docs.
 pub fn bench_validate(dir: &Path, files: usize, tasks_per_file: usize) -> std::io::Result<ValidateReport> {
+    bench_validate_with(dir, files, tasks_per_file, REPEAT)
+}
+
+/// [`bench_validate`] with `repeat` timed repetitions of each measurement
+/// (at least one).
+pub fn bench_validate_with(dir: &Path, files: usize, tasks_per_file: usize, repeat: usize) -> std::io::Result<ValidateReport> {
+    let repeat = repeat.max(1);
     let folder = dir.join("workflows");
     if folder.exists() {
         std::fs::remove_dir_all(&folder)?;
@@ -297,17 +308,17 @@ pub fn bench_validate(dir: &Path, files: usize, tasks_per_file: usize) -> std::i
 
     let opts = Options::default();
     let paths = [folder.clone()];
-    let (samples, checked) = measure(|| validate::check_paths(&paths, &opts));
+    let (samples, checked) = measure(repeat, || validate::check_paths(&paths, &opts));
     let mut diagnostics: usize = checked?.iter().map(|c| c.diagnostics.len()).sum();
     let folder_timing = Timing::of(samples);
 
-    let (samples, n) = measure(|| validate::check_source("large.yaml", large_text.clone(), Format::Yaml, &opts).diagnostics.len());
+    let (samples, n) = measure(repeat, || validate::check_source("large.yaml", large_text.clone(), Format::Yaml, &opts).diagnostics.len());
     diagnostics += n;
     let large = Timing::of(samples);
-    let (parse, _) = measure(|| crate::spec::parse("large.yaml", &large_text, Format::Yaml).is_ok());
+    let (parse, _) = measure(repeat, || crate::spec::parse("large.yaml", &large_text, Format::Yaml).is_ok());
     let raw: Option<crate::spec::raw::RawWorkflow> =
         crate::spec::parse("large.yaml", &large_text, Format::Yaml).ok().and_then(|doc| serde::Deserialize::deserialize(&doc.value).ok());
-    let (compile, _) = measure(|| raw.clone().map(crate::plan::compile));
+    let (compile, _) = measure(repeat, || raw.clone().map(crate::plan::compile));
     let parse_ms = median(&mut parse.iter().map(|s| s.0).collect::<Vec<_>>());
     let compile_ms = median(&mut compile.iter().map(|s| s.0).collect::<Vec<_>>());
     let large_stages = Stages { parse_ms, compile_ms, schema_and_rules_ms: (large.median_ms - parse_ms - compile_ms).max(0.0) };
@@ -326,6 +337,7 @@ pub fn bench_validate(dir: &Path, files: usize, tasks_per_file: usize) -> std::i
         large_stages,
         diagnostics,
         threads: validate::threads(),
+        repeat,
         peak_rss_mb: peak_rss_mb(),
     })
 }

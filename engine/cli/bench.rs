@@ -73,7 +73,7 @@ pub async fn bench(args: BenchArgs, config: Option<&Path>) -> anyhow::Result<Exi
         Err(e) => return Ok(super::config_error(&e)),
     };
     let (w, n) = match args.workload {
-        BenchWorkload::Validate { files, tasks } => return validate(files, tasks, args.format),
+        BenchWorkload::Validate { files, tasks } => return validate(files, tasks, args.repeat, args.format),
         BenchWorkload::Api { n, concurrency } => return api(n.unwrap_or(2000), concurrency, args.repeat, args.format).await,
         BenchWorkload::Reload { n, debounce } => return reload(n.unwrap_or(100).max(1), debounce, args.format).await,
         BenchWorkload::Chain { n } => (Workload::Chain, n),
@@ -132,18 +132,19 @@ pub async fn bench(args: BenchArgs, config: Option<&Path>) -> anyhow::Result<Exi
     Ok(ExitCode::SUCCESS)
 }
 
-fn validate(files: usize, tasks: usize, format: OutputFormat) -> anyhow::Result<ExitCode> {
+fn validate(files: usize, tasks: usize, repeat: usize, format: OutputFormat) -> anyhow::Result<ExitCode> {
     let tmp = tempfile::tempdir()?;
-    let r = crate::bench::validate::bench_validate(tmp.path(), files, tasks)?;
+    let r = crate::bench::validate::bench_validate_with(tmp.path(), files, tasks, repeat)?;
     match format {
         OutputFormat::Json => println!("{}", serde_json::to_string_pretty(&r)?),
         OutputFormat::Human => {
             println!(
-                "validate {} files x {} tasks ({:.1} MiB, {} threads)",
+                "validate {} files x {} tasks ({:.1} MiB, {} threads, {} repetitions)",
                 r.files,
                 r.tasks_per_file,
                 r.folder_bytes as f64 / 1048576.0,
-                r.threads
+                r.threads,
+                r.repeat
             );
             println!("  folder        median {:.1} ms  (min {:.1}, max {:.1})", r.folder.median_ms, r.folder.min_ms, r.folder.max_ms);
             println!("  throughput    {:.0} files/s, {:.0} tasks/s", r.files_per_sec, r.tasks_per_sec);

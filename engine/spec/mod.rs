@@ -1,11 +1,13 @@
 //! The spec language: text (YAML or TOML) in, a positioned document out.
 //!
 //! Both formats are parsed into one [`Node`] tree where every value and every
-//! key carries its source [`Span`]; the tree converts to a `serde_json::Value`
-//! for schema validation and typed deserialisation into [`raw::RawWorkflow`].
+//! key carries its source [`Span`]. The tree deserialises straight into
+//! [`raw::RawWorkflow`] (see `de`), and converts to a `serde_json::Value`
+//! where one is needed (schema validation of a file with errors).
 //! This module does no validation beyond syntax (and duplicate keys); it
 //! touches no files: callers hand it text.
 
+mod de;
 pub mod node;
 pub mod raw;
 mod toml_doc;
@@ -76,9 +78,13 @@ pub fn decode(file: &str, bytes: &[u8]) -> Result<String, Diagnostic> {
 /// Parse text into a positioned document. Syntax errors and duplicate keys
 /// come back as diagnostics (all that can be found).
 pub fn parse(file: &str, text: &str, format: Format) -> Result<Document, Vec<Diagnostic>> {
-    let root = match format {
-        Format::Yaml => yaml::parse(file, text)?,
-        Format::Toml => toml_doc::parse(file, text)?,
-    };
-    Ok(Document::new(root))
+    parse_tree(file, text, format).map(Document::new)
+}
+
+/// [`parse`] without the JSON value: the positioned tree alone.
+pub fn parse_tree(file: &str, text: &str, format: Format) -> Result<Node, Vec<Diagnostic>> {
+    match format {
+        Format::Yaml => yaml::parse(file, text),
+        Format::Toml => toml_doc::parse(file, text),
+    }
 }

@@ -67,10 +67,30 @@ impl Document {
         Document { root, value }
     }
 
+    /// The span of the value at a JSON pointer (or of the deepest ancestor that exists).
+    pub fn span(&self, pointer: &str) -> Span {
+        self.root.span_at(pointer)
+    }
+
+    /// The span of the key of the mapping entry at a pointer; the value's span
+    /// for sequence items and the root.
+    pub fn key_span(&self, pointer: &str) -> Span {
+        self.root.key_span_at(pointer)
+    }
+
+    /// The node at a pointer, when it exists.
+    pub fn node(&self, pointer: &str) -> Option<&Node> {
+        self.root.pointer(pointer)
+    }
+}
+
+/// Lookups in a tree, much as in a `serde_json::Value`: by key, by JSON
+/// pointer, and by type.
+impl Node {
     /// Walk a JSON pointer as far as it resolves: the deepest node reached,
     /// its key when it is a mapping entry, and whether the whole pointer resolved.
     fn walk(&self, pointer: &str) -> (&Node, Option<&Key>, bool) {
-        let mut node = &self.root;
+        let mut node = self;
         let mut key = None;
         if pointer.is_empty() {
             return (node, None, true);
@@ -92,22 +112,69 @@ impl Document {
         (node, key, true)
     }
 
-    /// The span of the value at a JSON pointer (or of the deepest ancestor that exists).
-    pub fn span(&self, pointer: &str) -> Span {
+    /// The span of the node at a JSON pointer below this one (or of the
+    /// deepest one that exists).
+    pub fn span_at(&self, pointer: &str) -> Span {
         self.walk(pointer).0.span
     }
 
-    /// The span of the key of the mapping entry at a pointer; the value's span
-    /// for sequence items and the root.
-    pub fn key_span(&self, pointer: &str) -> Span {
+    /// The span of the key of the mapping entry at a pointer; the node's span
+    /// for sequence items and this node.
+    pub fn key_span_at(&self, pointer: &str) -> Span {
         let (node, key, _) = self.walk(pointer);
         key.map_or(node.span, |k| k.span)
     }
 
-    /// The node at a pointer, when it exists.
-    pub fn node(&self, pointer: &str) -> Option<&Node> {
+    /// The node at a JSON pointer below this one, when it exists.
+    pub fn pointer(&self, pointer: &str) -> Option<&Node> {
         let (node, _, ok) = self.walk(pointer);
         ok.then_some(node)
+    }
+
+    /// The value of a mapping entry.
+    pub fn get(&self, key: &str) -> Option<&Node> {
+        match &self.kind {
+            NodeKind::Map(entries) => entries.iter().find(|(k, _)| k.name == key).map(|(_, v)| v),
+            _ => None,
+        }
+    }
+
+    pub fn as_str(&self) -> Option<&str> {
+        match &self.kind {
+            NodeKind::Str(s) => Some(s),
+            _ => None,
+        }
+    }
+
+    pub fn as_seq(&self) -> Option<&[Node]> {
+        match &self.kind {
+            NodeKind::Seq(items) => Some(items),
+            _ => None,
+        }
+    }
+
+    pub fn as_map(&self) -> Option<&[(Key, Node)]> {
+        match &self.kind {
+            NodeKind::Map(entries) => Some(entries),
+            _ => None,
+        }
+    }
+
+    pub fn is_str(&self) -> bool {
+        matches!(self.kind, NodeKind::Str(_))
+    }
+
+    pub fn is_seq(&self) -> bool {
+        matches!(self.kind, NodeKind::Seq(_))
+    }
+
+    pub fn is_map(&self) -> bool {
+        matches!(self.kind, NodeKind::Map(_))
+    }
+
+    /// Whether a mapping has an entry for `key`.
+    pub fn contains_key(&self, key: &str) -> bool {
+        self.get(key).is_some()
     }
 }
 

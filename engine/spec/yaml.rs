@@ -175,8 +175,8 @@ impl Builder<'_> {
             Some(Frame::Seq { items, .. }) => items.push(node),
             Some(Frame::Map { entries, seen, pending, merges, .. }) => match pending.take() {
                 None => {
-                    let name = match &node.kind {
-                        NodeKind::Str(s) => s.clone(),
+                    let name = match node.kind {
+                        NodeKind::Str(s) => s,
                         NodeKind::Null => String::new(),
                         NodeKind::Bool(b) => b.to_string(),
                         NodeKind::Int(i) => i.to_string(),

@@ -59,46 +59,68 @@ pub fn check_bytes(file: &str, bytes: &[u8], format: Format, opts: &Options) -> 
 }
 
 /// Check the text of one workflow file.
+///
+/// The tree is first read as a typed definition; when that succeeds and
+/// [`schema::accepts`] finds it within the schema's bounds, the schema would
+/// report nothing, so the JSON Schema validator (and the JSON value it needs)
+/// is skipped. Any other file goes through the validator, which places every
+/// error on its node.
 pub fn check_source(file: &str, text: String, format: Format, opts: &Options) -> Checked {
     let mut out = Checked { file: file.to_string(), text: None, diagnostics: Vec::new(), workflow: None, name: None };
-    let doc = match spec::parse(file, &text, format) {
-        Ok(doc) => doc,
+    let root = match spec::parse_tree(file, &text, format) {
+        Ok(root) => root,
         Err(diags) => {
             out.diagnostics = diags;
             out.text = Some(text);
             return out;
         }
     };
-    if let Some(n) = doc.value.get("name").and_then(|v| v.as_str()) {
-        out.name = Some((n.to_string(), doc.span("/name")));
+    let root_span = root.span;
+    if let Some(n) = root.get("name").and_then(spec::Node::as_str) {
+        out.name = Some((n.to_string(), root.span_at("/name")));
     }
     let mut diags = Vec::new();
-    if !doc.value.is_object() {
-        diags.push(Diagnostic::new(
-            Code::Schema,
-            file,
-            doc.root.span,
-            "a workflow file must be a mapping with `version`, `name` and `tasks`",
-        ));
+    // The typed definition, when the schema accepts the file as it is.
+    let mut typed = None;
+    // The tree alone, or with its JSON value when the schema validator ran.
+    let mut doc = None;
+    if !root.is_map() {
+        diags.push(Diagnostic::new(Code::Schema, file, root_span, "a workflow file must be a mapping with `version`, `name` and `tasks`"));
     } else {
-        schema::check(file, &doc, &mut diags);
+        typed = <spec::raw::RawWorkflow as serde::Deserialize>::deserialize(&root).ok().filter(|raw| schema::accepts(&root, raw));
+        let tree = match &mut typed {
+            Some(raw) => {
+                schema::check_input(file, &root, &mut raw.input, &mut diags);
+                Err(root)
+            }
+            None => {
+                let d = spec::Document::new(root);
+                schema::check(file, &d, &mut diags);
+                Ok(d)
+            }
+        };
         rules::Rules {
             file,
             text: &text,
-            doc: &doc,
+            root: tree.as_ref().map_or_else(|root| root, |d| &d.root),
             backends: opts.backends.as_deref(),
             out: &mut diags,
             line_starts: rules::line_starts(&text),
         }
         .check();
+        doc = tree.ok();
     }
     dedup(&mut diags);
     crate::diag::sort(&mut diags);
     if !diags.iter().any(Diagnostic::is_error) {
-        // Deserialise from a borrowed value: no copy of the document.
-        let compiled = <spec::raw::RawWorkflow as serde::Deserialize>::deserialize(&doc.value)
-            .map_err(|e| e.to_string())
-            .and_then(crate::plan::compile);
+        let compiled = match (typed, &doc) {
+            (Some(raw), _) => crate::plan::compile(raw),
+            // Deserialise from a borrowed value: no copy of the document.
+            (None, Some(doc)) => <spec::raw::RawWorkflow as serde::Deserialize>::deserialize(&doc.value)
+                .map_err(|e| e.to_string())
+                .and_then(crate::plan::compile),
+            (None, None) => Err("a workflow file must be a mapping".to_string()),
+        };
         match compiled {
             Ok(mut wf) => {
                 if let Some(w) = Arc::get_mut(&mut wf) {
@@ -106,7 +128,7 @@ pub fn check_source(file: &str, text: String, format: Format, opts: &Options) ->
                 }
                 out.workflow = Some(wf);
             }
-            Err(msg) => diags.push(Diagnostic::new(Code::Schema, file, doc.root.span, msg)),
+            Err(msg) => diags.push(Diagnostic::new(Code::Schema, file, root_span, msg)),
         }
     }
     out.diagnostics = diags;

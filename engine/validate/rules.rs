@@ -8,10 +8,8 @@
 use crate::diag::{Code, Diagnostic, Span, did_you_mean};
 use crate::plan::parse_duration;
 use crate::plan::template::{self, MAX_TEMPLATE_NESTING, ROOTS, nesting};
-use crate::spec::Document;
-use crate::spec::node::pointer_seg;
+use crate::spec::node::{Node, NodeKind, pointer_seg};
 use petgraph::graph::{DiGraph, NodeIndex};
-use serde_json::Value;
 use std::borrow::Cow;
 use std::collections::{HashMap, HashSet};
 use std::time::Duration;
@@ -21,7 +19,8 @@ pub const ACTIONS: [&str; 5] = ["run", "shell", "http", "celery", "uses"];
 pub struct Rules<'a> {
     pub file: &'a str,
     pub text: &'a str,
-    pub doc: &'a Document,
+    /// The document's tree.
+    pub root: &'a Node,
     pub backends: Option<&'a [String]>,
     pub out: &'a mut Vec<Diagnostic>,
     /// Byte offset of each line start, for mapping spans back to text.
@@ -41,13 +40,13 @@ impl Rules<'_> {
     }
 
     fn duration(&mut self, pointer: &str) -> Option<Duration> {
-        let s = self.doc.value.pointer(pointer)?.as_str()?;
+        let s = self.root.pointer(pointer)?.as_str()?;
         self.parse_duration_at(s, pointer)
     }
 
     /// A task's duration field, looked up without building its pointer
     /// unless it is there.
-    fn task_duration(&mut self, task: &Value, i: usize, path: &[&str]) -> Option<Duration> {
+    fn task_duration(&mut self, task: &Node, i: usize, path: &[&str]) -> Option<Duration> {
         let mut v = task;
         for seg in path {
             v = v.get(seg)?;
@@ -59,37 +58,37 @@ impl Rules<'_> {
     fn parse_duration_at(&mut self, s: &str, pointer: &str) -> Option<Duration> {
         match parse_duration(s) {
             Ok(d) if d.is_zero() && pointer.ends_with("timeout") => {
-                self.push(Diagnostic::new(Code::Duration, self.file, self.doc.span(pointer), "a timeout must be longer than zero"));
+                self.push(Diagnostic::new(Code::Duration, self.file, self.root.span_at(pointer), "a timeout must be longer than zero"));
                 None
             }
             Ok(d) => Some(d),
             Err(msg) => {
-                self.push(Diagnostic::new(Code::Duration, self.file, self.doc.span(pointer), msg));
+                self.push(Diagnostic::new(Code::Duration, self.file, self.root.span_at(pointer), msg));
                 None
             }
         }
     }
 
     pub fn check(mut self) {
-        let v = &self.doc.value;
+        let v = self.root;
         let wf_timeout = self.duration("/timeout");
         let default_timeout = self.duration("/defaults/timeout");
         self.duration("/defaults/retry/delay");
         self.duration("/defaults/retry/max_delay");
         self.backend();
 
-        let Some(tasks) = v.get("tasks").and_then(Value::as_array) else { return };
+        let Some(tasks) = v.get("tasks").and_then(Node::as_seq) else { return };
         // Names.
         let mut ids: HashMap<&str, usize> = HashMap::with_capacity(tasks.len());
         for (i, t) in tasks.iter().enumerate() {
-            let Some(name) = t.get("name").and_then(Value::as_str) else { continue };
+            let Some(name) = t.get("name").and_then(Node::as_str) else { continue };
             if let Some(&first) = ids.get(name) {
-                let fs = self.doc.span(&format!("/tasks/{first}/name"));
+                let fs = self.root.span_at(&format!("/tasks/{first}/name"));
                 self.push(
                     Diagnostic::new(
                         Code::DuplicateTask,
                         self.file,
-                        self.doc.span(&format!("/tasks/{i}/name")),
+                        self.root.span_at(&format!("/tasks/{i}/name")),
                         format!("duplicate task name `{name}`"),
                     )
                     .with_help(format!("`{name}` is first defined at line {}, column {}", fs.start.line, fs.start.column)),
@@ -106,8 +105,8 @@ impl Rules<'_> {
         }
         let mut parents_of: Vec<Vec<usize>> = vec![Vec::new(); tasks.len()];
         for (i, t) in tasks.iter().enumerate() {
-            let name = t.get("name").and_then(Value::as_str).unwrap_or("");
-            if let Some(ps) = t.get("parents").and_then(Value::as_array) {
+            let name = t.get("name").and_then(Node::as_str).unwrap_or("");
+            if let Some(ps) = t.get("parents").and_then(Node::as_seq) {
                 for (j, p) in ps.iter().enumerate() {
                     let Some(p) = p.as_str() else { continue };
                     let ptr = format!("/tasks/{i}/parents/{j}");
@@ -115,7 +114,7 @@ impl Rules<'_> {
                         self.push(Diagnostic::new(
                             Code::SelfParent,
                             self.file,
-                            self.doc.span(&ptr),
+                            self.root.span_at(&ptr),
                             format!("task `{name}` lists itself as a parent"),
                         ));
                     } else if let Some(&pid) = ids.get(p) {
@@ -127,7 +126,7 @@ impl Rules<'_> {
                         let mut d = Diagnostic::new(
                             Code::UnknownParent,
                             self.file,
-                            self.doc.span(&ptr),
+                            self.root.span_at(&ptr),
                             format!("unknown parent `{p}` of task `{name}`"),
                         );
                         if let Some(s) = did_you_mean(p, names.iter().copied().filter(|n| *n != name)) {
@@ -137,13 +136,13 @@ impl Rules<'_> {
                     }
                 }
             }
-            if let Some(obj) = t.as_object() {
+            if let Some(obj) = t.as_map().map(|_| t) {
                 let present: Vec<&str> = ACTIONS.iter().copied().filter(|a| obj.contains_key(*a)).collect();
                 if present.is_empty() {
                     let d = Diagnostic::new(
                         Code::Action,
                         self.file,
-                        self.doc.span(&format!("/tasks/{i}/name")),
+                        self.root.span_at(&format!("/tasks/{i}/name")),
                         format!("task `{name}` has no action"),
                     );
                     let d = if obj.contains_key("with") {
@@ -153,13 +152,13 @@ impl Rules<'_> {
                     };
                     self.push(d);
                 } else if present.len() > 1 {
-                    let first = self.doc.key_span(&format!("/tasks/{i}/{}", present[0]));
+                    let first = self.root.key_span_at(&format!("/tasks/{i}/{}", present[0]));
                     for extra in &present[1..] {
                         self.push(
                             Diagnostic::new(
                                 Code::Action,
                                 self.file,
-                                self.doc.key_span(&format!("/tasks/{i}/{extra}")),
+                                self.root.key_span_at(&format!("/tasks/{i}/{extra}")),
                                 format!("task `{name}` has more than one action (`{}` and `{extra}`)", present[0]),
                             )
                             .with_help(format!(
@@ -173,7 +172,7 @@ impl Rules<'_> {
                     self.push(Diagnostic::new(
                         Code::Schema,
                         self.file,
-                        self.doc.key_span(&format!("/tasks/{i}/with")),
+                        self.root.key_span_at(&format!("/tasks/{i}/with")),
                         format!("`with` only applies to `uses` tasks, and task `{name}` is a `{}` task", present[0]),
                     ));
                 }
@@ -191,7 +190,7 @@ impl Rules<'_> {
                         Diagnostic::new(
                             Code::TimeoutExceeds,
                             self.file,
-                            self.doc.span(&ptr),
+                            self.root.span_at(&ptr),
                             format!(
                                 "task `{name}` may run for {}, longer than the workflow timeout of {}",
                                 humantime::format_duration(tt),
@@ -212,18 +211,19 @@ impl Rules<'_> {
 
     fn backend(&mut self) {
         let Some(backends) = self.backends else { return };
-        let Some(b) = self.doc.value.get("backend") else { return };
+        let Some(b) = self.root.get("backend") else { return };
         let mut named: Vec<(String, &str)> = Vec::new();
         match b {
-            Value::String(s) => named.push(("/backend".into(), s)),
-            Value::Object(m) => {
+            Node { kind: NodeKind::Str(s), .. } => named.push(("/backend".into(), s)),
+            m @ Node { kind: NodeKind::Map(_), .. } => {
                 for k in ["enabled", "disabled", "default"] {
-                    if let Some(s) = m.get(k).and_then(Value::as_str) {
+                    if let Some(s) = m.get(k).and_then(Node::as_str) {
                         named.push((format!("/backend/{k}"), s));
                     }
                 }
-                if let Some(vs) = m.get("variants").and_then(Value::as_object) {
+                if let Some(vs) = m.get("variants").and_then(Node::as_map) {
                     for (k, v) in vs {
+                        let k = &k.name;
                         if let Some(s) = v.as_str() {
                             named.push((format!("/backend/variants/{}", crate::spec::node::pointer_seg(k)), s));
                         }
@@ -234,7 +234,7 @@ impl Rules<'_> {
         }
         for (ptr, name) in named {
             if !backends.iter().any(|b| b == name) {
-                let mut d = Diagnostic::new(Code::UnknownBackend, self.file, self.doc.span(&ptr), format!("unknown backend `{name}`"));
+                let mut d = Diagnostic::new(Code::UnknownBackend, self.file, self.root.span_at(&ptr), format!("unknown backend `{name}`"));
                 d = match did_you_mean(name, backends.iter().map(String::as_str)) {
                     Some(s) => d.with_help(format!("did you mean `{s}`?")),
                     None => d.with_help(format!("configured backends: {}", backends.join(", "))),
@@ -248,8 +248,8 @@ impl Rules<'_> {
     /// shortest cycle through its first task (in file order), listed in
     /// execution order from that task, reported at the parent link that
     /// closes it (in the first task's `parents`).
-    fn cycles(&mut self, graph: &DiGraph<usize, ()>, tasks: &[Value]) {
-        let name = |i: usize| tasks[i].get("name").and_then(Value::as_str).unwrap_or("?").to_string();
+    fn cycles(&mut self, graph: &DiGraph<usize, ()>, tasks: &[Node]) {
+        let name = |i: usize| tasks[i].get("name").and_then(Node::as_str).unwrap_or("?").to_string();
         // Kosaraju's, not Tarjan's: petgraph's Tarjan recurses once per task
         // of a chain, and a long chain would overflow the stack.
         let mut sccs = petgraph::algo::kosaraju_scc(graph);
@@ -290,34 +290,41 @@ impl Rules<'_> {
             let closing = name(last);
             let ptr = tasks[start]
                 .get("parents")
-                .and_then(Value::as_array)
+                .and_then(Node::as_seq)
                 .and_then(|ps| ps.iter().position(|p| p.as_str() == Some(closing.as_str())))
                 .map_or_else(|| format!("/tasks/{start}/name"), |j| format!("/tasks/{start}/parents/{j}"));
             self.push(
-                Diagnostic::new(Code::Cycle, self.file, self.doc.span(&ptr), format!("the parents form a cycle: {}", names.join(" -> ")))
-                    .with_help("remove one of these parent links"),
+                Diagnostic::new(
+                    Code::Cycle,
+                    self.file,
+                    self.root.span_at(&ptr),
+                    format!("the parents form a cycle: {}", names.join(" -> ")),
+                )
+                .with_help("remove one of these parent links"),
             );
         }
     }
 
-    fn templates(&mut self, tasks: &[Value], ids: &HashMap<&str, usize>, parents_of: &[Vec<usize>], position: (Vec<usize>, Vec<usize>)) {
-        let input = self.doc.value.get("input");
-        let closed_input: Option<Vec<String>> = input
-            .filter(|i| i.get("additionalProperties") == Some(&Value::Bool(false)))
-            .map(|i| i.get("properties").and_then(Value::as_object).map(|p| p.keys().cloned().collect()).unwrap_or_default());
+    fn templates(&mut self, tasks: &[Node], ids: &HashMap<&str, usize>, parents_of: &[Vec<usize>], position: (Vec<usize>, Vec<usize>)) {
+        let input = self.root.get("input");
+        let closed_input: Option<Vec<String>> =
+            input.filter(|i| i.get("additionalProperties").is_some_and(|a| matches!(a.kind, NodeKind::Bool(false)))).map(|i| {
+                i.get("properties").and_then(Node::as_map).map(|p| p.iter().map(|(k, _)| k.name.clone()).collect()).unwrap_or_default()
+            });
         let mut reach = Reach::new(parents_of, position);
         // References whose ancestry a short walk could not settle; answered
         // together at the end.
         let mut deferred: Vec<(usize, usize, String, String, Option<String>)> = Vec::new();
         // Workflow-level templates: env values and the rollout entity.
-        let doc = self.doc;
+        let root = self.root;
         // The template strings: (pointer as a range of `pointers`, text,
         // shell script, task).
         let mut pointers = String::new();
         let mut strings: Vec<(std::ops::Range<usize>, &str, bool, Option<usize>)> = Vec::new();
         let mut ptr = String::new();
-        if let Some(env) = doc.value.get("env").and_then(Value::as_object) {
+        if let Some(env) = root.get("env").and_then(Node::as_map) {
             for (k, v) in env {
+                let k = &k.name;
                 if let Some(s) = v.as_str().filter(|s| template::is_template(s)) {
                     ptr.clear();
                     ptr.push_str("/env");
@@ -327,7 +334,7 @@ impl Rules<'_> {
                 }
             }
         }
-        if let Some(s) = doc.value.pointer("/backend/entity").and_then(Value::as_str).filter(|s| template::is_template(s)) {
+        if let Some(s) = root.pointer("/backend/entity").and_then(Node::as_str).filter(|s| template::is_template(s)) {
             pointers.push_str("/backend/entity");
             strings.push((pointers.len() - "/backend/entity".len()..pointers.len(), s, false, None));
         }
@@ -344,7 +351,7 @@ impl Rules<'_> {
             let ptr = &pointers[range];
             // Spans are looked up only for a finding: most templates have none.
             let node_cell = std::cell::OnceCell::new();
-            let node_span = || *node_cell.get_or_init(|| doc.span(ptr));
+            let node_span = || *node_cell.get_or_init(|| root.span_at(ptr));
             // Most templates are plain `{{root.path}}` reads, which need no
             // parser; anything else goes through Handlebars.
             let (paths, raw_output) = match template::plain(s) {
@@ -502,7 +509,7 @@ impl Rules<'_> {
         let answers = reach.batch(&queries);
         for ((tid, task, ptr, raw, field), ancestor) in deferred.into_iter().zip(answers) {
             let span = |me: &Self| {
-                let node = me.doc.span(&ptr);
+                let node = me.root.span_at(&ptr);
                 me.locate(node, &raw).unwrap_or(node)
             };
             self.task_ref(ancestor, &span, &raw, tasks, tid, task, field.as_deref());
@@ -516,12 +523,12 @@ impl Rules<'_> {
         ancestor: bool,
         span: &dyn Fn(&Self) -> Span,
         raw: &str,
-        tasks: &[Value],
+        tasks: &[Node],
         target: usize,
         task: usize,
         field: Option<&str>,
     ) {
-        let name = |i: usize| tasks[i].get("name").and_then(Value::as_str).unwrap_or("?");
+        let name = |i: usize| tasks[i].get("name").and_then(Node::as_str).unwrap_or("?");
         let (me, target) = (name(task), name(target));
         if !ancestor {
             self.push(
@@ -714,11 +721,11 @@ fn topological_positions(parents_of: &[Vec<usize>]) -> (Vec<usize>, Vec<usize>) 
 ///
 /// `ptr` holds the task's pointer (`/tasks/3`) and is extended in place for
 /// each string (and restored), so listing the strings allocates nothing.
-fn task_templates<'v>(task: &'v Value, ptr: &mut String, out: &mut impl FnMut(&str, &'v str, bool)) {
-    fn walk<'v>(ptr: &mut String, v: &'v Value, out: &mut impl FnMut(&str, &'v str, bool)) {
-        match v {
-            Value::String(s) if template::is_template(s) => out(ptr, s, false),
-            Value::Array(a) => {
+fn task_templates<'v>(task: &'v Node, ptr: &mut String, out: &mut impl FnMut(&str, &'v str, bool)) {
+    fn walk<'v>(ptr: &mut String, v: &'v Node, out: &mut impl FnMut(&str, &'v str, bool)) {
+        match &v.kind {
+            NodeKind::Str(s) if template::is_template(s) => out(ptr, s, false),
+            NodeKind::Seq(a) => {
                 for (i, x) in a.iter().enumerate() {
                     let len = ptr.len();
                     push_index(ptr, i);
@@ -726,10 +733,10 @@ fn task_templates<'v>(task: &'v Value, ptr: &mut String, out: &mut impl FnMut(&s
                     ptr.truncate(len);
                 }
             }
-            Value::Object(m) => {
+            NodeKind::Map(m) => {
                 for (k, x) in m {
                     let len = ptr.len();
-                    push_seg(ptr, k);
+                    push_seg(ptr, &k.name);
                     walk(ptr, x, out);
                     ptr.truncate(len);
                 }
@@ -738,10 +745,10 @@ fn task_templates<'v>(task: &'v Value, ptr: &mut String, out: &mut impl FnMut(&s
         }
     }
     /// A string, or the strings directly inside a list or a mapping.
-    fn strings<'v>(ptr: &mut String, v: Option<&'v Value>, out: &mut impl FnMut(&str, &'v str, bool)) {
-        match v {
-            Some(Value::String(s)) if template::is_template(s) => out(ptr, s, false),
-            Some(Value::Array(a)) => {
+    fn strings<'v>(ptr: &mut String, v: Option<&'v Node>, out: &mut impl FnMut(&str, &'v str, bool)) {
+        match v.map(|v| &v.kind) {
+            Some(NodeKind::Str(s)) if template::is_template(s) => out(ptr, s, false),
+            Some(NodeKind::Seq(a)) => {
                 for (i, x) in a.iter().enumerate() {
                     if let Some(s) = x.as_str().filter(|s| template::is_template(s)) {
                         let len = ptr.len();
@@ -751,11 +758,11 @@ fn task_templates<'v>(task: &'v Value, ptr: &mut String, out: &mut impl FnMut(&s
                     }
                 }
             }
-            Some(Value::Object(m)) => {
+            Some(NodeKind::Map(m)) => {
                 for (k, x) in m {
                     if let Some(s) = x.as_str().filter(|s| template::is_template(s)) {
                         let len = ptr.len();
-                        push_seg(ptr, k);
+                        push_seg(ptr, &k.name);
                         out(ptr, s, false);
                         ptr.truncate(len);
                     }
@@ -771,43 +778,46 @@ fn task_templates<'v>(task: &'v Value, ptr: &mut String, out: &mut impl FnMut(&s
         f(ptr, out);
         ptr.truncate(len);
     }
-    let Some(t) = task.as_object() else { return };
-    if let Some(run) = t.get("run").filter(|v| v.is_array()) {
+    let t = task;
+    if !t.is_map() {
+        return;
+    }
+    if let Some(run) = t.get("run").filter(|v| v.is_seq()) {
         at(ptr, "/run", out, |p, o| strings(p, Some(run), o));
     }
-    if let Some(s) = t.get("shell").and_then(Value::as_str).filter(|s| template::is_template(s)) {
+    if let Some(s) = t.get("shell").and_then(Node::as_str).filter(|s| template::is_template(s)) {
         at(ptr, "/shell", out, |p, o| o(p, s, true));
     }
-    if let Some(env) = t.get("env").filter(|v| v.is_object()) {
+    if let Some(env) = t.get("env").filter(|v| v.is_map()) {
         at(ptr, "/env", out, |p, o| strings(p, Some(env), o));
     }
-    if let Some(cwd) = t.get("cwd").filter(|v| v.is_string()) {
+    if let Some(cwd) = t.get("cwd").filter(|v| v.is_str()) {
         at(ptr, "/cwd", out, |p, o| strings(p, Some(cwd), o));
     }
-    if let Some(h) = t.get("http").and_then(Value::as_object) {
+    if let Some(h) = t.get("http").filter(|h| h.is_map()) {
         at(ptr, "/http", out, |ptr, out| {
-            if let Some(v) = h.get("url").filter(|v| v.is_string()) {
+            if let Some(v) = h.get("url").filter(|v| v.is_str()) {
                 at(ptr, "/url", out, |p, o| strings(p, Some(v), o));
             }
-            if let Some(v) = h.get("headers").filter(|v| v.is_object()) {
+            if let Some(v) = h.get("headers").filter(|v| v.is_map()) {
                 at(ptr, "/headers", out, |p, o| strings(p, Some(v), o));
             }
-            if let Some(v) = h.get("query").filter(|v| v.is_object()) {
+            if let Some(v) = h.get("query").filter(|v| v.is_map()) {
                 at(ptr, "/query", out, |p, o| strings(p, Some(v), o));
             }
             if let Some(j) = h.get("json") {
                 at(ptr, "/json", out, |p, o| walk(p, j, o));
             }
-            if let Some(v) = h.get("body").filter(|v| v.is_string()) {
+            if let Some(v) = h.get("body").filter(|v| v.is_str()) {
                 at(ptr, "/body", out, |p, o| strings(p, Some(v), o));
             }
         });
     }
-    if let Some(c) = t.get("celery").and_then(Value::as_object) {
-        if let Some(a) = c.get("args").filter(|v| v.is_array()) {
+    if let Some(c) = t.get("celery").filter(|c| c.is_map()) {
+        if let Some(a) = c.get("args").filter(|v| v.is_seq()) {
             at(ptr, "/celery/args", out, |p, o| walk(p, a, o));
         }
-        if let Some(k) = c.get("kwargs").filter(|v| v.is_object()) {
+        if let Some(k) = c.get("kwargs").filter(|v| v.is_map()) {
             at(ptr, "/celery/kwargs", out, |p, o| walk(p, k, o));
         }
     }

@@ -3,9 +3,10 @@
 
 use crate::diag::{Code, Diagnostic, did_you_mean};
 use crate::spec::Document;
-use crate::spec::node::pointer_seg;
+use crate::spec::node::{Node, NodeKind, pointer_seg};
+use crate::spec::raw::{RawWorkflow, RetrySpec};
 use jsonschema::error::{TypeKind, ValidationErrorKind};
-use serde_json::Value;
+use serde_json::{Map, Value};
 use std::sync::OnceLock;
 
 struct Compiled {
@@ -261,10 +262,150 @@ pub fn check(file: &str, doc: &Document, out: &mut Vec<Diagnostic>) {
         report(file, doc, &err, out);
     }
     // The input schema must itself be a valid JSON Schema.
-    if let Some(input) = doc.value.get("input").filter(|v| v.is_object())
-        && let Err(e) = jsonschema::meta::validate(input)
-    {
+    if let Some(input) = doc.value.get("input").filter(|v| v.is_object()) {
+        meta_check(file, &doc.root, input, out);
+    }
+}
+
+/// The check of `input` that [`check`] makes, for a file whose typed
+/// definition [`accepts`] took: `input` is the definition's (put back as it was).
+pub fn check_input(file: &str, root: &Node, input: &mut Option<Map<String, Value>>, out: &mut Vec<Diagnostic>) {
+    if let Some(map) = input.take() {
+        let value = Value::Object(map);
+        meta_check(file, root, &value, out);
+        if let Value::Object(map) = value {
+            *input = Some(map);
+        }
+    }
+}
+
+fn meta_check(file: &str, root: &Node, input: &Value, out: &mut Vec<Diagnostic>) {
+    if let Err(e) = jsonschema::meta::validate(input) {
         let p = format!("/input{}", e.instance_path().as_str());
-        out.push(Diagnostic::new(Code::Schema, file, doc.span(&p), format!("`input` is not a valid JSON Schema: {}", e.masked())));
+        out.push(Diagnostic::new(Code::Schema, file, root.span_at(&p), format!("`input` is not a valid JSON Schema: {}", e.masked())));
+    }
+}
+
+/// Whether the workflow schema accepts a document, given its typed
+/// definition (which deserialised from the tree): the definition has the
+/// schema's shape (the deserialiser takes structs from mappings only, and
+/// refuses unknown fields, missing required ones and values of another
+/// type), so what is left are the schema's bounds, checked here. `true` means
+/// the validator would find nothing; `false` only that it must run.
+pub fn accepts(root: &Node, raw: &RawWorkflow) -> bool {
+    fn name_ok(s: &str) -> bool {
+        let b = s.as_bytes();
+        !b.is_empty()
+            && b.len() <= 128
+            && (b[0].is_ascii_lowercase() || b[0].is_ascii_digit())
+            && b[1..].iter().all(|c| c.is_ascii_lowercase() || c.is_ascii_digit() || b"._-".contains(c))
+    }
+    fn retry_ok(r: Option<&RetrySpec>) -> bool {
+        r.is_none_or(|r| (1..=1000).contains(&r.attempts) && r.backoff.is_none_or(|b| (1.0..=100.0).contains(&b)))
+    }
+    // A rollout rule is read as an untagged enum, which (unlike the
+    // deserialiser of the tree) would also take a list of its fields.
+    let backend_ok = root.get("backend").is_none_or(|b| matches!(b.kind, NodeKind::Str(_) | NodeKind::Map(_)) || b.is_null_like());
+    // A JSON map is also read from null (as empty), which the schema refuses.
+    let kwargs_ok = |i: usize| {
+        root.get("tasks").and_then(Node::as_seq).and_then(|ts| ts.get(i)?.get("celery")?.get("kwargs")).is_none_or(|k| k.is_map())
+    };
+    raw.version == 1
+        && name_ok(&raw.name)
+        && raw.concurrency.is_none_or(|c| c >= 1)
+        && backend_ok
+        && retry_ok(raw.defaults.as_ref().and_then(|d| d.retry.as_ref()))
+        && !raw.tasks.is_empty()
+        && raw.tasks.iter().enumerate().all(|(i, t)| {
+            name_ok(&t.name)
+                && retry_ok(t.retry.as_ref())
+                && t.run.as_ref().is_none_or(|r| !r.is_empty())
+                && t.celery.as_ref().is_none_or(|c| c.priority.is_none_or(|p| p <= 9) && kwargs_ok(i))
+        })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::spec::{Format, Key, parse_tree};
+
+    const BASE: &str = "version: 1\nname: wf\ndescription: d\ntimeout: 1h\n\
+        backend: {flag: f, entity: '{{input.id}}', variants: {a: local}, enabled: local, disabled: local, default: local}\n\
+        queue: q\nconcurrency: 4\ninput: {type: object, properties: {id: {type: string}}}\n\
+        defaults: {timeout: 5m, retry: {attempts: 3, delay: 1s, backoff: 2.5, max_delay: 1m, jitter: true}}\nenv: {A: b}\n\
+        tasks:\n\
+        \x20 - {name: a, description: x, timeout: 1m, run: [echo, '{{input.id}}'], env: {B: c}, cwd: /tmp, output: json, \
+               retry: {attempts: 2, backoff: 1}}\n\
+        \x20 - {name: b, parents: [a], http: {method: POST, url: u, headers: {h: v}, query: {q: v}, json: {k: [1]}, body: t}}\n\
+        \x20 - {name: c, celery: {task: t.add, args: [1], kwargs: {x: 1}, queue: q, priority: 9}}\n\
+        \x20 - {name: d, uses: echo, with: {m: [1]}}\n";
+
+    fn validator_accepts(root: &Node) -> bool {
+        compiled().validator.iter_errors(&root.to_json()).next().is_none()
+    }
+
+    fn fast_accepts(root: &Node) -> bool {
+        <RawWorkflow as serde::Deserialize>::deserialize(root).is_ok_and(|raw| accepts(root, &raw))
+    }
+
+    /// Every node's pointer, depth first.
+    fn pointers(n: &Node, at: String, out: &mut Vec<String>) {
+        match &n.kind {
+            NodeKind::Seq(items) => items.iter().enumerate().for_each(|(i, x)| pointers(x, format!("{at}/{i}"), out)),
+            NodeKind::Map(es) => es.iter().for_each(|(k, x)| pointers(x, format!("{at}/{}", pointer_seg(&k.name)), out)),
+            _ => {}
+        }
+        out.push(at);
+    }
+
+    fn at_mut<'a>(n: &'a mut Node, pointer: &str) -> &'a mut Node {
+        let mut n = n;
+        for seg in pointer.split('/').skip(1) {
+            n = match &mut n.kind {
+                NodeKind::Seq(items) => &mut items[seg.parse::<usize>().expect("index")],
+                NodeKind::Map(es) => &mut es.iter_mut().find(|(k, _)| pointer_seg(&k.name) == seg).expect("key").1,
+                _ => unreachable!("pointers lead to collections"),
+            };
+        }
+        n
+    }
+
+    /// The shortcut that skips the validator is sound: whenever it accepts a
+    /// document, the validator finds nothing. Checked on the base document
+    /// with every node replaced by values of every type and bound, and with
+    /// an unknown field added to every mapping.
+    #[test]
+    fn the_shortcut_accepts_only_what_the_schema_accepts() {
+        let base = parse_tree("t", BASE, Format::Yaml).expect("parses");
+        assert!(fast_accepts(&base) && validator_accepts(&base));
+        let replacements: Vec<NodeKind> = [
+            "~", ".nan", "true", "0", "-1", "1", "2", "9", "10", "1000", "1001", "0.5", "1.0", "2.5", "100.0", "100.5", "x",
+            "Bad Name", "-x", "GET", "FETCH", "text", "[]", "[1]", "[x]", "{}", "{flag: f}", "{a: 1}", "{attempts: 2}",
+        ]
+        .iter()
+        .map(|s| parse_tree("t", &format!("v: {s}\n"), Format::Yaml).expect("parses").get("v").expect("v").kind.clone())
+        .collect();
+        let mut all = Vec::new();
+        pointers(&base, String::new(), &mut all);
+        let mut accepted = 0;
+        for p in &all {
+            for r in &replacements {
+                let mut doc = base.clone();
+                at_mut(&mut doc, p).kind = r.clone();
+                if fast_accepts(&doc) {
+                    accepted += 1;
+                    assert!(validator_accepts(&doc), "the shortcut accepts {p} = {r:?}, the schema does not");
+                }
+            }
+            let mut doc = base.clone();
+            if let NodeKind::Map(es) = &mut at_mut(&mut doc, p).kind {
+                es.push((Key { name: "unknown_field".into(), span: base.span }, base.clone()));
+                if fast_accepts(&doc) {
+                    assert!(validator_accepts(&doc), "the shortcut accepts an unknown field at {p}, the schema does not");
+                }
+            }
+        }
+        // The test sees both verdicts.
+        assert!(accepted > 0 && accepted < all.len() * replacements.len());
     }
 }
