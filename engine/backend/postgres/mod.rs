@@ -196,8 +196,8 @@ pub async fn open(ctx: DriverContext) -> Result<Arc<dyn Backend>, BackendError> 
         tracker: tokio_util::task::TaskTracker::new(),
         sync_tx: Mutex::new(None),
         watched: Mutex::new(HashMap::new()),
-        to_wake: Mutex::new(HashSet::new()),
-        wake_pending: tokio::sync::Notify::new(),
+        notes: Mutex::new(Notes::default()),
+        notes_pending: tokio::sync::Notify::new(),
     });
     Ok(backend)
 }
@@ -248,9 +248,18 @@ pub struct PgBackend {
     sync_tx: Mutex<Option<tokio::sync::mpsc::UnboundedSender<String>>>,
     /// Unfinished runs submitted here, with what was announced of them.
     watched: Mutex<HashMap<String, events::Seen>>,
-    /// Queues with runs submitted here whose workers are not told yet.
-    to_wake: Mutex<HashSet<String>>,
-    wake_pending: tokio::sync::Notify,
+    /// Notifications of what committed here, not sent yet.
+    notes: Mutex<Notes>,
+    notes_pending: tokio::sync::Notify,
+}
+
+/// Notifications to send (see `queue::NOTIFY`).
+#[derive(Default)]
+struct Notes {
+    /// Queues with tasks made ready (runs submitted, children promoted, retries).
+    queues: HashSet<String>,
+    /// Runs that ended.
+    ended: Vec<String>,
 }
 
 fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
@@ -336,9 +345,9 @@ impl PgBackend {
         // LISTEN: wake workers, stop runs, answer waiters.
         let b = Arc::clone(&me);
         self.tracker.spawn(async move { b.listen().await });
-        // Wake the workers of the queues runs were submitted to.
+        // Notify what committed here: ready tasks, ended runs.
         let b = Arc::clone(&me);
-        self.tracker.spawn(async move { b.wake_loop().await });
+        self.tracker.spawn(async move { b.notify_loop().await });
         // The reaper: expired leases, run deadlines, lost store writes.
         let b = Arc::clone(&me);
         self.tracker.spawn(async move { b.reap_loop().await });
@@ -405,20 +414,45 @@ impl PgBackend {
         }
     }
 
-    /// Notify the queues of submitted runs, after their submits committed:
-    /// one statement for all the submits since the last one. (A lost
-    /// notification costs the workers' poll interval, nothing more.)
-    async fn wake_loop(self: Arc<Self>) {
+    /// Tasks of this queue became ready: wake its workers.
+    fn announce_ready(&self, queue: String) {
+        lock(&self.notes).queues.insert(queue);
+        self.notes_pending.notify_one();
+    }
+
+    /// What an attempt's end committed: announce it, record it in the store.
+    fn finished_attempt(&self, run_id: &str, f: &queue::Finish) {
+        if f.wake.is_some() || f.announce_end {
+            let mut notes = lock(&self.notes);
+            if let Some(q) = &f.wake {
+                notes.queues.insert(q.clone());
+            }
+            if f.announce_end {
+                notes.ended.push(run_id.to_string());
+            }
+            drop(notes);
+            self.notes_pending.notify_one();
+        }
+        if f.run_finished {
+            self.finished(run_id);
+        }
+    }
+
+    /// Send the notifications of what committed here: one statement for all
+    /// gathered since the last one. (A lost notification costs the workers'
+    /// and the waiters' poll interval, nothing more.)
+    async fn notify_loop(self: Arc<Self>) {
         loop {
             let stopping = tokio::select! {
                 _ = self.shutdown.cancelled() => true,
-                _ = self.wake_pending.notified() => false,
+                _ = self.notes_pending.notified() => false,
             };
-            let queues: Vec<String> = lock(&self.to_wake).drain().collect();
-            if !queues.is_empty() {
-                let sent = tokio::time::timeout(Duration::from_secs(2), queue::retrying(|| self.db.notify_queues(&queues))).await;
+            let notes = std::mem::take(&mut *lock(&self.notes));
+            if !notes.queues.is_empty() || !notes.ended.is_empty() {
+                let queues: Vec<String> = notes.queues.into_iter().collect();
+                let sent = tokio::time::timeout(Duration::from_secs(2), queue::retrying(|| self.db.notify(&queues, &notes.ended))).await;
                 if let Ok(Err(e)) = sent {
-                    tracing::debug!("notifying the workers of {}: {e}", queues.join(", "));
+                    tracing::debug!("sending notifications: {e}");
                 }
             }
             if stopping {
@@ -512,9 +546,7 @@ impl PgBackend {
                 }
             };
             let fin = self.db.finish_attempt(&lost.run_id, lost.position, lost.attempt, None, "reaper", outcome, 0).await?;
-            if fin.run_finished {
-                self.finished(&lost.run_id);
-            }
+            self.finished_attempt(&lost.run_id, &fin);
         }
         for run_id in self.db.past_deadline(100).await? {
             if self.db.stop_run(&run_id, StopKind::TimedOut).await? {
@@ -655,8 +687,7 @@ impl Backend for PgBackend {
                 Err(e) => return Err(self.db_error(&e)),
             }
         }
-        lock(&self.to_wake).insert(wf.queue.clone().unwrap_or_else(|| "default".into()));
-        self.wake_pending.notify_one();
+        self.announce_ready(wf.queue.clone().unwrap_or_else(|| "default".into()));
         if self.executor.events.as_ref().is_some_and(|tx| tx.receiver_count() > 0) {
             lock(&self.watched).entry(run_id.clone()).or_default();
         }

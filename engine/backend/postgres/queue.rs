@@ -159,6 +159,10 @@ pub(crate) struct Finish {
     /// The attempt was no longer this worker's (reaped, or the run finished).
     pub stale: bool,
     pub run_finished: bool,
+    /// The run finished and the caller announces it ([`Db::notify`]).
+    pub announce_end: bool,
+    /// Tasks of this queue became ready and the caller announces it.
+    pub wake: Option<String>,
     /// Children claimed for the finishing worker in the same transaction.
     pub claimed: Vec<Claimed>,
 }
@@ -220,19 +224,21 @@ const SUBMIT: &str = "WITH d AS (INSERT INTO definitions (id, definition) SELECT
        AS u(position, name, state, waiting, children, reads)) \
      SELECT (SELECT count(*) FROM r) AS inserted";
 
-/// Wakes the workers of these queues. Its own transaction, which does not
-/// wait for the disk: a submit's commit waits for the disk, and PostgreSQL
-/// holds its one lock for notifying transactions until a commit is flushed,
-/// so a submit that notified would hold up every other notifying commit.
-const NOTIFY_QUEUES: &str = "WITH s AS (SELECT set_config('synchronous_commit', 'off', true) AS v) \
-     SELECT pg_notify($1, q) FROM s, UNNEST($2::text[]) AS q WHERE s.v IS NOT NULL";
+/// Sends notifications (`$1` channels, `$2` payloads) in a transaction of
+/// their own, which does not wait for the disk. PostgreSQL lets one
+/// notifying transaction commit at a time (holding its lock until the
+/// commit is flushed), so submits and attempt ends do not notify
+/// themselves: each process sends what they would have, after they
+/// committed, gathered into one statement.
+const NOTIFY: &str = "WITH s AS (SELECT set_config('synchronous_commit', 'off', true) AS v) \
+     SELECT pg_notify(n.c, n.p) FROM s, UNNEST($1::text[], $2::text[]) AS n(c, p) WHERE s.v IS NOT NULL";
 
 /// Ends an attempt: locks the run's row first (the locking rule), records
 /// the attempt; a success also promotes its children (to `held` when the run
 /// has a `concurrency`) and counts the task final, and when that was the
 /// run's last open task and the run was not asked to stop, finishes the run
-/// and notifies its end, so the common case costs one statement. `$14`:
-/// `synchronous_commit` of the transaction; `$15`: the channel of run ends.
+/// (whose end the caller announces), so the common case costs one
+/// statement. `$14`: `synchronous_commit` of the transaction.
 const FINISH_TASK: &str = "WITH r AS (SELECT stop, concurrency, timeout_ms, queue FROM runs \
        WHERE run_id = $1 AND set_config('synchronous_commit', $14, true) IS NOT NULL FOR NO KEY UPDATE), \
      u AS (UPDATE tasks SET state = $5, output = $6::jsonb, error = $7, \
@@ -257,11 +263,10 @@ const FINISH_TASK: &str = "WITH r AS (SELECT stop, concurrency, timeout_ms, queu
        started_at = CASE WHEN open = 1 AND stop IS NULL THEN COALESCE(started_at, created_at) ELSE started_at END, \
        finished_at = CASE WHEN open = 1 AND stop IS NULL AND finished_at IS NULL THEN clock_timestamp() ELSE finished_at END \
        WHERE $5 = 'succeeded' AND run_id IN (SELECT run_id FROM u) \
-       RETURNING run_id, open, succeeded, total, stop, timeout_ms, open = 0 AND stop IS NULL AS finished), \
-     n AS (SELECT pg_notify($15, run_id) FROM c WHERE c.finished) \
+       RETURNING run_id, open, succeeded, total, stop, timeout_ms, open = 0 AND stop IS NULL AS finished) \
      SELECT u.name, u.children, (SELECT array_agg(p.position) FROM p WHERE p.state = 'ready') AS ready, \
        r.stop AS run_stop, r.concurrency, r.timeout_ms AS run_timeout_ms, r.queue, \
-       c.open, c.succeeded, c.total, c.stop, c.timeout_ms, c.finished, (SELECT count(*) FROM n) AS notified \
+       c.open, c.succeeded, c.total, c.stop, c.timeout_ms, c.finished \
        FROM u CROSS JOIN r LEFT JOIN c ON TRUE";
 
 const FILL: &str = "UPDATE tasks SET state = 'ready', ready_at = clock_timestamp() \
@@ -511,9 +516,14 @@ impl Db {
         Err(DbError::Data("the run's definition could not be recorded".into()))
     }
 
-    /// Tell the workers of these queues that tasks became ready.
-    pub(crate) async fn notify_queues(&self, queues: &[String]) -> Result<()> {
-        sqlx::query(NOTIFY_QUEUES).bind(&self.ready_channel).bind(queues).execute(&self.pool).await?;
+    /// Tell the workers of these queues that tasks became ready, and the
+    /// waiters of these runs that they ended.
+    pub(crate) async fn notify(&self, queues: &[String], ended: &[String]) -> Result<()> {
+        let mut channels = Vec::with_capacity(queues.len() + ended.len());
+        channels.resize(queues.len(), self.ready_channel.as_str());
+        channels.resize(queues.len() + ended.len(), self.done_channel.as_str());
+        let payloads: Vec<&str> = queues.iter().chain(ended).map(String::as_str).collect();
+        sqlx::query(NOTIFY).bind(&channels).bind(&payloads).execute(&self.pool).await?;
         Ok(())
     }
 
@@ -636,7 +646,6 @@ impl Db {
             .bind(attempt_error)
             .bind(worker)
             .bind(self.completion_commit)
-            .bind(&self.done_channel)
             .fetch_optional(&mut *tx)
             .await?;
         let Some(row) = row else {
@@ -704,19 +713,18 @@ impl Db {
             }
         }
         let mut run_finished = false;
+        let mut announce_end = false;
         if succeeded {
             // FINISH_TASK finished the run unless it was asked to stop.
-            run_finished = row.try_get::<Option<bool>, _>("finished")?.unwrap_or(false)
-                || self.finish_run_if_done(&mut tx, run_id, &row, timeout_ms).await?;
+            announce_end = row.try_get::<Option<bool>, _>("finished")?.unwrap_or(false);
+            run_finished = announce_end || self.finish_run_if_done(&mut tx, run_id, &row, timeout_ms).await?;
         } else if finals > 0 {
             let c = sqlx::query(COUNT_FINAL).bind(run_id).bind(finals).bind(0i32).fetch_one(&mut *tx).await?;
             run_finished = self.finish_run_if_done(&mut tx, run_id, &c, timeout_ms).await?;
         }
-        if ready.len() > claimed.len() && !run_finished {
-            sqlx::query("SELECT pg_notify($1, $2)").bind(&self.ready_channel).bind(&queue).execute(&mut *tx).await?;
-        }
+        let wake = (ready.len() > claimed.len() && !run_finished).then_some(queue);
         tx.commit().await?;
-        Ok(Finish { stale: false, run_finished, claimed })
+        Ok(Finish { stale: false, run_finished, announce_end, wake, claimed })
     }
 
     /// After the open-task count changed: finish the run when no task is open.

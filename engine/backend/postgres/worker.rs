@@ -314,9 +314,7 @@ impl Worker {
                 }
             }
         };
-        if finish.run_finished {
-            self.b.finished(&c.run_id);
-        }
+        self.b.finished_attempt(&c.run_id, &finish);
         if let Some(at) = retry_at {
             let mut w = lock(&self.next_wake);
             *w = Some(w.map_or(at, |x| x.min(at)));
