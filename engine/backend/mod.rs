@@ -15,6 +15,8 @@ pub(crate) mod events;
 pub mod local;
 #[cfg(feature = "postgres")]
 pub mod postgres;
+#[cfg(feature = "temporal")]
+pub mod temporal;
 
 use crate::plan::Workflow;
 use crate::run::executor::Executor;
@@ -164,6 +166,8 @@ pub async fn open(ctx: DriverContext) -> Result<Option<Arc<dyn Backend>>, Backen
         "celery" => celery::open(ctx).await.map(Some),
         #[cfg(feature = "postgres")]
         "postgres" => postgres::open(ctx).await.map(Some),
+        #[cfg(feature = "temporal")]
+        "temporal" => temporal::open(ctx).await.map(Some),
         _ => Ok(None),
     }
 }
@@ -176,6 +180,7 @@ pub fn is_built(kind: &str) -> bool {
         "local" => true,
         "postgres" => cfg!(feature = "postgres"),
         "celery" => cfg!(feature = "celery"),
+        "temporal" => cfg!(feature = "temporal"),
         _ => false,
     }
 }

@@ -1,0 +1,230 @@
+//! A run's result read off its Temporal execution: the history is the truth
+//! (what `temporal workflow show` prints), and for a run still going, the
+//! execution's pending activities say which tasks are running and on which
+//! attempt. Tasks the execution never reached get the same statuses and
+//! reasons as on every other backend (skipped below a failure, cancelled
+//! with a cancelled run, skipped by a run timeout).
+
+use super::workflow::{DagInput, TASK_FAILED, TIMED_OUT, root_message};
+use crate::plan::Workflow;
+use crate::run::{RunResult, RunStatus, TaskStatus};
+use serde_json::Value;
+use std::collections::HashMap;
+use temporalio_common::protos::temporal::api::common::v1::Payloads;
+use temporalio_common::protos::temporal::api::enums::v1::PendingActivityState;
+use temporalio_common::protos::temporal::api::failure::v1::{Failure, failure::FailureInfo};
+use temporalio_common::protos::temporal::api::history::v1::{HistoryEvent, history_event::Attributes};
+use temporalio_common::protos::temporal::api::workflow::v1::PendingActivityInfo;
+use time::OffsetDateTime;
+
+fn at(t: &Option<prost_wkt_types::Timestamp>) -> Option<OffsetDateTime> {
+    let t = t.as_ref()?;
+    OffsetDateTime::from_unix_timestamp_nanos(t.seconds as i128 * 1_000_000_000 + t.nanos as i128).ok()
+}
+
+fn first_payload(p: &Option<Payloads>) -> Value {
+    p.as_ref().and_then(|p| p.payloads.first()).and_then(|p| serde_json::from_slice(&p.data).ok()).unwrap_or(Value::Null)
+}
+
+fn failure_type(f: &Failure) -> Option<&str> {
+    let mut f = f;
+    loop {
+        if let Some(FailureInfo::ApplicationFailureInfo(a)) = &f.failure_info {
+            return Some(a.r#type.as_str());
+        }
+        f = f.cause.as_deref()?;
+    }
+}
+
+/// The input of the execution: its first event's payload.
+pub fn start_input(events: &[HistoryEvent]) -> Option<DagInput> {
+    match events.first()?.attributes.as_ref()? {
+        Attributes::WorkflowExecutionStartedEventAttributes(a) => serde_json::from_value(first_payload(&a.input)).ok(),
+        _ => None,
+    }
+}
+
+/// Derive the run's result. `pending` is the execution's pending activities
+/// (empty for a closed run).
+pub fn derive(wf: &Workflow, input: &DagInput, backend: &str, events: &[HistoryEvent], pending: &[PendingActivityInfo]) -> RunResult {
+    let routing = input.routing.clone().and_then(|r| serde_json::from_value(r).ok());
+    let mut r = crate::run::executor::new_result(
+        wf,
+        input.run_id.clone(),
+        backend,
+        input.input.clone(),
+        Some(input.entity_id.clone()),
+        input.context.clone(),
+    );
+    r.routing = routing;
+    if let Ok(t) = OffsetDateTime::parse(&input.created_at, &time::format_description::well_known::Rfc3339) {
+        r.created_at = t;
+    }
+    let mut scheduled: HashMap<i64, String> = HashMap::new();
+    let mut in_flight: Vec<String> = Vec::new();
+    let mut close_failure: Option<Failure> = None;
+    for e in events {
+        let when = at(&e.event_time);
+        let Some(a) = &e.attributes else { continue };
+        match a {
+            Attributes::WorkflowTaskStartedEventAttributes(_) if r.started_at.is_none() => {
+                r.status = RunStatus::Running;
+                r.started_at = when;
+            }
+            Attributes::ActivityTaskScheduledEventAttributes(s) => {
+                scheduled.insert(e.event_id, s.activity_id.clone());
+                in_flight.push(s.activity_id.clone());
+            }
+            Attributes::ActivityTaskStartedEventAttributes(s) => {
+                if let Some(t) = scheduled.get(&s.scheduled_event_id).and_then(|n| r.tasks.get_mut(n)) {
+                    t.status = TaskStatus::Running;
+                    t.attempts = s.attempt.max(1) as u32;
+                    t.started_at = t.started_at.or(when);
+                }
+            }
+            Attributes::ActivityTaskCompletedEventAttributes(c) => {
+                if let Some(name) = scheduled.get(&c.scheduled_event_id) {
+                    in_flight.retain(|n| n != name);
+                    if let Some(t) = r.tasks.get_mut(name) {
+                        t.status = TaskStatus::Succeeded;
+                        t.output = Some(first_payload(&c.result));
+                        t.attempts = t.attempts.max(1);
+                        t.finished_at = when;
+                    }
+                }
+            }
+            Attributes::ActivityTaskFailedEventAttributes(c) => {
+                if let Some(name) = scheduled.get(&c.scheduled_event_id) {
+                    in_flight.retain(|n| n != name);
+                    if let Some(t) = r.tasks.get_mut(name) {
+                        let f = c.failure.as_ref();
+                        let timed_out = f.and_then(failure_type) == Some(TIMED_OUT);
+                        t.status = if timed_out { TaskStatus::TimedOut } else { TaskStatus::Failed };
+                        t.error = Some(f.map(root_message).unwrap_or_else(|| "failed".into()));
+                        t.attempts = t.attempts.max(1);
+                        t.finished_at = when;
+                    }
+                }
+            }
+            Attributes::ActivityTaskTimedOutEventAttributes(c) => {
+                if let Some(name) = scheduled.get(&c.scheduled_event_id) {
+                    in_flight.retain(|n| n != name);
+                    if let Some(t) = r.tasks.get_mut(name) {
+                        let why = c.failure.as_ref().map(root_message).unwrap_or_default();
+                        t.status = TaskStatus::TimedOut;
+                        t.error = Some(format!("attempt {} timed out ({why})", t.attempts.max(1)));
+                        t.attempts = t.attempts.max(1);
+                        t.finished_at = when;
+                    }
+                }
+            }
+            Attributes::ActivityTaskCanceledEventAttributes(c) => {
+                if let Some(name) = scheduled.get(&c.scheduled_event_id) {
+                    in_flight.retain(|n| n != name);
+                    if let Some(t) = r.tasks.get_mut(name) {
+                        t.status = TaskStatus::Cancelled;
+                        t.error = Some("cancelled".into());
+                        t.finished_at = when;
+                    }
+                }
+            }
+            Attributes::WorkflowExecutionCompletedEventAttributes(_) => {
+                r.status = RunStatus::Succeeded;
+                r.finished_at = when;
+            }
+            Attributes::WorkflowExecutionFailedEventAttributes(f) => {
+                r.status = RunStatus::Failed;
+                r.finished_at = when;
+                close_failure = f.failure.clone();
+            }
+            Attributes::WorkflowExecutionTimedOutEventAttributes(_) => {
+                r.status = RunStatus::TimedOut;
+                r.finished_at = when;
+            }
+            Attributes::WorkflowExecutionCanceledEventAttributes(_) => {
+                r.status = RunStatus::Cancelled;
+                r.finished_at = when;
+            }
+            Attributes::WorkflowExecutionTerminatedEventAttributes(t) => {
+                r.status = RunStatus::Cancelled;
+                r.finished_at = when;
+                r.error = Some(format!("the run was terminated in Temporal: {}", t.reason));
+            }
+            _ => {}
+        }
+    }
+    // Attempts in flight: running, or waiting for their next try.
+    for p in pending {
+        if let Some(t) = r.tasks.get_mut(&p.activity_id) {
+            let started = p.state == PendingActivityState::Started as i32;
+            if started || p.attempt > 1 {
+                t.status = TaskStatus::Running;
+                t.attempts = p.attempt.max(1) as u32;
+                t.started_at = t.started_at.or(at(&p.last_started_time));
+                if let Some(f) = &p.last_failure {
+                    t.error = Some(root_message(f));
+                }
+            }
+        }
+    }
+    if r.status.is_terminal() {
+        finish(wf, &mut r, &in_flight, close_failure.as_ref());
+    }
+    r
+}
+
+/// Statuses of the tasks a closed execution left unfinished.
+fn finish(wf: &Workflow, r: &mut RunResult, in_flight: &[String], close_failure: Option<&Failure>) {
+    let timeout = humantime::format_duration(wf.timeout.unwrap_or_default()).to_string();
+    match r.status {
+        RunStatus::TimedOut => r.error = Some(format!("the run timed out after {timeout}")),
+        RunStatus::Cancelled if r.error.is_none() => r.error = Some("the run was cancelled".into()),
+        RunStatus::Failed => {
+            // A failed task speaks for itself; anything else is the run's own error.
+            if let Some(f) = close_failure
+                && failure_type(f) != Some(TASK_FAILED)
+            {
+                r.error = Some(root_message(f));
+            }
+        }
+        _ => {}
+    }
+    let end = r.status;
+    for id in wf.order.iter().copied() {
+        let name = &wf.tasks[id].name;
+        let status = r.tasks[name].status;
+        if status.is_terminal() {
+            continue;
+        }
+        let finished_at = r.finished_at;
+        // The first ancestor that failed, in topological order.
+        let blamed = wf.order.iter().copied().filter(|&a| is_ancestor(wf, a, id)).find_map(|a| {
+            let t = &r.tasks[&wf.tasks[a].name];
+            match t.status {
+                TaskStatus::Failed => Some(format!("parent {} failed", wf.tasks[a].name)),
+                TaskStatus::TimedOut => Some(format!("parent {} timed out", wf.tasks[a].name)),
+                _ => None,
+            }
+        });
+        let was_in_flight = in_flight.contains(name) || status == TaskStatus::Running;
+        let Some(t) = r.tasks.get_mut(name) else { continue };
+        t.finished_at = finished_at;
+        if was_in_flight {
+            (t.status, t.error) = match end {
+                RunStatus::TimedOut => (TaskStatus::TimedOut, Some("stopped: the run timed out".into())),
+                _ => (TaskStatus::Cancelled, Some("cancelled".into())),
+            };
+            continue;
+        }
+        (t.status, t.skip_reason) = match (blamed, end) {
+            (Some(reason), _) => (TaskStatus::Skipped, Some(reason)),
+            (None, RunStatus::Cancelled) => (TaskStatus::Cancelled, Some("run cancelled".into())),
+            (None, RunStatus::TimedOut) => (TaskStatus::Skipped, Some(format!("run timed out after {timeout}"))),
+            (None, _) => (TaskStatus::Skipped, Some("not reached".into())),
+        };
+    }
+}
+
+fn is_ancestor(wf: &Workflow, a: usize, of: usize) -> bool {
+    a != of && petgraph::algo::has_path_connecting(&wf.dag, petgraph::graph::NodeIndex::new(a), petgraph::graph::NodeIndex::new(of), None)
+}

@@ -1,0 +1,240 @@
+//! The Temporal workflow type `taskweave.dag.v1`: one generic workflow that
+//! runs any taskweave DAG. Its input is the pinned definition plus the run's
+//! input, so a hot reload never changes an execution in flight.
+//!
+//! This is workflow code: it must be deterministic. It reads nothing but its
+//! input and the results Temporal hands back, and makes its decisions in an
+//! order fixed by them (the order in which activity results arrive is part
+//! of the history). Any change to the commands it issues for a given history
+//! needs `ctx.patched(..)` or a new workflow type (`taskweave.dag.v2`); the
+//! replay tests (`tests/temporal_replay.rs`) fail when a change breaks the
+//! saved histories.
+
+use super::activities::TaskActivities;
+use crate::plan::{Task, TaskId, Workflow};
+use futures::future::{FutureExt, LocalBoxFuture};
+use serde::{Deserialize, Serialize};
+use serde_json::{Map, Value, json};
+use std::collections::VecDeque;
+use std::sync::Arc;
+use std::time::Duration;
+use temporalio_common::RetryPolicy;
+use temporalio_common::error::ApplicationFailure;
+use temporalio_macros::{workflow, workflow_methods};
+use temporalio_sdk::{
+    ActivityCancellationType, ActivityExecutionError, ActivityOptions, WorkflowContext, WorkflowResult, WorkflowTermination,
+};
+
+/// The workflow type's name in Temporal.
+pub const WORKFLOW_TYPE: &str = "taskweave.dag.v1";
+
+/// Failure type of an attempt that a retry cannot fix.
+pub const PERMANENT: &str = "Permanent";
+/// Failure type of an attempt stopped by the task's timeout on the worker.
+pub const TIMED_OUT: &str = "TimedOut";
+/// Failure type of a run that ended with a failed task.
+pub const TASK_FAILED: &str = "TaskFailed";
+/// Failure type of a definition the workflow cannot compile.
+pub const BAD_DEFINITION: &str = "BadDefinition";
+
+/// Longest start-to-close timeout given to a task without one (Temporal
+/// needs one; crashes are found by the heartbeat timeout instead).
+const NO_TIMEOUT: Duration = Duration::from_secs(10 * 365 * 24 * 3600);
+
+/// What a run starts with. It travels in the execution's first event, which
+/// is also where workers read the definition from.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct DagInput {
+    pub run_id: String,
+    /// The definition (`RawWorkflow` as JSON), pinned at submission.
+    pub definition: Value,
+    pub input: Value,
+    #[serde(default)]
+    pub context: Value,
+    pub entity_id: String,
+    /// The routing decision, when a flag chose this backend.
+    #[serde(default)]
+    pub routing: Option<Value>,
+    /// Submission time, RFC 3339.
+    pub created_at: String,
+    /// Activity heartbeat timeout in milliseconds: how soon a lost worker's
+    /// task is tried again.
+    pub heartbeat_ms: u64,
+}
+
+/// One task's activity input.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct TaskInput {
+    pub run_id: String,
+    /// `sha256:...` of the definition; workers compile each one once.
+    pub version: String,
+    pub task: String,
+    /// The template context (input, ancestors' outputs...), when the task has templates.
+    pub ctx: Option<Value>,
+}
+
+/// The result of a run that succeeded: every task's output.
+pub type DagOutput = Map<String, Value>;
+
+#[workflow]
+#[derive(Default)]
+pub struct DagWorkflow;
+
+fn app_failure(type_name: &str, message: String, non_retryable: bool) -> ApplicationFailure {
+    let err: Box<dyn std::error::Error + Send + Sync> = message.into();
+    ApplicationFailure::builder(err).type_name(type_name.to_string()).non_retryable(non_retryable).build()
+}
+
+/// The activity options of a task: its timeout, its retry policy (never
+/// Temporal's unlimited default), cancellation that waits for the worker to
+/// stop the attempt, and the heartbeat that detects lost workers.
+pub fn activity_options(wf: &Workflow, task: &Task, heartbeat: Duration) -> ActivityOptions {
+    let start_to_close = task.timeout.or(wf.timeout).unwrap_or(NO_TIMEOUT);
+    let retry = &task.retry;
+    let initial = retry.delay.max(Duration::from_millis(1));
+    let policy = RetryPolicy::builder()
+        .initial_interval(initial)
+        .backoff_coefficient(retry.backoff.max(1.0))
+        .maximum_interval(retry.max_delay.max(initial))
+        .maximum_attempts(retry.attempts.max(1))
+        .non_retryable_error_types([PERMANENT])
+        .build();
+    ActivityOptions::with_start_to_close_timeout(start_to_close)
+        .activity_id(task.name.clone())
+        .heartbeat_timeout(heartbeat)
+        .cancellation_type(ActivityCancellationType::WaitCancellationCompleted)
+        .retry_policy(policy)
+        .summary(task.name.clone())
+        .build()
+}
+
+/// The DAG's state as the workflow drives it.
+struct Dag {
+    wf: Arc<Workflow>,
+    waiting: Vec<usize>,
+    outputs: Vec<Option<Value>>,
+    /// Tasks that will never run (a parent failed).
+    skipped: Vec<bool>,
+    ready: VecDeque<TaskId>,
+    failed: Vec<(TaskId, String)>,
+}
+
+impl Dag {
+    fn new(wf: Arc<Workflow>) -> Dag {
+        let n = wf.tasks.len();
+        Dag {
+            waiting: wf.tasks.iter().map(|t| t.parents.len()).collect(),
+            outputs: vec![None; n],
+            skipped: vec![false; n],
+            ready: wf.roots().collect(),
+            failed: Vec::new(),
+            wf,
+        }
+    }
+
+    fn succeeded(&mut self, id: TaskId, output: Value) {
+        self.outputs[id] = Some(output);
+        for &c in &self.wf.tasks[id].children {
+            self.waiting[c] -= 1;
+            if self.waiting[c] == 0 && !self.skipped[c] {
+                self.ready.push_back(c);
+            }
+        }
+    }
+
+    fn failed(&mut self, id: TaskId, message: String) {
+        self.failed.push((id, message));
+        let mut stack = self.wf.tasks[id].children.clone();
+        while let Some(c) = stack.pop() {
+            if !self.skipped[c] {
+                self.skipped[c] = true;
+                stack.extend(self.wf.tasks[c].children.iter().copied());
+            }
+        }
+    }
+}
+
+type Finished = (TaskId, Result<Value, ActivityExecutionError>);
+
+#[workflow_methods]
+impl DagWorkflow {
+    #[run(name = "taskweave.dag.v1")]
+    pub async fn run(ctx: &mut WorkflowContext<Self>, input: DagInput) -> WorkflowResult<DagOutput> {
+        let raw: crate::spec::raw::RawWorkflow = serde_json::from_value(input.definition.clone())
+            .map_err(|e| app_failure(BAD_DEFINITION, format!("the definition does not parse: {e}"), true))?;
+        let wf =
+            crate::plan::compile(raw).map_err(|e| app_failure(BAD_DEFINITION, format!("the definition does not compile: {e}"), true))?;
+        let heartbeat = Duration::from_millis(input.heartbeat_ms.max(100));
+        let base_ctx = json!({
+            "input": input.input,
+            "run": {"id": input.run_id},
+            "workflow": {"name": wf.name, "version": wf.version},
+            "context": input.context,
+        });
+        let limit = wf.concurrency.unwrap_or(usize::MAX).max(1);
+        let mut dag = Dag::new(Arc::clone(&wf));
+        let ctx: &WorkflowContext<Self> = ctx;
+        let cancelled = ctx.cancellation_token();
+        // A plain vector polled by `select_all`: each activity future keeps
+        // the SDK's own waker (combinators with wakers of their own, like
+        // `FuturesUnordered`, trip the SDK's nondeterminism detector).
+        let mut running: Vec<LocalBoxFuture<'_, Finished>> = Vec::new();
+        loop {
+            while !cancelled.is_cancelled() && running.len() < limit {
+                let Some(id) = dag.ready.pop_front() else { break };
+                let task = &wf.tasks[id];
+                let task_input = TaskInput {
+                    run_id: input.run_id.clone(),
+                    version: wf.version.clone(),
+                    task: task.name.clone(),
+                    ctx: crate::run::executor::attempt_context(&wf, id, 1, &base_ctx, |r| dag.outputs[r].clone()),
+                };
+                let opts = activity_options(&wf, task, heartbeat);
+                let fut: LocalBoxFuture<'_, Result<Value, ActivityExecutionError>> = match task.action.kind() {
+                    "run" => ctx.execute_activity(TaskActivities::run_task, task_input, opts).boxed_local(),
+                    "shell" => ctx.execute_activity(TaskActivities::shell_task, task_input, opts).boxed_local(),
+                    "http" => ctx.execute_activity(TaskActivities::http_task, task_input, opts).boxed_local(),
+                    _ => ctx.execute_activity(TaskActivities::uses_task, task_input, opts).boxed_local(),
+                };
+                running.push(fut.map(move |r| (id, r)).boxed_local());
+            }
+            if running.is_empty() {
+                break;
+            }
+            let ((id, result), _, rest) = futures::future::select_all(running).await;
+            running = rest;
+            match result {
+                Ok(output) => dag.succeeded(id, output),
+                Err(ActivityExecutionError::Cancelled(_)) if cancelled.is_cancelled() => {}
+                Err(e) => {
+                    let message = e.failure().map(|f| root_message(f)).unwrap_or_else(|| e.to_string());
+                    dag.failed(id, message);
+                }
+            }
+        }
+        if cancelled.is_cancelled() {
+            return Err(WorkflowTermination::cancelled());
+        }
+        if let Some((id, message)) = dag.failed.first() {
+            let more = dag.failed.len() - 1;
+            let tail = if more > 0 { format!(" (and {more} more)") } else { String::new() };
+            let msg = format!("task `{}` failed: {message}{tail}", wf.tasks[*id].name);
+            return Err(WorkflowTermination::failed_application(app_failure(TASK_FAILED, msg, true)));
+        }
+        let mut out = Map::new();
+        for (t, o) in wf.tasks.iter().zip(dag.outputs) {
+            out.insert(t.name.clone(), o.unwrap_or(Value::Null));
+        }
+        Ok(out)
+    }
+}
+
+/// The message of the innermost cause: an activity failure wraps the
+/// attempt's own failure.
+pub fn root_message(f: &temporalio_common::protos::temporal::api::failure::v1::Failure) -> String {
+    let mut f = f;
+    while let Some(c) = f.cause.as_deref() {
+        f = c;
+    }
+    f.message.clone()
+}
