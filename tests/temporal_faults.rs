@@ -1,0 +1,178 @@
+//! The Temporal backend under faults, against real dev servers: a `taskweave
+//! worker` killed with SIGKILL mid-task and another started; the Temporal
+//! server killed and restarted on its SQLite file mid-run; a server that is
+//! not there at all.
+
+#![cfg(feature = "temporal")]
+
+#[path = "support/temporal.rs"]
+mod temporal_server;
+
+use serde_json::json;
+use std::process::{Child, Command, Stdio};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+use taskweave::backend::{Backend, BackendError, DriverContext, RunRequest, WorkerOptions};
+use taskweave::run::actions::{Handlers, Limits};
+use taskweave::run::executor::Executor;
+use taskweave::run::{RunStatus, TaskStatus};
+use tokio_util::sync::CancellationToken;
+
+const WAIT: Duration = Duration::from_secs(90);
+
+fn options(pairs: &[(&str, &str)]) -> std::collections::BTreeMap<String, toml::Value> {
+    pairs.iter().map(|(k, v)| (k.to_string(), toml::Value::String(v.to_string()))).collect()
+}
+
+async fn backend(options: std::collections::BTreeMap<String, toml::Value>) -> Arc<dyn Backend> {
+    let executor = Executor {
+        handlers: Arc::new(Handlers::with_builtins()),
+        limits: Arc::new(Limits { kill_grace: Duration::from_millis(300), ..Limits::default() }),
+        writer: None,
+        events: None,
+    };
+    let ctx = DriverContext {
+        name: "tp".into(),
+        kind: "temporal".into(),
+        options,
+        executor,
+        store: None,
+        registry: Arc::new(taskweave::reload::Registry::new(Vec::new(), Default::default())),
+    };
+    taskweave::backend::temporal::open(ctx).await.expect("open the temporal backend")
+}
+
+/// A `taskweave worker` process; killed with SIGKILL when dropped.
+struct Worker(Child);
+
+impl Worker {
+    fn start(dir: &std::path::Path) -> Worker {
+        let child = Command::new(env!("CARGO_BIN_EXE_taskweave"))
+            .args(["worker", "--backend", "tp", "--concurrency", "2"])
+            .current_dir(dir)
+            .stdout(Stdio::null())
+            .stderr(Stdio::inherit())
+            .spawn()
+            .expect("start taskweave worker");
+        Worker(child)
+    }
+
+    fn kill(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
+}
+
+impl Drop for Worker {
+    fn drop(&mut self) {
+        self.kill();
+    }
+}
+
+async fn wait_running(b: &dyn Backend, id: &str, task: &str) {
+    let start = Instant::now();
+    while start.elapsed() < WAIT {
+        let r = b.result(id, None).await.expect("result");
+        if r.tasks[task].status == TaskStatus::Running {
+            return;
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    panic!("`{task}` never started running");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_worker_killed_mid_task_leaves_the_run_to_another() {
+    let Some(server) = temporal_server::shared("a_worker_killed_mid_task_leaves_the_run_to_another") else { return };
+    let dir = tempfile::tempdir().unwrap();
+    let queue = format!("kill-{}", uuid::Uuid::now_v7().simple());
+    std::fs::write(
+        dir.path().join("taskweave.toml"),
+        format!(
+            "[backends.tp]\nkind = \"temporal\"\naddress = \"{}\"\ntask_queue = \"{queue}\"\nheartbeat = \"2s\"\nsticky_timeout = \"1s\"\n",
+            server.address()
+        ),
+    )
+    .unwrap();
+    let b = backend(options(&[("address", &server.address()), ("task_queue", &queue), ("heartbeat", "2s")])).await;
+    let log = dir.path().join("log");
+    let wf = taskweave::backend::conformance::workflow(
+        r#"
+version: 1
+name: survive
+tasks:
+  - {name: slow, run: ["sh", "-c", "echo start >> {{input.log}}; sleep 3"], retry: {attempts: 3, delay: 100ms}}
+  - {name: after, parents: [slow], shell: "echo after >> {{input.log}}"}
+"#,
+    );
+    let id = b.submit(RunRequest::new(wf, json!({"log": log.display().to_string()}))).await.expect("submit");
+    let mut first = Worker::start(dir.path());
+    wait_running(b.as_ref(), &id, "slow").await;
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    first.kill();
+    let killed_at = Instant::now();
+    let _second = Worker::start(dir.path());
+    let r = b.result(&id, Some(WAIT)).await.expect("result");
+    assert_eq!(r.status, RunStatus::Succeeded, "{r:#?}");
+    assert_eq!(r.tasks["slow"].attempts, 2, "the killed attempt and the one that finished: {:?}", r.tasks["slow"]);
+    let ran = std::fs::read_to_string(&log).unwrap();
+    assert_eq!(ran.lines().filter(|l| *l == "start").count(), 2, "{ran:?}");
+    assert_eq!(ran.lines().filter(|l| *l == "after").count(), 1, "the child ran exactly once: {ran:?}");
+    eprintln!("the run completed {:?} after its worker was killed", killed_at.elapsed());
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn runs_resume_after_the_server_restarts_on_its_database() {
+    let Some(binary) = temporal_server::binary_or_skip("runs_resume_after_the_server_restarts_on_its_database") else { return };
+    let dir = tempfile::tempdir().unwrap();
+    let server = temporal_server::Server::start(&binary, &dir.path().join("temporal.db"));
+    let b =
+        backend(options(&[("address", &server.address()), ("task_queue", "restart"), ("heartbeat", "2s"), ("sticky_timeout", "1s")])).await;
+    let stop = CancellationToken::new();
+    let (w, s) = (Arc::clone(&b), stop.clone());
+    tokio::spawn(async move { w.work(WorkerOptions { concurrency: 4, queues: Vec::new() }, s).await });
+    let wf = taskweave::backend::conformance::workflow(
+        r#"
+version: 1
+name: restart
+tasks:
+  - {name: a, run: ["echo", "a"]}
+  - {name: slow, parents: [a], run: ["sleep", "4"], retry: {attempts: 5, delay: 200ms}}
+  - {name: c, parents: [slow], run: ["echo", "c"]}
+"#,
+    );
+    let id = b.submit(RunRequest::new(wf, json!({}))).await.expect("submit");
+    wait_running(b.as_ref(), &id, "slow").await;
+    server.restart();
+    let r = b.result(&id, Some(WAIT)).await.expect("result after the restart");
+    assert_eq!(r.status, RunStatus::Succeeded, "{r:#?}");
+    for t in ["a", "slow", "c"] {
+        assert_eq!(r.tasks[t].status, TaskStatus::Succeeded, "{t}: {r:#?}");
+    }
+    assert_eq!(r.tasks["a"].output, Some(json!("a")), "outputs from before the restart are kept");
+    // A run submitted after the restart runs too.
+    let wf = taskweave::backend::conformance::workflow("version: 1\nname: after-restart\ntasks:\n  - {name: x, run: [\"echo\", \"x\"]}\n");
+    let id = b.submit(RunRequest::new(wf, json!({}))).await.expect("submit after the restart");
+    let r = b.result(&id, Some(WAIT)).await.expect("result");
+    assert_eq!(r.status, RunStatus::Succeeded, "{r:#?}");
+    stop.cancel();
+}
+
+#[tokio::test]
+async fn an_unreachable_server_fails_submission_fast_and_clearly() {
+    // A port nothing listens on.
+    let port = std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port();
+    let address = format!("127.0.0.1:{port}");
+    let b = backend(options(&[("address", &address), ("connect_timeout", "2s")])).await;
+    let wf = taskweave::backend::conformance::workflow("version: 1\nname: nowhere\ntasks:\n  - {name: x, run: [\"echo\", \"x\"]}\n");
+    let start = Instant::now();
+    let err = b.submit(RunRequest::new(wf, json!({}))).await.expect_err("no server");
+    assert!(start.elapsed() < Duration::from_secs(10), "submission hung for {:?}", start.elapsed());
+    match &err {
+        BackendError::Unavailable { reason, .. } => assert!(reason.contains(&address), "{reason}"),
+        other => panic!("expected Unavailable, got {other:?}"),
+    }
+    assert!(err.allows_fallback(), "routing may fall back from an unreachable Temporal");
+    let check = b.check().await.expect_err("doctor sees it too");
+    assert!(!check.to_string().contains('\n'), "one line: {check}");
+}

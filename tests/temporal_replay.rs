@@ -1,0 +1,212 @@
+//! Determinism guard for the workflow type `taskweave.dag.v1`: saved
+//! histories of real executions (`tests/fixtures/temporal/histories/`) must
+//! replay against today's workflow code. A change to the commands the
+//! workflow issues for an existing history fails here; such a change needs
+//! `ctx.patched(..)` or a new workflow type.
+//!
+//! The histories are recorded against a real dev server by the ignored test
+//! `record_histories` (`cargo test --features temporal --test temporal_replay
+//! -- --ignored record_histories`), which writes the files this test reads.
+
+#![cfg(feature = "temporal")]
+
+#[path = "support/temporal.rs"]
+mod temporal_server;
+
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+use std::time::Duration;
+use taskweave::backend::temporal::workflow::DagWorkflow;
+use taskweave::backend::{DriverContext, RunRequest, WorkerOptions};
+use taskweave::run::RunStatus;
+use taskweave::run::actions::{Handlers, Limits};
+use taskweave::run::executor::Executor;
+use temporalio_client::WorkflowHistory;
+use temporalio_sdk::workflow_replayer::{WorkflowReplayer, WorkflowReplayerOptions};
+use tokio_util::sync::CancellationToken;
+
+fn histories_dir() -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures/temporal/histories")
+}
+
+fn saved() -> Vec<(String, Vec<u8>)> {
+    let mut out: Vec<(String, Vec<u8>)> = std::fs::read_dir(histories_dir())
+        .expect("the saved histories")
+        .map(|e| e.unwrap().path())
+        .filter(|p| p.extension().is_some_and(|x| x == "json"))
+        .map(|p| (p.file_name().unwrap().to_string_lossy().into_owned(), std::fs::read(&p).unwrap()))
+        .collect();
+    out.sort();
+    out
+}
+
+fn replayer() -> WorkflowReplayer {
+    let options = WorkflowReplayerOptions::new().register_workflow::<DagWorkflow>().expect("register").build();
+    WorkflowReplayer::new(options).expect("replayer")
+}
+
+#[tokio::test]
+async fn saved_histories_replay() {
+    let histories = saved();
+    assert!(histories.len() >= 5, "expected the saved histories, found {}", histories.len());
+    let replayer = replayer();
+    for (name, bytes) in histories {
+        let history = WorkflowHistory::from_json(&bytes).unwrap_or_else(|e| panic!("{name}: {e}"));
+        if let Err(e) = replayer.replay_workflow(history).await {
+            panic!("{name} no longer replays: {e}");
+        }
+    }
+}
+
+/// The guard is real: a history whose commands differ from what the code
+/// does now (its first task scheduled as an `http` activity, as if the
+/// workflow code had changed) fails to replay.
+#[tokio::test]
+async fn a_changed_history_does_not_replay() {
+    let (name, bytes) = saved().into_iter().find(|(n, _)| n.starts_with("diamond")).expect("the diamond history");
+    let mut json: serde_json::Value = serde_json::from_slice(&bytes).unwrap();
+    let events = json["events"].as_array_mut().unwrap();
+    let scheduled =
+        events.iter_mut().find_map(|e| e["attributes"].get_mut("ActivityTaskScheduledEventAttributes")).expect("a scheduled activity");
+    assert_eq!(scheduled["activity_type"]["name"], "taskweave.run");
+    scheduled["activity_type"]["name"] = serde_json::json!("taskweave.http");
+    let history = WorkflowHistory::from_json(&serde_json::to_vec(&json).unwrap()).unwrap();
+    let r = replayer().replay_workflow(history).await;
+    let err = r.expect_err("a history with another activity replayed without error").to_string();
+    assert!(err.to_lowercase().contains("nondetermin"), "{name}: {err}");
+}
+
+const WORKFLOWS: &[(&str, &str)] = &[
+    (
+        "diamond",
+        r#"
+version: 1
+name: replay-diamond
+tasks:
+  - name: a
+    run: ["echo", "{\"n\": 1}"]
+    output: json
+  - name: b
+    parents: [a]
+    run: ["echo", "b{{ tasks.a.output.n }}"]
+  - name: c
+    parents: [a]
+    run: ["echo", "c"]
+  - name: d
+    parents: [b, c]
+    run: ["echo", "d"]
+"#,
+    ),
+    (
+        "failure",
+        r#"
+version: 1
+name: replay-failure
+tasks:
+  - name: a
+    run: ["sh", "-c", "echo boom >&2; exit 3"]
+  - name: below
+    parents: [a]
+    run: ["echo", "never"]
+  - name: other
+    run: ["echo", "other"]
+"#,
+    ),
+    (
+        "retries",
+        r#"
+version: 1
+name: replay-retries
+tasks:
+  - name: flaky
+    run: ["sh", "-c", "exit 1"]
+    retry: {attempts: 2, delay: 10ms}
+"#,
+    ),
+    (
+        "concurrency",
+        r#"
+version: 1
+name: replay-concurrency
+concurrency: 2
+tasks:
+  - {name: s1, run: ["echo", "1"]}
+  - {name: s2, run: ["echo", "2"]}
+  - {name: s3, run: ["echo", "3"]}
+  - {name: join, parents: [s1, s2, s3], run: ["echo", "j"]}
+"#,
+    ),
+    (
+        "cancelled",
+        r#"
+version: 1
+name: replay-cancelled
+tasks:
+  - name: long
+    run: ["sleep", "30"]
+  - name: after
+    parents: [long]
+    run: ["echo", "after"]
+"#,
+    ),
+];
+
+/// Record the saved histories from a real dev server.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+#[ignore = "records tests/fixtures/temporal/histories from a real server"]
+async fn record_histories() {
+    let server = temporal_server::shared("record histories").expect("a temporal CLI");
+    let executor = Executor {
+        handlers: Arc::new(Handlers::with_builtins()),
+        limits: Arc::new(Limits { kill_grace: Duration::from_millis(200), ..Limits::default() }),
+        writer: None,
+        events: None,
+    };
+    let mut options = std::collections::BTreeMap::new();
+    options.insert("address".to_string(), toml::Value::String(server.address()));
+    options.insert("task_queue".to_string(), toml::Value::String("replay".into()));
+    options.insert("heartbeat".to_string(), toml::Value::String("2s".into()));
+    let ctx = DriverContext {
+        name: "tp".into(),
+        kind: "temporal".into(),
+        options,
+        executor,
+        store: None,
+        registry: Arc::new(taskweave::reload::Registry::new(Vec::new(), Default::default())),
+    };
+    let backend = taskweave::backend::temporal::open(ctx).await.unwrap();
+    let stop = CancellationToken::new();
+    let b = Arc::clone(&backend);
+    let s = stop.clone();
+    tokio::spawn(async move { b.work(WorkerOptions::default(), s).await });
+    std::fs::create_dir_all(histories_dir()).unwrap();
+    let client = taskweave::backend::temporal::connect(
+        &taskweave::backend::temporal::Settings::from_options("tp", &{
+            let mut o = std::collections::BTreeMap::new();
+            o.insert("address".to_string(), toml::Value::String(server.address()));
+            o
+        })
+        .unwrap(),
+        Duration::from_secs(5),
+    )
+    .await
+    .unwrap();
+    for (name, text) in WORKFLOWS {
+        let wf = taskweave::backend::conformance::workflow(text);
+        let id = backend.submit(RunRequest::new(wf, serde_json::json!({}))).await.unwrap();
+        if *name == "cancelled" {
+            tokio::time::sleep(Duration::from_secs(2)).await;
+            backend.cancel(&id).await.unwrap();
+        }
+        let r = backend.result(&id, Some(Duration::from_secs(60))).await.unwrap();
+        assert!(r.status.is_terminal(), "{name}: {r:?}");
+        if *name == "diamond" || *name == "concurrency" {
+            assert_eq!(r.status, RunStatus::Succeeded, "{name}: {r:#?}");
+        }
+        let handle = client.get_workflow_handle::<DagWorkflow>(id.clone());
+        let json = handle.fetch_history(Default::default()).to_json().await.unwrap();
+        let pretty = serde_json::to_vec_pretty(&serde_json::from_slice::<serde_json::Value>(&json).unwrap()).unwrap();
+        std::fs::write(histories_dir().join(format!("{name}.json")), pretty).unwrap();
+    }
+    stop.cancel();
+}
