@@ -50,6 +50,10 @@ impl Backend for WithWorkers {
 }
 
 async fn temporal() -> Option<Arc<dyn Backend>> {
+    Some(with_store().await?.0)
+}
+
+async fn with_store() -> Option<(Arc<dyn Backend>, Store)> {
     let server = temporal_server::shared("temporal conformance")?;
     let dir = tempfile::tempdir().unwrap();
     let store = Store::open(&format!("sqlite://{}", dir.path().join("state.db").display())).await.expect("store");
@@ -68,7 +72,7 @@ async fn temporal() -> Option<Arc<dyn Backend>> {
         kind: "temporal".into(),
         options,
         executor,
-        store: Some(store),
+        store: Some(store.clone()),
         registry: Arc::new(taskweave::reload::Registry::new(Vec::new(), Default::default())),
     };
     let backend = taskweave::backend::temporal::open(ctx).await.expect("open the temporal backend");
@@ -78,7 +82,46 @@ async fn temporal() -> Option<Arc<dyn Backend>> {
         let (b, stop) = (Arc::clone(&backend), stop.clone());
         tokio::spawn(async move { b.work(WorkerOptions { concurrency: 4, queues: Vec::new() }, stop).await });
     }
-    Some(Arc::new(WithWorkers { inner: backend, stop, _dir: dir }))
+    Some((Arc::new(WithWorkers { inner: backend, stop, _dir: dir }), store))
+}
+
+/// The run store holds what Temporal says: the final status and every
+/// task's status, output and attempts.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_store_records_the_outcome() {
+    let Some((b, store)) = with_store().await else { return };
+    let wf = taskweave::backend::conformance::workflow(
+        r#"
+version: 1
+name: recorded
+tasks:
+  - {name: a, run: ["echo", "{\"n\": 7}"], output: json}
+  - {name: bad, parents: [a], run: ["sh", "-c", "echo nope >&2; exit 4"]}
+  - {name: below, parents: [bad], run: ["echo", "never"]}
+"#,
+    );
+    let id = b.submit(RunRequest::new(wf, serde_json::json!({}))).await.expect("submit");
+    let queued = store.get_run(&id).await.unwrap().expect("recorded at submission");
+    assert!(!queued.status.is_terminal() || queued.status == taskweave::run::RunStatus::Failed);
+    let r = b.result(&id, Some(Duration::from_secs(60))).await.unwrap();
+    assert_eq!(r.status, taskweave::run::RunStatus::Failed, "{r:#?}");
+    let mut stored = None;
+    for _ in 0..100 {
+        let s = store.get_run(&id).await.unwrap().unwrap();
+        if s.status.is_terminal() {
+            stored = Some(s);
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    let stored = stored.expect("the store learns the end of the run");
+    assert_eq!(stored.status, r.status);
+    for (name, t) in &r.tasks {
+        let s = &stored.tasks[name];
+        assert_eq!((s.status, &s.output, s.attempts, &s.skip_reason), (t.status, &t.output, t.attempts, &t.skip_reason), "{name}");
+    }
+    assert_eq!(stored.tasks["a"].output, Some(serde_json::json!({"n": 7})));
+    assert_eq!(stored.tasks["below"].skip_reason.as_deref(), Some("parent bad failed"));
 }
 
 taskweave::conformance_tests!(temporal());

@@ -47,11 +47,15 @@ struct Worker(Child);
 
 impl Worker {
     fn start(dir: &std::path::Path) -> Worker {
+        Worker::start_logging(dir, Stdio::inherit())
+    }
+
+    fn start_logging(dir: &std::path::Path, stderr: impl Into<Stdio>) -> Worker {
         let child = Command::new(env!("CARGO_BIN_EXE_taskweave"))
             .args(["worker", "--backend", "tp", "--concurrency", "2"])
             .current_dir(dir)
             .stdout(Stdio::null())
-            .stderr(Stdio::inherit())
+            .stderr(stderr)
             .spawn()
             .expect("start taskweave worker");
         Worker(child)
@@ -175,4 +179,32 @@ async fn an_unreachable_server_fails_submission_fast_and_clearly() {
     assert!(err.allows_fallback(), "routing may fall back from an unreachable Temporal");
     let check = b.check().await.expect_err("doctor sees it too");
     assert!(!check.to_string().contains('\n'), "one line: {check}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_worker_started_before_the_server_waits_for_it() {
+    let Some(binary) = temporal_server::binary_or_skip("a_worker_started_before_the_server_waits_for_it") else { return };
+    let dir = tempfile::tempdir().unwrap();
+    let port = std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port();
+    let address = format!("127.0.0.1:{port}");
+    std::fs::write(
+        dir.path().join("taskweave.toml"),
+        format!("[backends.tp]\nkind = \"temporal\"\naddress = \"{address}\"\ntask_queue = \"late\"\nconnect_timeout = \"1s\"\n"),
+    )
+    .unwrap();
+    let log_path = dir.path().join("worker.log");
+    let _worker = Worker::start_logging(dir.path(), std::fs::File::create(&log_path).unwrap());
+    let start = Instant::now();
+    let mut log = String::new();
+    while start.elapsed() < Duration::from_secs(30) && !log.contains("retrying") {
+        tokio::time::sleep(Duration::from_millis(200)).await;
+        log = std::fs::read_to_string(&log_path).unwrap_or_default();
+    }
+    assert!(log.contains(&address) && log.contains("retrying"), "the worker says it waits for the server: {log}");
+    let server = temporal_server::Server::start_on(&binary, &dir.path().join("temporal.db"), port);
+    let b = backend(options(&[("address", &server.address()), ("task_queue", "late")])).await;
+    let wf = taskweave::backend::conformance::workflow("version: 1\nname: late\ntasks:\n  - {name: x, run: [\"echo\", \"x\"]}\n");
+    let id = b.submit(RunRequest::new(wf, json!({}))).await.expect("submit");
+    let r = b.result(&id, Some(WAIT)).await.expect("result");
+    assert_eq!(r.status, RunStatus::Succeeded, "the worker connected once the server came: {r:#?}");
 }

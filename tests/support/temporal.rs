@@ -95,9 +95,14 @@ pub struct Server {
 impl Server {
     /// Start a server keeping its state in `db`, and wait until it answers.
     pub fn start(binary: &Path, db: &Path) -> Server {
+        Server::start_on(binary, db, free_port())
+    }
+
+    /// Start a server whose frontend listens on `port`.
+    pub fn start_on(binary: &Path, db: &Path, port: u16) -> Server {
         let s = Server {
             binary: binary.to_path_buf(),
-            port: free_port(),
+            port,
             http_port: free_port(),
             metrics_port: free_port(),
             db: db.to_path_buf(),

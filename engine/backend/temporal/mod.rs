@@ -40,9 +40,9 @@ use workflow::{DagInput, DagWorkflow};
 /// The driver's settings, from `[backends.NAME]`.
 #[derive(Debug, Clone)]
 pub struct Settings {
-    /// `address`: the frontend's gRPC address (default `http://127.0.0.1:7233`).
+    /// `address`: the frontend's gRPC address (else `TEMPORAL_ADDRESS`, else `127.0.0.1:7233`).
     pub address: String,
-    /// `namespace` (default `default`).
+    /// `namespace` (else `TEMPORAL_NAMESPACE`, else `default`).
     pub namespace: String,
     /// `task_queue` (default `taskweave`).
     pub task_queue: String,
@@ -76,14 +76,17 @@ impl Settings {
         if let Some(k) = options.keys().find(|k| !known.contains(&k.as_str())) {
             return Err(bad(format!("unknown key `{k}` (known: {})", known.join(", "))));
         }
-        let mut address = text("address")?.unwrap_or_else(|| "http://127.0.0.1:7233".into());
+        // Like Temporal's own CLI and SDKs: TEMPORAL_ADDRESS / TEMPORAL_NAMESPACE
+        // when the section does not say.
+        let env = |k: &str| std::env::var(k).ok().filter(|v| !v.is_empty());
+        let mut address = text("address")?.or_else(|| env("TEMPORAL_ADDRESS")).unwrap_or_else(|| "http://127.0.0.1:7233".into());
         if !address.contains("://") {
             address = format!("http://{address}");
         }
         Url::from_str(&address).map_err(|e| bad(format!("`address` `{address}` is not a URL: {e}")))?;
         let s = Settings {
             address,
-            namespace: text("namespace")?.unwrap_or_else(|| "default".into()),
+            namespace: text("namespace")?.or_else(|| env("TEMPORAL_NAMESPACE")).unwrap_or_else(|| "default".into()),
             task_queue: text("task_queue")?.unwrap_or_else(|| "taskweave".into()),
             heartbeat: duration("heartbeat", Duration::from_secs(10))?,
             sticky_timeout: duration("sticky_timeout", Duration::from_secs(3))?,
@@ -227,6 +230,23 @@ impl TemporalBackend {
         .await;
     }
 
+    /// Wait for the run's end and record it, unless a caller of `result`
+    /// did first. One long poll while the run goes on.
+    async fn record_when_closed(&self, client: Client, run_id: &str) {
+        loop {
+            self.wait_closed(&client, run_id, Duration::from_secs(3600)).await;
+            if lock(&self.recorded).contains(run_id) {
+                return;
+            }
+            match self.current(&client, run_id).await {
+                Ok(r) if r.status.is_terminal() => return self.record(&r).await,
+                Ok(_) => {}
+                Err(BackendError::NotFound(_)) => return,
+                Err(_) => tokio::time::sleep(Duration::from_secs(1)).await,
+            }
+        }
+    }
+
     /// Record a finished run in the store, once per process.
     async fn record(&self, r: &RunResult) {
         if self.shutdown.is_cancelled() || !lock(&self.recorded).insert(r.run_id.clone()) {
@@ -324,7 +344,7 @@ impl Backend for TemporalBackend {
                 let Some(b) = me.upgrade() else { return };
                 tokio::select! {
                     _ = stop.cancelled() => {}
-                    _ = b.result(&id, Some(Duration::from_secs(365 * 24 * 3600))) => {}
+                    _ = b.record_when_closed(client, &id) => {}
                 }
             });
         }
@@ -462,4 +482,34 @@ async fn run_worker(settings: Settings, executor: Executor, concurrency: usize, 
     let r = worker.run().await.map_err(|e| format!("Temporal worker: {e}"));
     watcher.abort();
     r
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn opts(pairs: &[(&str, &str)]) -> BTreeMap<String, toml::Value> {
+        pairs.iter().map(|(k, v)| (k.to_string(), toml::Value::String(v.to_string()))).collect()
+    }
+
+    #[test]
+    fn settings_defaults_and_addresses() {
+        let s = Settings::from_options("t", &opts(&[("address", "10.0.0.5:7233"), ("heartbeat", "3s")])).unwrap();
+        assert_eq!(s.address, "http://10.0.0.5:7233", "a bare host:port gets a scheme");
+        assert_eq!(s.heartbeat, Duration::from_secs(3));
+        assert_eq!((s.task_queue.as_str(), s.sticky_timeout), ("taskweave", Duration::from_secs(3)));
+        let s = Settings::from_options("t", &opts(&[("address", "https://tw.example:7233"), ("namespace", "prod")])).unwrap();
+        assert_eq!((s.address.as_str(), s.namespace.as_str()), ("https://tw.example:7233", "prod"));
+    }
+
+    #[test]
+    fn settings_refuse_what_they_do_not_know() {
+        let err = |pairs: &[(&str, &str)]| Settings::from_options("t", &opts(pairs)).unwrap_err().to_string();
+        assert!(err(&[("adress", "x:1")]).contains("unknown key `adress`"));
+        assert!(err(&[("heartbeat", "soon")]).contains("`heartbeat`"));
+        assert!(err(&[("heartbeat", "100ms")]).contains("at least 1s"));
+        let mut o = opts(&[]);
+        o.insert("task_queue".into(), toml::Value::Integer(3));
+        assert!(Settings::from_options("t", &o).unwrap_err().to_string().contains("`task_queue` must be a string"));
+    }
 }

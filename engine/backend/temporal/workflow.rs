@@ -207,7 +207,7 @@ impl DagWorkflow {
                 Ok(output) => dag.succeeded(id, output),
                 Err(ActivityExecutionError::Cancelled(_)) if cancelled.is_cancelled() => {}
                 Err(e) => {
-                    let message = e.failure().map(|f| root_message(f)).unwrap_or_else(|| e.to_string());
+                    let message = e.failure().map(root_message).unwrap_or_else(|| e.to_string());
                     dag.failed(id, message);
                 }
             }
