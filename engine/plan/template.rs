@@ -146,6 +146,16 @@ pub fn is_template(s: &str) -> bool {
     find_pair(s, '{').is_some()
 }
 
+/// Whether any string inside a JSON value is a template.
+fn has_template(v: &Value) -> bool {
+    match v {
+        Value::String(s) => is_template(s),
+        Value::Array(items) => items.iter().any(has_template),
+        Value::Object(m) => m.values().any(has_template),
+        _ => false,
+    }
+}
+
 /// The deepest nesting of blocks, and of parentheses or brackets inside one
 /// expression, of a template, by a lexical scan (it only has to bound what
 /// Handlebars would recurse on, not to parse).
@@ -289,6 +299,10 @@ impl Templates {
     /// read; `key` names the text templates (a JSON pointer is unique per
     /// workflow).
     pub fn compile_value_reading(&mut self, key: &str, v: &Value, reads: &mut Reads) -> Result<TValue, CompileError> {
+        // Most values hold no template at all: one copy, no names to build.
+        if !has_template(v) {
+            return Ok(TValue::Lit(v.clone()));
+        }
         Ok(match v {
             Value::String(s) => self.compile_str_reading(key, s, reads)?,
             Value::Array(items) => {

@@ -105,7 +105,7 @@ pub fn check_source(file: &str, text: String, format: Format, opts: &Options) ->
             root: tree.as_ref().map_or_else(|root| root, |d| &d.root),
             backends: opts.backends.as_deref(),
             out: &mut diags,
-            line_starts: rules::line_starts(&text),
+            line_starts: std::cell::OnceCell::new(),
         }
         .check();
         doc = tree.ok();
@@ -174,7 +174,16 @@ pub fn find_files(dir: &Path) -> std::io::Result<Vec<PathBuf>> {
 pub fn check_file(path: &Path, opts: &Options) -> std::io::Result<Checked> {
     let bytes = std::fs::read(path)?;
     let format = Format::from_path(path).unwrap_or(Format::Yaml);
-    Ok(check_bytes(&path.display().to_string(), &bytes, format, opts))
+    let file = path.display().to_string();
+    // The usual file is plain UTF-8 text, taken as it was read, without a copy;
+    // `check_bytes` explains any other.
+    match String::from_utf8(bytes) {
+        Ok(text) if !text.starts_with('\u{feff}') && !text.contains('\0') && !text.trim().is_empty() => {
+            Ok(check_source(&file, text, format, opts))
+        }
+        Ok(text) => Ok(check_bytes(&file, text.as_bytes(), format, opts)),
+        Err(e) => Ok(check_bytes(&file, e.as_bytes(), format, opts)),
+    }
 }
 
 /// Check files and folders. Folders are searched recursively, and two files

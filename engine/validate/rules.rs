@@ -23,8 +23,9 @@ pub struct Rules<'a> {
     pub root: &'a Node,
     pub backends: Option<&'a [String]>,
     pub out: &'a mut Vec<Diagnostic>,
-    /// Byte offset of each line start, for mapping spans back to text.
-    pub line_starts: Vec<usize>,
+    /// Byte offset of each line start, for mapping spans back to text;
+    /// found on first use (only findings need it).
+    pub line_starts: std::cell::OnceCell<Vec<usize>>,
 }
 
 /// Byte offsets of the line starts of a text.
@@ -35,6 +36,10 @@ pub fn line_starts(text: &str) -> Vec<usize> {
 }
 
 impl Rules<'_> {
+    fn line_starts(&self) -> &[usize] {
+        self.line_starts.get_or_init(|| line_starts(self.text))
+    }
+
     fn push(&mut self, d: Diagnostic) {
         self.out.push(d);
     }
@@ -52,7 +57,11 @@ impl Rules<'_> {
             v = v.get(seg)?;
         }
         let s = v.as_str()?;
-        self.parse_duration_at(s, &format!("/tasks/{i}/{}", path.join("/")))
+        // The pointer is built only for a finding.
+        match parse_duration(s) {
+            Ok(d) if !d.is_zero() => Some(d),
+            _ => self.parse_duration_at(s, &format!("/tasks/{i}/{}", path.join("/"))),
+        }
     }
 
     fn parse_duration_at(&mut self, s: &str, pointer: &str) -> Option<Duration> {
@@ -136,8 +145,8 @@ impl Rules<'_> {
                     }
                 }
             }
-            if let Some(obj) = t.as_map().map(|_| t) {
-                let present: Vec<&str> = ACTIONS.iter().copied().filter(|a| obj.contains_key(*a)).collect();
+            if let Some(obj) = Some(t).filter(|t| t.is_map()) {
+                let present: Vec<&str> = ACTIONS.iter().copied().filter(|a| obj.contains_key(a)).collect();
                 if present.is_empty() {
                     let d = Diagnostic::new(
                         Code::Action,
@@ -319,8 +328,9 @@ impl Rules<'_> {
         let root = self.root;
         // The template strings: (pointer as a range of `pointers`, text,
         // shell script, task).
-        let mut pointers = String::new();
-        let mut strings: Vec<(std::ops::Range<usize>, &str, bool, Option<usize>)> = Vec::new();
+        // Sized for about one template per task, to grow seldom.
+        let mut pointers = String::with_capacity(tasks.len() * 24);
+        let mut strings: Vec<(std::ops::Range<usize>, &str, bool, Option<usize>)> = Vec::with_capacity(tasks.len() + 4);
         let mut ptr = String::new();
         if let Some(env) = root.get("env").and_then(Node::as_map) {
             for (k, v) in env {
@@ -555,8 +565,9 @@ impl Rules<'_> {
         let (start, end) = (self.byte_of(node.start)?, self.byte_of(node.end).unwrap_or(self.text.len()));
         let hay = self.text.get(start..end.max(start))?;
         let at = hay.find(needle)? + start;
-        let line = self.line_starts.partition_point(|&s| s <= at);
-        let line_start = self.line_starts[line - 1];
+        let line_starts = self.line_starts();
+        let line = line_starts.partition_point(|&s| s <= at);
+        let line_start = line_starts[line - 1];
         let col = self.text[line_start..at].chars().count() as u32 + 1;
         let line = line as u32;
         Some(Span::new(line, col, line, col + needle.chars().count() as u32))
@@ -564,8 +575,9 @@ impl Rules<'_> {
 
     /// Byte offset of a 1-based line/column (characters).
     fn byte_of(&self, pos: crate::diag::Pos) -> Option<usize> {
-        let start = *self.line_starts.get((pos.line as usize).checked_sub(1)?)?;
-        let end = self.line_starts.get(pos.line as usize).copied().unwrap_or(self.text.len());
+        let line_starts = self.line_starts();
+        let start = *line_starts.get((pos.line as usize).checked_sub(1)?)?;
+        let end = line_starts.get(pos.line as usize).copied().unwrap_or(self.text.len());
         let line = &self.text[start..end];
         let col = line.char_indices().nth(pos.column.saturating_sub(1) as usize).map_or(line.len(), |(b, _)| b);
         Some(start + col)
@@ -778,23 +790,36 @@ fn task_templates<'v>(task: &'v Node, ptr: &mut String, out: &mut impl FnMut(&st
         f(ptr, out);
         ptr.truncate(len);
     }
-    let t = task;
-    if !t.is_map() {
-        return;
+    let Some(entries) = task.as_map() else { return };
+    // The fields that hold templates, found in one pass over the task.
+    let mut fields: [Option<&'v Node>; 7] = [None; 7];
+    for (k, v) in entries {
+        let slot = match k.name.as_str() {
+            "run" => 0,
+            "shell" => 1,
+            "env" => 2,
+            "cwd" => 3,
+            "http" => 4,
+            "celery" => 5,
+            "with" => 6,
+            _ => continue,
+        };
+        fields[slot].get_or_insert(v);
     }
-    if let Some(run) = t.get("run").filter(|v| v.is_seq()) {
+    let [run, shell, env, cwd, http, celery, with] = fields;
+    if let Some(run) = run.filter(|v| v.is_seq()) {
         at(ptr, "/run", out, |p, o| strings(p, Some(run), o));
     }
-    if let Some(s) = t.get("shell").and_then(Node::as_str).filter(|s| template::is_template(s)) {
+    if let Some(s) = shell.and_then(Node::as_str).filter(|s| template::is_template(s)) {
         at(ptr, "/shell", out, |p, o| o(p, s, true));
     }
-    if let Some(env) = t.get("env").filter(|v| v.is_map()) {
+    if let Some(env) = env.filter(|v| v.is_map()) {
         at(ptr, "/env", out, |p, o| strings(p, Some(env), o));
     }
-    if let Some(cwd) = t.get("cwd").filter(|v| v.is_str()) {
+    if let Some(cwd) = cwd.filter(|v| v.is_str()) {
         at(ptr, "/cwd", out, |p, o| strings(p, Some(cwd), o));
     }
-    if let Some(h) = t.get("http").filter(|h| h.is_map()) {
+    if let Some(h) = http.filter(|h| h.is_map()) {
         at(ptr, "/http", out, |ptr, out| {
             if let Some(v) = h.get("url").filter(|v| v.is_str()) {
                 at(ptr, "/url", out, |p, o| strings(p, Some(v), o));
@@ -813,7 +838,7 @@ fn task_templates<'v>(task: &'v Node, ptr: &mut String, out: &mut impl FnMut(&st
             }
         });
     }
-    if let Some(c) = t.get("celery").filter(|c| c.is_map()) {
+    if let Some(c) = celery.filter(|c| c.is_map()) {
         if let Some(a) = c.get("args").filter(|v| v.is_seq()) {
             at(ptr, "/celery/args", out, |p, o| walk(p, a, o));
         }
@@ -821,7 +846,7 @@ fn task_templates<'v>(task: &'v Node, ptr: &mut String, out: &mut impl FnMut(&st
             at(ptr, "/celery/kwargs", out, |p, o| walk(p, k, o));
         }
     }
-    if let Some(w) = t.get("with") {
+    if let Some(w) = with {
         at(ptr, "/with", out, |p, o| walk(p, w, o));
     }
 }
