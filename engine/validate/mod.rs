@@ -82,33 +82,36 @@ pub fn check_source(file: &str, text: String, format: Format, opts: &Options) ->
     let mut diags = Vec::new();
     // The typed definition, when the schema accepts the file as it is.
     let mut typed = None;
-    // The tree alone, or with its JSON value when the schema validator ran.
+    // The document with its JSON value, when the schema validator ran.
     let mut doc = None;
     if !root.is_map() {
         diags.push(Diagnostic::new(Code::Schema, file, root_span, "a workflow file must be a mapping with `version`, `name` and `tasks`"));
     } else {
         typed = <spec::raw::RawWorkflow as serde::Deserialize>::deserialize(&root).ok().filter(|raw| schema::accepts(&root, raw));
+        // The tree alone when the validator is skipped; in `doc` otherwise.
         let tree = match &mut typed {
             Some(raw) => {
                 schema::check_input(file, &root, &mut raw.input, &mut diags);
-                Err(root)
+                Some(root)
             }
             None => {
                 let d = spec::Document::new(root);
                 schema::check(file, &d, &mut diags);
-                Ok(d)
+                doc = Some(d);
+                None
             }
         };
-        rules::Rules {
-            file,
-            text: &text,
-            root: tree.as_ref().map_or_else(|root| root, |d| &d.root),
-            backends: opts.backends.as_deref(),
-            out: &mut diags,
-            line_starts: std::cell::OnceCell::new(),
+        if let Some(root) = tree.as_ref().or(doc.as_ref().map(|d| &d.root)) {
+            rules::Rules {
+                file,
+                text: &text,
+                root,
+                backends: opts.backends.as_deref(),
+                out: &mut diags,
+                line_starts: std::cell::OnceCell::new(),
+            }
+            .check();
         }
-        .check();
-        doc = tree.ok();
     }
     dedup(&mut diags);
     crate::diag::sort(&mut diags);
