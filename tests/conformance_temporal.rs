@@ -101,8 +101,17 @@ tasks:
 "#,
     );
     let id = b.submit(RunRequest::new(wf, serde_json::json!({}))).await.expect("submit");
-    let queued = store.get_run(&id).await.unwrap().expect("recorded at submission");
-    assert!(!queued.status.is_terminal() || queued.status == taskweave::run::RunStatus::Failed);
+    // The store is written behind the submission, through the batching writer.
+    let mut queued = None;
+    for _ in 0..100 {
+        queued = store.get_run(&id).await.unwrap();
+        if queued.is_some() {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    let queued = queued.expect("recorded at submission");
+    assert_eq!((queued.workflow.as_str(), queued.backend.as_str()), ("recorded", "tp"));
     let r = b.result(&id, Some(Duration::from_secs(60))).await.unwrap();
     assert_eq!(r.status, taskweave::run::RunStatus::Failed, "{r:#?}");
     let mut stored = None;
