@@ -87,16 +87,19 @@ impl TaskActivities {
                 }
             }
         };
+        // The task's own retries end at its `attempts`; Temporal's policy
+        // allows more tries only for attempts whose worker was lost.
+        let last = attempt >= task.retry.attempts.max(1);
         match result {
             Ok(v) => Ok(v),
             Err(_) if timed_out => Err(failure(
                 TIMED_OUT,
                 format!("attempt {attempt} timed out after {}", humantime::format_duration(task.timeout.unwrap_or_default())),
-                false,
+                last,
             )),
             Err(ActionError::Cancelled) if cancelled => Err(ActivityError::cancelled()),
             Err(e @ ActionError::Permanent(_)) => Err(failure(PERMANENT, e.to_string(), true)),
-            Err(e) => Err(failure("Failed", e.to_string(), false)),
+            Err(e) => Err(failure("Failed", e.to_string(), last)),
         }
     }
 }

@@ -37,6 +37,12 @@ pub const TASK_FAILED: &str = "TaskFailed";
 /// Failure type of a definition the workflow cannot compile.
 pub const BAD_DEFINITION: &str = "BadDefinition";
 
+/// Extra tries Temporal may make of a task whose worker was lost (its
+/// heartbeat or start-to-close timeout fired with no answer). The task's own
+/// failures stop at its `retry.attempts`: the activity marks its last
+/// allowed failure non-retryable.
+pub const CRASH_BUDGET: u32 = 3;
+
 /// Longest start-to-close timeout given to a task without one (Temporal
 /// needs one; crashes are found by the heartbeat timeout instead).
 const NO_TIMEOUT: Duration = Duration::from_secs(10 * 365 * 24 * 3600);
@@ -86,17 +92,24 @@ fn app_failure(type_name: &str, message: String, non_retryable: bool) -> Applica
 }
 
 /// The activity options of a task: its timeout, its retry policy (never
-/// Temporal's unlimited default), cancellation that waits for the worker to
-/// stop the attempt, and the heartbeat that detects lost workers.
+/// Temporal's unlimited default: the task's attempts plus [`CRASH_BUDGET`]
+/// tries for lost workers), cancellation that waits for the worker to stop
+/// the attempt, and the heartbeat that detects lost workers.
 pub fn activity_options(wf: &Workflow, task: &Task, heartbeat: Duration) -> ActivityOptions {
-    let start_to_close = task.timeout.or(wf.timeout).unwrap_or(NO_TIMEOUT);
+    // The worker enforces the task timeout itself (it stops the process and
+    // reports `timed out`, a try of the task); Temporal's start-to-close gets
+    // a grace second so it fires only for a worker that cannot answer.
+    let start_to_close = match task.timeout {
+        Some(t) => t + Duration::from_secs(1),
+        None => wf.timeout.unwrap_or(NO_TIMEOUT),
+    };
     let retry = &task.retry;
     let initial = retry.delay.max(Duration::from_millis(1));
     let policy = RetryPolicy::builder()
         .initial_interval(initial)
         .backoff_coefficient(retry.backoff.max(1.0))
         .maximum_interval(retry.max_delay.max(initial))
-        .maximum_attempts(retry.attempts.max(1))
+        .maximum_attempts(retry.attempts.max(1) + CRASH_BUDGET)
         .non_retryable_error_types([PERMANENT])
         .build();
     ActivityOptions::with_start_to_close_timeout(start_to_close)
