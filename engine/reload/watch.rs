@@ -84,8 +84,8 @@ pub fn watch(registry: Arc<Registry>, debounce: Duration) -> Result<Watcher, Rel
         .iter()
         .map(|folder| Root { folder: folder.clone(), abs: std::path::absolute(folder).unwrap_or_else(|_| folder.clone()), watch: None })
         .collect();
-    let probe = Arc::new(Probe { roots: roots.iter().map(|r| r.abs.clone()).collect(), seen: Mutex::default() });
     let (tx, rx) = mpsc::channel();
+    let probe = Arc::new(Probe { roots: roots.iter().map(|r| r.abs.clone()).collect(), seen: Mutex::default(), wake: tx.clone() });
     let events = tx.clone();
     let handler = move |result: DebounceEventResult| {
         let _ = events.send(match result {
@@ -308,6 +308,10 @@ fn log_reload(registry: &Registry, report: &ReloadReport, elapsed: Duration) {
 struct Probe {
     roots: Vec<PathBuf>,
     seen: Mutex<Seen>,
+    /// Wakes the worker on every relevant raw event: the debouncer may emit
+    /// nothing at all for them (a remove that cancels a create it still
+    /// held), and the worker must still reload.
+    wake: mpsc::Sender<Msg>,
 }
 
 #[derive(Default)]
@@ -334,6 +338,8 @@ impl Probe {
         if ev.need_rescan() {
             seen.overflow = true;
             seen.last = Some(Instant::now());
+            drop(seen);
+            let _ = self.wake.send(Msg::Events);
             return;
         }
         if !is_change(&ev.kind) {
@@ -359,6 +365,8 @@ impl Probe {
         }
         if relevant {
             seen.last = Some(Instant::now());
+            drop(seen);
+            let _ = self.wake.send(Msg::Events);
         }
     }
 
@@ -465,7 +473,7 @@ mod tests {
 
     #[test]
     fn the_probe_notes_paths_inside_folders_and_hits_on_their_ancestors() {
-        let probe = Probe { roots: vec![PathBuf::from("/w/flows")], seen: Mutex::default() };
+        let probe = Probe { roots: vec![PathBuf::from("/w/flows")], seen: Mutex::default(), wake: mpsc::channel().0 };
         let ev = |kind, p: &str| Event::new(kind).add_path(PathBuf::from(p));
         probe.saw(&ev(EventKind::Access(AccessKind::Open(AccessMode::Any)), "/w/flows/a.yaml"));
         probe.saw(&ev(EventKind::Create(notify::event::CreateKind::File), "/w/other/a.yaml"));
