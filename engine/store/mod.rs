@@ -659,13 +659,28 @@ async fn open_sqlite_file(path: &Path) -> Result<Pool> {
         .synchronous(SqliteSynchronous::Normal)
         .pragma("wal_autocheckpoint", "16384")
         .busy_timeout(Duration::from_secs(10));
-    let pool = SqlitePoolOptions::new()
-        .max_connections(4)
-        .acquire_timeout(Duration::from_secs(30))
-        .connect_with(opts)
-        .await
-        .map_err(|e| open_err(sqlite_open_reason(path, &e)))?;
+    // Processes creating the same new file at once race for the switch to
+    // WAL, which takes an exclusive lock that SQLite does not wait for (no
+    // busy handler on that path): the loser sees "database is locked" at
+    // once. Retried a few times, briefly; any other error is final.
+    let mut tries = 0u32;
+    let pool = loop {
+        tries += 1;
+        match SqlitePoolOptions::new().max_connections(4).acquire_timeout(Duration::from_secs(30)).connect_with(opts.clone()).await {
+            Ok(pool) => break pool,
+            Err(e) if tries < 20 && is_sqlite_busy(&e) => tokio::time::sleep(Duration::from_millis(20 * u64::from(tries))).await,
+            Err(e) => return Err(open_err(sqlite_open_reason(path, &e))),
+        }
+    };
     Ok(Pool::Sqlite(pool))
+}
+
+/// SQLITE_BUSY (5) or SQLITE_LOCKED (6), in their primary or extended form.
+fn is_sqlite_busy(e: &sqlx::Error) -> bool {
+    match e {
+        sqlx::Error::Database(d) => d.code().and_then(|c| c.parse::<i32>().ok()).is_some_and(|c| matches!(c & 0xff, 5 | 6)),
+        _ => false,
+    }
 }
 
 /// SQLite's "unable to open database file" says nothing of why; add what
