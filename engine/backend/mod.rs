@@ -123,6 +123,21 @@ pub(crate) fn refuse_celery_tasks(name: &str, kind: &str, wf: &Workflow) -> Resu
     }
 }
 
+/// Records a run a distributed backend just accepted in the run store (the
+/// backend stays the truth about it): through the batching writer when the
+/// executor has one, else straight to the store. A failure is logged, never
+/// returned: the run is accepted already.
+#[cfg(any(feature = "postgres", feature = "temporal"))]
+pub(crate) async fn record_accepted(executor: &Executor, store: Option<&Store>, result: &RunResult, definition: Value) {
+    if let Some(w) = &executor.writer {
+        w.create_if_absent(result, definition);
+    } else if let Some(store) = store
+        && let Err(e) = store.create_run(result, &definition).await
+    {
+        tracing::warn!(run_id = result.run_id, "could not record the run in the store: {e}");
+    }
+}
+
 /// How a `taskweave worker` works.
 #[derive(Debug, Clone)]
 pub struct WorkerOptions {

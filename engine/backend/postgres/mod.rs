@@ -692,13 +692,7 @@ impl Backend for PgBackend {
             lock(&self.watched).entry(run_id.clone()).or_default();
         }
         // The run store records the accepted run; the queue stays the truth.
-        if let Some(w) = &self.executor.writer {
-            w.create_if_absent(&result, definition);
-        } else if let Some(store) = &self.store
-            && let Err(e) = store.create_run(&result, &definition).await
-        {
-            tracing::warn!(run_id, "could not record the run in the store: {e}");
-        }
+        super::record_accepted(&self.executor, self.store.as_ref(), &result, definition).await;
         Ok(run_id)
     }
 

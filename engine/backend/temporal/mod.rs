@@ -327,13 +327,7 @@ impl Backend for TemporalBackend {
             }
             Err(_) => return Err(self.unavailable(format!("Temporal at {} did not accept run `{run_id}` in time", self.settings.address))),
         }
-        if let Some(w) = &self.executor.writer {
-            w.create_if_absent(&result, definition);
-        } else if let Some(store) = &self.store
-            && let Err(e) = store.create_run(&result, &definition).await
-        {
-            tracing::warn!(run_id, "could not record the run in the store: {e}");
-        }
+        super::record_accepted(&self.executor, self.store.as_ref(), &result, definition).await;
         // The store learns the end of the run from this process while it lives
         // (and from any later `result`).
         if self.executor.writer.is_some() || self.store.is_some() {
