@@ -10,10 +10,8 @@ mod temporal_server;
 
 use std::sync::Arc;
 use std::time::Duration;
-use taskweave::backend::{Backend, BackendError, DriverContext, RunRequest, WorkerOptions};
+use taskweave::backend::{Backend, BackendError, RunRequest, WorkerOptions};
 use taskweave::run::RunResult;
-use taskweave::run::actions::{Handlers, Limits};
-use taskweave::run::executor::Executor;
 use taskweave::store::Store;
 use tokio_util::sync::CancellationToken;
 
@@ -57,25 +55,10 @@ async fn with_store() -> Option<(Arc<dyn Backend>, Store)> {
     let server = temporal_server::shared("temporal conformance")?;
     let dir = tempfile::tempdir().unwrap();
     let store = Store::open(&format!("sqlite://{}", dir.path().join("state.db").display())).await.expect("store");
-    let executor = Executor {
-        handlers: Arc::new(Handlers::with_builtins()),
-        limits: Arc::new(Limits { kill_grace: Duration::from_millis(500), ..Limits::default() }),
-        writer: Some(store.writer()),
-        events: None,
-    };
-    let mut options = std::collections::BTreeMap::new();
-    options.insert("address".to_string(), toml::Value::String(server.address()));
-    options.insert("task_queue".to_string(), toml::Value::String(format!("conf-{}", uuid::Uuid::now_v7().simple())));
-    options.insert("heartbeat".to_string(), toml::Value::String("2s".into()));
-    let ctx = DriverContext {
-        name: "tp".into(),
-        kind: "temporal".into(),
-        options,
-        executor,
-        store: Some(store.clone()),
-        registry: Arc::new(taskweave::reload::Registry::new(Vec::new(), Default::default())),
-    };
-    let backend = taskweave::backend::temporal::open(ctx).await.expect("open the temporal backend");
+    let queue = format!("conf-{}", uuid::Uuid::now_v7().simple());
+    let backend =
+        temporal_server::open_backend(&[("address", &server.address()), ("task_queue", &queue), ("heartbeat", "2s")], Some(store.clone()))
+            .await;
     backend.check().await.expect("the backend answers");
     let stop = CancellationToken::new();
     for _ in 0..2 {

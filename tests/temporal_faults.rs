@@ -12,34 +12,14 @@ use serde_json::json;
 use std::process::{Child, Command, Stdio};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
-use taskweave::backend::{Backend, BackendError, DriverContext, RunRequest, WorkerOptions};
-use taskweave::run::actions::{Handlers, Limits};
-use taskweave::run::executor::Executor;
+use taskweave::backend::{Backend, BackendError, RunRequest, WorkerOptions};
 use taskweave::run::{RunStatus, TaskStatus};
 use tokio_util::sync::CancellationToken;
 
 const WAIT: Duration = Duration::from_secs(90);
 
-fn options(pairs: &[(&str, &str)]) -> std::collections::BTreeMap<String, toml::Value> {
-    pairs.iter().map(|(k, v)| (k.to_string(), toml::Value::String(v.to_string()))).collect()
-}
-
-async fn backend(options: std::collections::BTreeMap<String, toml::Value>) -> Arc<dyn Backend> {
-    let executor = Executor {
-        handlers: Arc::new(Handlers::with_builtins()),
-        limits: Arc::new(Limits { kill_grace: Duration::from_millis(300), ..Limits::default() }),
-        writer: None,
-        events: None,
-    };
-    let ctx = DriverContext {
-        name: "tp".into(),
-        kind: "temporal".into(),
-        options,
-        executor,
-        store: None,
-        registry: Arc::new(taskweave::reload::Registry::new(Vec::new(), Default::default())),
-    };
-    taskweave::backend::temporal::open(ctx).await.expect("open the temporal backend")
+async fn backend(pairs: &[(&str, &str)]) -> Arc<dyn Backend> {
+    temporal_server::open_backend(pairs, None).await
 }
 
 /// A `taskweave worker` process; killed with SIGKILL when dropped.
@@ -98,7 +78,7 @@ async fn a_worker_killed_mid_task_leaves_the_run_to_another() {
         ),
     )
     .unwrap();
-    let b = backend(options(&[("address", &server.address()), ("task_queue", &queue), ("heartbeat", "2s")])).await;
+    let b = backend(&[("address", &server.address()), ("task_queue", &queue), ("heartbeat", "2s")]).await;
     let log = dir.path().join("log");
     let wf = taskweave::backend::conformance::workflow(
         r#"
@@ -131,8 +111,7 @@ async fn runs_resume_after_the_server_restarts_on_its_database() {
     let Some(binary) = temporal_server::binary_or_skip("runs_resume_after_the_server_restarts_on_its_database") else { return };
     let dir = tempfile::tempdir().unwrap();
     let server = temporal_server::Server::start(&binary, &dir.path().join("temporal.db"));
-    let b =
-        backend(options(&[("address", &server.address()), ("task_queue", "restart"), ("heartbeat", "2s"), ("sticky_timeout", "1s")])).await;
+    let b = backend(&[("address", &server.address()), ("task_queue", "restart"), ("heartbeat", "2s"), ("sticky_timeout", "1s")]).await;
     let stop = CancellationToken::new();
     let (w, s) = (Arc::clone(&b), stop.clone());
     tokio::spawn(async move { w.work(WorkerOptions { concurrency: 4, queues: Vec::new() }, s).await });
@@ -168,7 +147,7 @@ async fn an_unreachable_server_fails_submission_fast_and_clearly() {
     // A port nothing listens on.
     let port = std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port();
     let address = format!("127.0.0.1:{port}");
-    let b = backend(options(&[("address", &address), ("connect_timeout", "2s")])).await;
+    let b = backend(&[("address", &address), ("connect_timeout", "2s")]).await;
     let wf = taskweave::backend::conformance::workflow("version: 1\nname: nowhere\ntasks:\n  - {name: x, run: [\"echo\", \"x\"]}\n");
     let start = Instant::now();
     let err = b.submit(RunRequest::new(wf, json!({}))).await.expect_err("no server");
@@ -203,7 +182,7 @@ async fn a_worker_started_before_the_server_waits_for_it() {
     }
     assert!(log.contains(&address) && log.contains("retrying"), "the worker says it waits for the server: {log}");
     let server = temporal_server::Server::start_on(&binary, &dir.path().join("temporal.db"), port);
-    let b = backend(options(&[("address", &server.address()), ("task_queue", "late")])).await;
+    let b = backend(&[("address", &server.address()), ("task_queue", "late")]).await;
     let wf = taskweave::backend::conformance::workflow("version: 1\nname: late\ntasks:\n  - {name: x, run: [\"echo\", \"x\"]}\n");
     let id = b.submit(RunRequest::new(wf, json!({}))).await.expect("submit");
     let r = b.result(&id, Some(WAIT)).await.expect("result");

@@ -17,10 +17,8 @@ use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::time::Duration;
 use taskweave::backend::temporal::workflow::DagWorkflow;
-use taskweave::backend::{DriverContext, RunRequest, WorkerOptions};
+use taskweave::backend::{RunRequest, WorkerOptions};
 use taskweave::run::RunStatus;
-use taskweave::run::actions::{Handlers, Limits};
-use taskweave::run::executor::Executor;
 use temporalio_client::WorkflowHistory;
 use temporalio_sdk::workflow_replayer::{WorkflowReplayer, WorkflowReplayerOptions};
 use tokio_util::sync::CancellationToken;
@@ -156,37 +154,15 @@ tasks:
 #[ignore = "records tests/fixtures/temporal/histories from a real server"]
 async fn record_histories() {
     let server = temporal_server::shared("record histories").expect("a temporal CLI");
-    let executor = Executor {
-        handlers: Arc::new(Handlers::with_builtins()),
-        limits: Arc::new(Limits { kill_grace: Duration::from_millis(200), ..Limits::default() }),
-        writer: None,
-        events: None,
-    };
-    let mut options = std::collections::BTreeMap::new();
-    options.insert("address".to_string(), toml::Value::String(server.address()));
-    options.insert("task_queue".to_string(), toml::Value::String("replay".into()));
-    options.insert("heartbeat".to_string(), toml::Value::String("2s".into()));
-    let ctx = DriverContext {
-        name: "tp".into(),
-        kind: "temporal".into(),
-        options,
-        executor,
-        store: None,
-        registry: Arc::new(taskweave::reload::Registry::new(Vec::new(), Default::default())),
-    };
-    let backend = taskweave::backend::temporal::open(ctx).await.unwrap();
+    let backend =
+        temporal_server::open_backend(&[("address", &server.address()), ("task_queue", "replay"), ("heartbeat", "2s")], None).await;
     let stop = CancellationToken::new();
     let b = Arc::clone(&backend);
     let s = stop.clone();
     tokio::spawn(async move { b.work(WorkerOptions::default(), s).await });
     std::fs::create_dir_all(histories_dir()).unwrap();
     let client = taskweave::backend::temporal::connect(
-        &taskweave::backend::temporal::Settings::from_options("tp", &{
-            let mut o = std::collections::BTreeMap::new();
-            o.insert("address".to_string(), toml::Value::String(server.address()));
-            o
-        })
-        .unwrap(),
+        &taskweave::backend::temporal::Settings::from_options("tp", &temporal_server::options(&[("address", &server.address())])).unwrap(),
         Duration::from_secs(5),
     )
     .await

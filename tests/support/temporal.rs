@@ -189,3 +189,33 @@ pub fn shared(what: &str) -> Option<&'static Server> {
         .as_ref()
         .map(|(s, _)| s)
 }
+
+/// `[backends.tp]` options from string pairs.
+pub fn options(pairs: &[(&str, &str)]) -> std::collections::BTreeMap<String, toml::Value> {
+    pairs.iter().map(|(k, v)| (k.to_string(), toml::Value::String(v.to_string()))).collect()
+}
+
+/// A temporal backend named `tp` with the built-in handlers, recording to
+/// `store` when given (through its batching writer).
+pub async fn open_backend(
+    pairs: &[(&str, &str)],
+    store: Option<taskweave::store::Store>,
+) -> std::sync::Arc<dyn taskweave::backend::Backend> {
+    use std::sync::Arc;
+    use taskweave::run::actions::{Handlers, Limits};
+    let executor = taskweave::run::executor::Executor {
+        handlers: Arc::new(Handlers::with_builtins()),
+        limits: Arc::new(Limits { kill_grace: Duration::from_millis(500), ..Limits::default() }),
+        writer: store.as_ref().map(|s| s.writer()),
+        events: None,
+    };
+    let ctx = taskweave::backend::DriverContext {
+        name: "tp".into(),
+        kind: "temporal".into(),
+        options: options(pairs),
+        executor,
+        store,
+        registry: Arc::new(taskweave::reload::Registry::new(Vec::new(), Default::default())),
+    };
+    taskweave::backend::temporal::open(ctx).await.expect("open the temporal backend")
+}
