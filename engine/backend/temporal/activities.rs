@@ -72,8 +72,11 @@ impl TaskActivities {
         let attempt_fut =
             crate::run::executor::run_attempt(&wf, task.id, attempt, tctx.as_ref(), &input.run_id, token.clone(), limits, handlers);
         tokio::pin!(attempt_fut);
-        // Heartbeat while the attempt runs; the server's answer carries cancellation.
-        let mut tick = tokio::time::interval(HEARTBEAT_EVERY);
+        // Heartbeat while the attempt runs; the server's answer carries
+        // cancellation. The first one goes out after HEARTBEAT_EVERY, not at
+        // once: the SDK sends a first heartbeat straight to the server, a
+        // round trip per attempt that a short task does not need.
+        let mut tick = tokio::time::interval_at(tokio::time::Instant::now() + HEARTBEAT_EVERY, HEARTBEAT_EVERY);
         let mut cancelled = false;
         let (result, timed_out) = loop {
             tokio::select! {

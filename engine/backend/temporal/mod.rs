@@ -211,30 +211,36 @@ impl TemporalBackend {
         Ok(history::derive(&wf, &input, &self.name, &events, &pending))
     }
 
-    /// Wait until the run's execution closes or `within` elapses.
-    async fn wait_closed(&self, client: &Client, run_id: &str, within: Duration) {
+    /// Wait until the run's execution closes or `within` elapses: one long
+    /// poll for the close event. An unknown run is `NotFound` at once.
+    async fn wait_closed(&self, client: &Client, run_id: &str, within: Duration) -> Result<(), BackendError> {
         let handle = client.get_workflow_handle::<DagWorkflow>(run_id.to_string());
         let opts =
             WorkflowFetchHistoryOptions::builder().wait_new_event(true).event_filter_type(HistoryEventFilterType::CloseEvent).build();
-        let _ = tokio::time::timeout(within, async {
+        let waited = tokio::time::timeout(within, async {
             use futures::StreamExt;
             let mut events = handle.fetch_history(opts);
             while let Some(e) = events.next().await {
                 match e {
-                    Ok(e) if is_close_event(&e) => return,
+                    Ok(e) if is_close_event(&e) => return Ok(()),
                     Ok(_) => {}
+                    Err(e) if is_not_found(&e) => return Err(BackendError::NotFound(run_id.to_string())),
                     Err(_) => tokio::time::sleep(Duration::from_millis(200)).await,
                 }
             }
+            Ok(())
         })
         .await;
+        waited.unwrap_or(Ok(()))
     }
 
     /// Wait for the run's end and record it, unless a caller of `result`
     /// did first. One long poll while the run goes on.
     async fn record_when_closed(&self, client: Client, run_id: &str) {
         loop {
-            self.wait_closed(&client, run_id, Duration::from_secs(3600)).await;
+            if let Err(BackendError::NotFound(_)) = self.wait_closed(&client, run_id, Duration::from_secs(3600)).await {
+                return;
+            }
             if lock(&self.recorded).contains(run_id) {
                 return;
             }
@@ -349,6 +355,11 @@ impl Backend for TemporalBackend {
         let client = self.client().await?;
         let until = wait.map(|w| tokio::time::Instant::now() + w);
         loop {
+            // Waiting callers long-poll for the end first, then read the
+            // history once, rather than reading it before and after.
+            if let Some(until) = until {
+                self.wait_closed(&client, run_id, until.saturating_duration_since(tokio::time::Instant::now())).await?;
+            }
             let r = self.current(&client, run_id).await?;
             if r.status.is_terminal() {
                 if self.executor.writer.is_some() || self.store.is_some() {
@@ -356,12 +367,10 @@ impl Backend for TemporalBackend {
                 }
                 return Ok(r);
             }
-            let Some(until) = until else { return Ok(r) };
-            let now = tokio::time::Instant::now();
-            if now >= until {
-                return Ok(r);
+            match until {
+                Some(until) if tokio::time::Instant::now() < until => {}
+                _ => return Ok(r),
             }
-            self.wait_closed(&client, run_id, until - now).await;
         }
     }
 
