@@ -279,6 +279,13 @@ pub async fn results_and_unknown_ids(b: Arc<dyn Backend>) {
         Err(BackendError::NotFound(x)) => assert_eq!(x, "no-such-run"),
         other => panic!("expected NotFound, got {other:?}"),
     }
+    // Waiting for a run that does not exist is NotFound too, not a wait.
+    let waited = tokio::time::timeout(WAIT / 2, b.result("no-such-run", Some(WAIT))).await;
+    match waited {
+        Ok(Err(BackendError::NotFound(x))) => assert_eq!(x, "no-such-run"),
+        Ok(other) => panic!("expected NotFound, got {other:?}"),
+        Err(_) => panic!("waiting for an unknown run did not end with NotFound"),
+    }
     assert!(matches!(b.cancel("no-such-run").await, Err(BackendError::NotFound(_))));
 }
 
