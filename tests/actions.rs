@@ -256,6 +256,69 @@ async fn shell_values_cannot_inject_commands() {
     assert!(!p1.exists() && !p2.exists());
 }
 
+/// Hostile values in every place a template can sit in a script: each
+/// payload tries to create a marker file; the script prints what it got.
+#[tokio::test]
+async fn shell_values_are_inert_in_every_quoting_context() {
+    let dir = tempfile::tempdir().unwrap();
+    let marker = dir.path().join("pwned");
+    let m = marker.display().to_string();
+    let payloads = [
+        format!("$(touch {m})"),
+        format!("`touch {m}`"),
+        format!("\"; touch {m}; echo \""),
+        format!("'; touch {m}; echo '"),
+        format!("\\\"$(touch {m})\\\""),
+        format!("x\ntouch {m}\n"),
+        format!("EOF\ntouch {m}\nEOF"),
+        format!("${{IFS}}$(touch${{IFS}}{m})"),
+        format!("a b * ; touch {m} #"),
+        format!("}}; touch {m}; {{"),
+        format!(") ; touch {m} ; ("),
+    ];
+    // (script, what it prints for a value `v`)
+    type Expect = fn(&str) -> String;
+    let contexts: [(&str, Expect); 8] = [
+        ("printf '%s' {{input.v}}", |v| v.to_string()),
+        ("printf '%s' \"Hello, {{input.v}}!\"", |v| format!("Hello, {v}!")),
+        ("printf '%s' \"$(printf '%s' {{input.v}})\"", |v| v.trim_end_matches('\n').to_string()),
+        ("printf '%s' \"$(printf '%s' \"<{{input.v}}>\")\"", |v| format!("<{v}>")),
+        ("x=`printf '%s' {{input.v}}`; printf '%s' \"$x\"", |v| v.trim_end_matches('\n').to_string()),
+        ("cat <<EOF\n[{{input.v}}]\nEOF", |v| format!("[{v}]")),
+        ("printf '%s' {{#if input.v}}\"{{input.v}}\"{{/if}}", |v| v.to_string()),
+        ("# {{input.v}}\nprintf '%s' ok", |_| "ok".to_string()),
+    ];
+    for (script, want) in contexts {
+        let indented = script.replace('\n', "\n      ");
+        let wf = workflow("", &format!("    shell: |\n      {indented}\n"));
+        for p in &payloads {
+            let out = run(&wf, json!({"v": p})).await.unwrap_or_else(|e| panic!("{script} with {p:?}: {e:?}"));
+            assert_eq!(out, json!(want(p).trim_end_matches('\n')), "{script} with {p:?}");
+            assert!(!marker.exists(), "{script} with {p:?} ran the payload");
+        }
+    }
+}
+
+/// A template inside single quotes, where no variable expands, is a
+/// diagnostic at the template; so are partials and inline templates, which
+/// would bypass the variables.
+#[test]
+fn shell_templates_that_cannot_be_passed_safely_are_diagnostics() {
+    for (task, line, column, says) in [
+        ("    shell: \"echo 'Hello, {{input.name}}!'\"\n", 5, 26, "single quotes"),
+        ("    shell: |\n      cat <<'EOF'\n      {{input.name}}\n      EOF\n", 7, 7, "quoted delimiter"),
+        ("    shell: \"{{#*inline \\\"p\\\"}}{{{input.x}}}{{/inline}}echo {{> p}}\"\n", 5, 13, "inline"),
+        ("    shell: \"{{#*inline \\\"p\\\"}}{{input.x}}{{/inline}}echo {{> p}}\"\n", 5, 13, "inline"),
+    ] {
+        let yaml = format!("version: 1\nname: t\ntasks:\n  - name: t\n{task}");
+        let checked = taskweave::validate::check_source("t.yaml", yaml.clone(), taskweave::spec::Format::Yaml, &Default::default());
+        let d = checked.diagnostics.iter().find(|d| d.code.as_str() == "template").unwrap_or_else(|| panic!("{yaml}: no diagnostic"));
+        assert!(d.message.contains(says), "{yaml}: {}", d.message);
+        assert_eq!((d.span.start.line, d.span.start.column), (line, column), "{yaml}: {d:?}");
+        assert!(checked.workflow.is_none(), "{yaml} compiled");
+    }
+}
+
 #[tokio::test]
 async fn output_over_the_cap_fails_and_stops_the_process() {
     let env = Env { limits: Limits { max_output_bytes: 1024, ..Limits::default() }, ..Env::default() };

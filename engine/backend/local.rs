@@ -17,27 +17,74 @@ struct LocalRun {
     cancel: CancellationToken,
 }
 
-/// Finished runs kept in memory for fast result reads; older ones come from the store.
-const KEEP_FINISHED: usize = 10_000;
+/// How many finished runs stay in memory for fast result reads, by count
+/// and by approximate size; older ones are read from the store.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct LocalOptions {
+    /// At most this many finished runs (`cache_runs`, default 10,000).
+    pub cache_runs: usize,
+    /// At most this many bytes of finished runs' inputs, contexts and
+    /// outputs (`cache_bytes`, default 64 MiB).
+    pub cache_bytes: usize,
+}
+
+impl Default for LocalOptions {
+    fn default() -> Self {
+        LocalOptions { cache_runs: 10_000, cache_bytes: 64 * 1024 * 1024 }
+    }
+}
+
+impl LocalOptions {
+    /// The keys of a `[backends.NAME]` table of kind `local`.
+    pub fn parse(name: &str, options: &std::collections::BTreeMap<String, toml::Value>) -> Result<Self, BackendError> {
+        let bad = |reason: String| BackendError::Permanent { backend: name.to_string(), reason };
+        let mut o = LocalOptions::default();
+        for (k, v) in options {
+            let n = match v {
+                toml::Value::Integer(n) if *n >= 0 => usize::try_from(*n).unwrap_or(usize::MAX),
+                other => return Err(bad(format!("`{k}` must be a non-negative integer, not {other}"))),
+            };
+            match k.as_str() {
+                "cache_runs" => o.cache_runs = n,
+                "cache_bytes" => o.cache_bytes = n,
+                _ => return Err(bad(format!("unknown key `{k}` (known: {})", crate::config::backend_keys("local").join(", ")))),
+            }
+        }
+        Ok(o)
+    }
+}
+
+/// The finished runs still in memory, oldest first, with their sizes.
+#[derive(Default)]
+struct Finished {
+    runs: std::collections::VecDeque<(String, usize)>,
+    bytes: usize,
+}
 
 pub struct LocalBackend {
     name: String,
     executor: Executor,
     store: Option<Store>,
     runs: Arc<Mutex<HashMap<String, Arc<LocalRun>>>>,
-    finished: Arc<Mutex<std::collections::VecDeque<String>>>,
+    finished: Arc<Mutex<Finished>>,
+    options: LocalOptions,
     shutdown: CancellationToken,
     tracker: tokio_util::task::TaskTracker,
 }
 
 impl LocalBackend {
     pub fn new(name: impl Into<String>, executor: Executor, store: Option<Store>) -> Arc<Self> {
+        Self::with_options(name, executor, store, LocalOptions::default())
+    }
+
+    pub fn with_options(name: impl Into<String>, executor: Executor, store: Option<Store>, options: LocalOptions) -> Arc<Self> {
         let b = Arc::new(LocalBackend {
             name: name.into(),
             executor,
             store,
             runs: Arc::new(Mutex::new(HashMap::new())),
-            finished: Arc::new(Mutex::new(Default::default())),
+            finished: Arc::new(Mutex::new(Finished::default())),
+            options,
             shutdown: CancellationToken::new(),
             tracker: tokio_util::task::TaskTracker::new(),
         });
@@ -119,15 +166,19 @@ impl Backend for LocalBackend {
         lock(&self.runs).insert(run_id.clone(), Arc::new(LocalRun { result: Arc::clone(&shared), done: rx, cancel: cancel.clone() }));
         let executor = self.executor.clone();
         let wf = Arc::clone(&req.workflow);
-        let (runs, finished, id) = (Arc::clone(&self.runs), Arc::clone(&self.finished), run_id.clone());
+        let (runs, finished, id, limits) = (Arc::clone(&self.runs), Arc::clone(&self.finished), run_id.clone(), self.options);
         self.tracker.spawn(async move {
-            executor.drive(wf, shared, cancel).await;
+            executor.drive(wf, Arc::clone(&shared), cancel).await;
             let _ = tx.send(true);
-            // Keep the latest finished runs in memory; older ones are read from the store.
+            // Keep the latest finished runs in memory, within the limits;
+            // older ones are read from the store.
+            let size = lock(&shared).approx_bytes();
             let mut f = lock(&finished);
-            f.push_back(id);
-            while f.len() > KEEP_FINISHED {
-                if let Some(old) = f.pop_front() {
+            f.runs.push_back((id, size));
+            f.bytes += size;
+            while f.runs.len() > limits.cache_runs || (f.bytes > limits.cache_bytes && !f.runs.is_empty()) {
+                if let Some((old, size)) = f.runs.pop_front() {
+                    f.bytes -= size;
                     lock(&runs).remove(&old);
                 }
             }
@@ -197,6 +248,12 @@ impl Backend for LocalBackend {
 }
 
 impl LocalBackend {
+    /// Whether a run's result is held in memory here (in flight, or
+    /// finished and still within the cache's limits).
+    pub fn is_cached(&self, run_id: &str) -> bool {
+        lock(&self.runs).contains_key(run_id)
+    }
+
     /// Whether a run is still in flight here.
     pub fn is_active(&self, run_id: &str) -> bool {
         lock(&self.runs).get(run_id).is_some_and(|r| !*r.done.borrow())

@@ -174,7 +174,10 @@ pub struct DriverContext {
 /// built into this binary (a cargo feature that was left out).
 pub async fn open(ctx: DriverContext) -> Result<Option<Arc<dyn Backend>>, BackendError> {
     match ctx.kind.as_str() {
-        "local" => Ok(Some(local::LocalBackend::new(ctx.name, ctx.executor, ctx.store))),
+        "local" => {
+            let options = local::LocalOptions::parse(&ctx.name, &ctx.options)?;
+            Ok(Some(local::LocalBackend::with_options(ctx.name, ctx.executor, ctx.store, options)))
+        }
         // Each driver adds its arm here, behind its cargo feature:
         // `#[cfg(feature = "X")] "X" => X::open(ctx).await.map(Some),`
         #[cfg(feature = "celery")]

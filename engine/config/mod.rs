@@ -13,6 +13,19 @@ pub const FILE_NAME: &str = "taskweave.toml";
 /// The backend kinds a configuration may name.
 pub const KINDS: [&str; 4] = ["local", "postgres", "celery", "temporal"];
 
+/// The keys a `[backends.NAME]` table of each kind may hold besides `kind`:
+/// one list that configuration checks and the drivers' option parsers share,
+/// whether or not the driver is built into this binary.
+pub fn backend_keys(kind: &str) -> &'static [&'static str] {
+    match kind {
+        "local" => &["cache_runs", "cache_bytes"],
+        "postgres" => &["url", "schema", "lease", "poll", "crash_budget", "max_connections", "shutdown_grace", "synchronous_completions"],
+        "celery" => &["broker", "result_backend", "queue", "celery_queue", "key_prefix", "visibility_timeout", "result_expires"],
+        "temporal" => &["address", "namespace", "task_queue", "heartbeat", "sticky_timeout", "connect_timeout"],
+        _ => &[],
+    }
+}
+
 #[derive(Debug, Clone, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct EngineConfig {
@@ -180,6 +193,24 @@ impl Config {
                 };
                 return Err(d);
             }
+            // Every unknown key at once, positioned at the first.
+            let known = backend_keys(&b.kind);
+            let unknown: Vec<&String> = b.options.keys().filter(|k| !known.contains(&k.as_str())).collect();
+            if let Some(first) = unknown.first() {
+                let listed = unknown.iter().map(|k| format!("`{k}`")).collect::<Vec<_>>().join(", ");
+                let d = Diagnostic::new(
+                    Code::Schema,
+                    file,
+                    doc.as_ref()
+                        .map_or(Span::point(1, 1), |d| d.key_span(&format!("/backends/{name}/{}", crate::spec::node::pointer_seg(first)))),
+                    format!("backend `{name}` ({}): unknown key{} {listed}", b.kind, if unknown.len() > 1 { "s" } else { "" }),
+                );
+                let d = match crate::diag::did_you_mean(first, known.iter().copied()) {
+                    Some(s) => d.with_help(format!("did you mean `{s}`? A `{}` backend takes: {}", b.kind, known.join(", "))),
+                    None => d.with_help(format!("a `{}` backend takes: {}", b.kind, known.join(", "))),
+                };
+                return Err(d);
+            }
         }
         let names = c.backend_names();
         if !names.contains(&c.engine.default_backend) {
@@ -285,6 +316,13 @@ mod tests {
         assert!(d.message.contains("storr"), "{d:?}");
         assert_eq!((d.span.start.line, d.span.start.column), (2, 1));
         assert_eq!(d.help.as_deref(), Some("did you mean `store`?"));
+        let d = Config::parse_file("t.toml", "[backends.x]\nkind = \"local\"\ncache_runs = 5\nurl = \"y\"\n").unwrap_err();
+        assert_eq!(d.message, "backend `x` (local): unknown key `url`");
+        assert_eq!((d.span.start.line, d.span.start.column), (4, 1));
+        let d = Config::parse_file("t.toml", "[backends.pg]\nkind = \"postgres\"\nurll = \"y\"\nleese = \"1s\"\n").unwrap_err();
+        assert_eq!(d.message, "backend `pg` (postgres): unknown keys `leese`, `urll`");
+        assert_eq!((d.span.start.line, d.span.start.column), (4, 1));
+        assert!(d.help.as_deref().unwrap().starts_with("did you mean `lease`?"), "{d:?}");
         let d = Config::parse_file("t.toml", "[engine]\ndefault_backend = \"pg\"\n").unwrap_err();
         assert_eq!(d.code, crate::diag::Code::UnknownBackend);
         assert_eq!((d.span.start.line, d.span.start.column), (2, 19));

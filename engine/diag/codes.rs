@@ -69,7 +69,7 @@ codes! {
         "version: 1\nname: hello\ntimeout: 10 minutes-ish\ntasks: [{name: a, uses: echo}]\n",
         "version: 1\nname: hello\ntimeout: 10m\ntasks: [{name: a, uses: echo}]\n";
     Template = "template", Error,
-        "A template does not parse as Handlebars (an unclosed `{{`, an unbalanced block), or uses raw `{{{ }}}` output in a `shell` script, where every inserted value must be quoted.",
+        "A template does not parse as Handlebars (an unclosed `{{`, an unbalanced block), or cannot pass its value safely to a `shell` script: raw `{{{ }}}` output, a partial or inline template, or a template inside single quotes or a here-document with a quoted delimiter (`<<'EOF'`), where the shell expands nothing. In `shell` scripts every value reaches the script as an environment variable (`TW_1`, `TW_2`, ...) that the script references, so a value is never parsed as shell code; write templates unquoted or inside double quotes.",
         "version: 1\nname: hello\ntasks:\n  - name: a\n    uses: echo\n    with: {path: \"{{input.path\"}\n",
         "version: 1\nname: hello\ntasks:\n  - name: a\n    uses: echo\n    with: {path: \"{{input.path}}\"}\n";
     TemplateRef = "template-ref", Error,

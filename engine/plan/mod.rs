@@ -6,6 +6,7 @@
 //! executor only accepts a `Workflow`, so an unresolved name can never reach a
 //! backend. Pure: no I/O.
 
+pub mod shell;
 pub mod template;
 
 use crate::spec::raw::{BackendSpec, HttpMethod, OutputFormat, RawTask, RawWorkflow, RetrySpec};
@@ -395,11 +396,15 @@ fn task_reads(r: &template::Reads, ids: &HashMap<&str, TaskId>) -> (Vec<TaskId>,
 }
 
 impl Workflow {
-    /// The compiled input schema (compiled once, on first use).
+    /// The compiled input schema (compiled once, on first use). `format`
+    /// (`uri`, `email`, `date-time`, …) is enforced, not only annotated as
+    /// draft 2020-12 allows: an author who writes it means it.
     pub fn input_validator(&self) -> Result<&jsonschema::Validator, String> {
         let schema = self.input_schema.as_ref().ok_or("the workflow declares no input schema")?;
         self.input_check
-            .get_or_init(|| jsonschema::validator_for(schema).map_err(|e| format!("the input schema is invalid: {e}")))
+            .get_or_init(|| {
+                jsonschema::options().should_validate_formats(true).build(schema).map_err(|e| format!("the input schema is invalid: {e}"))
+            })
             .as_ref()
             .map_err(Clone::clone)
     }
@@ -409,6 +414,23 @@ impl Workflow {
 mod tests {
     use super::*;
     use sha2::{Digest, Sha256};
+
+    /// `format` in an input schema is enforced: a `uri` property refuses
+    /// text that is not a URI, an `email` one text that is not an address.
+    #[test]
+    fn input_formats_are_enforced() {
+        let raw: RawWorkflow = serde_json::from_value(serde_json::json!({
+            "version": 1, "name": "formats",
+            "input": {"type": "object", "properties": {"u": {"type": "string", "format": "uri"}, "e": {"type": "string", "format": "email"}}},
+            "tasks": [{"name": "a", "uses": "echo"}]
+        }))
+        .expect("a valid definition");
+        let wf = compile(raw).expect("compiles");
+        let v = wf.input_validator().expect("a validator");
+        assert!(v.is_valid(&serde_json::json!({"u": "https://example.com/x", "e": "a@example.com"})));
+        assert!(!v.is_valid(&serde_json::json!({"u": "not a uri"})));
+        assert!(!v.is_valid(&serde_json::json!({"e": "nobody"})));
+    }
 
     /// The version of a workflow is the sha256 of its canonical JSON, as
     /// any other SHA-256 implementation computes it.

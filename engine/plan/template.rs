@@ -53,6 +53,8 @@ pub enum RenderError {
     Missing(String),
     #[error("template error: {0}")]
     Handlebars(String),
+    #[error("shell script: {0}")]
+    Shell(#[from] super::shell::BindError),
 }
 
 /// Why a template does not compile.
@@ -62,6 +64,9 @@ pub enum CompileError {
     Parse(#[from] handlebars::TemplateError),
     #[error("blocks or subexpressions nested deeper than {MAX_TEMPLATE_NESTING} levels")]
     TooDeep,
+    /// Raw output, a partial or an inline template in a `shell` script.
+    #[error("{0}")]
+    UnsafeShell(&'static str),
 }
 
 /// A template made only of text and plain reads, as [`plain`] finds it.
@@ -267,21 +272,14 @@ impl Default for Templates {
     }
 }
 
-/// Quote a value for `sh`, so that input can never become shell syntax.
-pub fn shell_quote(s: &str) -> String {
-    if !s.is_empty() && s.bytes().all(|b| b.is_ascii_alphanumeric() || b"-_./=:,+@%".contains(&b)) {
-        return s.to_string();
-    }
-    format!("'{}'", s.replace('\'', r"'\''"))
-}
-
 /// The two Handlebars registries: strict, no HTML escaping, and for shell
-/// scripts shell-quoting. They hold no templates and no workflow-specific
+/// scripts each value as a hole that [`super::shell::bind`] turns into an
+/// environment variable. They hold no templates and no workflow-specific
 /// helpers, so one pair serves every workflow.
 fn registry(shell: bool) -> &'static Handlebars<'static> {
     static TEXT: OnceLock<Handlebars<'static>> = OnceLock::new();
     static SHELL: OnceLock<Handlebars<'static>> = OnceLock::new();
-    let (cell, escape): (_, fn(&str) -> String) = if shell { (&SHELL, shell_quote) } else { (&TEXT, handlebars::no_escape) };
+    let (cell, escape): (_, fn(&str) -> String) = if shell { (&SHELL, super::shell::hole) } else { (&TEXT, handlebars::no_escape) };
     cell.get_or_init(|| {
         let mut h = Handlebars::new();
         h.set_strict_mode(true);
@@ -367,6 +365,9 @@ impl Templates {
                 }
                 None => {
                     let t = parse(s)?;
+                    if let Some(why) = shell_unsafe(&t) {
+                        return Err(CompileError::UnsafeShell(why));
+                    }
                     reads.paths.extend(referenced_paths(&t));
                     Lazy::parsed(s, t)
                 }
@@ -400,8 +401,10 @@ impl Templates {
         })
     }
 
-    pub fn render_shell(&self, name: &str, ctx: &Value) -> Result<String, RenderError> {
-        self.render_text(true, name, ctx)
+    /// Render a shell script: the script for `sh -c`, with every templated
+    /// value moved into an environment variable it references.
+    pub fn render_shell(&self, name: &str, ctx: &Value) -> Result<super::shell::Bound, RenderError> {
+        Ok(super::shell::bind(&self.render_text(true, name, ctx)?)?)
     }
 
     fn render_text(&self, shell: bool, name: &str, ctx: &Value) -> Result<String, RenderError> {
@@ -516,14 +519,19 @@ fn param(p: &Parameter, out: &mut Vec<String>) {
     }
 }
 
-/// Whether a template uses raw `{{{ }}}` / `{{& }}` output (forbidden in shell scripts).
-pub fn has_raw_output(t: &Template) -> bool {
-    t.elements.iter().any(|el| match el {
-        TemplateElement::HtmlExpression(_) => true,
-        TemplateElement::HelperBlock(h) => {
-            h.template.as_ref().is_some_and(has_raw_output) || h.inverse.as_ref().is_some_and(has_raw_output)
-        }
-        _ => false,
+/// Why a template cannot be a `shell` script, if it cannot: raw `{{{ }}}` /
+/// `{{& }}` output anywhere (it would bypass the variables values travel
+/// in), or a partial or inline template (`{{> p}}`, `{{#*inline}}`), whose
+/// bodies are rendered from elsewhere.
+pub fn shell_unsafe(t: &Template) -> Option<&'static str> {
+    t.elements.iter().find_map(|el| match el {
+        TemplateElement::HtmlExpression(_) => Some("raw `{{{ }}}` output is not allowed in a `shell` script"),
+        TemplateElement::DecoratorExpression(_)
+        | TemplateElement::DecoratorBlock(_)
+        | TemplateElement::PartialExpression(_)
+        | TemplateElement::PartialBlock(_) => Some("partials and inline templates are not allowed in a `shell` script"),
+        TemplateElement::HelperBlock(h) => h.template.as_ref().and_then(shell_unsafe).or_else(|| h.inverse.as_ref().and_then(shell_unsafe)),
+        _ => None,
     })
 }
 
@@ -711,17 +719,18 @@ mod tests {
             let mut reference = Handlebars::new();
             reference.set_strict_mode(true);
             if shell {
-                reference.register_escape_fn(shell_quote);
+                reference.register_escape_fn(crate::plan::shell::hole);
             } else {
                 reference.register_escape_fn(handlebars::no_escape);
             }
             for s in cases {
                 reference.register_template_string("t", s).expect("parses");
                 let want = reference.render("t", &ctx).map_err(|e| e.reason().to_string());
+                let want = if shell { want.map(|w| format!("{:?}", crate::plan::shell::bind(&w).expect("binds"))) } else { want };
                 let mut t = Templates::new();
                 let got = if shell {
                     let name = t.compile_shell_reading("/s", s, &mut Reads::default()).expect("compiles");
-                    t.render_shell(&name, &ctx)
+                    t.render_shell(&name, &ctx).map(|b| format!("{b:?}"))
                 } else {
                     let v = t.compile_str("/s", s).expect("compiles");
                     t.render_string(&v, &ctx)

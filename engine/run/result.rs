@@ -99,4 +99,50 @@ impl RunResult {
     pub fn is_done(&self) -> bool {
         self.status.is_terminal()
     }
+
+    /// About how many bytes of memory the result holds (its strings and
+    /// values, plus a fixed cost per entry); what bounds an in-memory cache
+    /// of results.
+    pub fn approx_bytes(&self) -> usize {
+        let strings = [&self.run_id, &self.workflow, &self.version, &self.backend, &self.entity_id].iter().map(|s| s.len()).sum::<usize>()
+            + self.error.as_ref().map_or(0, String::len);
+        let tasks: usize = self
+            .tasks
+            .iter()
+            .map(|(name, t)| {
+                64 + name.len()
+                    + t.output.as_ref().map_or(0, approx_value_bytes)
+                    + t.error.as_ref().map_or(0, String::len)
+                    + t.skip_reason.as_ref().map_or(0, String::len)
+            })
+            .sum();
+        std::mem::size_of::<Self>() + strings + approx_value_bytes(&self.context) + approx_value_bytes(&self.input) + tasks
+    }
+}
+
+/// About how many bytes a JSON value holds in memory: string and key
+/// lengths plus a fixed cost per node (serde_json's `Value` is 32 bytes, a
+/// map entry about twice that).
+pub fn approx_value_bytes(v: &Value) -> usize {
+    match v {
+        Value::Null | Value::Bool(_) | Value::Number(_) => 32,
+        Value::String(s) => 32 + s.len(),
+        Value::Array(a) => 32 + a.iter().map(approx_value_bytes).sum::<usize>(),
+        Value::Object(m) => 32 + m.iter().map(|(k, v)| 32 + k.len() + approx_value_bytes(v)).sum::<usize>(),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use serde_json::json;
+
+    #[test]
+    fn approximate_sizes_follow_the_data() {
+        let small = approx_value_bytes(&json!({"a": "x"}));
+        let big = approx_value_bytes(&json!({"a": "x".repeat(1_000_000)}));
+        assert!(small < 200, "{small}");
+        assert!((1_000_000..1_001_000).contains(&big), "{big}");
+        assert_eq!(approx_value_bytes(&json!([1, 2, 3])), 32 * 4);
+    }
 }

@@ -147,7 +147,7 @@ pub struct RawTask {
     #[serde(default, skip_serializing_if = "Option::is_none")]
     #[schemars(length(min = 1))]
     pub run: Option<Vec<String>>,
-    /// Run `sh -c`; every inserted value is shell-quoted.
+    /// Run `sh -c`; every inserted value reaches the script as an environment variable, never as script text.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub shell: Option<String>,
     /// One HTTP request.

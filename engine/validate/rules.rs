@@ -364,8 +364,8 @@ impl Rules<'_> {
             let node_span = || *node_cell.get_or_init(|| root.span_at(ptr));
             // Most templates are plain `{{root.path}}` reads, which need no
             // parser; anything else goes through Handlebars.
-            let (paths, raw_output) = match template::plain(s) {
-                Some(p) => (p.reads.into_iter().map(Cow::Borrowed).collect::<Vec<_>>(), false),
+            let (paths, unsafe_shell) = match template::plain(s) {
+                Some(p) => (p.reads.into_iter().map(Cow::Borrowed).collect::<Vec<_>>(), None),
                 // Handlebars builds nested blocks and subexpressions
                 // recursively: refuse what could exhaust the stack.
                 None if nesting(s) > MAX_TEMPLATE_NESTING => {
@@ -381,7 +381,7 @@ impl Rules<'_> {
                     continue;
                 }
                 None => match handlebars::Template::compile(s) {
-                    Ok(tpl) => (template::referenced_paths(&tpl).into_iter().map(Cow::Owned).collect(), template::has_raw_output(&tpl)),
+                    Ok(tpl) => (template::referenced_paths(&tpl).into_iter().map(Cow::Owned).collect(), template::shell_unsafe(&tpl)),
                     Err(e) => {
                         let (span, message) = match unclosed(s) {
                             // The parser's message for this common slip names a
@@ -409,12 +409,21 @@ impl Rules<'_> {
                     }
                 },
             };
-            if shell && raw_output {
-                let span = self.locate(node_span(), "{{{").unwrap_or_else(node_span);
-                self.push(
-                    Diagnostic::new(Code::Template, self.file, span, "raw `{{{ }}}` output is not allowed in a `shell` script")
-                        .with_help("use `{{...}}`: the value is then shell-quoted, so it can never become shell syntax"),
-                );
+            if shell && let Some(why) = unsafe_shell {
+                let needle = if why.starts_with("raw") { "{{{" } else { "{{" };
+                let span = self.locate(node_span(), needle).unwrap_or_else(node_span);
+                self.push(Diagnostic::new(Code::Template, self.file, span, why).with_help(
+                    "use `{{...}}`: each value then reaches the script as an environment variable, so it can never become shell syntax",
+                ));
+            }
+            if shell {
+                for (range, ctx) in crate::plan::shell::holes_in_source(s) {
+                    let Some(why) = ctx.refusal() else { continue };
+                    let span = self.locate(node_span(), &s[range]).unwrap_or_else(node_span);
+                    self.push(Diagnostic::new(Code::Template, self.file, span, why).with_help(
+                        "move the template out of the single quotes, e.g. 'text '\"{{input.x}}\"' more'; inside double quotes or unquoted, the value is passed as a variable and never parsed by the shell",
+                    ));
+                }
             }
             for raw in paths {
                 if raw.starts_with('@') || raw == "this" || raw.starts_with("this.") || raw.starts_with("../") {

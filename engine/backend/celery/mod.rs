@@ -72,7 +72,7 @@ impl CeleryOptions {
                 Some(other) => Err(format!("`{k}` must be a string, not {other}")),
             }
         };
-        let known = ["broker", "result_backend", "queue", "celery_queue", "key_prefix", "visibility_timeout", "result_expires"];
+        let known = crate::config::backend_keys("celery");
         if let Some(k) = o.keys().find(|k| !known.contains(&k.as_str())) {
             return Err(format!("unknown option `{k}` (known: {})", known.join(", ")));
         }

@@ -135,7 +135,7 @@ impl Settings {
                 Some(other) => return Err(bad(format!("`synchronous_completions` must be true or false, not {other}"))),
             },
         };
-        let known = ["url", "schema", "lease", "poll", "crash_budget", "max_connections", "shutdown_grace", "synchronous_completions"];
+        let known = crate::config::backend_keys("postgres");
         if let Some(k) = options.keys().find(|k| !known.contains(&k.as_str())) {
             return Err(bad(format!("unknown key `{k}` (known: {})", known.join(", "))));
         }

@@ -72,7 +72,7 @@ impl Settings {
                 Some(s) => crate::plan::parse_duration(&s).map_err(|e| bad(format!("`{key}`: {e}"))),
             }
         };
-        let known = ["address", "namespace", "task_queue", "heartbeat", "sticky_timeout", "connect_timeout"];
+        let known = crate::config::backend_keys("temporal");
         if let Some(k) = options.keys().find(|k| !known.contains(&k.as_str())) {
             return Err(bad(format!("unknown key `{k}` (known: {})", known.join(", "))));
         }

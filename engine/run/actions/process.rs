@@ -57,13 +57,14 @@ fn prepare(a: &Attempt<'_>) -> Result<Spawn, ActionError> {
             }
             Ok(Spawn { program, args: argv.collect(), env: render_env(env)?, cwd: render_cwd(cwd)?, output: *output })
         }
-        Action::Shell { script, env, cwd, output } => Ok(Spawn {
-            program: "sh".into(),
-            args: vec!["-c".into(), t.render_shell(script, a.ctx)?],
-            env: render_env(env)?,
-            cwd: render_cwd(cwd)?,
-            output: *output,
-        }),
+        Action::Shell { script, env, cwd, output } => {
+            // Templated values reach `sh` as variables (`TW_1`, …) the
+            // script references, never as script text.
+            let bound = t.render_shell(script, a.ctx)?;
+            let mut env = render_env(env)?;
+            env.extend(bound.vars);
+            Ok(Spawn { program: "sh".into(), args: vec!["-c".into(), bound.script], env, cwd: render_cwd(cwd)?, output: *output })
+        }
         other => Err(ActionError::Permanent(format!("task `{}`: a `{}` action is not a process", a.task.name, other.kind()))),
     }
 }
@@ -187,6 +188,8 @@ fn spawn_error(program: &str, e: std::io::Error) -> ActionError {
     match e.kind() {
         std::io::ErrorKind::NotFound => ActionError::Failed(format!("program `{program}` not found")),
         std::io::ErrorKind::PermissionDenied => ActionError::Failed(format!("program `{program}` cannot be executed: permission denied")),
+        // A NUL byte in an argument or an environment value: no process can receive it.
+        std::io::ErrorKind::InvalidInput => ActionError::Permanent(format!("cannot start `{program}`: {e}")),
         _ => ActionError::Failed(format!("cannot start `{program}`: {e}")),
     }
 }
