@@ -336,6 +336,60 @@ segments:
     )
 }
 
+/// Three places where Flipt's own engine decides differently from a naive
+/// reading: an empty entity id is an error; a context value that is not a
+/// string is not seen by constraints; rollouts of 33.33 + 33.33 + 33.34 are
+/// a valid 100 %.
+#[test]
+fn flipt_fidelity_empty_entities_typed_context_and_float_rollouts() {
+    let f = features(&rollout_file(50));
+    let e = f.evaluate("task_abstraction_enabled", "", &ctx(&[])).unwrap_err();
+    assert!(matches!(e, taskweave::flags::EvalError::EmptyEntity { .. }), "{e:?}");
+    assert!(e.to_string().contains("entity id is empty"), "{e}");
+
+    let text = r#"version: "1.4"
+namespace: default
+flags:
+  - key: tiers
+    name: Tiers
+    type: VARIANT_FLAG_TYPE
+    enabled: true
+    variants: [{key: a}, {key: b}, {key: c}]
+    rules:
+      - segment: gold
+        distributions: [{variant: a, rollout: 100}]
+      - segment: everyone
+        distributions: [{variant: a, rollout: 33.33}, {variant: b, rollout: 33.33}, {variant: c, rollout: 33.34}]
+segments:
+  - key: gold
+    name: Gold
+    constraints:
+      - {type: NUMBER_COMPARISON_TYPE, property: tier, operator: eq, value: "5"}
+  - key: everyone
+    name: Everyone
+"#;
+    let f = features(text);
+    // A string "5" matches; the number 5 is left out of the context, as Flipt's engine does.
+    let as_text = taskweave::flags::context_of(&json!({"tier": "5"}));
+    let as_number = taskweave::flags::context_of(&json!({"tier": 5, "flag": true, "nested": {"a": 1}}));
+    assert!(as_number.is_empty(), "{as_number:?}");
+    assert_eq!(f.evaluate("tiers", "u1", &as_text).unwrap().segment_keys, vec!["gold".to_string()]);
+    assert_eq!(f.evaluate("tiers", "u1", &as_number).unwrap().segment_keys, vec!["everyone".to_string()]);
+}
+
+#[tokio::test]
+async fn an_empty_entity_routes_to_the_default_and_says_why() {
+    let dir = tempfile::tempdir().unwrap();
+    let store = format!("sqlite://{}", dir.path().join("s.db").display());
+    let e = routed_engine(&store, Some(FlagSource::from_features(features(&rollout_file(100))))).await;
+    let id = e.run_workflow("routed", opts(Some(""), json!({}))).await.expect("started");
+    let r = finish(&e, &id).await;
+    let routing = r.routing.expect("a routing record");
+    assert_eq!(routing.reason, "ERROR");
+    assert!(routing.error.as_deref().unwrap_or("").contains("entity id is empty"), "{routing:?}");
+    e.shutdown().await;
+}
+
 #[test]
 fn ten_thousand_entities_split_as_configured() {
     for (text, expected) in [

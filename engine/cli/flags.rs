@@ -120,12 +120,19 @@ async fn eval(args: EvalArgs, config: Option<&Path>) -> anyhow::Result<ExitCode>
         eprintln!("error: a flag and --entity are required");
         return Ok(ExitCode::from(2));
     };
-    let mut pairs = Map::new();
-    if let Err(e) = super::run::parse_pairs(&args.context, &mut pairs) {
-        eprintln!("error: {e}");
-        return Ok(ExitCode::from(2));
+    // Flipt's context is strings: `--context tier=5` is the text "5".
+    let mut ctx = crate::flags::Context::new();
+    for p in &args.context {
+        match p.split_once('=') {
+            Some((k, v)) if !k.is_empty() => {
+                ctx.insert(k.to_string(), v.to_string());
+            }
+            _ => {
+                eprintln!("error: `{p}` is not KEY=VALUE");
+                return Ok(ExitCode::from(2));
+            }
+        }
     }
-    let ctx = crate::flags::context_of(&Value::Object(pairs));
     let source = match &args.file {
         Some(f) => match load_features(f) {
             Ok(features) => FlagSource::from_features(features),

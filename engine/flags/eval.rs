@@ -72,15 +72,27 @@ pub enum EvalError {
     NotFound { namespace: String, flag: String },
     #[error("flag `{flag}` is a {actual} flag, not a {expected} flag")]
     WrongType { flag: String, expected: &'static str, actual: &'static str },
+    /// Flipt refuses an evaluation without an entity id.
+    #[error("flag `{flag}`: the entity id is empty, and Flipt evaluates only for an entity")]
+    EmptyEntity { flag: String },
 }
 
 /// Flipt's bucket count for variant distributions.
 const BUCKETS: u32 = 1000;
 
 impl Features {
+    /// The flag, if it exists and `entity_id` is one Flipt evaluates for.
+    fn checked(&self, flag: &str, entity_id: &str) -> Result<&Flag, EvalError> {
+        let f = self.flag(flag).ok_or_else(|| EvalError::NotFound { namespace: self.namespace.clone(), flag: flag.to_string() })?;
+        if entity_id.is_empty() {
+            return Err(EvalError::EmptyEntity { flag: flag.to_string() });
+        }
+        Ok(f)
+    }
+
     /// Evaluate a flag of either type.
     pub fn evaluate(&self, flag: &str, entity_id: &str, ctx: &Context) -> Result<Evaluation, EvalError> {
-        let f = self.flag(flag).ok_or_else(|| EvalError::NotFound { namespace: self.namespace.clone(), flag: flag.to_string() })?;
+        let f = self.checked(flag, entity_id)?;
         Ok(match f.ty {
             FlagType::Variant => self.variant_of(f, entity_id, ctx),
             FlagType::Boolean => self.boolean_of(f, entity_id, ctx),
@@ -89,7 +101,7 @@ impl Features {
 
     /// Evaluate a variant flag (an error for a boolean flag, as Flipt's variant API).
     pub fn variant(&self, flag: &str, entity_id: &str, ctx: &Context) -> Result<Evaluation, EvalError> {
-        let f = self.flag(flag).ok_or_else(|| EvalError::NotFound { namespace: self.namespace.clone(), flag: flag.to_string() })?;
+        let f = self.checked(flag, entity_id)?;
         if f.ty != FlagType::Variant {
             return Err(EvalError::WrongType { flag: flag.to_string(), expected: "variant", actual: "boolean" });
         }
@@ -98,7 +110,7 @@ impl Features {
 
     /// Evaluate a boolean flag (an error for a variant flag, as Flipt's boolean API).
     pub fn boolean(&self, flag: &str, entity_id: &str, ctx: &Context) -> Result<Evaluation, EvalError> {
-        let f = self.flag(flag).ok_or_else(|| EvalError::NotFound { namespace: self.namespace.clone(), flag: flag.to_string() })?;
+        let f = self.checked(flag, entity_id)?;
         if f.ty != FlagType::Boolean {
             return Err(EvalError::WrongType { flag: flag.to_string(), expected: "boolean", actual: "variant" });
         }
@@ -293,21 +305,16 @@ fn compare(op: Op, ord: std::cmp::Ordering) -> bool {
     }
 }
 
-/// A context from the JSON object a run carries: strings as they are,
-/// numbers and booleans as their text, nested values as JSON text; nulls
-/// are left out (a missing key).
+/// A context from the JSON object a run carries: its string values. Like
+/// Flipt's client engine, which takes a map of strings, values of other
+/// types (numbers, booleans, objects, null) are left out, so a constraint
+/// on them sees a missing key.
 pub fn context_of(v: &Value) -> Context {
     let mut ctx = Context::new();
     if let Some(m) = v.as_object() {
         for (k, v) in m {
-            match v {
-                Value::Null => {}
-                Value::String(s) => {
-                    ctx.insert(k.clone(), s.clone());
-                }
-                other => {
-                    ctx.insert(k.clone(), other.to_string());
-                }
+            if let Value::String(s) = v {
+                ctx.insert(k.clone(), s.clone());
             }
         }
     }

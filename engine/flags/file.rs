@@ -471,7 +471,10 @@ impl<'f> Loader<'f> {
                 total += f64::from(rollout);
                 distributions.push(Distribution { variant, rollout });
             }
-            if total > 100.0 + 1e-6 {
+            // Flipt keeps rollouts as float32 and accepts 33.33 + 33.33 +
+            // 33.34, whose f32 sum is 100.0000038: compare in hundredths of a
+            // percent, the precision a rollout is written in.
+            if (total * 100.0).round() > 100.0 * 100.0 {
                 self.err(list.span, format!("the rollouts of this rule add up to {total}, more than 100")).help =
                     Some("lower them so that they add up to 100 at most".into());
             }

@@ -241,6 +241,9 @@ impl FlagSource {
     /// Evaluate `flag` for an entity: through the API of `kind` when given
     /// (an error when the flag has the other type), else by the flag's type.
     pub async fn evaluate(&self, flag: &str, kind: Option<FlagType>, entity: &str, ctx: &Context) -> Result<Evaluation, FlagError> {
+        if entity.is_empty() {
+            return Err(EvalError::EmptyEntity { flag: flag.to_string() }.into());
+        }
         match &self.inner.kind {
             Kind::File { state, .. } => {
                 let features = {
