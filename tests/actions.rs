@@ -366,7 +366,7 @@ async fn processes_ignoring_sigterm_get_sigkill_after_the_grace() {
     let marker = dir.path().join("marker");
     let wf = workflow(
         "",
-        "    shell: |\n      trap 'echo term >> {{input.marker}}' TERM\n      \
+        "    shell: |\n      marker={{input.marker}}\n      trap 'echo term >> \"$marker\"' TERM\n      \
          echo $$ > {{input.pidfile}}\n      while :; do sleep 1; done\n",
     );
     let grace = Duration::from_millis(500);

@@ -327,7 +327,7 @@ async fn killed_worker_task_is_redelivered_and_recorded_once() {
 version: 1
 name: survive
 tasks:
-  - {name: slow, uses: sleep, with: {duration: 4s}}
+  - {name: slow, shell: "sleep 4; echo slow-end >> {{input.log}}"}
   - {name: count, parents: [slow], shell: "echo ran >> {{input.log}}"}
 "#,
     );
@@ -355,7 +355,9 @@ tasks:
     assert_eq!(r.status, RunStatus::Succeeded, "{r:#?}");
     assert_eq!(r.tasks["slow"].attempts, 2, "the task ran again after its worker died");
     let ran = std::fs::read_to_string(&log).unwrap_or_default();
-    assert_eq!(ran.lines().count(), 1, "the child ran exactly once: {ran:?}");
+    assert_eq!(ran.lines().filter(|l| *l == "ran").count(), 1, "the child ran exactly once: {ran:?}");
+    // The killed worker's process group died with it: only the second try ended.
+    assert_eq!(ran.lines().filter(|l| *l == "slow-end").count(), 1, "the killed try's process outlived its worker: {ran:?}");
     for _ in 0..100 {
         let n: i64 = redis::AsyncCommands::hlen(&mut c, "unacked").await.unwrap();
         if n == 0 {

@@ -159,9 +159,27 @@ fn wait_for(path: &Path) -> String {
 }
 
 #[cfg(unix)]
+/// Whether a process is running: it exists and is not a zombie waiting for
+/// its reaper (an orphan's reaper may take a while).
 fn alive(pid: i32) -> bool {
     // SAFETY: signal 0 only checks that the process exists.
-    unsafe { libc::kill(pid, 0) == 0 }
+    if unsafe { libc::kill(pid, 0) } != 0 {
+        return false;
+    }
+    std::fs::read_to_string(format!("/proc/{pid}/stat"))
+        .is_ok_and(|stat| stat.rsplit_once(')').map(|x| x.1.trim_start().starts_with('Z')) != Some(true))
+}
+
+/// Whether any process of group `pgid` is running (zombies left out).
+fn group_running(pgid: i32) -> bool {
+    std::fs::read_dir("/proc").unwrap().flatten().any(|e| {
+        e.file_name().to_string_lossy().parse::<i32>().is_ok_and(|pid| {
+            std::fs::read_to_string(format!("/proc/{pid}/stat")).is_ok_and(|stat| {
+                let fields: Vec<&str> = stat.rsplit_once(')').map_or("", |x| x.1).split_whitespace().collect();
+                fields.get(2).and_then(|g| g.parse::<i32>().ok()) == Some(pgid) && fields[0] != "Z"
+            })
+        })
+    })
 }
 
 #[cfg(unix)]
@@ -219,8 +237,15 @@ fn a_killed_run_is_recorded_as_interrupted_and_runs_cancel_reaches_a_live_one() 
     let task_pid: i32 = wait_for(&pidfile).parse().unwrap();
     child.kill().unwrap();
     child.wait().unwrap();
-    // SAFETY: cleaning up the orphaned task process group we started.
+    // The task's process group dies with the CLI that ran it.
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(10);
+    while group_running(task_pid) && std::time::Instant::now() < deadline {
+        std::thread::sleep(std::time::Duration::from_millis(20));
+    }
+    let orphaned = group_running(task_pid);
+    // SAFETY: cleaning up the task process group, should it have survived.
     unsafe { libc::killpg(task_pid, libc::SIGKILL) };
+    assert!(!orphaned, "the task's processes outlived the killed CLI");
     let out = tw(dir.path()).args(["runs", "list", "--format", "json"]).output().unwrap();
     let runs: Value = serde_json::from_slice(&out.stdout).unwrap();
     assert_eq!(runs[0]["status"], "failed", "{runs}");

@@ -258,6 +258,8 @@ tasks:
     let lines = read_lines(&log);
     assert_eq!(lines.iter().filter(|l| l.starts_with("a ")).count(), 1, "a ran once: {lines:?}");
     assert_eq!(lines.iter().filter(|l| l.starts_with("slow start")).count(), 2, "{lines:?}");
+    // The killed worker's process group died with it: the first try never ended.
+    assert!(!lines.iter().any(|l| l == "slow end 1"), "the killed try's process outlived its worker: {lines:?}");
     let mut conn = env.connect().await;
     let attempts = queue_attempts(&mut conn, &id).await;
     assert_eq!(

@@ -85,7 +85,7 @@ async fn a_worker_killed_mid_task_leaves_the_run_to_another() {
 version: 1
 name: survive
 tasks:
-  - {name: slow, run: ["sh", "-c", "echo start >> {{input.log}}; sleep 3"]}
+  - {name: slow, run: ["sh", "-c", "echo start >> {{input.log}}; sleep 3; echo end >> {{input.log}}"]}
   - {name: after, parents: [slow], shell: "echo after >> {{input.log}}"}
 "#,
     );
@@ -103,6 +103,8 @@ tasks:
     let ran = std::fs::read_to_string(&log).unwrap();
     assert_eq!(ran.lines().filter(|l| *l == "start").count(), 2, "{ran:?}");
     assert_eq!(ran.lines().filter(|l| *l == "after").count(), 1, "the child ran exactly once: {ran:?}");
+    // The killed worker's process group died with it: only the second try ended.
+    assert_eq!(ran.lines().filter(|l| *l == "end").count(), 1, "the killed try's process outlived its worker: {ran:?}");
     eprintln!("the run completed {:?} after its worker was killed", killed_at.elapsed());
 }
 

@@ -10,6 +10,7 @@
 pub mod handlers;
 mod http;
 mod process;
+mod watchdog;
 
 pub use handlers::{Handler, HandlerCtx, Handlers};
 

@@ -96,7 +96,7 @@ pub async fn execute(a: &Attempt<'_>) -> Result<Value, ActionError> {
         return Err(ActionError::Failed(format!("`{}` exited before it could be watched", spec.program)));
     };
     // The child called setpgid(0, 0) before exec, so its pid is the group id.
-    let mut group = Group { pgid: pid as libc::pid_t, armed: true };
+    let mut group = Group::new(pid as libc::pid_t);
     let (Some(mut stdout), Some(mut stderr)) = (child.stdout.take(), child.stderr.take()) else {
         group.kill();
         return Err(ActionError::Failed("could not capture the output of the process".into()));
@@ -248,6 +248,12 @@ struct Group {
 }
 
 impl Group {
+    /// A group that dies with this process too (see [`super::watchdog`]).
+    fn new(pgid: libc::pid_t) -> Self {
+        super::watchdog::watch(pgid);
+        Group { pgid, armed: true }
+    }
+
     fn signal(&self, sig: libc::c_int) -> bool {
         // SAFETY: killpg only sends a signal; an invalid or vanished group is
         // reported through errno, which we read as "nothing left to signal".
@@ -258,9 +264,11 @@ impl Group {
         self.signal(libc::SIGKILL);
     }
 
-    /// Whether any process of the group still exists.
+    /// Whether any process of the group is still running. A member that
+    /// has exited but not been reaped (a zombie, reparented to an init that
+    /// reaps slowly) has stopped: counting it would stretch every timeout.
     fn alive(&self) -> bool {
-        self.signal(0)
+        self.signal(0) && group_has_running_member(self.pgid)
     }
 }
 
@@ -269,7 +277,29 @@ impl Drop for Group {
         if self.armed {
             self.kill();
         }
+        super::watchdog::forget(self.pgid);
     }
+}
+
+/// Whether a process of group `pgid` exists that is not a zombie, from
+/// `/proc/PID/stat` (`pid (comm) state ppid pgrp ...`). Where `/proc` cannot
+/// be read, every member counts.
+fn group_has_running_member(pgid: libc::pid_t) -> bool {
+    let Ok(entries) = std::fs::read_dir("/proc") else { return true };
+    for e in entries.flatten() {
+        if !e.file_name().to_str().is_some_and(|n| n.bytes().all(|b| b.is_ascii_digit())) {
+            continue;
+        }
+        let Ok(stat) = std::fs::read_to_string(e.path().join("stat")) else { continue };
+        // `comm` may hold spaces and parentheses: read after the last `)`.
+        let Some(rest) = stat.rfind(')').map(|i| &stat[i + 1..]) else { continue };
+        let mut fields = rest.split_ascii_whitespace();
+        let (Some(state), Some(_ppid), Some(pgrp)) = (fields.next(), fields.next(), fields.next()) else { continue };
+        if pgrp.parse::<libc::pid_t>() == Ok(pgid) && !matches!(state, "Z" | "X") {
+            return true;
+        }
+    }
+    false
 }
 
 /// SIGKILL the group and reap the leader.
@@ -360,6 +390,25 @@ fn signal_name(sig: i32) -> &'static str {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// A group whose only member has exited but is not yet reaped still
+    /// answers `killpg(.., 0)`; it has no running member, so terminating it
+    /// does not wait for its reaper (which stretched timeouts by seconds).
+    #[test]
+    fn a_zombie_is_not_a_running_member() {
+        use std::os::unix::process::CommandExt;
+        let mut child = std::process::Command::new("true").process_group(0).spawn().expect("true");
+        let pgid = child.id() as libc::pid_t;
+        let group = Group { pgid, armed: false };
+        let deadline = std::time::Instant::now() + Duration::from_secs(5);
+        while group_has_running_member(pgid) && std::time::Instant::now() < deadline {
+            std::thread::sleep(Duration::from_millis(10));
+        }
+        assert!(group.signal(0), "the zombie is still in its group until reaped");
+        assert!(!group.alive(), "an exited member is not running");
+        let _ = child.wait();
+        assert!(!group.signal(0));
+    }
 
     #[test]
     fn sizes_read_naturally() {
