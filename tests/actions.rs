@@ -208,7 +208,7 @@ async fn killed_by_a_signal_says_which() {
 #[tokio::test]
 async fn missing_program_is_named() {
     let wf = workflow("", "    run: [taskweave-no-such-program, x]\n");
-    let m = failed(run(&wf, json!({})).await);
+    let m = permanent(run(&wf, json!({})).await);
     assert_eq!(m, "program `taskweave-no-such-program` not found");
 }
 

@@ -294,3 +294,50 @@ fn the_embedding_example_runs_document_processing() {
     assert!(stdout.contains("Quarterly report."), "the custom llm handler summarised the sample text: {stdout}");
     assert!(stdout.contains("\"extraction_method\":\"plain\""), "{stdout}");
 }
+
+/// Logs follow `TASKWEAVE_LOG`, else `RUST_LOG`.
+#[test]
+fn logs_honour_rust_log_and_taskweave_log_first() {
+    let dir = tempfile::tempdir().unwrap();
+    write(dir.path(), "s.yaml", "version: 1\nname: s\ntasks:\n  - {name: say, run: [echo, hi]}\n");
+    let stderr = |envs: &[(&str, &str)]| {
+        let mut c = tw(dir.path());
+        c.env_remove("TASKWEAVE_LOG").env_remove("RUST_LOG").args(["run", "s.yaml"]);
+        for (k, v) in envs {
+            c.env(k, v);
+        }
+        let out = c.output().unwrap();
+        assert!(out.status.success());
+        String::from_utf8_lossy(&out.stderr).into_owned()
+    };
+    assert!(stderr(&[("RUST_LOG", "debug")]).contains("process started"));
+    assert!(!stderr(&[]).contains("process started"));
+    assert!(!stderr(&[("RUST_LOG", "debug"), ("TASKWEAVE_LOG", "warn")]).contains("process started"));
+}
+
+/// With stdout and stderr in one log that is not a terminal (`2>&1` in CI),
+/// each task's line appears once.
+#[test]
+fn one_log_gets_each_task_line_once() {
+    let dir = tempfile::tempdir().unwrap();
+    write(dir.path(), "s.yaml", "version: 1\nname: s\ntasks:\n  - {name: say-hi, run: [echo, hi]}\n  - {name: fails, parents: [say-hi], run: [\"false\"]}\n");
+    let log = dir.path().join("log");
+    let file = std::fs::File::create(&log).unwrap();
+    let status = std::process::Command::new(assert_cmd::cargo::cargo_bin("taskweave"))
+        .current_dir(dir.path())
+        .args(["run", "s.yaml"])
+        .stdout(file.try_clone().unwrap())
+        .stderr(file)
+        .status()
+        .unwrap();
+    assert_eq!(status.code(), Some(1));
+    let text = std::fs::read_to_string(&log).unwrap();
+    for task in ["say-hi", "fails"] {
+        let lines = text.lines().filter(|l| l.split_whitespace().nth(1) == Some(task)).count();
+        assert_eq!(lines, 1, "{task}:\n{text}");
+    }
+    // Two separate streams each keep their lines.
+    let out = tw(dir.path()).args(["run", "s.yaml"]).output().unwrap();
+    let (stdout, stderr) = (String::from_utf8_lossy(&out.stdout), String::from_utf8_lossy(&out.stderr));
+    assert!(stdout.contains("say-hi") && stderr.contains("say-hi"), "{stdout}\n{stderr}");
+}

@@ -145,9 +145,15 @@ fn runtime() -> anyhow::Result<tokio::runtime::Runtime> {
     Ok(tokio::runtime::Builder::new_multi_thread().enable_all().build()?)
 }
 
+/// Logs go to stderr, filtered by `TASKWEAVE_LOG`, else `RUST_LOG` (both in
+/// `tracing`'s `EnvFilter` syntax: `info`, `taskweave=debug,sqlx=warn`),
+/// else `warn`.
 fn init_tracing() {
-    let filter =
-        tracing_subscriber::EnvFilter::try_from_env("TASKWEAVE_LOG").unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("warn"));
+    let filter = ["TASKWEAVE_LOG", "RUST_LOG"]
+        .into_iter()
+        .find_map(|var| std::env::var(var).ok().filter(|v| !v.trim().is_empty()).map(|_| var))
+        .and_then(|var| tracing_subscriber::EnvFilter::try_from_env(var).ok())
+        .unwrap_or_else(|| tracing_subscriber::EnvFilter::new("warn"));
     let _ = tracing_subscriber::fmt()
         .with_env_filter(filter)
         .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))

@@ -339,8 +339,22 @@ pub fn human_result(r: &RunResult, wf: Option<&crate::plan::Workflow>) -> String
 }
 
 /// Live progress on stderr: a bar on a terminal, plain lines otherwise.
+/// When stderr and stdout are one file that is not a terminal (a CI log
+/// taking `2>&1`), the result printed at the end lists every task, so no
+/// task line is written live: each appears once.
 struct Progress {
     bar: Option<indicatif::ProgressBar>,
+    quiet_tasks: bool,
+}
+
+/// Whether stdout and stderr are the same file (same device and inode).
+fn stdout_is_stderr() -> bool {
+    // SAFETY: fstat only fills the struct it is given.
+    let stat = |fd| unsafe {
+        let mut st: libc::stat = std::mem::zeroed();
+        (libc::fstat(fd, &mut st) == 0).then_some((st.st_dev, st.st_ino))
+    };
+    matches!((stat(1), stat(2)), (Some(a), Some(b)) if a == b)
 }
 
 impl Progress {
@@ -355,10 +369,10 @@ impl Progress {
             bar.set_prefix(name.to_string());
             bar.enable_steady_tick(Duration::from_millis(120));
             bar.println(format!("run {run_id} of {name}"));
-            Progress { bar: Some(bar) }
+            Progress { bar: Some(bar), quiet_tasks: false }
         } else {
             eprintln!("run {run_id} of {name}");
-            Progress { bar: None }
+            Progress { bar: None, quiet_tasks: stdout_is_stderr() }
         }
     }
 
@@ -376,6 +390,9 @@ impl Progress {
             Some(s) if s.is_terminal() => {
                 if let Some(b) = &self.bar {
                     b.inc(1);
+                }
+                if self.quiet_tasks {
+                    return;
                 }
                 let mut l = format!("  {:<9} {task}", symbol(s));
                 if let Some(e) = &ev.error

@@ -154,7 +154,7 @@ pub async fn execute(a: &Attempt<'_>) -> Result<Value, ActionError> {
     let status = status.unwrap_or_default();
     tracing::debug!(task = %a.task.name, %status, "process finished");
     if !status.success() {
-        return Err(ActionError::Failed(exit_message(&spec.program, status, &err.buf)));
+        return Err(ActionError::Failed(exit_message(&spec.program, status, &err.buf, &out.buf)));
     }
     output(spec.output, out.buf)
 }
@@ -186,7 +186,8 @@ fn output(format: OutputFormat, stdout: Vec<u8>) -> Result<Value, ActionError> {
 
 fn spawn_error(program: &str, e: std::io::Error) -> ActionError {
     match e.kind() {
-        std::io::ErrorKind::NotFound => ActionError::Failed(format!("program `{program}` not found")),
+        // No retry can make a missing program appear.
+        std::io::ErrorKind::NotFound => ActionError::Permanent(format!("program `{program}` not found")),
         std::io::ErrorKind::PermissionDenied => ActionError::Failed(format!("program `{program}` cannot be executed: permission denied")),
         // A NUL byte in an argument or an environment value: no process can receive it.
         std::io::ErrorKind::InvalidInput => ActionError::Permanent(format!("cannot start `{program}`: {e}")),
@@ -331,7 +332,9 @@ async fn terminate(child: &mut Child, group: &mut Group, grace: Duration) {
 }
 
 /// The failure message of a process that did not exit with status 0.
-fn exit_message(program: &str, status: ExitStatus, stderr: &[u8]) -> String {
+/// When stderr is empty, the tail of stdout says what went wrong (many
+/// scripts print their errors there).
+fn exit_message(program: &str, status: ExitStatus, stderr: &[u8], stdout: &[u8]) -> String {
     use std::os::unix::process::ExitStatusExt;
     let what = match (status.code(), status.signal()) {
         (Some(code), _) => format!("`{program}` exited with code {code}"),
@@ -339,7 +342,13 @@ fn exit_message(program: &str, status: ExitStatus, stderr: &[u8]) -> String {
         (None, None) => format!("`{program}` failed: {status}"),
     };
     let tail = stderr_tail(stderr);
-    if tail.is_empty() { format!("{what} (no stderr)") } else { format!("{what}; stderr:\n{tail}") }
+    if !tail.is_empty() {
+        return format!("{what}; stderr:\n{tail}");
+    }
+    match stderr_tail(stdout) {
+        out if out.is_empty() => format!("{what} (no output)"),
+        out => format!("{what}; stdout (stderr was empty):\n{out}"),
+    }
 }
 
 /// The last lines of stderr, at most [`STDERR_TAIL_LINES`] lines and
@@ -446,9 +455,11 @@ mod tests {
     #[test]
     fn exit_messages_name_the_code_or_signal() {
         use std::os::unix::process::ExitStatusExt;
-        let m = exit_message("x", ExitStatus::from_raw(3 << 8), b"boom\n");
+        let m = exit_message("x", ExitStatus::from_raw(3 << 8), b"boom\n", b"progress\n");
         assert_eq!(m, "`x` exited with code 3; stderr:\nboom");
-        let m = exit_message("x", ExitStatus::from_raw(libc::SIGKILL), b"");
-        assert_eq!(m, "`x` was killed by signal 9 (SIGKILL) (no stderr)");
+        let m = exit_message("x", ExitStatus::from_raw(libc::SIGKILL), b"", b"");
+        assert_eq!(m, "`x` was killed by signal 9 (SIGKILL) (no output)");
+        let m = exit_message("x", ExitStatus::from_raw(1 << 8), b"", b"step 1\nerror: disk full\n");
+        assert_eq!(m, "`x` exited with code 1; stdout (stderr was empty):\nstep 1\nerror: disk full");
     }
 }
