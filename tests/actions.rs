@@ -552,6 +552,49 @@ async fn http_redirects_are_checked_hop_by_hop() {
     assert!(m.starts_with("HTTP 302 Found") && m.contains("follow_redirects = false"), "{m}");
 }
 
+// ---------------------------------------------------------------- through a run
+
+#[tokio::test]
+async fn a_workflow_run_honours_the_actions_config() {
+    let dir = tempfile::tempdir().unwrap();
+    std::fs::write(dir.path().join("doc.txt"), "hello").unwrap();
+    std::fs::write(dir.path().join("big.txt"), "x".repeat(100)).unwrap();
+    let server = MockServer::start().await;
+    Mock::given(method("GET")).respond_with(ResponseTemplate::new(200)).expect(0).mount(&server).await;
+    let config = format!(
+        "[actions.extract_text]\nroot = '{}'\nmax_bytes = 64\n\n[actions.http]\ndeny_private = true\n",
+        dir.path().display()
+    );
+    let config = taskweave::config::Config::parse(&config).unwrap();
+    let engine = taskweave::Engine::builder().config(config).without_store().build().await.unwrap();
+    // Retries are allowed, but a refusal is permanent: one attempt each.
+    let yaml = r#"
+version: 1
+name: guarded
+defaults: {retry: {attempts: 3, delay: 10ms}}
+tasks:
+  - {name: read, uses: extract-text, with: {path: "{{input.doc}}"}}
+  - {name: big, uses: extract-text, with: {path: big.txt}}
+  - {name: shadow, uses: extract-text, with: {path: /etc/shadow}}
+  - {name: call, http: {url: "{{input.url}}"}}
+"#;
+    let checked = taskweave::validate::check_source("guarded.yaml", yaml.to_string(), taskweave::spec::Format::Yaml, &Default::default());
+    engine.register_workflow(checked.workflow.expect("valid"));
+    let input = json!({"doc": "doc.txt", "url": server.uri()});
+    let opts = taskweave::RunOptions { input: Some(input), ..Default::default() };
+    let id = engine.run_workflow("guarded", opts).await.unwrap();
+    let r = engine.get_result(&id, Some(Duration::from_secs(30))).await.unwrap();
+    assert_eq!(r.tasks["read"].output.as_ref().unwrap()["text"], json!("hello"));
+    let error = |t: &str| {
+        assert_eq!(r.tasks[t].attempts, 1, "{t}: {:?}", r.tasks[t]);
+        r.tasks[t].error.clone().unwrap_or_default()
+    };
+    assert!(error("big").contains("[actions.extract_text] max_bytes"), "{:?}", r.tasks["big"]);
+    assert!(error("shadow").contains("outside the root folder"), "{:?}", r.tasks["shadow"]);
+    assert!(error("call").contains("127.0.0.1 is in a denied range (loopback)"), "{:?}", r.tasks["call"]);
+    engine.shutdown().await;
+}
+
 // ---------------------------------------------------------------- handlers
 
 #[tokio::test]
