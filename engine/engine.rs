@@ -75,14 +75,7 @@ pub struct EngineBuilder {
 
 impl EngineBuilder {
     pub fn new() -> Self {
-        EngineBuilder {
-            config: Config::default(),
-            handlers: Handlers::empty(),
-            limits: None,
-            store: None,
-            flags: None,
-            watch_flags: true,
-        }
+        EngineBuilder { config: Config::default(), handlers: Handlers::empty(), limits: None, store: None, flags: None, watch_flags: true }
     }
 
     /// The flag source rollout rules evaluate against (default: from `[flags]` of the config).

@@ -561,10 +561,8 @@ async fn a_workflow_run_honours_the_actions_config() {
     std::fs::write(dir.path().join("big.txt"), "x".repeat(100)).unwrap();
     let server = MockServer::start().await;
     Mock::given(method("GET")).respond_with(ResponseTemplate::new(200)).expect(0).mount(&server).await;
-    let config = format!(
-        "[actions.extract_text]\nroot = '{}'\nmax_bytes = 64\n\n[actions.http]\ndeny_private = true\n",
-        dir.path().display()
-    );
+    let config =
+        format!("[actions.extract_text]\nroot = '{}'\nmax_bytes = 64\n\n[actions.http]\ndeny_private = true\n", dir.path().display());
     let config = taskweave::config::Config::parse(&config).unwrap();
     let engine = taskweave::Engine::builder().config(config).without_store().build().await.unwrap();
     // Retries are allowed, but a refusal is permanent: one attempt each.

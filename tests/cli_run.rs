@@ -284,8 +284,10 @@ fn action_limits_come_from_taskweave_toml_and_the_environment() {
 fn extract_text_does_not_read_from_the_filesystem_root_by_default() {
     // A service started in `/` (an init system's default) has no default root.
     let dir = tempfile::tempdir().unwrap();
-    let wf = write(dir.path(), "read.yaml", "version: 1\nname: read\ntasks:\n  - {name: r, uses: extract-text, with: {path: etc/hostname}}\n");
-    let out = tw(Path::new("/")).env("TASKWEAVE_STORE", "sqlite::memory:").args(["run"]).arg(&wf).args(["--format", "json"]).output().unwrap();
+    let wf =
+        write(dir.path(), "read.yaml", "version: 1\nname: read\ntasks:\n  - {name: r, uses: extract-text, with: {path: etc/hostname}}\n");
+    let out =
+        tw(Path::new("/")).env("TASKWEAVE_STORE", "sqlite::memory:").args(["run"]).arg(&wf).args(["--format", "json"]).output().unwrap();
     assert_eq!(out.status.code(), Some(1), "{}", String::from_utf8_lossy(&out.stderr));
     let r: Value = serde_json::from_slice(&out.stdout).unwrap();
     let error = r["tasks"]["r"]["error"].as_str().unwrap_or_default();

@@ -91,7 +91,11 @@ impl FromStr for HostRule {
         if let Ok(ip) = t.trim_start_matches('[').trim_end_matches(']').parse::<IpAddr>() {
             return Ok(HostRule::Net(IpNet::from(ip.to_canonical())));
         }
-        let bad = || format!("`{s}` is not a CIDR, an IP address or a host name (like `10.0.0.0/8`, `10.0.0.5`, `api.example.com` or `*.example.com`)");
+        let bad = || {
+            format!(
+                "`{s}` is not a CIDR, an IP address or a host name (like `10.0.0.0/8`, `10.0.0.5`, `api.example.com` or `*.example.com`)"
+            )
+        };
         let (suffix, name) = match t.strip_prefix("*.") {
             Some(rest) => (true, rest),
             None => (false, t),
@@ -280,17 +284,17 @@ pub fn special_range(ip: IpAddr) -> Option<&'static str> {
 
 fn special_v4(ip: Ipv4Addr) -> Option<&'static str> {
     const RANGES: [(u32, u8, &str); 11] = [
-        (0x0000_0000, 8, "unspecified"),              // 0.0.0.0/8, "this network"
-        (0x0a00_0000, 8, "private"),                  // 10.0.0.0/8
+        (0x0000_0000, 8, "unspecified"),                  // 0.0.0.0/8, "this network"
+        (0x0a00_0000, 8, "private"),                      // 10.0.0.0/8
         (0x6440_0000, 10, "shared address space, CGNAT"), // 100.64.0.0/10
-        (0x7f00_0000, 8, "loopback"),                 // 127.0.0.0/8
-        (0xa9fe_0000, 16, "link-local"),              // 169.254.0.0/16, cloud metadata
-        (0xac10_0000, 12, "private"),                 // 172.16.0.0/12
-        (0xc000_0000, 24, "IETF protocol assignments"), // 192.0.0.0/24
-        (0xc0a8_0000, 16, "private"),                 // 192.168.0.0/16
-        (0xc612_0000, 15, "benchmarking"),            // 198.18.0.0/15
-        (0xe000_0000, 4, "multicast"),                // 224.0.0.0/4
-        (0xf000_0000, 4, "reserved"),                 // 240.0.0.0/4 and the broadcast address
+        (0x7f00_0000, 8, "loopback"),                     // 127.0.0.0/8
+        (0xa9fe_0000, 16, "link-local"),                  // 169.254.0.0/16, cloud metadata
+        (0xac10_0000, 12, "private"),                     // 172.16.0.0/12
+        (0xc000_0000, 24, "IETF protocol assignments"),   // 192.0.0.0/24
+        (0xc0a8_0000, 16, "private"),                     // 192.168.0.0/16
+        (0xc612_0000, 15, "benchmarking"),                // 198.18.0.0/15
+        (0xe000_0000, 4, "multicast"),                    // 224.0.0.0/4
+        (0xf000_0000, 4, "reserved"),                     // 240.0.0.0/4 and the broadcast address
     ];
     let bits = u32::from(ip);
     RANGES.iter().find(|(net, len, _)| bits >> (32 - len) == net >> (32 - len)).map(|(_, _, label)| *label)
@@ -316,12 +320,12 @@ fn special_v6(ip: Ipv6Addr) -> Option<&'static str> {
     }
     match s[0] {
         0 if s[1..6] == [0, 0, 0, 0, 0] => Some("IPv4-compatible, deprecated"), // ::/96
-        0x0064 if s[1] == 0xff9b && s[2] == 1 => Some("private"),              // 64:ff9b:1::/48, local NAT64
-        0x0100 if s[1..4] == [0, 0, 0] => Some("discard-only"),                // 100::/64
-        x if x & 0xfe00 == 0xfc00 => Some("unique local"),                    // fc00::/7
-        x if x & 0xffc0 == 0xfe80 => Some("link-local"),                      // fe80::/10
-        x if x & 0xffc0 == 0xfec0 => Some("site-local, deprecated"),          // fec0::/10
-        x if x & 0xff00 == 0xff00 => Some("multicast"),                       // ff00::/8
+        0x0064 if s[1] == 0xff9b && s[2] == 1 => Some("private"),               // 64:ff9b:1::/48, local NAT64
+        0x0100 if s[1..4] == [0, 0, 0] => Some("discard-only"),                 // 100::/64
+        x if x & 0xfe00 == 0xfc00 => Some("unique local"),                      // fc00::/7
+        x if x & 0xffc0 == 0xfe80 => Some("link-local"),                        // fe80::/10
+        x if x & 0xffc0 == 0xfec0 => Some("site-local, deprecated"),            // fec0::/10
+        x if x & 0xff00 == 0xff00 => Some("multicast"),                         // ff00::/8
         _ => None,
     }
 }
@@ -365,7 +369,8 @@ pub(crate) fn client(policy: &Egress) -> Result<reqwest::Client, super::ActionEr
         // target's would never be checked.
         b = b.no_proxy();
     }
-    let c = b.build().map_err(|e| super::ActionError::Permanent(format!("cannot build the HTTP client: {}", super::http::error_chain(&e))))?;
+    let c =
+        b.build().map_err(|e| super::ActionError::Permanent(format!("cannot build the HTTP client: {}", super::http::error_chain(&e))))?;
     map.insert(policy.clone(), c.clone());
     Ok(c)
 }

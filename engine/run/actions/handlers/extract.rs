@@ -175,9 +175,7 @@ fn open_inside(root: Option<&Path>, given: &str, max: usize) -> Result<(std::fs:
             root.display()
         )));
     };
-    let not_regular = |t: FileType| {
-        ActionError::Permanent(format!("extract-text: `{given}` is {}, not a regular file", file_kind(t)))
-    };
+    let not_regular = |t: FileType| ActionError::Permanent(format!("extract-text: `{given}` is {}, not a regular file", file_kind(t)));
     // Refuse what is plainly not a regular file before opening it (opening a
     // device may have effects of its own); the descriptor is checked again below.
     let t = std::fs::metadata(&real).map_err(unreadable)?.file_type();
@@ -186,7 +184,10 @@ fn open_inside(root: Option<&Path>, given: &str, max: usize) -> Result<(std::fs:
     }
     let inside = if inside.as_os_str().is_empty() { Path::new(".") } else { inside };
     let dir = cap_std::fs::Dir::open_ambient_dir(&root, cap_std::ambient_authority()).map_err(|e| {
-        ActionError::Permanent(format!("extract-text: the root folder {} cannot be opened: {e} ([actions.extract_text] root)", root.display()))
+        ActionError::Permanent(format!(
+            "extract-text: the root folder {} cannot be opened: {e} ([actions.extract_text] root)",
+            root.display()
+        ))
     })?;
     let mut opts = cap_std::fs::OpenOptions::new();
     opts.read(true);
