@@ -5,7 +5,8 @@
 //!
 //! - paths resolve against a root folder ([`ExtractTextSettings::root`]) and
 //!   must stay inside it: `..`, absolute paths elsewhere and symbolic links
-//!   that lead out are refused. The file is then opened through `cap-std`,
+//!   that lead out are refused, and so are hidden files and folders (`.env`,
+//!   `.git`, the store in `.taskweave/`). The file is then opened through `cap-std`,
 //!   which resolves the path beneath the root folder's descriptor (with
 //!   `openat2(RESOLVE_BENEATH)` where the kernel has it), so a link swapped
 //!   in after the check cannot lead out either;
@@ -175,6 +176,16 @@ fn open_inside(root: Option<&Path>, given: &str, max: usize) -> Result<(std::fs:
             root.display()
         )));
     };
+    // Hidden files and folders under the root (`.env`, `.git`, the store in
+    // `.taskweave/`) hold configuration and credentials, not documents.
+    if let Some(hidden) = inside.components().find_map(|c| match c {
+        Component::Normal(n) if n.as_encoded_bytes().starts_with(b".") => Some(n.to_string_lossy().into_owned()),
+        _ => None,
+    }) {
+        return Err(ActionError::Permanent(format!(
+            "extract-text: `{given}` is or lies in a hidden file or folder (`{hidden}`), which extract-text does not read"
+        )));
+    }
     let not_regular = |t: FileType| ActionError::Permanent(format!("extract-text: `{given}` is {}, not a regular file", file_kind(t)));
     // Refuse what is plainly not a regular file before opening it (opening a
     // device may have effects of its own); the descriptor is checked again below.
@@ -356,6 +367,20 @@ mod tests {
         for p in ["link-out", "etc/passwd"] {
             let m = permanent(call(&h, p).await);
             assert!(m.contains("through a symbolic link"), "{p}: {m}");
+        }
+    }
+
+    #[tokio::test]
+    async fn hidden_files_and_folders_are_refused() {
+        let dir = tempfile::tempdir().unwrap();
+        std::fs::create_dir(dir.path().join(".taskweave")).unwrap();
+        std::fs::write(dir.path().join(".taskweave/state.txt"), "runs").unwrap();
+        std::fs::write(dir.path().join(".env"), "API_KEY=k").unwrap();
+        std::os::unix::fs::symlink(".env", dir.path().join("settings.txt")).unwrap();
+        let h = handler(dir.path(), 1024);
+        for (p, hidden) in [(".env", ".env"), (".taskweave/state.txt", ".taskweave"), ("settings.txt", ".env")] {
+            let m = permanent(call(&h, p).await);
+            assert!(m.contains(&format!("hidden file or folder (`{hidden}`)")), "{p}: {m}");
         }
     }
 
