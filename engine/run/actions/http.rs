@@ -77,7 +77,7 @@ pub async fn execute(a: &Attempt<'_>) -> Result<Value, ActionError> {
         let headers = header_map(resp.headers());
         let content_type = resp.headers().get(reqwest::header::CONTENT_TYPE).and_then(|v| v.to_str().ok()).map(str::to_string);
         let bytes = read_body(resp, cap, &shown, limit).await?;
-        if status.is_redirection() && !a.limits.egress.follow_redirects {
+        if status.is_redirection() && status != reqwest::StatusCode::NOT_MODIFIED && !a.limits.egress.follow_redirects {
             return Err(ActionError::Permanent(format!(
                 "{} (redirects are not followed: [actions.http] follow_redirects = false)",
                 status_message(status, &bytes)
