@@ -7,7 +7,7 @@
 //!
 //! An [`Egress`] policy is checked where an address is final:
 //!
-//! - host names inside the HTTP client's DNS resolver ([`GuardedResolver`]),
+//! - host names inside the HTTP client's DNS resolver (`GuardedResolver`),
 //!   on the very addresses the client then connects to, so a name that
 //!   resolves to a public address for a check and to a private one for the
 //!   connection (DNS rebinding) cannot slip through;

@@ -1,10 +1,12 @@
 //! Handlers for `uses:` tasks: the built-ins and those an embedding program registers.
 //!
 //! A [`Handlers`] table maps a name to a [`Handler`]. [`Handlers::empty`]
-//! starts bare; [`Handlers::builtin`] and [`Handlers::with_builtins`] start
-//! with the built-ins of the spec language (`echo`, `sleep`, `fail`,
-//! `extract-text`, `llm`), which an embedding program may override by
-//! registering the same name.
+//! starts bare; [`Handlers::builtin_with`] (and its shorthands
+//! [`Handlers::builtin`], [`Handlers::with_builtins`]) start with the
+//! built-ins of the spec language (`echo`, `sleep`, `fail`, `extract-text`,
+//! `llm`), which an embedding program may override by registering the same
+//! name. Built-ins carry their own settings ([`BuiltinSettings`]), so they
+//! behave the same whether an executor or a Celery worker calls them.
 
 mod builtins;
 mod extract;
@@ -92,7 +94,8 @@ impl Handlers {
     }
 
     /// The built-in handlers, with the `llm` settings read from the
-    /// environment (see [`LlmConfig::from_env`]).
+    /// environment (see [`LlmConfig::from_env`]) and `extract-text` on its
+    /// defaults (the working directory as its root, 10 MiB).
     pub fn with_builtins() -> Self {
         Handlers::builtin(LlmConfig::from_env())
     }
