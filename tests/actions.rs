@@ -694,6 +694,12 @@ async fn extract_text_refuses_what_is_not_a_small_regular_file_inside_its_root()
         assert!(started.elapsed() < Duration::from_secs(10), "{path} took {:?}", started.elapsed());
     }
 
+    // Many at once hold no thread: each FIFO is refused without waiting for
+    // a writer (more than tokio's 512 blocking threads).
+    let runs = (0..600).map(|_| env.run(&wf, json!({"path": "pipe"})));
+    let all = tokio::time::timeout(Duration::from_secs(60), futures::future::join_all(runs)).await.expect("no hang");
+    assert!(all.into_iter().all(|r| matches!(r, Err(ActionError::Permanent(_)))));
+
     // A cancelled attempt stops at once.
     let env = rooted(&root, 64);
     env.cancel.cancel();
