@@ -9,6 +9,7 @@ use crate::diag::Diagnostic;
 use crate::flags::FlagSource;
 use crate::flags::routing::RoutingMetrics;
 use crate::plan::Workflow;
+use crate::run::actions::handlers::{BuiltinSettings, LlmConfig};
 use crate::run::actions::{Handler, Handlers, Limits};
 use crate::run::executor::{Executor, RunEvent};
 use crate::run::{RunResult, RunStatus};
@@ -63,8 +64,10 @@ pub struct RunOptions {
 
 pub struct EngineBuilder {
     config: Config,
+    /// Registered handlers; they replace built-ins of the same name.
     handlers: Handlers,
-    limits: Limits,
+    /// `None`: from `[actions]` of the config.
+    limits: Option<Limits>,
     store: Option<Option<String>>,
     flags: Option<Option<FlagSource>>,
     watch_flags: bool,
@@ -72,14 +75,7 @@ pub struct EngineBuilder {
 
 impl EngineBuilder {
     pub fn new() -> Self {
-        EngineBuilder {
-            config: Config::default(),
-            handlers: Handlers::with_builtins(),
-            limits: Limits::default(),
-            store: None,
-            flags: None,
-            watch_flags: true,
-        }
+        EngineBuilder { config: Config::default(), handlers: Handlers::empty(), limits: None, store: None, flags: None, watch_flags: true }
     }
 
     /// The flag source rollout rules evaluate against (default: from `[flags]` of the config).
@@ -117,8 +113,9 @@ impl EngineBuilder {
         self
     }
 
+    /// Action limits (default: from `[actions]` of the config).
     pub fn limits(mut self, l: Limits) -> Self {
-        self.limits = l;
+        self.limits = Some(l);
         self
     }
 
@@ -139,9 +136,15 @@ impl EngineBuilder {
             None => None,
         };
         let (events, _) = tokio::sync::broadcast::channel(4096);
+        let mut handlers = Handlers::builtin_with(BuiltinSettings {
+            llm: LlmConfig::from_env(),
+            extract_text: self.config.actions.extract_text_settings(),
+        });
+        handlers.extend(self.handlers);
+        let limits = self.limits.unwrap_or_else(|| self.config.actions.limits());
         let executor = Executor {
-            handlers: Arc::new(self.handlers),
-            limits: Arc::new(self.limits),
+            handlers: Arc::new(handlers),
+            limits: Arc::new(limits),
             writer: store.as_ref().map(Store::writer),
             events: Some(events.clone()),
         };

@@ -12,6 +12,7 @@
 use serde_json::{Value, json};
 use std::path::Path;
 use std::time::Duration;
+use taskweave::config::Config;
 use taskweave::run::actions::{ActionError, HandlerCtx};
 use taskweave::{Engine, RunOptions};
 
@@ -29,8 +30,14 @@ async fn main() -> Result<(), Box<dyn std::error::Error>> {
     let root = Path::new(env!("CARGO_MANIFEST_DIR"));
     let document = std::env::args().nth(1).unwrap_or_else(|| root.join("examples/data/sample.txt").display().to_string());
 
+    // `extract-text` reads only inside its root folder (`[actions.extract_text]
+    // root` of taskweave.toml; default: the working directory): here, the
+    // document's own folder.
+    let mut config = Config::default();
+    config.actions.extract_text.root = Path::new(&document).parent().map(Path::to_path_buf);
+
     // History in memory only; `.store("sqlite://...")` keeps it on disk.
-    let engine = Engine::builder().without_store().handler("llm", summarise).build().await?;
+    let engine = Engine::builder().config(config).without_store().handler("llm", summarise).build().await?;
     let wf = engine.register_file(&root.join("workflows/document-processing-v2.yaml"))?;
     println!("registered {} {}", wf.name, wf.version);
 

@@ -8,7 +8,7 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 use taskweave::Workflow;
 use taskweave::run::actions::handlers::LlmConfig;
-use taskweave::run::actions::{ActionError, Attempt, Handlers, Limits, execute};
+use taskweave::run::actions::{ActionError, Attempt, BuiltinSettings, Egress, ExtractTextSettings, Handlers, Limits, execute};
 use tokio_util::sync::CancellationToken;
 use wiremock::matchers::{body_json, body_partial_json, header, method, path, query_param};
 use wiremock::{Mock, MockServer, ResponseTemplate};
@@ -530,6 +530,132 @@ async fn http_honours_cancel_timeout_and_body_cap() {
     assert!(m.contains("exceeded 16 bytes"), "{m}");
 }
 
+// ---------------------------------------------------------------- http egress
+
+fn egress(e: Egress) -> Env {
+    Env { limits: Limits { egress: e, ..Limits::default() }, ..Env::default() }
+}
+
+/// Private addresses denied, but the test server's 127.0.0.1 allowed.
+fn locked_but_local_allowed() -> Egress {
+    Egress { deny_private: true, allow: vec!["127.0.0.1".parse().unwrap()], ..Egress::default() }
+}
+
+#[tokio::test]
+async fn http_deny_private_refuses_loopback_in_every_spelling() {
+    let server = MockServer::start().await;
+    Mock::given(method("GET")).respond_with(ResponseTemplate::new(200).set_body_string("ok")).mount(&server).await;
+    let port = server.address().port();
+    let wf = workflow("", "    http: {url: \"{{input.url}}\"}\n");
+    let env = egress(Egress { deny_private: true, ..Egress::default() });
+    for (url, shown) in [
+        (format!("http://127.0.0.1:{port}/x"), "127.0.0.1 is in a denied range (loopback)"),
+        (format!("http://0x7f000001:{port}/x"), "127.0.0.1 is in a denied range (loopback)"),
+        (format!("http://2130706433:{port}/x"), "127.0.0.1 is in a denied range (loopback)"),
+        (format!("http://127.1:{port}/x"), "127.0.0.1 is in a denied range (loopback)"),
+        (format!("http://[::ffff:127.0.0.1]:{port}/x"), "127.0.0.1 is in a denied range (loopback)"),
+        (format!("http://localhost:{port}/x"), "localhost resolves to"),
+        ("http://169.254.169.254/latest/meta-data/".to_string(), "169.254.169.254 is in a denied range (link-local)"),
+        ("http://10.0.0.5/".to_string(), "10.0.0.5 is in a denied range (private); allow it with [actions.http] allow = [\"10.0.0.5\"]"),
+    ] {
+        let m = permanent(env.run(&wf, json!({"url": url})).await);
+        assert!(m.starts_with("http: ") && m.contains(shown), "{url}: {m}");
+    }
+    assert!(server.received_requests().await.unwrap().is_empty(), "a refused request reached the server");
+
+    // The default policy keeps local services reachable.
+    let out = run(&wf, json!({"url": format!("http://127.0.0.1:{port}/x")})).await.unwrap();
+    assert_eq!(out["body"], json!("ok"));
+    // An allow entry opens one address again.
+    let out = egress(locked_but_local_allowed()).run(&wf, json!({"url": format!("{}/x", server.uri())})).await.unwrap();
+    assert_eq!(out["body"], json!("ok"));
+}
+
+#[tokio::test]
+async fn http_redirects_are_checked_hop_by_hop() {
+    let server = MockServer::start().await;
+    let port = server.address().port();
+    let to = |location: String| ResponseTemplate::new(302).insert_header("location", location.as_str());
+    // 127.0.0.2 is loopback too, but not on the allow list.
+    Mock::given(path("/to-denied")).respond_with(to(format!("http://127.0.0.2:{port}/secret"))).mount(&server).await;
+    Mock::given(path("/to-deny-list")).respond_with(to("http://203.0.113.7/".into())).mount(&server).await;
+    Mock::given(path("/to-localhost")).respond_with(to(format!("http://localhost:{port}/done"))).mount(&server).await;
+    Mock::given(path("/secret")).respond_with(ResponseTemplate::new(200)).expect(0).mount(&server).await;
+    Mock::given(path("/a")).respond_with(to("/b".into())).mount(&server).await;
+    Mock::given(path("/b")).respond_with(to("/c".into())).mount(&server).await;
+    Mock::given(path("/c")).respond_with(to("/done".into())).mount(&server).await;
+    Mock::given(path("/done")).respond_with(ResponseTemplate::new(200).set_body_string("done")).mount(&server).await;
+    let wf = workflow("", "    http: {url: \"{{input.base}}{{input.path}}\"}\n");
+    let input = |p: &str| json!({"base": server.uri(), "path": p});
+
+    let mut e = locked_but_local_allowed();
+    e.deny = vec!["203.0.113.0/24".parse().unwrap()];
+    let env = egress(e.clone());
+    let m = permanent(env.run(&wf, input("/to-denied")).await);
+    assert!(m.contains(&format!("redirect to http://127.0.0.2:{port}/secret")), "{m}");
+    assert!(m.contains("127.0.0.2 is in a denied range (loopback)"), "{m}");
+    let m = permanent(env.run(&wf, input("/to-deny-list")).await);
+    assert!(m.contains("203.0.113.7 is in the deny list ([actions.http] deny has \"203.0.113.0/24\")"), "{m}");
+    // A redirect to a name is checked when the name is resolved: localhost
+    // resolves to 127.0.0.1, which is allowed.
+    assert_eq!(env.run(&wf, input("/to-localhost")).await.unwrap()["body"], json!("done"));
+
+    // Three hops are fine under the default limit, and under a limit of
+    // three, not under a limit of two.
+    assert_eq!(env.run(&wf, input("/a")).await.unwrap()["body"], json!("done"));
+    let env = egress(Egress { max_redirects: 2, ..e.clone() });
+    let m = permanent(env.run(&wf, input("/a")).await);
+    assert!(m.contains("stopped after 2 redirects ([actions.http] max_redirects = 2)"), "{m}");
+    let env = egress(Egress { max_redirects: 3, ..e.clone() });
+    assert_eq!(env.run(&wf, input("/a")).await.unwrap()["body"], json!("done"));
+
+    // Redirects off: the 3xx is the answer, and it fails the task.
+    let env = egress(Egress { follow_redirects: false, ..e });
+    let m = permanent(env.run(&wf, input("/a")).await);
+    assert!(m.starts_with("HTTP 302 Found") && m.contains("follow_redirects = false"), "{m}");
+}
+
+// ---------------------------------------------------------------- through a run
+
+#[tokio::test]
+async fn a_workflow_run_honours_the_actions_config() {
+    let dir = tempfile::tempdir().unwrap();
+    std::fs::write(dir.path().join("doc.txt"), "hello").unwrap();
+    std::fs::write(dir.path().join("big.txt"), "x".repeat(100)).unwrap();
+    let server = MockServer::start().await;
+    Mock::given(method("GET")).respond_with(ResponseTemplate::new(200)).expect(0).mount(&server).await;
+    let config =
+        format!("[actions.extract_text]\nroot = '{}'\nmax_bytes = 64\n\n[actions.http]\ndeny_private = true\n", dir.path().display());
+    let config = taskweave::config::Config::parse(&config).unwrap();
+    let engine = taskweave::Engine::builder().config(config).without_store().build().await.unwrap();
+    // Retries are allowed, but a refusal is permanent: one attempt each.
+    let yaml = r#"
+version: 1
+name: guarded
+defaults: {retry: {attempts: 3, delay: 10ms}}
+tasks:
+  - {name: read, uses: extract-text, with: {path: "{{input.doc}}"}}
+  - {name: big, uses: extract-text, with: {path: big.txt}}
+  - {name: shadow, uses: extract-text, with: {path: /etc/shadow}}
+  - {name: call, http: {url: "{{input.url}}"}}
+"#;
+    let checked = taskweave::validate::check_source("guarded.yaml", yaml.to_string(), taskweave::spec::Format::Yaml, &Default::default());
+    engine.register_workflow(checked.workflow.expect("valid"));
+    let input = json!({"doc": "doc.txt", "url": server.uri()});
+    let opts = taskweave::RunOptions { input: Some(input), ..Default::default() };
+    let id = engine.run_workflow("guarded", opts).await.unwrap();
+    let r = engine.get_result(&id, Some(Duration::from_secs(30))).await.unwrap();
+    assert_eq!(r.tasks["read"].output.as_ref().unwrap()["text"], json!("hello"));
+    let error = |t: &str| {
+        assert_eq!(r.tasks[t].attempts, 1, "{t}: {:?}", r.tasks[t]);
+        r.tasks[t].error.clone().unwrap_or_default()
+    };
+    assert!(error("big").contains("[actions.extract_text] max_bytes"), "{:?}", r.tasks["big"]);
+    assert!(error("shadow").contains("outside the root folder"), "{:?}", r.tasks["shadow"]);
+    assert!(error("call").contains("127.0.0.1 is in a denied range (loopback)"), "{:?}", r.tasks["call"]);
+    engine.shutdown().await;
+}
+
 // ---------------------------------------------------------------- handlers
 
 #[tokio::test]
@@ -582,22 +708,82 @@ fn fixture(name: &str) -> PathBuf {
     Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures/actions").join(name)
 }
 
+/// Built-in handlers whose `extract-text` reads inside `root`, at most `max_bytes`.
+fn rooted(root: &Path, max_bytes: usize) -> Env {
+    let extract_text = ExtractTextSettings { root: Some(root.to_path_buf()), max_bytes };
+    Env { handlers: Handlers::builtin_with(BuiltinSettings { llm: LlmConfig::default(), extract_text }), ..Env::default() }
+}
+
 #[tokio::test]
 async fn extract_text_reads_plain_text() {
     let dir = tempfile::tempdir().unwrap();
     let p = dir.path().join("notes.txt");
     std::fs::write(&p, "first line\nsecond line\n").unwrap();
     let wf = workflow("", "    uses: extract-text\n    with: {path: \"{{input.path}}\"}\n");
-    assert_eq!(
-        run(&wf, json!({"path": p})).await,
-        Ok(json!({"text": "first line\nsecond line\n", "page_count": 1, "extraction_method": "plain"}))
-    );
+    let want = json!({"text": "first line\nsecond line\n", "page_count": 1, "extraction_method": "plain"});
+    let env = rooted(dir.path(), 1024);
+    assert_eq!(env.run(&wf, json!({"path": p})).await, Ok(want.clone()));
+    assert_eq!(env.run(&wf, json!({"path": "notes.txt"})).await, Ok(want));
+}
+
+#[tokio::test]
+async fn extract_text_refuses_what_is_not_a_small_regular_file_inside_its_root() {
+    let outer = tempfile::tempdir().unwrap();
+    let root = outer.path().join("docs");
+    std::fs::create_dir(&root).unwrap();
+    std::fs::write(outer.path().join("secret.txt"), "TOP-SECRET-CONTENT").unwrap();
+    std::os::unix::fs::symlink("../secret.txt", root.join("link-out")).unwrap();
+    std::fs::write(root.join("big.txt"), "x".repeat(100)).unwrap();
+    let fifo = std::ffi::CString::new(root.join("pipe").as_os_str().as_encoded_bytes()).unwrap();
+    // SAFETY: a valid NUL-terminated path.
+    assert_eq!(unsafe { libc::mkfifo(fifo.as_ptr(), 0o600) }, 0, "mkfifo");
+    let wf = workflow("", "    uses: extract-text\n    with: {path: \"{{input.path}}\"}\n");
+    let env = rooted(&root, 64);
+    let cases = [
+        ("/etc/shadow", "is outside the root folder"),
+        ("/etc/passwd", "is outside the root folder"),
+        ("/dev/zero", "is outside the root folder"),
+        ("../secret.txt", "is outside the root folder"),
+        ("link-out", "through a symbolic link"),
+        ("pipe", "is a FIFO (named pipe), not a regular file"),
+        ("big.txt", "is larger than the limit of 64 bytes ([actions.extract_text] max_bytes)"),
+    ];
+    for (path, why) in cases {
+        let started = Instant::now();
+        let r = tokio::time::timeout(Duration::from_secs(20), env.run(&wf, json!({"path": path}))).await.expect("no hang");
+        let m = permanent(r);
+        assert!(m.contains(why), "{path}: {m}");
+        assert!(!m.contains("TOP-SECRET"), "{path}: {m}");
+        assert!(started.elapsed() < Duration::from_secs(10), "{path} took {:?}", started.elapsed());
+    }
+
+    // Many at once hold no thread: each FIFO is refused without waiting for
+    // a writer (more than tokio's 512 blocking threads).
+    let runs = (0..600).map(|_| env.run(&wf, json!({"path": "pipe"})));
+    let all = tokio::time::timeout(Duration::from_secs(60), futures::future::join_all(runs)).await.expect("no hang");
+    assert!(all.into_iter().all(|r| matches!(r, Err(ActionError::Permanent(_)))));
+
+    // A cancelled attempt stops at once.
+    let env = rooted(&root, 64);
+    env.cancel.cancel();
+    assert_eq!(env.run(&wf, json!({"path": "big.txt"})).await, Err(ActionError::Cancelled));
+}
+
+#[tokio::test]
+async fn extract_text_reads_inside_the_working_directory_by_default() {
+    // Tests run in the package folder.
+    let wf = workflow("", "    uses: extract-text\n    with: {path: \"{{input.path}}\"}\n");
+    let out = run(&wf, json!({"path": "tests/fixtures/actions/two-pages.pdf"})).await.unwrap();
+    assert_eq!(out["page_count"], json!(2));
+    let m = permanent(run(&wf, json!({"path": "/etc/passwd"})).await);
+    assert!(m.contains("outside the root folder"), "{m}");
 }
 
 #[tokio::test]
 async fn extract_text_reads_pdfs() {
     let wf = workflow("", "    uses: extract-text\n    with: {path: \"{{input.path}}\"}\n");
-    let out = run(&wf, json!({"path": fixture("two-pages.pdf")})).await.unwrap();
+    let env = rooted(&fixture(""), 1024 * 1024);
+    let out = env.run(&wf, json!({"path": fixture("two-pages.pdf")})).await.unwrap();
     assert_eq!(out["extraction_method"], json!("pdf"));
     assert_eq!(out["page_count"], json!(2));
     let text = out["text"].as_str().unwrap();
@@ -611,12 +797,13 @@ async fn extract_text_failures_name_the_file() {
     let dir = tempfile::tempdir().unwrap();
     let missing = dir.path().join("missing.txt");
     let wf = workflow("", "    uses: extract-text\n    with: {path: \"{{input.path}}\"}\n");
-    let m = failed(run(&wf, json!({"path": missing})).await);
+    let env = rooted(dir.path(), 1024);
+    let m = failed(env.run(&wf, json!({"path": missing})).await);
     assert!(m.contains(&missing.display().to_string()), "{m}");
 
     let broken = dir.path().join("broken.pdf");
     std::fs::write(&broken, b"%PDF-1.4\n1 0 obj << /Type /Catalog >> endobj\ntrailer <<>>\n%%EOF\n").unwrap();
-    let m = failed(run(&wf, json!({"path": broken})).await);
+    let m = failed(env.run(&wf, json!({"path": broken})).await);
     assert!(m.contains("broken.pdf"), "{m}");
 }
 

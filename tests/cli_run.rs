@@ -279,6 +279,46 @@ fn celery_tasks_are_refused_on_the_local_backend() {
     tw(dir.path()).args(["run", "c.yaml"]).assert().code(2).stderr(predicate::str::contains("needs a backend of kind `celery`"));
 }
 
+const GUARDED: &str = r#"
+version: 1
+name: guarded
+tasks:
+  - {name: small, uses: extract-text, with: {path: a.txt}}
+  - {name: large, uses: extract-text, with: {path: b.txt}}
+  - {name: call, http: {url: "http://127.0.0.1:1/"}}
+"#;
+
+#[test]
+fn action_limits_come_from_taskweave_toml_and_the_environment() {
+    let dir = tempfile::tempdir().unwrap();
+    write(dir.path(), "taskweave.toml", "[actions.extract_text]\nroot = \"docs\"\nmax_bytes = \"8B\"\n");
+    std::fs::create_dir(dir.path().join("docs")).unwrap();
+    write(&dir.path().join("docs"), "a.txt", "hi");
+    write(&dir.path().join("docs"), "b.txt", "0123456789");
+    write(dir.path(), "guarded.yaml", GUARDED);
+    let out = tw(dir.path()).args(["run", "guarded.yaml", "--format", "json"]).env("TASKWEAVE_HTTP_DENY_PRIVATE", "1").output().unwrap();
+    assert_eq!(out.status.code(), Some(1), "{}", String::from_utf8_lossy(&out.stderr));
+    let r: Value = serde_json::from_slice(&out.stdout).unwrap();
+    assert_eq!(r["tasks"]["small"]["output"]["text"], "hi");
+    let error = |t: &str| r["tasks"][t]["error"].as_str().unwrap_or_default().to_string();
+    assert!(error("large").contains("larger than the limit of 8 bytes"), "{r:#}");
+    assert!(error("call").contains("127.0.0.1 is in a denied range (loopback)"), "{r:#}");
+}
+
+#[test]
+fn extract_text_does_not_read_from_the_filesystem_root_by_default() {
+    // A service started in `/` (an init system's default) has no default root.
+    let dir = tempfile::tempdir().unwrap();
+    let wf =
+        write(dir.path(), "read.yaml", "version: 1\nname: read\ntasks:\n  - {name: r, uses: extract-text, with: {path: etc/hostname}}\n");
+    let out =
+        tw(Path::new("/")).env("TASKWEAVE_STORE", "sqlite::memory:").args(["run"]).arg(&wf).args(["--format", "json"]).output().unwrap();
+    assert_eq!(out.status.code(), Some(1), "{}", String::from_utf8_lossy(&out.stderr));
+    let r: Value = serde_json::from_slice(&out.stdout).unwrap();
+    let error = r["tasks"]["r"]["error"].as_str().unwrap_or_default();
+    assert!(error.contains("the working directory is `/`") && error.contains("[actions.extract_text] root"), "{r:#}");
+}
+
 #[test]
 fn the_embedding_example_runs_document_processing() {
     // `cargo test` builds the examples next to the test binaries.

@@ -50,8 +50,11 @@ pub async fn doctor(config: Option<&Path>) -> anyhow::Result<ExitCode> {
             kind: kind.clone(),
             options: config.backends.get(&name).map(|b| b.options.clone()).unwrap_or_default(),
             executor: crate::run::executor::Executor {
-                handlers: std::sync::Arc::new(crate::run::actions::Handlers::with_builtins()),
-                limits: std::sync::Arc::default(),
+                handlers: std::sync::Arc::new(crate::run::actions::Handlers::builtin_with(crate::run::actions::BuiltinSettings {
+                    llm: crate::run::actions::handlers::LlmConfig::from_env(),
+                    extract_text: config.actions.extract_text_settings(),
+                })),
+                limits: std::sync::Arc::new(config.actions.limits()),
                 writer: None,
                 events: None,
             },

@@ -2,7 +2,10 @@
 //! which backends exist. Every key can be overridden by environment
 //! (`TASK_QUEUE_BACKEND`, `TASKWEAVE_STORE`, `TASKWEAVE_WORKFLOWS`, and the
 //! original layer's `CELERY_BROKER_URL`, `CELERY_RESULT_BACKEND`,
-//! `FLIPT_SERVER_URL`, `FLIPT_NAMESPACE`; `TASKWEAVE_FLAGS_TIMEOUT`).
+//! `FLIPT_SERVER_URL`, `FLIPT_NAMESPACE`; `TASKWEAVE_FLAGS_TIMEOUT`;
+//! `TASKWEAVE_HTTP_DENY_PRIVATE`, `TASKWEAVE_EXTRACT_TEXT_ROOT`).
+
+pub mod actions;
 
 use serde::Deserialize;
 use std::collections::BTreeMap;
@@ -84,6 +87,9 @@ pub struct Config {
     pub backends: BTreeMap<String, BackendConfig>,
     #[serde(default)]
     pub flags: FlagsConfig,
+    /// `[actions]`: limits of task actions (output caps, `extract-text` root, `http:` egress).
+    #[serde(default)]
+    pub actions: actions::ActionsConfig,
     /// Where the file was read from, if anywhere.
     #[serde(skip)]
     pub path: Option<PathBuf>,
@@ -130,6 +136,7 @@ impl Config {
                     {
                         c.flags.source = Some(dir.join(src).display().to_string());
                     }
+                    c.actions.relative_to(dir);
                 }
                 c.path = Some(p.clone());
                 c
@@ -168,6 +175,18 @@ impl Config {
                         "namespace",
                         "timeout",
                         "cache_ttl",
+                        "actions",
+                        "max_output_bytes",
+                        "kill_grace",
+                        "extract_text",
+                        "http",
+                        "root",
+                        "max_bytes",
+                        "deny_private",
+                        "allow",
+                        "deny",
+                        "follow_redirects",
+                        "max_redirects",
                     ];
                     if let Some(s) = crate::diag::did_you_mean(field, expected) {
                         d = d.with_help(format!("did you mean `{s}`?"));
@@ -254,6 +273,7 @@ impl Config {
         if let Some(t) = var("TASKWEAVE_FLAGS_TIMEOUT").filter(|s| !s.is_empty()) {
             self.flags.timeout = Some(t);
         }
+        self.actions.apply_env(&var);
         for (key, env) in [("broker", "CELERY_BROKER_URL"), ("result_backend", "CELERY_RESULT_BACKEND")] {
             if let Some(v) = var(env).filter(|s| !s.is_empty()) {
                 for b in self.backends.values_mut().filter(|b| b.kind == "celery") {

@@ -1,14 +1,18 @@
 //! Handlers for `uses:` tasks: the built-ins and those an embedding program registers.
 //!
 //! A [`Handlers`] table maps a name to a [`Handler`]. [`Handlers::empty`]
-//! starts bare; [`Handlers::builtin`] and [`Handlers::with_builtins`] start
-//! with the built-ins of the spec language (`echo`, `sleep`, `fail`,
-//! `extract-text`, `llm`), which an embedding program may override by
-//! registering the same name.
+//! starts bare; [`Handlers::builtin_with`] (and its shorthands
+//! [`Handlers::builtin`], [`Handlers::with_builtins`]) start with the
+//! built-ins of the spec language (`echo`, `sleep`, `fail`, `extract-text`,
+//! `llm`), which an embedding program may override by registering the same
+//! name. Built-ins carry their own settings ([`BuiltinSettings`]), so they
+//! behave the same whether an executor or a Celery worker calls them.
 
 mod builtins;
+mod extract;
 mod llm;
 
+pub use extract::ExtractTextSettings;
 pub use llm::LlmConfig;
 
 use super::ActionError;
@@ -45,6 +49,15 @@ where
     }
 }
 
+/// Settings of the built-in handlers.
+#[derive(Debug, Clone, Default)]
+pub struct BuiltinSettings {
+    /// Where `llm` sends its requests.
+    pub llm: LlmConfig,
+    /// Where `extract-text` may read, and how much.
+    pub extract_text: ExtractTextSettings,
+}
+
 /// Name -> handler.
 #[derive(Clone, Default)]
 pub struct Handlers {
@@ -63,21 +76,33 @@ impl Handlers {
         Handlers::default()
     }
 
-    /// The built-in handlers, with `llm` talking to the service `llm` names.
+    /// The built-in handlers, with `llm` talking to the service `llm` names
+    /// and `extract-text` on its default settings.
     pub fn builtin(llm: LlmConfig) -> Self {
+        Handlers::builtin_with(BuiltinSettings { llm, extract_text: ExtractTextSettings::default() })
+    }
+
+    /// The built-in handlers with the given settings.
+    pub fn builtin_with(settings: BuiltinSettings) -> Self {
         let mut h = Handlers::empty();
         h.register("echo", builtins::echo);
         h.register("sleep", builtins::sleep);
         h.register("fail", builtins::fail);
-        h.register("extract-text", builtins::extract_text);
-        h.register("llm", llm::Llm::new(llm));
+        h.register("extract-text", extract::ExtractText { settings: settings.extract_text });
+        h.register("llm", llm::Llm::new(settings.llm));
         h
     }
 
     /// The built-in handlers, with the `llm` settings read from the
-    /// environment (see [`LlmConfig::from_env`]).
+    /// environment (see [`LlmConfig::from_env`]) and `extract-text` on its
+    /// defaults (the working directory as its root, 10 MiB).
     pub fn with_builtins() -> Self {
         Handlers::builtin(LlmConfig::from_env())
+    }
+
+    /// Add every handler of `other`, replacing those of the same name.
+    pub fn extend(&mut self, other: Handlers) {
+        self.map.extend(other.map);
     }
 
     pub fn register(&mut self, name: impl Into<String>, h: impl Handler) {

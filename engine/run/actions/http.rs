@@ -1,10 +1,14 @@
 //! `http` actions: one request, its response as the task output.
 //!
-//! Every request goes through one shared [`reqwest::Client`] (connection
-//! pools and TLS set-up are reused across tasks). The response body is read
-//! up to [`Limits::max_output_bytes`](super::Limits); a non-2xx status fails
-//! the attempt (retryable), and so do connection errors and timeouts. The
-//! `llm` handler reuses the client and the helpers here.
+//! Every request goes through a shared [`reqwest::Client`] (connection
+//! pools and TLS set-up are reused across tasks) built for the attempt's
+//! egress policy ([`Limits::egress`](super::Limits), see [`super::egress`]):
+//! a URL or redirect the policy refuses fails the attempt for good, before
+//! any connection to the refused address. The response body is read up to
+//! [`Limits::max_output_bytes`](super::Limits); a non-2xx status fails the
+//! attempt (retryable), and so do connection errors and timeouts. The `llm`
+//! handler, whose service the operator configures, reuses the plain
+//! [`client`] and the helpers here.
 
 use super::{ActionError, Attempt};
 use crate::plan::Action;
@@ -41,7 +45,8 @@ pub async fn execute(a: &Attempt<'_>) -> Result<Value, ActionError> {
     let shown = display_url(&url);
     let parsed = reqwest::Url::parse(&url)
         .map_err(|e| ActionError::Permanent(format!("task `{}`: `{shown}` is not a valid URL: {e}", a.task.name)))?;
-    let mut req = client()?.request(reqwest_method(*method), parsed);
+    a.limits.egress.check_url(&parsed).map_err(|r| ActionError::Permanent(r.to_string()))?;
+    let mut req = super::egress::client(&a.limits.egress)?.request(reqwest_method(*method), parsed);
     for (name, v) in headers {
         let value = t.render_string(v, a.ctx)?;
         let name = reqwest::header::HeaderName::from_bytes(name.as_bytes())
@@ -72,6 +77,12 @@ pub async fn execute(a: &Attempt<'_>) -> Result<Value, ActionError> {
         let headers = header_map(resp.headers());
         let content_type = resp.headers().get(reqwest::header::CONTENT_TYPE).and_then(|v| v.to_str().ok()).map(str::to_string);
         let bytes = read_body(resp, cap, &shown, limit).await?;
+        if status.is_redirection() && status != reqwest::StatusCode::NOT_MODIFIED && !a.limits.egress.follow_redirects {
+            return Err(ActionError::Permanent(format!(
+                "{} (redirects are not followed: [actions.http] follow_redirects = false)",
+                status_message(status, &bytes)
+            )));
+        }
         if !status.is_success() {
             return Err(ActionError::Failed(status_message(status, &bytes)));
         }
@@ -165,8 +176,12 @@ pub(crate) fn status_message(status: reqwest::StatusCode, body: &[u8]) -> String
     }
 }
 
-/// A transport error as a retryable failure with its causes.
+/// A transport error as a retryable failure with its causes; a refusal of
+/// the egress policy (at DNS resolution or on a redirect) is permanent.
 pub(crate) fn send_error(shown_url: &str, limit: Duration, e: &reqwest::Error) -> ActionError {
+    if let Some(r) = super::egress::Refused::find(e) {
+        return ActionError::Permanent(r.to_string());
+    }
     if e.is_timeout() {
         return ActionError::Failed(format!("HTTP request to {shown_url} timed out after {}", humantime::format_duration(limit)));
     }

@@ -7,12 +7,14 @@
 //! action stops its work — a process group gets SIGTERM, then SIGKILL after
 //! the grace period — and returns [`ActionError::Cancelled`] promptly.
 
+pub mod egress;
 pub mod handlers;
 mod http;
 mod process;
 mod watchdog;
 
-pub use handlers::{Handler, HandlerCtx, Handlers};
+pub use egress::{Egress, HostRule};
+pub use handlers::{BuiltinSettings, ExtractTextSettings, Handler, HandlerCtx, Handlers};
 
 use crate::plan::template::RenderError;
 use crate::plan::{Action, Task, Workflow};
@@ -20,20 +22,31 @@ use serde_json::Value;
 use std::time::Duration;
 use tokio_util::sync::CancellationToken;
 
-/// Limits and settings that apply to every action.
+/// Limits and settings that apply to every action (`[actions]` of
+/// `taskweave.toml`).
 #[derive(Debug, Clone)]
 pub struct Limits {
-    /// Captured stdout/stderr per stream; more is a task error.
+    /// Captured stdout/stderr per stream, and an HTTP response body; more is a task error.
     pub max_output_bytes: usize,
     /// Time between SIGTERM and SIGKILL.
     pub kill_grace: Duration,
     /// Default time limit of an HTTP request with no task timeout.
     pub http_timeout: Duration,
+    /// Where `http:` tasks may connect, and how they follow redirects.
+    pub egress: Egress,
 }
+
+/// The default of [`Limits::max_output_bytes`] (10 MiB).
+pub const DEFAULT_MAX_OUTPUT_BYTES: usize = 10 * 1024 * 1024;
 
 impl Default for Limits {
     fn default() -> Self {
-        Limits { max_output_bytes: 10 * 1024 * 1024, kill_grace: Duration::from_secs(5), http_timeout: Duration::from_secs(300) }
+        Limits {
+            max_output_bytes: DEFAULT_MAX_OUTPUT_BYTES,
+            kill_grace: Duration::from_secs(5),
+            http_timeout: Duration::from_secs(300),
+            egress: Egress::default(),
+        }
     }
 }
 

@@ -1,14 +1,10 @@
-//! The small built-in handlers: `echo`, `sleep`, `fail` and `extract-text`.
+//! The small built-in handlers: `echo`, `sleep` and `fail`.
 //!
-//! `echo`, `sleep` and `fail` exist so that workflows (and the engine's own
-//! tests) can pass values along, take time and fail on demand without
-//! external programs. `extract-text` reads a plain-text or PDF file; PDF
-//! parsing is CPU-bound and runs on the blocking pool, and a panic inside the
-//! PDF parser becomes a task failure instead of taking the worker down.
+//! They exist so that workflows (and the engine's own tests) can pass values
+//! along, take time and fail on demand without external programs.
 
 use crate::run::actions::{ActionError, HandlerCtx};
 use serde_json::{Value, json};
-use std::path::{Path, PathBuf};
 use std::time::Duration;
 
 /// `echo`: its `with` value, unchanged.
@@ -56,76 +52,6 @@ pub async fn fail(with: Value, _ctx: HandlerCtx) -> Result<Value, ActionError> {
     }
 }
 
-/// `extract-text`: `{path}` of a plain-text or PDF file; returns `{text,
-/// page_count, extraction_method: "plain" | "pdf"}`.
-pub async fn extract_text(with: Value, _ctx: HandlerCtx) -> Result<Value, ActionError> {
-    let path = match with.get("path") {
-        Some(Value::String(s)) if !s.is_empty() => PathBuf::from(s),
-        Some(other) => {
-            return Err(ActionError::Permanent(format!("extract-text: `path` must be a file path, not {other}")));
-        }
-        None => {
-            return Err(ActionError::Permanent("extract-text: needs `with: {path: ...}`".into()));
-        }
-    };
-    let bytes = tokio::fs::read(&path).await.map_err(|e| match e.kind() {
-        std::io::ErrorKind::NotFound => ActionError::Failed(format!("extract-text: file `{}` not found", path.display())),
-        _ => ActionError::Failed(format!("extract-text: cannot read `{}`: {e}", path.display())),
-    })?;
-    if is_pdf(&path, &bytes) {
-        let shown = path.display().to_string();
-        let (text, pages) = tokio::task::spawn_blocking(move || pdf_text(&bytes, &shown))
-            .await
-            .map_err(|e| ActionError::Failed(format!("extract-text: PDF extraction stopped: {e}")))??;
-        return Ok(json!({"text": text, "page_count": pages, "extraction_method": "pdf"}));
-    }
-    if bytes.contains(&0) {
-        return Err(ActionError::Permanent(format!("extract-text: `{}` is neither a text file nor a PDF", path.display())));
-    }
-    let text = match String::from_utf8(bytes) {
-        Ok(s) => s,
-        Err(e) => String::from_utf8_lossy(e.as_bytes()).into_owned(),
-    };
-    Ok(json!({"text": text, "page_count": 1, "extraction_method": "plain"}))
-}
-
-/// A PDF by its extension or its `%PDF-` header (which may follow up to
-/// 1 KiB of junk).
-fn is_pdf(path: &Path, bytes: &[u8]) -> bool {
-    let by_name = path.extension().is_some_and(|e| e.eq_ignore_ascii_case("pdf"));
-    let head = &bytes[..bytes.len().min(1024)];
-    by_name || head.windows(5).any(|w| w == b"%PDF-")
-}
-
-/// The text and page count of a PDF. Runs on a blocking thread.
-fn pdf_text(bytes: &[u8], shown: &str) -> Result<(String, usize), ActionError> {
-    let parse = || -> Result<(String, usize), String> {
-        let mut doc = pdf_extract::Document::load_mem(bytes).map_err(|e| e.to_string())?;
-        if doc.is_encrypted() {
-            doc.decrypt("").map_err(|e| format!("it is encrypted and needs a password ({e})"))?;
-        }
-        let pages = doc.get_pages().len();
-        let mut text = String::new();
-        {
-            let mut out = pdf_extract::PlainTextOutput::new(&mut text);
-            pdf_extract::output_doc(&doc, &mut out).map_err(|e| e.to_string())?;
-        }
-        Ok((text, pages))
-    };
-    match std::panic::catch_unwind(std::panic::AssertUnwindSafe(parse)) {
-        Ok(Ok(r)) => Ok(r),
-        Ok(Err(e)) => Err(ActionError::Failed(format!("extract-text: cannot read the PDF `{shown}`: {e}"))),
-        Err(panic) => {
-            let why = panic
-                .downcast_ref::<&str>()
-                .map(|s| s.to_string())
-                .or_else(|| panic.downcast_ref::<String>().cloned())
-                .unwrap_or_else(|| "unknown error".into());
-            Err(ActionError::Failed(format!("extract-text: the PDF parser failed on `{shown}`: {why}")))
-        }
-    }
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -137,18 +63,5 @@ mod tests {
         assert!(matches!(sleep_duration(&json!({"seconds": -1})), Err(ActionError::Permanent(_))));
         assert!(matches!(sleep_duration(&json!({"duration": "soon"})), Err(ActionError::Permanent(_))));
         assert!(matches!(sleep_duration(&json!({})), Err(ActionError::Permanent(_))));
-    }
-
-    #[test]
-    fn pdfs_are_recognised_by_name_or_header() {
-        assert!(is_pdf(Path::new("a.PDF"), b""));
-        assert!(is_pdf(Path::new("a.bin"), b"%PDF-1.4\n"));
-        assert!(!is_pdf(Path::new("a.txt"), b"hello"));
-    }
-
-    #[test]
-    fn garbage_pdfs_fail_cleanly() {
-        let r = pdf_text(b"%PDF-1.4 this is not a pdf", "x.pdf");
-        assert!(matches!(r, Err(ActionError::Failed(ref m)) if m.contains("x.pdf")), "{r:?}");
     }
 }
