@@ -557,10 +557,10 @@ async fn cli_run_on_postgres_and_runs_show_agree() {
             assert_eq!(shown["tasks"][t][field], run["tasks"][t][field], "{t}.{field}");
         }
     }
-    // `runs cancel` of the finished run changes nothing.
+    // `runs cancel` of the finished run changes nothing and says so.
     let out = env.cmd().args(["runs", "cancel", &id]).output().expect("taskweave runs cancel");
-    assert!(out.status.success());
-    assert!(String::from_utf8_lossy(&out.stdout).contains("already failed"), "{}", String::from_utf8_lossy(&out.stdout));
+    assert_eq!(out.status.code(), Some(1));
+    assert!(String::from_utf8_lossy(&out.stderr).contains("already finished (failed)"), "{}", String::from_utf8_lossy(&out.stderr));
 }
 
 fn doctor_line(dir: &Path) -> (Option<i32>, String) {

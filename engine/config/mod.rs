@@ -4,6 +4,10 @@
 //! original layer's `CELERY_BROKER_URL`, `CELERY_RESULT_BACKEND`,
 //! `FLIPT_SERVER_URL`, `FLIPT_NAMESPACE`; `TASKWEAVE_FLAGS_TIMEOUT`).
 
+mod serve;
+
+pub use serve::{ServeConfig, parse_positive_duration};
+
 use serde::Deserialize;
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
@@ -71,6 +75,9 @@ pub struct Config {
     pub backends: BTreeMap<String, BackendConfig>,
     #[serde(default)]
     pub flags: FlagsConfig,
+    /// Connection limits of `taskweave serve`.
+    #[serde(default)]
+    pub serve: ServeConfig,
     /// Where the file was read from, if anywhere.
     #[serde(skip)]
     pub path: Option<PathBuf>,
@@ -155,6 +162,11 @@ impl Config {
                         "namespace",
                         "timeout",
                         "cache_ttl",
+                        "serve",
+                        "header_timeout",
+                        "body_timeout",
+                        "idle_timeout",
+                        "max_connections",
                     ];
                     if let Some(s) = crate::diag::did_you_mean(field, expected) {
                         d = d.with_help(format!("did you mean `{s}`?"));
