@@ -133,9 +133,11 @@ async fn idle_kept_alive_connections_are_closed() {
 async fn a_stalled_body_is_answered_408_and_the_connection_closed() {
     let s = serve(limits(60_000, 60_000, 16), ApiOptions { body_timeout: Duration::from_millis(300), ..Default::default() }).await;
     let mut c = TcpStream::connect(s.addr).await.unwrap();
-    c.write_all(b"POST /v1/workflows/greet/runs HTTP/1.1\r\nHost: test\r\nContent-Type: application/json\r\nContent-Length: 100\r\n\r\n{\"input\":")
-        .await
-        .unwrap();
+    c.write_all(
+        b"POST /v1/workflows/greet/runs HTTP/1.1\r\nHost: test\r\nContent-Type: application/json\r\nContent-Length: 100\r\n\r\n{\"input\":",
+    )
+    .await
+    .unwrap();
     let (got, closed) = read_to_close(&mut c, EVENTUALLY).await;
     assert!(got.starts_with("HTTP/1.1 408"), "{got}");
     assert!(got.contains(r#""code":"request_timeout""#), "{got}");
@@ -240,10 +242,7 @@ async fn shutdown_ends_event_streams_lets_requests_finish_and_refuses_new_ones()
     s.server.shutdown();
     assert!(s.stop.is_cancelled());
     // The event stream ends rather than holding the shutdown open.
-    let ended = tokio::time::timeout(EVENTUALLY, async {
-        while let Ok(Some(_)) = events.chunk().await {}
-    })
-    .await;
+    let ended = tokio::time::timeout(EVENTUALLY, async { while let Ok(Some(_)) = events.chunk().await {} }).await;
     assert!(ended.is_ok(), "the event stream did not end");
     assert!(read_to_close(&mut idle, EVENTUALLY).await.1, "the idle connection is still open");
     // The long-poll in flight gets its answer.

@@ -10,7 +10,10 @@
 //! including axum's own rejections, unknown routes and wrong methods. With a
 //! token set, every endpoint but `/healthz` needs `Authorization: Bearer
 //! <token>`, compared in constant time. Neither the token nor request bodies
-//! are ever logged.
+//! are ever logged. [`token`] refuses a token no client could send (or an
+//! empty one) before a server starts; [`server`] serves the router on a
+//! socket with connection limits and timeouts that slow clients cannot get
+//! around; the router itself gives each request body a deadline (408).
 
 pub mod error;
 mod events;

@@ -28,16 +28,16 @@ pub struct ServeArgs {
     #[arg(long, env = "TASKWEAVE_TOKEN_FILE", value_name = "PATH")]
     pub token_file: Option<PathBuf>,
     /// How long a client may take to send a request's headers [config: serve.header_timeout; default 10s].
-    #[arg(long, env = "TASKWEAVE_HEADER_TIMEOUT", value_parser = parse_limit)]
+    #[arg(long, env = "TASKWEAVE_HEADER_TIMEOUT", value_name = "DURATION", value_parser = parse_limit)]
     pub header_timeout: Option<Duration>,
     /// How long a client may take to send a whole request body [config: serve.body_timeout; default 30s].
-    #[arg(long, env = "TASKWEAVE_BODY_TIMEOUT", value_parser = parse_limit)]
+    #[arg(long, env = "TASKWEAVE_BODY_TIMEOUT", value_name = "DURATION", value_parser = parse_limit)]
     pub body_timeout: Option<Duration>,
     /// How long an idle kept-alive connection stays open [config: serve.idle_timeout; default 60s].
-    #[arg(long, env = "TASKWEAVE_IDLE_TIMEOUT", value_parser = parse_limit)]
+    #[arg(long, env = "TASKWEAVE_IDLE_TIMEOUT", value_name = "DURATION", value_parser = parse_limit)]
     pub idle_timeout: Option<Duration>,
     /// How many client connections are served at once [config: serve.max_connections; default 1024].
-    #[arg(long, env = "TASKWEAVE_MAX_CONNECTIONS", value_parser = clap::value_parser!(u32).range(1..))]
+    #[arg(long, env = "TASKWEAVE_MAX_CONNECTIONS", value_name = "N", value_parser = clap::value_parser!(u32).range(1..))]
     pub max_connections: Option<u32>,
     /// How long running runs may finish after SIGTERM before they are cancelled.
     #[arg(long, default_value = "30s", value_parser = parse_duration)]
@@ -223,4 +223,35 @@ pub async fn status(args: StatusArgs) -> anyhow::Result<ExitCode> {
     }
     println!("{} workflow(s) serving, {failing} file(s) failing", body["workflows"].as_array().map_or(0, Vec::len));
     Ok(if failing > 0 { ExitCode::from(1) } else { ExitCode::SUCCESS })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use clap::Parser;
+
+    #[derive(Parser)]
+    struct Cli {
+        #[command(flatten)]
+        serve: ServeArgs,
+    }
+
+    fn args(extra: &[&str]) -> ServeArgs {
+        Cli::parse_from(std::iter::once("serve").chain(extra.iter().copied())).serve
+    }
+
+    #[test]
+    fn flags_override_the_file_which_overrides_the_defaults() {
+        let file = ServeConfig {
+            header_timeout: Some(Duration::from_secs(5)),
+            body_timeout: Some(Duration::from_secs(7)),
+            idle_timeout: None,
+            max_connections: Some(64),
+        };
+        let (conn, body) = limits(&args(&["--header-timeout", "2s", "--max-connections", "8"]), &file);
+        assert_eq!(conn, ConnLimits { header_timeout: Duration::from_secs(2), idle_timeout: Duration::from_secs(60), max_connections: 8 });
+        assert_eq!(body, Duration::from_secs(7));
+        let (conn, body) = limits(&args(&[]), &ServeConfig::default());
+        assert_eq!((conn, body), (ConnLimits::default(), Duration::from_secs(30)));
+    }
 }
