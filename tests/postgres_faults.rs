@@ -678,6 +678,12 @@ async fn serve_submits_to_postgres_and_cancels_across_processes() {
     assert_eq!(done["status"], "succeeded", "{done}");
     assert_eq!(done["backend"], "pg");
     assert_eq!(done["tasks"]["b"]["output"], json!({"got": 1}));
+    // Cancelling the finished run is a conflict on this backend too, and changes nothing.
+    let refused = http.post(format!("{base}/v1/runs/{id}/cancel")).send().await.expect("POST cancel");
+    assert_eq!(refused.status().as_u16(), 409);
+    let refused: serde_json::Value = refused.json().await.expect("JSON");
+    assert_eq!(refused["error"]["code"], "run_finished", "{refused}");
+    assert_eq!(refused["error"]["details"]["status"], "succeeded", "{refused}");
 
     // Cancel through the server a task that runs in a worker process.
     let slow: serde_json::Value =

@@ -310,8 +310,9 @@ impl Activity {
     }
 
     fn request_started(self: &Arc<Self>) -> RequestGuard {
-        self.first_byte.store(NONE, Ordering::Release);
+        // In flight first: a read from now on cannot start a header timer again.
         self.in_flight.fetch_add(1, Ordering::AcqRel);
+        self.first_byte.store(NONE, Ordering::Release);
         self.changed.notify_one();
         RequestGuard(Arc::clone(self))
     }
