@@ -118,6 +118,7 @@ pub async fn serve(args: ServeArgs, config: Option<&Path>) -> anyhow::Result<Exi
         }
     };
     let server = Server::start(listener, router, conn_limits, stop)?;
+    let terminated = terminated();
     let addr = server.local_addr();
     eprintln!(
         "taskweave serving http://{addr} ({} workflow(s) loaded, {} file(s) with errors, {})",
@@ -128,7 +129,7 @@ pub async fn serve(args: ServeArgs, config: Option<&Path>) -> anyhow::Result<Exi
     if !has_token && !addr.ip().is_loopback() {
         eprintln!("warning: {addr} is reachable from other machines and no token is set: anyone who can connect can start and cancel runs");
     }
-    terminated().await;
+    terminated.await;
     let grace = args.grace;
     eprintln!("shutting down: no new runs; waiting up to {} for running runs", humantime::format_duration(grace));
     // Stop accepting; requests in flight and running runs get the grace period, side by side.
@@ -151,12 +152,26 @@ pub async fn serve(args: ServeArgs, config: Option<&Path>) -> anyhow::Result<Exi
     Ok(ExitCode::SUCCESS)
 }
 
-/// Resolves on Ctrl-C or SIGTERM.
-pub(crate) async fn terminated() {
-    let mut term = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()).ok();
-    tokio::select! {
-        _ = tokio::signal::ctrl_c() => {}
-        _ = async { match term.as_mut() { Some(t) => { t.recv().await; } None => std::future::pending::<()>().await } } => {}
+/// Resolves on Ctrl-C or SIGTERM. The handlers are installed when this is
+/// called, not when the future is first polled, so a signal sent right after
+/// the start-up banner is not lost.
+pub(crate) fn terminated() -> impl std::future::Future<Output = ()> {
+    use tokio::signal::unix::{SignalKind, signal};
+    let mut term = signal(SignalKind::terminate()).ok();
+    let mut int = signal(SignalKind::interrupt()).ok();
+    async move {
+        let wait = |s: Option<tokio::signal::unix::Signal>| async move {
+            match s {
+                Some(mut s) => {
+                    s.recv().await;
+                }
+                None => std::future::pending::<()>().await,
+            }
+        };
+        tokio::select! {
+            _ = wait(int.take()) => {}
+            _ = wait(term.take()) => {}
+        }
     }
 }
 

@@ -2,7 +2,9 @@
 //! which backends exist. Every key can be overridden by environment
 //! (`TASK_QUEUE_BACKEND`, `TASKWEAVE_STORE`, `TASKWEAVE_WORKFLOWS`, and the
 //! original layer's `CELERY_BROKER_URL`, `CELERY_RESULT_BACKEND`,
-//! `FLIPT_SERVER_URL`, `FLIPT_NAMESPACE`; `TASKWEAVE_FLAGS_TIMEOUT`).
+//! `FLIPT_SERVER_URL`, `FLIPT_NAMESPACE`; `TASKWEAVE_FLAGS_TIMEOUT`). The
+//! `[serve]` limits are overridden by `taskweave serve`'s flags and their
+//! `TASKWEAVE_*` variables instead, as they concern that command alone.
 
 mod serve;
 
