@@ -120,13 +120,13 @@ async fn idle_kept_alive_connections_are_closed() {
     // Headers get a minute; an idle connection only a moment.
     let s = serve(limits(60_000, 300, 16), ApiOptions::default()).await;
     let mut c = TcpStream::connect(s.addr).await.unwrap();
+    let started = Instant::now();
     c.write_all(HEALTHZ).await.unwrap();
     let first = read_response(&mut c).await;
     assert!(first.starts_with("HTTP/1.1 200"), "{first}");
-    let started = Instant::now();
     let (got, closed) = read_to_close(&mut c, EVENTUALLY).await;
     assert!(closed && got.is_empty(), "the idle connection is still open: {got:?}");
-    assert!(started.elapsed() >= Duration::from_millis(250), "closed before the idle timeout: {:?}", started.elapsed());
+    assert!(started.elapsed() >= Duration::from_millis(300), "closed before the idle timeout: {:?}", started.elapsed());
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -227,7 +227,7 @@ async fn shutdown_ends_event_streams_lets_requests_finish_and_refuses_new_ones()
     let s = serve(limits(60_000, 60_000, 16), opts).await;
     let client = reqwest::Client::new();
     let mut events = client.get(format!("{}/v1/events", s.base)).send().await.unwrap();
-    let r = client.post(format!("{}/v1/workflows/slow/runs", s.base)).json(&json!({"input": {"d": "1500ms"}})).send().await.unwrap();
+    let r = client.post(format!("{}/v1/workflows/slow/runs", s.base)).json(&json!({"input": {"d": "3s"}})).send().await.unwrap();
     let id = r.json::<Value>().await.unwrap()["run_id"].as_str().unwrap().to_string();
     let poll = tokio::spawn({
         let url = format!("{}/v1/runs/{id}?wait=30s", s.base);
@@ -237,7 +237,8 @@ async fn shutdown_ends_event_streams_lets_requests_finish_and_refuses_new_ones()
     let mut idle = TcpStream::connect(s.addr).await.unwrap();
     idle.write_all(HEALTHZ).await.unwrap();
     assert!(read_response(&mut idle).await.starts_with("HTTP/1.1 200"));
-    tokio::time::sleep(Duration::from_millis(200)).await;
+    // Time for the long-poll to reach the server.
+    tokio::time::sleep(Duration::from_millis(500)).await;
 
     s.server.shutdown();
     assert!(s.stop.is_cancelled());
@@ -263,7 +264,8 @@ async fn abort_closes_requests_still_in_flight() {
         let url = format!("{}/v1/runs/{id}?wait=60s", s.base);
         async move { reqwest::get(url).await.map(|r| r.status().as_u16()) }
     });
-    tokio::time::sleep(Duration::from_millis(300)).await;
+    // Time for the long-poll to reach the server.
+    tokio::time::sleep(Duration::from_millis(500)).await;
     s.server.shutdown();
     // The long-poll holds the shutdown; abort ends it.
     assert!(tokio::time::timeout(Duration::from_millis(300), s.server.closed()).await.is_err(), "closed under a long-poll");
