@@ -30,6 +30,9 @@ pub enum EngineError {
     UnknownBackend { name: String, known: Vec<String> },
     #[error("no run `{0}`")]
     RunNotFound(String),
+    /// A cancel asked of a run that has already reached a final state.
+    #[error("run `{run_id}` has already finished ({status}); nothing to cancel")]
+    RunFinished { run_id: String, status: RunStatus },
     #[error(transparent)]
     Backend(BackendError),
     #[error(transparent)]
@@ -466,7 +469,17 @@ impl Engine {
     }
 
     /// Ask a run to stop (it ends `cancelled`).
+    ///
+    /// A run that has already finished is left as it is and answered with
+    /// [`EngineError::RunFinished`], whatever its backend: the check is made
+    /// here, not by each driver (whose `cancel` is idempotent). When the
+    /// status cannot be read now, the backend decides.
     pub async fn cancel(&self, run_id: &str) -> Result<(), EngineError> {
+        match self.get_result(run_id, None).await {
+            Ok(r) if r.status.is_terminal() => return Err(EngineError::RunFinished { run_id: run_id.to_string(), status: r.status }),
+            Err(e @ EngineError::RunNotFound(_)) => return Err(e),
+            _ => {}
+        }
         Ok(self.backend_of(run_id).await?.cancel(run_id).await?)
     }
 

@@ -282,13 +282,38 @@ async fn cancel_a_run() {
     assert_eq!(r.body["tasks"]["nap"]["status"], "cancelled");
     assert_eq!(r.body["tasks"]["after"]["status"], "cancelled");
 
-    // Again: idempotent.
+    // Again: the run has finished, and the answer says so with its status.
     let r = call(&app, Request::post(format!("/v1/runs/{id}/cancel")).body(Body::empty()).unwrap()).await;
-    assert_eq!(r.status, StatusCode::ACCEPTED, "{}", r.text);
-    assert_eq!(r.body["status"], "cancelled");
+    assert_error(&r, 409, "run_finished");
+    assert_eq!(r.body["error"]["details"], json!({"run_id": id, "status": "cancelled"}), "{}", r.text);
+    assert!(r.body["error"]["message"].as_str().unwrap().contains("cancelled"), "{}", r.text);
 
     let r = call(&app, Request::post("/v1/runs/nope/cancel").body(Body::empty()).unwrap()).await;
     assert_error(&r, 404, "run_not_found");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn cancelling_a_finished_run_is_a_conflict() {
+    let e = engine().await;
+    let app = app(&e);
+    let id = submit(&app, "greet", json!({"input": {"who": "ada"}})).await;
+    let r = call(&app, get(&format!("/v1/runs/{id}?wait=30s"))).await;
+    assert_eq!(r.body["status"], "succeeded", "{}", r.text);
+    let r = call(&app, Request::post(format!("/v1/runs/{id}/cancel")).body(Body::empty()).unwrap()).await;
+    assert_error(&r, 409, "run_finished");
+    assert_eq!(r.body["error"]["details"], json!({"run_id": id, "status": "succeeded"}), "{}", r.text);
+    assert!(r.body["error"]["message"].as_str().unwrap().contains("succeeded"), "{}", r.text);
+    // The run is left as it was.
+    let r = call(&app, get(&format!("/v1/runs/{id}"))).await;
+    assert_eq!(r.body["status"], "succeeded", "{}", r.text);
+    // The engine facade answers the same way for every backend.
+    match e.cancel(&id).await {
+        Err(taskweave::engine::EngineError::RunFinished { run_id, status }) => {
+            assert_eq!((run_id.as_str(), status.as_str()), (id.as_str(), "succeeded"))
+        }
+        other => panic!("expected RunFinished, got {other:?}"),
+    }
+    e.shutdown().await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

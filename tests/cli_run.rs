@@ -273,6 +273,22 @@ fn a_killed_run_is_recorded_as_interrupted_and_runs_cancel_reaches_a_live_one() 
 }
 
 #[test]
+fn runs_cancel_of_a_finished_run_says_so_and_fails() {
+    let dir = tempfile::tempdir().unwrap();
+    write(dir.path(), "greet.yaml", GREET);
+    let out = tw(dir.path()).args(["run", "greet.yaml", "--set", "who=ada", "--format", "json"]).output().unwrap();
+    assert_eq!(out.status.code(), Some(0), "{}", String::from_utf8_lossy(&out.stderr));
+    let id = serde_json::from_slice::<Value>(&out.stdout).unwrap()["run_id"].as_str().unwrap().to_string();
+    tw(dir.path())
+        .args(["runs", "cancel", &id])
+        .assert()
+        .code(1)
+        .stdout(predicate::str::is_empty())
+        .stderr(predicate::str::contains(format!("run {id} has already finished (succeeded); nothing to cancel")));
+    tw(dir.path()).args(["runs", "cancel", "0000-no-such-run"]).assert().code(1).stderr(predicate::str::contains("no run"));
+}
+
+#[test]
 fn celery_tasks_are_refused_on_the_local_backend() {
     let dir = tempfile::tempdir().unwrap();
     write(dir.path(), "c.yaml", "version: 1\nname: c\ntasks:\n  - {name: add, celery: {task: tasks.add, args: [1, 2]}}\n");

@@ -559,10 +559,10 @@ async fn cli_run_on_postgres_and_runs_show_agree() {
             assert_eq!(shown["tasks"][t][field], run["tasks"][t][field], "{t}.{field}");
         }
     }
-    // `runs cancel` of the finished run changes nothing.
+    // `runs cancel` of the finished run changes nothing and says so.
     let out = env.cmd().args(["runs", "cancel", &id]).output().expect("taskweave runs cancel");
-    assert!(out.status.success());
-    assert!(String::from_utf8_lossy(&out.stdout).contains("already failed"), "{}", String::from_utf8_lossy(&out.stdout));
+    assert_eq!(out.status.code(), Some(1));
+    assert!(String::from_utf8_lossy(&out.stderr).contains("already finished (failed)"), "{}", String::from_utf8_lossy(&out.stderr));
 }
 
 fn doctor_line(dir: &Path) -> (Option<i32>, String) {
@@ -680,6 +680,12 @@ async fn serve_submits_to_postgres_and_cancels_across_processes() {
     assert_eq!(done["status"], "succeeded", "{done}");
     assert_eq!(done["backend"], "pg");
     assert_eq!(done["tasks"]["b"]["output"], json!({"got": 1}));
+    // Cancelling the finished run is a conflict on this backend too, and changes nothing.
+    let refused = http.post(format!("{base}/v1/runs/{id}/cancel")).send().await.expect("POST cancel");
+    assert_eq!(refused.status().as_u16(), 409);
+    let refused: serde_json::Value = refused.json().await.expect("JSON");
+    assert_eq!(refused["error"]["code"], "run_finished", "{refused}");
+    assert_eq!(refused["error"]["details"]["status"], "succeeded", "{refused}");
 
     // Cancel through the server a task that runs in a worker process.
     let slow: serde_json::Value =

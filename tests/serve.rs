@@ -5,11 +5,16 @@ use serde_json::{Value, json};
 use std::io::{BufRead, BufReader};
 use std::path::Path;
 use std::process::{Child, Command, Stdio};
+use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 struct Server {
     child: Child,
     base: String,
+    /// The start-up line (`taskweave serving http://...`).
+    banner: String,
+    /// Every line the server wrote to stderr so far.
+    log: Arc<Mutex<Vec<String>>>,
 }
 
 impl Drop for Server {
@@ -20,28 +25,50 @@ impl Drop for Server {
 }
 
 fn start(dir: &Path, extra: &[&str]) -> Server {
-    let mut child = Command::new(assert_cmd::cargo::cargo_bin("taskweave"))
-        .current_dir(dir)
-        .args(["serve", "--bind", "127.0.0.1:0", "--grace", "5s"])
-        .args(extra)
-        .env_remove("TASKWEAVE_TOKEN")
-        .env_remove("TASK_QUEUE_BACKEND")
-        .stdout(Stdio::null())
-        .stderr(Stdio::piped())
-        .spawn()
-        .expect("spawn serve");
+    start_with(dir, extra, |_| {})
+}
+
+fn serve_command(dir: &Path, extra: &[&str]) -> Command {
+    let mut cmd = Command::new(assert_cmd::cargo::cargo_bin("taskweave"));
+    cmd.current_dir(dir).args(["serve", "--bind", "127.0.0.1:0"]);
+    if !extra.contains(&"--grace") {
+        cmd.args(["--grace", "5s"]);
+    }
+    cmd.args(extra).env_remove("TASKWEAVE_TOKEN").env_remove("TASKWEAVE_TOKEN_FILE").env_remove("TASK_QUEUE_BACKEND");
+    cmd
+}
+
+fn start_with(dir: &Path, extra: &[&str], configure: impl FnOnce(&mut Command)) -> Server {
+    let mut cmd = serve_command(dir, extra);
+    configure(&mut cmd);
+    let mut child = cmd.stdout(Stdio::null()).stderr(Stdio::piped()).spawn().expect("spawn serve");
     let stderr = child.stderr.take().unwrap();
     let (tx, rx) = std::sync::mpsc::channel();
+    let log = Arc::new(Mutex::new(Vec::new()));
+    let lines = Arc::clone(&log);
     std::thread::spawn(move || {
         for line in BufReader::new(stderr).lines().map_while(Result::ok) {
             if let Some(rest) = line.split("serving http://").nth(1) {
                 let addr = rest.split_whitespace().next().unwrap_or_default().to_string();
-                let _ = tx.send(addr);
+                let _ = tx.send((addr, line.clone()));
             }
+            lines.lock().unwrap().push(line);
         }
     });
-    let addr = rx.recv_timeout(Duration::from_secs(60)).expect("serve did not start");
-    Server { child, base: format!("http://{addr}") }
+    let (addr, banner) = rx.recv_timeout(Duration::from_secs(60)).expect("serve did not start");
+    Server { child, base: format!("http://{addr}"), banner, log }
+}
+
+/// Waits for the server to exit after a signal; its exit status.
+fn wait_exit(server: &mut Server, within: Duration) -> std::process::ExitStatus {
+    let start = Instant::now();
+    loop {
+        if let Some(status) = server.child.try_wait().unwrap() {
+            return status;
+        }
+        assert!(start.elapsed() < within, "serve did not stop within {within:?}");
+        std::thread::sleep(Duration::from_millis(50));
+    }
 }
 
 async fn get(c: &reqwest::Client, url: String) -> (u16, Value) {
@@ -180,15 +207,8 @@ async fn live_reload_through_the_api() {
     let mut server = server;
     // SAFETY: signalling our own child process.
     unsafe { libc::kill(server.child.id() as i32, libc::SIGTERM) };
-    let start = Instant::now();
-    loop {
-        if let Some(status) = server.child.try_wait().unwrap() {
-            assert!(status.success(), "serve exited with {status}");
-            break;
-        }
-        assert!(start.elapsed() < Duration::from_secs(30), "serve did not stop on SIGTERM");
-        std::thread::sleep(Duration::from_millis(50));
-    }
+    let status = wait_exit(&mut server, Duration::from_secs(30));
+    assert!(status.success(), "serve exited with {status}");
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -196,6 +216,7 @@ async fn the_token_guards_everything_but_healthz() {
     let dir = tempfile::tempdir().unwrap();
     std::fs::create_dir(dir.path().join("workflows")).unwrap();
     let server = start(dir.path(), &["--token", "s3cret"]);
+    assert!(server.banner.contains("token required"), "{}", server.banner);
     let c = reqwest::Client::new();
     let r = c.get(format!("{}/healthz", server.base)).send().await.unwrap();
     assert_eq!(r.status().as_u16(), 200);
@@ -203,4 +224,187 @@ async fn the_token_guards_everything_but_healthz() {
     assert_eq!(r.status().as_u16(), 401);
     let r = c.get(format!("{}/v1/workflows", server.base)).bearer_auth("s3cret").send().await.unwrap();
     assert_eq!(r.status().as_u16(), 200);
+}
+
+/// What `taskweave serve` says when it refuses to start; panics if it starts.
+fn refused(dir: &Path, extra: &[&str], env: &[(&str, &str)]) -> String {
+    let mut cmd = assert_cmd::Command::from_std(serve_command(dir, extra));
+    for (k, v) in env {
+        cmd.env(k, v);
+    }
+    let out = cmd.timeout(Duration::from_secs(60)).output().expect("run serve");
+    let stderr = String::from_utf8_lossy(&out.stderr).into_owned();
+    assert_eq!(out.status.code(), Some(2), "serve did not refuse: {stderr}");
+    assert!(!stderr.contains("serving http://"), "{stderr}");
+    stderr
+}
+
+#[test]
+fn unusable_tokens_stop_the_server_before_it_listens() {
+    let dir = tempfile::tempdir().unwrap();
+    std::fs::create_dir(dir.path().join("workflows")).unwrap();
+    let file = |name: &str, text: &str| {
+        let p = dir.path().join(name);
+        std::fs::write(&p, text).unwrap();
+        p.display().to_string()
+    };
+    let (blank, padded, missing) = (file("blank", "\n"), file("padded", " hunter2\n"), dir.path().join("nope").display().to_string());
+    type Case<'a> = (Vec<&'a str>, Vec<(&'a str, &'a str)>, &'a str);
+    let cases: Vec<Case> = vec![
+        (vec!["--token", ""], vec![], "is empty"),
+        // A missing secret in systemd or Kubernetes.
+        (vec![], vec![("TASKWEAVE_TOKEN", "")], "is empty"),
+        (vec!["--token", "hunter2\n"], vec![], "whitespace"),
+        (vec![], vec![("TASKWEAVE_TOKEN", " hunter2")], "whitespace"),
+        (vec!["--token", "hünter2"], vec![], "cannot be sent"),
+        (vec!["--token-file", &blank], vec![], "is empty"),
+        (vec!["--token-file", &padded], vec![], "whitespace"),
+        (vec![], vec![("TASKWEAVE_TOKEN_FILE", &padded)], "whitespace"),
+        (vec!["--token-file", &missing], vec![], "cannot read the token file"),
+        (vec!["--token", "a", "--token-file", &padded], vec![], "cannot be used with"),
+    ];
+    for (args, env, words) in cases {
+        let stderr = refused(dir.path(), &args, &env);
+        assert!(stderr.contains(words), "{args:?} {env:?}: {stderr}");
+        assert!(!stderr.contains("hunter") && !stderr.contains("ünter"), "the token leaked: {stderr}");
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_token_file_guards_the_api_and_the_banner_tells_the_truth() {
+    let dir = tempfile::tempdir().unwrap();
+    std::fs::create_dir(dir.path().join("workflows")).unwrap();
+    // A mounted secret ends with a newline; it is not part of the token.
+    let secret = dir.path().join("token");
+    std::fs::write(&secret, "s3cret\n").unwrap();
+    let server = start(dir.path(), &["--token-file", secret.to_str().unwrap()]);
+    assert!(server.banner.contains("token required"), "{}", server.banner);
+    let c = reqwest::Client::new();
+    let r = c.get(format!("{}/v1/workflows", server.base)).send().await.unwrap();
+    assert_eq!(r.status().as_u16(), 401);
+    let r = c.get(format!("{}/v1/workflows", server.base)).bearer_auth("s3cret").send().await.unwrap();
+    assert_eq!(r.status().as_u16(), 200);
+    drop(server);
+
+    // Without a token the banner says the API is open.
+    let server = start(dir.path(), &[]);
+    assert!(server.banner.contains("no token"), "{}", server.banner);
+    assert!(!server.banner.contains("token required"), "{}", server.banner);
+    let r = c.get(format!("{}/v1/workflows", server.base)).send().await.unwrap();
+    assert_eq!(r.status().as_u16(), 200);
+}
+
+/// Reads until the server closes the connection; whether it did within `within`.
+fn closed_within(s: &mut std::net::TcpStream, within: Duration) -> bool {
+    use std::io::Read;
+    s.set_read_timeout(Some(within)).unwrap();
+    let mut buf = [0u8; 1024];
+    loop {
+        match s.read(&mut buf) {
+            Ok(0) => return true,
+            Ok(_) => continue,
+            Err(e) if matches!(e.kind(), std::io::ErrorKind::WouldBlock | std::io::ErrorKind::TimedOut) => return false,
+            Err(_) => return true,
+        }
+    }
+}
+
+#[test]
+fn connection_limits_come_from_taskweave_toml() {
+    use std::io::Write;
+    let dir = tempfile::tempdir().unwrap();
+    std::fs::create_dir(dir.path().join("workflows")).unwrap();
+    std::fs::write(dir.path().join("taskweave.toml"), "[serve]\nheader_timeout = \"300ms\"\nmax_connections = 8\n").unwrap();
+    let server = start(dir.path(), &[]);
+    let addr = server.base.trim_start_matches("http://").to_string();
+    let mut c = std::net::TcpStream::connect(&addr).unwrap();
+    c.write_all(b"GET /healthz HTTP/1.1\r\nHost: te").unwrap();
+    assert!(closed_within(&mut c, Duration::from_secs(20)), "half-sent headers kept the connection open");
+    // A misspelt key is refused with a suggestion.
+    std::fs::write(dir.path().join("taskweave.toml"), "[serve]\nheader_timout = \"1s\"\n").unwrap();
+    let stderr = refused(dir.path(), &[], &[]);
+    assert!(stderr.contains("did you mean `header_timeout`?"), "{stderr}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn sigterm_with_an_open_event_stream_exits_cleanly() {
+    let dir = tempfile::tempdir().unwrap();
+    std::fs::create_dir(dir.path().join("workflows")).unwrap();
+    let mut server = start(dir.path(), &["--grace", "60s"]);
+    let mut events = reqwest::get(format!("{}/v1/events", server.base)).await.unwrap();
+    assert_eq!(events.status().as_u16(), 200);
+    // SAFETY: signalling our own child process.
+    unsafe { libc::kill(server.child.id() as i32, libc::SIGTERM) };
+    // The stream ends instead of holding the shutdown open for the grace period.
+    let ended = tokio::time::timeout(Duration::from_secs(20), async { while let Ok(Some(_)) = events.chunk().await {} }).await;
+    assert!(ended.is_ok(), "the event stream outlived the shutdown");
+    let status = wait_exit(&mut server, Duration::from_secs(20));
+    assert!(status.success(), "serve exited with {status}");
+}
+
+/// CPU time (user + system) a process has used so far, from /proc.
+fn cpu_time(pid: u32) -> Duration {
+    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).unwrap();
+    // Fields after the command name (which may hold spaces) start at `state`.
+    let rest = &stat[stat.rfind(')').unwrap() + 2..];
+    let f: Vec<&str> = rest.split_whitespace().collect();
+    let ticks: u64 = f[11].parse::<u64>().unwrap() + f[12].parse::<u64>().unwrap();
+    // SAFETY: sysconf has no preconditions.
+    let hz = unsafe { libc::sysconf(libc::_SC_CLK_TCK) } as u64;
+    Duration::from_millis(ticks * 1000 / hz)
+}
+
+#[cfg(target_os = "linux")]
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn out_of_file_descriptors_the_server_waits_without_spinning_and_recovers() {
+    use std::os::unix::process::CommandExt;
+    let dir = tempfile::tempdir().unwrap();
+    std::fs::create_dir(dir.path().join("workflows")).unwrap();
+    // A low descriptor limit, and clients that hold their connections (a minute to send headers).
+    let server = start_with(dir.path(), &["--header-timeout", "60s"], |cmd| {
+        // SAFETY: setrlimit is async-signal-safe; it only touches the child between fork and exec.
+        unsafe {
+            cmd.pre_exec(|| {
+                let lim = libc::rlimit { rlim_cur: 48, rlim_max: 48 };
+                if libc::setrlimit(libc::RLIMIT_NOFILE, &lim) != 0 {
+                    return Err(std::io::Error::last_os_error());
+                }
+                Ok(())
+            });
+        }
+    });
+    let addr = server.base.trim_start_matches("http://").to_string();
+    let mut held = Vec::new();
+    for _ in 0..80 {
+        match tokio::time::timeout(Duration::from_secs(2), tokio::net::TcpStream::connect(&addr)).await {
+            Ok(Ok(c)) => held.push(c),
+            _ => break,
+        }
+    }
+    let hit = Instant::now();
+    while !server.log.lock().unwrap().iter().any(|l| l.contains("accepting a connection failed")) {
+        assert!(hit.elapsed() < Duration::from_secs(20), "no accept error was reported: {:?}", server.log.lock().unwrap());
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    // Out of descriptors, the accept loop rests between tries instead of spinning.
+    let pid = server.child.id();
+    let before = cpu_time(pid);
+    tokio::time::sleep(Duration::from_secs(2)).await;
+    let used = cpu_time(pid) - before;
+    assert!(used < Duration::from_millis(500), "the server used {used:?} of CPU in 2 s while out of descriptors");
+    let errors = server.log.lock().unwrap().iter().filter(|l| l.contains("accepting a connection failed")).count();
+    assert!(errors <= 2, "accept errors are logged at most every few seconds, not {errors} times");
+    // Once the clients let go, the server serves again.
+    drop(held);
+    let c = reqwest::Client::builder().timeout(Duration::from_secs(5)).build().unwrap();
+    let start = Instant::now();
+    loop {
+        match c.get(format!("{}/healthz", server.base)).send().await {
+            Ok(r) if r.status().as_u16() == 200 => break,
+            other => {
+                assert!(start.elapsed() < Duration::from_secs(30), "not serving after the clients left: {other:?}");
+                tokio::time::sleep(Duration::from_millis(100)).await;
+            }
+        }
+    }
 }

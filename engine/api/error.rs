@@ -23,6 +23,8 @@ pub enum ErrorCode {
     InvalidJson,
     /// The body is JSON of the wrong shape: a wrong type, an unknown field (422).
     InvalidBody,
+    /// The body did not arrive within the server's body timeout (408).
+    RequestTimeout,
     /// The request has no `Content-Type: application/json` (415).
     UnsupportedMediaType,
     /// The body is larger than the configured limit (413).
@@ -43,6 +45,8 @@ pub enum ErrorCode {
     UnknownWorkflow,
     /// No run with this id (404).
     RunNotFound,
+    /// The run has already finished, so it cannot be cancelled (409).
+    RunFinished,
     /// The run input fails the workflow's input schema (422).
     InvalidInput,
     /// The request or the workflow names a backend that is not configured (422).
@@ -60,9 +64,10 @@ pub enum ErrorCode {
 }
 
 impl ErrorCode {
-    pub const ALL: [ErrorCode; 19] = [
+    pub const ALL: [ErrorCode; 21] = [
         ErrorCode::InvalidJson,
         ErrorCode::InvalidBody,
+        ErrorCode::RequestTimeout,
         ErrorCode::UnsupportedMediaType,
         ErrorCode::PayloadTooLarge,
         ErrorCode::InvalidPath,
@@ -73,6 +78,7 @@ impl ErrorCode {
         ErrorCode::MethodNotAllowed,
         ErrorCode::UnknownWorkflow,
         ErrorCode::RunNotFound,
+        ErrorCode::RunFinished,
         ErrorCode::InvalidInput,
         ErrorCode::UnknownBackend,
         ErrorCode::BackendRefused,
@@ -86,6 +92,7 @@ impl ErrorCode {
         match self {
             ErrorCode::InvalidJson => "invalid_json",
             ErrorCode::InvalidBody => "invalid_body",
+            ErrorCode::RequestTimeout => "request_timeout",
             ErrorCode::UnsupportedMediaType => "unsupported_media_type",
             ErrorCode::PayloadTooLarge => "payload_too_large",
             ErrorCode::InvalidPath => "invalid_path",
@@ -96,6 +103,7 @@ impl ErrorCode {
             ErrorCode::MethodNotAllowed => "method_not_allowed",
             ErrorCode::UnknownWorkflow => "unknown_workflow",
             ErrorCode::RunNotFound => "run_not_found",
+            ErrorCode::RunFinished => "run_finished",
             ErrorCode::InvalidInput => "invalid_input",
             ErrorCode::UnknownBackend => "unknown_backend",
             ErrorCode::BackendRefused => "backend_refused",
@@ -113,6 +121,8 @@ impl ErrorCode {
             ErrorCode::Unauthorized => StatusCode::UNAUTHORIZED,
             ErrorCode::NotFound | ErrorCode::UnknownWorkflow | ErrorCode::RunNotFound => StatusCode::NOT_FOUND,
             ErrorCode::MethodNotAllowed => StatusCode::METHOD_NOT_ALLOWED,
+            ErrorCode::RequestTimeout => StatusCode::REQUEST_TIMEOUT,
+            ErrorCode::RunFinished => StatusCode::CONFLICT,
             ErrorCode::PayloadTooLarge => StatusCode::PAYLOAD_TOO_LARGE,
             ErrorCode::UnsupportedMediaType => StatusCode::UNSUPPORTED_MEDIA_TYPE,
             ErrorCode::InvalidBody | ErrorCode::InvalidInput | ErrorCode::UnknownBackend | ErrorCode::BackendRefused => {
@@ -220,6 +230,10 @@ impl From<EngineError> for ApiError {
                     .with_details(json!({"backend": name, "known": known}))
             }
             EngineError::RunNotFound(id) => ApiError::run_not_found(&id),
+            EngineError::RunFinished { run_id, status } => {
+                ApiError::new(ErrorCode::RunFinished, format!("run `{run_id}` has already finished ({status}); nothing to cancel"))
+                    .with_details(json!({"run_id": run_id, "status": status.as_str()}))
+            }
             EngineError::Backend(b) => ApiError::backend(b),
             EngineError::Store(s) => ApiError::new(ErrorCode::StoreUnavailable, s.to_string()),
             e @ EngineError::Invalid { .. } => ApiError::new(ErrorCode::Internal, e.to_string()),
@@ -246,6 +260,10 @@ impl IntoResponse for ApiError {
             ErrorCode::BackendUnavailable | ErrorCode::StoreUnavailable => {
                 resp.headers_mut().insert(header::RETRY_AFTER, HeaderValue::from_static(RETRY_AFTER_SECS));
             }
+            // The rest of the body was never read: the connection cannot carry another request.
+            ErrorCode::RequestTimeout => {
+                resp.headers_mut().insert(header::CONNECTION, HeaderValue::from_static("close"));
+            }
             _ => {}
         }
         resp
@@ -271,6 +289,7 @@ mod tests {
             ),
             (EngineError::UnknownBackend { name: "b".into(), known: vec!["local".into()] }, ErrorCode::UnknownBackend, 422),
             (EngineError::RunNotFound("r".into()), ErrorCode::RunNotFound, 404),
+            (EngineError::RunFinished { run_id: "r".into(), status: crate::run::RunStatus::Succeeded }, ErrorCode::RunFinished, 409),
             (EngineError::Backend(BackendError::NotFound("r".into())), ErrorCode::RunNotFound, 404),
             (EngineError::Backend(BackendError::Refused { backend: "local".into(), reason: "no".into() }), ErrorCode::BackendRefused, 422),
             (EngineError::Backend(unavailable()), ErrorCode::BackendUnavailable, 503),

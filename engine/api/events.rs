@@ -77,7 +77,8 @@ pub async fn events(
         Item::Lagged(n) => lagged(n),
         Item::Event(r) => json_event("reload", &r),
     });
-    let merged = stream::select(runs, reloads).map(Ok);
+    // The stream ends when the server shuts down, so that it never holds the shutdown open.
+    let merged = stream::select(runs, reloads).map(Ok).take_until(st.shutdown.clone().cancelled_owned());
     Sse::new(merged).keep_alive(KeepAlive::new().interval(KEEP_ALIVE))
 }
 

@@ -12,8 +12,14 @@ use serde::de::DeserializeOwned;
 use serde_json::json;
 
 /// A JSON object request body: `Content-Type: application/json` (or `application/*+json`),
-/// at most the router's body limit, deserialised into `T`.
+/// at most the router's body limit, received before the router's body
+/// deadline (else 408 `request_timeout`), deserialised into `T`.
 pub struct JsonBody<T>(pub T);
+
+/// When the request's body must have arrived in full (a request extension
+/// the router sets as the request comes in).
+#[derive(Debug, Clone, Copy)]
+pub struct BodyDeadline(pub tokio::time::Instant);
 
 /// Whether the request says its body is JSON.
 fn is_json(headers: &HeaderMap) -> bool {
@@ -36,7 +42,18 @@ where
                 "the body must be JSON, sent with `Content-Type: application/json`",
             ));
         }
-        let bytes = Bytes::from_request(req, state).await.map_err(|e| {
+        let deadline = req.extensions().get::<BodyDeadline>().copied();
+        let read = Bytes::from_request(req, state);
+        let read = match deadline {
+            Some(BodyDeadline(at)) => tokio::time::timeout_at(at, read).await.map_err(|_| {
+                ApiError::new(
+                    ErrorCode::RequestTimeout,
+                    "the body did not arrive in time; send it at once, or ask for a longer body timeout",
+                )
+            })?,
+            None => read.await,
+        };
+        let bytes = read.map_err(|e| {
             if e.status() == StatusCode::PAYLOAD_TOO_LARGE {
                 ApiError::new(ErrorCode::PayloadTooLarge, "the body is larger than this server accepts")
             } else {

@@ -10,7 +10,10 @@
 //! including axum's own rejections, unknown routes and wrong methods. With a
 //! token set, every endpoint but `/healthz` needs `Authorization: Bearer
 //! <token>`, compared in constant time. Neither the token nor request bodies
-//! are ever logged.
+//! are ever logged. [`token`] refuses a token no client could send (or an
+//! empty one) before a server starts; [`server`] serves the router on a
+//! socket with connection limits and timeouts that slow clients cannot get
+//! around; the router itself gives each request body a deadline (408).
 
 pub mod error;
 mod events;
@@ -18,6 +21,8 @@ pub mod extract;
 pub mod metrics;
 mod migration;
 mod runs;
+pub mod server;
+pub mod token;
 mod workflows;
 
 pub use error::{ApiError, ErrorCode};
@@ -50,11 +55,23 @@ pub struct ApiOptions {
     pub body_limit: usize,
     /// The longest `?wait=` a result read may block (default 60s); longer waits are cut to it.
     pub max_wait: Duration,
+    /// How long a request body may take to arrive in full (default 30s); a
+    /// slower one is answered 408 `request_timeout`.
+    pub body_timeout: Duration,
+    /// Cancelled when the server begins to shut down: server-sent event
+    /// streams end then, so they do not hold the shutdown open.
+    pub shutdown: CancellationToken,
 }
 
 impl Default for ApiOptions {
     fn default() -> Self {
-        ApiOptions { token: None, body_limit: 1024 * 1024, max_wait: Duration::from_secs(60) }
+        ApiOptions {
+            token: None,
+            body_limit: 1024 * 1024,
+            max_wait: Duration::from_secs(60),
+            body_timeout: Duration::from_secs(30),
+            shutdown: CancellationToken::new(),
+        }
     }
 }
 
@@ -65,7 +82,8 @@ impl std::fmt::Debug for ApiOptions {
             .field("token", &self.token.as_ref().map(|_| "<redacted>"))
             .field("body_limit", &self.body_limit)
             .field("max_wait", &self.max_wait)
-            .finish()
+            .field("body_timeout", &self.body_timeout)
+            .finish_non_exhaustive()
     }
 }
 
@@ -74,6 +92,8 @@ pub(crate) struct AppState {
     pub(crate) engine: Engine,
     pub(crate) max_wait: Duration,
     pub(crate) metrics: Arc<Metrics>,
+    /// Ends server-sent event streams when the server shuts down.
+    pub(crate) shutdown: CancellationToken,
     /// SHA-256 of the token: digests of equal length compare in constant time.
     token: Option<[u8; 32]>,
     /// Stops the metrics feed when the last clone of the router is dropped.
@@ -122,13 +142,19 @@ pub fn router(engine: Engine, opts: ApiOptions) -> Router {
         }
     };
     let token = opts.token.as_deref().map(digest);
-    let state = Arc::new(AppState { engine, max_wait: opts.max_wait, metrics, token, _feed: feed });
+    let state = Arc::new(AppState { engine, max_wait: opts.max_wait, metrics, shutdown: opts.shutdown, token, _feed: feed });
     let mut router = Router::new();
     for (_, path, handler) in route_handlers() {
         router = router.route(path, handler);
     }
+    let body_timeout = opts.body_timeout;
     let mut router =
-        router.method_not_allowed_fallback(method_not_allowed).fallback(not_found).layer(DefaultBodyLimit::max(opts.body_limit));
+        router.method_not_allowed_fallback(method_not_allowed).fallback(not_found).layer(DefaultBodyLimit::max(opts.body_limit)).layer(
+            middleware::map_request(move |mut req: Request| async move {
+                req.extensions_mut().insert(extract::BodyDeadline(tokio::time::Instant::now() + body_timeout));
+                req
+            }),
+        );
     if state.token.is_some() {
         router = router.layer(middleware::from_fn_with_state(Arc::clone(&state), require_token));
     }
@@ -200,6 +226,7 @@ mod tests {
         assert!(!format!("{o:?}").contains("s3cret"));
         assert_eq!(o.body_limit, 1 << 20);
         assert_eq!(o.max_wait, Duration::from_secs(60));
+        assert_eq!(o.body_timeout, Duration::from_secs(30));
     }
 
     #[test]

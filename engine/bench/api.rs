@@ -8,6 +8,7 @@
 //! runs per second, median over repetitions (after one warm-up), and the
 //! per-run latency (submit + result) percentiles; never assertions.
 
+use crate::api::server::{ConnLimits, Server};
 use crate::api::{ApiOptions, router};
 use crate::engine::EngineBuilder;
 use serde::{Deserialize, Serialize};
@@ -98,13 +99,11 @@ pub async fn api_throughput_with(b: &ApiBench) -> Result<Report, String> {
     engine.register_workflow(checked.workflow.ok_or("the bench workflow is invalid")?);
 
     let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.map_err(|e| format!("bind: {e}"))?;
-    let addr = listener.local_addr().map_err(|e| e.to_string())?;
+    // The accept loop `taskweave serve` runs, with its default limits.
     let stop = CancellationToken::new();
-    let server = tokio::spawn(
-        axum::serve(listener, router(engine.clone(), ApiOptions::default()))
-            .with_graceful_shutdown(stop.clone().cancelled_owned())
-            .into_future(),
-    );
+    let app = router(engine.clone(), ApiOptions { shutdown: stop.clone(), ..Default::default() });
+    let server = Server::start(listener, app, ConnLimits::default(), stop).map_err(|e| e.to_string())?;
+    let addr = server.local_addr();
     let client = reqwest::Client::builder().pool_max_idle_per_host(concurrency).build().map_err(|e| e.to_string())?;
     let base = Arc::new(format!("http://{addr}"));
 
@@ -129,8 +128,10 @@ pub async fn api_throughput_with(b: &ApiBench) -> Result<Report, String> {
             }
         }
     }
-    stop.cancel();
-    let _ = tokio::time::timeout(Duration::from_secs(5), server).await;
+    server.shutdown();
+    if tokio::time::timeout(Duration::from_secs(5), server.closed()).await.is_err() {
+        server.abort().await;
+    }
     engine.shutdown().await;
     outcome?;
 

@@ -535,11 +535,14 @@ pub async fn runs(cmd: Option<RunsCommand>, config: Option<&Path>) -> anyhow::Re
             };
             if store.request_cancel(&id).await? {
                 println!("cancel requested for run {id}; the process running it stops it within a second");
-            } else {
-                let status = store.get_run(&id).await?.map(|r| r.status.as_str()).unwrap_or("unknown");
-                println!("run {id} is already {status}; nothing to cancel");
+                return Ok(ExitCode::SUCCESS);
             }
-            Ok(ExitCode::SUCCESS)
+            // Only a finished (or vanished) run refuses the request.
+            match store.get_run(&id).await? {
+                Some(r) => eprintln!("error: run {id} has already finished ({}); nothing to cancel", r.status),
+                None => eprintln!("error: no run `{id}`"),
+            }
+            Ok(ExitCode::from(1))
         }
     }
 }

@@ -1,12 +1,20 @@
 //! `taskweave serve`: the HTTP API, with workflows loaded from the configured
 //! folders and reloaded live. `taskweave status` asks a running server.
+//!
+//! A token that cannot work (empty, padded, unsendable) stops the server
+//! before it listens, with exit status 2. Connection limits come from the
+//! flags, else `[serve]` in taskweave.toml, else their defaults.
 
-use crate::config::Config;
+use crate::api::server::{ConnLimits, Server};
+use crate::api::token::{self, TokenError};
+use crate::api::{ApiOptions, router};
+use crate::config::{Config, ServeConfig};
 use crate::engine::EngineBuilder;
 use std::net::SocketAddr;
-use std::path::Path;
+use std::path::{Path, PathBuf};
 use std::process::ExitCode;
 use std::time::Duration;
+use tokio_util::sync::CancellationToken;
 
 #[derive(Debug, clap::Args)]
 pub struct ServeArgs {
@@ -14,8 +22,23 @@ pub struct ServeArgs {
     #[arg(long, default_value = "127.0.0.1:8080", env = "TASKWEAVE_BIND")]
     pub bind: SocketAddr,
     /// Require `Authorization: Bearer TOKEN` on every endpoint but /healthz.
-    #[arg(long, env = "TASKWEAVE_TOKEN", hide_env_values = true)]
+    #[arg(long, env = "TASKWEAVE_TOKEN", hide_env_values = true, conflicts_with = "token_file")]
     pub token: Option<String>,
+    /// Read the token from a file, such as a mounted secret (one trailing newline is ignored).
+    #[arg(long, env = "TASKWEAVE_TOKEN_FILE", value_name = "PATH")]
+    pub token_file: Option<PathBuf>,
+    /// How long a client may take to send a request's headers [config: serve.header_timeout; default 10s].
+    #[arg(long, env = "TASKWEAVE_HEADER_TIMEOUT", value_name = "DURATION", value_parser = parse_limit)]
+    pub header_timeout: Option<Duration>,
+    /// How long a client may take to send a whole request body [config: serve.body_timeout; default 30s].
+    #[arg(long, env = "TASKWEAVE_BODY_TIMEOUT", value_name = "DURATION", value_parser = parse_limit)]
+    pub body_timeout: Option<Duration>,
+    /// How long an idle kept-alive connection stays open [config: serve.idle_timeout; default 60s].
+    #[arg(long, env = "TASKWEAVE_IDLE_TIMEOUT", value_name = "DURATION", value_parser = parse_limit)]
+    pub idle_timeout: Option<Duration>,
+    /// How many client connections are served at once [config: serve.max_connections; default 1024].
+    #[arg(long, env = "TASKWEAVE_MAX_CONNECTIONS", value_name = "N", value_parser = clap::value_parser!(u32).range(1..))]
+    pub max_connections: Option<u32>,
     /// How long running runs may finish after SIGTERM before they are cancelled.
     #[arg(long, default_value = "30s", value_parser = parse_duration)]
     pub grace: Duration,
@@ -28,11 +51,46 @@ fn parse_duration(s: &str) -> Result<Duration, String> {
     crate::plan::parse_duration(s)
 }
 
+fn parse_limit(s: &str) -> Result<Duration, String> {
+    crate::config::parse_positive_duration(s)
+}
+
+/// The token the server requires, if any, checked so that it can work.
+fn resolve_token(args: &ServeArgs) -> Result<Option<String>, TokenError> {
+    match (&args.token, &args.token_file) {
+        (Some(t), _) => {
+            token::check(t, "the token (--token or TASKWEAVE_TOKEN)")?;
+            Ok(Some(t.clone()))
+        }
+        (None, Some(path)) => token::read_file(path).map(Some),
+        (None, None) => Ok(None),
+    }
+}
+
+/// The connection limits and the body timeout: flags, else `[serve]`, else defaults.
+fn limits(args: &ServeArgs, file: &ServeConfig) -> (ConnLimits, Duration) {
+    let d = ConnLimits::default();
+    let conn = ConnLimits {
+        header_timeout: args.header_timeout.or(file.header_timeout).unwrap_or(d.header_timeout),
+        idle_timeout: args.idle_timeout.or(file.idle_timeout).unwrap_or(d.idle_timeout),
+        max_connections: args.max_connections.map(|n| n as usize).or(file.max_connections).unwrap_or(d.max_connections),
+    };
+    (conn, args.body_timeout.or(file.body_timeout).unwrap_or(ApiOptions::default().body_timeout))
+}
+
 pub async fn serve(args: ServeArgs, config: Option<&Path>) -> anyhow::Result<ExitCode> {
+    let token = match resolve_token(&args) {
+        Ok(t) => t,
+        Err(e) => {
+            eprintln!("error: {e}");
+            return Ok(ExitCode::from(2));
+        }
+    };
     let config = match Config::load(config) {
         Ok(c) => c,
         Err(e) => return Ok(super::config_error(&e)),
     };
+    let (conn_limits, body_timeout) = limits(&args, &config.serve);
     let engine = match EngineBuilder::new().config(config).build().await {
         Ok(e) => e,
         Err(e) => {
@@ -49,10 +107,9 @@ pub async fn serve(args: ServeArgs, config: Option<&Path>) -> anyhow::Result<Exi
             None
         }
     };
-    let router = crate::api::router(
-        engine.clone(),
-        crate::api::ApiOptions { token: args.token.clone().filter(|t| !t.is_empty()), ..Default::default() },
-    );
+    let stop = CancellationToken::new();
+    let has_token = token.is_some();
+    let router = router(engine.clone(), ApiOptions { token, body_timeout, shutdown: stop.clone(), ..Default::default() });
     let listener = match tokio::net::TcpListener::bind(args.bind).await {
         Ok(l) => l,
         Err(e) => {
@@ -60,39 +117,61 @@ pub async fn serve(args: ServeArgs, config: Option<&Path>) -> anyhow::Result<Exi
             return Ok(ExitCode::from(2));
         }
     };
-    let addr = listener.local_addr()?;
+    let server = Server::start(listener, router, conn_limits, stop)?;
+    let terminated = terminated();
+    let addr = server.local_addr();
     eprintln!(
-        "taskweave serving http://{addr} ({} workflow(s) loaded, {} file(s) with errors{})",
+        "taskweave serving http://{addr} ({} workflow(s) loaded, {} file(s) with errors, {})",
         registry.names().len(),
         report.failed.len(),
-        if args.token.is_some() { ", token required" } else { "" }
+        if has_token { "token required" } else { "no token: open to every client" }
     );
+    if !has_token && !addr.ip().is_loopback() {
+        eprintln!("warning: {addr} is reachable from other machines and no token is set: anyone who can connect can start and cancel runs");
+    }
+    terminated.await;
     let grace = args.grace;
-    let shutdown = async move {
-        terminated().await;
-        eprintln!("shutting down: no new runs; waiting up to {} for running runs", humantime::format_duration(grace));
-    };
-    axum::serve(listener, router).with_graceful_shutdown(shutdown).await?;
-    // Let running runs finish within the grace period, then cancel and record the rest.
-    let drained = tokio::time::timeout(args.grace, async {
+    eprintln!("shutting down: no new runs; waiting up to {} for running runs", humantime::format_duration(grace));
+    // Stop accepting; requests in flight and running runs get the grace period, side by side.
+    server.shutdown();
+    let deadline = tokio::time::Instant::now() + grace;
+    let drain_runs = async {
         for b in engine.backends().iter() {
             b.drain().await;
         }
-    })
-    .await;
+    };
+    let (_, drained) = tokio::join!(tokio::time::timeout_at(deadline, server.closed()), tokio::time::timeout_at(deadline, drain_runs));
     if drained.is_err() {
         eprintln!("grace period over: cancelling the runs still in flight");
     }
     engine.shutdown().await;
+    // Long-polls on the runs just cancelled answer now; what is still open after that is closed.
+    if tokio::time::timeout(Duration::from_secs(1), server.closed()).await.is_err() {
+        server.abort().await;
+    }
     Ok(ExitCode::SUCCESS)
 }
 
-/// Resolves on Ctrl-C or SIGTERM.
-pub(crate) async fn terminated() {
-    let mut term = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()).ok();
-    tokio::select! {
-        _ = tokio::signal::ctrl_c() => {}
-        _ = async { match term.as_mut() { Some(t) => { t.recv().await; } None => std::future::pending::<()>().await } } => {}
+/// Resolves on Ctrl-C or SIGTERM. The handlers are installed when this is
+/// called, not when the future is first polled, so a signal sent right after
+/// the start-up banner is not lost.
+pub(crate) fn terminated() -> impl std::future::Future<Output = ()> {
+    use tokio::signal::unix::{SignalKind, signal};
+    let mut term = signal(SignalKind::terminate()).ok();
+    let mut int = signal(SignalKind::interrupt()).ok();
+    async move {
+        let wait = |s: Option<tokio::signal::unix::Signal>| async move {
+            match s {
+                Some(mut s) => {
+                    s.recv().await;
+                }
+                None => std::future::pending::<()>().await,
+            }
+        };
+        tokio::select! {
+            _ = wait(int.take()) => {}
+            _ = wait(term.take()) => {}
+        }
     }
 }
 
@@ -159,4 +238,35 @@ pub async fn status(args: StatusArgs) -> anyhow::Result<ExitCode> {
     }
     println!("{} workflow(s) serving, {failing} file(s) failing", body["workflows"].as_array().map_or(0, Vec::len));
     Ok(if failing > 0 { ExitCode::from(1) } else { ExitCode::SUCCESS })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use clap::Parser;
+
+    #[derive(Parser)]
+    struct Cli {
+        #[command(flatten)]
+        serve: ServeArgs,
+    }
+
+    fn args(extra: &[&str]) -> ServeArgs {
+        Cli::parse_from(std::iter::once("serve").chain(extra.iter().copied())).serve
+    }
+
+    #[test]
+    fn flags_override_the_file_which_overrides_the_defaults() {
+        let file = ServeConfig {
+            header_timeout: Some(Duration::from_secs(5)),
+            body_timeout: Some(Duration::from_secs(7)),
+            idle_timeout: None,
+            max_connections: Some(64),
+        };
+        let (conn, body) = limits(&args(&["--header-timeout", "2s", "--max-connections", "8"]), &file);
+        assert_eq!(conn, ConnLimits { header_timeout: Duration::from_secs(2), idle_timeout: Duration::from_secs(60), max_connections: 8 });
+        assert_eq!(body, Duration::from_secs(7));
+        let (conn, body) = limits(&args(&[]), &ServeConfig::default());
+        assert_eq!((conn, body), (ConnLimits::default(), Duration::from_secs(30)));
+    }
 }

@@ -54,10 +54,11 @@ pub async fn worker(args: WorkerArgs, config: Option<&Path>) -> anyhow::Result<E
         return Ok(ExitCode::from(2));
     };
     let stop = CancellationToken::new();
+    let terminated = super::serve::terminated();
     tokio::spawn({
         let stop = stop.clone();
         async move {
-            super::serve::terminated().await;
+            terminated.await;
             stop.cancel();
         }
     });

@@ -3,9 +3,14 @@
 //! (`TASK_QUEUE_BACKEND`, `TASKWEAVE_STORE`, `TASKWEAVE_WORKFLOWS`, and the
 //! original layer's `CELERY_BROKER_URL`, `CELERY_RESULT_BACKEND`,
 //! `FLIPT_SERVER_URL`, `FLIPT_NAMESPACE`; `TASKWEAVE_FLAGS_TIMEOUT`;
-//! `TASKWEAVE_HTTP_DENY_PRIVATE`, `TASKWEAVE_EXTRACT_TEXT_ROOT`).
+//! `TASKWEAVE_HTTP_DENY_PRIVATE`, `TASKWEAVE_EXTRACT_TEXT_ROOT`). The
+//! `[serve]` limits are overridden by `taskweave serve`'s flags and their
+//! `TASKWEAVE_*` variables instead, as they concern that command alone.
 
 pub mod actions;
+mod serve;
+
+pub use serve::{ServeConfig, parse_positive_duration};
 
 use serde::Deserialize;
 use std::collections::BTreeMap;
@@ -90,6 +95,9 @@ pub struct Config {
     /// `[actions]`: limits of task actions (output caps, `extract-text` root, `http:` egress).
     #[serde(default)]
     pub actions: actions::ActionsConfig,
+    /// Connection limits of `taskweave serve`.
+    #[serde(default)]
+    pub serve: ServeConfig,
     /// Where the file was read from, if anywhere.
     #[serde(skip)]
     pub path: Option<PathBuf>,
@@ -187,6 +195,11 @@ impl Config {
                         "deny",
                         "follow_redirects",
                         "max_redirects",
+                        "serve",
+                        "header_timeout",
+                        "body_timeout",
+                        "idle_timeout",
+                        "max_connections",
                     ];
                     if let Some(s) = crate::diag::did_you_mean(field, expected) {
                         d = d.with_help(format!("did you mean `{s}`?"));
