@@ -520,7 +520,9 @@ fn render_entity(t: &str, wf: &Workflow, input: &Value, context: &Value, run_id:
         "run": {"id": run_id, "entity_id": entity_id.unwrap_or(run_id)},
         "workflow": {"name": wf.name, "version": wf.version},
     });
-    let entity = hb.render_template(t, &ctx).map_err(|e| format!("the rule's `entity` template `{t}`: {}", e.reason()))?;
+    let entity = hb
+        .render_template(t, &ctx)
+        .map_err(|e| format!("the rule's `entity` template `{t}`: {}", crate::plan::template::RenderError::from(&e)))?;
     if entity.is_empty() {
         return Err(format!("the rule's `entity` template `{t}` rendered an empty entity id"));
     }

@@ -23,7 +23,7 @@ fn require(test: &str, why: &str) {
     if std::env::var("TASKWEAVE_REQUIRE_SERVICES").as_deref() == Ok("1") {
         panic!("{test}: a service is required (TASKWEAVE_REQUIRE_SERVICES=1): {why}");
     }
-    eprintln!("SKIPPED: {test}: {why}");
+    taskweave::backend::conformance::skipped(&format!("{test}: {why}"));
 }
 
 /// (task, status, attempt) with the count of each, for one run.

@@ -33,7 +33,7 @@ fn skip(test: &str, why: &str) {
     if require_services() {
         panic!("{test}: {why} (TASKWEAVE_REQUIRE_SERVICES=1)");
     }
-    eprintln!("SKIPPED: {test}: {why}");
+    taskweave::backend::conformance::skipped(&format!("{test}: {why}"));
 }
 
 fn fixtures() -> PathBuf {

@@ -143,6 +143,9 @@ fn by_name_from_the_configured_folder() {
     tw(dir.path()).args(["run", "greet", "--set", "who=x"]).assert().success();
     assert!(dir.path().join("state/db.sqlite").exists(), "the store path comes from the config");
     tw(dir.path()).args(["run", "gret", "--set", "who=x"]).assert().code(2).stderr(predicate::str::contains("did you mean `greet`"));
+    // `graph` takes a name too.
+    tw(dir.path()).args(["graph", "greet"]).assert().success().stdout(predicate::str::contains("flowchart"));
+    tw(dir.path()).args(["graph", "gret"]).assert().code(2).stderr(predicate::str::contains("did you mean `greet`"));
 }
 
 #[cfg(unix)]

@@ -27,7 +27,7 @@ async fn celery() -> Option<Arc<dyn Backend>> {
         if require_services() {
             panic!("Redis is required (TASKWEAVE_REQUIRE_SERVICES=1) but {REDIS} does not answer: {e}");
         }
-        eprintln!("SKIPPED: conformance_celery: Redis at {REDIS} does not answer: {e}");
+        taskweave::backend::conformance::skipped(&format!("conformance_celery: Redis at {REDIS} does not answer: {e}"));
         return None;
     }
     let prefix = format!("tw-conf-{}:", uuid::Uuid::now_v7().simple());
@@ -125,7 +125,7 @@ async fn runs_survive_a_redis_restart() {
         if require_services() {
             panic!("redis-server is required (TASKWEAVE_REQUIRE_SERVICES=1)");
         }
-        eprintln!("SKIPPED: runs_survive_a_redis_restart: no redis-server binary");
+        taskweave::backend::conformance::skipped("runs_survive_a_redis_restart: no redis-server binary");
         return;
     };
     let dir = tempfile::tempdir().expect("tempdir");
@@ -214,7 +214,7 @@ async fn the_history_records_celery_runs() {
         if require_services() {
             panic!("Redis is required (TASKWEAVE_REQUIRE_SERVICES=1): {e}");
         }
-        eprintln!("SKIPPED: the_history_records_celery_runs: {e}");
+        taskweave::backend::conformance::skipped(&format!("the_history_records_celery_runs: {e}"));
         return;
     }
     let store = sqlite_store().await;
@@ -264,7 +264,7 @@ async fn long_tasks_stay_with_their_worker() {
             if require_services() {
                 panic!("Redis is required (TASKWEAVE_REQUIRE_SERVICES=1): {e}");
             }
-            eprintln!("SKIPPED: long_tasks_stay_with_their_worker: {e}");
+            taskweave::backend::conformance::skipped(&format!("long_tasks_stay_with_their_worker: {e}"));
             return;
         }
     };

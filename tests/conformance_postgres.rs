@@ -46,7 +46,7 @@ impl TestDb {
                 if std::env::var("TASKWEAVE_REQUIRE_SERVICES").as_deref() == Ok("1") {
                     panic!("PostgreSQL is required (TASKWEAVE_REQUIRE_SERVICES=1) but {admin} is not available: {why}");
                 }
-                eprintln!("SKIPPED: PostgreSQL at {admin} is not available: {why}");
+                taskweave::backend::conformance::skipped(&format!("PostgreSQL at {admin} is not available: {why}"));
                 return None;
             }
         };

@@ -874,7 +874,7 @@ async fn dashboard_on_postgres() {
             if std::env::var("TASKWEAVE_REQUIRE_SERVICES").as_deref() == Ok("1") {
                 panic!("dashboard_on_postgres: PostgreSQL not reachable at {admin_url}: {why} (TASKWEAVE_REQUIRE_SERVICES=1)");
             }
-            say(&format!("SKIPPED: dashboard_on_postgres: PostgreSQL not reachable at {admin_url}: {why}"));
+            taskweave::backend::conformance::skipped(&format!("dashboard_on_postgres: PostgreSQL not reachable at {admin_url}: {why}"));
             return;
         }
     };

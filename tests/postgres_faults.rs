@@ -58,7 +58,7 @@ impl Env {
     /// `extra`: more keys of `[backends.pg]`.
     async fn new(test: &str, extra: &str) -> Option<Env> {
         let Some(mut conn) = admin().await else {
-            eprintln!("SKIPPED: {test}: PostgreSQL is not available");
+            taskweave::backend::conformance::skipped(&format!("{test}: PostgreSQL is not available"));
             return None;
         };
         let db = format!("tw_fault_{}_{}", std::process::id(), uuid::Uuid::now_v7().simple());
@@ -610,7 +610,7 @@ async fn doctor_and_worker_say_what_is_wrong_in_one_line() {
     assert!(line.contains("must be a postgres:// URL"), "{line}");
 
     let Some(mut admin) = admin().await else {
-        eprintln!("SKIPPED: doctor_and_worker_say_what_is_wrong_in_one_line (server part): PostgreSQL is not available");
+        taskweave::backend::conformance::skipped("doctor_and_worker_say_what_is_wrong_in_one_line (server part): PostgreSQL is not available");
         return;
     };
     // A database that does not exist.

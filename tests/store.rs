@@ -80,7 +80,7 @@ fn unreachable_pg(test: &str, url: &str, error: &str) -> Option<Fixture> {
     if std::env::var("TASKWEAVE_REQUIRE_SERVICES").as_deref() == Ok("1") {
         panic!("{test}: PostgreSQL not reachable at {url}: {error} (TASKWEAVE_REQUIRE_SERVICES=1)");
     }
-    say(&format!("SKIPPED: {test}: PostgreSQL not reachable at {url}: {error}"));
+    taskweave::backend::conformance::skipped(&format!("{test}: PostgreSQL not reachable at {url}: {error}"));
     None
 }
 

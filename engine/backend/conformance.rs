@@ -306,6 +306,25 @@ pub async fn entity_and_context(b: Arc<dyn Backend>) {
     assert_eq!(task(&r, "who").output, Some(json!({"user": "u-42", "run": id, "wf": "conf-ctx"})));
 }
 
+/// A test that cannot have a service it needs. With
+/// `TASKWEAVE_REQUIRE_SERVICES=1` that is a failure; otherwise the test says
+/// `SKIPPED: <why>` on the process's real stderr (the test harness does not
+/// capture it, so `cargo test` shows it) and appends the line to the file
+/// `TASKWEAVE_SKIPPED_LOG` names, which `scripts/test` sums up at the end.
+pub fn skipped(why: &str) {
+    if std::env::var("TASKWEAVE_REQUIRE_SERVICES").as_deref() == Ok("1") {
+        panic!("a service is required (TASKWEAVE_REQUIRE_SERVICES=1): {why}");
+    }
+    use std::io::Write;
+    let line = format!("SKIPPED: {why}\n");
+    let _ = std::io::stderr().write_all(line.as_bytes());
+    if let Some(path) = std::env::var_os("TASKWEAVE_SKIPPED_LOG")
+        && let Ok(mut f) = std::fs::OpenOptions::new().create(true).append(true).open(path)
+    {
+        let _ = f.write_all(line.as_bytes());
+    }
+}
+
 /// Declare one `#[tokio::test]` per conformance case for a backend.
 /// `$make` is an async expression producing `Option<Arc<dyn Backend>>`
 /// (`None` = the service is absent; the case says SKIPPED).
@@ -322,7 +341,7 @@ macro_rules! conformance_tests {
             #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
             async fn $case() {
                 let Some(b) = $make.await else {
-                    eprintln!("SKIPPED: {}: backend not available", stringify!($case));
+                    $crate::backend::conformance::skipped(&format!("{}: backend not available", stringify!($case)));
                     return;
                 };
                 $crate::backend::conformance::$case(b).await;

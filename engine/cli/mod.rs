@@ -59,7 +59,8 @@ pub enum Command {
     Schema,
     /// Print a workflow's DAG.
     Graph {
-        file: PathBuf,
+        /// A workflow file, or a workflow name from the configured folders.
+        target: String,
         #[arg(long, value_enum, default_value = "mermaid")]
         format: GraphFormat,
     },
@@ -127,7 +128,7 @@ fn run(cli: Cli) -> anyhow::Result<ExitCode> {
             print!("{}", crate::spec::raw::json_schema_text());
             Ok(ExitCode::SUCCESS)
         }
-        Command::Graph { file, format } => validate::graph(&file, format),
+        Command::Graph { target, format } => validate::graph(&target, format, cli.config.as_deref()),
         Command::Explain { code } => Ok(validate::explain(code.as_deref())),
         Command::Run(args) => runtime()?.block_on(run::run(args, cli.config.as_deref())),
         Command::Runs { command } => runtime()?.block_on(run::runs(command, cli.config.as_deref())),

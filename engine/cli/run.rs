@@ -89,7 +89,7 @@ fn read_input(args: &RunArgs) -> Result<Value, String> {
     Ok(input)
 }
 
-fn looks_like_file(target: &str) -> bool {
+pub(crate) fn looks_like_file(target: &str) -> bool {
     let p = Path::new(target);
     p.exists() || crate::spec::Format::from_path(p).is_some() || target.contains('/')
 }

@@ -178,25 +178,40 @@ pub(crate) fn terminated() -> impl std::future::Future<Output = ()> {
 /// `taskweave status`: the reload status of a running server.
 #[derive(Debug, clap::Args)]
 pub struct StatusArgs {
-    /// The server's address.
-    #[arg(long, default_value = "http://127.0.0.1:8080", env = "TASKWEAVE_URL")]
-    pub url: String,
+    /// The server's address (default: from `TASKWEAVE_BIND`, the address
+    /// `serve` listens on, else http://127.0.0.1:8080).
+    #[arg(long, env = "TASKWEAVE_URL")]
+    pub url: Option<String>,
     #[arg(long, env = "TASKWEAVE_TOKEN", hide_env_values = true)]
     pub token: Option<String>,
     #[arg(long, value_enum, default_value = "human")]
     pub format: super::OutputFormat,
 }
 
+/// The URL `status` asks: `--url`, else the address `serve` would listen on
+/// (`TASKWEAVE_BIND`; a wildcard address is asked on loopback).
+fn status_url(url: Option<String>, bind: Option<String>) -> String {
+    if let Some(u) = url {
+        return u;
+    }
+    match bind.and_then(|b| b.parse::<SocketAddr>().ok()) {
+        Some(a) if a.ip().is_unspecified() => format!("http://127.0.0.1:{}", a.port()),
+        Some(a) => format!("http://{a}"),
+        None => "http://127.0.0.1:8080".to_string(),
+    }
+}
+
 pub async fn status(args: StatusArgs) -> anyhow::Result<ExitCode> {
+    let url = status_url(args.url.clone(), std::env::var("TASKWEAVE_BIND").ok());
     let client = reqwest::Client::builder().timeout(Duration::from_secs(10)).build()?;
-    let mut req = client.get(format!("{}/v1/workflows", args.url.trim_end_matches('/')));
+    let mut req = client.get(format!("{}/v1/workflows", url.trim_end_matches('/')));
     if let Some(t) = &args.token {
         req = req.bearer_auth(t);
     }
     let resp = match req.send().await {
         Ok(r) => r,
         Err(e) => {
-            eprintln!("error: cannot reach {}: {}", args.url, e.without_url());
+            eprintln!("error: cannot reach {url}: {}", e.without_url());
             return Ok(ExitCode::from(2));
         }
     };
@@ -238,6 +253,20 @@ pub async fn status(args: StatusArgs) -> anyhow::Result<ExitCode> {
     }
     println!("{} workflow(s) serving, {failing} file(s) failing", body["workflows"].as_array().map_or(0, Vec::len));
     Ok(if failing > 0 { ExitCode::from(1) } else { ExitCode::SUCCESS })
+}
+
+#[cfg(test)]
+mod status_tests {
+    use super::status_url;
+
+    #[test]
+    fn status_asks_where_serve_listens() {
+        assert_eq!(status_url(Some("http://h:1".into()), Some("127.0.0.1:9".into())), "http://h:1");
+        assert_eq!(status_url(None, Some("127.0.0.1:9090".into())), "http://127.0.0.1:9090");
+        assert_eq!(status_url(None, Some("0.0.0.0:9090".into())), "http://127.0.0.1:9090");
+        assert_eq!(status_url(None, Some("[::]:9090".into())), "http://127.0.0.1:9090");
+        assert_eq!(status_url(None, None), "http://127.0.0.1:8080");
+    }
 }
 
 #[cfg(test)]

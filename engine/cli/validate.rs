@@ -63,12 +63,34 @@ pub fn validate(paths: &[PathBuf], format: DiagFormat, deny_warnings: bool, conf
     Ok(if failed { ExitCode::from(1) } else { ExitCode::SUCCESS })
 }
 
-pub fn graph(file: &Path, format: GraphFormat) -> anyhow::Result<ExitCode> {
-    let checked = match validate::check_file(file, &Options::default()) {
-        Ok(c) => c,
-        Err(e) => {
-            eprintln!("error: {}: {e}", file.display());
-            return Ok(ExitCode::from(2));
+/// `taskweave graph FILE|NAME`: a file, or a workflow name from the
+/// configured folders (as `taskweave run` takes them).
+pub fn graph(target: &str, format: GraphFormat, config: Option<&Path>) -> anyhow::Result<ExitCode> {
+    let checked = if super::run::looks_like_file(target) {
+        match validate::check_file(Path::new(target), &Options::default()) {
+            Ok(c) => c,
+            Err(e) => {
+                eprintln!("error: {target}: {e}");
+                return Ok(ExitCode::from(2));
+            }
+        }
+    } else {
+        let cfg = match crate::config::Config::load(config) {
+            Ok(c) => c,
+            Err(e) => return Ok(super::config_error(&e)),
+        };
+        let folders: Vec<_> = cfg.engine.workflows.iter().filter(|f| f.is_dir()).cloned().collect();
+        let all = validate::check_paths(&folders, &Options::default())?;
+        let names: Vec<String> = all.iter().filter_map(|c| c.name.as_ref().map(|(n, _)| n.clone())).collect();
+        match all.into_iter().find(|c| c.name.as_ref().is_some_and(|(n, _)| n == target)) {
+            Some(c) => c,
+            None => {
+                let hint = diag::did_you_mean(target, names.iter().map(String::as_str))
+                    .map(|s| format!(" (did you mean `{s}`?)"))
+                    .unwrap_or_default();
+                eprintln!("error: no workflow `{target}` in the configured folders{hint}");
+                return Ok(ExitCode::from(2));
+            }
         }
     };
     let Some(wf) = checked.workflow else {

@@ -6,7 +6,7 @@
 //! ```toml
 //! [actions]
 //! max_output_bytes = "10MiB"   # captured stdout/stderr per stream, HTTP response bodies
-//! kill_grace = "5s"            # between SIGTERM and SIGKILL
+//! kill_grace = "2s"            # between SIGTERM and SIGKILL
 //!
 //! [actions.extract_text]
 //! root = "documents"           # relative to this file; default: the working directory

@@ -51,10 +51,24 @@ impl TValue {
 pub enum RenderError {
     #[error("template reads `{0}`, which has no value")]
     Missing(String),
+    /// A helper such as `lookup` asked for a key that has no value.
+    #[error("template looks up a value that does not exist (a helper such as `lookup` found nothing)")]
+    MissingLookup,
     #[error("template error: {0}")]
     Handlebars(String),
     #[error("shell script: {0}")]
     Shell(#[from] super::shell::BindError),
+}
+
+impl From<&handlebars::RenderError> for RenderError {
+    /// In words, never Handlebars' debug text (`Some("context.tenant")`).
+    fn from(e: &handlebars::RenderError) -> Self {
+        match e.reason() {
+            handlebars::RenderErrorReason::MissingVariable(Some(path)) => RenderError::Missing(path.clone()),
+            handlebars::RenderErrorReason::MissingVariable(None) => RenderError::MissingLookup,
+            other => RenderError::Handlebars(other.to_string()),
+        }
+    }
 }
 
 /// Why a template does not compile.
@@ -417,13 +431,7 @@ impl Templates {
         let ctx = handlebars::Context::from(ctx.clone());
         let mut out = StringOutput::new();
         let mut rc = RenderContext::new(None);
-        template.render(reg, &ctx, &mut rc, &mut out).and_then(|()| Ok(out.into_string()?)).map_err(|e| {
-            let reason = e.reason().to_string();
-            match reason.find("strict mode") {
-                Some(_) => RenderError::Missing(reason.split('"').nth(1).unwrap_or(reason.as_str()).to_string()),
-                None => RenderError::Handlebars(reason),
-            }
-        })
+        template.render(reg, &ctx, &mut rc, &mut out).and_then(|()| Ok(out.into_string()?)).map_err(|e| RenderError::from(&e))
     }
 }
 
@@ -741,6 +749,22 @@ mod tests {
                     _ => panic!("{s} (shell: {shell}): {want:?} vs {got:?}"),
                 }
             }
+        }
+    }
+
+    /// Missing values are named in words, never as Handlebars' debug text.
+    #[test]
+    fn missing_values_are_reported_in_words() {
+        let ctx = json!({"context": {}});
+        for (src, want) in [
+            ("x {{context.tenant}}", "template reads `context.tenant`, which has no value"),
+            ("{{lookup context 'tenant'}} y", "template looks up a value that does not exist (a helper such as `lookup` found nothing)"),
+        ] {
+            let mut t = Templates::new();
+            let v = t.compile_str("/x", src).expect("compiles");
+            let e = t.render(&v, &ctx).unwrap_err().to_string();
+            assert_eq!(e, want, "{src}");
+            assert!(!e.contains("Some(") && !e.contains("None"), "{e}");
         }
     }
 

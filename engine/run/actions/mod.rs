@@ -43,7 +43,7 @@ impl Default for Limits {
     fn default() -> Self {
         Limits {
             max_output_bytes: DEFAULT_MAX_OUTPUT_BYTES,
-            kill_grace: Duration::from_secs(5),
+            kill_grace: Duration::from_secs(2),
             http_timeout: Duration::from_secs(300),
             egress: Egress::default(),
         }
