@@ -379,7 +379,11 @@ fn logs_honour_rust_log_and_taskweave_log_first() {
 #[test]
 fn one_log_gets_each_task_line_once() {
     let dir = tempfile::tempdir().unwrap();
-    write(dir.path(), "s.yaml", "version: 1\nname: s\ntasks:\n  - {name: say-hi, run: [echo, hi]}\n  - {name: fails, parents: [say-hi], run: [\"false\"]}\n");
+    write(
+        dir.path(),
+        "s.yaml",
+        "version: 1\nname: s\ntasks:\n  - {name: say-hi, run: [echo, hi]}\n  - {name: fails, parents: [say-hi], run: [\"false\"]}\n",
+    );
     let log = dir.path().join("log");
     let file = std::fs::File::create(&log).unwrap();
     let status = std::process::Command::new(assert_cmd::cargo::cargo_bin("taskweave"))

@@ -7,7 +7,6 @@
 
 use serde_json::{Value, json};
 use std::collections::HashMap;
-use std::io::Write;
 use std::path::PathBuf;
 use std::time::Duration;
 use taskweave::backend::conformance::workflow;
@@ -31,10 +30,6 @@ fn features(text: &str) -> Features {
 
 fn ctx(pairs: &[(&str, &str)]) -> Context {
     pairs.iter().map(|(k, v)| (k.to_string(), v.to_string())).collect()
-}
-
-fn say(line: &str) {
-    let _ = writeln!(std::io::stderr(), "{line}");
 }
 
 // ---------------------------------------------------------------- identical to Flipt

@@ -610,7 +610,9 @@ async fn doctor_and_worker_say_what_is_wrong_in_one_line() {
     assert!(line.contains("must be a postgres:// URL"), "{line}");
 
     let Some(mut admin) = admin().await else {
-        taskweave::backend::conformance::skipped("doctor_and_worker_say_what_is_wrong_in_one_line (server part): PostgreSQL is not available");
+        taskweave::backend::conformance::skipped(
+            "doctor_and_worker_say_what_is_wrong_in_one_line (server part): PostgreSQL is not available",
+        );
         return;
     };
     // A database that does not exist.

