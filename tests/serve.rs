@@ -20,20 +20,26 @@ impl Drop for Server {
 }
 
 fn start(dir: &Path, extra: &[&str]) -> Server {
-    let mut child = Command::new(assert_cmd::cargo::cargo_bin("taskweave"))
-        .current_dir(dir)
+    start_with(dir, extra, |_| {})
+}
+
+/// [`start`], with the command adjusted first.
+fn start_with(dir: &Path, extra: &[&str], adjust: impl FnOnce(&mut Command)) -> Server {
+    let mut cmd = Command::new(assert_cmd::cargo::cargo_bin("taskweave"));
+    cmd.current_dir(dir)
         .args(["serve", "--bind", "127.0.0.1:0", "--grace", "5s"])
         .args(extra)
         .env_remove("TASKWEAVE_TOKEN")
         .env_remove("TASK_QUEUE_BACKEND")
         .stdout(Stdio::null())
-        .stderr(Stdio::piped())
-        .spawn()
-        .expect("spawn serve");
+        .stderr(Stdio::piped());
+    adjust(&mut cmd);
+    let mut child = cmd.spawn().expect("spawn serve");
     let stderr = child.stderr.take().unwrap();
     let (tx, rx) = std::sync::mpsc::channel();
     std::thread::spawn(move || {
         for line in BufReader::new(stderr).lines().map_while(Result::ok) {
+            eprintln!("serve: {line}");
             if let Some(rest) = line.split("serving http://").nth(1) {
                 let addr = rest.split_whitespace().next().unwrap_or_default().to_string();
                 let _ = tx.send(addr);
@@ -203,4 +209,98 @@ async fn the_token_guards_everything_but_healthz() {
     assert_eq!(r.status().as_u16(), 401);
     let r = c.get(format!("{}/v1/workflows", server.base)).bearer_auth("s3cret").send().await.unwrap();
     assert_eq!(r.status().as_u16(), 200);
+}
+
+/// Sets the largest file a process may write (`RLIMIT_FSIZE`, soft limit;
+/// `None`: unlimited). A write past it fails with EFBIG, as on a full disk.
+#[cfg(target_os = "linux")]
+fn limit_file_size(pid: u32, bytes: Option<u64>) {
+    let lim = libc::rlimit { rlim_cur: bytes.unwrap_or(libc::RLIM_INFINITY), rlim_max: libc::RLIM_INFINITY };
+    // SAFETY: `lim` is a valid rlimit; the old limit is not asked for.
+    let rc = unsafe { libc::prlimit(pid as libc::pid_t, libc::RLIMIT_FSIZE, &lim, std::ptr::null_mut()) };
+    assert_eq!(rc, 0, "prlimit: {}", std::io::Error::last_os_error());
+}
+
+/// A store that cannot write (its files may not grow: the disk is full as
+/// far as SQLite can tell) refuses new runs with 503 instead of accepting
+/// runs it cannot record, turns `/healthz` 503 naming the error, counts the
+/// failures, keeps what a run in flight records meanwhile, and recovers once
+/// the files may grow again.
+#[cfg(target_os = "linux")]
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_store_that_cannot_write_refuses_runs_and_recovers() {
+    use std::os::unix::process::CommandExt;
+    let dir = tempfile::tempdir().unwrap();
+    let flows = dir.path().join("flows");
+    std::fs::create_dir(&flows).unwrap();
+    std::fs::write(dir.path().join("taskweave.toml"), "[engine]\nworkflows = [\"flows\"]\nstore = \"sqlite://state.db\"\n").unwrap();
+    std::fs::write(flows.join("slow.yaml"), flow(1)).unwrap();
+    let server = start_with(dir.path(), &[], |cmd| {
+        // SAFETY: only async-signal-safe calls between fork and exec. A
+        // write past the file size limit then fails with EFBIG instead of
+        // killing the process.
+        unsafe {
+            cmd.pre_exec(|| {
+                libc::signal(libc::SIGXFSZ, libc::SIG_IGN);
+                Ok(())
+            });
+        }
+    });
+    let pid = server.child.id();
+    let c = reqwest::Client::new();
+    let base = server.base.clone();
+    let submit = format!("{base}/v1/workflows/slow/runs");
+
+    let (code, ok) = post(&c, submit.clone(), json!({"input": {"d": "1ms"}})).await;
+    assert_eq!(code, 202, "{ok}");
+    let (_, r) = get(&c, format!("{base}/v1/runs/{}?wait=30s", ok["run_id"].as_str().unwrap())).await;
+    assert_eq!(r["status"], "succeeded", "{r}");
+    let (code, _) = get(&c, format!("{base}/healthz")).await;
+    assert_eq!(code, 200);
+    // A run in flight when the store stops writing.
+    let (code, long) = post(&c, submit.clone(), json!({"input": {"d": "1500ms"}})).await;
+    assert_eq!(code, 202, "{long}");
+    let long = long["run_id"].as_str().unwrap().to_string();
+
+    limit_file_size(pid, Some(0));
+    for _ in 0..3 {
+        let (code, err) = post(&c, submit.clone(), json!({"input": {"d": "1ms"}})).await;
+        assert_eq!(code, 503, "a run the store cannot record is not accepted: {err}");
+        assert_eq!(err["error"]["code"], "store_unavailable", "{err}");
+    }
+    let (code, health) = get(&c, format!("{base}/healthz")).await;
+    assert_eq!(code, 503, "{health}");
+    assert_eq!(health["status"], "unavailable", "{health}");
+    assert!(health["store"]["error"].as_str().is_some_and(|e| !e.is_empty()), "{health}");
+    let metrics = c.get(format!("{base}/metrics")).send().await.unwrap().text().await.unwrap();
+    let errors: f64 = metrics
+        .lines()
+        .find_map(|l| l.strip_prefix("taskweave_store_write_errors_total "))
+        .and_then(|v| v.trim().parse().ok())
+        .unwrap_or_else(|| panic!("no write error counter: {metrics}"));
+    assert!(errors >= 3.0, "{metrics}");
+    assert!(metrics.lines().any(|l| l == "taskweave_store_healthy 0"), "{metrics}");
+    // The run in flight ends while the store cannot write.
+    let (_, r) = get(&c, format!("{base}/v1/runs/{long}?wait=30s")).await;
+    assert_eq!(r["status"], "succeeded", "{r}");
+
+    limit_file_size(pid, None);
+    let (code, ok) = post(&c, submit.clone(), json!({"input": {"d": "1ms"}})).await;
+    assert_eq!(code, 202, "{ok}");
+    let (code, health) = get(&c, format!("{base}/healthz")).await;
+    assert_eq!((code, &health), (200, &json!({"status": "ok"})));
+    let metrics = c.get(format!("{base}/metrics")).send().await.unwrap().text().await.unwrap();
+    assert!(metrics.lines().any(|l| l == "taskweave_store_healthy 1"), "{metrics}");
+    // The history holds the runs accepted, the one in flight with its end,
+    // and none of the refused ones.
+    let listed = eventually("the run in flight to be recorded as it ended", || {
+        let (c, base) = (c.clone(), base.clone());
+        async move {
+            let (_, runs) = get(&c, format!("{base}/v1/runs?limit=100")).await;
+            let runs = runs["runs"].as_array()?.clone();
+            runs.iter().all(|r| r["status"] == "succeeded").then_some(Value::Array(runs))
+        }
+    })
+    .await;
+    assert_eq!(listed.as_array().unwrap().len(), 3, "{listed}");
 }

@@ -11,10 +11,12 @@
 //! This module touches only the database it is given; it knows nothing of
 //! backends or workflows beyond the pinned definition it keeps as JSON.
 
+mod health;
 mod migration;
 mod sql;
 mod writer;
 
+pub use health::{StoreFailure, StoreHealth};
 pub use migration::{BackendStats, MigrationFilter, MigrationStats, VariantStats};
 
 pub use writer::StoreWriter;
@@ -48,6 +50,10 @@ pub enum StoreError {
          this taskweave knows schema versions up to {known}"
     )]
     NewerSchema { location: String, version: i64, known: i64 },
+    /// A write failed: the store cannot record anything now (a full disk,
+    /// a read-only file, a database that went away).
+    #[error("store: cannot write to {location}: {reason}")]
+    Unavailable { location: String, reason: String },
     #[error("store: a run `{0}` exists already")]
     RunExists(String),
     /// The background writer is gone (its runtime shut down, or it was never started).
@@ -112,6 +118,9 @@ impl Owner {
     }
 }
 
+/// The location of an in-memory SQLite store.
+const MEMORY: &str = "sqlite::memory:";
+
 /// The newest schema this build knows.
 pub const SCHEMA_VERSION: i64 = 3;
 
@@ -151,6 +160,8 @@ pub(crate) struct Inner {
     pub(crate) owner: Owner,
     /// An SQLite file in WAL mode, whose log the writer checkpoints.
     pub(crate) wal: bool,
+    /// Whether writes succeed, as the last one found.
+    pub(crate) health: Arc<StoreHealth>,
 }
 
 enum Pool {
@@ -345,15 +356,9 @@ impl Inner {
 
     /// Runs the statements in one transaction; rows affected by each.
     pub(crate) async fn transaction(&self, stmts: Vec<Stmt>) -> std::result::Result<Vec<u64>, sqlx::Error> {
-        with_pool!(&self.pool, |p, DB| {
-            let mut tx = p.begin().await?;
-            let mut affected = Vec::with_capacity(stmts.len());
-            for s in stmts {
-                affected.push(bound!(DB, s).execute(&mut *tx).await?.rows_affected());
-            }
-            tx.commit().await?;
-            Ok(affected)
-        })
+        let mut script = Steps::new(stmts.into_iter().map(Step::Execute), None);
+        self.run_script(&mut script).await?;
+        Ok(script.affected)
     }
 
     /// Copies what SQLite's write-ahead log holds into the database, as far
@@ -366,25 +371,41 @@ impl Inner {
     }
 
     /// Runs the script in one transaction.
+    ///
+    /// A connection whose transaction failed is closed, never given back
+    /// to the pool: SQLite may leave a transaction open after a failed
+    /// COMMIT (a full disk, an I/O error), and a connection reused in that
+    /// state would take later writes into a transaction that never
+    /// commits, while holding the write lock.
     pub(crate) async fn run_script(&self, script: &mut dyn Script) -> std::result::Result<(), sqlx::Error> {
         with_pool!(&self.pool, |p, DB| {
-            let mut tx = p.begin().await?;
-            while let Some(step) = script.next() {
-                match step {
-                    Step::Execute(s) => {
-                        let n = bound!(DB, s).execute(&mut *tx).await?.rows_affected();
-                        script.done(n, Vec::new());
-                    }
-                    Step::Insert(s) => {
-                        let rows = bound!(DB, s).fetch_all(&mut *tx).await?;
-                        let keys =
-                            rows.iter().map(|r| sqlx::Row::try_get::<String, _>(r, 0)).collect::<std::result::Result<Vec<_>, _>>()?;
-                        script.done(keys.len() as u64, keys);
+            let mut conn = p.acquire().await?;
+            let result = async {
+                let mut tx = sqlx::Connection::begin(&mut *conn).await?;
+                while let Some(step) = script.next() {
+                    match step {
+                        Step::Execute(s) => {
+                            let n = bound!(DB, s).execute(&mut *tx).await?.rows_affected();
+                            script.done(n, Vec::new());
+                        }
+                        Step::Insert(s) => {
+                            let rows = bound!(DB, s).fetch_all(&mut *tx).await?;
+                            let keys = rows
+                                .iter()
+                                .map(|r| sqlx::Row::try_get::<String, _>(r, 0))
+                                .collect::<std::result::Result<Vec<_>, _>>()?;
+                            script.done(keys.len() as u64, keys);
+                        }
                     }
                 }
+                tx.commit().await
             }
-            tx.commit().await?;
-            Ok(())
+            .await;
+            // The one connection of an in-memory database is the database.
+            if result.is_err() && self.location != MEMORY {
+                let _ = conn.close().await;
+            }
+            result
         })
     }
 }
@@ -408,7 +429,14 @@ impl Store {
             return Err(StoreError::BadUrl(url.to_string()));
         };
         let wal = dialect == Dialect::Sqlite && location != "sqlite::memory:";
-        let inner = Inner { pool, sql: Sql::new(dialect, MIGRATIONS_TABLE), location, owner: Owner::current(), wal };
+        let inner = Inner {
+            pool,
+            sql: Sql::new(dialect, MIGRATIONS_TABLE),
+            location,
+            owner: Owner::current(),
+            wal,
+            health: Arc::default(),
+        };
         migrate(&inner).await?;
         Ok(Store { inner: Arc::new(inner) })
     }
@@ -416,6 +444,12 @@ impl Store {
     /// Where the store lives, for messages (a PostgreSQL password is masked).
     pub fn location(&self) -> &str {
         &self.inner.location
+    }
+
+    /// Whether writes succeed: failed writes are counted, and the store is
+    /// failing from a failed write until one succeeds.
+    pub fn health(&self) -> &Arc<StoreHealth> {
+        &self.inner.health
     }
 
     /// Closes every connection; later calls on any clone fail.
@@ -449,7 +483,12 @@ impl Store {
         sql.upsert_tasks(&tasks, &mut stmts);
         let steps = [Step::Execute(insert_definition), Step::Insert(insert_run)].into_iter().chain(stmts.into_iter().map(Step::Execute));
         let mut script = Steps::new(steps, Some(1));
-        self.inner.run_script(&mut script).await.map_err(|e| db_error(&format!("recording run {}", run.run_id), &e))?;
+        if let Err(e) = self.inner.run_script(&mut script).await {
+            let reason = format!("recording run {}: {}", run.run_id, describe(&e));
+            self.inner.health.failed(&reason);
+            return Err(StoreError::Unavailable { location: self.inner.location.clone(), reason });
+        }
+        self.inner.health.succeeded();
         if script.none_at(1) {
             return Err(StoreError::RunExists(run.run_id.clone()));
         }
@@ -869,6 +908,31 @@ pub(crate) fn describe(e: &sqlx::Error) -> String {
         sqlx::Error::PoolClosed => "the store was closed".into(),
         sqlx::Error::Io(io) => io.to_string(),
         other => other.to_string(),
+    }
+}
+
+/// Whether a failed write may succeed later without anyone changing what
+/// is written: the database is full, read-only, locked or unreachable,
+/// rather than refusing the data itself.
+pub(crate) fn may_recover(e: &sqlx::Error) -> bool {
+    match e {
+        sqlx::Error::Io(_) | sqlx::Error::PoolTimedOut | sqlx::Error::Tls(_) | sqlx::Error::Protocol(_) => true,
+        sqlx::Error::Database(d) => {
+            let code = d.code().unwrap_or_default();
+            if d.try_downcast_ref::<sqlx::sqlite::SqliteError>().is_some() {
+                // BUSY, LOCKED, NOMEM, READONLY, IOERR, FULL, CANTOPEN (extended codes keep the primary in the low byte).
+                code.parse::<i32>().is_ok_and(|c| matches!(c & 0xff, 5 | 6 | 7 | 8 | 10 | 13 | 14))
+            } else {
+                // SQLSTATE: connection exceptions, insufficient resources
+                // (disk full), operator intervention, read-only
+                // transactions, serialization failures and deadlocks.
+                code.starts_with("08")
+                    || code.starts_with("53")
+                    || code.starts_with("57P")
+                    || matches!(code.as_ref(), "25006" | "40001" | "40P01")
+            }
+        }
+        _ => false,
     }
 }
 
