@@ -2,7 +2,10 @@
 //! which backends exist. Every key can be overridden by environment
 //! (`TASK_QUEUE_BACKEND`, `TASKWEAVE_STORE`, `TASKWEAVE_WORKFLOWS`, and the
 //! original layer's `CELERY_BROKER_URL`, `CELERY_RESULT_BACKEND`,
-//! `FLIPT_SERVER_URL`, `FLIPT_NAMESPACE`; `TASKWEAVE_FLAGS_TIMEOUT`).
+//! `FLIPT_SERVER_URL`, `FLIPT_NAMESPACE`; `TASKWEAVE_FLAGS_TIMEOUT`,
+//! `TASKWEAVE_HEARTBEAT`, `TASKWEAVE_LEASE`).
+
+pub mod instance;
 
 use serde::Deserialize;
 use std::collections::BTreeMap;
@@ -71,6 +74,8 @@ pub struct Config {
     pub backends: BTreeMap<String, BackendConfig>,
     #[serde(default)]
     pub flags: FlagsConfig,
+    #[serde(default)]
+    pub instance: instance::InstanceConfig,
     /// Where the file was read from, if anywhere.
     #[serde(skip)]
     pub path: Option<PathBuf>,
@@ -155,6 +160,9 @@ impl Config {
                         "namespace",
                         "timeout",
                         "cache_ttl",
+                        "instance",
+                        "heartbeat",
+                        "lease",
                     ];
                     if let Some(s) = crate::diag::did_you_mean(field, expected) {
                         d = d.with_help(format!("did you mean `{s}`?"));
@@ -180,6 +188,9 @@ impl Config {
                 };
                 return Err(d);
             }
+        }
+        if let Some(problem) = c.instance.problem() {
+            return Err(Diagnostic::new(Code::Schema, file, span_of("/instance/lease"), format!("[instance]: {problem}")));
         }
         let names = c.backend_names();
         if !names.contains(&c.engine.default_backend) {
@@ -222,6 +233,14 @@ impl Config {
         }
         if let Some(t) = var("TASKWEAVE_FLAGS_TIMEOUT").filter(|s| !s.is_empty()) {
             self.flags.timeout = Some(t);
+        }
+        for (env, slot) in [("TASKWEAVE_HEARTBEAT", &mut self.instance.heartbeat), ("TASKWEAVE_LEASE", &mut self.instance.lease)] {
+            if let Some(v) = var(env).filter(|s| !s.is_empty()) {
+                match instance::parse_duration(&v) {
+                    Ok(d) => *slot = d,
+                    Err(e) => tracing::warn!("{env}: {e}; keeping {}", humantime::format_duration(*slot)),
+                }
+            }
         }
         for (key, env) in [("broker", "CELERY_BROKER_URL"), ("result_backend", "CELERY_RESULT_BACKEND")] {
             if let Some(v) = var(env).filter(|s| !s.is_empty()) {

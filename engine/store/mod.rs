@@ -12,11 +12,13 @@
 //! backends or workflows beyond the pinned definition it keeps as JSON.
 
 mod health;
+mod lease;
 mod migration;
 mod sql;
 mod writer;
 
 pub use health::{StoreFailure, StoreHealth};
+pub use lease::{HEARTBEAT, LEASE, Lease, instance_id};
 pub use migration::{BackendStats, MigrationFilter, MigrationStats, VariantStats};
 
 pub use writer::StoreWriter;
@@ -33,7 +35,6 @@ use std::path::Path;
 use std::str::FromStr;
 use std::sync::{Arc, OnceLock};
 use std::time::Duration;
-use time::OffsetDateTime;
 
 #[derive(Debug, thiserror::Error)]
 pub enum StoreError {
@@ -109,12 +110,15 @@ pub struct AttemptRecord {
 pub struct Owner {
     pub host: String,
     pub pid: u32,
+    /// The engine instance (see [`Lease`]); `None` for runs recorded before
+    /// instances existed, judged by host and pid alone.
+    pub instance: Option<String>,
 }
 
 impl Owner {
-    /// This process on this host.
+    /// This process on this host, as the instance [`instance_id`] names.
     pub fn current() -> Owner {
-        Owner { host: hostname().to_string(), pid: std::process::id() }
+        Owner { host: hostname().to_string(), pid: std::process::id(), instance: Some(instance_id().to_string()) }
     }
 }
 
@@ -122,7 +126,7 @@ impl Owner {
 const MEMORY: &str = "sqlite::memory:";
 
 /// The newest schema this build knows.
-pub const SCHEMA_VERSION: i64 = 3;
+pub const SCHEMA_VERSION: i64 = 4;
 
 /// Where sqlx records applied migrations. Not sqlx's default name, so the
 /// store can share a PostgreSQL database with other sqlx users.
@@ -134,11 +138,13 @@ const SQLITE_MIGRATIONS: &[(i64, &str, &str)] = &[
     (1, "run history", include_str!("migrations/sqlite/0001_run_history.sql")),
     (2, "definitions and implicit tasks", include_str!("migrations/sqlite/0002_definitions_and_implicit_tasks.sql")),
     (3, "routing columns", include_str!("migrations/sqlite/0003_routing_columns.sql")),
+    (4, "instance leases", include_str!("migrations/sqlite/0004_instance_leases.sql")),
 ];
 const POSTGRES_MIGRATIONS: &[(i64, &str, &str)] = &[
     (1, "run history", include_str!("migrations/postgres/0001_run_history.sql")),
     (2, "definitions and implicit tasks", include_str!("migrations/postgres/0002_definitions_and_implicit_tasks.sql")),
     (3, "routing columns", include_str!("migrations/postgres/0003_routing_columns.sql")),
+    (4, "instance leases", include_str!("migrations/postgres/0004_instance_leases.sql")),
 ];
 
 /// A handle on the run history. Cheap to clone; every clone shares one pool.
@@ -565,55 +571,6 @@ impl Store {
         self.inner.fetch("reading cancel requests", q, |r| r.req_text("run_id")).await
     }
 
-    /// Marks as failed the queued or running runs owned by a process of this
-    /// host that no longer exists, cancelling their unfinished tasks; returns
-    /// their ids.
-    pub async fn recover_orphans(&self) -> Result<Vec<String>> {
-        self.recover(None).await
-    }
-
-    /// [`Store::recover_orphans`], limited to runs of the named backends:
-    /// those that execute inside the process that started them. Runs of a
-    /// distributed backend outlive the process that submitted them.
-    pub async fn recover_orphans_of(&self, in_process: &[String]) -> Result<Vec<String>> {
-        self.recover(Some(in_process)).await
-    }
-
-    async fn recover(&self, in_process: Option<&[String]>) -> Result<Vec<String>> {
-        let sql = &self.inner.sql;
-        let me = &self.inner.owner;
-        let candidates = self
-            .inner
-            .fetch("looking for interrupted runs", stmt(&sql.orphan_candidates, [me.host.as_str()]), |r| {
-                Ok((r.req_text("run_id")?, r.int("owner_pid")?, r.req_text("backend")?))
-            })
-            .await?;
-        let candidates = candidates
-            .into_iter()
-            .filter(|(_, _, backend)| in_process.is_none_or(|names| names.contains(backend)))
-            .map(|(run_id, pid, _)| (run_id, pid));
-        let mut recovered = Vec::new();
-        for (run_id, pid) in candidates {
-            let pid = pid.unwrap_or(0);
-            if process_exists(pid) {
-                continue;
-            }
-            let message = format!("interrupted: the process running it (pid {pid}) exited");
-            let now = sql::ts_text(OffsetDateTime::now_utc());
-            let args = || vec![Val::Text(Some(run_id.clone())), Val::Text(Some(message.clone())), Val::Text(Some(now.clone()))];
-            let steps = [&sql.fail_orphan_run, &sql.cancel_orphan_tasks, &sql.cancel_orphan_implicit_tasks, &sql.cancel_orphan_attempts]
-                .map(|q| Step::Execute(Stmt { sql: q.clone(), args: args() }));
-            // Only a run this call fails has its tasks and attempts cancelled.
-            let mut script = Steps::new(steps, Some(0));
-            self.inner.run_script(&mut script).await.map_err(|e| db_error(&format!("recovering run {run_id}"), &e))?;
-            if script.affected.first() == Some(&1) {
-                tracing::warn!(run_id, pid, "marked an interrupted run as failed");
-                recovered.push(run_id);
-            }
-        }
-        Ok(recovered)
-    }
-
     /// Ids starting with `prefix` (at most [`PREFIX_MATCH_LIMIT`], sorted), so
     /// a short id can name a run. An empty prefix matches nothing.
     pub async fn run_ids_by_prefix(&self, prefix: &str) -> Result<Vec<String>> {
@@ -630,7 +587,9 @@ impl Store {
             .inner
             .fetch(&format!("reading the owner of run {run_id}"), stmt(&self.inner.sql.get_owner, [run_id]), |r| {
                 Ok(match (r.text("owner_host")?, r.int("owner_pid")?) {
-                    (Some(host), Some(pid)) => Some(Owner { host, pid: u32::try_from(pid).unwrap_or(0) }),
+                    (Some(host), Some(pid)) => {
+                        Some(Owner { host, pid: u32::try_from(pid).unwrap_or(0), instance: r.text("owner_instance")? })
+                    }
                     _ => None,
                 })
             })
@@ -643,7 +602,12 @@ impl Store {
     pub async fn set_owner(&self, run_id: &str, owner: &Owner) -> Result<bool> {
         let q = Stmt {
             sql: self.inner.sql.set_owner.clone(),
-            args: vec![Val::Text(Some(run_id.to_string())), Val::Text(Some(owner.host.clone())), Val::Int(Some(i64::from(owner.pid)))],
+            args: vec![
+                Val::Text(Some(run_id.to_string())),
+                Val::Text(Some(owner.host.clone())),
+                Val::Int(Some(i64::from(owner.pid))),
+                Val::Text(owner.instance.clone()),
+            ],
         };
         let n = self.inner.execute(&format!("setting the owner of run {run_id}"), q).await?;
         Ok(n > 0)

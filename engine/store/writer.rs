@@ -650,6 +650,7 @@ async fn write_loop(inner: Arc<Inner>, shared: Arc<Shared>) {
             }
             Err(failure) => {
                 let unavailable = || StoreError::Unavailable { location: inner.location.clone(), reason: failure.reason.clone() };
+                let told = !flushes.is_empty();
                 // A creation that was waiting fails, and its run does not
                 // start: nothing of it may reach the database later.
                 for (id, ack) in acks {
@@ -668,8 +669,9 @@ async fn write_loop(inner: Arc<Inner>, shared: Arc<Shared>) {
                     if idle {
                         retry_wait = (retry_wait * 2).min(MAX_RETRY_WAIT);
                     }
-                } else {
-                    memory.report(StoreError::Db(format!("{} (dropped)", failure.reason)));
+                } else if !told {
+                    // Nobody waited to hear of it: the next flush does.
+                    memory.report(StoreError::Unavailable { location: inner.location.clone(), reason: failure.reason });
                 }
             }
         }
