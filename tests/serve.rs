@@ -20,12 +20,21 @@ impl Drop for Server {
 }
 
 fn start(dir: &Path, extra: &[&str]) -> Server {
-    start_with(dir, extra, |_| {})
+    start_with(dir, &[], extra, |_| {})
 }
 
-/// [`start`], with the command adjusted first.
-fn start_with(dir: &Path, extra: &[&str], adjust: impl FnOnce(&mut Command)) -> Server {
-    let mut cmd = Command::new(assert_cmd::cargo::cargo_bin("taskweave"));
+/// [`start`], under a wrapper command (`wrap` then the binary's path), with
+/// the command adjusted first.
+fn start_with(dir: &Path, wrap: &[&str], extra: &[&str], adjust: impl FnOnce(&mut Command)) -> Server {
+    let bin = assert_cmd::cargo::cargo_bin("taskweave");
+    let mut cmd = match wrap.split_first() {
+        Some((program, args)) => {
+            let mut c = Command::new(program);
+            c.args(args).arg(&bin);
+            c
+        }
+        None => Command::new(&bin),
+    };
     cmd.current_dir(dir)
         .args(["serve", "--bind", "127.0.0.1:0", "--grace", "5s"])
         .args(extra)
@@ -235,7 +244,7 @@ async fn a_store_that_cannot_write_refuses_runs_and_recovers() {
     std::fs::create_dir(&flows).unwrap();
     std::fs::write(dir.path().join("taskweave.toml"), "[engine]\nworkflows = [\"flows\"]\nstore = \"sqlite://state.db\"\n").unwrap();
     std::fs::write(flows.join("slow.yaml"), flow(1)).unwrap();
-    let server = start_with(dir.path(), &[], |cmd| {
+    let server = start_with(dir.path(), &[], &[], |cmd| {
         // SAFETY: only async-signal-safe calls between fork and exec. A
         // write past the file size limit then fails with EFBIG instead of
         // killing the process.
@@ -303,4 +312,65 @@ async fn a_store_that_cannot_write_refuses_runs_and_recovers() {
     })
     .await;
     assert_eq!(listed.as_array().unwrap().len(), 3, "{listed}");
+}
+
+/// Inside a container taskweave is pid 1 at every start, so after a crash
+/// the dead process's pid is alive again. A run it left behind still ends:
+/// failed as interrupted once the crashed instance's lease expires. The
+/// container is a pid namespace of our own (`unshare`, which needs root).
+#[cfg(target_os = "linux")]
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_run_left_by_a_crash_as_pid_1_ends_interrupted_after_a_restart() {
+    let unshare = ["unshare", "--pid", "--fork", "--kill-child"];
+    let can = Command::new(unshare[0]).args(&unshare[1..]).arg("true").stderr(Stdio::null()).status().is_ok_and(|s| s.success());
+    if !can {
+        assert!(
+            std::env::var("TASKWEAVE_REQUIRE_SERVICES").as_deref() != Ok("1"),
+            "`unshare --pid` is not available (root is needed) and TASKWEAVE_REQUIRE_SERVICES=1"
+        );
+        let _ = std::io::Write::write_all(
+            &mut std::io::stderr(),
+            b"SKIPPED a_run_left_by_a_crash_as_pid_1_ends_interrupted_after_a_restart: `unshare --pid` is not available here (needs root)\n",
+        );
+        return;
+    }
+    let dir = tempfile::tempdir().unwrap();
+    let flows = dir.path().join("flows");
+    std::fs::create_dir(&flows).unwrap();
+    std::fs::write(
+        dir.path().join("taskweave.toml"),
+        "[engine]\nworkflows = [\"flows\"]\nstore = \"sqlite://state.db\"\n\n[instance]\nheartbeat = \"200ms\"\nlease = \"1s\"\n",
+    )
+    .unwrap();
+    std::fs::write(flows.join("slow.yaml"), flow(1)).unwrap();
+    let c = reqwest::Client::new();
+
+    let mut first = start_with(dir.path(), &unshare, &[], |_| {});
+    let (code, accepted) = post(&c, format!("{}/v1/workflows/slow/runs", first.base), json!({"input": {"d": "60s"}})).await;
+    assert_eq!(code, 202, "{accepted}");
+    let id = accepted["run_id"].as_str().unwrap().to_string();
+    let base = first.base.clone();
+    eventually("the run to be running", || {
+        let (c, url) = (c.clone(), format!("{base}/v1/runs/{id}"));
+        async move { (get(&c, url).await.1["tasks"]["nap"]["status"] == "running").then_some(Value::Null) }
+    })
+    .await;
+    // kill -9: the namespace's pid 1 goes with the wrapper.
+    first.child.kill().unwrap();
+    first.child.wait().unwrap();
+
+    let second = start_with(dir.path(), &unshare, &[], |_| {});
+    let base = second.base.clone();
+    let r = eventually("the interrupted run to end", || {
+        let (c, url) = (c.clone(), format!("{base}/v1/runs/{id}"));
+        async move {
+            let (_, r) = get(&c, url).await;
+            (r["status"] != "running" && r["status"] != "queued").then_some(r)
+        }
+    })
+    .await;
+    assert_eq!(r["status"], "failed", "{r}");
+    let error = r["error"].as_str().unwrap_or_default();
+    assert!(error.starts_with("interrupted: ") && error.contains("lease"), "{r}");
+    assert_eq!(r["tasks"]["nap"]["status"], "cancelled", "{r}");
 }
