@@ -420,6 +420,27 @@ impl Store {
     /// Opens (creating and migrating when needed) the store at `url`:
     /// `sqlite://PATH`, `sqlite::memory:`, `postgres://...` or `postgresql://...`.
     pub async fn open(url: &str) -> Result<Store> {
+        Store::open_as(url, true).await
+    }
+
+    /// Opens the store at `url` when it exists, creating nothing: `Ok(None)`
+    /// when it is an SQLite file that does not exist (no run history yet).
+    /// What read-only commands use, so that looking creates no file.
+    pub async fn open_existing(url: &str) -> Result<Option<Store>> {
+        if let Some(path) = sqlite_file(url.trim())
+            && !path.exists()
+        {
+            return Ok(None);
+        }
+        Store::open_as(url, false).await.map(Some)
+    }
+
+    /// Where an SQLite file store lives, if `url` names one.
+    pub fn sqlite_path(url: &str) -> Option<&Path> {
+        sqlite_file(url.trim())
+    }
+
+    async fn open_as(url: &str, create: bool) -> Result<Store> {
         let url = url.trim();
         let (pool, dialect, location) = if url.starts_with("sqlite::memory:") {
             (open_sqlite_memory().await?, Dialect::Sqlite, "sqlite::memory:".to_string())
@@ -427,7 +448,7 @@ impl Store {
             if path.is_empty() || path.contains('?') {
                 return Err(StoreError::BadUrl(url.to_string()));
             }
-            (open_sqlite_file(Path::new(path)).await?, Dialect::Sqlite, path.to_string())
+            (open_sqlite_file(Path::new(path), create).await?, Dialect::Sqlite, path.to_string())
         } else if url.starts_with("postgres://") || url.starts_with("postgresql://") {
             let location = redact(url);
             (open_postgres(url, &location).await?, Dialect::Postgres, location)
@@ -641,9 +662,19 @@ async fn open_sqlite_memory() -> Result<Pool> {
     Ok(Pool::Sqlite(pool))
 }
 
-async fn open_sqlite_file(path: &Path) -> Result<Pool> {
+/// The file of an `sqlite://PATH` (or `sqlite:PATH`) URL; not the in-memory one.
+fn sqlite_file(url: &str) -> Option<&Path> {
+    if url.starts_with("sqlite::memory:") {
+        return None;
+    }
+    let path = url.strip_prefix("sqlite://").or_else(|| url.strip_prefix("sqlite:"))?;
+    (!path.is_empty() && !path.contains('?')).then(|| Path::new(path))
+}
+
+/// Opens an SQLite file; with `create`, creates it and its folder when missing.
+async fn open_sqlite_file(path: &Path, create: bool) -> Result<Pool> {
     let open_err = |reason: String| StoreError::Open { location: path.display().to_string(), reason };
-    if let Some(parent) = path.parent().filter(|p| !p.as_os_str().is_empty()) {
+    if let Some(parent) = path.parent().filter(|p| !p.as_os_str().is_empty() && create) {
         if parent.exists() && !parent.is_dir() {
             return Err(open_err(format!("{} is not a folder", parent.display())));
         }
@@ -657,7 +688,7 @@ async fn open_sqlite_file(path: &Path) -> Result<Pool> {
     // automatic checkpoint stays as a backstop for a log past 64 MB.
     let opts = SqliteConnectOptions::new()
         .filename(path)
-        .create_if_missing(true)
+        .create_if_missing(create)
         .journal_mode(SqliteJournalMode::Wal)
         .synchronous(SqliteSynchronous::Normal)
         .pragma("wal_autocheckpoint", "16384")
