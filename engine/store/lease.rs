@@ -156,10 +156,7 @@ impl Store {
                 recovered.push(run_id);
             }
         }
-        let forget = Stmt {
-            sql: sql.forget_instances.clone(),
-            args: vec![Val::Text(Some(sql::ts_text(now - FORGET_AFTER)))],
-        };
+        let forget = Stmt { sql: sql.forget_instances.clone(), args: vec![Val::Text(Some(sql::ts_text(now - FORGET_AFTER)))] };
         self.inner.execute("forgetting stopped instances", forget).await?;
         Ok(recovered)
     }
@@ -182,9 +179,7 @@ fn orphaned(c: &Candidate, me: &Owner, now: OffsetDateTime) -> Option<String> {
         (Some(instance), Some((heartbeat, ttl))) => (heartbeat + ttl < now).then(|| {
             let at = heartbeat.format(&time::format_description::well_known::Rfc3339).unwrap_or_default();
             let host = c.host.as_deref().unwrap_or("?");
-            format!(
-                "interrupted: the process running it (pid {pid} on {host}, instance {instance}) stopped renewing its lease at {at}"
-            )
+            format!("interrupted: the process running it (pid {pid} on {host}, instance {instance}) stopped renewing its lease at {at}")
         }),
         // No lease to go by: a pid of this host that is this process runs
         // none of these runs (its own carry its instance).

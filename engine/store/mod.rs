@@ -396,10 +396,8 @@ impl Inner {
                         }
                         Step::Insert(s) => {
                             let rows = bound!(DB, s).fetch_all(&mut *tx).await?;
-                            let keys = rows
-                                .iter()
-                                .map(|r| sqlx::Row::try_get::<String, _>(r, 0))
-                                .collect::<std::result::Result<Vec<_>, _>>()?;
+                            let keys =
+                                rows.iter().map(|r| sqlx::Row::try_get::<String, _>(r, 0)).collect::<std::result::Result<Vec<_>, _>>()?;
                             script.done(keys.len() as u64, keys);
                         }
                     }
@@ -456,14 +454,8 @@ impl Store {
             return Err(StoreError::BadUrl(url.to_string()));
         };
         let wal = dialect == Dialect::Sqlite && location != "sqlite::memory:";
-        let inner = Inner {
-            pool,
-            sql: Sql::new(dialect, MIGRATIONS_TABLE),
-            location,
-            owner: Owner::current(),
-            wal,
-            health: Arc::default(),
-        };
+        let inner =
+            Inner { pool, sql: Sql::new(dialect, MIGRATIONS_TABLE), location, owner: Owner::current(), wal, health: Arc::default() };
         migrate(&inner).await?;
         Ok(Store { inner: Arc::new(inner) })
     }
