@@ -687,12 +687,13 @@ struct WriteFailure {
 }
 
 /// Lets events gather until they pause for [`QUIET`], [`MAX_DELAY`] after
-/// the first, or until something is urgent.
+/// the first, or until something is urgent (a flush, a creation waiting
+/// for its commit, a full batch).
 async fn gather(shared: &Shared) {
     loop {
         let wake_at = {
             let p = lock(&shared.pending);
-            if p.closed || !p.flushes.is_empty() || p.batch.rows >= MAX_PENDING {
+            if p.closed || !p.flushes.is_empty() || !p.acks.is_empty() || p.batch.rows >= MAX_PENDING {
                 return;
             }
             match (p.first, p.last) {
