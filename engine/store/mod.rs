@@ -692,7 +692,10 @@ async fn open_sqlite_file(path: &Path, create: bool) -> Result<Pool> {
     let mut tries = 0u32;
     let pool = loop {
         tries += 1;
-        match SqlitePoolOptions::new().max_connections(4).acquire_timeout(Duration::from_secs(30)).connect_with(opts.clone()).await {
+        // No ping before each use: an embedded file's connection cannot
+        // drop like a network one, and every transaction would pay for it.
+        let options = SqlitePoolOptions::new().max_connections(4).acquire_timeout(Duration::from_secs(30)).test_before_acquire(false);
+        match options.connect_with(opts.clone()).await {
             Ok(pool) => break pool,
             Err(e) if tries < 20 && is_sqlite_busy(&e) => tokio::time::sleep(Duration::from_millis(20 * u64::from(tries))).await,
             Err(e) => return Err(open_err(sqlite_open_reason(path, &e))),

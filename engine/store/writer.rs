@@ -47,6 +47,10 @@ use time::OffsetDateTime;
 use tokio::sync::{Notify, oneshot};
 use tokio::time::Instant;
 
+/// The least time between two checkpoints of SQLite's write-ahead log
+/// started by the writer (SQLite's own, past 64 MB of log, stays as a backstop).
+const CHECKPOINT_EVERY: Duration = Duration::from_millis(100);
+
 /// Pause before the one retry of a failed batch.
 const RETRY_DELAY: Duration = Duration::from_millis(200);
 
@@ -560,6 +564,8 @@ struct Memory {
     unreported: Option<StoreError>,
     /// A checkpoint runs (SQLite).
     checkpointing: Arc<AtomicBool>,
+    /// When the last checkpoint started.
+    checkpointed: Option<Instant>,
     /// Definitions this writer has committed lately, oldest first: runs of
     /// a workflow send its definition once.
     written: VecDeque<Arc<str>>,
@@ -774,12 +780,19 @@ impl Memory {
         }
     }
 
-    /// Starts a checkpoint of SQLite's write-ahead log unless one runs: in
-    /// the background, so a commit never waits for it.
-    fn checkpoint(&self, inner: &Arc<Inner>) {
-        if !inner.wal || self.checkpointing.swap(true, Ordering::AcqRel) {
+    /// Starts a checkpoint of SQLite's write-ahead log unless one runs or
+    /// one started less than [`CHECKPOINT_EVERY`] ago: in the background,
+    /// so a commit never waits for it. (Acknowledged creations commit in
+    /// small batches; a checkpoint, which syncs the database file, after
+    /// each would cost more than the commits.)
+    fn checkpoint(&mut self, inner: &Arc<Inner>) {
+        if !inner.wal || self.checkpointed.is_some_and(|at| at.elapsed() < CHECKPOINT_EVERY) {
             return;
         }
+        if self.checkpointing.swap(true, Ordering::AcqRel) {
+            return;
+        }
+        self.checkpointed = Some(Instant::now());
         let (inner, running) = (Arc::clone(inner), Arc::clone(&self.checkpointing));
         tokio::spawn(async move {
             if let Err(e) = inner.checkpoint().await {
