@@ -4,7 +4,11 @@
 //!
 //! The executor writes through a [`StoreWriter`] that batches events into
 //! transactions, so recording history costs the hot path an update of an
-//! in-memory batch; the local backend queues new runs through it too.
+//! in-memory batch; the local backend queues new runs through it too and
+//! waits for the commit of their batch ([`StoreWriter::create_acked`]), so
+//! a run is accepted only once it is recorded. [`StoreHealth`] says
+//! whether writes succeed; `lease.rs` holds the instance leases that tell
+//! runs whose process died.
 //! Everything else (the CLI's `runs`, the API, cancel requests from other
 //! processes, recovery of runs whose process died) goes through [`Store`].
 //!
