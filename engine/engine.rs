@@ -122,22 +122,37 @@ impl EngineBuilder {
         self
     }
 
-    /// Open the store, mark runs left behind by dead processes, start backends.
+    /// Open the store, take this process's lease, mark runs left behind by
+    /// dead processes, start backends.
     pub async fn build(self) -> Result<Engine, EngineError> {
         let url = match self.store {
             Some(u) => u,
             None => Some(self.config.engine.store.clone()),
         };
+        let mut instance = self.config.instance.clone();
+        if let Some(problem) = instance.problem() {
+            instance.lease = instance.heartbeat.max(std::time::Duration::from_millis(1)) * 2;
+            instance.heartbeat = instance.heartbeat.max(std::time::Duration::from_millis(1));
+            tracing::warn!("[instance]: {problem}; using a lease of {}", humantime::format_duration(instance.lease));
+        }
+        let in_process = self.config.in_process_backends();
         let store = match url {
             Some(u) => {
                 let s = Store::open(&u).await?;
-                if let Err(e) = s.recover_orphans_of(&self.config.in_process_backends()).await {
+                if let Err(e) = s.renew_lease(&crate::store::Lease::current(instance.lease)).await {
+                    tracing::warn!("could not record this instance's lease: {e}");
+                }
+                if let Err(e) = s.recover_orphans_of(&in_process).await {
                     tracing::warn!("could not check for interrupted runs: {e}");
                 }
                 Some(s)
             }
             None => None,
         };
+        let lease_keeper = tokio_util::sync::CancellationToken::new();
+        if let Some(s) = &store {
+            tokio::spawn(keep_lease(s.clone(), instance, in_process, lease_keeper.clone()));
+        }
         let (events, _) = tokio::sync::broadcast::channel(4096);
         let mut handlers = Handlers::builtin_with(BuiltinSettings {
             llm: LlmConfig::from_env(),
@@ -193,6 +208,7 @@ impl EngineBuilder {
                 flags,
                 _flag_watcher: flag_watcher,
                 routing_metrics: RoutingMetrics::default(),
+                lease_keeper,
             }),
         })
     }
@@ -216,6 +232,40 @@ struct Inner {
     flags: Option<FlagSource>,
     _flag_watcher: Option<crate::flags::FileWatcher>,
     routing_metrics: RoutingMetrics,
+    /// Stops the renewal of this process's lease.
+    lease_keeper: tokio_util::sync::CancellationToken,
+}
+
+impl Drop for Inner {
+    fn drop(&mut self) {
+        self.lease_keeper.cancel();
+    }
+}
+
+/// Renews this process's lease every `heartbeat` and marks the runs of
+/// instances whose lease expired as interrupted, until `stop`.
+async fn keep_lease(
+    store: Store,
+    instance: crate::config::instance::InstanceConfig,
+    in_process: Vec<String>,
+    stop: tokio_util::sync::CancellationToken,
+) {
+    let mut tick = tokio::time::interval(instance.heartbeat);
+    tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    // The first tick is now: the lease was just taken.
+    tick.tick().await;
+    loop {
+        tokio::select! {
+            _ = stop.cancelled() => return,
+            _ = tick.tick() => {}
+        }
+        if let Err(e) = store.renew_lease(&crate::store::Lease::current(instance.lease)).await {
+            tracing::warn!("could not renew this instance's lease: {e}");
+        }
+        if let Err(e) = store.recover_orphans_of(&in_process).await {
+            tracing::debug!("could not check for interrupted runs: {e}");
+        }
+    }
 }
 
 /// The engine, cheap to clone.
@@ -495,6 +545,7 @@ impl Engine {
         for b in self.inner.backends.iter() {
             b.shutdown().await;
         }
+        self.inner.lease_keeper.cancel();
     }
 }
 

@@ -404,3 +404,27 @@ fn one_log_gets_each_task_line_once() {
     let (stdout, stderr) = (String::from_utf8_lossy(&out.stdout), String::from_utf8_lossy(&out.stderr));
     assert!(stdout.contains("say-hi") && stderr.contains("say-hi"), "{stdout}\n{stderr}");
 }
+
+#[test]
+fn looking_at_history_creates_no_store() {
+    let dir = tempfile::tempdir().unwrap();
+    let store = dir.path().join(".taskweave");
+    tw(dir.path()).args(["runs", "list"]).assert().success().stdout(predicate::str::contains("no run history at .taskweave/state.db yet"));
+    tw(dir.path()).args(["runs"]).assert().success();
+    tw(dir.path()).args(["runs", "list", "--format", "json"]).assert().success().stdout(predicate::str::diff("[]\n"));
+    tw(dir.path())
+        .args(["runs", "show", "0193"])
+        .assert()
+        .code(1)
+        .stderr(predicate::str::contains("no run `0193` (no run history at .taskweave/state.db yet)"));
+    tw(dir.path()).args(["runs", "cancel", "0193"]).assert().code(1);
+    tw(dir.path()).args(["migration", "status"]).assert().success().stdout(predicate::str::contains("0 run(s)"));
+    tw(dir.path()).args(["doctor"]).assert().stdout(predicate::str::contains("no run history at sqlite://.taskweave/state.db yet"));
+    assert!(!store.exists(), "a read-only command created {}", store.display());
+
+    // Once a run has recorded history, the same commands read it.
+    write(dir.path(), "greet.yaml", GREET);
+    tw(dir.path()).args(["run", "greet.yaml", "--set", "who=x"]).assert().success();
+    assert!(store.join("state.db").exists());
+    tw(dir.path()).args(["runs", "list"]).assert().success().stdout(predicate::str::contains("greet"));
+}

@@ -25,11 +25,21 @@ impl Drop for Server {
 }
 
 fn start(dir: &Path, extra: &[&str]) -> Server {
-    start_with(dir, extra, |_| {})
+    start_with(dir, &[], extra, |_| {})
 }
 
-fn serve_command(dir: &Path, extra: &[&str]) -> Command {
-    let mut cmd = Command::new(assert_cmd::cargo::cargo_bin("taskweave"));
+/// The `serve` command, under a wrapper command when `wrap` is not empty
+/// (`wrap` then the binary's path).
+fn serve_command(dir: &Path, wrap: &[&str], extra: &[&str]) -> Command {
+    let bin = assert_cmd::cargo::cargo_bin("taskweave");
+    let mut cmd = match wrap.split_first() {
+        Some((program, args)) => {
+            let mut c = Command::new(program);
+            c.args(args).arg(&bin);
+            c
+        }
+        None => Command::new(&bin),
+    };
     cmd.current_dir(dir).args(["serve", "--bind", "127.0.0.1:0"]);
     if !extra.contains(&"--grace") {
         cmd.args(["--grace", "5s"]);
@@ -38,8 +48,8 @@ fn serve_command(dir: &Path, extra: &[&str]) -> Command {
     cmd
 }
 
-fn start_with(dir: &Path, extra: &[&str], configure: impl FnOnce(&mut Command)) -> Server {
-    let mut cmd = serve_command(dir, extra);
+fn start_with(dir: &Path, wrap: &[&str], extra: &[&str], configure: impl FnOnce(&mut Command)) -> Server {
+    let mut cmd = serve_command(dir, wrap, extra);
     configure(&mut cmd);
     let mut child = cmd.stdout(Stdio::null()).stderr(Stdio::piped()).spawn().expect("spawn serve");
     let stderr = child.stderr.take().unwrap();
@@ -228,7 +238,7 @@ async fn the_token_guards_everything_but_healthz() {
 
 /// What `taskweave serve` says when it refuses to start; panics if it starts.
 fn refused(dir: &Path, extra: &[&str], env: &[(&str, &str)]) -> String {
-    let mut cmd = assert_cmd::Command::from_std(serve_command(dir, extra));
+    let mut cmd = assert_cmd::Command::from_std(serve_command(dir, &[], extra));
     for (k, v) in env {
         cmd.env(k, v);
     }
@@ -361,7 +371,7 @@ async fn out_of_file_descriptors_the_server_waits_without_spinning_and_recovers(
     let dir = tempfile::tempdir().unwrap();
     std::fs::create_dir(dir.path().join("workflows")).unwrap();
     // A low descriptor limit, and clients that hold their connections (a minute to send headers).
-    let server = start_with(dir.path(), &["--header-timeout", "60s"], |cmd| {
+    let server = start_with(dir.path(), &[], &["--header-timeout", "60s"], |cmd| {
         // SAFETY: setrlimit is async-signal-safe; it only touches the child between fork and exec.
         unsafe {
             cmd.pre_exec(|| {
@@ -407,4 +417,159 @@ async fn out_of_file_descriptors_the_server_waits_without_spinning_and_recovers(
             }
         }
     }
+}
+
+/// Sets the largest file a process may write (`RLIMIT_FSIZE`, soft limit;
+/// `None`: unlimited). A write past it fails with EFBIG, as on a full disk.
+#[cfg(target_os = "linux")]
+fn limit_file_size(pid: u32, bytes: Option<u64>) {
+    let lim = libc::rlimit { rlim_cur: bytes.unwrap_or(libc::RLIM_INFINITY), rlim_max: libc::RLIM_INFINITY };
+    // SAFETY: `lim` is a valid rlimit; the old limit is not asked for.
+    let rc = unsafe { libc::prlimit(pid as libc::pid_t, libc::RLIMIT_FSIZE, &lim, std::ptr::null_mut()) };
+    assert_eq!(rc, 0, "prlimit: {}", std::io::Error::last_os_error());
+}
+
+/// A store that cannot write (its files may not grow: the disk is full as
+/// far as SQLite can tell) refuses new runs with 503 instead of accepting
+/// runs it cannot record, turns `/healthz` 503 naming the error, counts the
+/// failures, keeps what a run in flight records meanwhile, and recovers once
+/// the files may grow again.
+#[cfg(target_os = "linux")]
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_store_that_cannot_write_refuses_runs_and_recovers() {
+    use std::os::unix::process::CommandExt;
+    let dir = tempfile::tempdir().unwrap();
+    let flows = dir.path().join("flows");
+    std::fs::create_dir(&flows).unwrap();
+    std::fs::write(dir.path().join("taskweave.toml"), "[engine]\nworkflows = [\"flows\"]\nstore = \"sqlite://state.db\"\n").unwrap();
+    std::fs::write(flows.join("slow.yaml"), flow(1)).unwrap();
+    let server = start_with(dir.path(), &[], &[], |cmd| {
+        // SAFETY: only async-signal-safe calls between fork and exec. A
+        // write past the file size limit then fails with EFBIG instead of
+        // killing the process.
+        unsafe {
+            cmd.pre_exec(|| {
+                libc::signal(libc::SIGXFSZ, libc::SIG_IGN);
+                Ok(())
+            });
+        }
+    });
+    let pid = server.child.id();
+    let c = reqwest::Client::new();
+    let base = server.base.clone();
+    let submit = format!("{base}/v1/workflows/slow/runs");
+
+    let (code, ok) = post(&c, submit.clone(), json!({"input": {"d": "1ms"}})).await;
+    assert_eq!(code, 202, "{ok}");
+    let (_, r) = get(&c, format!("{base}/v1/runs/{}?wait=30s", ok["run_id"].as_str().unwrap())).await;
+    assert_eq!(r["status"], "succeeded", "{r}");
+    let (code, _) = get(&c, format!("{base}/healthz")).await;
+    assert_eq!(code, 200);
+    // A run in flight when the store stops writing.
+    let (code, long) = post(&c, submit.clone(), json!({"input": {"d": "1500ms"}})).await;
+    assert_eq!(code, 202, "{long}");
+    let long = long["run_id"].as_str().unwrap().to_string();
+
+    limit_file_size(pid, Some(0));
+    for _ in 0..3 {
+        let (code, err) = post(&c, submit.clone(), json!({"input": {"d": "1ms"}})).await;
+        assert_eq!(code, 503, "a run the store cannot record is not accepted: {err}");
+        assert_eq!(err["error"]["code"], "store_unavailable", "{err}");
+    }
+    let (code, health) = get(&c, format!("{base}/healthz")).await;
+    assert_eq!(code, 503, "{health}");
+    assert_eq!(health["status"], "unavailable", "{health}");
+    assert!(health["store"]["error"].as_str().is_some_and(|e| !e.is_empty()), "{health}");
+    let metrics = c.get(format!("{base}/metrics")).send().await.unwrap().text().await.unwrap();
+    let errors: f64 = metrics
+        .lines()
+        .find_map(|l| l.strip_prefix("taskweave_store_write_errors_total "))
+        .and_then(|v| v.trim().parse().ok())
+        .unwrap_or_else(|| panic!("no write error counter: {metrics}"));
+    assert!(errors >= 3.0, "{metrics}");
+    assert!(metrics.lines().any(|l| l == "taskweave_store_healthy 0"), "{metrics}");
+    // The run in flight ends while the store cannot write.
+    let (_, r) = get(&c, format!("{base}/v1/runs/{long}?wait=30s")).await;
+    assert_eq!(r["status"], "succeeded", "{r}");
+
+    limit_file_size(pid, None);
+    let (code, ok) = post(&c, submit.clone(), json!({"input": {"d": "1ms"}})).await;
+    assert_eq!(code, 202, "{ok}");
+    let (code, health) = get(&c, format!("{base}/healthz")).await;
+    assert_eq!((code, &health), (200, &json!({"status": "ok"})));
+    let metrics = c.get(format!("{base}/metrics")).send().await.unwrap().text().await.unwrap();
+    assert!(metrics.lines().any(|l| l == "taskweave_store_healthy 1"), "{metrics}");
+    // The history holds the runs accepted, the one in flight with its end,
+    // and none of the refused ones.
+    let listed = eventually("the run in flight to be recorded as it ended", || {
+        let (c, base) = (c.clone(), base.clone());
+        async move {
+            let (_, runs) = get(&c, format!("{base}/v1/runs?limit=100")).await;
+            let runs = runs["runs"].as_array()?.clone();
+            runs.iter().all(|r| r["status"] == "succeeded").then_some(Value::Array(runs))
+        }
+    })
+    .await;
+    assert_eq!(listed.as_array().unwrap().len(), 3, "{listed}");
+}
+
+/// Inside a container taskweave is pid 1 at every start, so after a crash
+/// the dead process's pid is alive again. A run it left behind still ends:
+/// failed as interrupted once the crashed instance's lease expires. The
+/// container is a pid namespace of our own (`unshare`, which needs root).
+#[cfg(target_os = "linux")]
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_run_left_by_a_crash_as_pid_1_ends_interrupted_after_a_restart() {
+    let unshare = ["unshare", "--pid", "--fork", "--kill-child"];
+    let can = Command::new(unshare[0]).args(&unshare[1..]).arg("true").stderr(Stdio::null()).status().is_ok_and(|s| s.success());
+    if !can {
+        assert!(
+            std::env::var("TASKWEAVE_REQUIRE_SERVICES").as_deref() != Ok("1"),
+            "`unshare --pid` is not available (root is needed) and TASKWEAVE_REQUIRE_SERVICES=1"
+        );
+        let _ = std::io::Write::write_all(
+            &mut std::io::stderr(),
+            b"SKIPPED a_run_left_by_a_crash_as_pid_1_ends_interrupted_after_a_restart: `unshare --pid` is not available here (needs root)\n",
+        );
+        return;
+    }
+    let dir = tempfile::tempdir().unwrap();
+    let flows = dir.path().join("flows");
+    std::fs::create_dir(&flows).unwrap();
+    std::fs::write(
+        dir.path().join("taskweave.toml"),
+        "[engine]\nworkflows = [\"flows\"]\nstore = \"sqlite://state.db\"\n\n[instance]\nheartbeat = \"200ms\"\nlease = \"1s\"\n",
+    )
+    .unwrap();
+    std::fs::write(flows.join("slow.yaml"), flow(1)).unwrap();
+    let c = reqwest::Client::new();
+
+    let mut first = start_with(dir.path(), &unshare, &[], |_| {});
+    let (code, accepted) = post(&c, format!("{}/v1/workflows/slow/runs", first.base), json!({"input": {"d": "60s"}})).await;
+    assert_eq!(code, 202, "{accepted}");
+    let id = accepted["run_id"].as_str().unwrap().to_string();
+    let base = first.base.clone();
+    eventually("the run to be running", || {
+        let (c, url) = (c.clone(), format!("{base}/v1/runs/{id}"));
+        async move { (get(&c, url).await.1["tasks"]["nap"]["status"] == "running").then_some(Value::Null) }
+    })
+    .await;
+    // kill -9: the namespace's pid 1 goes with the wrapper.
+    first.child.kill().unwrap();
+    first.child.wait().unwrap();
+
+    let second = start_with(dir.path(), &unshare, &[], |_| {});
+    let base = second.base.clone();
+    let r = eventually("the interrupted run to end", || {
+        let (c, url) = (c.clone(), format!("{base}/v1/runs/{id}"));
+        async move {
+            let (_, r) = get(&c, url).await;
+            (r["status"] != "running" && r["status"] != "queued").then_some(r)
+        }
+    })
+    .await;
+    assert_eq!(r["status"], "failed", "{r}");
+    let error = r["error"].as_str().unwrap_or_default();
+    assert!(error.starts_with("interrupted: ") && error.contains("lease"), "{r}");
+    assert_eq!(r["tasks"]["nap"]["status"], "cancelled", "{r}");
 }

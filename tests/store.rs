@@ -15,7 +15,7 @@ use std::io::Write;
 use std::panic::AssertUnwindSafe;
 use std::time::{Duration, Instant};
 use taskweave::run::{Routing, RunResult, RunStatus, TaskResult, TaskStatus};
-use taskweave::store::{AttemptRecord, Owner, RunFilter, Store, StoreError};
+use taskweave::store::{AttemptRecord, Lease, Owner, RunFilter, Store, StoreError};
 use time::OffsetDateTime;
 
 const DEFAULT_PG_URL: &str = "postgres://postgres@127.0.0.1:5432/postgres";
@@ -144,6 +144,8 @@ suite!(
     attempts_keep_their_last_state_in_start_order,
     cancel_requests_apply_to_unfinished_runs_only,
     orphans_of_dead_local_processes_are_failed,
+    runs_of_an_expired_lease_are_failed_even_under_our_pid,
+    writer_acknowledges_a_creation_once_committed,
     writer_coalesces_and_flush_waits_for_commit,
     writer_drains_its_queue_after_being_dropped,
     writer_takes_100k_task_updates,
@@ -387,8 +389,8 @@ async fn cancel_requests_apply_to_unfinished_runs_only(cx: Ctx) {
 async fn orphans_of_dead_local_processes_are_failed(cx: Ctx) {
     let s = &cx.store;
     let here = Owner::current();
-    let dead = Owner { host: here.host.clone(), pid: dead_pid() };
-    let elsewhere = Owner { host: format!("{}-other-host", here.host), pid: dead.pid };
+    let dead = Owner { host: here.host.clone(), pid: dead_pid(), instance: None };
+    let elsewhere = Owner { host: format!("{}-other-host", here.host), pid: dead.pid, instance: None };
     let def = definition(&["a", "b", "c"]);
     let make = |id: &str, status: RunStatus| {
         let mut r = new_run(id, "wf", at(0), &["a", "b", "c"]);
@@ -439,6 +441,79 @@ async fn orphans_of_dead_local_processes_are_failed(cx: Ctx) {
         assert_eq!(s.get_run(id).await.unwrap().unwrap().status, status, "{id}");
     }
     assert!(s.recover_orphans().await.unwrap().is_empty(), "recovery happens once");
+}
+
+/// Inside a container every start of taskweave has the same pid: a run of
+/// a crashed instance carries our own pid, and only its lease tells.
+async fn runs_of_an_expired_lease_are_failed_even_under_our_pid(cx: Ctx) {
+    let s = &cx.store;
+    let here = Owner::current();
+    let now = OffsetDateTime::now_utc();
+    let lease = |instance: &str, heartbeat: OffsetDateTime| Lease {
+        instance: instance.to_string(),
+        host: here.host.clone(),
+        pid: here.pid,
+        started_at: heartbeat,
+        heartbeat_at: heartbeat,
+        ttl: Duration::from_secs(30),
+    };
+    s.renew_lease(&lease("i-crashed", now - Duration::from_secs(120))).await.unwrap();
+    s.renew_lease(&lease("i-live", now - Duration::from_secs(5))).await.unwrap();
+    let def = definition(&["a", "b"]);
+    let mine = here.instance.clone().unwrap();
+    for (id, instance) in [("l-crashed", "i-crashed"), ("l-live", "i-live"), ("l-mine", mine.as_str())] {
+        let mut r = new_run(id, "wf", at(0), &["a", "b"]);
+        r.status = RunStatus::Running;
+        r.tasks.insert("a".into(), done(TaskStatus::Running, None, 1));
+        s.create_run(&r, &def).await.unwrap();
+        let owner = Owner { host: here.host.clone(), pid: here.pid, instance: Some(instance.to_string()) };
+        assert!(s.set_owner(id, &owner).await.unwrap());
+        assert_eq!(s.owner(id).await.unwrap(), Some(owner));
+    }
+    assert_eq!(s.recover_orphans_of(&["local".to_string()]).await.unwrap(), ["l-crashed"]);
+    let r = s.get_run("l-crashed").await.unwrap().unwrap();
+    assert_eq!(r.status, RunStatus::Failed);
+    let error = r.error.unwrap();
+    assert!(error.starts_with("interrupted: ") && error.contains("stopped renewing its lease"), "{error}");
+    assert!(error.contains("i-crashed"), "{error}");
+    for t in ["a", "b"] {
+        assert_eq!(r.tasks[t].status, TaskStatus::Cancelled, "{t}");
+    }
+    for id in ["l-live", "l-mine"] {
+        assert_eq!(s.get_run(id).await.unwrap().unwrap().status, RunStatus::Running, "{id}");
+    }
+    // A renewed lease keeps its runs; once it lapses they are recovered.
+    s.renew_lease(&lease("i-live", now)).await.unwrap();
+    assert!(s.recover_orphans().await.unwrap().is_empty());
+    s.renew_lease(&lease("i-live", now - Duration::from_secs(31))).await.unwrap();
+    assert_eq!(s.recover_orphans().await.unwrap(), ["l-live"]);
+}
+
+async fn writer_acknowledges_a_creation_once_committed(cx: Ctx) {
+    let s = &cx.store;
+    let w = s.writer();
+    let def = definition(&["a"]);
+    w.create_acked(&new_run("ack-1", "wf", at(0), &["a"]), def.clone()).await.unwrap();
+    // Committed: another reader sees it without a flush.
+    assert_eq!(s.get_run("ack-1").await.unwrap().unwrap().status, RunStatus::Queued);
+    // Concurrent creations share commits; each hears of its own.
+    let runs: Vec<RunResult> = (0..50).map(|i| new_run(&format!("ack-c{i:02}"), "wf", at(i), &["a"])).collect();
+    let acks = futures::future::join_all(runs.iter().map(|r| w.create_acked(r, def.clone()))).await;
+    assert!(acks.iter().all(Result::is_ok), "{acks:?}");
+    assert_eq!(s.list_runs(&RunFilter { limit: Some(100), ..Default::default() }).await.unwrap().len(), 51);
+    // A taken id is refused through the acknowledgement, and only there.
+    let taken = w.create_acked(&new_run("ack-1", "wf", at(0), &["a"]), def.clone()).await;
+    assert!(matches!(&taken, Err(StoreError::RunExists(id)) if id == "ack-1"), "{taken:?}");
+    w.flush().await.unwrap();
+    assert_eq!(s.health().failure(), None);
+    assert_eq!(s.health().write_errors(), 0);
+    // A store that cannot write refuses the creation and says so.
+    s.close().await;
+    let refused = w.create_acked(&new_run("ack-2", "wf", at(0), &["a"]), def).await;
+    assert!(matches!(&refused, Err(StoreError::Unavailable { .. })), "{refused:?}");
+    let failure = s.health().failure().expect("the store is failing");
+    assert!(failure.error.contains("could not record"), "{failure:?}");
+    assert!(s.health().write_errors() >= 1);
 }
 
 async fn writer_coalesces_and_flush_waits_for_commit(cx: Ctx) {
@@ -558,7 +633,7 @@ async fn writer_reports_a_failed_write_through_flush(cx: Ctx) {
     w.task("w-err", "a", &done(TaskStatus::Succeeded, None, 1));
     let err = w.flush().await.unwrap_err();
     let text = err.to_string();
-    assert!(matches!(err, StoreError::Db(_)), "{err:?}");
+    assert!(matches!(err, StoreError::Unavailable { .. }), "{err:?}");
     assert!(text.contains("could not record 1 updates"), "{text}");
     assert!(!text.contains('\n'), "one line: {text}");
     // Reported once: the next flush has nothing new to say.

@@ -212,6 +212,10 @@ impl ApiError {
                 ApiError::new(ErrorCode::BackendUnavailable, format!("backend `{backend}` is unavailable: {reason}"))
                     .with_details(json!({"backend": backend, "reason": reason}))
             }
+            BackendError::StoreUnavailable { backend, reason } => {
+                ApiError::new(ErrorCode::StoreUnavailable, format!("the run was not accepted: {reason}"))
+                    .with_details(json!({"backend": backend, "reason": reason}))
+            }
             BackendError::Permanent { backend, reason } => ApiError::new(ErrorCode::BackendError, format!("backend `{backend}`: {reason}"))
                 .with_details(json!({"backend": backend, "reason": reason})),
         }
@@ -295,6 +299,11 @@ mod tests {
             (EngineError::Backend(unavailable()), ErrorCode::BackendUnavailable, 503),
             (EngineError::Backend(BackendError::Permanent { backend: "pg".into(), reason: "broken".into() }), ErrorCode::BackendError, 502),
             (EngineError::Store(crate::store::StoreError::Db("gone".into())), ErrorCode::StoreUnavailable, 503),
+            (
+                EngineError::Backend(BackendError::StoreUnavailable { backend: "local".into(), reason: "disk full".into() }),
+                ErrorCode::StoreUnavailable,
+                503,
+            ),
         ];
         for (e, code, status) in cases {
             let a = ApiError::from(e);

@@ -20,6 +20,9 @@
 //!   `taskweave_flag_evaluation_errors_total{workflow, flag}` and
 //!   `taskweave_routing_fallbacks_total{workflow, from, to}`: counted by the
 //!   engine when runs are created (shared by every router of one engine)
+//! - `taskweave_store_write_errors_total` (writes to the run store that
+//!   failed) and `taskweave_store_healthy` (0 from a failed write until one
+//!   succeeds): kept by the store, shared by every router of one engine
 
 use crate::engine::{Engine, EngineError};
 use crate::reload::ReloadReport;
@@ -108,15 +111,21 @@ impl Default for Metrics {
 
 impl Metrics {
     pub fn new() -> Self {
-        Self::build(None)
+        Self::build(None, None)
     }
 
     /// Metrics that also expose an engine's routing counters.
     pub fn with_routing(routing: &crate::flags::routing::RoutingMetrics) -> Self {
-        Self::build(Some(routing))
+        Self::build(Some(routing), None)
     }
 
-    fn build(routing: Option<&crate::flags::routing::RoutingMetrics>) -> Self {
+    /// Metrics that also expose an engine's routing counters and the
+    /// write health of its store.
+    pub fn of_engine(engine: &Engine) -> Self {
+        Self::build(Some(engine.routing_metrics()), engine.store().map(|s| &**s.health()))
+    }
+
+    fn build(routing: Option<&crate::flags::routing::RoutingMetrics>, store: Option<&crate::store::StoreHealth>) -> Self {
         let mut registry = Registry::with_prefix("taskweave");
         let runs_started = Family::<StartedLabels, Counter>::default();
         let runs_finished = Family::<FinishedLabels, Counter>::default();
@@ -134,6 +143,9 @@ impl Metrics {
         );
         if let Some(r) = routing {
             r.register(&mut registry);
+        }
+        if let Some(s) = store {
+            s.register(&mut registry);
         }
         registry.register_with_unit(
             "task_duration",

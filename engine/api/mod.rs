@@ -129,7 +129,7 @@ pub fn routes() -> Vec<(Method, &'static str)> {
 /// it must be called inside a Tokio runtime (without one, `/metrics` only
 /// shows zeros); the task ends when the router is dropped.
 pub fn router(engine: Engine, opts: ApiOptions) -> Router {
-    let metrics = Arc::new(Metrics::with_routing(engine.routing_metrics()));
+    let metrics = Arc::new(Metrics::of_engine(&engine));
     let feed = match tokio::runtime::Handle::try_current() {
         Ok(_) => {
             let stop = CancellationToken::new();
@@ -181,8 +181,30 @@ async fn require_token(State(st): State<Arc<AppState>>, req: Request, next: Next
     if ok { next.run(req).await } else { ApiError::unauthorized().into_response() }
 }
 
-async fn healthz() -> axum::Json<serde_json::Value> {
-    axum::Json(json!({"status": "ok"}))
+/// 200 `{"status": "ok"}` while the store writes (or there is none); 503
+/// naming the store's error from a failed write until one succeeds, since
+/// runs cannot be accepted meanwhile.
+async fn healthz(State(st): State<Arc<AppState>>) -> Response {
+    let Some(store) = st.engine.store() else {
+        return axum::Json(json!({"status": "ok"})).into_response();
+    };
+    match store.health().failure() {
+        None => axum::Json(json!({"status": "ok"})).into_response(),
+        Some(f) => {
+            let body = json!({
+                "status": "unavailable",
+                "store": {
+                    "location": store.location(),
+                    "error": f.error,
+                    "failing_since": f.since.format(&time::format_description::well_known::Rfc3339).unwrap_or_default(),
+                    "write_errors": store.health().write_errors(),
+                },
+            });
+            let mut resp = (axum::http::StatusCode::SERVICE_UNAVAILABLE, axum::Json(body)).into_response();
+            resp.headers_mut().insert(header::RETRY_AFTER, axum::http::HeaderValue::from_static("1"));
+            resp
+        }
+    }
 }
 
 async fn openapi() -> impl IntoResponse {

@@ -4,7 +4,7 @@
 use super::{Backend, BackendError, RunRequest};
 use crate::run::executor::{Executor, SharedResult, lock, new_result};
 use crate::run::{RunResult, RunStatus};
-use crate::store::Store;
+use crate::store::{Store, StoreError};
 use std::collections::HashMap;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
@@ -147,18 +147,22 @@ impl Backend for LocalBackend {
         }
         let mut result = new_result(&req.workflow, run_id.clone(), &self.name, req.input, req.entity_id, req.context);
         result.routing = req.routing;
+        // The run is recorded before it is accepted and before anything of
+        // it runs: a run the store could not record is refused, never lost.
         if let Some(store) = &self.store {
             let definition = serde_json::to_value(&req.workflow.raw).unwrap_or_default();
-            match &self.executor.writer {
+            let recorded = match &self.executor.writer {
                 // A fresh id cannot be taken: queue the creation ahead of the
-                // run's events; the run's final flush commits it.
-                Some(w) if req.run_id.is_none() => w.create(&result, definition),
+                // run's events and wait for the commit of its batch, which
+                // concurrent submissions share.
+                Some(w) if req.run_id.is_none() => w.create_acked(&result, definition).await,
                 // A caller's id may be: ask the store, which says so.
-                _ => store
-                    .create_run(&result, &definition)
-                    .await
-                    .map_err(|e| BackendError::Unavailable { backend: self.name.clone(), reason: e.to_string() })?,
-            }
+                _ => store.create_run(&result, &definition).await,
+            };
+            recorded.map_err(|e| match e {
+                StoreError::RunExists(id) => self.refused(format!("a run `{id}` exists already")),
+                e => BackendError::StoreUnavailable { backend: self.name.clone(), reason: e.to_string() },
+            })?;
         }
         let shared: SharedResult = Arc::new(Mutex::new(result));
         let (tx, rx) = watch::channel(false);

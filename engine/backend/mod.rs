@@ -61,6 +61,11 @@ pub enum BackendError {
     /// The backend cannot be reached now; retrying later may work.
     #[error("backend `{backend}` is unavailable: {reason}")]
     Unavailable { backend: String, reason: String },
+    /// The run store cannot record the run now, so it was not accepted;
+    /// retrying later may work. No other backend would do better: they
+    /// share the store.
+    #[error("backend `{backend}` cannot record the run: {reason}")]
+    StoreUnavailable { backend: String, reason: String },
     /// Anything else; not worth retrying.
     #[error("backend `{backend}`: {reason}")]
     Permanent { backend: String, reason: String },
@@ -68,7 +73,7 @@ pub enum BackendError {
 
 impl BackendError {
     pub fn is_retryable(&self) -> bool {
-        matches!(self, BackendError::Unavailable { .. })
+        matches!(self, BackendError::Unavailable { .. } | BackendError::StoreUnavailable { .. })
     }
 
     /// Whether flag routing may fall back to the default backend.

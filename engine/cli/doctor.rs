@@ -26,10 +26,16 @@ pub async fn doctor(config: Option<&Path>) -> anyhow::Result<ExitCode> {
             None => "no taskweave.toml; using the defaults".into(),
         },
     });
-    // Store: open it (creates a SQLite file and applies migrations).
-    let store = tokio::time::timeout(Duration::from_secs(10), crate::store::Store::open(&config.engine.store)).await;
+    // Store: open it when it exists (applying migrations); a missing SQLite
+    // file is not created here, the first run does that.
+    let store = tokio::time::timeout(Duration::from_secs(10), crate::store::Store::open_existing(&config.engine.store)).await;
     checks.push(match store {
-        Ok(Ok(s)) => Check { what: "store".into(), ok: true, detail: format!("{} answers", s.location()) },
+        Ok(Ok(Some(s))) => Check { what: "store".into(), ok: true, detail: format!("{} answers", s.location()) },
+        Ok(Ok(None)) => Check {
+            what: "store".into(),
+            ok: true,
+            detail: format!("no run history at {} yet; the first run creates it", config.engine.store),
+        },
         Ok(Err(e)) => Check { what: "store".into(), ok: false, detail: e.to_string() },
         Err(_) => Check { what: "store".into(), ok: false, detail: format!("{}: no answer within 10s", config.engine.store) },
     });

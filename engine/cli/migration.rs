@@ -36,7 +36,16 @@ pub async fn migration(cmd: MigrationCommand, config: Option<&Path>) -> anyhow::
         Ok(c) => c,
         Err(e) => return Ok(super::config_error(&e)),
     };
-    let engine = match Engine::builder().config(config).watch_flags(false).build().await {
+    // Looking creates nothing: without a store there is no history yet.
+    let builder = Engine::builder().watch_flags(false);
+    let builder = match crate::store::Store::sqlite_path(&config.engine.store) {
+        Some(path) if !path.exists() => {
+            eprintln!("no run history at {} yet", path.display());
+            builder.without_store()
+        }
+        _ => builder,
+    };
+    let engine = match builder.config(config).build().await {
         Ok(e) => e,
         Err(e) => {
             eprintln!("error: {e}");

@@ -441,6 +441,26 @@ pub enum RunsCommand {
     Cancel { id: String },
 }
 
+/// What `runs ...` says when the store does not exist yet: an empty list
+/// (exit 0), or no such run (exit 1).
+fn no_history(cmd: &RunsCommand, url: &str) -> ExitCode {
+    let at = Store::sqlite_path(url).map_or_else(|| url.to_string(), |p| p.display().to_string());
+    match cmd {
+        RunsCommand::List { format: OutputFormat::Json, .. } => {
+            println!("[]");
+            ExitCode::SUCCESS
+        }
+        RunsCommand::List { .. } => {
+            println!("no run history at {at} yet");
+            ExitCode::SUCCESS
+        }
+        RunsCommand::Show { id, .. } | RunsCommand::Cancel { id } => {
+            eprintln!("error: no run `{id}` (no run history at {at} yet)");
+            ExitCode::from(1)
+        }
+    }
+}
+
 async fn resolve_id(store: &Store, id: &str) -> Result<String, ExitCode> {
     match store.run_ids_by_prefix(id).await {
         Ok(ids) if ids.iter().any(|x| x == id) => Ok(id.to_string()),
@@ -465,12 +485,14 @@ pub async fn runs(cmd: Option<RunsCommand>, config: Option<&Path>) -> anyhow::Re
         Ok(c) => c,
         Err(e) => return Ok(super::config_error(&e)),
     };
-    let store = match Store::open(&config.engine.store).await {
-        Ok(s) => s,
+    let cmd = cmd.unwrap_or(RunsCommand::List { workflow: None, status: None, limit: 20, format: OutputFormat::Human });
+    // Looking creates nothing: without a store there is no history yet.
+    let store = match Store::open_existing(&config.engine.store).await {
+        Ok(Some(s)) => s,
+        Ok(None) => return Ok(no_history(&cmd, &config.engine.store)),
         Err(e) => return Ok(usage(e)),
     };
     let _ = store.recover_orphans_of(&config.in_process_backends()).await;
-    let cmd = cmd.unwrap_or(RunsCommand::List { workflow: None, status: None, limit: 20, format: OutputFormat::Human });
     match cmd {
         RunsCommand::List { workflow, status, limit, format } => {
             let status = match status.as_deref().map(|s| RunStatus::parse(s).ok_or(s)) {

@@ -3,11 +3,13 @@
 //! (`TASK_QUEUE_BACKEND`, `TASKWEAVE_STORE`, `TASKWEAVE_WORKFLOWS`, and the
 //! original layer's `CELERY_BROKER_URL`, `CELERY_RESULT_BACKEND`,
 //! `FLIPT_SERVER_URL`, `FLIPT_NAMESPACE`; `TASKWEAVE_FLAGS_TIMEOUT`;
-//! `TASKWEAVE_HTTP_DENY_PRIVATE`, `TASKWEAVE_EXTRACT_TEXT_ROOT`). The
-//! `[serve]` limits are overridden by `taskweave serve`'s flags and their
-//! `TASKWEAVE_*` variables instead, as they concern that command alone.
+//! `TASKWEAVE_HTTP_DENY_PRIVATE`, `TASKWEAVE_EXTRACT_TEXT_ROOT`;
+//! `TASKWEAVE_HEARTBEAT`, `TASKWEAVE_LEASE`). The `[serve]` limits are
+//! overridden by `taskweave serve`'s flags and their `TASKWEAVE_*`
+//! variables instead, as they concern that command alone.
 
 pub mod actions;
+pub mod instance;
 mod serve;
 
 pub use serve::{ServeConfig, parse_positive_duration};
@@ -98,6 +100,9 @@ pub struct Config {
     /// Connection limits of `taskweave serve`.
     #[serde(default)]
     pub serve: ServeConfig,
+    /// `[instance]`: how this process holds its lease in the store.
+    #[serde(default)]
+    pub instance: instance::InstanceConfig,
     /// Where the file was read from, if anywhere.
     #[serde(skip)]
     pub path: Option<PathBuf>,
@@ -200,6 +205,9 @@ impl Config {
                         "body_timeout",
                         "idle_timeout",
                         "max_connections",
+                        "instance",
+                        "heartbeat",
+                        "lease",
                     ];
                     if let Some(s) = crate::diag::did_you_mean(field, expected) {
                         d = d.with_help(format!("did you mean `{s}`?"));
@@ -244,6 +252,9 @@ impl Config {
                 return Err(d);
             }
         }
+        if let Some(problem) = c.instance.problem() {
+            return Err(Diagnostic::new(Code::Schema, file, span_of("/instance/lease"), format!("[instance]: {problem}")));
+        }
         let names = c.backend_names();
         if !names.contains(&c.engine.default_backend) {
             let d = Diagnostic::new(
@@ -287,6 +298,14 @@ impl Config {
             self.flags.timeout = Some(t);
         }
         self.actions.apply_env(&var);
+        for (env, slot) in [("TASKWEAVE_HEARTBEAT", &mut self.instance.heartbeat), ("TASKWEAVE_LEASE", &mut self.instance.lease)] {
+            if let Some(v) = var(env).filter(|s| !s.is_empty()) {
+                match instance::parse_duration(&v) {
+                    Ok(d) => *slot = d,
+                    Err(e) => tracing::warn!("{env}: {e}; keeping {}", humantime::format_duration(*slot)),
+                }
+            }
+        }
         for (key, env) in [("broker", "CELERY_BROKER_URL"), ("result_backend", "CELERY_RESULT_BACKEND")] {
             if let Some(v) = var(env).filter(|s| !s.is_empty()) {
                 for b in self.backends.values_mut().filter(|b| b.kind == "celery") {

@@ -117,13 +117,9 @@ impl Executor {
             }
             self.emit(&r, None, RunStatus::Running.as_str(), 0, None);
         }
-        // The run is in the store before any of its tasks starts, so a process
-        // killed mid-run leaves a record behind. Concurrent runs share one commit.
-        if let Some(w) = &self.writer
-            && let Err(e) = w.flush().await
-        {
-            tracing::error!(run_id, "could not record the start of the run: {e}");
-        }
+        // The backend recorded the run before driving it, so a process
+        // killed mid-run leaves a record behind; its start goes with the
+        // next batch.
 
         let deadline = wf.timeout.map(|t| tokio::time::Instant::now() + t);
         let sleep_until = async move {

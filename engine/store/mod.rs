@@ -4,17 +4,25 @@
 //!
 //! The executor writes through a [`StoreWriter`] that batches events into
 //! transactions, so recording history costs the hot path an update of an
-//! in-memory batch; the local backend queues new runs through it too.
+//! in-memory batch; the local backend queues new runs through it too and
+//! waits for the commit of their batch ([`StoreWriter::create_acked`]), so
+//! a run is accepted only once it is recorded. [`StoreHealth`] says
+//! whether writes succeed; `lease.rs` holds the instance leases that tell
+//! runs whose process died.
 //! Everything else (the CLI's `runs`, the API, cancel requests from other
 //! processes, recovery of runs whose process died) goes through [`Store`].
 //!
 //! This module touches only the database it is given; it knows nothing of
 //! backends or workflows beyond the pinned definition it keeps as JSON.
 
+mod health;
+mod lease;
 mod migration;
 mod sql;
 mod writer;
 
+pub use health::{StoreFailure, StoreHealth};
+pub use lease::{HEARTBEAT, LEASE, Lease, instance_id};
 pub use migration::{BackendStats, MigrationFilter, MigrationStats, VariantStats};
 
 pub use writer::StoreWriter;
@@ -31,7 +39,6 @@ use std::path::Path;
 use std::str::FromStr;
 use std::sync::{Arc, OnceLock};
 use std::time::Duration;
-use time::OffsetDateTime;
 
 #[derive(Debug, thiserror::Error)]
 pub enum StoreError {
@@ -48,6 +55,10 @@ pub enum StoreError {
          this taskweave knows schema versions up to {known}"
     )]
     NewerSchema { location: String, version: i64, known: i64 },
+    /// A write failed: the store cannot record anything now (a full disk,
+    /// a read-only file, a database that went away).
+    #[error("store: cannot write to {location}: {reason}")]
+    Unavailable { location: String, reason: String },
     #[error("store: a run `{0}` exists already")]
     RunExists(String),
     /// The background writer is gone (its runtime shut down, or it was never started).
@@ -103,17 +114,23 @@ pub struct AttemptRecord {
 pub struct Owner {
     pub host: String,
     pub pid: u32,
+    /// The engine instance (see [`Lease`]); `None` for runs recorded before
+    /// instances existed, judged by host and pid alone.
+    pub instance: Option<String>,
 }
 
 impl Owner {
-    /// This process on this host.
+    /// This process on this host, as the instance [`instance_id`] names.
     pub fn current() -> Owner {
-        Owner { host: hostname().to_string(), pid: std::process::id() }
+        Owner { host: hostname().to_string(), pid: std::process::id(), instance: Some(instance_id().to_string()) }
     }
 }
 
+/// The location of an in-memory SQLite store.
+const MEMORY: &str = "sqlite::memory:";
+
 /// The newest schema this build knows.
-pub const SCHEMA_VERSION: i64 = 3;
+pub const SCHEMA_VERSION: i64 = 4;
 
 /// Where sqlx records applied migrations. Not sqlx's default name, so the
 /// store can share a PostgreSQL database with other sqlx users.
@@ -125,11 +142,13 @@ const SQLITE_MIGRATIONS: &[(i64, &str, &str)] = &[
     (1, "run history", include_str!("migrations/sqlite/0001_run_history.sql")),
     (2, "definitions and implicit tasks", include_str!("migrations/sqlite/0002_definitions_and_implicit_tasks.sql")),
     (3, "routing columns", include_str!("migrations/sqlite/0003_routing_columns.sql")),
+    (4, "instance leases", include_str!("migrations/sqlite/0004_instance_leases.sql")),
 ];
 const POSTGRES_MIGRATIONS: &[(i64, &str, &str)] = &[
     (1, "run history", include_str!("migrations/postgres/0001_run_history.sql")),
     (2, "definitions and implicit tasks", include_str!("migrations/postgres/0002_definitions_and_implicit_tasks.sql")),
     (3, "routing columns", include_str!("migrations/postgres/0003_routing_columns.sql")),
+    (4, "instance leases", include_str!("migrations/postgres/0004_instance_leases.sql")),
 ];
 
 /// A handle on the run history. Cheap to clone; every clone shares one pool.
@@ -151,6 +170,8 @@ pub(crate) struct Inner {
     pub(crate) owner: Owner,
     /// An SQLite file in WAL mode, whose log the writer checkpoints.
     pub(crate) wal: bool,
+    /// Whether writes succeed, as the last one found.
+    pub(crate) health: Arc<StoreHealth>,
 }
 
 enum Pool {
@@ -345,15 +366,9 @@ impl Inner {
 
     /// Runs the statements in one transaction; rows affected by each.
     pub(crate) async fn transaction(&self, stmts: Vec<Stmt>) -> std::result::Result<Vec<u64>, sqlx::Error> {
-        with_pool!(&self.pool, |p, DB| {
-            let mut tx = p.begin().await?;
-            let mut affected = Vec::with_capacity(stmts.len());
-            for s in stmts {
-                affected.push(bound!(DB, s).execute(&mut *tx).await?.rows_affected());
-            }
-            tx.commit().await?;
-            Ok(affected)
-        })
+        let mut script = Steps::new(stmts.into_iter().map(Step::Execute), None);
+        self.run_script(&mut script).await?;
+        Ok(script.affected)
     }
 
     /// Copies what SQLite's write-ahead log holds into the database, as far
@@ -366,25 +381,39 @@ impl Inner {
     }
 
     /// Runs the script in one transaction.
+    ///
+    /// A connection whose transaction failed is closed, never given back
+    /// to the pool: SQLite may leave a transaction open after a failed
+    /// COMMIT (a full disk, an I/O error), and a connection reused in that
+    /// state would take later writes into a transaction that never
+    /// commits, while holding the write lock.
     pub(crate) async fn run_script(&self, script: &mut dyn Script) -> std::result::Result<(), sqlx::Error> {
         with_pool!(&self.pool, |p, DB| {
-            let mut tx = p.begin().await?;
-            while let Some(step) = script.next() {
-                match step {
-                    Step::Execute(s) => {
-                        let n = bound!(DB, s).execute(&mut *tx).await?.rows_affected();
-                        script.done(n, Vec::new());
-                    }
-                    Step::Insert(s) => {
-                        let rows = bound!(DB, s).fetch_all(&mut *tx).await?;
-                        let keys =
-                            rows.iter().map(|r| sqlx::Row::try_get::<String, _>(r, 0)).collect::<std::result::Result<Vec<_>, _>>()?;
-                        script.done(keys.len() as u64, keys);
+            let mut conn = p.acquire().await?;
+            let result = async {
+                let mut tx = sqlx::Connection::begin(&mut *conn).await?;
+                while let Some(step) = script.next() {
+                    match step {
+                        Step::Execute(s) => {
+                            let n = bound!(DB, s).execute(&mut *tx).await?.rows_affected();
+                            script.done(n, Vec::new());
+                        }
+                        Step::Insert(s) => {
+                            let rows = bound!(DB, s).fetch_all(&mut *tx).await?;
+                            let keys =
+                                rows.iter().map(|r| sqlx::Row::try_get::<String, _>(r, 0)).collect::<std::result::Result<Vec<_>, _>>()?;
+                            script.done(keys.len() as u64, keys);
+                        }
                     }
                 }
+                tx.commit().await
             }
-            tx.commit().await?;
-            Ok(())
+            .await;
+            // The one connection of an in-memory database is the database.
+            if result.is_err() && self.location != MEMORY {
+                let _ = conn.close().await;
+            }
+            result
         })
     }
 }
@@ -393,6 +422,27 @@ impl Store {
     /// Opens (creating and migrating when needed) the store at `url`:
     /// `sqlite://PATH`, `sqlite::memory:`, `postgres://...` or `postgresql://...`.
     pub async fn open(url: &str) -> Result<Store> {
+        Store::open_as(url, true).await
+    }
+
+    /// Opens the store at `url` when it exists, creating nothing: `Ok(None)`
+    /// when it is an SQLite file that does not exist (no run history yet).
+    /// What read-only commands use, so that looking creates no file.
+    pub async fn open_existing(url: &str) -> Result<Option<Store>> {
+        if let Some(path) = sqlite_file(url.trim())
+            && !path.exists()
+        {
+            return Ok(None);
+        }
+        Store::open_as(url, false).await.map(Some)
+    }
+
+    /// Where an SQLite file store lives, if `url` names one.
+    pub fn sqlite_path(url: &str) -> Option<&Path> {
+        sqlite_file(url.trim())
+    }
+
+    async fn open_as(url: &str, create: bool) -> Result<Store> {
         let url = url.trim();
         let (pool, dialect, location) = if url.starts_with("sqlite::memory:") {
             (open_sqlite_memory().await?, Dialect::Sqlite, "sqlite::memory:".to_string())
@@ -400,7 +450,7 @@ impl Store {
             if path.is_empty() || path.contains('?') {
                 return Err(StoreError::BadUrl(url.to_string()));
             }
-            (open_sqlite_file(Path::new(path)).await?, Dialect::Sqlite, path.to_string())
+            (open_sqlite_file(Path::new(path), create).await?, Dialect::Sqlite, path.to_string())
         } else if url.starts_with("postgres://") || url.starts_with("postgresql://") {
             let location = redact(url);
             (open_postgres(url, &location).await?, Dialect::Postgres, location)
@@ -408,7 +458,8 @@ impl Store {
             return Err(StoreError::BadUrl(url.to_string()));
         };
         let wal = dialect == Dialect::Sqlite && location != "sqlite::memory:";
-        let inner = Inner { pool, sql: Sql::new(dialect, MIGRATIONS_TABLE), location, owner: Owner::current(), wal };
+        let inner =
+            Inner { pool, sql: Sql::new(dialect, MIGRATIONS_TABLE), location, owner: Owner::current(), wal, health: Arc::default() };
         migrate(&inner).await?;
         Ok(Store { inner: Arc::new(inner) })
     }
@@ -416,6 +467,12 @@ impl Store {
     /// Where the store lives, for messages (a PostgreSQL password is masked).
     pub fn location(&self) -> &str {
         &self.inner.location
+    }
+
+    /// Whether writes succeed: failed writes are counted, and the store is
+    /// failing from a failed write until one succeeds.
+    pub fn health(&self) -> &Arc<StoreHealth> {
+        &self.inner.health
     }
 
     /// Closes every connection; later calls on any clone fail.
@@ -449,7 +506,12 @@ impl Store {
         sql.upsert_tasks(&tasks, &mut stmts);
         let steps = [Step::Execute(insert_definition), Step::Insert(insert_run)].into_iter().chain(stmts.into_iter().map(Step::Execute));
         let mut script = Steps::new(steps, Some(1));
-        self.inner.run_script(&mut script).await.map_err(|e| db_error(&format!("recording run {}", run.run_id), &e))?;
+        if let Err(e) = self.inner.run_script(&mut script).await {
+            let reason = format!("recording run {}: {}", run.run_id, describe(&e));
+            self.inner.health.failed(&reason);
+            return Err(StoreError::Unavailable { location: self.inner.location.clone(), reason });
+        }
+        self.inner.health.succeeded();
         if script.none_at(1) {
             return Err(StoreError::RunExists(run.run_id.clone()));
         }
@@ -526,55 +588,6 @@ impl Store {
         self.inner.fetch("reading cancel requests", q, |r| r.req_text("run_id")).await
     }
 
-    /// Marks as failed the queued or running runs owned by a process of this
-    /// host that no longer exists, cancelling their unfinished tasks; returns
-    /// their ids.
-    pub async fn recover_orphans(&self) -> Result<Vec<String>> {
-        self.recover(None).await
-    }
-
-    /// [`Store::recover_orphans`], limited to runs of the named backends:
-    /// those that execute inside the process that started them. Runs of a
-    /// distributed backend outlive the process that submitted them.
-    pub async fn recover_orphans_of(&self, in_process: &[String]) -> Result<Vec<String>> {
-        self.recover(Some(in_process)).await
-    }
-
-    async fn recover(&self, in_process: Option<&[String]>) -> Result<Vec<String>> {
-        let sql = &self.inner.sql;
-        let me = &self.inner.owner;
-        let candidates = self
-            .inner
-            .fetch("looking for interrupted runs", stmt(&sql.orphan_candidates, [me.host.as_str()]), |r| {
-                Ok((r.req_text("run_id")?, r.int("owner_pid")?, r.req_text("backend")?))
-            })
-            .await?;
-        let candidates = candidates
-            .into_iter()
-            .filter(|(_, _, backend)| in_process.is_none_or(|names| names.contains(backend)))
-            .map(|(run_id, pid, _)| (run_id, pid));
-        let mut recovered = Vec::new();
-        for (run_id, pid) in candidates {
-            let pid = pid.unwrap_or(0);
-            if process_exists(pid) {
-                continue;
-            }
-            let message = format!("interrupted: the process running it (pid {pid}) exited");
-            let now = sql::ts_text(OffsetDateTime::now_utc());
-            let args = || vec![Val::Text(Some(run_id.clone())), Val::Text(Some(message.clone())), Val::Text(Some(now.clone()))];
-            let steps = [&sql.fail_orphan_run, &sql.cancel_orphan_tasks, &sql.cancel_orphan_implicit_tasks, &sql.cancel_orphan_attempts]
-                .map(|q| Step::Execute(Stmt { sql: q.clone(), args: args() }));
-            // Only a run this call fails has its tasks and attempts cancelled.
-            let mut script = Steps::new(steps, Some(0));
-            self.inner.run_script(&mut script).await.map_err(|e| db_error(&format!("recovering run {run_id}"), &e))?;
-            if script.affected.first() == Some(&1) {
-                tracing::warn!(run_id, pid, "marked an interrupted run as failed");
-                recovered.push(run_id);
-            }
-        }
-        Ok(recovered)
-    }
-
     /// Ids starting with `prefix` (at most [`PREFIX_MATCH_LIMIT`], sorted), so
     /// a short id can name a run. An empty prefix matches nothing.
     pub async fn run_ids_by_prefix(&self, prefix: &str) -> Result<Vec<String>> {
@@ -591,7 +604,9 @@ impl Store {
             .inner
             .fetch(&format!("reading the owner of run {run_id}"), stmt(&self.inner.sql.get_owner, [run_id]), |r| {
                 Ok(match (r.text("owner_host")?, r.int("owner_pid")?) {
-                    (Some(host), Some(pid)) => Some(Owner { host, pid: u32::try_from(pid).unwrap_or(0) }),
+                    (Some(host), Some(pid)) => {
+                        Some(Owner { host, pid: u32::try_from(pid).unwrap_or(0), instance: r.text("owner_instance")? })
+                    }
                     _ => None,
                 })
             })
@@ -604,7 +619,12 @@ impl Store {
     pub async fn set_owner(&self, run_id: &str, owner: &Owner) -> Result<bool> {
         let q = Stmt {
             sql: self.inner.sql.set_owner.clone(),
-            args: vec![Val::Text(Some(run_id.to_string())), Val::Text(Some(owner.host.clone())), Val::Int(Some(i64::from(owner.pid)))],
+            args: vec![
+                Val::Text(Some(run_id.to_string())),
+                Val::Text(Some(owner.host.clone())),
+                Val::Int(Some(i64::from(owner.pid))),
+                Val::Text(owner.instance.clone()),
+            ],
         };
         let n = self.inner.execute(&format!("setting the owner of run {run_id}"), q).await?;
         Ok(n > 0)
@@ -638,9 +658,19 @@ async fn open_sqlite_memory() -> Result<Pool> {
     Ok(Pool::Sqlite(pool))
 }
 
-async fn open_sqlite_file(path: &Path) -> Result<Pool> {
+/// The file of an `sqlite://PATH` (or `sqlite:PATH`) URL; not the in-memory one.
+fn sqlite_file(url: &str) -> Option<&Path> {
+    if url.starts_with("sqlite::memory:") {
+        return None;
+    }
+    let path = url.strip_prefix("sqlite://").or_else(|| url.strip_prefix("sqlite:"))?;
+    (!path.is_empty() && !path.contains('?')).then(|| Path::new(path))
+}
+
+/// Opens an SQLite file; with `create`, creates it and its folder when missing.
+async fn open_sqlite_file(path: &Path, create: bool) -> Result<Pool> {
     let open_err = |reason: String| StoreError::Open { location: path.display().to_string(), reason };
-    if let Some(parent) = path.parent().filter(|p| !p.as_os_str().is_empty()) {
+    if let Some(parent) = path.parent().filter(|p| !p.as_os_str().is_empty() && create) {
         if parent.exists() && !parent.is_dir() {
             return Err(open_err(format!("{} is not a folder", parent.display())));
         }
@@ -654,7 +684,7 @@ async fn open_sqlite_file(path: &Path) -> Result<Pool> {
     // automatic checkpoint stays as a backstop for a log past 64 MB.
     let opts = SqliteConnectOptions::new()
         .filename(path)
-        .create_if_missing(true)
+        .create_if_missing(create)
         .journal_mode(SqliteJournalMode::Wal)
         .synchronous(SqliteSynchronous::Normal)
         .pragma("wal_autocheckpoint", "16384")
@@ -666,7 +696,10 @@ async fn open_sqlite_file(path: &Path) -> Result<Pool> {
     let mut tries = 0u32;
     let pool = loop {
         tries += 1;
-        match SqlitePoolOptions::new().max_connections(4).acquire_timeout(Duration::from_secs(30)).connect_with(opts.clone()).await {
+        // No ping before each use: an embedded file's connection cannot
+        // drop like a network one, and every transaction would pay for it.
+        let options = SqlitePoolOptions::new().max_connections(4).acquire_timeout(Duration::from_secs(30)).test_before_acquire(false);
+        match options.connect_with(opts.clone()).await {
             Ok(pool) => break pool,
             Err(e) if tries < 20 && is_sqlite_busy(&e) => tokio::time::sleep(Duration::from_millis(20 * u64::from(tries))).await,
             Err(e) => return Err(open_err(sqlite_open_reason(path, &e))),
@@ -869,6 +902,31 @@ pub(crate) fn describe(e: &sqlx::Error) -> String {
         sqlx::Error::PoolClosed => "the store was closed".into(),
         sqlx::Error::Io(io) => io.to_string(),
         other => other.to_string(),
+    }
+}
+
+/// Whether a failed write may succeed later without anyone changing what
+/// is written: the database is full, read-only, locked or unreachable,
+/// rather than refusing the data itself.
+pub(crate) fn may_recover(e: &sqlx::Error) -> bool {
+    match e {
+        sqlx::Error::Io(_) | sqlx::Error::PoolTimedOut | sqlx::Error::Tls(_) | sqlx::Error::Protocol(_) => true,
+        sqlx::Error::Database(d) => {
+            let code = d.code().unwrap_or_default();
+            if d.try_downcast_ref::<sqlx::sqlite::SqliteError>().is_some() {
+                // BUSY, LOCKED, NOMEM, READONLY, IOERR, FULL, CANTOPEN (extended codes keep the primary in the low byte).
+                code.parse::<i32>().is_ok_and(|c| matches!(c & 0xff, 5 | 6 | 7 | 8 | 10 | 13 | 14))
+            } else {
+                // SQLSTATE: connection exceptions, insufficient resources
+                // (disk full), operator intervention, read-only
+                // transactions, serialization failures and deadlocks.
+                code.starts_with("08")
+                    || code.starts_with("53")
+                    || code.starts_with("57P")
+                    || matches!(code.as_ref(), "25006" | "40001" | "40P01")
+            }
+        }
+        _ => false,
     }
 }
 

@@ -124,6 +124,7 @@ const RUN_COLS: &[(&str, Kind)] = &[
     ("input", Json),
     ("owner_host", Text),
     ("owner_pid", Int),
+    ("owner_instance", Text),
     ("created_at", Ts),
     ("started_at", Ts),
     ("finished_at", Ts),
@@ -171,6 +172,7 @@ const CREATES: Table = Table {
         ("input", Json),
         ("owner_host", Text),
         ("owner_pid", Int),
+        ("owner_instance", Text),
         ("created_at", Ts),
         ("started_at", Ts),
         ("finished_at", Ts),
@@ -343,6 +345,8 @@ pub(crate) struct Sql {
     pub request_cancel: SqlStr,
     pub cancel_requested: SqlStr,
     pub orphan_candidates: SqlStr,
+    pub renew_lease: SqlStr,
+    pub forget_instances: SqlStr,
     pub fail_orphan_run: SqlStr,
     pub cancel_orphan_tasks: SqlStr,
     pub cancel_orphan_implicit_tasks: SqlStr,
@@ -427,8 +431,8 @@ impl Sql {
                 ts_col(d, "started_at"),
                 ts_col(d, "finished_at"),
             )),
-            get_owner: sql("SELECT owner_host, owner_pid FROM runs WHERE run_id = $1".into()),
-            set_owner: sql("UPDATE runs SET owner_host = $2, owner_pid = $3 WHERE run_id = $1".into()),
+            get_owner: sql("SELECT owner_host, owner_pid, owner_instance FROM runs WHERE run_id = $1".into()),
+            set_owner: sql("UPDATE runs SET owner_host = $2, owner_pid = $3, owner_instance = $4 WHERE run_id = $1".into()),
             request_cancel: sql("UPDATE runs SET cancel_requested = $2 WHERE run_id = $1 AND status IN ('queued', 'running')".into()),
             cancel_requested: sql(match d {
                 Dialect::Sqlite => "SELECT run_id FROM runs WHERE cancel_requested = $2 \
@@ -440,11 +444,30 @@ impl Sql {
                      AND run_id IN (SELECT jsonb_array_elements_text($1::jsonb)) ORDER BY run_id"
                     .into(),
             }),
-            orphan_candidates: sql(
-                "SELECT run_id, owner_pid, backend FROM runs WHERE status IN ('queued', 'running') AND owner_host = $1 \
-                 ORDER BY run_id"
-                    .into(),
-            ),
+            // Unfinished runs with their owner's lease, when it has one.
+            orphan_candidates: sql(format!(
+                "SELECT r.run_id, r.backend, r.owner_host, r.owner_pid, r.owner_instance, {}, i.lease_ms \
+                 FROM runs r LEFT JOIN instances i ON i.instance_id = r.owner_instance \
+                 WHERE r.status IN ('queued', 'running') ORDER BY r.run_id",
+                match d {
+                    Dialect::Sqlite => "i.heartbeat_at AS heartbeat_at".to_string(),
+                    Dialect::Postgres => ts_col(d, "i.heartbeat_at").replace(" AS i.heartbeat_at", " AS heartbeat_at"),
+                },
+            )),
+            renew_lease: sql(format!(
+                "INSERT INTO instances (instance_id, host, pid, started_at, heartbeat_at, lease_ms) \
+                 VALUES ($1, $2, $3, {ts4}, {ts5}, $6) \
+                 ON CONFLICT (instance_id) DO UPDATE SET heartbeat_at = excluded.heartbeat_at, lease_ms = excluded.lease_ms",
+                ts4 = if d == Dialect::Postgres { "$4::timestamptz" } else { "$4" },
+                ts5 = if d == Dialect::Postgres { "$5::timestamptz" } else { "$5" },
+            )),
+            // Instances silent since before $1 that own no unfinished run.
+            forget_instances: sql(format!(
+                "DELETE FROM instances WHERE heartbeat_at < {} \
+                 AND NOT EXISTS (SELECT 1 FROM runs r WHERE r.owner_instance = instances.instance_id \
+                 AND r.status IN ('queued', 'running'))",
+                if d == Dialect::Postgres { "$1::timestamptz" } else { "$1" },
+            )),
             fail_orphan_run: sql(format!(
                 "UPDATE runs SET status = 'failed', error = $2, finished_at = {now} \
                  WHERE run_id = $1 AND status IN ('queued', 'running')"
@@ -530,7 +553,7 @@ impl Sql {
     }
 }
 
-/// The values of the runs table's own columns for one run (the first 15 of
+/// The values of the runs table's own columns for one run (the first 16 of
 /// [`CREATES`]). PostgreSQL's NULs are dealt with when the statement is made.
 pub(crate) fn push_run(r: &RunResult, owner: &super::Owner, args: &mut Vec<Val>) {
     let routing = r.routing.as_ref().map(|x| json_text(&serde_json::to_value(x).unwrap_or(Value::Null)));
@@ -547,6 +570,7 @@ pub(crate) fn push_run(r: &RunResult, owner: &super::Owner, args: &mut Vec<Val>)
         Val::Text(Some(json_text(&r.input))),
         Val::Text(Some(owner.host.clone())),
         Val::Int(Some(i64::from(owner.pid))),
+        Val::Text(owner.instance.clone()),
         Val::Text(Some(ts_text(r.created_at))),
         Val::Text(r.started_at.map(ts_text)),
         Val::Text(r.finished_at.map(ts_text)),

@@ -16,9 +16,23 @@
 //! Each batch commits as a whole, so the database always holds the state
 //! at some point of the sequence of events sent.
 //!
-//! A failed batch is retried once, then reported by the next
-//! [`StoreWriter::flush`] and logged; the executor never waits on the
-//! database except when it asks to.
+//! A new run's creation can be acknowledged ([`StoreWriter::create_acked`]):
+//! the caller waits until the batch holding it has committed, and a
+//! waiting acknowledgement makes the write start at once, so concurrent
+//! creations share one transaction (group commit) and the run starts only
+//! once it is recorded. The events of a run that follow stay
+//! fire-and-forget: the executor never waits on the database except when
+//! it asks to.
+//!
+//! A failed batch is retried once. Then it is counted in the store's
+//! [`super::StoreHealth`] (which stays failing until a write succeeds),
+//! its acknowledgements and flushes get the error, and the creations that
+//! were waiting are dropped (their runs do not start). When the failure is
+//! one the database may recover from (a full disk, a read-only or locked
+//! file, a lost connection), the rest of the batch is kept and written with
+//! the next one, newer states winning, so a run that goes on through an
+//! outage is recorded once the store writes again; any other failure drops
+//! the batch and the next flush reports it.
 
 use super::sql::{Stmt, Val, definition_id, json_text, push_attempt_parts, push_run, push_task};
 use super::{Inner, NewRun, Result, Script, Step, StoreError, describe};
@@ -32,6 +46,10 @@ use std::time::Duration;
 use time::OffsetDateTime;
 use tokio::sync::{Notify, oneshot};
 use tokio::time::Instant;
+
+/// The least time between two checkpoints of SQLite's write-ahead log
+/// started by the writer (SQLite's own, past 64 MB of log, stays as a backstop).
+const CHECKPOINT_EVERY: Duration = Duration::from_millis(100);
 
 /// Pause before the one retry of a failed batch.
 const RETRY_DELAY: Duration = Duration::from_millis(200);
@@ -148,6 +166,8 @@ struct Pending {
     last: Option<Instant>,
     /// Flushes waiting for everything sent before them.
     flushes: Vec<oneshot::Sender<Result<()>>>,
+    /// Creations waiting for the commit of their batch, by run id.
+    acks: Vec<(Arc<str>, oneshot::Sender<Result<()>>)>,
     /// Every writer handle is gone: write what is left, then stop.
     closed: bool,
     /// The background task is gone (its runtime shut down).
@@ -175,25 +195,47 @@ impl StoreWriter {
     /// event of it are left out and the next flush reports
     /// [`StoreError::RunExists`].
     pub fn create(&self, run: &RunResult, definition: Value) {
-        self.create_run(run, definition, false)
+        self.create_run(run, definition, false, None)
+    }
+
+    /// [`StoreWriter::create`], acknowledged: resolves once the batch
+    /// holding the creation has committed, or with the error that kept it
+    /// out ([`StoreError::Unavailable`] when the write failed,
+    /// [`StoreError::RunExists`] when the id is taken). A failed creation
+    /// is dropped from the queue, so a run whose creation failed must not
+    /// start. Waiting creations are written at once, together.
+    pub async fn create_acked(&self, run: &RunResult, definition: Value) -> Result<()> {
+        let (done, wait) = oneshot::channel();
+        if self.handle.is_none() {
+            return Err(StoreError::WriterStopped);
+        }
+        self.create_run(run, definition, false, Some(done));
+        wait.await.unwrap_or(Err(StoreError::WriterStopped))
     }
 
     /// [`StoreWriter::create`] for a run that another process may record
     /// first (a distributed backend's worker finishing it quickly): when the
     /// id exists already, this creation is dropped without a report.
     pub fn create_if_absent(&self, run: &RunResult, definition: Value) {
-        self.create_run(run, definition, true)
+        self.create_run(run, definition, true, None)
     }
 
-    fn create_run(&self, run: &RunResult, definition: Value, may_exist: bool) {
+    fn create_run(&self, run: &RunResult, definition: Value, may_exist: bool, ack: Option<oneshot::Sender<Result<()>>>) {
         let layout = NewRun::of(run, &definition);
         let rows: Vec<(Arc<str>, i64, TaskResult)> =
             layout.rows.iter().map(|(name, position, t)| (Arc::from(*name), *position, (*t).clone())).collect();
         let implicit_pending = layout.implicit_pending;
         let fields = fields_of(run);
-        self.with_batch(|b| {
+        let urgent = ack.is_some();
+        self.with_pending(urgent, |p| {
+            let b = &mut p.batch;
             if b.creates.contains_key(run.run_id.as_str()) {
-                b.duplicates.push(run.run_id.clone());
+                match ack {
+                    Some(ack) => {
+                        let _ = ack.send(Err(StoreError::RunExists(run.run_id.clone())));
+                    }
+                    None => b.duplicates.push(run.run_id.clone()),
+                }
                 return;
             }
             if b.runs.remove(run.run_id.as_str()).is_none() {
@@ -208,7 +250,11 @@ impl StoreWriter {
                 }
                 b.rows += tasks.len() - before;
             }
-            b.creates.insert(id, Create { run: fields, definition: Definition::Value(definition), implicit_pending, may_exist });
+            let acked = ack.is_some();
+            if let Some(ack) = ack {
+                p.acks.push((Arc::clone(&id), ack));
+            }
+            b.creates.insert(id, Create { run: fields, definition: Definition::Value(definition), implicit_pending, may_exist, acked });
         });
     }
 
@@ -305,22 +351,28 @@ impl StoreWriter {
     }
 
     fn with_batch(&self, f: impl FnOnce(&mut Batch)) {
+        self.with_pending(false, |p| f(&mut p.batch))
+    }
+
+    /// Updates the pending state; `urgent` starts a write at once.
+    /// Once the background task is gone nothing is kept (a dropped
+    /// acknowledgement reads as [`StoreError::WriterStopped`]); flush says so.
+    fn with_pending(&self, urgent: bool, f: impl FnOnce(&mut Pending)) {
         let Some(h) = &self.handle else { return };
         let full = {
             let mut p = lock(&h.shared.pending);
-            // Once the background task is gone nothing is kept; flush says so.
             if p.stopped {
                 return;
             }
             let before = p.batch.rows;
-            f(&mut p.batch);
+            f(&mut p);
             let now = Instant::now();
             p.first.get_or_insert(now);
             p.last = Some(now);
             before < MAX_PENDING && p.batch.rows >= MAX_PENDING
         };
         h.shared.wake.notify_one();
-        if full {
+        if full || urgent {
             h.shared.urgent.notify_one();
         }
     }
@@ -349,6 +401,8 @@ fn fields_of(r: &RunResult) -> RunResult {
 struct Create {
     /// Another process may have recorded the run already: no report then.
     may_exist: bool,
+    /// Its sender waits for the commit (and hears of a taken id from it).
+    acked: bool,
     /// Its fields as last sent (tasks go to [`Batch::tasks`]).
     run: RunResult,
     definition: Definition,
@@ -430,6 +484,69 @@ impl Batch {
         }
     }
 
+    /// Takes in what an older batch (one whose write failed) holds that
+    /// this one does not replace: the newer states win.
+    fn absorb_older(&mut self, old: Batch) {
+        let Batch { creates, runs, tasks, attempts, duplicates, rows: _ } = old;
+        for (id, mut c) in creates {
+            if self.creates.contains_key(&id) {
+                continue;
+            }
+            if let Some(newer) = self.runs.remove(&id) {
+                c.run = newer;
+            }
+            self.creates.insert(id, c);
+        }
+        for (id, r) in runs {
+            if !self.creates.contains_key(&id) && !self.runs.contains_key(&id) {
+                self.runs.insert(id, r);
+            }
+        }
+        for (id, old_tasks) in tasks {
+            let mine = self.tasks.entry(id).or_default();
+            for (name, row) in old_tasks {
+                match mine.get_mut(&name) {
+                    Some(newer) => {
+                        if newer.position.is_none() {
+                            newer.position = row.position;
+                        }
+                    }
+                    None => {
+                        mine.insert(name, row);
+                    }
+                }
+            }
+        }
+        for (id, old_attempts) in attempts {
+            let mine = self.attempts.entry(id).or_default();
+            for (task, rows) in old_attempts {
+                let tries = mine.entry(task).or_default();
+                for (n, row) in rows {
+                    if !tries.iter().any(|(m, _)| *m == n) {
+                        tries.push((n, row));
+                    }
+                }
+            }
+        }
+        self.duplicates.extend(duplicates);
+        self.recount();
+    }
+
+    /// Leaves out everything of one run.
+    fn forget(&mut self, run_id: &str) {
+        self.creates.remove(run_id);
+        self.runs.remove(run_id);
+        self.tasks.remove(run_id);
+        self.attempts.remove(run_id);
+        self.recount();
+    }
+
+    fn recount(&mut self) {
+        let tasks: usize = self.tasks.values().map(|m| m.len()).sum();
+        let attempts: usize = self.attempts.values().flat_map(|m| m.values()).map(Vec::len).sum();
+        self.rows = self.creates.len() + self.runs.len() + tasks + attempts;
+    }
+
     fn is_empty(&self) -> bool {
         self.creates.is_empty() && self.runs.is_empty() && self.tasks.is_empty() && self.attempts.is_empty() && self.duplicates.is_empty()
     }
@@ -447,6 +564,8 @@ struct Memory {
     unreported: Option<StoreError>,
     /// A checkpoint runs (SQLite).
     checkpointing: Arc<AtomicBool>,
+    /// When the last checkpoint started.
+    checkpointed: Option<Instant>,
     /// Definitions this writer has committed lately, oldest first: runs of
     /// a workflow send its definition once.
     written: VecDeque<Arc<str>>,
@@ -470,51 +589,117 @@ impl Drop for StopGuard {
         let mut p = lock(&self.0.pending);
         p.stopped = true;
         p.flushes.clear();
+        p.acks.clear();
         p.batch = Batch::default();
     }
 }
 
+/// How long a batch kept after a failed write waits to be written again
+/// when nothing asks for a write sooner; doubled after each failure up to
+/// [`MAX_RETRY_WAIT`].
+const FIRST_RETRY_WAIT: Duration = Duration::from_millis(500);
+const MAX_RETRY_WAIT: Duration = Duration::from_secs(5);
+
 async fn write_loop(inner: Arc<Inner>, shared: Arc<Shared>) {
     let _guard = StopGuard(Arc::clone(&shared));
     let mut memory = Memory::default();
+    // What a failed write left behind, written again with the next batch.
+    let mut kept: Option<Batch> = None;
+    let mut retry_wait = FIRST_RETRY_WAIT;
     loop {
         let (idle, urgent, closed) = {
             let p = lock(&shared.pending);
-            let idle = p.batch.is_empty() && p.flushes.is_empty();
-            (idle, p.closed || !p.flushes.is_empty() || p.batch.rows >= MAX_PENDING, p.closed)
+            let idle = p.batch.is_empty() && p.flushes.is_empty() && p.acks.is_empty();
+            (idle, p.closed || !p.flushes.is_empty() || !p.acks.is_empty() || p.batch.rows >= MAX_PENDING, p.closed)
         };
-        if idle {
+        if idle && kept.is_none() {
             if closed {
                 return;
             }
             shared.wake.notified().await;
             continue;
         }
-        if !urgent {
+        if idle && !closed {
+            // Only what a failed write left: try again after a pause, or
+            // at once when a flush or a creation waits.
+            tokio::select! {
+                _ = tokio::time::sleep(retry_wait) => {}
+                _ = shared.urgent.notified() => {}
+            }
+        } else if !urgent {
             gather(&shared).await;
         }
-        let (batch, flushes) = {
+        let (mut batch, flushes, acks) = {
             let mut p = lock(&shared.pending);
             (p.first, p.last) = (None, None);
-            (std::mem::take(&mut p.batch), std::mem::take(&mut p.flushes))
+            (std::mem::take(&mut p.batch), std::mem::take(&mut p.flushes), std::mem::take(&mut p.acks))
         };
-        if !batch.is_empty() {
-            memory.write(&inner, batch).await;
-            memory.checkpoint(&inner);
+        if let Some(old) = kept.take() {
+            batch.absorb_older(old);
         }
-        for done in flushes {
-            let _ = done.send(memory.unreported.take().map_or(Ok(()), Err));
+        if batch.is_empty() {
+            for done in flushes {
+                let _ = done.send(memory.unreported.take().map_or(Ok(()), Err));
+            }
+            continue;
+        }
+        match memory.write(&inner, &mut batch).await {
+            Ok(rejected) => {
+                retry_wait = FIRST_RETRY_WAIT;
+                memory.checkpoint(&inner);
+                for (id, ack) in acks {
+                    let _ = ack.send(if rejected.contains(&id) { Err(StoreError::RunExists(id.to_string())) } else { Ok(()) });
+                }
+                for done in flushes {
+                    let _ = done.send(memory.unreported.take().map_or(Ok(()), Err));
+                }
+            }
+            Err(failure) => {
+                let unavailable = || StoreError::Unavailable { location: inner.location.clone(), reason: failure.reason.clone() };
+                let told = !flushes.is_empty();
+                // A creation that was waiting fails, and its run does not
+                // start: nothing of it may reach the database later.
+                for (id, ack) in acks {
+                    batch.forget(&id);
+                    let _ = ack.send(Err(unavailable()));
+                }
+                for done in flushes {
+                    let _ = done.send(Err(unavailable()));
+                }
+                let closing = lock(&shared.pending).closed;
+                if batch.is_empty() {
+                    // Only creations that were refused: nothing to keep.
+                } else if failure.may_recover && !closing {
+                    tracing::warn!("store: keeping {} updates to write again once the store writes", batch.rows);
+                    kept = Some(batch);
+                    if idle {
+                        retry_wait = (retry_wait * 2).min(MAX_RETRY_WAIT);
+                    }
+                } else if !told {
+                    // Nobody waited to hear of it: the next flush does.
+                    memory.report(StoreError::Unavailable { location: inner.location.clone(), reason: failure.reason });
+                }
+            }
         }
     }
 }
 
+/// A write that failed after its retry.
+struct WriteFailure {
+    reason: String,
+    /// The database may write again later (a full disk, a locked or
+    /// read-only file, a lost connection): the batch is worth keeping.
+    may_recover: bool,
+}
+
 /// Lets events gather until they pause for [`QUIET`], [`MAX_DELAY`] after
-/// the first, or until something is urgent.
+/// the first, or until something is urgent (a flush, a creation waiting
+/// for its commit, a full batch).
 async fn gather(shared: &Shared) {
     loop {
         let wake_at = {
             let p = lock(&shared.pending);
-            if p.closed || !p.flushes.is_empty() || p.batch.rows >= MAX_PENDING {
+            if p.closed || !p.flushes.is_empty() || !p.acks.is_empty() || p.batch.rows >= MAX_PENDING {
                 return;
             }
             match (p.first, p.last) {
@@ -533,7 +718,9 @@ async fn gather(shared: &Shared) {
 }
 
 impl Memory {
-    async fn write(&mut self, inner: &Inner, mut batch: Batch) {
+    /// Writes the batch (retrying once); the runs whose creation found
+    /// their id taken. Records the outcome in the store's health.
+    async fn write(&mut self, inner: &Inner, batch: &mut Batch) -> std::result::Result<HashSet<Arc<str>>, WriteFailure> {
         for id in std::mem::take(&mut batch.duplicates) {
             self.report(StoreError::RunExists(id));
         }
@@ -549,16 +736,17 @@ impl Memory {
             }
         }
         if batch.is_empty() {
-            return;
+            return Ok(HashSet::new());
         }
-        let mut result = self.attempt(inner, &batch).await;
+        let mut result = self.attempt(inner, batch).await;
         if let Err(e) = &result {
             tracing::warn!("store: writing {} updates failed ({}); retrying once", batch.rows, describe(e));
             tokio::time::sleep(RETRY_DELAY).await;
-            result = self.attempt(inner, &batch).await;
+            result = self.attempt(inner, batch).await;
         }
         match result {
             Ok(rejected) => {
+                inner.health.succeeded();
                 for c in batch.creates.values() {
                     if let Definition::Text(id, _) = &c.definition
                         && !self.written.contains(id)
@@ -569,30 +757,42 @@ impl Memory {
                         self.written.push_back(Arc::clone(id));
                     }
                 }
-                for id in rejected {
-                    if !batch.creates.get(&id).is_some_and(|c| c.may_exist) {
+                for id in &rejected {
+                    // An acknowledged creation hears of it from its acknowledgement.
+                    if !batch.creates.get(id).is_some_and(|c| c.may_exist || c.acked) {
                         self.report(StoreError::RunExists(id.to_string()));
                     }
-                    self.positions.remove(&id);
-                    self.rejected.insert(id);
+                    self.positions.remove(id);
+                    self.rejected.insert(Arc::clone(id));
                 }
                 let ended = batch.creates.iter().map(|(id, c)| (id, &c.run)).chain(&batch.runs).filter(|(_, r)| r.status.is_terminal());
                 for (id, _) in ended {
                     self.positions.remove(id);
                 }
+                Ok(rejected.into_iter().collect())
             }
             Err(e) => {
-                self.report(StoreError::Db(format!("could not record {} updates at {}: {}", batch.rows, inner.location, describe(&e))))
+                let reason = format!("could not record {} updates at {}: {}", batch.rows, inner.location, describe(&e));
+                tracing::error!("store: {reason}");
+                inner.health.failed(&reason);
+                Err(WriteFailure { reason, may_recover: super::may_recover(&e) })
             }
         }
     }
 
-    /// Starts a checkpoint of SQLite's write-ahead log unless one runs: in
-    /// the background, so a commit never waits for it.
-    fn checkpoint(&self, inner: &Arc<Inner>) {
-        if !inner.wal || self.checkpointing.swap(true, Ordering::AcqRel) {
+    /// Starts a checkpoint of SQLite's write-ahead log unless one runs or
+    /// one started less than [`CHECKPOINT_EVERY`] ago: in the background,
+    /// so a commit never waits for it. (Acknowledged creations commit in
+    /// small batches; a checkpoint, which syncs the database file, after
+    /// each would cost more than the commits.)
+    fn checkpoint(&mut self, inner: &Arc<Inner>) {
+        if !inner.wal || self.checkpointed.is_some_and(|at| at.elapsed() < CHECKPOINT_EVERY) {
             return;
         }
+        if self.checkpointing.swap(true, Ordering::AcqRel) {
+            return;
+        }
+        self.checkpointed = Some(Instant::now());
         let (inner, running) = (Arc::clone(inner), Arc::clone(&self.checkpointing));
         tokio::spawn(async move {
             if let Err(e) = inner.checkpoint().await {
