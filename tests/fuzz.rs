@@ -29,7 +29,7 @@ fn config() -> ProptestConfig {
 }
 
 fn options() -> Options {
-    Options { backends: Some(vec!["local".into(), "celery".into()]) }
+    Options { backends: Some(vec!["local".into(), "celery".into()]), ..Default::default() }
 }
 
 /// Check, render every diagnostic in every format, and assert the invariants

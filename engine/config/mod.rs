@@ -2,7 +2,12 @@
 //! which backends exist. Every key can be overridden by environment
 //! (`TASK_QUEUE_BACKEND`, `TASKWEAVE_STORE`, `TASKWEAVE_WORKFLOWS`, and the
 //! original layer's `CELERY_BROKER_URL`, `CELERY_RESULT_BACKEND`,
-//! `FLIPT_SERVER_URL`, `FLIPT_NAMESPACE`; `TASKWEAVE_FLAGS_TIMEOUT`).
+//! `FLIPT_SERVER_URL`, `FLIPT_NAMESPACE`; `TASKWEAVE_FLAGS_TIMEOUT`;
+//! `TASKWEAVE_MAX_DIAGNOSTICS`).
+
+mod validate;
+
+pub use validate::ValidateConfig;
 
 use serde::Deserialize;
 use std::collections::BTreeMap;
@@ -71,6 +76,8 @@ pub struct Config {
     pub backends: BTreeMap<String, BackendConfig>,
     #[serde(default)]
     pub flags: FlagsConfig,
+    #[serde(default)]
+    pub validate: ValidateConfig,
     /// Where the file was read from, if anywhere.
     #[serde(skip)]
     pub path: Option<PathBuf>,
@@ -155,6 +162,8 @@ impl Config {
                         "namespace",
                         "timeout",
                         "cache_ttl",
+                        "validate",
+                        "max_diagnostics",
                     ];
                     if let Some(s) = crate::diag::did_you_mean(field, expected) {
                         d = d.with_help(format!("did you mean `{s}`?"));
@@ -223,6 +232,7 @@ impl Config {
         if let Some(t) = var("TASKWEAVE_FLAGS_TIMEOUT").filter(|s| !s.is_empty()) {
             self.flags.timeout = Some(t);
         }
+        self.validate.apply_env(&var);
         for (key, env) in [("broker", "CELERY_BROKER_URL"), ("result_backend", "CELERY_RESULT_BACKEND")] {
             if let Some(v) = var(env).filter(|s| !s.is_empty()) {
                 for b in self.backends.values_mut().filter(|b| b.kind == "celery") {

@@ -18,11 +18,20 @@ use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
 /// What validation may know beyond the file itself.
-#[derive(Debug, Clone, Default)]
+#[derive(Debug, Clone)]
 pub struct Options {
     /// The configured backend names, when a configuration is given;
     /// enables `unknown-backend`.
     pub backends: Option<Vec<String>>,
+    /// How many diagnostics one file reports at most (`0`: all); the rest
+    /// are counted in a final `too-many-diagnostics` diagnostic.
+    pub max_diagnostics: usize,
+}
+
+impl Default for Options {
+    fn default() -> Self {
+        Options { backends: None, max_diagnostics: crate::diag::DEFAULT_MAX_PER_FILE }
+    }
 }
 
 /// The outcome of checking one file.
@@ -45,16 +54,13 @@ impl Checked {
 }
 
 /// Check bytes read from `file`.
+///
+/// A file that is not text (not UTF-8, or binary) keeps no text: its
+/// diagnostic is positioned, but rendering quotes none of its bytes.
 pub fn check_bytes(file: &str, bytes: &[u8], format: Format, opts: &Options) -> Checked {
     match spec::decode(file, bytes) {
         Ok(text) => check_source(file, text, format, opts),
-        Err(d) => Checked {
-            file: file.to_string(),
-            text: std::str::from_utf8(bytes).ok().map(str::to_string),
-            diagnostics: vec![d],
-            workflow: None,
-            name: None,
-        },
+        Err(d) => Checked { file: file.to_string(), text: None, diagnostics: vec![d], workflow: None, name: None },
     }
 }
 
@@ -69,7 +75,8 @@ pub fn check_source(file: &str, text: String, format: Format, opts: &Options) ->
     let mut out = Checked { file: file.to_string(), text: None, diagnostics: Vec::new(), workflow: None, name: None };
     let root = match spec::parse_tree(file, &text, format) {
         Ok(root) => root,
-        Err(diags) => {
+        Err(mut diags) => {
+            finish(&mut diags, opts);
             out.diagnostics = diags;
             out.text = Some(text);
             return out;
@@ -102,19 +109,21 @@ pub fn check_source(file: &str, text: String, format: Format, opts: &Options) ->
             }
         };
         if let Some(root) = tree.as_ref().or(doc.as_ref().map(|d| &d.root)) {
-            rules::Rules {
+            let pending = rules::Rules {
                 file,
                 text: &text,
                 root,
                 backends: opts.backends.as_deref(),
                 out: &mut diags,
                 line_starts: std::cell::OnceCell::new(),
+                budget: rules::Budget::new(opts.max_diagnostics),
+                pending: Default::default(),
             }
             .check();
+            finish(&mut diags, opts);
+            rules::suggest(root, &mut diags, pending);
         }
     }
-    dedup(&mut diags);
-    crate::diag::sort(&mut diags);
     if !diags.iter().any(Diagnostic::is_error) {
         let compiled = match (typed, &doc) {
             (Some(raw), _) => crate::plan::compile(raw),
@@ -139,9 +148,12 @@ pub fn check_source(file: &str, text: String, format: Format, opts: &Options) ->
     out
 }
 
-fn dedup(diags: &mut Vec<Diagnostic>) {
-    let mut seen = std::collections::HashSet::new();
-    diags.retain(|d| seen.insert((d.code, d.span, d.message.clone())));
+/// Drop repeats, sort by position, keep at most the options' number (the
+/// `too-many-diagnostics` one last).
+fn finish(diags: &mut Vec<Diagnostic>, opts: &Options) {
+    crate::diag::dedup(diags);
+    crate::diag::sort(diags);
+    crate::diag::cap(diags, opts.max_diagnostics);
 }
 
 /// Whether a path looks like a workflow file (by extension; `*.test.yaml` and
