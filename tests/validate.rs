@@ -1181,3 +1181,32 @@ fn binary_and_non_utf8_files_are_not_quoted() {
         assert!(!shown.contains("SECRET") && !shown.contains("BYTES"), "{name}: {shown}");
     }
 }
+
+#[test]
+fn cli_does_not_read_symlinks_out_of_a_folder() {
+    let f = Files::new(&[
+        ("flows/ok.yaml", VALID),
+        ("flows/.shared/real.yaml", "version: 1\nname: linked\ntasks:\n  - name: a\n    uses: echo\n"),
+        ("outside/shadow.yaml", "root:SECRET-HASH:19000:0:99999:7:::\n"),
+    ]);
+    let flows = f.dir.path().join("flows");
+    std::os::unix::fs::symlink(f.dir.path().join("outside/shadow.yaml"), flows.join("shadow.yaml")).expect("symlink");
+    std::os::unix::fs::symlink(".shared/real.yaml", flows.join("linked.yaml")).expect("symlink");
+
+    let checked = check_paths(std::slice::from_ref(&flows), &Options::default()).expect("checks");
+    let files: Vec<(&str, usize)> = checked.iter().map(|c| (c.file.rsplit('/').next().unwrap_or(""), c.diagnostics.len())).collect();
+    // The files of the folder (the link inside it loads), then the link out of it.
+    assert_eq!(files, [("linked.yaml", 0), ("ok.yaml", 0), ("shadow.yaml", 1)]);
+    assert!(checked[1].workflow.is_some() && checked[0].workflow.is_some());
+    let leak = &checked[2];
+    assert!(leak.text.is_none() && leak.workflow.is_none());
+    assert_eq!((leak.diagnostics[0].code, leak.diagnostics[0].severity), (Code::ExternalSymlink, Severity::Warning));
+
+    // A warning: valid unless warnings are denied; nothing of the target in any format.
+    for format in ["human", "json", "github"] {
+        let out = f.cmd().args(["validate", "--format", format, "flows"]).assert().code(0).get_output().stdout.clone();
+        let out = String::from_utf8_lossy(&out);
+        assert!(out.contains("external-symlink") && !out.contains("SECRET") && !out.contains("root:"), "{format}: {out}");
+    }
+    f.cmd().args(["validate", "--deny-warnings", "flows"]).assert().code(1);
+}
