@@ -1210,3 +1210,23 @@ fn cli_does_not_read_symlinks_out_of_a_folder() {
     }
     f.cmd().args(["validate", "--deny-warnings", "flows"]).assert().code(1);
 }
+
+#[test]
+fn a_template_with_thousands_of_bad_references_is_placed_exactly_and_quickly() {
+    let n = 20_000;
+    let refs: Vec<String> = (0..n).map(|i| format!("{{{{tasks.x{i}.output}}}}")).collect();
+    let src = format!("version: 1\nname: refs\ntasks:\n  - name: a\n    uses: echo\n    with: {{x: \"{}\"}}\n", refs.join(" "));
+    let started = std::time::Instant::now();
+    let checked = check("refs.yaml", src.as_bytes(), Y, &Options::default());
+    assert!(started.elapsed() < std::time::Duration::from_secs(20), "{:?}", started.elapsed());
+    let d = &checked.diagnostics;
+    assert_eq!(d.len(), 201);
+    // Each reference at its own column on the one line, in order.
+    let mut column = 18;
+    for (i, x) in d[..200].iter().enumerate() {
+        assert_eq!((x.code, x.span.start.line, x.span.start.column), (Code::TemplateRef, 6, column), "{i}: {}", x.message);
+        assert!(x.message.contains(&format!("`tasks.x{i}.output`")), "{}", x.message);
+        column += refs[i].len() as u32 + 1;
+    }
+    assert_eq!(d[200].message, "and 19800 more not shown (19800 errors), the first of them here");
+}

@@ -118,6 +118,7 @@ pub fn check_source(file: &str, text: String, format: Format, opts: &Options) ->
                 line_starts: std::cell::OnceCell::new(),
                 budget: rules::Budget::new(opts.max_diagnostics),
                 pending: Default::default(),
+                cursor: Default::default(),
             }
             .check();
             finish(&mut diags, opts);

@@ -28,12 +28,14 @@ pub struct Rules<'a> {
     pub line_starts: std::cell::OnceCell<Vec<usize>>,
     pub budget: Budget,
     pub pending: Pending,
+    pub cursor: std::cell::Cell<Option<Cursor>>,
 }
 
 /// Bounds the lookups whose cost grows with the file: searching a
-/// template's text for the exact place of a reference. Without a bound, a
-/// template node with thousands of bad references costs time quadratic in
-/// its size. Only a file's first findings are shown (see
+/// template's text again from its start for the exact place of a reference
+/// that comes before the last one found (see [`Cursor`]). Without a bound,
+/// a template node with thousands of references out of order costs time
+/// quadratic in its size. Only a file's first findings are shown (see
 /// [`crate::diag::cap`]), and the rules find them in file order, so the
 /// first ones get exact places; later ones sit on their template's node.
 pub struct Budget {
@@ -52,6 +54,23 @@ impl Budget {
         c.set(left.saturating_sub(1));
         left > 0
     }
+}
+
+/// Where [`Rules::locate`] last found a reference in a node, so that the
+/// next search in the same node goes on from there: the references of a
+/// template are looked up in the order they appear, so a node's text is
+/// read once, not once per finding (a single-line template with 20,000
+/// references would otherwise cost time quadratic in its length).
+#[derive(Debug, Clone, Copy)]
+pub struct Cursor {
+    node: Span,
+    /// The node's text, as a byte range.
+    start: usize,
+    end: usize,
+    /// The last place found, and its line and column.
+    at: usize,
+    line: u32,
+    column: u32,
 }
 
 /// "Did you mean" help left for later, by the diagnostic it belongs to
@@ -646,18 +665,34 @@ impl Rules<'_> {
 
     /// The span of `needle` inside the source text of a node, when found.
     fn locate(&self, node: Span, needle: &str) -> Option<Span> {
-        if !Budget::take(&self.budget.locates) {
-            return None;
-        }
-        let (start, end) = (self.byte_of(node.start)?, self.byte_of(node.end).unwrap_or(self.text.len()));
-        let hay = self.text.get(start..end.max(start))?;
-        let at = hay.find(needle)? + start;
-        let line_starts = self.line_starts();
-        let line = line_starts.partition_point(|&s| s <= at);
-        let line_start = line_starts[line - 1];
-        let col = self.text[line_start..at].chars().count() as u32 + 1;
-        let line = line as u32;
-        Some(Span::new(line, col, line, col + needle.chars().count() as u32))
+        let cur = match self.cursor.get().filter(|c| c.node == node) {
+            Some(c) => c,
+            None => {
+                let start = self.byte_of(node.start)?;
+                let end = self.byte_of(node.end).unwrap_or(self.text.len()).max(start);
+                let pos = Cursor { node, start, end, at: start, line: node.start.line, column: node.start.column };
+                self.cursor.set(Some(pos));
+                pos
+            }
+        };
+        let from_start = || Cursor { at: cur.start, line: node.start.line, column: node.start.column, ..cur };
+        // From the last place found on; from the node's start again (a
+        // reference before the last one) while the budget lasts.
+        let (base, at) = match self.text.get(cur.at..cur.end)?.find(needle) {
+            Some(i) => (cur, cur.at + i),
+            None if cur.at > cur.start && Budget::take(&self.budget.locates) => {
+                (from_start(), cur.start + self.text.get(cur.start..cur.end)?.find(needle)?)
+            }
+            None => return None,
+        };
+        // Line and column of `at`, counted on from the base.
+        let between = &self.text[base.at..at];
+        let (line, column) = match between.rfind('\n') {
+            Some(nl) => (base.line + between.matches('\n').count() as u32, between[nl + 1..].chars().count() as u32 + 1),
+            None => (base.line, base.column + between.chars().count() as u32),
+        };
+        self.cursor.set(Some(Cursor { at, line, column, ..cur }));
+        Some(Span::new(line, column, line, column + needle.chars().count() as u32))
     }
 
     /// Byte offset of a 1-based line/column (characters).
