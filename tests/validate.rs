@@ -1177,7 +1177,9 @@ fn binary_and_non_utf8_files_are_not_quoted() {
         assert_eq!(checked.diagnostics.len(), 1);
         let d = &checked.diagnostics[0];
         assert_eq!((d.code, d.span.start.line, d.span.start.column), (Code::Parse, 2, 14), "{name}");
-        let shown = render_human(d, checked.text.as_deref(), false) + &render_json(&checked.diagnostics) + &render_github(d);
+        let human = render_human(d, checked.text.as_deref(), false);
+        assert!(human.contains(&format!("--> {name}:2:14")), "positioned without an excerpt: {human}");
+        let shown = human + &render_json(&checked.diagnostics) + &render_github(d);
         assert!(!shown.contains("SECRET") && !shown.contains("BYTES"), "{name}: {shown}");
     }
 }

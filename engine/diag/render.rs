@@ -38,7 +38,8 @@ pub fn render_human_in(d: &Diagnostic, source: Option<&Source<'_>>, color: bool)
         group = group.element(
             annotate_snippets::Origin::path(d.file.as_str())
                 .line(d.span.start.line as usize)
-                .char_column(d.span.start.column.saturating_sub(1) as usize),
+                // Shown as given: the 1-based column, like the excerpt's header.
+                .char_column(d.span.start.column as usize),
         );
     }
     if let Some(help) = &d.help {
