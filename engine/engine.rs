@@ -583,7 +583,7 @@ fn render_entity(t: &str, wf: &Workflow, input: &Value, context: &Value, run_id:
 /// Validation options from a configuration: backend names are checked only
 /// when a configuration file was read.
 pub fn validate_options(c: &Config) -> crate::validate::Options {
-    crate::validate::Options { backends: c.path.as_ref().map(|_| c.backend_names()) }
+    crate::validate::Options { backends: c.path.as_ref().map(|_| c.backend_names()), max_diagnostics: c.validate.max_diagnostics }
 }
 
 /// Apply the input schema's top-level defaults, then validate.

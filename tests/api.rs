@@ -378,6 +378,7 @@ async fn workflows_and_file_status() {
     assert!(greet["version"].as_str().unwrap().starts_with("sha256:"));
     let files = r.body["files"].as_array().unwrap();
     assert_eq!(files.len(), 2, "{}", r.text);
+    assert_eq!(r.body["folders"], json!([{"path": dir.path().display().to_string(), "state": "ok", "error": null}]));
     let broken = files.iter().find(|f| f["workflow"] == "broken").unwrap();
     assert_eq!(broken["last_attempt"]["ok"], false);
     assert_eq!(broken["active_version"], Value::Null);
@@ -806,4 +807,27 @@ async fn api_throughput() {
         taskweave::bench::api::api_throughput(var("API_BENCH_RUNS", 2000), var("API_BENCH_CONCURRENCY", 32)).await.expect("benchmark");
     println!("{report}");
     println!("{}", serde_json::to_string(&report).unwrap());
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_moved_away_workflow_folder_is_listed_as_missing() {
+    let base = tempfile::tempdir().unwrap();
+    let flows = base.path().join("flows");
+    std::fs::create_dir(&flows).unwrap();
+    std::fs::write(flows.join("greet.yaml"), GREET).unwrap();
+    let mut config = Config::default();
+    config.engine.workflows = vec![flows.clone()];
+    let e = EngineBuilder::new().config(config).store("sqlite::memory:").build().await.unwrap();
+    let app = app(&e);
+    e.load_workflows();
+    let r = call(&app, get("/v1/workflows")).await;
+    assert_eq!(r.body["folders"][0]["state"], "ok", "{}", r.text);
+
+    std::fs::rename(&flows, base.path().join("moved")).unwrap();
+    e.registry().load_all();
+    let r = call(&app, get("/v1/workflows")).await;
+    assert_eq!(r.status, StatusCode::OK);
+    assert_eq!(r.body["workflows"], json!([]));
+    assert_eq!(r.body["files"], json!([]));
+    assert_eq!(r.body["folders"], json!([{"path": flows.display().to_string(), "state": "missing", "error": null}]), "{}", r.text);
 }

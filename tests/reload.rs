@@ -531,3 +531,113 @@ fn dropping_the_watcher_stops_reloading() {
     // The watcher's thread is gone: the registry is only held here now.
     wait_for("the watcher to let go of the registry", || Arc::strong_count(&r) == 1);
 }
+
+// ---------------------------------------------------------------- hostile folders
+
+/// A file outside the watched folder that must never be quoted.
+const SECRET: &str = "root:SECRET-HASH-1:19000:0:99999:7:::\nversion: 1\nname: leaked\ntasks: [{name: a, uses: echo}]\n";
+
+#[test]
+fn symlinks_out_of_the_folder_are_not_read_and_links_inside_it_load() {
+    let base = tempfile::tempdir().unwrap();
+    let outside = base.path().join("outside");
+    let flows = base.path().join("flows");
+    std::fs::create_dir_all(&outside).unwrap();
+    // Hidden folders are not walked: the file loads only through the link.
+    std::fs::create_dir_all(flows.join(".shared")).unwrap();
+    write(&outside.join("secret.yaml"), SECRET);
+    write(&outside.join("valid.yaml"), &wf("external", "x"));
+    write(&flows.join(".shared/real.yaml"), &wf("linked", "x"));
+    std::os::unix::fs::symlink(outside.join("secret.yaml"), flows.join("leak.yaml")).unwrap();
+    std::os::unix::fs::symlink("../outside/valid.yaml", flows.join("valid.yaml")).unwrap();
+    // A link to a file inside the folder: loaded.
+    std::os::unix::fs::symlink(".shared/real.yaml", flows.join("inside.yml")).unwrap();
+    let r = registry(&flows);
+    let report = r.load_all();
+    assert_eq!(r.names(), ["linked"], "{report:?}");
+    assert_eq!(report.failed, [flows.join("leak.yaml").display().to_string(), flows.join("valid.yaml").display().to_string()]);
+    for link in ["leak.yaml", "valid.yaml"] {
+        let status = r.file_status(&flows.join(link)).unwrap();
+        assert!(!status.last_attempt.ok);
+        let d = &status.last_attempt.diagnostics;
+        assert_eq!(d.len(), 1, "{d:?}");
+        assert_eq!((d[0].code, d[0].severity, d[0].span.start.line), (taskweave::Code::ExternalSymlink, taskweave::Severity::Warning, 1));
+        assert!(d[0].message.contains("outside"), "{}", d[0].message);
+    }
+    let all = serde_json::to_string(&r.status()).unwrap();
+    assert!(
+        !all.contains("SECRET") && !all.contains("leaked") && !all.contains("\"workflow\":\"external\""),
+        "nothing of the targets: {all}"
+    );
+    // The link inside is read where it resolves, and its status is under the link's name.
+    assert!(r.file_status(&flows.join("inside.yml")).unwrap().last_attempt.ok);
+
+    // A file that becomes a link out of the folder: not read, its last good version keeps serving.
+    let plain = flows.join("plain.yaml");
+    write(&plain, &wf("plain", "good"));
+    r.load_all();
+    let good = version(&r, "plain");
+    std::fs::remove_file(&plain).unwrap();
+    std::os::unix::fs::symlink(outside.join("secret.yaml"), &plain).unwrap();
+    let report = r.reload_paths(std::slice::from_ref(&plain));
+    assert_eq!(report.failed, [plain.display().to_string()]);
+    assert_eq!(version(&r, "plain"), good);
+    assert_eq!(r.file_status(&plain).unwrap().last_attempt.diagnostics[0].code, taskweave::Code::ExternalSymlink);
+}
+
+#[test]
+fn a_folder_that_is_moved_away_is_reported_missing_until_it_returns() {
+    use taskweave::reload::FolderState;
+    let base = tempfile::tempdir().unwrap();
+    let flows = base.path().join("flows");
+    std::fs::create_dir(&flows).unwrap();
+    write(&flows.join("a.yaml"), &wf("alpha", "x"));
+    let never = base.path().join("never-created");
+    let not_a_folder = base.path().join("file.txt");
+    write(&not_a_folder, "x");
+    let r = Arc::new(Registry::new(vec![flows.clone(), never.clone(), not_a_folder.clone()], Default::default()));
+    r.load_all();
+    let states = |r: &Registry| r.folder_status().into_iter().map(|f| (f.path, f.state)).collect::<Vec<_>>();
+    let key = |p: &Path| p.display().to_string();
+    assert_eq!(
+        states(&r),
+        [(key(&flows), FolderState::Ok), (key(&never), FolderState::Missing), (key(&not_a_folder), FolderState::Unreadable)]
+    );
+    assert!(r.folder_status()[2].error.is_some());
+
+    std::fs::rename(&flows, base.path().join("elsewhere")).unwrap();
+    let report = r.load_all();
+    assert_eq!(report.removed, ["alpha"]);
+    assert_eq!(states(&r)[0], (key(&flows), FolderState::Missing));
+    let json = serde_json::to_value(r.folder_status()).unwrap();
+    assert_eq!(json[0], serde_json::json!({"path": key(&flows), "state": "missing", "error": null}));
+
+    std::fs::rename(base.path().join("elsewhere"), &flows).unwrap();
+    r.load_all();
+    assert_eq!(states(&r)[0], (key(&flows), FolderState::Ok));
+    assert_eq!(r.names(), ["alpha"]);
+}
+
+#[test]
+fn a_huge_broken_file_is_capped_and_does_not_hold_the_others_up() {
+    let dir = tempfile::tempdir().unwrap();
+    let mut huge = String::from("version: 1\nname: huge\ntasks:\n");
+    for i in 0..50_000 {
+        huge.push_str(&format!("  - {{name: t{i}, uses: echo, parents: [nope{i}]}}\n"));
+    }
+    write(&dir.path().join("huge.yaml"), &huge);
+    for i in 0..3 {
+        write(&dir.path().join(format!("w{i}.yaml")), &wf(&format!("w{i}"), "x"));
+    }
+    let r = registry(dir.path());
+    let started = Instant::now();
+    let report = r.load_all();
+    // A generous bound for a debug build: the file took minutes before.
+    assert!(started.elapsed() < Duration::from_secs(20), "{:?}", started.elapsed());
+    assert_eq!(r.names(), ["w0", "w1", "w2"]);
+    assert_eq!(report.failed.len(), 1);
+    let d = r.file_status(&dir.path().join("huge.yaml")).unwrap().last_attempt.diagnostics;
+    assert_eq!(d.len(), 201);
+    assert_eq!(d[200].code, taskweave::Code::TooManyDiagnostics);
+    assert_eq!(d[200].message, "and 49800 more not shown (49800 errors), the first of them here");
+}

@@ -573,3 +573,40 @@ async fn a_run_left_by_a_crash_as_pid_1_ends_interrupted_after_a_restart() {
     assert!(error.starts_with("interrupted: ") && error.contains("lease"), "{r}");
     assert_eq!(r["tasks"]["nap"]["status"], "cancelled", "{r}");
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn status_reports_a_moved_away_folder_and_fails() {
+    let dir = tempfile::tempdir().unwrap();
+    let flows = dir.path().join("flows");
+    std::fs::create_dir(&flows).unwrap();
+    std::fs::write(dir.path().join("taskweave.toml"), "[engine]\nworkflows = [\"flows\"]\nstore = \"sqlite://state.db\"\n").unwrap();
+    std::fs::write(flows.join("slow.yaml"), flow(1)).unwrap();
+    let server = start(dir.path(), &[]);
+    let status = || {
+        let out = Command::new(assert_cmd::cargo::cargo_bin("taskweave"))
+            .args(["status", "--url", &server.base])
+            .env_remove("TASKWEAVE_TOKEN")
+            .output()
+            .expect("taskweave status");
+        (out.status.code(), String::from_utf8_lossy(&out.stdout).into_owned())
+    };
+    let (code, out) = status();
+    assert_eq!(code, Some(0), "{out}");
+    assert!(out.contains("1 workflow(s) serving, 0 file(s) failing\n"), "{out}");
+
+    std::fs::rename(&flows, dir.path().join("moved")).unwrap();
+    let c = reqwest::Client::new();
+    let base = server.base.clone();
+    eventually("the folder to be reported missing", || {
+        let (c, base) = (c.clone(), base.clone());
+        async move {
+            let (_, all) = get(&c, format!("{base}/v1/workflows")).await;
+            (all["folders"][0]["state"] == "missing" && all["workflows"] == json!([])).then_some(Value::Null)
+        }
+    })
+    .await;
+    let (code, out) = status();
+    assert_eq!(code, Some(1), "{out}");
+    assert!(out.contains("MISSING flows  (workflow folder missing)"), "{out}");
+    assert!(out.contains("0 workflow(s) serving, 0 file(s) failing, 1 folder(s) missing or unreadable"), "{out}");
+}

@@ -396,7 +396,7 @@ fn toml_table() {
 fn every_code_has_a_case() {
     let mut seen: Vec<&str> = YAML_CASES.iter().flat_map(|c| c.expect.iter().map(|x| x.code)).collect();
     // Checked in their own tests below: they need options or a folder.
-    seen.extend(["unknown-backend", "duplicate-workflow"]);
+    seen.extend(["unknown-backend", "duplicate-workflow", "too-many-diagnostics", "external-symlink"]);
     for code in Code::ALL {
         assert!(seen.contains(&code.as_str()), "no YAML case for `{code}`");
     }
@@ -405,7 +405,7 @@ fn every_code_has_a_case() {
 #[test]
 fn unknown_backend_needs_a_configuration() {
     let src = "version: 1\nname: demo\nbackend: celry\ntasks:\n  - name: a\n    uses: echo\n";
-    let opts = Options { backends: Some(vec!["local".into(), "celery".into(), "temporal".into()]) };
+    let opts = Options { backends: Some(vec!["local".into(), "celery".into(), "temporal".into()]), ..Default::default() };
     let checked = check("backend.yaml", src.as_bytes(), Y, &opts);
     assert_diags("unknown-backend", &checked.diagnostics, &[e("unknown-backend", (3, 10), Some((3, 15)), "did you mean `celery`?")]);
     // Without a configuration, any name goes.
@@ -943,9 +943,10 @@ fn cli_explain_every_code() {
 #[test]
 fn explain_examples_trigger_their_code() {
     // Each explanation's example really produces its code, and its fix does not.
-    let opts = Options { backends: Some(vec!["local".into(), "celery".into()]) };
+    let opts = Options { backends: Some(vec!["local".into(), "celery".into()]), ..Default::default() };
     for code in Code::ALL {
-        if *code == Code::DuplicateWorkflow {
+        // They need a folder, a symbolic link or hundreds of findings: their own tests show them.
+        if matches!(code, Code::DuplicateWorkflow | Code::ExternalSymlink | Code::TooManyDiagnostics) {
             continue;
         }
         let (bad, good) = code.examples();
@@ -1011,7 +1012,8 @@ fn bench_figures() {
 #[test]
 fn severity_is_the_codes() {
     for code in Code::ALL {
-        let expected = if *code == Code::TimeoutExceeds { Severity::Warning } else { Severity::Error };
+        let warning = matches!(code, Code::TimeoutExceeds | Code::TooManyDiagnostics | Code::ExternalSymlink);
+        let expected = if warning { Severity::Warning } else { Severity::Error };
         assert_eq!(code.severity(), expected, "{code}");
     }
 }
@@ -1051,4 +1053,182 @@ fn cli_unknown_backend_with_a_configuration() {
     // Without a configuration, backend names are not checked.
     let f = Files::new(&[("flow.yaml", flow)]);
     f.cmd().args(["validate", "flow.yaml"]).assert().code(0);
+}
+
+// ---------------------------------------------------------------------------
+// Floods of findings: a file reports at most `max_diagnostics` of them plus
+// one "and N more"; finding, sorting and rendering them is linear.
+
+/// A workflow of `n` tasks, each naming a parent that does not exist.
+fn unknown_parents(n: usize) -> String {
+    let mut s = String::from("version: 1\nname: flood\ntasks:\n");
+    for i in 0..n {
+        s.push_str(&format!("  - {{name: t{i}, uses: echo, parents: [nope{i}]}}\n"));
+    }
+    s
+}
+
+#[test]
+fn a_flood_of_findings_is_capped_and_counted_exactly() {
+    let n = 50_000;
+    let src = unknown_parents(n);
+    let started = std::time::Instant::now();
+    let checked = check("flood.yaml", src.as_bytes(), Y, &Options::default());
+    let elapsed = started.elapsed();
+    let d = &checked.diagnostics;
+    assert_eq!(d.len(), 201, "{}", show(&d[..5]));
+    for (i, x) in d[..200].iter().enumerate() {
+        assert_eq!((x.code, x.span.start.line, x.span.start.column), (Code::UnknownParent, i as u32 + 4, 37 + digits(i)), "{i}");
+    }
+    let more = &d[200];
+    assert_eq!((more.code, more.severity), (Code::TooManyDiagnostics, Severity::Error));
+    assert_eq!(more.message, "and 49800 more not shown (49800 errors), the first of them here");
+    // At the first finding not shown.
+    assert_eq!((more.span.start.line, more.span.start.column), (204, 40));
+    assert!(checked.workflow.is_none());
+    // A generous bound (a debug build; it took minutes before the cap).
+    assert!(elapsed < std::time::Duration::from_secs(20), "{elapsed:?}");
+
+    // No cap: every one of them.
+    let all = check("flood.yaml", src.as_bytes(), Y, &Options { max_diagnostics: 0, ..Default::default() });
+    assert_eq!(all.diagnostics.len(), n);
+    assert!(all.diagnostics.iter().all(|x| x.code == Code::UnknownParent));
+    // A smaller cap.
+    let few = check("flood.yaml", src.as_bytes(), Y, &Options { max_diagnostics: 3, ..Default::default() });
+    assert_eq!(few.diagnostics.len(), 4);
+    assert_eq!(few.diagnostics[3].message, "and 49997 more not shown (49997 errors), the first of them here");
+}
+
+fn digits(i: usize) -> u32 {
+    i.to_string().len() as u32
+}
+
+#[test]
+fn shown_findings_keep_their_suggestions_under_a_flood() {
+    let mut src = unknown_parents(300);
+    src.push_str("  - {name: extract-text, uses: echo}\n  - {name: last, uses: echo, parents: [extract-txt]}\n");
+    // The typo first in the file, so it is among the shown.
+    let src = src.replacen("parents: [nope0]", "parents: [extract-txt]", 1);
+    let checked = check("flood.yaml", src.as_bytes(), Y, &Options::default());
+    assert_eq!(checked.diagnostics.len(), 201);
+    assert_eq!(checked.diagnostics[0].help.as_deref(), Some("did you mean `extract-text`?"), "{}", show(&checked.diagnostics[..1]));
+}
+
+#[test]
+fn floods_of_unknown_and_repeated_keys_are_linear() {
+    let n = 50_000;
+    let mut unknown = String::from("version: 1\nname: keys\ntasks:\n  - name: a\n    uses: echo\n");
+    for i in 0..n {
+        unknown.push_str(&format!("    bogus{i}: 1\n"));
+    }
+    // Distinct keys, then each of them again.
+    let mut repeated = String::from("version: 1\nname: keys\ntasks:\n  - name: a\n    uses: echo\n    with:\n");
+    for i in (0..n / 2).chain(0..n / 2) {
+        repeated.push_str(&format!("      k{i}: 1\n"));
+    }
+    let started = std::time::Instant::now();
+    let u = check("unknown.yaml", unknown.as_bytes(), Y, &Options::default());
+    let r = check("repeated.yaml", repeated.as_bytes(), Y, &Options::default());
+    let elapsed = started.elapsed();
+    assert_eq!(u.diagnostics.len(), 201);
+    assert_eq!((u.diagnostics[0].code, u.diagnostics[0].span.start.line), (Code::Schema, 6));
+    assert!(u.diagnostics[0].message.contains("unknown field `bogus0`"), "{}", show(&u.diagnostics[..1]));
+    assert_eq!(u.diagnostics[200].message, "and 49800 more not shown (49800 errors), the first of them here");
+    assert_eq!(r.diagnostics.len(), 201);
+    let first = &r.diagnostics[0];
+    assert_eq!((first.code, first.span.start.line), (Code::DuplicateKey, 7 + n as u32 / 2));
+    assert_eq!(first.help.as_deref(), Some("`k0` is first set at line 7, column 7"));
+    assert_eq!(r.diagnostics[200].message, "and 24800 more not shown (24800 errors), the first of them here");
+    assert!(elapsed < std::time::Duration::from_secs(20), "{elapsed:?}");
+}
+
+#[test]
+fn cli_renders_a_flood_quickly_and_says_how_many_more() {
+    let f = Files::new(&[("flood.yaml", &unknown_parents(50_000))]);
+    let started = std::time::Instant::now();
+    let out = f.cmd().args(["validate", "flood.yaml"]).assert().code(1).get_output().stdout.clone();
+    assert!(started.elapsed() < std::time::Duration::from_secs(30), "{:?}", started.elapsed());
+    let out = String::from_utf8_lossy(&out);
+    assert_eq!(out.matches("error[unknown-parent]").count(), 200);
+    assert!(out.contains("error[too-many-diagnostics]: and 49800 more not shown (49800 errors), the first of them here"), "{out}");
+    assert!(out.contains("--> flood.yaml:203:40"), "excerpts are positioned: {out}");
+    // The limit comes from the environment too.
+    let out = f
+        .cmd()
+        .env("TASKWEAVE_MAX_DIAGNOSTICS", "5")
+        .args(["validate", "--format", "json", "flood.yaml"])
+        .assert()
+        .code(1)
+        .get_output()
+        .stdout
+        .clone();
+    let v: Value = serde_json::from_slice(&out).expect("json");
+    assert_eq!(v.as_array().map(Vec::len), Some(6));
+}
+
+#[test]
+fn binary_and_non_utf8_files_are_not_quoted() {
+    for (name, bytes) in [
+        ("nul.yaml", b"version: 1\nname: SECRET-\0-BYTES\ntasks: []\n".to_vec()),
+        ("latin1.yaml", b"version: 1\nname: SECRET-\xe9-BYTES\ntasks: []\n".to_vec()),
+    ] {
+        let checked = check(name, &bytes, Y, &Options::default());
+        assert!(checked.text.is_none(), "{name}: no text kept");
+        assert_eq!(checked.diagnostics.len(), 1);
+        let d = &checked.diagnostics[0];
+        assert_eq!((d.code, d.span.start.line, d.span.start.column), (Code::Parse, 2, 14), "{name}");
+        let human = render_human(d, checked.text.as_deref(), false);
+        assert!(human.contains(&format!("--> {name}:2:14")), "positioned without an excerpt: {human}");
+        let shown = human + &render_json(&checked.diagnostics) + &render_github(d);
+        assert!(!shown.contains("SECRET") && !shown.contains("BYTES"), "{name}: {shown}");
+    }
+}
+
+#[test]
+fn cli_does_not_read_symlinks_out_of_a_folder() {
+    let f = Files::new(&[
+        ("flows/ok.yaml", VALID),
+        ("flows/.shared/real.yaml", "version: 1\nname: linked\ntasks:\n  - name: a\n    uses: echo\n"),
+        ("outside/shadow.yaml", "root:SECRET-HASH:19000:0:99999:7:::\n"),
+    ]);
+    let flows = f.dir.path().join("flows");
+    std::os::unix::fs::symlink(f.dir.path().join("outside/shadow.yaml"), flows.join("shadow.yaml")).expect("symlink");
+    std::os::unix::fs::symlink(".shared/real.yaml", flows.join("linked.yaml")).expect("symlink");
+
+    let checked = check_paths(std::slice::from_ref(&flows), &Options::default()).expect("checks");
+    let files: Vec<(&str, usize)> = checked.iter().map(|c| (c.file.rsplit('/').next().unwrap_or(""), c.diagnostics.len())).collect();
+    // The files of the folder (the link inside it loads), then the link out of it.
+    assert_eq!(files, [("linked.yaml", 0), ("ok.yaml", 0), ("shadow.yaml", 1)]);
+    assert!(checked[1].workflow.is_some() && checked[0].workflow.is_some());
+    let leak = &checked[2];
+    assert!(leak.text.is_none() && leak.workflow.is_none());
+    assert_eq!((leak.diagnostics[0].code, leak.diagnostics[0].severity), (Code::ExternalSymlink, Severity::Warning));
+
+    // A warning: valid unless warnings are denied; nothing of the target in any format.
+    for format in ["human", "json", "github"] {
+        let out = f.cmd().args(["validate", "--format", format, "flows"]).assert().code(0).get_output().stdout.clone();
+        let out = String::from_utf8_lossy(&out);
+        assert!(out.contains("external-symlink") && !out.contains("SECRET") && !out.contains("root:"), "{format}: {out}");
+    }
+    f.cmd().args(["validate", "--deny-warnings", "flows"]).assert().code(1);
+}
+
+#[test]
+fn a_template_with_thousands_of_bad_references_is_placed_exactly_and_quickly() {
+    let n = 20_000;
+    let refs: Vec<String> = (0..n).map(|i| format!("{{{{tasks.x{i}.output}}}}")).collect();
+    let src = format!("version: 1\nname: refs\ntasks:\n  - name: a\n    uses: echo\n    with: {{x: \"{}\"}}\n", refs.join(" "));
+    let started = std::time::Instant::now();
+    let checked = check("refs.yaml", src.as_bytes(), Y, &Options::default());
+    assert!(started.elapsed() < std::time::Duration::from_secs(20), "{:?}", started.elapsed());
+    let d = &checked.diagnostics;
+    assert_eq!(d.len(), 201);
+    // Each reference at its own column on the one line, in order.
+    let mut column = 18;
+    for (i, x) in d[..200].iter().enumerate() {
+        assert_eq!((x.code, x.span.start.line, x.span.start.column), (Code::TemplateRef, 6, column), "{i}: {}", x.message);
+        assert!(x.message.contains(&format!("`tasks.x{i}.output`")), "{}", x.message);
+        column += refs[i].len() as u32 + 1;
+    }
+    assert_eq!(d[200].message, "and 19800 more not shown (19800 errors), the first of them here");
 }

@@ -1,5 +1,6 @@
 //! `GET /v1/workflows` and `GET /v1/workflows/{name}`: what the registry
-//! serves, and how each watched file last loaded.
+//! serves, how each watched file last loaded, and whether each configured
+//! folder is there.
 
 use super::AppState;
 use super::error::ApiError;
@@ -17,7 +18,7 @@ fn duration(d: Option<Duration>) -> Value {
 
 pub async fn list(State(st): State<Arc<AppState>>) -> Json<Value> {
     let reg = st.engine.registry();
-    Json(json!({"workflows": reg.list(), "files": reg.status()}))
+    Json(json!({"workflows": reg.list(), "files": reg.status(), "folders": reg.folder_status()}))
 }
 
 pub async fn show(State(st): State<Arc<AppState>>, PathParams(name): PathParams<String>) -> Result<Json<Value>, ApiError> {

@@ -63,8 +63,9 @@ fn print_diagnostics(file: &Path, diags: &[diag::Diagnostic], format: super::Dia
         super::DiagFormat::Github => diags.iter().for_each(|d| println!("{}", diag::render_github(d))),
         super::DiagFormat::Human => {
             let text = std::fs::read_to_string(file).ok();
+            let source = text.as_deref().map(diag::Source::new);
             for d in diags {
-                eprintln!("{}\n", diag::render_human(d, text.as_deref(), std::io::stderr().is_terminal()));
+                eprintln!("{}\n", diag::render_human_in(d, source.as_ref(), std::io::stderr().is_terminal()));
             }
         }
     }

@@ -168,6 +168,9 @@ fn init_tracing() {
 pub(crate) async fn load_workflows(engine: &crate::engine::Engine) -> anyhow::Result<crate::reload::ReloadReport> {
     let registry = std::sync::Arc::clone(engine.registry());
     let report = tokio::task::spawn_blocking(move || registry.load_all()).await?;
+    for f in engine.registry().folder_status().iter().filter(|f| !f.is_ok()) {
+        tracing::warn!("workflow folder {} is {}: no workflows load from it", f.path, f.state.as_str());
+    }
     for f in engine.registry().status().iter().filter(|f| !f.last_attempt.ok) {
         for d in &f.last_attempt.diagnostics {
             tracing::warn!("{}:{}:{}: {} [{}]", d.file, d.span.start.line, d.span.start.column, d.message, d.code);

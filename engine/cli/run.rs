@@ -119,8 +119,9 @@ pub async fn run(args: RunArgs, config: Option<&Path>) -> anyhow::Result<ExitCod
             Ok(wf) => wf,
             Err(EngineError::Invalid { file, diagnostics }) => {
                 let text = std::fs::read_to_string(&file).ok();
+                let source = text.as_deref().map(diag::Source::new);
                 for d in &diagnostics {
-                    eprintln!("{}\n", diag::render_human(d, text.as_deref(), std::io::stderr().is_terminal()));
+                    eprintln!("{}\n", diag::render_human_in(d, source.as_ref(), std::io::stderr().is_terminal()));
                 }
                 eprintln!("error: {file} is not a valid workflow");
                 return Ok(ExitCode::from(2));

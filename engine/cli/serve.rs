@@ -121,9 +121,13 @@ pub async fn serve(args: ServeArgs, config: Option<&Path>) -> anyhow::Result<Exi
     let terminated = terminated();
     let addr = server.local_addr();
     eprintln!(
-        "taskweave serving http://{addr} ({} workflow(s) loaded, {} file(s) with errors, {})",
+        "taskweave serving http://{addr} ({} workflow(s) loaded, {} file(s) with errors{}, {})",
         registry.names().len(),
         report.failed.len(),
+        match registry.folder_status().iter().filter(|f| !f.is_ok()).count() {
+            0 => String::new(),
+            n => format!(", {n} workflow folder(s) missing or unreadable"),
+        },
         if has_token { "token required" } else { "no token: open to every client" }
     );
     if !has_token && !addr.ip().is_loopback() {
@@ -226,6 +230,20 @@ pub async fn status(args: StatusArgs) -> anyhow::Result<ExitCode> {
         return Ok(ExitCode::SUCCESS);
     }
     let mut failing = 0;
+    // A folder that is missing or unreadable serves nothing: a problem, not an empty folder.
+    let mut bad_folders = 0;
+    for f in body["folders"].as_array().into_iter().flatten() {
+        let state = f["state"].as_str().unwrap_or("?");
+        if state != "ok" {
+            bad_folders += 1;
+            let why = f["error"].as_str().map(|e| format!(": {e}")).unwrap_or_default();
+            println!(
+                "{} {}  (workflow folder {state}{why})",
+                if state == "missing" { "MISSING" } else { "FAIL" },
+                f["path"].as_str().unwrap_or("?")
+            );
+        }
+    }
     for f in body["files"].as_array().into_iter().flatten() {
         let ok = f["last_attempt"]["ok"].as_bool().unwrap_or(false);
         let version = f["active_version"].as_str().map(|v| &v[..v.len().min(19)]).unwrap_or("-");
@@ -251,8 +269,9 @@ pub async fn status(args: StatusArgs) -> anyhow::Result<ExitCode> {
             }
         }
     }
-    println!("{} workflow(s) serving, {failing} file(s) failing", body["workflows"].as_array().map_or(0, Vec::len));
-    Ok(if failing > 0 { ExitCode::from(1) } else { ExitCode::SUCCESS })
+    let folders = if bad_folders > 0 { format!(", {bad_folders} folder(s) missing or unreadable") } else { String::new() };
+    println!("{} workflow(s) serving, {failing} file(s) failing{folders}", body["workflows"].as_array().map_or(0, Vec::len));
+    Ok(if failing > 0 || bad_folders > 0 { ExitCode::from(1) } else { ExitCode::SUCCESS })
 }
 
 #[cfg(test)]

@@ -16,8 +16,7 @@ pub fn validate(paths: &[PathBuf], format: DiagFormat, deny_warnings: bool, conf
     }
     // With a configuration (given, or ./taskweave.toml), `backend` names are checked against it.
     let opts = match crate::config::Config::load(config) {
-        Ok(c) if c.path.is_some() => Options { backends: Some(c.backend_names()) },
-        Ok(_) => Options::default(),
+        Ok(c) => crate::engine::validate_options(&c),
         Err(e) => return Ok(super::config_error(&e)),
     };
     let checked = match validate::check_paths(paths, &opts) {
@@ -45,8 +44,10 @@ pub fn validate(paths: &[PathBuf], format: DiagFormat, deny_warnings: bool, conf
         DiagFormat::Human => {
             let color = std::io::stdout().is_terminal() && std::env::var_os("NO_COLOR").is_none();
             for c in &checked {
+                // One line index per file, however many diagnostics it has.
+                let source = c.text.as_deref().filter(|_| !c.diagnostics.is_empty()).map(diag::Source::new);
                 for d in &c.diagnostics {
-                    writeln!(out, "{}\n", diag::render_human(d, c.text.as_deref(), color))?;
+                    writeln!(out, "{}\n", diag::render_human_in(d, source.as_ref(), color))?;
                 }
             }
             let files = checked.len();
@@ -94,8 +95,9 @@ pub fn graph(target: &str, format: GraphFormat, config: Option<&Path>) -> anyhow
         }
     };
     let Some(wf) = checked.workflow else {
+        let source = checked.text.as_deref().map(diag::Source::new);
         for d in &checked.diagnostics {
-            eprintln!("{}\n", diag::render_human(d, checked.text.as_deref(), false));
+            eprintln!("{}\n", diag::render_human_in(d, source.as_ref(), false));
         }
         return Ok(ExitCode::from(1));
     };

@@ -4,15 +4,17 @@
 //! original layer's `CELERY_BROKER_URL`, `CELERY_RESULT_BACKEND`,
 //! `FLIPT_SERVER_URL`, `FLIPT_NAMESPACE`; `TASKWEAVE_FLAGS_TIMEOUT`;
 //! `TASKWEAVE_HTTP_DENY_PRIVATE`, `TASKWEAVE_EXTRACT_TEXT_ROOT`;
-//! `TASKWEAVE_HEARTBEAT`, `TASKWEAVE_LEASE`). The `[serve]` limits are
-//! overridden by `taskweave serve`'s flags and their `TASKWEAVE_*`
-//! variables instead, as they concern that command alone.
+//! `TASKWEAVE_HEARTBEAT`, `TASKWEAVE_LEASE`; `TASKWEAVE_MAX_DIAGNOSTICS`).
+//! The `[serve]` limits are overridden by `taskweave serve`'s flags and
+//! their `TASKWEAVE_*` variables instead, as they concern that command alone.
 
 pub mod actions;
 pub mod instance;
 mod serve;
+mod validate;
 
 pub use serve::{ServeConfig, parse_positive_duration};
+pub use validate::ValidateConfig;
 
 use serde::Deserialize;
 use std::collections::BTreeMap;
@@ -103,6 +105,9 @@ pub struct Config {
     /// `[instance]`: how this process holds its lease in the store.
     #[serde(default)]
     pub instance: instance::InstanceConfig,
+    /// `[validate]`: how validation reports.
+    #[serde(default)]
+    pub validate: ValidateConfig,
     /// Where the file was read from, if anywhere.
     #[serde(skip)]
     pub path: Option<PathBuf>,
@@ -208,6 +213,8 @@ impl Config {
                         "instance",
                         "heartbeat",
                         "lease",
+                        "validate",
+                        "max_diagnostics",
                     ];
                     if let Some(s) = crate::diag::did_you_mean(field, expected) {
                         d = d.with_help(format!("did you mean `{s}`?"));
@@ -306,6 +313,7 @@ impl Config {
                 }
             }
         }
+        self.validate.apply_env(&var);
         for (key, env) in [("broker", "CELERY_BROKER_URL"), ("result_backend", "CELERY_RESULT_BACKEND")] {
             if let Some(v) = var(env).filter(|s| !s.is_empty()) {
                 for b in self.backends.values_mut().filter(|b| b.kind == "celery") {

@@ -88,6 +88,14 @@ codes! {
         "Two files in one folder declare the same workflow name, so a run by name would be ambiguous.",
         "# flows/a.yaml\nname: billing\n# flows/b.yaml\nname: billing\n",
         "# flows/a.yaml\nname: billing\n# flows/b.yaml\nname: billing-v2\n";
+    TooManyDiagnostics = "too-many-diagnostics", Warning,
+        "A file has more findings than taskweave reports for one file (`[validate] max_diagnostics` in taskweave.toml, 200 by default; `TASKWEAVE_MAX_DIAGNOSTICS`; 0 reports all). Errors are kept before warnings, each in file order; this last diagnostic says how many more there are and sits at the first of them. It is an error when any of those it stands for is an error. Fix the findings shown and check again; a file this broken is usually generated, or not a workflow at all.",
+        "# 250 tasks, each with a parent that names no task\nversion: 1\nname: hello\ntasks:\n  - {name: t1, uses: echo, parents: [x1]}\n  - {name: t2, uses: echo, parents: [x2]}\n  # ... t3 to t250 alike\n",
+        "version: 1\nname: hello\ntasks:\n  - {name: t1, uses: echo}\n  - {name: t2, uses: echo, parents: [t1]}\n";
+    ExternalSymlink = "external-symlink", Warning,
+        "A watched or validated folder holds a symbolic link whose target lies outside that folder. taskweave does not read it: a link could otherwise put any file the process can read (keys, password files) into diagnostics, logs and the API. The file is listed as skipped; nothing of its target is shown. Links to files inside the folder load as usual.",
+        "# flows/shared.yaml -> /etc/team/shared.yaml  (outside flows/)\n",
+        "# copy the file into flows/, or link to a file inside it:\n# flows/shared.yaml -> common/shared.yaml\n";
 }
 
 impl Code {

@@ -1,6 +1,7 @@
 //! Rendering diagnostics: rustc-like text (annotate-snippets, the renderer
 //! rustc itself uses), a JSON array, and GitHub Actions annotations.
 
+use super::lines::Source;
 use super::{Diagnostic, Severity};
 use annotate_snippets::renderer::DecorStyle;
 use annotate_snippets::{AnnotationKind, Level, Renderer, Snippet};
@@ -8,8 +9,17 @@ use annotate_snippets::{AnnotationKind, Level, Renderer, Snippet};
 /// Render one diagnostic like rustc: `error[code]: message`, `--> file:line:col`,
 /// the source lines with a caret under the span, then the help.
 ///
-/// `source` is the file's text; without it only the header and help are shown.
+/// `source` is the file's text; without it only the header and help are
+/// shown. This indexes the text's lines for this one diagnostic: to render
+/// several of one file, index it once with [`Source`] and call
+/// [`render_human_in`].
 pub fn render_human(d: &Diagnostic, source: Option<&str>, color: bool) -> String {
+    let source = source.map(Source::new);
+    render_human_in(d, source.as_ref(), color)
+}
+
+/// [`render_human`] with the file's line index already built.
+pub fn render_human_in(d: &Diagnostic, source: Option<&Source<'_>>, color: bool) -> String {
     let level = match d.severity {
         Severity::Error => Level::ERROR,
         Severity::Warning => Level::WARNING,
@@ -28,7 +38,8 @@ pub fn render_human(d: &Diagnostic, source: Option<&str>, color: bool) -> String
         group = group.element(
             annotate_snippets::Origin::path(d.file.as_str())
                 .line(d.span.start.line as usize)
-                .char_column(d.span.start.column.saturating_sub(1) as usize),
+                // Shown as given: the 1-based column, like the excerpt's header.
+                .char_column(d.span.start.column as usize),
         );
     }
     if let Some(help) = &d.help {
@@ -39,41 +50,24 @@ pub fn render_human(d: &Diagnostic, source: Option<&str>, color: bool) -> String
 }
 
 /// The lines a span covers (at most 6), the first line's number, and the
-/// span as a byte range inside that excerpt.
-fn excerpt<'a>(source: &'a str, d: &Diagnostic) -> Option<(&'a str, usize, std::ops::Range<usize>)> {
+/// span as a byte range inside that excerpt; None when the span lies
+/// outside the text.
+fn excerpt<'a>(source: &Source<'a>, d: &Diagnostic) -> Option<(&'a str, usize, std::ops::Range<usize>)> {
+    let (text, index) = (source.text, &source.index);
     let start_line = d.span.start.line.max(1) as usize;
-    let end_line = d.span.end.line.max(d.span.start.line).min(d.span.start.line + 5) as usize;
-    let mut offset = 0usize;
-    let mut line_starts = Vec::new();
-    for (i, line) in source.split_inclusive('\n').enumerate() {
-        let n = i + 1;
-        if n == start_line || (n > start_line && n <= end_line) {
-            line_starts.push(offset);
-        }
-        if n > end_line {
-            break;
-        }
-        offset += line.len();
-    }
-    let first = *line_starts.first()?;
-    let last_line_start = *line_starts.last()?;
-    let last_end = source[last_line_start..].find('\n').map_or(source.len(), |i| last_line_start + i);
-    let text = &source[first..last_end];
-    let char_to_byte = |line_start: usize, col: u32| -> usize {
-        let line = &source[line_start..];
-        let line = &line[..line.find('\n').unwrap_or(line.len())];
-        line.char_indices().nth(col.saturating_sub(1) as usize).map_or(line.len(), |(b, _)| b) + line_start - first
-    };
-    let start = char_to_byte(first, d.span.start.column);
+    let end_line = (d.span.end.line.max(d.span.start.line).min(d.span.start.line + 5) as usize).min(index.lines()).max(start_line);
+    let first = index.line(text, start_line)?;
+    let last = index.line(text, end_line)?;
+    let excerpt = &text[first.start..last.end.max(first.start)];
+    let start = index.offset(text, d.span.start)?.max(first.start) - first.start;
     let end = if (d.span.end.line as usize) <= end_line && d.span.end.line >= d.span.start.line {
-        let idx = (d.span.end.line as usize) - start_line;
-        char_to_byte(line_starts[idx.min(line_starts.len() - 1)], d.span.end.column)
+        index.offset(text, d.span.end).map_or(excerpt.len(), |e| e.saturating_sub(first.start))
     } else {
-        text.len()
+        excerpt.len()
     };
-    let end = end.max(start).min(text.len());
-    let start = start.min(text.len());
-    Some((text, start_line, start..end))
+    let end = end.max(start).min(excerpt.len());
+    let start = start.min(excerpt.len());
+    Some((excerpt, start_line, start..end))
 }
 
 /// A JSON array of diagnostics (the documented flat form).

@@ -66,6 +66,53 @@ pub struct FileStatus {
     pub since: Option<OffsetDateTime>,
 }
 
+/// Whether a configured workflow folder is there to load from.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "snake_case")]
+pub enum FolderState {
+    /// A folder that can be listed.
+    Ok,
+    /// Nothing at the path (never created, moved away or deleted): its
+    /// workflows are unloaded, and it is watched for until it returns.
+    Missing,
+    /// Something is there, but not a folder that can be listed.
+    Unreadable,
+}
+
+/// The state of one configured workflow folder, read from the disk when asked.
+#[derive(Debug, Clone, Serialize)]
+pub struct FolderStatus {
+    pub path: String,
+    pub state: FolderState,
+    /// Why it cannot be listed, for `unreadable`.
+    pub error: Option<String>,
+}
+
+impl FolderState {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            FolderState::Ok => "ok",
+            FolderState::Missing => "missing",
+            FolderState::Unreadable => "unreadable",
+        }
+    }
+}
+
+impl FolderStatus {
+    fn of(folder: &Path) -> FolderStatus {
+        let (state, error) = match std::fs::read_dir(folder) {
+            Ok(_) => (FolderState::Ok, None),
+            Err(e) if matches!(e.kind(), std::io::ErrorKind::NotFound) => (FolderState::Missing, None),
+            Err(e) => (FolderState::Unreadable, Some(e.to_string())),
+        };
+        FolderStatus { path: key(folder), state, error }
+    }
+
+    pub fn is_ok(&self) -> bool {
+        self.state == FolderState::Ok
+    }
+}
+
 /// One registered workflow, as listed by the API.
 #[derive(Debug, Clone, Serialize)]
 pub struct WorkflowEntry {
@@ -146,6 +193,8 @@ enum Outcome {
     Deleted,
     /// The file exists but cannot be read.
     Unreadable(std::io::Error),
+    /// A symbolic link that leads out of its folder (given): not read.
+    Outside(PathBuf),
     Checked(Box<Checked>, Sum),
 }
 
@@ -215,6 +264,13 @@ impl Registry {
         self.read().files.values().cloned().collect()
     }
 
+    /// The state of every configured folder, in configuration order: a
+    /// folder that is missing (moved away, deleted) or cannot be listed is a
+    /// problem to report, not an empty folder.
+    pub fn folder_status(&self) -> Vec<FolderStatus> {
+        self.folders.iter().map(|f| FolderStatus::of(f)).collect()
+    }
+
     /// The status of the file a workflow is served from, or that declares it.
     pub fn status_of(&self, name: &str) -> Vec<FileStatus> {
         self.read().files.values().filter(|f| f.workflow.as_deref() == Some(name)).cloned().collect()
@@ -251,7 +307,9 @@ impl Registry {
             let sums = keys.iter().map(|k| st.sums.get(k).copied()).collect();
             (keys, sums)
         };
-        let outcomes = compile_all(&keys, &sums, &self.options);
+        // Each folder resolved once, to tell links that lead out of it.
+        let roots: Vec<(PathBuf, Option<PathBuf>)> = self.folders.iter().map(|f| (f.clone(), f.canonicalize().ok())).collect();
+        let outcomes = compile_all(&keys, &sums, &self.options, &roots);
         // 2. Swap under the write lock.
         let now = OffsetDateTime::now_utc();
         let mut st = self.write();
@@ -276,8 +334,10 @@ fn expand(st: &State, paths: &[PathBuf]) -> Vec<String> {
     let known_under = |dir: &Path| st.files.keys().filter(|k| Path::new(k.as_str()).starts_with(dir)).cloned().collect::<Vec<_>>();
     for p in paths {
         if p.is_dir() {
-            if let Ok(found) = crate::validate::find_files(p) {
-                keys.extend(found.iter().map(|f| key(f)));
+            // Links that lead out of the folder too: reading them is refused
+            // (and reported) in `compile`.
+            if let Ok(found) = crate::validate::walk(p) {
+                keys.extend(found.files.iter().chain(&found.outside).map(|f| key(f)));
             }
             keys.extend(known_under(p));
         } else if crate::validate::is_workflow_file(p) {
@@ -291,11 +351,17 @@ fn expand(st: &State, paths: &[PathBuf]) -> Vec<String> {
 }
 
 /// Read and compile files, in parallel when there are several (a branch
-/// switch changes dozens at once), keeping their order.
-fn compile_all(keys: &[String], sums: &[Option<Sum>], opts: &crate::validate::Options) -> Vec<Outcome> {
-    let threads = std::thread::available_parallelism().map_or(1, |n| n.get()).min(8).min(keys.len() / 4);
+/// switch changes dozens at once; and one huge file must not hold the
+/// others up behind it), keeping their order.
+fn compile_all(
+    keys: &[String],
+    sums: &[Option<Sum>],
+    opts: &crate::validate::Options,
+    roots: &[(PathBuf, Option<PathBuf>)],
+) -> Vec<Outcome> {
+    let threads = std::thread::available_parallelism().map_or(1, |n| n.get()).min(8).min(keys.len());
     if threads <= 1 {
-        return keys.iter().zip(sums).map(|(k, s)| compile(k, *s, opts)).collect();
+        return keys.iter().zip(sums).map(|(k, s)| compile(k, *s, opts, roots)).collect();
     }
     let next = std::sync::atomic::AtomicUsize::new(0);
     let mut done: Vec<(usize, Outcome)> = std::thread::scope(|s| {
@@ -306,7 +372,7 @@ fn compile_all(keys: &[String], sums: &[Option<Sum>], opts: &crate::validate::Op
                     loop {
                         let i = next.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
                         let (Some(k), Some(sum)) = (keys.get(i), sums.get(i)) else { break };
-                        out.push((i, compile(k, *sum, opts)));
+                        out.push((i, compile(k, *sum, opts, roots)));
                     }
                     out
                 })
@@ -318,9 +384,21 @@ fn compile_all(keys: &[String], sums: &[Option<Sum>], opts: &crate::validate::Op
     done.into_iter().map(|(_, o)| o).collect()
 }
 
-fn compile(key: &str, last: Option<Sum>, opts: &crate::validate::Options) -> Outcome {
+/// Read and check one file. A file whose path resolves (through symbolic
+/// links) outside its folder is not read; one inside is read from where
+/// it resolves, so what is read is what was checked.
+fn compile(key: &str, last: Option<Sum>, opts: &crate::validate::Options, roots: &[(PathBuf, Option<PathBuf>)]) -> Outcome {
     let path = Path::new(key);
-    match std::fs::read(path) {
+    let mut from = std::borrow::Cow::Borrowed(path);
+    if let Some((folder, Some(root))) = roots.iter().find(|(f, _)| path.starts_with(f))
+        && let Ok(real) = path.canonicalize()
+    {
+        if !real.starts_with(root) {
+            return Outcome::Outside(folder.clone());
+        }
+        from = std::borrow::Cow::Owned(real);
+    }
+    match std::fs::read(&from) {
         Ok(bytes) => {
             let sum = (crc32fast::hash(&bytes), bytes.len());
             if last == Some(sum) {
@@ -375,11 +453,12 @@ fn apply(st: &mut State, outcomes: Vec<(String, Outcome)>, now: OffsetDateTime) 
         match outcome {
             Outcome::Unchanged | Outcome::Deleted => {}
             Outcome::Unreadable(e) => {
-                st.sums.remove(&key);
-                st.standby.remove(&key);
-                let declared = st.files.get(&key).and_then(|s| s.workflow.clone());
                 let d = Diagnostic::new(Code::Parse, key.clone(), Span::point(1, 1), format!("cannot read the file: {e}"));
-                results.push((key, declared, vec![d]));
+                results.push(not_loaded(st, key, d));
+            }
+            Outcome::Outside(folder) => {
+                let d = crate::validate::external_symlink(&key, &folder);
+                results.push(not_loaded(st, key, d));
             }
             Outcome::Checked(c, sum) => {
                 let c = *c;
@@ -490,6 +569,15 @@ fn apply(st: &mut State, outcomes: Vec<(String, Outcome)>, now: OffsetDateTime) 
         }
     }
     report
+}
+
+/// The result of a file that was not read: its last good version (if any)
+/// keeps serving, under the name it declared.
+fn not_loaded(st: &mut State, key: String, d: Diagnostic) -> (String, Option<String>, Vec<Diagnostic>) {
+    st.sums.remove(&key);
+    st.standby.remove(&key);
+    let declared = st.files.get(&key).and_then(|s| s.workflow.clone());
+    (key, declared, vec![d])
 }
 
 /// A valid file's claim on the workflow name it declares.

@@ -16,7 +16,8 @@
 //! [`Registry::reload_paths`] transaction (so a whole branch switch is one
 //! reload). The paths come from a [`Probe`] that sees the raw events. Reloads
 //! run on the watcher's own thread, never on an async runtime; each is logged
-//! at info with its report, and each error at warn as `file:line:col`.
+//! at info with its report, and each diagnostic of a file that failed at warn
+//! as `file:line:col` (at most `[validate] max_diagnostics` per file).
 //!
 //! A folder that does not exist yet is waited for by watching its nearest
 //! existing ancestor (non-recursively); when it appears it is watched
@@ -206,7 +207,8 @@ impl Worker {
             self.debouncer.watch(&target, mode).map_err(|source| ReloadError::Watch { path: target.clone(), source })?;
         }
         if mode == RecursiveMode::NonRecursive {
-            tracing::info!("{} does not exist (yet): waiting for it in {}", self.roots[i].folder.display(), target.display());
+            // A problem to see, not an empty folder: its workflows are unloaded.
+            tracing::warn!("workflow folder {} is missing: waiting for it in {}", self.roots[i].folder.display(), target.display());
         }
         self.roots[i].watch = Some((target, mode));
         Ok(())
@@ -280,7 +282,8 @@ fn log_reload(registry: &Registry, report: &ReloadReport, elapsed: Duration) {
     );
     for file in &report.failed {
         let Some(status) = registry.file_status(Path::new(file)) else { continue };
-        for d in status.last_attempt.diagnostics.iter().filter(|d| d.is_error()) {
+        // At most `[validate] max_diagnostics` of them, the last saying how many more.
+        for d in &status.last_attempt.diagnostics {
             tracing::warn!(
                 "{}:{}:{}: {}[{}]: {} (the last good version, if any, keeps serving)",
                 d.file,

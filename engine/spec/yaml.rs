@@ -10,7 +10,7 @@ use super::node::{Key, Node, NodeKind};
 use super::{MAX_ALIAS_NODES, MAX_DEPTH, MAX_NODES};
 use crate::diag::{Code, Diagnostic, Span};
 use serde_saphyr::granit_parser::{ErrorKind, Event, Options, Parser, ScalarStyle, Span as YSpan};
-use std::collections::{HashMap, HashSet};
+use std::collections::HashMap;
 
 fn span(s: &YSpan) -> Span {
     Span::new(s.start.line() as u32, s.start.col() as u32 + 1, s.end.line() as u32, s.end.col() as u32 + 1)
@@ -198,7 +198,7 @@ impl Builder<'_> {
                     if key.name == "\0merge" {
                         merges.push(node);
                     } else if !seen.first_time(&key.name, entries) {
-                        let first = entries.iter().find(|(k, _)| k.name == key.name).map(|(k, _)| k.span);
+                        let first = seen.first_span(&key.name, entries);
                         let mut d = Diagnostic::new(Code::DuplicateKey, self.file, key.span, format!("duplicate key `{}`", key.name));
                         if let Some(f) = first {
                             d = d.with_help(format!("`{}` is first set at line {}, column {}", key.name, f.start.line, f.start.column));
@@ -214,27 +214,45 @@ impl Builder<'_> {
 }
 
 /// The keys of a mapping so far, for duplicate detection: most mappings are
-/// small, so their entries are scanned; a set is built only for large ones.
+/// small, so their entries are scanned; an index (name to the key's place
+/// among the entries) is built only for large ones, so that a mapping with
+/// thousands of repeated keys costs linear time.
 #[derive(Default)]
-struct Seen(Option<HashSet<String>>);
+struct Seen(Option<HashMap<String, usize>>);
 
 impl Seen {
     const SCAN: usize = 16;
 
-    /// Whether `name` is not yet among the keys (`entries` are the keys so far).
+    /// Whether `name` is not yet among the keys (`entries` are the keys so
+    /// far, and `name` is about to be pushed after them when it is new).
     fn first_time(&mut self, name: &str, entries: &[(Key, Node)]) -> bool {
-        if let Some(set) = &mut self.0 {
-            return set.insert(name.to_string());
+        if let Some(index) = &mut self.0 {
+            if index.contains_key(name) {
+                return false;
+            }
+            index.insert(name.to_string(), entries.len());
+            return true;
         }
         if entries.iter().any(|(k, _)| k.name == name) {
             return false;
         }
         if entries.len() >= Self::SCAN {
-            let mut set: HashSet<String> = entries.iter().map(|(k, _)| k.name.clone()).collect();
-            set.insert(name.to_string());
-            self.0 = Some(set);
+            let mut index: HashMap<String, usize> = HashMap::with_capacity(entries.len() * 2);
+            for (i, (k, _)) in entries.iter().enumerate() {
+                index.entry(k.name.clone()).or_insert(i);
+            }
+            index.insert(name.to_string(), entries.len());
+            self.0 = Some(index);
         }
         true
+    }
+
+    /// The span of the first key named `name`.
+    fn first_span(&self, name: &str, entries: &[(Key, Node)]) -> Option<Span> {
+        match &self.0 {
+            Some(index) => index.get(name).and_then(|&i| entries.get(i)).map(|(k, _)| k.span),
+            None => entries.iter().find(|(k, _)| k.name == name).map(|(k, _)| k.span),
+        }
     }
 }
 

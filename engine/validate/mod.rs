@@ -18,11 +18,20 @@ use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
 /// What validation may know beyond the file itself.
-#[derive(Debug, Clone, Default)]
+#[derive(Debug, Clone)]
 pub struct Options {
     /// The configured backend names, when a configuration is given;
     /// enables `unknown-backend`.
     pub backends: Option<Vec<String>>,
+    /// How many diagnostics one file reports at most (`0`: all); the rest
+    /// are counted in a final `too-many-diagnostics` diagnostic.
+    pub max_diagnostics: usize,
+}
+
+impl Default for Options {
+    fn default() -> Self {
+        Options { backends: None, max_diagnostics: crate::diag::DEFAULT_MAX_PER_FILE }
+    }
 }
 
 /// The outcome of checking one file.
@@ -45,16 +54,13 @@ impl Checked {
 }
 
 /// Check bytes read from `file`.
+///
+/// A file that is not text (not UTF-8, or binary) keeps no text: its
+/// diagnostic is positioned, but rendering quotes none of its bytes.
 pub fn check_bytes(file: &str, bytes: &[u8], format: Format, opts: &Options) -> Checked {
     match spec::decode(file, bytes) {
         Ok(text) => check_source(file, text, format, opts),
-        Err(d) => Checked {
-            file: file.to_string(),
-            text: std::str::from_utf8(bytes).ok().map(str::to_string),
-            diagnostics: vec![d],
-            workflow: None,
-            name: None,
-        },
+        Err(d) => Checked { file: file.to_string(), text: None, diagnostics: vec![d], workflow: None, name: None },
     }
 }
 
@@ -69,7 +75,8 @@ pub fn check_source(file: &str, text: String, format: Format, opts: &Options) ->
     let mut out = Checked { file: file.to_string(), text: None, diagnostics: Vec::new(), workflow: None, name: None };
     let root = match spec::parse_tree(file, &text, format) {
         Ok(root) => root,
-        Err(diags) => {
+        Err(mut diags) => {
+            finish(&mut diags, opts);
             out.diagnostics = diags;
             out.text = Some(text);
             return out;
@@ -102,19 +109,22 @@ pub fn check_source(file: &str, text: String, format: Format, opts: &Options) ->
             }
         };
         if let Some(root) = tree.as_ref().or(doc.as_ref().map(|d| &d.root)) {
-            rules::Rules {
+            let pending = rules::Rules {
                 file,
                 text: &text,
                 root,
                 backends: opts.backends.as_deref(),
                 out: &mut diags,
                 line_starts: std::cell::OnceCell::new(),
+                budget: rules::Budget::new(opts.max_diagnostics),
+                pending: Default::default(),
+                cursor: Default::default(),
             }
             .check();
+            finish(&mut diags, opts);
+            rules::suggest(root, &mut diags, pending);
         }
     }
-    dedup(&mut diags);
-    crate::diag::sort(&mut diags);
     if !diags.iter().any(Diagnostic::is_error) {
         let compiled = match (typed, &doc) {
             (Some(raw), _) => crate::plan::compile(raw),
@@ -139,9 +149,12 @@ pub fn check_source(file: &str, text: String, format: Format, opts: &Options) ->
     out
 }
 
-fn dedup(diags: &mut Vec<Diagnostic>) {
-    let mut seen = std::collections::HashSet::new();
-    diags.retain(|d| seen.insert((d.code, d.span, d.message.clone())));
+/// Drop repeats, sort by position, keep at most the options' number (the
+/// `too-many-diagnostics` one last).
+fn finish(diags: &mut Vec<Diagnostic>, opts: &Options) {
+    crate::diag::dedup(diags);
+    crate::diag::sort(diags);
+    crate::diag::cap(diags, opts.max_diagnostics);
 }
 
 /// Whether a path looks like a workflow file (by extension; `*.test.yaml` and
@@ -151,9 +164,32 @@ pub fn is_workflow_file(p: &Path) -> bool {
     !name.starts_with('.') && !name.contains(".test.") && Format::from_path(p).is_some()
 }
 
-/// All workflow files under a folder, recursively, sorted.
+/// All workflow files under a folder, recursively, sorted; symbolic links
+/// that lead out of the folder are left out (see [`walk`]).
 pub fn find_files(dir: &Path) -> std::io::Result<Vec<PathBuf>> {
-    let mut out = Vec::new();
+    walk(dir).map(|w| w.files)
+}
+
+/// What a walk of a folder found.
+#[derive(Debug, Default)]
+pub struct Walk {
+    /// Workflow files to read, sorted: regular files, and symbolic links
+    /// whose target lies inside the folder.
+    pub files: Vec<PathBuf>,
+    /// Workflow file names that are symbolic links to a target outside the
+    /// folder, sorted. They are not read: a link could otherwise bring any
+    /// file the process may read (keys, password files) into diagnostics,
+    /// logs and the API.
+    pub outside: Vec<PathBuf>,
+}
+
+/// The workflow files under a folder, recursively (hidden and build
+/// folders left out, symbolic links to folders not followed), split into
+/// those to read and the links that lead out of it.
+pub fn walk(dir: &Path) -> std::io::Result<Walk> {
+    let mut out = Walk::default();
+    // Resolved once, when a link needs it.
+    let mut root: Option<PathBuf> = None;
     let mut stack = vec![dir.to_path_buf()];
     while let Some(d) = stack.pop() {
         for entry in std::fs::read_dir(&d)? {
@@ -165,12 +201,45 @@ pub fn find_files(dir: &Path) -> std::io::Result<Vec<PathBuf>> {
                     stack.push(p);
                 }
             } else if is_workflow_file(&p) {
-                out.push(p);
+                if ft.is_symlink() {
+                    let root = match &root {
+                        Some(r) => r,
+                        None => root.insert(dir.canonicalize()?),
+                    };
+                    if !resolves_inside(root, &p) {
+                        out.outside.push(p);
+                        continue;
+                    }
+                }
+                out.files.push(p);
             }
         }
     }
-    out.sort();
+    out.files.sort();
+    out.outside.sort();
     Ok(out)
+}
+
+/// Whether a path resolves (through every symbolic link) to a place inside
+/// `root`, itself resolved. A link that leads nowhere counts as inside: it
+/// reads as a missing file, which quotes nothing.
+pub fn resolves_inside(root: &Path, path: &Path) -> bool {
+    match path.canonicalize() {
+        Ok(real) => real.starts_with(root),
+        Err(_) => true,
+    }
+}
+
+/// The `external-symlink` diagnostic of a link that leads out of its folder:
+/// at the file, quoting nothing of it.
+pub fn external_symlink(file: &str, folder: &Path) -> Diagnostic {
+    Diagnostic::new(
+        Code::ExternalSymlink,
+        file,
+        Span::point(1, 1),
+        format!("not read: a symbolic link to a file outside {}", folder.display()),
+    )
+    .with_help("copy the file into the folder, or link to a file inside it")
 }
 
 /// Check a file by path.
@@ -190,17 +259,23 @@ pub fn check_file(path: &Path, opts: &Options) -> std::io::Result<Checked> {
 }
 
 /// Check files and folders. Folders are searched recursively, and two files
-/// found under one folder argument must not declare the same workflow name.
+/// found under one folder argument must not declare the same workflow name;
+/// a symbolic link in a folder that leads out of it is not read, and is
+/// reported (after the folder's files) with an `external-symlink` warning.
 /// Files are checked in parallel (see [`threads`]); the result keeps the order
 /// of the arguments, and of the sorted files within a folder.
 pub fn check_paths(paths: &[PathBuf], opts: &Options) -> std::io::Result<Vec<Checked>> {
     let mut all = Vec::new();
     for p in paths {
         if p.is_dir() {
-            let files = find_files(p)?;
-            let mut group = check_files(&files, opts)?;
+            let found = walk(p)?;
+            let mut group = check_files(&found.files, opts)?;
             duplicate_workflows(&mut group);
             all.extend(group);
+            all.extend(found.outside.iter().map(|f| {
+                let file = f.display().to_string();
+                Checked { diagnostics: vec![external_symlink(&file, p)], file, text: None, workflow: None, name: None }
+            }));
         } else {
             all.push(check_file(p, opts)?);
         }

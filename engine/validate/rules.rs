@@ -26,6 +26,107 @@ pub struct Rules<'a> {
     /// Byte offset of each line start, for mapping spans back to text;
     /// found on first use (only findings need it).
     pub line_starts: std::cell::OnceCell<Vec<usize>>,
+    pub budget: Budget,
+    pub pending: Pending,
+    pub cursor: std::cell::Cell<Option<Cursor>>,
+}
+
+/// Bounds the lookups whose cost grows with the file: searching a
+/// template's text again from its start for the exact place of a reference
+/// that comes before the last one found (see [`Cursor`]). Without a bound,
+/// a template node with thousands of references out of order costs time
+/// quadratic in its size. Only a file's first findings are shown (see
+/// [`crate::diag::cap`]), and the rules find them in file order, so the
+/// first ones get exact places; later ones sit on their template's node.
+pub struct Budget {
+    locates: std::cell::Cell<usize>,
+}
+
+impl Budget {
+    /// A budget for a file that shows `max_diagnostics` findings (`0`: all, no bound).
+    pub fn new(max_diagnostics: usize) -> Self {
+        let n = if max_diagnostics == 0 { usize::MAX } else { max_diagnostics.saturating_mul(4) };
+        Budget { locates: n.into() }
+    }
+
+    fn take(c: &std::cell::Cell<usize>) -> bool {
+        let left = c.get();
+        c.set(left.saturating_sub(1));
+        left > 0
+    }
+}
+
+/// Where [`Rules::locate`] last found a reference in a node, so that the
+/// next search in the same node goes on from there: the references of a
+/// template are looked up in the order they appear, so a node's text is
+/// read once, not once per finding (a single-line template with 20,000
+/// references would otherwise cost time quadratic in its length).
+#[derive(Debug, Clone, Copy)]
+pub struct Cursor {
+    node: Span,
+    /// The node's text, as a byte range.
+    start: usize,
+    end: usize,
+    /// The last place found, and its line and column.
+    at: usize,
+    line: u32,
+    column: u32,
+}
+
+/// "Did you mean" help left for later, by the diagnostic it belongs to
+/// (code, span, message: unique once repeats are dropped). A suggestion
+/// compares a name with every task name, so computing one per finding is
+/// quadratic in a file of 50,000 unknown parents; [`suggest`] computes
+/// them for the diagnostics that are shown only.
+pub type Pending = HashMap<(Code, Span, String), (String, Pool)>;
+
+/// Where the candidates of a pending suggestion come from.
+pub enum Pool {
+    /// The task names, but this one.
+    Tasks { except: Option<String> },
+    /// The properties of a closed input schema.
+    InputProps,
+}
+
+/// How many name comparisons the suggestions of one file may cost: all
+/// the shown findings of a file of a thousand tasks get one, the first
+/// twenty of a file of 50,000.
+const MAX_SUGGEST_COMPARISONS: usize = 1_000_000;
+
+/// Add the pending "did you mean" help of the diagnostics that were kept
+/// (in file order, within [`MAX_SUGGEST_COMPARISONS`]).
+pub fn suggest(root: &Node, diags: &mut [Diagnostic], mut pending: Pending) {
+    if pending.is_empty() {
+        return;
+    }
+    let tasks = root.get("tasks").and_then(Node::as_seq).unwrap_or_default();
+    let names: Vec<&str> = {
+        let mut seen = HashSet::new();
+        tasks.iter().filter_map(|t| t.get("name").and_then(Node::as_str)).filter(|n| seen.insert(*n)).collect()
+    };
+    let props: Vec<&str> = root
+        .get("input")
+        .and_then(|i| i.get("properties"))
+        .and_then(Node::as_map)
+        .map(|p| p.iter().map(|(k, _)| k.name.as_str()).collect())
+        .unwrap_or_default();
+    let mut comparisons = MAX_SUGGEST_COMPARISONS;
+    for d in diags.iter_mut().filter(|d| d.help.is_none()) {
+        let Some((name, pool)) = pending.remove(&(d.code, d.span, d.message.clone())) else { continue };
+        let size = match &pool {
+            Pool::Tasks { .. } => names.len(),
+            Pool::InputProps => props.len(),
+        };
+        let Some(left) = comparisons.checked_sub(size) else { break };
+        comparisons = left;
+        let found = match &pool {
+            Pool::Tasks { except } => did_you_mean(&name, names.iter().copied().filter(|n| Some(*n) != except.as_deref())),
+            Pool::InputProps => did_you_mean(&name, props.iter().copied()),
+        };
+        if let Some(s) = found {
+            d.help = Some(format!("did you mean `{s}`?"));
+        }
+    }
 }
 
 /// Byte offsets of the line starts of a text.
@@ -42,6 +143,12 @@ impl Rules<'_> {
 
     fn push(&mut self, d: Diagnostic) {
         self.out.push(d);
+    }
+
+    /// Push a diagnostic whose "did you mean" help is computed only if it is shown.
+    fn push_suggesting(&mut self, d: Diagnostic, name: &str, pool: Pool) {
+        self.pending.insert((d.code, d.span, d.message.clone()), (name.to_string(), pool));
+        self.push(d);
     }
 
     fn duration(&mut self, pointer: &str) -> Option<Duration> {
@@ -78,7 +185,13 @@ impl Rules<'_> {
         }
     }
 
-    pub fn check(mut self) {
+    /// Check the document; the help left for later comes back (see [`suggest`]).
+    pub fn check(mut self) -> Pending {
+        self.check_all();
+        self.pending
+    }
+
+    fn check_all(&mut self) {
         let v = self.root;
         let wf_timeout = self.duration("/timeout");
         let default_timeout = self.duration("/defaults/timeout");
@@ -106,7 +219,6 @@ impl Rules<'_> {
                 ids.insert(name, i);
             }
         }
-        let names: Vec<&str> = ids.keys().copied().collect();
         // Parents, actions, durations.
         let mut graph: DiGraph<usize, ()> = DiGraph::with_capacity(tasks.len(), tasks.len());
         for i in 0..tasks.len() {
@@ -132,16 +244,13 @@ impl Rules<'_> {
                             graph.add_edge(NodeIndex::new(pid), NodeIndex::new(i), ());
                         }
                     } else {
-                        let mut d = Diagnostic::new(
+                        let d = Diagnostic::new(
                             Code::UnknownParent,
                             self.file,
                             self.root.span_at(&ptr),
                             format!("unknown parent `{p}` of task `{name}`"),
                         );
-                        if let Some(s) = did_you_mean(p, names.iter().copied().filter(|n| *n != name)) {
-                            d = d.with_help(format!("did you mean `{s}`?"));
-                        }
-                        self.push(d);
+                        self.push_suggesting(d, p, Pool::Tasks { except: Some(name.to_string()) });
                     }
                 }
             }
@@ -469,16 +578,13 @@ impl Rules<'_> {
                         };
                         match ids.get(target) {
                             None => {
-                                let mut d = Diagnostic::new(
+                                let d = Diagnostic::new(
                                     Code::TemplateRef,
                                     self.file,
                                     span(self),
                                     format!("template reads `{raw}`, but there is no task `{target}`"),
                                 );
-                                if let Some(s) = did_you_mean(target, ids.keys().copied()) {
-                                    d = d.with_help(format!("did you mean `{s}`?"));
-                                }
-                                self.push(d);
+                                self.push_suggesting(d, target, Pool::Tasks { except: None });
                             }
                             Some(&tid) => {
                                 let field = segs.get(2).copied();
@@ -493,16 +599,13 @@ impl Rules<'_> {
                         if let (Some(prop), Some(props)) = (segs.get(1), &closed_input)
                             && !props.iter().any(|p| p == prop)
                         {
-                            let mut d = Diagnostic::new(
+                            let d = Diagnostic::new(
                                 Code::TemplateRef,
                                 self.file,
                                 span(self),
                                 format!("template reads `{raw}`, but the input schema declares no property `{prop}` and forbids others"),
                             );
-                            if let Some(s) = did_you_mean(prop, props.iter().map(String::as_str)) {
-                                d = d.with_help(format!("did you mean `{s}`?"));
-                            }
-                            self.push(d);
+                            self.push_suggesting(d, prop, Pool::InputProps);
                         }
                     }
                     "run" | "workflow" => {
@@ -571,15 +674,34 @@ impl Rules<'_> {
 
     /// The span of `needle` inside the source text of a node, when found.
     fn locate(&self, node: Span, needle: &str) -> Option<Span> {
-        let (start, end) = (self.byte_of(node.start)?, self.byte_of(node.end).unwrap_or(self.text.len()));
-        let hay = self.text.get(start..end.max(start))?;
-        let at = hay.find(needle)? + start;
-        let line_starts = self.line_starts();
-        let line = line_starts.partition_point(|&s| s <= at);
-        let line_start = line_starts[line - 1];
-        let col = self.text[line_start..at].chars().count() as u32 + 1;
-        let line = line as u32;
-        Some(Span::new(line, col, line, col + needle.chars().count() as u32))
+        let cur = match self.cursor.get().filter(|c| c.node == node) {
+            Some(c) => c,
+            None => {
+                let start = self.byte_of(node.start)?;
+                let end = self.byte_of(node.end).unwrap_or(self.text.len()).max(start);
+                let pos = Cursor { node, start, end, at: start, line: node.start.line, column: node.start.column };
+                self.cursor.set(Some(pos));
+                pos
+            }
+        };
+        let from_start = || Cursor { at: cur.start, line: node.start.line, column: node.start.column, ..cur };
+        // From the last place found on; from the node's start again (a
+        // reference before the last one) while the budget lasts.
+        let (base, at) = match self.text.get(cur.at..cur.end)?.find(needle) {
+            Some(i) => (cur, cur.at + i),
+            None if cur.at > cur.start && Budget::take(&self.budget.locates) => {
+                (from_start(), cur.start + self.text.get(cur.start..cur.end)?.find(needle)?)
+            }
+            None => return None,
+        };
+        // Line and column of `at`, counted on from the base.
+        let between = &self.text[base.at..at];
+        let (line, column) = match between.rfind('\n') {
+            Some(nl) => (base.line + between.matches('\n').count() as u32, between[nl + 1..].chars().count() as u32 + 1),
+            None => (base.line, base.column + between.chars().count() as u32),
+        };
+        self.cursor.set(Some(Cursor { at, line, column, ..cur }));
+        Some(Span::new(line, column, line, column + needle.chars().count() as u32))
     }
 
     /// Byte offset of a 1-based line/column (characters).

@@ -31,9 +31,17 @@ fn report(file: &str, doc: &Document, err: &jsonschema::ValidationError<'_>, out
     match err.kind() {
         ValidationErrorKind::AdditionalProperties { unexpected } => {
             let allowed = allowed_fields(&pointer);
+            // The mapping's key spans, found once: looking each key up by
+            // pointer would scan the mapping per key, quadratic in a
+            // mapping of thousands of unknown keys.
+            let keys: std::collections::HashMap<&str, crate::diag::Span> = doc
+                .node(&pointer)
+                .and_then(Node::as_map)
+                .map(|entries| entries.iter().rev().map(|(k, _)| (k.name.as_str(), k.span)).collect())
+                .unwrap_or_default();
             for key in unexpected {
-                let kp = format!("{pointer}/{}", pointer_seg(key));
-                let mut d = Diagnostic::new(Code::Schema, file, doc.key_span(&kp), format!("unknown field `{key}`"));
+                let span = keys.get(key.as_str()).copied().unwrap_or_else(|| doc.key_span(&format!("{pointer}/{}", pointer_seg(key))));
+                let mut d = Diagnostic::new(Code::Schema, file, span, format!("unknown field `{key}`"));
                 if let Some(s) = did_you_mean(key, allowed.iter().map(String::as_str)) {
                     d = d.with_help(format!("did you mean `{s}`?"));
                 } else if !allowed.is_empty() {
