@@ -91,6 +91,7 @@ pub async fn execute(a: &Attempt<'_>) -> Result<Value, ActionError> {
     if let Some(dir) = &spec.cwd {
         cmd.current_dir(dir);
     }
+    watched(&mut cmd);
     let mut child = cmd.spawn().map_err(|e| spawn_error(&spec.program, e))?;
     let Some(pid) = child.id() else {
         return Err(ActionError::Failed(format!("`{}` exited before it could be watched", spec.program)));
@@ -249,9 +250,9 @@ struct Group {
 }
 
 impl Group {
-    /// A group that dies with this process too (see [`super::watchdog`]).
+    /// The group of a process spawned with [`watched`]: it dies with this
+    /// process too (see [`super::watchdog`]).
     fn new(pgid: libc::pid_t) -> Self {
-        super::watchdog::watch(pgid);
         Group { pgid, armed: true }
     }
 
@@ -279,6 +280,19 @@ impl Drop for Group {
             self.kill();
         }
         super::watchdog::forget(self.pgid);
+    }
+}
+
+/// Have the process announce its group to the watchdog before it execs.
+fn watched(cmd: &mut Command) {
+    if let Some(fd) = super::watchdog::fd() {
+        // SAFETY: `announce` makes only async-signal-safe calls.
+        unsafe {
+            cmd.pre_exec(move || {
+                super::watchdog::announce(fd);
+                Ok(())
+            });
+        }
     }
 }
 

@@ -6,7 +6,9 @@
 //! runs on another worker while the orphan goes on, and side effects happen
 //! twice. So every process that runs tasks starts one watchdog: a small
 //! `sh` loop in its own process group that reads, from a pipe, the groups
-//! currently running (`+PGID` when one starts, `-PGID` when it is gone).
+//! currently running (`+ PGID`, written by the task's own process between
+//! fork and exec, so no instant exists in which it runs unwatched; `- PGID`
+//! when it is gone).
 //! When the engine process dies, for any reason, the kernel closes the
 //! pipe's write end; the watchdog reads end of file and kills every group
 //! still listed. The write end is close-on-exec, so task processes never
@@ -34,7 +36,12 @@ for g in $groups; do kill -s KILL -- "-$g" 2>/dev/null; done
 "#;
 
 struct Watchdog {
-    input: Mutex<Option<ChildStdin>>,
+    /// Kept open for the life of the process (a closed descriptor's number
+    /// could be reused while a child is about to write to it); `dead` stops
+    /// writes once the watchdog is gone.
+    input: Mutex<ChildStdin>,
+    fd: std::os::fd::RawFd,
+    dead: std::sync::atomic::AtomicBool,
     _child: Child,
 }
 
@@ -51,7 +58,11 @@ fn watchdog() -> Option<&'static Watchdog> {
             .process_group(0)
             .spawn();
         match started {
-            Ok(mut child) => Some(Watchdog { input: Mutex::new(child.stdin.take()), _child: child }),
+            Ok(mut child) => {
+                let input = child.stdin.take()?;
+                let fd = std::os::fd::AsRawFd::as_raw_fd(&input);
+                Some(Watchdog { input: Mutex::new(input), fd, dead: Default::default(), _child: child })
+            }
             Err(e) => {
                 tracing::warn!("cannot start the task watchdog (task processes would outlive a crash of this process): {e}");
                 None
@@ -63,18 +74,47 @@ fn watchdog() -> Option<&'static Watchdog> {
 
 fn tell(line: &str) {
     let Some(dog) = watchdog() else { return };
+    if dog.dead.load(std::sync::atomic::Ordering::Relaxed) {
+        return;
+    }
     let mut input = dog.input.lock().unwrap_or_else(|e| e.into_inner());
-    if let Some(pipe) = input.as_mut()
-        && let Err(e) = pipe.write_all(line.as_bytes())
-    {
+    if let Err(e) = input.write_all(line.as_bytes()) {
         tracing::warn!("the task watchdog stopped (task processes would outlive a crash of this process): {e}");
-        *input = None;
+        dog.dead.store(true, std::sync::atomic::Ordering::Relaxed);
     }
 }
 
-/// A task's process group started: kill it if this process dies.
-pub fn watch(pgid: libc::pid_t) {
-    tell(&format!("+ {pgid}\n"));
+/// The descriptor a task's process announces itself on, between fork and
+/// exec ([`announce`]), so it is watched before it runs a single
+/// instruction of its program; `None` without a working watchdog.
+pub fn fd() -> Option<std::os::fd::RawFd> {
+    watchdog().filter(|d| !d.dead.load(std::sync::atomic::Ordering::Relaxed)).map(|d| d.fd)
+}
+
+/// In a new task process, between fork and exec: tell the watchdog that this
+/// process's group (its pid: the process leads its own group) must die with
+/// the engine. Only async-signal-safe calls: no allocation, one `write` of a
+/// line shorter than `PIPE_BUF`, so it never interleaves with other lines.
+pub fn announce(fd: std::os::fd::RawFd) {
+    // SAFETY: getpid and write are async-signal-safe; `buf` outlives the call.
+    unsafe {
+        let mut buf = [0u8; 24];
+        let mut n = libc::getpid() as u64;
+        let mut end = buf.len() - 1;
+        buf[end] = b'\n';
+        loop {
+            end -= 1;
+            buf[end] = b'0' + (n % 10) as u8;
+            n /= 10;
+            if n == 0 {
+                break;
+            }
+        }
+        end -= 2;
+        buf[end] = b'+';
+        buf[end + 1] = b' ';
+        libc::write(fd, buf[end..].as_ptr().cast(), buf.len() - end);
+    }
 }
 
 /// A task's process group is gone.
