@@ -243,20 +243,22 @@ impl Reads {
     }
 }
 
-/// A text template: its source, parsed by Handlebars at most once, and only
-/// when first needed (at once when it is not [`plain`], on first render when it is).
+/// A text template: its source and, unless it is [`plain`] (or no template
+/// at all), what Handlebars parsed. Plain templates render without
+/// Handlebars ([`render_plain`]): no parse, and no copy of the context.
 struct Lazy {
     source: String,
     parsed: OnceLock<Result<Template, String>>,
+    plain: bool,
 }
 
 impl Lazy {
     fn unparsed(source: &str) -> Lazy {
-        Lazy { source: source.to_string(), parsed: OnceLock::new() }
+        Lazy { source: source.to_string(), parsed: OnceLock::new(), plain: true }
     }
 
     fn parsed(source: &str, t: Template) -> Lazy {
-        Lazy { source: source.to_string(), parsed: OnceLock::from(Ok(t)) }
+        Lazy { source: source.to_string(), parsed: OnceLock::from(Ok(t)), plain: false }
     }
 
     fn template(&self) -> Result<&Template, RenderError> {
@@ -426,12 +428,65 @@ impl Templates {
         let Some(lazy) = templates.get(name) else {
             return Err(RenderError::Handlebars(handlebars::RenderErrorReason::TemplateNotFound(name.to_string()).to_string()));
         };
+        if lazy.plain {
+            return render_plain(&lazy.source, ctx, shell);
+        }
         let template = lazy.template()?;
         // What `Handlebars::render` does for a registered template.
         let ctx = handlebars::Context::from(ctx.clone());
         let mut out = StringOutput::new();
         let mut rc = RenderContext::new(None);
         template.render(reg, &ctx, &mut rc, &mut out).and_then(|()| Ok(out.into_string()?)).map_err(|e| RenderError::from(&e))
+    }
+}
+
+/// Render a [`plain`] template (or a string with no template) as
+/// Handlebars would, without it: the text, and each read's value as
+/// Handlebars writes a value (strings as they are, `null` as nothing, arrays
+/// as `[a, b]`, objects as `[object]`), through the shell registry's escape
+/// for a shell script. A missing value is an error, as in strict mode.
+fn render_plain(source: &str, ctx: &Value, shell: bool) -> Result<String, RenderError> {
+    let mut out = String::with_capacity(source.len());
+    let mut rest = source;
+    let mut value = String::new();
+    while let Some(open) = find_pair(rest, '{') {
+        out.push_str(&rest[..open]);
+        let inner = &rest[open + 2..];
+        let Some(close) = find_pair(inner, '}') else { break };
+        let path = inner[..close].trim_matches(' ');
+        let segs: Vec<String> = path.split('.').map(str::to_string).collect();
+        let v = lookup(ctx, &segs).ok_or_else(|| RenderError::Missing(path.to_string()))?;
+        value.clear();
+        handlebars_text(v, &mut value);
+        if shell {
+            out.push_str(&super::shell::hole(&value));
+        } else {
+            out.push_str(&value);
+        }
+        rest = &inner[close + 2..];
+    }
+    out.push_str(rest);
+    Ok(out)
+}
+
+/// A JSON value as Handlebars writes it into text (its `JsonRender`).
+fn handlebars_text(v: &Value, out: &mut String) {
+    match v {
+        Value::String(s) => out.push_str(s),
+        Value::Bool(b) => out.push_str(if *b { "true" } else { "false" }),
+        Value::Number(n) => out.push_str(&n.to_string()),
+        Value::Null => {}
+        Value::Array(items) => {
+            out.push('[');
+            for (i, x) in items.iter().enumerate() {
+                if i > 0 {
+                    out.push_str(", ");
+                }
+                handlebars_text(x, out);
+            }
+            out.push(']');
+        }
+        Value::Object(_) => out.push_str("[object]"),
     }
 }
 
@@ -790,6 +845,40 @@ mod tests {
             let s: String = parts.concat();
             if let Some(got) = by_plain(&s) {
                 prop_assert_eq!(Some(got), by_handlebars(&s), "{}", s);
+            }
+        }
+
+        /// A plain template renders, without Handlebars, to what Handlebars
+        /// renders (text and shell scripts; a missing value is an error in both).
+        #[test]
+        fn plain_renders_agree(pieces in proptest::collection::vec((
+            "[a-z ,:']{0,5}",
+            proptest::sample::select(&[
+                "input.s", "input.n", "input.f", "input.t", "input.nul", "input.list", "input.obj", "input.a-b",
+                "tasks.x_1.output", "tasks.x_1.output.deep", "input.list.0", "input.missing", "run.id",
+            ][..]),
+            proptest::bool::ANY,
+        ), 1..5)) {
+            let ctx = json!({
+                "input": {"s": "it's $(x)", "n": 3, "f": 1.5, "t": true, "nul": null, "list": [1, "a", null, [2], {"k": 1}],
+                          "obj": {"k": [1]}, "a-b": "dash"},
+                "tasks": {"x_1": {"output": {"deep": "d"}}},
+                "run": {"id": "r1"},
+            });
+            let mut s = String::new();
+            for (text, path, pad) in &pieces {
+                let pad = if *pad { " " } else { "" };
+                s.push_str(text);
+                s.push_str(&format!("{{{{{pad}{path}{pad}}}}}"));
+            }
+            prop_assume!(plain(&s).is_some());
+            for shell in [false, true] {
+                let mut reference = Handlebars::new();
+                reference.set_strict_mode(true);
+                reference.register_escape_fn(if shell { crate::plan::shell::hole } else { handlebars::no_escape });
+                let want = reference.render_template(&s, &ctx).ok();
+                let got = render_plain(&s, &ctx, shell).ok();
+                prop_assert_eq!(got, want, "{} (shell: {})", s, shell);
             }
         }
 
