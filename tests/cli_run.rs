@@ -61,6 +61,13 @@ fn a_successful_run_exits_0_and_prints_the_result_as_json() {
     let s: Value = serde_json::from_slice(&shown.stdout).unwrap();
     assert_eq!(s["run_id"], id);
     assert_eq!(s["tasks"]["twice"]["output"]["n"], 2);
+    // A second run shares the time prefix; the last characters of an id name it.
+    tw(dir.path()).args(["run", "greet.yaml", "--set", "who=bo"]).assert().success();
+    tw(dir.path()).args(["runs", "show", &id[..4]]).assert().code(2).stderr(predicate::str::contains("matches 2 runs"));
+    let shown = tw(dir.path()).args(["runs", "show", &id[id.len() - 6..], "--format", "json"]).output().unwrap();
+    assert_eq!(shown.status.code(), Some(0), "{}", String::from_utf8_lossy(&shown.stderr));
+    let s: Value = serde_json::from_slice(&shown.stdout).unwrap();
+    assert_eq!(s["run_id"], id);
 }
 
 #[test]

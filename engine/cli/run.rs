@@ -432,7 +432,7 @@ pub enum RunsCommand {
         #[arg(long, value_enum, default_value = "human")]
         format: OutputFormat,
     },
-    /// One run with its tasks (an id or a unique id prefix).
+    /// One run with its tasks (an id, or a unique prefix or suffix of one).
     Show {
         id: String,
         #[arg(long, value_enum, default_value = "human")]
@@ -462,20 +462,38 @@ fn no_history(cmd: &RunsCommand, url: &str) -> ExitCode {
     }
 }
 
+/// A run named by its id, a unique prefix or a unique suffix (the end of a
+/// UUIDv7 is random, its start is the time: `runs show 3f9c` is enough).
 async fn resolve_id(store: &Store, id: &str) -> Result<String, ExitCode> {
-    match store.run_ids_by_prefix(id).await {
-        Ok(ids) if ids.iter().any(|x| x == id) => Ok(id.to_string()),
-        Ok(ids) if ids.len() == 1 => Ok(ids[0].clone()),
-        Ok(ids) if ids.is_empty() => {
+    let fail = |e: crate::store::StoreError| {
+        eprintln!("error: {e}");
+        Err(ExitCode::from(2))
+    };
+    let by_prefix = match store.run_ids_by_prefix(id).await {
+        Ok(ids) => ids,
+        Err(e) => return fail(e),
+    };
+    if by_prefix.iter().any(|x| x == id) {
+        return Ok(id.to_string());
+    }
+    if let [one] = by_prefix.as_slice() {
+        return Ok(one.clone());
+    }
+    let by_suffix = match store.run_ids_by_suffix(id).await {
+        Ok(ids) => ids,
+        Err(e) => return fail(e),
+    };
+    match (by_prefix.len(), by_suffix.as_slice()) {
+        (0, [one]) => Ok(one.clone()),
+        (0, []) => {
             eprintln!("error: no run `{id}`");
             Err(ExitCode::from(1))
         }
-        Ok(ids) => {
-            eprintln!("error: `{id}` matches {} runs; give more of the id", ids.len());
-            Err(ExitCode::from(2))
-        }
-        Err(e) => {
-            eprintln!("error: {e}");
+        (n, ends) => {
+            eprintln!(
+                "error: `{id}` matches {} runs; give more of the id (its last characters are enough)",
+                n + ends.iter().filter(|e| !by_prefix.contains(e)).count()
+            );
             Err(ExitCode::from(2))
         }
     }

@@ -590,6 +590,17 @@ impl Store {
 
     /// Ids starting with `prefix` (at most [`PREFIX_MATCH_LIMIT`], sorted), so
     /// a short id can name a run. An empty prefix matches nothing.
+    /// Ids ending with `suffix` (at most [`PREFIX_MATCH_LIMIT`], sorted): the
+    /// end of a UUIDv7 is random, where its start is the time, so a few
+    /// characters from the end name a run. An empty suffix matches nothing.
+    pub async fn run_ids_by_suffix(&self, suffix: &str) -> Result<Vec<String>> {
+        if suffix.is_empty() {
+            return Ok(vec![]);
+        }
+        let q = self.inner.sql.ids_by_suffix(suffix, i64::from(PREFIX_MATCH_LIMIT));
+        self.inner.fetch("looking up run ids", q, |r| r.req_text("run_id")).await
+    }
+
     pub async fn run_ids_by_prefix(&self, prefix: &str) -> Result<Vec<String>> {
         if prefix.is_empty() {
             return Ok(vec![]);

@@ -352,6 +352,7 @@ pub(crate) struct Sql {
     pub cancel_orphan_implicit_tasks: SqlStr,
     pub cancel_orphan_attempts: SqlStr,
     ids_by_prefix: SqlStr,
+    ids_by_suffix: SqlStr,
     list_runs: [SqlStr; 4],
     pub table_exists: SqlStr,
 }
@@ -496,6 +497,11 @@ impl Sql {
                     .into(),
                 Dialect::Postgres => "SELECT run_id FROM runs WHERE starts_with(run_id, $1) ORDER BY run_id LIMIT $2".into(),
             }),
+            // A scan: for a person typing a short id, not for a hot path.
+            ids_by_suffix: sql(match d {
+                Dialect::Sqlite => "SELECT run_id FROM runs WHERE substr(run_id, -length($1)) = $1 ORDER BY run_id LIMIT $2".into(),
+                Dialect::Postgres => "SELECT run_id FROM runs WHERE right(run_id, length($1)) = $1 ORDER BY run_id LIMIT $2".into(),
+            }),
             list_runs: [
                 list("", 1),
                 list("WHERE workflow = $1", 2),
@@ -524,6 +530,11 @@ impl Sql {
         let mut args = args;
         args.push(Val::Int(Some(limit)));
         Stmt { sql: self.list_runs[i].clone(), args }
+    }
+
+    /// Run ids ending with `suffix`, at most `limit`.
+    pub fn ids_by_suffix(&self, suffix: &str, limit: i64) -> Stmt {
+        Stmt { sql: self.ids_by_suffix.clone(), args: vec![Val::Text(Some(suffix.to_string())), Val::Int(Some(limit))] }
     }
 
     /// Run ids starting with `prefix`, at most `limit`.
