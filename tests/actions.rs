@@ -880,3 +880,20 @@ async fn llm_without_a_key_for_a_remote_service_is_permanent() {
     let m = permanent(env.run(&wf, json!({})).await);
     assert!(m.contains("API key"), "{m}");
 }
+
+/// Text a template renders is held to `max_output_bytes`, like captured
+/// output: a template repeating a large value fails the task at the cap
+/// (without a retry) instead of multiplying the value in memory; a lone read
+/// passes the value itself.
+#[tokio::test]
+async fn templates_render_within_the_output_cap() {
+    let env = Env { limits: Limits { max_output_bytes: 4096, ..Limits::default() }, ..Env::default() };
+    let big = "y".repeat(3000);
+    let wf = workflow("", "    uses: echo\n    with: {t: \"{{input.s}} {{input.s}} {{input.s}}\"}\n");
+    let m = permanent(env.run(&wf, json!({"s": big})).await);
+    assert!(m.contains("more than 4 KiB"), "{m}");
+    let wf = workflow("", "    uses: echo\n    with: {t: \"{{input.s}}\"}\n");
+    assert_eq!(env.run(&wf, json!({"s": big.repeat(3)})).await.unwrap(), json!({"t": big.repeat(3)}));
+    let wf = workflow("", "    shell: \"printf '%s' {{input.s}}{{input.s}}\"\n");
+    assert!(permanent(env.run(&wf, json!({"s": big})).await).contains("more than 4 KiB"));
+}

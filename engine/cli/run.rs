@@ -254,13 +254,50 @@ fn symbol(s: TaskStatus) -> &'static str {
     }
 }
 
+/// The first `max` characters of a value on one line, with `…` when cut.
+/// Only what is shown is copied or serialised: an output of many megabytes
+/// costs its preview, not a copy of itself.
 fn one_line(v: &Value, max: usize) -> String {
-    let s = match v {
-        Value::String(s) => s.clone(),
-        other => other.to_string(),
+    // Up to 4 bytes a character, plus one more to know that there is more.
+    let budget = max * 4 + 4;
+    let head = match v {
+        Value::String(s) => {
+            let mut end = s.len().min(budget);
+            while !s.is_char_boundary(end) {
+                end -= 1;
+            }
+            s[..end].to_string()
+        }
+        other => {
+            let mut w = Bounded { buf: Vec::new(), budget };
+            let _ = serde_json::to_writer(&mut w, other);
+            String::from_utf8_lossy(&w.buf).into_owned()
+        }
     };
-    let s = s.replace('\n', "⏎");
+    let s = head.replace('\n', "⏎");
     if s.chars().count() > max { format!("{}…", s.chars().take(max).collect::<String>()) } else { s }
+}
+
+/// A writer that keeps its first `budget` bytes and then refuses more.
+struct Bounded {
+    buf: Vec<u8>,
+    budget: usize,
+}
+
+impl std::io::Write for Bounded {
+    fn write(&mut self, b: &[u8]) -> std::io::Result<usize> {
+        let room = self.budget.saturating_sub(self.buf.len());
+        if room == 0 {
+            return Err(std::io::Error::other("enough"));
+        }
+        let n = room.min(b.len());
+        self.buf.extend_from_slice(&b[..n]);
+        Ok(n)
+    }
+
+    fn flush(&mut self) -> std::io::Result<()> {
+        Ok(())
+    }
 }
 
 fn duration_of(t: &crate::run::TaskResult) -> String {
@@ -585,5 +622,22 @@ pub async fn runs(cmd: Option<RunsCommand>, config: Option<&Path>) -> anyhow::Re
             }
             Ok(ExitCode::from(1))
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::one_line;
+    use serde_json::json;
+
+    #[test]
+    fn previews_show_the_start_of_any_value() {
+        assert_eq!(one_line(&json!("a\nb"), 10), "a⏎b");
+        assert_eq!(one_line(&json!({"k": [1, 2]}), 80), r#"{"k":[1,2]}"#);
+        assert_eq!(one_line(&json!("héllo wörld"), 5), "héllo…");
+        let big = json!({"s": "x".repeat(5_000_000)});
+        let p = one_line(&big, 20);
+        assert_eq!(p, format!("{{\"s\":\"{}…", "x".repeat(14)));
+        assert_eq!(one_line(&json!("ü".repeat(100)), 3), "üüü…");
     }
 }

@@ -5,7 +5,7 @@
 //!
 //! ```toml
 //! [actions]
-//! max_output_bytes = "10MiB"   # captured stdout/stderr per stream, HTTP response bodies
+//! max_output_bytes = "10MiB"   # captured stdout/stderr per stream, HTTP response bodies, text one template renders
 //! kill_grace = "2s"            # between SIGTERM and SIGKILL
 //!
 //! [actions.extract_text]

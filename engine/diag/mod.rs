@@ -210,6 +210,19 @@ pub fn cap(diags: &mut Vec<Diagnostic>, max: usize) {
     diags.push(d);
 }
 
+/// `10 MiB`, `64 KiB`, `1000 bytes`: a size as a person reads it.
+pub fn human_bytes(n: usize) -> String {
+    const KIB: usize = 1024;
+    const MIB: usize = 1024 * 1024;
+    if n >= MIB && n.is_multiple_of(MIB) {
+        format!("{} MiB", n / MIB)
+    } else if n >= KIB && n.is_multiple_of(KIB) {
+        format!("{} KiB", n / KIB)
+    } else {
+        format!("{n} bytes")
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

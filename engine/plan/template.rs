@@ -15,7 +15,7 @@
 //! parsed by Handlebars at once, behind the [`MAX_TEMPLATE_NESTING`] guard.
 
 use handlebars::template::{Parameter, TemplateElement};
-use handlebars::{Handlebars, Path, PathSeg, RenderContext, Renderable, StringOutput, Template};
+use handlebars::{Handlebars, Path, PathSeg, RenderContext, Renderable, Template};
 use serde_json::{Map, Value};
 use std::collections::HashMap;
 use std::sync::OnceLock;
@@ -51,6 +51,9 @@ impl TValue {
 pub enum RenderError {
     #[error("template reads `{0}`, which has no value")]
     Missing(String),
+    /// The text one template renders is over the cap (`[actions] max_output_bytes`).
+    #[error("template renders more than {} of text (the cap is `[actions] max_output_bytes`); pass a large value as a lone `{{{{...}}}}` read, which keeps it as it is", crate::diag::human_bytes(*.0))]
+    TooLarge(usize),
     /// A helper such as `lookup` asked for a key that has no value.
     #[error("template looks up a value that does not exist (a helper such as `lookup` found nothing)")]
     MissingLookup,
@@ -393,6 +396,37 @@ impl Templates {
         Ok(key.to_string())
     }
 
+    /// Render with no cap on the text a template produces; see [`Templates::capped`].
+    pub fn render(&self, t: &TValue, ctx: &Value) -> Result<Value, RenderError> {
+        self.capped(usize::MAX).render(t, ctx)
+    }
+
+    /// [`Templates::render`] to text; see [`Capped::render_string`].
+    pub fn render_string(&self, t: &TValue, ctx: &Value) -> Result<String, RenderError> {
+        self.capped(usize::MAX).render_string(t, ctx)
+    }
+
+    /// [`Capped::render_shell`] with no cap.
+    pub fn render_shell(&self, name: &str, ctx: &Value) -> Result<super::shell::Bound, RenderError> {
+        self.capped(usize::MAX).render_shell(name, ctx)
+    }
+
+    /// These templates rendering at most `max` bytes of text per template
+    /// (a lone read keeps its value and is not counted: it copies nothing
+    /// into text). A template that repeats a large value is stopped as it
+    /// crosses the cap instead of growing the process by multiples of it.
+    pub fn capped(&self, max: usize) -> Capped<'_> {
+        Capped { templates: self, max }
+    }
+}
+
+/// [`Templates`] rendering under a cap on the text of one template.
+pub struct Capped<'a> {
+    templates: &'a Templates,
+    max: usize,
+}
+
+impl Capped<'_> {
     pub fn render(&self, t: &TValue, ctx: &Value) -> Result<Value, RenderError> {
         Ok(match t {
             TValue::Lit(v) => v.clone(),
@@ -424,19 +458,43 @@ impl Templates {
     }
 
     fn render_text(&self, shell: bool, name: &str, ctx: &Value) -> Result<String, RenderError> {
-        let (reg, templates) = if shell { (registry(true), &self.shell) } else { (registry(false), &self.text) };
+        let (reg, templates) = if shell { (registry(true), &self.templates.shell) } else { (registry(false), &self.templates.text) };
         let Some(lazy) = templates.get(name) else {
             return Err(RenderError::Handlebars(handlebars::RenderErrorReason::TemplateNotFound(name.to_string()).to_string()));
         };
+        // A shell script's values are hex in their holes: twice their size.
+        let max = if shell { self.max.saturating_mul(2) } else { self.max };
         if lazy.plain {
-            return render_plain(&lazy.source, ctx, shell);
+            return render_plain(&lazy.source, ctx, shell, max);
         }
         let template = lazy.template()?;
         // What `Handlebars::render` does for a registered template.
         let ctx = handlebars::Context::from(ctx.clone());
-        let mut out = StringOutput::new();
+        let mut out = CappedOutput { text: String::new(), max, over: false };
         let mut rc = RenderContext::new(None);
-        template.render(reg, &ctx, &mut rc, &mut out).and_then(|()| Ok(out.into_string()?)).map_err(|e| RenderError::from(&e))
+        match template.render(reg, &ctx, &mut rc, &mut out) {
+            Ok(()) => Ok(out.text),
+            Err(_) if out.over => Err(RenderError::TooLarge(self.max)),
+            Err(e) => Err(RenderError::from(&e)),
+        }
+    }
+}
+
+/// Handlebars' output into a string that refuses to grow past `max`.
+struct CappedOutput {
+    text: String,
+    max: usize,
+    over: bool,
+}
+
+impl handlebars::Output for CappedOutput {
+    fn write(&mut self, seg: &str) -> Result<(), std::io::Error> {
+        if self.text.len().saturating_add(seg.len()) > self.max {
+            self.over = true;
+            return Err(std::io::Error::other("over the cap"));
+        }
+        self.text.push_str(seg);
+        Ok(())
     }
 }
 
@@ -445,7 +503,7 @@ impl Templates {
 /// Handlebars writes a value (strings as they are, `null` as nothing, arrays
 /// as `[a, b]`, objects as `[object]`), through the shell registry's escape
 /// for a shell script. A missing value is an error, as in strict mode.
-fn render_plain(source: &str, ctx: &Value, shell: bool) -> Result<String, RenderError> {
+fn render_plain(source: &str, ctx: &Value, shell: bool, max: usize) -> Result<String, RenderError> {
     let mut out = String::with_capacity(source.len());
     let mut rest = source;
     let mut value = String::new();
@@ -458,6 +516,10 @@ fn render_plain(source: &str, ctx: &Value, shell: bool) -> Result<String, Render
         let v = lookup(ctx, &segs).ok_or_else(|| RenderError::Missing(path.to_string()))?;
         value.clear();
         handlebars_text(v, &mut value);
+        let grown = out.len() + if shell { value.len() * 2 + 6 } else { value.len() };
+        if grown > max {
+            return Err(RenderError::TooLarge(if shell { max / 2 } else { max }));
+        }
         if shell {
             out.push_str(&super::shell::hole(&value));
         } else {
@@ -807,6 +869,29 @@ mod tests {
         }
     }
 
+    /// A template that would render more text than the cap stops there:
+    /// plain or not, text or shell; a lone read is its value, not text, and
+    /// is not counted.
+    #[test]
+    fn rendering_stops_at_the_cap() {
+        let big = "x".repeat(600);
+        let ctx = json!({"input": {"big": big}});
+        for src in ["{{input.big}} {{input.big}}", "{{#if input.big}}{{input.big}}{{/if}} {{input.big}}"] {
+            let mut t = Templates::new();
+            let v = t.compile_str("/x", src).expect("compiles");
+            let e = t.capped(1000).render(&v, &ctx).unwrap_err();
+            assert!(matches!(e, RenderError::TooLarge(1000)), "{src}: {e:?}");
+            assert!(e.to_string().contains("more than 1000 bytes"), "{e}");
+            assert_eq!(t.capped(1300).render_string(&v, &ctx).expect("under the cap").len(), 1201, "{src}");
+            let name = t.compile_shell_reading("/s", &format!("echo {src}"), &mut Reads::default()).expect("compiles");
+            assert!(matches!(t.capped(1000).render_shell(&name, &ctx), Err(RenderError::TooLarge(_))), "{src}");
+            assert_eq!(t.capped(1300).render_shell(&name, &ctx).expect("under the cap").vars.len(), 2, "{src}");
+        }
+        let mut t = Templates::new();
+        let lone = t.compile_str("/l", "{{input.big}}").expect("compiles");
+        assert_eq!(t.capped(10).render(&lone, &ctx).expect("a lone read is not text"), json!(big));
+    }
+
     /// Missing values are named in words, never as Handlebars' debug text.
     #[test]
     fn missing_values_are_reported_in_words() {
@@ -877,7 +962,7 @@ mod tests {
                 reference.set_strict_mode(true);
                 reference.register_escape_fn(if shell { crate::plan::shell::hole } else { handlebars::no_escape });
                 let want = reference.render_template(&s, &ctx).ok();
-                let got = render_plain(&s, &ctx, shell).ok();
+                let got = render_plain(&s, &ctx, shell, usize::MAX).ok();
                 prop_assert_eq!(got, want, "{} (shell: {})", s, shell);
             }
         }

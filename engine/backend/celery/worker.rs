@@ -676,11 +676,12 @@ async fn call_celery(b: &CeleryBackend, wf: &Workflow, task: &Task, ctx: &Value,
     let Action::Celery { task: name, args, kwargs, queue, priority } = &task.action else {
         return Err(ActionError::Permanent(format!("task `{}` is not a `celery:` task", task.name)));
     };
-    let args = match wf.templates.render(args, ctx)? {
+    let t = wf.templates.capped(b.executor.limits.max_output_bytes);
+    let args = match t.render(args, ctx)? {
         Value::Array(a) => a,
         other => return Err(ActionError::Permanent(format!("`celery.args` must render to a list, not {other}"))),
     };
-    let kwargs = match wf.templates.render(kwargs, ctx)? {
+    let kwargs = match t.render(kwargs, ctx)? {
         Value::Object(m) => m,
         other => return Err(ActionError::Permanent(format!("`celery.kwargs` must render to a map, not {other}"))),
     };

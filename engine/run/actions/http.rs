@@ -40,7 +40,7 @@ pub async fn execute(a: &Attempt<'_>) -> Result<Value, ActionError> {
     let Action::Http { method, url, headers, query, json, body } = &a.task.action else {
         return Err(ActionError::Permanent(format!("task `{}`: a `{}` action is not an HTTP request", a.task.name, a.task.action.kind())));
     };
-    let t = &a.workflow.templates;
+    let t = a.workflow.templates.capped(a.limits.max_output_bytes);
     let url = t.render_string(url, a.ctx)?;
     let shown = display_url(&url);
     let parsed = reqwest::Url::parse(&url)

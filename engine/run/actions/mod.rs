@@ -26,7 +26,8 @@ use tokio_util::sync::CancellationToken;
 /// `taskweave.toml`).
 #[derive(Debug, Clone)]
 pub struct Limits {
-    /// Captured stdout/stderr per stream, and an HTTP response body; more is a task error.
+    /// Captured stdout/stderr per stream, an HTTP response body, and the text
+    /// one template renders; more is a task error.
     pub max_output_bytes: usize,
     /// Time between SIGTERM and SIGKILL.
     pub kill_grace: Duration,
@@ -100,7 +101,7 @@ pub async fn execute(a: Attempt<'_>) -> Result<Value, ActionError> {
         Action::Run { .. } | Action::Shell { .. } => Box::pin(process::execute(&a)).await,
         Action::Http { .. } => Box::pin(http::execute(&a)).await,
         Action::Uses { handler, with } => {
-            let args = a.workflow.templates.render(with, a.ctx)?;
+            let args = a.workflow.templates.capped(a.limits.max_output_bytes).render(with, a.ctx)?;
             let h = a.handlers.get(handler).ok_or_else(|| ActionError::Permanent(format!("unknown handler `{handler}`")))?;
             let hctx = HandlerCtx { run_id: a.run_id.to_string(), task: a.task.name.clone(), attempt: a.attempt, cancel: a.cancel.clone() };
             tokio::select! {

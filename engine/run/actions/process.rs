@@ -41,7 +41,7 @@ struct Spawn {
 }
 
 fn prepare(a: &Attempt<'_>) -> Result<Spawn, ActionError> {
-    let t = &a.workflow.templates;
+    let t = a.workflow.templates.capped(a.limits.max_output_bytes);
     let render_env = |env: &[(String, crate::plan::TValue)]| -> Result<Vec<(String, String)>, ActionError> {
         env.iter().map(|(k, v)| Ok((k.clone(), t.render_string(v, a.ctx)?))).collect()
     };
@@ -229,18 +229,7 @@ impl Capture {
     }
 }
 
-/// `10 MiB`, `64 KiB`, `1000 bytes`.
-pub(crate) fn human_bytes(n: usize) -> String {
-    const KIB: usize = 1024;
-    const MIB: usize = 1024 * 1024;
-    if n >= MIB && n.is_multiple_of(MIB) {
-        format!("{} MiB", n / MIB)
-    } else if n >= KIB && n.is_multiple_of(KIB) {
-        format!("{} KiB", n / KIB)
-    } else {
-        format!("{n} bytes")
-    }
-}
+pub(crate) use crate::diag::human_bytes;
 
 /// The process group of a running task. Dropping it while armed kills the
 /// group, so an abandoned attempt never leaves processes behind.
