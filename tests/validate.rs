@@ -1232,3 +1232,41 @@ fn a_template_with_thousands_of_bad_references_is_placed_exactly_and_quickly() {
     }
     assert_eq!(d[200].message, "and 19800 more not shown (19800 errors), the first of them here");
 }
+
+/// Without paths, `validate` checks the configured workflow folders; in a
+/// folder it skips files that are not workflows (the configuration, a Flipt
+/// features file) and says so, while a file named on the command line is
+/// always checked.
+#[test]
+fn cli_validates_the_configured_folders_and_skips_what_is_not_a_workflow() {
+    let f = Files::new(&[
+        ("taskweave.toml", "[engine]\nworkflows = [\"flows\"]\n"),
+        ("flows/ok.yaml", VALID),
+        ("flows/features.yml", "version: \"1.4\"\nnamespace: default\nflags: []\n"),
+        ("flows/broken.yaml", BROKEN),
+    ]);
+    f.cmd().args(["validate"]).assert().code(1).stdout(predicates::str::contains(
+        "2 files checked: 1 error, 0 warnings; 1 skipped, not workflows (no `tasks`): flows/features.yml",
+    ));
+    f.cmd().args(["validate", "flows/features.yml"]).assert().code(1).stdout(predicates::str::contains("missing required field `tasks`"));
+    let g = Files::new(&[]);
+    g.cmd().args(["validate"]).assert().code(2).stderr(predicates::str::contains("a configured workflow folder"));
+}
+
+/// Field names other engines use for ours are answered with ours.
+#[test]
+fn other_engines_field_names_suggest_ours() {
+    let c = check(
+        "t.yaml",
+        b"version: 1\nname: x\ntasks:\n  - {name: a, uses: echo}\n  - {name: b, uses: echo, needs: [a]}\n  - {name: c, uses: echo, depends_on: [a], retries: 3}\n",
+        Format::Yaml,
+        &Options::default(),
+    );
+    let helps: Vec<(&str, &str)> = c.diagnostics.iter().map(|d| (d.message.as_str(), d.help.as_deref().unwrap_or(""))).collect();
+    assert_eq!(helps.len(), 3, "{helps:?}");
+    for (msg, help) in &helps[..2] {
+        assert!(msg.contains("needs") || msg.contains("depends_on"), "{msg}");
+        assert!(help.contains("`parents: [a, b]`"), "{help}");
+    }
+    assert!(helps[2].1.contains("retry: {attempts: 3"), "{helps:?}");
+}

@@ -47,7 +47,7 @@ pub enum GraphFormat {
 pub enum Command {
     /// Validate workflow files and folders.
     Validate {
-        #[arg(required = true)]
+        /// Files and folders; none: the configured workflow folders.
         paths: Vec<PathBuf>,
         #[arg(long, value_enum, default_value = "human")]
         format: DiagFormat,

@@ -7,25 +7,40 @@ use std::io::{IsTerminal, Write};
 use std::path::{Path, PathBuf};
 use std::process::ExitCode;
 
+/// Whether a file found in a folder is plainly not a workflow: the
+/// configuration, or a YAML/TOML file that never mentions `tasks` (a Flipt
+/// features file, say). A workflow being written always does, and a file
+/// named on the command line is always checked.
+fn not_a_workflow(c: &validate::Checked) -> bool {
+    Path::new(&c.file).file_name().is_some_and(|n| n == crate::config::FILE_NAME) || c.text.as_deref().is_some_and(|t| !t.contains("tasks"))
+}
+
 pub fn validate(paths: &[PathBuf], format: DiagFormat, deny_warnings: bool, config: Option<&Path>) -> anyhow::Result<ExitCode> {
-    for p in paths {
+    // With a configuration (given, or ./taskweave.toml), `backend` names are checked against it.
+    let cfg = match crate::config::Config::load(config) {
+        Ok(c) => c,
+        Err(e) => return Ok(super::config_error(&e)),
+    };
+    let opts = crate::engine::validate_options(&cfg);
+    // No paths: the configured workflow folders.
+    let defaulted = paths.is_empty();
+    let paths: Vec<PathBuf> = if defaulted { cfg.engine.workflows.clone() } else { paths.to_vec() };
+    for p in &paths {
         if !p.exists() {
-            eprintln!("error: {}: no such file or folder", p.display());
+            let why = if defaulted { " (a configured workflow folder; give files or folders, or set `[engine] workflows`)" } else { "" };
+            eprintln!("error: {}: no such file or folder{why}", p.display());
             return Ok(ExitCode::from(2));
         }
     }
-    // With a configuration (given, or ./taskweave.toml), `backend` names are checked against it.
-    let opts = match crate::config::Config::load(config) {
-        Ok(c) => crate::engine::validate_options(&c),
-        Err(e) => return Ok(super::config_error(&e)),
-    };
-    let checked = match validate::check_paths(paths, &opts) {
+    let checked = match validate::check_paths(&paths, &opts) {
         Ok(c) => c,
         Err(e) => {
             eprintln!("error: {e}");
             return Ok(ExitCode::from(2));
         }
     };
+    let named: Vec<String> = paths.iter().filter(|p| p.is_file()).map(|p| p.display().to_string()).collect();
+    let (skipped, checked): (Vec<_>, Vec<_>) = checked.into_iter().partition(|c| !named.contains(&c.file) && not_a_workflow(c));
     let all: Vec<&Diagnostic> = checked.iter().flat_map(|c| c.diagnostics.iter()).collect();
     let errors = all.iter().filter(|d| d.is_error()).count();
     let warnings = all.len() - errors;
@@ -51,12 +66,16 @@ pub fn validate(paths: &[PathBuf], format: DiagFormat, deny_warnings: bool, conf
                 }
             }
             let files = checked.len();
-            let summary = format!(
+            let mut summary = format!(
                 "{files} file{} checked: {errors} error{}, {warnings} warning{}",
                 if files == 1 { "" } else { "s" },
                 if errors == 1 { "" } else { "s" },
                 if warnings == 1 { "" } else { "s" }
             );
+            if !skipped.is_empty() {
+                let names: Vec<&str> = skipped.iter().map(|c| c.file.as_str()).collect();
+                summary.push_str(&format!("; {} skipped, not workflows (no `tasks`): {}", skipped.len(), names.join(", ")));
+            }
             writeln!(out, "{summary}")?;
         }
     }

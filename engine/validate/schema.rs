@@ -23,6 +23,23 @@ fn compiled() -> &'static Compiled {
     })
 }
 
+/// What authors coming from other engines write for one of our fields,
+/// which edit distance cannot guess: (our field, help).
+fn other_tools_spelling(key: &str) -> Option<(&'static str, &'static str)> {
+    Some(match key {
+        "needs" | "depends_on" | "depends-on" | "depends" | "dependencies" | "after" | "requires" | "upstream" => (
+            "parents",
+            "taskweave calls the tasks that must succeed first `parents`: `parents: [a, b]` (GitHub Actions' `needs`, Argo's `dependencies`, Dagu's `depends`)",
+        ),
+        "command" | "cmd" => ("run", "a program and its arguments is `run: [program, arg, ...]`; a script is `shell: \"...\"`"),
+        "retries" | "max_retries" | "retry_count" => {
+            ("retry", "retries are `retry: {attempts: 3, delay: 5s}` (`attempts` counts every try)")
+        }
+        "environment" | "env_vars" => ("env", "the environment of `run` and `shell` is `env: {NAME: value}`"),
+        _ => return None,
+    })
+}
+
 /// One schema error as diagnostics, placed on the node at fault.
 fn report(file: &str, doc: &Document, err: &jsonschema::ValidationError<'_>, out: &mut Vec<Diagnostic>) {
     let pointer = err.instance_path().as_str().to_string();
@@ -42,7 +59,9 @@ fn report(file: &str, doc: &Document, err: &jsonschema::ValidationError<'_>, out
             for key in unexpected {
                 let span = keys.get(key.as_str()).copied().unwrap_or_else(|| doc.key_span(&format!("{pointer}/{}", pointer_seg(key))));
                 let mut d = Diagnostic::new(Code::Schema, file, span, format!("unknown field `{key}`"));
-                if let Some(s) = did_you_mean(key, allowed.iter().map(String::as_str)) {
+                if let Some(help) = other_tools_spelling(key).filter(|(ours, _)| allowed.iter().any(|a| a == ours)).map(|(_, h)| h) {
+                    d = d.with_help(help);
+                } else if let Some(s) = did_you_mean(key, allowed.iter().map(String::as_str)) {
                     d = d.with_help(format!("did you mean `{s}`?"));
                 } else if !allowed.is_empty() {
                     d = d.with_help(format!("expected one of: {}", allowed.join(", ")));
