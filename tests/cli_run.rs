@@ -435,3 +435,39 @@ fn looking_at_history_creates_no_store() {
     assert!(store.join("state.db").exists());
     tw(dir.path()).args(["runs", "list"]).assert().success().stdout(predicate::str::contains("greet"));
 }
+
+/// `TASKWEAVE_LOG=debug taskweave run … 2>&1 | head -3`: once the reader
+/// has gone, the command ends promptly instead of hanging on a log line that
+/// can no longer be written.
+#[test]
+fn a_closed_output_pipe_ends_the_command() {
+    use std::io::BufRead;
+    let dir = tempfile::tempdir().unwrap();
+    write(dir.path(), "s.yaml", "version: 1\nname: s\ntasks:\n  - {name: a, run: [echo, hi]}\n  - {name: b, parents: [a], uses: echo}\n");
+    for _ in 0..20 {
+        let mut child = std::process::Command::new(assert_cmd::cargo::cargo_bin("taskweave"))
+            .current_dir(dir.path())
+            .args(["run", "s.yaml"])
+            .env("TASKWEAVE_LOG", "debug")
+            .stdout(std::process::Stdio::null())
+            .stderr(std::process::Stdio::piped())
+            .spawn()
+            .unwrap();
+        let mut first = String::new();
+        std::io::BufReader::new(child.stderr.take().unwrap()).read_line(&mut first).unwrap();
+        // The reader is gone: the pipe is closed.
+        let deadline = std::time::Instant::now() + Duration::from_secs(20);
+        let status = loop {
+            if let Some(s) = child.try_wait().unwrap() {
+                break Some(s);
+            }
+            if std::time::Instant::now() > deadline {
+                let _ = child.kill();
+                let _ = child.wait();
+                break None;
+            }
+            std::thread::sleep(Duration::from_millis(20));
+        };
+        assert!(status.is_some(), "the command hung after its stderr was closed (first line: {first:?})");
+    }
+}

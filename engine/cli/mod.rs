@@ -107,6 +107,15 @@ pub fn main() -> ExitCode {
             return ExitCode::from(code);
         }
     };
+    // A command whose output goes to a closed pipe (`taskweave run … | head`)
+    // ends at its next write, as Unix tools do, instead of failing writes
+    // one by one (a failed write panics `eprintln!` on whatever thread made
+    // it). Servers keep going: their logs are dropped instead.
+    if !matches!(cli.command, Command::Serve(_) | Command::Worker(_)) {
+        // SAFETY: restoring the default disposition of a signal before any
+        // thread is started.
+        unsafe { libc::signal(libc::SIGPIPE, libc::SIG_DFL) };
+    }
     init_tracing();
     match run(cli) {
         Ok(code) => code,
@@ -158,8 +167,25 @@ fn init_tracing() {
     let _ = tracing_subscriber::fmt()
         .with_env_filter(filter)
         .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
-        .with_writer(std::io::stderr)
+        .with_writer(|| LogWriter)
         .try_init();
+}
+
+/// stderr for logs, dropping what cannot be written: a log line must never
+/// stop the engine (a failed write makes `tracing-subscriber` report it with
+/// `eprintln!`, which panics on the thread that logged).
+struct LogWriter;
+
+impl std::io::Write for LogWriter {
+    fn write(&mut self, buf: &[u8]) -> std::io::Result<usize> {
+        let _ = std::io::stderr().write_all(buf);
+        Ok(buf.len())
+    }
+
+    fn flush(&mut self) -> std::io::Result<()> {
+        let _ = std::io::stderr().flush();
+        Ok(())
+    }
 }
 
 /// Load the configured workflow folders into the engine's registry (off the
