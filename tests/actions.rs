@@ -523,10 +523,11 @@ async fn http_honours_cancel_timeout_and_body_cap() {
 
     let env =
         Env { limits: Limits { http_timeout: Duration::from_millis(200), max_output_bytes: 16, ..Limits::default() }, ..Env::default() };
-    let m = failed(env.run(&slow, input.clone()).await);
+    // Whole URLs as lone reads: a template's own text counts under the cap.
+    let by_url = workflow("", "    http: {url: \"{{input.url}}\"}\n");
+    let m = failed(env.run(&by_url, json!({"url": format!("{}/slow", server.uri())})).await);
     assert!(m.contains("timed out"), "{m}");
-    let big = workflow("", "    http: {url: \"{{input.base}}/big\"}\n");
-    let m = failed(env.run(&big, input).await);
+    let m = failed(env.run(&by_url, json!({"url": format!("{}/big", server.uri())})).await);
     assert!(m.contains("exceeded 16 bytes"), "{m}");
 }
 
