@@ -44,7 +44,12 @@ fn serve_command(dir: &Path, wrap: &[&str], extra: &[&str]) -> Command {
     if !extra.contains(&"--grace") {
         cmd.args(["--grace", "5s"]);
     }
-    cmd.args(extra).env_remove("TASKWEAVE_TOKEN").env_remove("TASKWEAVE_TOKEN_FILE").env_remove("TASK_QUEUE_BACKEND");
+    cmd.args(extra)
+        .env_remove("TASKWEAVE_LOG")
+        .env_remove("RUST_LOG")
+        .env_remove("TASKWEAVE_TOKEN")
+        .env_remove("TASKWEAVE_TOKEN_FILE")
+        .env_remove("TASK_QUEUE_BACKEND");
     cmd
 }
 
@@ -155,6 +160,10 @@ async fn live_reload_through_the_api() {
     assert_eq!(r["status"], "succeeded", "{r}");
     assert_eq!(r["tasks"]["mark"]["output"]["v"], 1, "the run in flight kept its version");
     assert_eq!(r["version"].as_str(), Some(v1.as_str()));
+    // The operator sees both in the log without asking for more of it.
+    let logged = |what: &str| server.log.lock().unwrap().iter().any(|l| l.contains(what));
+    assert!(logged("1 workflow(s) loaded from flows"), "{:?}", server.log.lock().unwrap());
+    assert!(logged("workflows reloaded: updated slow in "), "{:?}", server.log.lock().unwrap());
 
     // A broken edit: v2 keeps serving, the status shows where the file is wrong.
     std::fs::write(&file, "version: 1\nname: slow\ntasks:\n  - {name: nap, uses: sleep, parents: [napp]}\n").unwrap();
@@ -170,6 +179,11 @@ async fn live_reload_through_the_api() {
     assert_eq!(d["code"], "unknown-parent", "{status}");
     assert_eq!((d["line"].as_u64(), d["column"].as_u64()), (Some(4), Some(40)), "{status}");
     assert_eq!(status["active_version"], v2, "the last good version keeps serving");
+    eventually("the failed reload to be logged", || {
+        let found = logged("workflows not reloaded: 1 file failed (") && logged("[unknown-parent]");
+        async move { found.then_some(Value::Null) }
+    })
+    .await;
     let (code, _) = post(&c, format!("{base}/v1/workflows/slow/runs"), json!({"input": {"d": "1ms"}})).await;
     assert_eq!(code, 202);
 

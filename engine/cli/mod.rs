@@ -111,12 +111,13 @@ pub fn main() -> ExitCode {
     // ends at its next write, as Unix tools do, instead of failing writes
     // one by one (a failed write panics `eprintln!` on whatever thread made
     // it). Servers keep going: their logs are dropped instead.
-    if !matches!(cli.command, Command::Serve(_) | Command::Worker(_)) {
+    let server = matches!(cli.command, Command::Serve(_) | Command::Worker(_));
+    if !server {
         // SAFETY: restoring the default disposition of a signal before any
         // thread is started.
         unsafe { libc::signal(libc::SIGPIPE, libc::SIG_DFL) };
     }
-    init_tracing();
+    init_tracing(if server { SERVER_LOG } else { "warn" });
     match run(cli) {
         Ok(code) => code,
         // A closed stdout (`taskweave validate ... | head`) ends the command quietly.
@@ -155,15 +156,20 @@ fn runtime() -> anyhow::Result<tokio::runtime::Runtime> {
     Ok(tokio::runtime::Builder::new_multi_thread().enable_all().build()?)
 }
 
+/// What long-running commands (`serve`, `worker`) log when neither variable
+/// is set: their own progress (reloads, connections) and every library's
+/// warnings.
+const SERVER_LOG: &str = "taskweave=info,warn";
+
 /// Logs go to stderr, filtered by `TASKWEAVE_LOG`, else `RUST_LOG` (both in
 /// `tracing`'s `EnvFilter` syntax: `info`, `taskweave=debug,sqlx=warn`),
-/// else `warn`.
-fn init_tracing() {
+/// else `default`.
+fn init_tracing(default: &str) {
     let filter = ["TASKWEAVE_LOG", "RUST_LOG"]
         .into_iter()
         .find_map(|var| std::env::var(var).ok().filter(|v| !v.trim().is_empty()).map(|_| var))
         .and_then(|var| tracing_subscriber::EnvFilter::try_from_env(var).ok())
-        .unwrap_or_else(|| tracing_subscriber::EnvFilter::new("warn"));
+        .unwrap_or_else(|| tracing_subscriber::EnvFilter::new(default));
     let _ = tracing_subscriber::fmt()
         .with_env_filter(filter)
         .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
@@ -202,6 +208,9 @@ pub(crate) async fn load_workflows(engine: &crate::engine::Engine) -> anyhow::Re
             tracing::warn!("{}:{}:{}: {} [{}]", d.file, d.span.start.line, d.span.start.column, d.message, d.code);
         }
     }
+    let registry = engine.registry();
+    let folders: Vec<String> = registry.folders().iter().map(|f| f.display().to_string()).collect();
+    tracing::info!("{} workflow(s) loaded from {}", registry.names().len(), folders.join(", "));
     Ok(report)
 }
 

@@ -140,6 +140,27 @@ impl ReloadReport {
     }
 }
 
+/// `updated hello, report; removed old; 1 file failed (workflows/bad.yaml)`.
+impl std::fmt::Display for ReloadReport {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        let mut parts = Vec::new();
+        if !self.updated.is_empty() {
+            parts.push(format!("updated {}", self.updated.join(", ")));
+        }
+        if !self.removed.is_empty() {
+            parts.push(format!("removed {}", self.removed.join(", ")));
+        }
+        if !self.failed.is_empty() {
+            let files = if self.failed.len() == 1 { "file" } else { "files" };
+            parts.push(format!("{} {files} failed ({})", self.failed.len(), self.failed.join(", ")));
+        }
+        if parts.is_empty() {
+            return f.write_str("nothing changed");
+        }
+        f.write_str(&parts.join("; "))
+    }
+}
+
 /// A file's content fingerprint: CRC-32 and length.
 type Sum = (u32, usize);
 

@@ -273,13 +273,12 @@ fn log_reload(registry: &Registry, report: &ReloadReport, elapsed: Duration) {
         tracing::debug!(elapsed_ms = elapsed.as_secs_f64() * 1e3, "workflows reloaded: nothing changed");
         return;
     }
-    tracing::info!(
-        updated = ?report.updated,
-        removed = ?report.removed,
-        failed = ?report.failed,
-        elapsed_ms = elapsed.as_secs_f64() * 1e3,
-        "workflows reloaded"
-    );
+    let ms = elapsed.as_secs_f64() * 1e3;
+    if report.updated.is_empty() && report.removed.is_empty() {
+        tracing::warn!("workflows not reloaded: {report} in {ms:.1} ms");
+    } else {
+        tracing::info!("workflows reloaded: {report} in {ms:.1} ms");
+    }
     for file in &report.failed {
         let Some(status) = registry.file_status(Path::new(file)) else { continue };
         // At most `[validate] max_diagnostics` of them, the last saying how many more.
