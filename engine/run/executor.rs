@@ -1,23 +1,20 @@
-//! The scheduler: drives one run of a validated workflow to its end.
+//! The in-process driver of the scheduler core: drives one run of a
+//! validated workflow to its end.
 //!
-//! Event-driven over the DAG: a task becomes ready when its last parent
-//! succeeds; ready tasks start while fewer than `concurrency` are running;
-//! each attempt runs in its own tokio task with its own cancellation token, so
-//! a task timeout stops one attempt and a workflow timeout or a cancel stops
-//! them all. A task that fails for good skips its descendants (with the
-//! reason recorded) while independent branches go on. Every transition goes
-//! through the state machines in [`super::state`] and is recorded in the
+//! The core ([`super::sched`]) decides what runs next; this executor runs
+//! each attempt in its own tokio task with its own cancellation token (a
+//! child of the run's), so a task timeout stops one attempt and a workflow
+//! timeout or a cancel stops them all, and records every transition in the
 //! store through the batched writer.
 
 use super::actions::{self, ActionError, Attempt, Handlers, Limits};
 use super::result::{RunResult, TaskResult};
+use super::sched::{self, Core, Decision, Event, Outcome};
 use super::state::{RunStatus, TaskStatus};
 use crate::plan::{TaskId, Workflow};
 use crate::store::{AttemptRecord, StoreWriter};
 use futures::FutureExt;
-use rand::Rng;
 use serde_json::{Map, Value, json};
-use std::collections::VecDeque;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 use time::OffsetDateTime;
@@ -51,7 +48,21 @@ pub struct Executor {
 /// The live state of one run, shared with whoever asks for its result.
 pub type SharedResult = Arc<Mutex<RunResult>>;
 
-struct Outcome {
+/// One run's driving state: what the core's decisions act on.
+struct Run {
+    shared: SharedResult,
+    /// Outputs of the tasks that succeeded.
+    outputs: Vec<Option<Value>>,
+    /// When each task's latest attempt started.
+    started_at: Vec<Option<OffsetDateTime>>,
+    set: JoinSet<AttemptEnd>,
+    base_ctx: Arc<Value>,
+    cancel: CancellationToken,
+    /// Set by the core's last decision.
+    end: Option<(RunStatus, Option<String>)>,
+}
+
+struct AttemptEnd {
     task: TaskId,
     attempt: u32,
     result: Result<Value, ActionError>,
@@ -87,39 +98,40 @@ impl Executor {
 
     /// Run to completion. `shared` holds the queued run (tasks pending); it is
     /// updated in place and holds the final result when this returns.
+    ///
+    /// What runs next is the scheduler core's decision ([`Core`]); this loop
+    /// feeds it what happens (attempts ending, cancel, the deadline) and
+    /// carries out its decisions: attempts in tokio tasks, transitions into
+    /// the shared result, the store and the event stream.
     pub async fn drive(&self, wf: Arc<Workflow>, shared: SharedResult, cancel: CancellationToken) -> RunStatus {
         let n = wf.tasks.len();
         let (run_id, input, context) = {
             let r = lock(&shared);
             (r.run_id.clone(), r.input.clone(), r.context.clone())
         };
-        let mut status = vec![TaskStatus::Pending; n];
-        let mut waiting: Vec<usize> = wf.tasks.iter().map(|t| t.parents.len()).collect();
-        let mut outputs: Vec<Option<Value>> = vec![None; n];
-        let mut ready: VecDeque<TaskId> = wf.roots().collect();
-        let limit = wf.concurrency.unwrap_or(usize::MAX);
-        let mut running = 0usize;
-        let mut set: JoinSet<Outcome> = JoinSet::new();
-        let base_ctx = Arc::new(json!({
-            "input": input,
-            "run": {"id": run_id},
-            "workflow": {"name": wf.name, "version": wf.version},
-            "context": context,
-        }));
-
-        // queued -> running
-        {
-            let mut r = lock(&shared);
-            let _ = r.status.transition(RunStatus::Running);
-            r.started_at = Some(now());
-            if let Some(w) = &self.writer {
-                w.run_fields(&r);
-            }
-            self.emit(&r, None, RunStatus::Running.as_str(), 0, None);
-        }
+        let mut run = Run {
+            shared,
+            outputs: vec![None; n],
+            started_at: vec![None; n],
+            set: JoinSet::new(),
+            base_ctx: Arc::new(json!({
+                "input": input,
+                "run": {"id": run_id},
+                "workflow": {"name": wf.name, "version": wf.version},
+                "context": context,
+            })),
+            cancel,
+            end: None,
+        };
+        let mut core = Core::new(&wf, sched::seed(&run_id));
+        let mut decisions = Vec::new();
         // The backend recorded the run before driving it, so a process
         // killed mid-run leaves a record behind; its start goes with the
         // next batch.
+        if let Err(e) = core.handle(&wf, Event::Start, &mut decisions) {
+            tracing::error!(run_id, "{e}");
+        }
+        self.apply(&wf, &mut run, &mut decisions);
 
         let deadline = wf.timeout.map(|t| tokio::time::Instant::now() + t);
         let sleep_until = async move {
@@ -129,132 +141,118 @@ impl Executor {
             }
         };
         tokio::pin!(sleep_until);
-        let mut stop: Option<RunStatus> = None;
+        let (mut cancel_seen, mut deadline_seen) = (false, false);
 
-        loop {
-            // Start what is ready, up to the concurrency limit.
-            while stop.is_none() && running < limit {
-                let Some(id) = ready.pop_front() else { break };
-                running += 1;
-                self.set_task(&shared, &wf, id, &mut status, TaskStatus::Running, |t| {
-                    t.started_at = Some(now());
-                    t.attempts = 1;
-                });
-                self.spawn_attempt(&mut set, &wf, id, 1, None, &base_ctx, &outputs, &cancel);
-            }
-            if running == 0 {
-                break;
-            }
-            tokio::select! {
+        while !core.is_finished() {
+            let event = tokio::select! {
                 biased;
-                _ = cancel.cancelled(), if stop.is_none() => {
-                    stop = Some(RunStatus::Cancelled);
-                    // attempts see the same token and return Cancelled
+                _ = run.cancel.cancelled(), if !cancel_seen => {
+                    cancel_seen = true;
+                    Event::Cancel
                 }
-                _ = &mut sleep_until, if stop.is_none() => {
-                    stop = Some(RunStatus::TimedOut);
-                    cancel.cancel();
+                _ = &mut sleep_until, if !deadline_seen => {
+                    deadline_seen = true;
+                    Event::Deadline
                 }
-                joined = set.join_next() => {
-                    let Some(joined) = joined else { break };
+                joined = run.set.join_next() => {
+                    let Some(joined) = joined else {
+                        // Nothing left to wait for, yet the core waits:
+                        // attempts were aborted by a runtime shutdown.
+                        tracing::error!(run_id, "the run lost its attempts");
+                        break;
+                    };
                     let out = match joined {
                         Ok(o) => o,
                         Err(e) => {
                             // Attempts catch their own panics; this is a runtime
                             // shutdown aborting them.
                             tracing::error!(run_id, "an attempt was aborted: {e}");
-                            running -= 1;
                             continue;
                         }
                     };
-                    let id = out.task;
-                    let task = &wf.tasks[id];
-                    match out.result {
+                    run.started_at[out.task] = Some(out.started_at);
+                    let outcome = match out.result {
                         Ok(v) => {
-                            running -= 1;
-                            self.record_attempt(&run_id, &task.name, out.attempt, TaskStatus::Succeeded, None, out.started_at);
-                            self.set_task(&shared, &wf, id, &mut status, TaskStatus::Succeeded, |t| {
-                                t.output = Some(v.clone());
-                                t.error = None;
-                                t.finished_at = Some(now());
-                            });
-                            outputs[id] = Some(v);
-                            for &c in &task.children {
-                                waiting[c] -= 1;
-                                if waiting[c] == 0 && status[c] == TaskStatus::Pending {
-                                    ready.push_back(c);
-                                }
-                            }
+                            run.outputs[out.task] = Some(v);
+                            Outcome::Succeeded
                         }
-                        Err(err) => {
-                            let stopped_by_run = matches!(err, ActionError::Cancelled) && !out.timed_out;
-                            let (attempt_status, msg) = if out.timed_out {
-                                (TaskStatus::TimedOut, format!("attempt {} timed out after {}", out.attempt, humantime::format_duration(task.timeout.unwrap_or_default())))
-                            } else if stopped_by_run {
-                                let why = if stop == Some(RunStatus::TimedOut) { "stopped: the run timed out" } else { "cancelled" };
-                                (if stop == Some(RunStatus::TimedOut) { TaskStatus::TimedOut } else { TaskStatus::Cancelled }, why.to_string())
-                            } else {
-                                (TaskStatus::Failed, err.to_string())
-                            };
-                            self.record_attempt(&run_id, &task.name, out.attempt, attempt_status, Some(&msg), out.started_at);
-                            let retryable = out.timed_out || err.is_retryable();
-                            if !stopped_by_run && stop.is_none() && retryable && out.attempt < task.retry.attempts {
-                                let next = out.attempt + 1;
-                                let delay = retry_delay(&task.retry, next);
-                                self.set_task(&shared, &wf, id, &mut status, TaskStatus::Running, |t| {
-                                    t.attempts = next;
-                                    t.error = Some(msg.clone());
-                                });
-                                self.spawn_attempt(&mut set, &wf, id, next, Some(delay), &base_ctx, &outputs, &cancel);
-                                continue;
-                            }
-                            running -= 1;
-                            let final_status = if stopped_by_run {
-                                attempt_status
-                            } else if out.timed_out {
-                                TaskStatus::TimedOut
-                            } else {
-                                TaskStatus::Failed
-                            };
-                            self.set_task(&shared, &wf, id, &mut status, final_status, |t| {
-                                t.error = Some(msg.clone());
-                                t.finished_at = Some(now());
-                            });
-                            if !stopped_by_run {
-                                let verb = if final_status == TaskStatus::TimedOut { "timed out" } else { "failed" };
-                                self.skip_descendants(&shared, &wf, id, &mut status, &format!("parent {} {verb}", task.name));
-                            }
-                        }
-                    }
+                        Err(_) if out.timed_out => Outcome::TimedOut,
+                        Err(ActionError::Cancelled) => Outcome::Stopped,
+                        Err(e) => Outcome::Failed { retryable: e.is_retryable(), error: e.to_string() },
+                    };
+                    Event::Ended { task: out.task, attempt: out.attempt, outcome }
                 }
+            };
+            if let Err(e) = core.handle(&wf, event, &mut decisions) {
+                tracing::error!(run_id, "{e}");
             }
+            self.apply(&wf, &mut run, &mut decisions);
         }
+        let Some((end, error)) = run.end.take() else { return core.status() };
+        self.finish_run(run, end, error).await
+    }
 
-        // Whatever never started: skipped (timeout) or cancelled (cancel).
-        let end = match stop {
-            Some(s) => s,
-            None if status.iter().all(|s| *s == TaskStatus::Succeeded) => RunStatus::Succeeded,
-            None => RunStatus::Failed,
-        };
-        for id in 0..n {
-            if status[id] == TaskStatus::Pending {
-                let (to, reason) = match end {
-                    RunStatus::Cancelled => (TaskStatus::Cancelled, "run cancelled".to_string()),
-                    RunStatus::TimedOut => {
-                        (TaskStatus::Skipped, format!("run timed out after {}", humantime::format_duration(wf.timeout.unwrap_or_default())))
+    /// Carry out the core's decisions, in order.
+    fn apply(&self, wf: &Arc<Workflow>, run: &mut Run, decisions: &mut Vec<Decision>) {
+        for d in decisions.drain(..) {
+            match d {
+                Decision::RunStarted => {
+                    let mut r = lock(&run.shared);
+                    let _ = r.status.transition(RunStatus::Running);
+                    r.started_at = Some(now());
+                    if let Some(w) = &self.writer {
+                        w.run_fields(&r);
                     }
-                    _ => (TaskStatus::Skipped, "not reached".to_string()),
-                };
-                self.set_task(&shared, &wf, id, &mut status, to, |t| {
-                    t.skip_reason = Some(reason.clone());
-                    t.finished_at = Some(now());
-                });
+                    self.emit(&r, None, RunStatus::Running.as_str(), 0, None);
+                }
+                Decision::Start { task } => {
+                    self.set_task(&run.shared, wf, task, TaskStatus::Running, |t| {
+                        t.started_at = Some(now());
+                        t.attempts = 1;
+                    });
+                    self.spawn_attempt(&mut run.set, wf, task, 1, None, &run.base_ctx, &run.outputs, &run.cancel);
+                }
+                Decision::Retry { task, attempt, delay, error } => {
+                    self.set_task(&run.shared, wf, task, TaskStatus::Running, |t| {
+                        t.attempts = attempt;
+                        t.error = Some(error);
+                    });
+                    self.spawn_attempt(&mut run.set, wf, task, attempt, Some(delay), &run.base_ctx, &run.outputs, &run.cancel);
+                }
+                Decision::Attempt { task, attempt, status, error } => {
+                    let started_at = run.started_at[task].unwrap_or_else(now);
+                    self.record_attempt(&lock(&run.shared).run_id, &wf.tasks[task].name, attempt, status, error.as_deref(), started_at);
+                }
+                Decision::Finish { task, status, error } => {
+                    let output = if status == TaskStatus::Succeeded { run.outputs[task].clone() } else { None };
+                    self.set_task(&run.shared, wf, task, status, |t| {
+                        if output.is_some() {
+                            t.output = output;
+                        }
+                        t.error = error;
+                        t.finished_at = Some(now());
+                    });
+                }
+                Decision::Skip { task, status, reason } => {
+                    self.set_task(&run.shared, wf, task, status, |t| {
+                        t.skip_reason = Some(reason);
+                        t.finished_at = Some(now());
+                    });
+                }
+                // Attempts hold child tokens of the run's: they stop and come
+                // back as `Stopped`.
+                Decision::StopAll => run.cancel.cancel(),
+                Decision::RunFinished { status, error } => run.end = Some((status, error)),
             }
         }
-        // Record the end first, then publish it: whoever sees the run finished
-        // can rely on its history being written (or on the error saying why not).
+    }
+
+    /// Record the end first, then publish it: whoever sees the run finished
+    /// can rely on its history being written (or on the error saying why not).
+    async fn finish_run(&self, run: Run, end: RunStatus, error: Option<String>) -> RunStatus {
+        let run_id = lock(&run.shared).run_id.clone();
         let mut fin = {
-            let mut r = lock(&shared);
+            let mut r = lock(&run.shared);
             let tasks = std::mem::take(&mut r.tasks);
             let snapshot = r.clone();
             r.tasks = tasks;
@@ -262,10 +260,9 @@ impl Executor {
         };
         let _ = fin.status.transition(end);
         fin.finished_at = Some(now());
-        if end == RunStatus::TimedOut {
-            fin.error = Some(format!("the run timed out after {}", humantime::format_duration(wf.timeout.unwrap_or_default())));
-        } else if end == RunStatus::Cancelled && fin.error.is_none() {
-            fin.error = Some("the run was cancelled".into());
+        // A cancel may carry its own reason; keep it.
+        if end != RunStatus::Cancelled || fin.error.is_none() {
+            fin.error = error;
         }
         if let Some(w) = &self.writer {
             w.run_fields(&fin);
@@ -278,7 +275,7 @@ impl Executor {
             }
         }
         {
-            let mut r = lock(&shared);
+            let mut r = lock(&run.shared);
             r.status = fin.status;
             r.finished_at = fin.finished_at;
             r.error = fin.error;
@@ -287,21 +284,9 @@ impl Executor {
         end
     }
 
-    /// Apply a task transition through the state machine, update the shared
-    /// result, record it and announce it.
-    fn set_task(
-        &self,
-        shared: &SharedResult,
-        wf: &Workflow,
-        id: TaskId,
-        status: &mut [TaskStatus],
-        to: TaskStatus,
-        update: impl FnOnce(&mut TaskResult),
-    ) {
-        if let Err(e) = status[id].transition(to) {
-            tracing::error!("{e} (task {})", wf.tasks[id].name);
-            return;
-        }
+    /// Apply a task transition (the core has checked it against the
+    /// transition table) to the shared result, record it and announce it.
+    fn set_task(&self, shared: &SharedResult, wf: &Workflow, id: TaskId, to: TaskStatus, update: impl FnOnce(&mut TaskResult)) {
         let name = &wf.tasks[id].name;
         let mut guard = lock(shared);
         let r = &mut *guard;
@@ -313,20 +298,6 @@ impl Executor {
         }
         let (attempt, error) = (t.attempts, t.error.clone());
         self.emit(r, Some(name), to.as_str(), attempt, if to.is_terminal() { error.as_deref() } else { None });
-    }
-
-    fn skip_descendants(&self, shared: &SharedResult, wf: &Workflow, failed: TaskId, status: &mut [TaskStatus], reason: &str) {
-        let mut stack: Vec<TaskId> = wf.tasks[failed].children.clone();
-        while let Some(c) = stack.pop() {
-            if status[c] != TaskStatus::Pending {
-                continue;
-            }
-            self.set_task(shared, wf, c, status, TaskStatus::Skipped, |t| {
-                t.skip_reason = Some(reason.to_string());
-                t.finished_at = Some(now());
-            });
-            stack.extend(wf.tasks[c].children.iter().copied());
-        }
     }
 
     fn record_attempt(&self, run_id: &str, task: &str, attempt: u32, status: TaskStatus, error: Option<&str>, started_at: OffsetDateTime) {
@@ -346,7 +317,7 @@ impl Executor {
     #[allow(clippy::too_many_arguments)]
     fn spawn_attempt(
         &self,
-        set: &mut JoinSet<Outcome>,
+        set: &mut JoinSet<AttemptEnd>,
         wf: &Arc<Workflow>,
         id: TaskId,
         attempt: u32,
@@ -365,27 +336,16 @@ impl Executor {
             if let Some(d) = delay {
                 tokio::select! {
                     _ = token.cancelled() => {
-                        return Outcome { task: id, attempt, result: Err(ActionError::Cancelled), timed_out: false, started_at: now() };
+                        return AttemptEnd { task: id, attempt, result: Err(ActionError::Cancelled), timed_out: false, started_at: now() };
                     }
                     _ = tokio::time::sleep(d) => {}
                 }
             }
             let started_at = now();
             let (result, timed_out) = run_attempt(&wf, id, attempt, ctx.as_ref(), &run_id, token, &limits, &handlers).await;
-            Outcome { task: id, attempt, result, timed_out, started_at }
+            AttemptEnd { task: id, attempt, result, timed_out, started_at }
         });
     }
-}
-
-/// The delay before try number `next` (2 for the first retry): the policy's
-/// backoff, with jitter when the policy asks for it.
-pub fn retry_delay(policy: &crate::plan::RetryPolicy, next: u32) -> Duration {
-    let mut delay = policy.delay_before(next);
-    if policy.jitter && !delay.is_zero() {
-        let f: f64 = rand::rng().random_range(0.8..1.2);
-        delay = Duration::from_secs_f64((delay.as_secs_f64() * f).min(policy.max_delay.as_secs_f64()));
-    }
-    delay
 }
 
 /// The template context of one attempt of task `id`: `base_ctx` (`input`,

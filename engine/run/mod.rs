@@ -4,6 +4,7 @@
 pub mod actions;
 pub mod executor;
 pub mod result;
+pub mod sched;
 pub mod state;
 
 pub use result::{Routing, RunResult, TaskResult};

@@ -12,7 +12,8 @@ use super::queue::{Claimed, Outcome, StopKind, retrying};
 use crate::backend::WorkerOptions;
 use crate::run::TaskStatus;
 use crate::run::actions::ActionError;
-use crate::run::executor::{attempt_context, retry_delay, run_attempt};
+use crate::run::executor::{attempt_context, run_attempt};
+use crate::run::sched::{retry_delay, seed};
 use serde_json::json;
 use std::collections::{HashMap, HashSet};
 use std::sync::atomic::{AtomicU8, AtomicUsize, Ordering};
@@ -262,7 +263,7 @@ impl Worker {
                         // Tries lost with a worker do not count against `retry.attempts`.
                         let counted = (c.attempt - c.lost).max(1) as u32;
                         if retryable && counted < task.retry.attempts {
-                            let delay = retry_delay(&task.retry, counted + 1);
+                            let delay = retry_delay(&task.retry, counted + 1, seed(&c.run_id), id);
                             (Outcome::Retry { status, error, delay }, Some(Instant::now() + delay))
                         } else {
                             (Outcome::Final { status, error, crash: false }, None)

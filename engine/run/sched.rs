@@ -1,0 +1,586 @@
+//! The scheduler core: what runs next, decided in one place for every backend.
+//!
+//! Sans-IO and deterministic: the core holds one run's task states and
+//! counters, takes [`Event`]s (the run starts, an attempt ended, a cancel was
+//! asked, the workflow deadline passed) and answers with [`Decision`]s
+//! (start a task, retry it after a delay, record an attempt, end a task,
+//! skip one with its reason, stop the running attempts, finish the run). It
+//! reads no clock, draws no random number and does no I/O, so a driver may
+//! be an in-process executor, a worker applying decisions in one database
+//! transaction, or replay-safe Temporal workflow code: the same events give
+//! the same decisions.
+//!
+//! Every state change goes through the transition tables of
+//! [`super::state`]; an event that would need an illegal one (an attempt
+//! ending twice, a task that is not running) is refused with an error and
+//! changes nothing.
+
+use super::state::{IllegalTransition, RunStatus, TaskStatus};
+use crate::plan::{RetryPolicy, TaskId, Workflow};
+use std::collections::VecDeque;
+use std::time::Duration;
+
+/// How an attempt ended, as the driver saw it.
+#[derive(Debug, Clone, PartialEq)]
+pub enum Outcome {
+    /// The action returned an output (the driver keeps it).
+    Succeeded,
+    /// The action failed; `retryable` is false for errors no retry can fix
+    /// (a missing program, a template that cannot render).
+    Failed { error: String, retryable: bool },
+    /// The task's own timeout stopped the attempt.
+    TimedOut,
+    /// The attempt was stopped from outside: the run was cancelled or its
+    /// deadline passed (see [`Event::Cancel`], [`Event::Deadline`]).
+    Stopped,
+}
+
+/// What happened to a run.
+#[derive(Debug, Clone, PartialEq)]
+pub enum Event {
+    /// Begin: the run leaves `queued`.
+    Start,
+    /// Attempt `attempt` of `task` ended.
+    Ended { task: TaskId, attempt: u32, outcome: Outcome },
+    /// Someone asked to cancel the run.
+    Cancel,
+    /// The workflow's `timeout` passed.
+    Deadline,
+}
+
+/// What a driver must do, in order.
+#[derive(Debug, Clone, PartialEq)]
+pub enum Decision {
+    /// The run is running (queued -> running).
+    RunStarted,
+    /// Start the first attempt of `task` now (pending -> running).
+    Start { task: TaskId },
+    /// Start attempt `attempt` of `task` after `delay`; the task stays
+    /// running and shows `error`, the previous attempt's.
+    Retry { task: TaskId, attempt: u32, delay: Duration, error: String },
+    /// Record the end of an attempt.
+    Attempt { task: TaskId, attempt: u32, status: TaskStatus, error: Option<String> },
+    /// `task` reached its final state (the output, for `succeeded`, is the
+    /// driver's: it came with the event).
+    Finish { task: TaskId, status: TaskStatus, error: Option<String> },
+    /// `task` will not run.
+    Skip { task: TaskId, status: TaskStatus, reason: String },
+    /// Stop every running attempt (and every retry waiting for its delay):
+    /// the run was cancelled or timed out. Each stopped attempt comes back
+    /// as [`Outcome::Stopped`].
+    StopAll,
+    /// The run ended.
+    RunFinished { status: RunStatus, error: Option<String> },
+}
+
+#[derive(Debug, Clone, Copy)]
+struct TaskState {
+    status: TaskStatus,
+    /// The attempt in progress or last made (0: none yet).
+    attempt: u32,
+    /// Parents not yet succeeded.
+    waiting: u32,
+}
+
+/// One run's scheduling state.
+#[derive(Debug, Clone)]
+pub struct Core {
+    tasks: Vec<TaskState>,
+    ready: VecDeque<TaskId>,
+    /// Tasks holding a slot: an attempt running or a retry waiting.
+    running: usize,
+    limit: usize,
+    run: RunStatus,
+    /// Set once the run is cancelled or timed out: nothing new starts.
+    stop: Option<RunStatus>,
+    /// Mixed into retry jitter so two runs do not retry in lockstep while
+    /// one run's decisions stay reproducible.
+    seed: u32,
+}
+
+impl Core {
+    /// A queued run of `wf`; `seed` varies retry jitter between runs (use a
+    /// hash of the run id, see [`seed`]).
+    pub fn new(wf: &Workflow, seed: u32) -> Core {
+        Core {
+            tasks: wf.tasks.iter().map(|t| TaskState { status: TaskStatus::Pending, attempt: 0, waiting: t.parents.len() as u32 }).collect(),
+            ready: wf.roots().collect(),
+            running: 0,
+            limit: wf.concurrency.unwrap_or(usize::MAX).max(1),
+            run: RunStatus::Queued,
+            stop: None,
+            seed,
+        }
+    }
+
+    pub fn status(&self) -> RunStatus {
+        self.run
+    }
+
+    pub fn task_status(&self, task: TaskId) -> TaskStatus {
+        self.tasks[task].status
+    }
+
+    /// Tasks holding a concurrency slot (running, or waiting to retry).
+    pub fn running(&self) -> usize {
+        self.running
+    }
+
+    pub fn is_finished(&self) -> bool {
+        self.run.is_terminal()
+    }
+
+    /// Feed one event; the decisions are appended to `out`. On error
+    /// nothing changed.
+    pub fn handle(&mut self, wf: &Workflow, event: Event, out: &mut Vec<Decision>) -> Result<(), IllegalTransition> {
+        match event {
+            Event::Start => self.start(wf, out),
+            Event::Ended { task, attempt, outcome } => self.ended(wf, task, attempt, outcome, out),
+            Event::Cancel => {
+                self.stop_with(wf, RunStatus::Cancelled, out);
+                Ok(())
+            }
+            Event::Deadline => {
+                self.stop_with(wf, RunStatus::TimedOut, out);
+                Ok(())
+            }
+        }
+    }
+
+    fn start(&mut self, wf: &Workflow, out: &mut Vec<Decision>) -> Result<(), IllegalTransition> {
+        let mut run = self.run;
+        run.transition(RunStatus::Running)?;
+        self.run = run;
+        out.push(Decision::RunStarted);
+        self.advance(wf, out);
+        Ok(())
+    }
+
+    fn ended(&mut self, wf: &Workflow, id: TaskId, attempt: u32, outcome: Outcome, out: &mut Vec<Decision>) -> Result<(), IllegalTransition> {
+        let Some(state) = self.tasks.get(id) else {
+            return Err(IllegalTransition { what: "task", from: "unknown", to: "ended" });
+        };
+        if state.status != TaskStatus::Running || state.attempt != attempt {
+            return Err(IllegalTransition { what: "attempt", from: state.status.as_str(), to: "ended" });
+        }
+        let task = &wf.tasks[id];
+        match outcome {
+            Outcome::Succeeded => {
+                self.set(id, TaskStatus::Succeeded)?;
+                self.running -= 1;
+                out.push(Decision::Attempt { task: id, attempt, status: TaskStatus::Succeeded, error: None });
+                out.push(Decision::Finish { task: id, status: TaskStatus::Succeeded, error: None });
+                for &c in &task.children {
+                    let child = &mut self.tasks[c];
+                    child.waiting -= 1;
+                    if child.waiting == 0 && child.status == TaskStatus::Pending {
+                        self.ready.push_back(c);
+                    }
+                }
+            }
+            Outcome::Stopped => {
+                let (status, why) = match self.stop {
+                    Some(RunStatus::TimedOut) => (TaskStatus::TimedOut, "stopped: the run timed out"),
+                    _ => (TaskStatus::Cancelled, "cancelled"),
+                };
+                self.set(id, status)?;
+                self.running -= 1;
+                out.push(Decision::Attempt { task: id, attempt, status, error: Some(why.to_string()) });
+                out.push(Decision::Finish { task: id, status, error: Some(why.to_string()) });
+            }
+            Outcome::Failed { .. } | Outcome::TimedOut => {
+                let (status, error, retryable) = match outcome {
+                    Outcome::Failed { error, retryable } => (TaskStatus::Failed, error, retryable),
+                    _ => (TaskStatus::TimedOut, format!("attempt {attempt} timed out after {}", pretty(task.timeout.unwrap_or_default())), true),
+                };
+                out.push(Decision::Attempt { task: id, attempt, status, error: Some(error.clone()) });
+                if retryable && self.stop.is_none() && attempt < task.retry.attempts {
+                    let next = attempt + 1;
+                    self.set(id, TaskStatus::Running)?;
+                    self.tasks[id].attempt = next;
+                    let delay = retry_delay(&task.retry, next, self.seed, id);
+                    out.push(Decision::Retry { task: id, attempt: next, delay, error });
+                    return Ok(());
+                }
+                self.set(id, status)?;
+                self.running -= 1;
+                out.push(Decision::Finish { task: id, status, error: Some(error) });
+                let verb = if status == TaskStatus::TimedOut { "timed out" } else { "failed" };
+                self.skip_descendants(wf, id, &format!("parent {} {verb}", task.name), out);
+            }
+        }
+        self.advance(wf, out);
+        Ok(())
+    }
+
+    /// Cancel or time out the run: nothing new starts, running attempts are
+    /// told to stop; the run ends once they have.
+    fn stop_with(&mut self, wf: &Workflow, why: RunStatus, out: &mut Vec<Decision>) {
+        if self.stop.is_some() || self.run.is_terminal() {
+            return;
+        }
+        self.stop = Some(why);
+        if self.running > 0 {
+            out.push(Decision::StopAll);
+        }
+        if self.run == RunStatus::Running {
+            self.advance(wf, out);
+        }
+    }
+
+    /// Start what is ready within the concurrency limit; finish the run
+    /// when nothing is left running.
+    fn advance(&mut self, wf: &Workflow, out: &mut Vec<Decision>) {
+        while self.stop.is_none() && self.running < self.limit {
+            let Some(id) = self.ready.pop_front() else { break };
+            // A ready task is pending: it was queued when its last parent
+            // succeeded, and only this loop takes it out of `pending`.
+            if self.set(id, TaskStatus::Running).is_err() {
+                continue;
+            }
+            self.tasks[id].attempt = 1;
+            self.running += 1;
+            out.push(Decision::Start { task: id });
+        }
+        if self.running == 0 {
+            self.finish(wf, out);
+        }
+    }
+
+    fn finish(&mut self, wf: &Workflow, out: &mut Vec<Decision>) {
+        let end = match self.stop {
+            Some(s) => s,
+            None if self.tasks.iter().all(|t| t.status == TaskStatus::Succeeded) => RunStatus::Succeeded,
+            None => RunStatus::Failed,
+        };
+        for id in 0..self.tasks.len() {
+            if self.tasks[id].status != TaskStatus::Pending {
+                continue;
+            }
+            let (status, reason) = match end {
+                RunStatus::Cancelled => (TaskStatus::Cancelled, "run cancelled".to_string()),
+                RunStatus::TimedOut => (TaskStatus::Skipped, format!("run timed out after {}", pretty(wf.timeout.unwrap_or_default()))),
+                _ => (TaskStatus::Skipped, "not reached".to_string()),
+            };
+            if self.set(id, status).is_ok() {
+                out.push(Decision::Skip { task: id, status, reason });
+            }
+        }
+        let error = match end {
+            RunStatus::TimedOut => Some(format!("the run timed out after {}", pretty(wf.timeout.unwrap_or_default()))),
+            RunStatus::Cancelled => Some("the run was cancelled".to_string()),
+            _ => None,
+        };
+        let mut run = self.run;
+        if run.transition(end).is_ok() {
+            self.run = run;
+            out.push(Decision::RunFinished { status: end, error });
+        }
+    }
+
+    fn skip_descendants(&mut self, wf: &Workflow, failed: TaskId, reason: &str, out: &mut Vec<Decision>) {
+        let mut stack: Vec<TaskId> = wf.tasks[failed].children.clone();
+        while let Some(c) = stack.pop() {
+            if self.tasks[c].status != TaskStatus::Pending {
+                continue;
+            }
+            if self.set(c, TaskStatus::Skipped).is_ok() {
+                out.push(Decision::Skip { task: c, status: TaskStatus::Skipped, reason: reason.to_string() });
+            }
+            stack.extend(wf.tasks[c].children.iter().copied());
+        }
+    }
+
+    fn set(&mut self, id: TaskId, to: TaskStatus) -> Result<(), IllegalTransition> {
+        self.tasks[id].status.transition(to)
+    }
+}
+
+/// A jitter seed for a run: the same run id always gives the same seed.
+pub fn seed(run_id: &str) -> u32 {
+    crc32fast::hash(run_id.as_bytes())
+}
+
+/// The delay before try number `next` (2 for the first retry) of `task`:
+/// the policy's backoff, with jitter (0.8–1.2×, capped at `max_delay`)
+/// drawn from the run's `seed`, the task and `next` when the policy asks for
+/// it.
+pub fn retry_delay(policy: &RetryPolicy, next: u32, seed: u32, task: TaskId) -> Duration {
+    let delay = policy.delay_before(next);
+    if !policy.jitter || delay.is_zero() {
+        return delay;
+    }
+    let mut h = crc32fast::Hasher::new();
+    h.update(&seed.to_le_bytes());
+    h.update(&(task as u64).to_le_bytes());
+    h.update(&next.to_le_bytes());
+    let f = 0.8 + 0.4 * (h.finalize() as f64 / u32::MAX as f64);
+    Duration::from_secs_f64((delay.as_secs_f64() * f).min(policy.max_delay.as_secs_f64()))
+}
+
+fn pretty(d: Duration) -> humantime::FormattedDuration {
+    humantime::format_duration(d)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use proptest::prelude::*;
+    use std::sync::Arc;
+
+    /// A workflow of `echo` tasks named t0..tN with the given parents.
+    fn workflow(parents: &[Vec<usize>], concurrency: Option<usize>, attempts: u32) -> Arc<Workflow> {
+        let tasks: Vec<serde_json::Value> = parents
+            .iter()
+            .enumerate()
+            .map(|(i, ps)| {
+                serde_json::json!({
+                    "name": format!("t{i}"),
+                    "uses": "echo",
+                    "parents": ps.iter().map(|p| format!("t{p}")).collect::<Vec<_>>(),
+                    "retry": {"attempts": attempts, "delay": "1s", "jitter": true},
+                    "timeout": "5s",
+                })
+            })
+            .collect();
+        let mut doc = serde_json::json!({"version": 1, "name": "w", "timeout": "1m", "tasks": tasks});
+        if let Some(c) = concurrency {
+            doc["concurrency"] = c.into();
+        }
+        crate::plan::compile(serde_json::from_value(doc).unwrap()).unwrap()
+    }
+
+    fn feed(core: &mut Core, wf: &Workflow, event: Event) -> Vec<Decision> {
+        let mut out = Vec::new();
+        core.handle(wf, event, &mut out).unwrap();
+        out
+    }
+
+    #[test]
+    fn a_chain_runs_in_order_and_succeeds() {
+        let wf = workflow(&[vec![], vec![0], vec![1]], None, 1);
+        let mut core = Core::new(&wf, 0);
+        assert_eq!(feed(&mut core, &wf, Event::Start), vec![Decision::RunStarted, Decision::Start { task: 0 }]);
+        let d = feed(&mut core, &wf, Event::Ended { task: 0, attempt: 1, outcome: Outcome::Succeeded });
+        assert_eq!(d.last(), Some(&Decision::Start { task: 1 }));
+        feed(&mut core, &wf, Event::Ended { task: 1, attempt: 1, outcome: Outcome::Succeeded });
+        let d = feed(&mut core, &wf, Event::Ended { task: 2, attempt: 1, outcome: Outcome::Succeeded });
+        assert_eq!(d.last(), Some(&Decision::RunFinished { status: RunStatus::Succeeded, error: None }));
+        assert!(core.is_finished());
+    }
+
+    #[test]
+    fn a_failure_skips_descendants_and_spares_other_branches() {
+        // 0 -> 1 -> 2, and 3 independent
+        let wf = workflow(&[vec![], vec![0], vec![1], vec![]], None, 1);
+        let mut core = Core::new(&wf, 0);
+        feed(&mut core, &wf, Event::Start);
+        let d = feed(&mut core, &wf, Event::Ended { task: 0, attempt: 1, outcome: Outcome::Failed { error: "boom".into(), retryable: true } });
+        assert!(d.contains(&Decision::Skip { task: 1, status: TaskStatus::Skipped, reason: "parent t0 failed".into() }), "{d:?}");
+        assert!(d.contains(&Decision::Skip { task: 2, status: TaskStatus::Skipped, reason: "parent t0 failed".into() }), "{d:?}");
+        assert!(!core.is_finished(), "t3 is still running");
+        let d = feed(&mut core, &wf, Event::Ended { task: 3, attempt: 1, outcome: Outcome::Succeeded });
+        assert_eq!(d.last(), Some(&Decision::RunFinished { status: RunStatus::Failed, error: None }));
+    }
+
+    #[test]
+    fn retries_follow_the_policy_and_permanent_errors_do_not_retry() {
+        let wf = workflow(&[vec![], vec![]], None, 3);
+        let mut core = Core::new(&wf, 7);
+        feed(&mut core, &wf, Event::Start);
+        let d = feed(&mut core, &wf, Event::Ended { task: 0, attempt: 1, outcome: Outcome::TimedOut });
+        let Some(Decision::Retry { attempt: 2, delay, error, .. }) = d.last() else { panic!("{d:?}") };
+        assert_eq!(error, "attempt 1 timed out after 5s");
+        assert!((0.8..=1.2).contains(&delay.as_secs_f64()), "{delay:?}");
+        let d = feed(&mut core, &wf, Event::Ended { task: 1, attempt: 1, outcome: Outcome::Failed { error: "no such program".into(), retryable: false } });
+        assert_eq!(d.last(), Some(&Decision::Finish { task: 1, status: TaskStatus::Failed, error: Some("no such program".into()) }));
+        // The old attempt cannot end twice.
+        let mut out = Vec::new();
+        assert!(core.handle(&wf, Event::Ended { task: 0, attempt: 1, outcome: Outcome::Succeeded }, &mut out).is_err());
+        assert!(out.is_empty());
+        feed(&mut core, &wf, Event::Ended { task: 0, attempt: 2, outcome: Outcome::Failed { error: "x".into(), retryable: true } });
+        let d = feed(&mut core, &wf, Event::Ended { task: 0, attempt: 3, outcome: Outcome::Failed { error: "y".into(), retryable: true } });
+        assert!(d.contains(&Decision::Finish { task: 0, status: TaskStatus::Failed, error: Some("y".into()) }), "{d:?}");
+        assert_eq!(d.last(), Some(&Decision::RunFinished { status: RunStatus::Failed, error: None }));
+    }
+
+    #[test]
+    fn cancel_stops_running_attempts_and_cancels_the_rest() {
+        let wf = workflow(&[vec![], vec![0]], None, 3);
+        let mut core = Core::new(&wf, 0);
+        feed(&mut core, &wf, Event::Start);
+        assert_eq!(feed(&mut core, &wf, Event::Cancel), vec![Decision::StopAll]);
+        assert!(feed(&mut core, &wf, Event::Cancel).is_empty(), "a second cancel changes nothing");
+        let d = feed(&mut core, &wf, Event::Ended { task: 0, attempt: 1, outcome: Outcome::Stopped });
+        assert_eq!(
+            d,
+            vec![
+                Decision::Attempt { task: 0, attempt: 1, status: TaskStatus::Cancelled, error: Some("cancelled".into()) },
+                Decision::Finish { task: 0, status: TaskStatus::Cancelled, error: Some("cancelled".into()) },
+                Decision::Skip { task: 1, status: TaskStatus::Cancelled, reason: "run cancelled".into() },
+                Decision::RunFinished { status: RunStatus::Cancelled, error: Some("the run was cancelled".into()) },
+            ]
+        );
+    }
+
+    #[test]
+    fn a_failure_during_a_stop_is_not_retried() {
+        let wf = workflow(&[vec![]], None, 3);
+        let mut core = Core::new(&wf, 0);
+        feed(&mut core, &wf, Event::Start);
+        feed(&mut core, &wf, Event::Deadline);
+        let d = feed(&mut core, &wf, Event::Ended { task: 0, attempt: 1, outcome: Outcome::Failed { error: "x".into(), retryable: true } });
+        assert_eq!(d.last(), Some(&Decision::RunFinished { status: RunStatus::TimedOut, error: Some("the run timed out after 1m".into()) }));
+    }
+
+    #[test]
+    fn a_run_cancelled_before_it_starts_starts_nothing() {
+        let wf = workflow(&[vec![], vec![0]], None, 1);
+        let mut core = Core::new(&wf, 0);
+        assert!(feed(&mut core, &wf, Event::Cancel).is_empty());
+        let d = feed(&mut core, &wf, Event::Start);
+        assert!(!d.iter().any(|d| matches!(d, Decision::Start { .. })), "{d:?}");
+        assert_eq!(core.status(), RunStatus::Cancelled);
+    }
+
+    /// Random DAGs: task i's parents are drawn from tasks before it.
+    fn dag() -> impl Strategy<Value = Vec<Vec<usize>>> {
+        (1usize..12).prop_flat_map(|n| {
+            (0..n).map(|i| proptest::sample::subsequence((0..i).collect::<Vec<_>>(), 0..=i.min(3))).collect::<Vec<_>>()
+        })
+    }
+
+    #[derive(Debug, Clone)]
+    enum Step {
+        /// End the `k`-th running attempt (mod how many run) with an outcome.
+        End(usize, u8),
+        Cancel,
+        Deadline,
+    }
+
+    fn step() -> impl Strategy<Value = Step> {
+        prop_oneof![
+            20 => (any::<usize>(), 0u8..4).prop_map(|(k, o)| Step::End(k, o)),
+            1 => Just(Step::Cancel),
+            1 => Just(Step::Deadline),
+        ]
+    }
+
+    /// Drive a run to its end with a script of steps; returns every decision.
+    fn drive(wf: &Workflow, script: &[Step], seed: u32) -> (Core, Vec<Decision>) {
+        let mut core = Core::new(wf, seed);
+        let mut all = Vec::new();
+        // (task, attempt) of every attempt in flight, in start order.
+        let mut live: Vec<(TaskId, u32)> = Vec::new();
+        let mut out = Vec::new();
+        core.handle(wf, Event::Start, &mut out).unwrap();
+        // The script, then successes until the run ends.
+        let mut steps = script.iter().cloned().chain(std::iter::repeat(Step::End(0, 0)));
+        let mut guard = 0;
+        loop {
+            for d in out.drain(..) {
+                match &d {
+                    Decision::Start { task } => live.push((*task, 1)),
+                    Decision::Retry { task, attempt, .. } => live.push((*task, *attempt)),
+                    _ => {}
+                }
+                all.push(d);
+            }
+            if core.is_finished() {
+                break;
+            }
+            guard += 1;
+            assert!(guard < 10_000, "the run never ended");
+            assert!(!live.is_empty(), "the run is stuck: nothing runs and it has not finished");
+            let step = steps.next().unwrap_or(Step::End(0, 0));
+            let event = match step {
+                Step::Cancel => Event::Cancel,
+                Step::Deadline => Event::Deadline,
+                Step::End(k, o) => {
+                    let (task, attempt) = live.remove(k % live.len());
+                    let outcome = match (o, core.stop.is_some()) {
+                        (_, true) => Outcome::Stopped,
+                        (0 | 1, _) => Outcome::Succeeded,
+                        (2, _) => Outcome::Failed { error: format!("e{attempt}"), retryable: attempt % 2 == 1 },
+                        _ => Outcome::TimedOut,
+                    };
+                    Event::Ended { task, attempt, outcome }
+                }
+            };
+            core.handle(wf, event, &mut out).unwrap();
+        }
+        (core, all)
+    }
+
+    proptest! {
+        #![proptest_config(ProptestConfig::with_cases(400))]
+
+        #[test]
+        fn invariants_hold_for_random_runs(
+            parents in dag(),
+            concurrency in proptest::option::of(1usize..4),
+            attempts in 1u32..4,
+            steps in proptest::collection::vec(step(), 1..40),
+            seed in any::<u32>(),
+        ) {
+            let wf = workflow(&parents, concurrency, attempts);
+            let (core, decisions) = drive(&wf, &steps, seed);
+
+            // Every task ends in exactly one final state, once.
+            let mut finals = vec![0; wf.tasks.len()];
+            let mut started = vec![false; wf.tasks.len()];
+            let mut status = vec![TaskStatus::Pending; wf.tasks.len()];
+            let mut in_flight = 0usize;
+            let mut peak = 0usize;
+            for d in &decisions {
+                match d {
+                    Decision::Start { task } => {
+                        // A task starts only once, and only when its parents all succeeded.
+                        prop_assert!(!started[*task]);
+                        for &p in &wf.tasks[*task].parents {
+                            prop_assert_eq!(status[p], TaskStatus::Succeeded, "t{} started before its parent t{}", task, p);
+                        }
+                        started[*task] = true;
+                        in_flight += 1;
+                        peak = peak.max(in_flight);
+                    }
+                    Decision::Finish { task, status: s, .. } => {
+                        finals[*task] += 1;
+                        status[*task] = *s;
+                        in_flight -= 1;
+                    }
+                    Decision::Skip { task, status: s, .. } => {
+                        prop_assert!(!started[*task], "a started task cannot be skipped");
+                        finals[*task] += 1;
+                        status[*task] = *s;
+                    }
+                    Decision::Retry { task, attempt, .. } => {
+                        prop_assert!(*attempt <= wf.tasks[*task].retry.attempts);
+                    }
+                    _ => {}
+                }
+            }
+            prop_assert!(finals.iter().all(|&n| n == 1), "final states per task: {:?}", finals);
+            prop_assert!(status.iter().all(|s| s.is_terminal()));
+            prop_assert!(peak <= concurrency.unwrap_or(usize::MAX));
+            for (i, s) in status.iter().enumerate() {
+                prop_assert_eq!(*s, core.task_status(i));
+            }
+
+            // The run's status follows from its tasks.
+            let Some(Decision::RunFinished { status: end, .. }) = decisions.last() else { panic!("no end: {decisions:?}") };
+            prop_assert_eq!(decisions.iter().filter(|d| matches!(d, Decision::RunFinished { .. })).count(), 1);
+            let stopped = steps.iter().any(|s| matches!(s, Step::Cancel | Step::Deadline));
+            match end {
+                RunStatus::Succeeded => prop_assert!(status.iter().all(|s| *s == TaskStatus::Succeeded)),
+                RunStatus::Failed => prop_assert!(status.iter().any(|s| matches!(s, TaskStatus::Failed | TaskStatus::TimedOut))),
+                RunStatus::Cancelled | RunStatus::TimedOut => prop_assert!(stopped),
+                other => prop_assert!(false, "the run ended {:?}", other),
+            }
+
+            // The same events give the same decisions.
+            let (_, again) = drive(&wf, &steps, seed);
+            prop_assert_eq!(again, decisions);
+        }
+    }
+}
