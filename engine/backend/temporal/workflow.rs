@@ -12,11 +12,11 @@
 
 use super::activities::TaskActivities;
 use crate::plan::{Task, TaskId, Workflow};
+use crate::run::sched::{Core, Decision, Event, Outcome, seed};
+use crate::run::state::{RunStatus, TaskStatus};
 use futures::future::{FutureExt, LocalBoxFuture};
 use serde::{Deserialize, Serialize};
 use serde_json::{Map, Value, json};
-use std::collections::VecDeque;
-use std::sync::Arc;
 use std::time::Duration;
 use temporalio_common::RetryPolicy;
 use temporalio_common::error::ApplicationFailure;
@@ -121,53 +121,12 @@ pub fn activity_options(wf: &Workflow, task: &Task, heartbeat: Duration) -> Acti
         .build()
 }
 
-/// The DAG's state as the workflow drives it.
-struct Dag {
-    wf: Arc<Workflow>,
-    waiting: Vec<usize>,
-    outputs: Vec<Option<Value>>,
-    /// Tasks that will never run (a parent failed).
-    skipped: Vec<bool>,
-    ready: VecDeque<TaskId>,
-    failed: Vec<(TaskId, String)>,
-}
-
-impl Dag {
-    fn new(wf: Arc<Workflow>) -> Dag {
-        let n = wf.tasks.len();
-        Dag {
-            waiting: wf.tasks.iter().map(|t| t.parents.len()).collect(),
-            outputs: vec![None; n],
-            skipped: vec![false; n],
-            ready: wf.roots().collect(),
-            failed: Vec::new(),
-            wf,
-        }
-    }
-
-    fn succeeded(&mut self, id: TaskId, output: Value) {
-        self.outputs[id] = Some(output);
-        for &c in &self.wf.tasks[id].children {
-            self.waiting[c] -= 1;
-            if self.waiting[c] == 0 && !self.skipped[c] {
-                self.ready.push_back(c);
-            }
-        }
-    }
-
-    fn failed(&mut self, id: TaskId, message: String) {
-        self.failed.push((id, message));
-        let mut stack = self.wf.tasks[id].children.clone();
-        while let Some(c) = stack.pop() {
-            if !self.skipped[c] {
-                self.skipped[c] = true;
-                stack.extend(self.wf.tasks[c].children.iter().copied());
-            }
-        }
-    }
-}
-
 type Finished = (TaskId, Result<Value, ActivityExecutionError>);
+
+/// An event the scheduler core refused: a bug, reported as a permanent failure.
+fn illegal(e: crate::run::state::IllegalTransition) -> WorkflowTermination {
+    WorkflowTermination::failed_application(app_failure(BAD_DEFINITION, format!("scheduler: {e}"), true))
+}
 
 #[workflow_methods]
 impl DagWorkflow {
@@ -184,58 +143,83 @@ impl DagWorkflow {
             "workflow": {"name": wf.name, "version": wf.version},
             "context": input.context,
         });
-        let limit = wf.concurrency.unwrap_or(usize::MAX).max(1);
-        let mut dag = Dag::new(Arc::clone(&wf));
+        let mut core = Core::new(&wf, seed(&input.run_id));
+        let mut outputs: Vec<Option<Value>> = vec![None; wf.tasks.len()];
+        // The tasks that failed, in the order they did.
+        let mut failed: Vec<(TaskId, String)> = Vec::new();
         let ctx: &WorkflowContext<Self> = ctx;
         let cancelled = ctx.cancellation_token();
+        if cancelled.is_cancelled() {
+            return Err(WorkflowTermination::cancelled());
+        }
+        let mut decisions = Vec::new();
+        core.handle(&wf, Event::Start, &mut decisions).map_err(illegal)?;
+        let mut told_cancel = false;
         // A plain vector polled by `select_all`: each activity future keeps
         // the SDK's own waker (combinators with wakers of their own, like
         // `FuturesUnordered`, trip the SDK's nondeterminism detector).
         let mut running: Vec<LocalBoxFuture<'_, Finished>> = Vec::new();
         loop {
-            while !cancelled.is_cancelled() && running.len() < limit {
-                let Some(id) = dag.ready.pop_front() else { break };
-                let task = &wf.tasks[id];
-                let task_input = TaskInput {
-                    run_id: input.run_id.clone(),
-                    version: wf.version.clone(),
-                    task: task.name.clone(),
-                    ctx: crate::run::executor::attempt_context(&wf, id, 1, &base_ctx, |r| dag.outputs[r].clone()),
-                };
-                let opts = activity_options(&wf, task, heartbeat);
-                let fut: LocalBoxFuture<'_, Result<Value, ActivityExecutionError>> = match task.action.kind() {
-                    "run" => ctx.execute_activity(TaskActivities::run_task, task_input, opts).boxed_local(),
-                    "shell" => ctx.execute_activity(TaskActivities::shell_task, task_input, opts).boxed_local(),
-                    "http" => ctx.execute_activity(TaskActivities::http_task, task_input, opts).boxed_local(),
-                    _ => ctx.execute_activity(TaskActivities::uses_task, task_input, opts).boxed_local(),
-                };
-                running.push(fut.map(move |r| (id, r)).boxed_local());
+            for decision in decisions.drain(..) {
+                match decision {
+                    Decision::Start { task: id } => {
+                        let task = &wf.tasks[id];
+                        let task_input = TaskInput {
+                            run_id: input.run_id.clone(),
+                            version: wf.version.clone(),
+                            task: task.name.clone(),
+                            ctx: crate::run::executor::attempt_context(&wf, id, 1, &base_ctx, |r| outputs[r].clone()),
+                        };
+                        let opts = activity_options(&wf, task, heartbeat);
+                        let fut: LocalBoxFuture<'_, Result<Value, ActivityExecutionError>> = match task.action.kind() {
+                            "run" => ctx.execute_activity(TaskActivities::run_task, task_input, opts).boxed_local(),
+                            "shell" => ctx.execute_activity(TaskActivities::shell_task, task_input, opts).boxed_local(),
+                            "http" => ctx.execute_activity(TaskActivities::http_task, task_input, opts).boxed_local(),
+                            _ => ctx.execute_activity(TaskActivities::uses_task, task_input, opts).boxed_local(),
+                        };
+                        running.push(fut.map(move |r| (id, r)).boxed_local());
+                    }
+                    Decision::Finish { task, status: TaskStatus::Failed | TaskStatus::TimedOut, error } => {
+                        failed.push((task, error.unwrap_or_default()));
+                    }
+                    // Activities are cancelled by Temporal with the workflow;
+                    // skips and attempts are derived from the history.
+                    _ => {}
+                }
             }
             if running.is_empty() {
                 break;
             }
             let ((id, result), _, rest) = futures::future::select_all(running).await;
             running = rest;
-            match result {
-                Ok(output) => dag.succeeded(id, output),
-                Err(ActivityExecutionError::Cancelled(_)) if cancelled.is_cancelled() => {}
-                Err(e) => {
-                    let message = e.failure().map(root_message).unwrap_or_else(|| e.to_string());
-                    dag.failed(id, message);
-                }
+            // A cancel seen now comes before this result, so that nothing
+            // new starts after it.
+            if cancelled.is_cancelled() && !told_cancel {
+                told_cancel = true;
+                core.handle(&wf, Event::Cancel, &mut decisions).map_err(illegal)?;
             }
+            let outcome = match result {
+                Ok(output) => {
+                    outputs[id] = Some(output);
+                    Outcome::Succeeded
+                }
+                Err(ActivityExecutionError::Cancelled(_)) if cancelled.is_cancelled() => Outcome::Stopped,
+                // Temporal made the retries its policy allows: this failure is final.
+                Err(e) => Outcome::Failed { error: e.failure().map(root_message).unwrap_or_else(|| e.to_string()), retryable: false },
+            };
+            core.handle(&wf, Event::Ended { task: id, attempt: 1, outcome }, &mut decisions).map_err(illegal)?;
         }
-        if cancelled.is_cancelled() {
+        if cancelled.is_cancelled() || core.status() == RunStatus::Cancelled {
             return Err(WorkflowTermination::cancelled());
         }
-        if let Some((id, message)) = dag.failed.first() {
-            let more = dag.failed.len() - 1;
+        if let Some((id, message)) = failed.first() {
+            let more = failed.len() - 1;
             let tail = if more > 0 { format!(" (and {more} more)") } else { String::new() };
             let msg = format!("task `{}` failed: {message}{tail}", wf.tasks[*id].name);
             return Err(WorkflowTermination::failed_application(app_failure(TASK_FAILED, msg, true)));
         }
         let mut out = Map::new();
-        for (t, o) in wf.tasks.iter().zip(dag.outputs) {
+        for (t, o) in wf.tasks.iter().zip(outputs) {
             out.insert(t.name.clone(), o.unwrap_or(Value::Null));
         }
         Ok(out)
