@@ -163,7 +163,7 @@ impl EngineBuilder {
         let executor = Executor {
             handlers: Arc::new(handlers),
             limits: Arc::new(limits),
-            writer: store.as_ref().map(Store::writer),
+            writer: store.as_ref().map(Store::recorder),
             events: Some(events.clone()),
         };
         let registry = Arc::new(crate::reload::Registry::new(self.config.engine.workflows.clone(), validate_options(&self.config)));
@@ -586,31 +586,8 @@ pub fn validate_options(c: &Config) -> crate::validate::Options {
     crate::validate::Options { backends: c.path.as_ref().map(|_| c.backend_names()), max_diagnostics: c.validate.max_diagnostics }
 }
 
-/// Apply the input schema's top-level defaults, then validate.
-pub fn prepare_input(wf: &Workflow, mut input: Value) -> Result<Value, EngineError> {
-    let Some(schema) = &wf.input_schema else { return Ok(input) };
-    if let (Some(obj), Some(props)) = (input.as_object_mut(), schema.get("properties").and_then(Value::as_object)) {
-        for (k, p) in props {
-            if let Some(d) = p.get("default") {
-                obj.entry(k.clone()).or_insert_with(|| d.clone());
-            }
-        }
-    }
-    let validator = wf.input_validator().map_err(|m| EngineError::InvalidInput { message: m, pointer: String::new() })?;
-    if let Some(err) = validator.iter_errors(&input).next() {
-        let pointer = err.instance_path().as_str().to_string();
-        let message = match err.kind() {
-            jsonschema::error::ValidationErrorKind::Required { property } => {
-                let at =
-                    if pointer.is_empty() { String::new() } else { format!(" in `{}`", pointer.trim_start_matches('/').replace('/', ".")) };
-                format!("missing required property `{}`{at}", property.as_str().unwrap_or_default())
-            }
-            jsonschema::error::ValidationErrorKind::AdditionalProperties { unexpected } => {
-                format!("unknown property `{}`", unexpected.join("`, `"))
-            }
-            _ => format!("`{}`: {}", pointer.trim_start_matches('/').replace('/', "."), err.masked()),
-        };
-        return Err(EngineError::InvalidInput { message, pointer });
-    }
-    Ok(input)
+/// The run's input with the schema's defaults filled in, checked against
+/// the workflow's input schema.
+pub fn prepare_input(wf: &Workflow, input: Value) -> Result<Value, EngineError> {
+    wf.prepare_input(input).map_err(|crate::plan::InvalidInput { message, pointer }| EngineError::InvalidInput { message, pointer })
 }

@@ -27,3 +27,6 @@ pub use diag::{Code, Diagnostic, Severity};
 pub use engine::{Engine, EngineBuilder, EngineError, RunOptions};
 pub use plan::Workflow;
 pub mod cli;
+
+#[cfg(test)]
+mod layers;

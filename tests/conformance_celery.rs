@@ -87,7 +87,7 @@ fn driver_context(options: BTreeMap<String, toml::Value>, store: Option<Store>) 
         executor: Executor {
             handlers: Arc::new(Handlers::with_builtins()),
             limits: Arc::new(Limits { kill_grace: Duration::from_millis(500), ..Limits::default() }),
-            writer: store.as_ref().map(Store::writer),
+            writer: store.as_ref().map(Store::recorder),
             events: None,
         },
         store,
@@ -147,7 +147,8 @@ async fn runs_survive_a_redis_restart() {
     );
     let id = backend.submit(taskweave::backend::RunRequest::new(wf, serde_json::json!({}))).await.expect("submit");
     let mut started = false;
-    for _ in 0..200 {
+    // Up to 20 s: a loaded machine may be slow to start the first task.
+    for _ in 0..800 {
         if backend.result(&id, None).await.is_ok_and(|r| r.tasks["a"].status == taskweave::run::TaskStatus::Running) {
             started = true;
             break;

@@ -15,7 +15,7 @@ async fn local() -> Option<Arc<dyn Backend>> {
     let executor = Executor {
         handlers: Arc::new(Handlers::with_builtins()),
         limits: Arc::new(Limits { kill_grace: Duration::from_millis(500), ..Limits::default() }),
-        writer: Some(store.writer()),
+        writer: Some(store.recorder()),
         events: None,
     };
     Some(LocalBackend::new("local", executor, Some(store)))
@@ -35,7 +35,7 @@ async fn finished_runs_in_memory_are_bounded_in_bytes() {
     let executor = Executor {
         handlers: Arc::new(Handlers::with_builtins()),
         limits: Arc::new(Limits::default()),
-        writer: Some(store.writer()),
+        writer: Some(store.recorder()),
         events: None,
     };
     let options = LocalOptions { cache_runs: 10_000, cache_bytes: 3 * 1024 * 1024 };

@@ -115,7 +115,7 @@ async fn postgres() -> Option<Arc<dyn Backend>> {
     let executor = Executor {
         handlers: Arc::new(Handlers::with_builtins()),
         limits: Arc::new(Limits { kill_grace: Duration::from_millis(500), ..Limits::default() }),
-        writer: Some(store.writer()),
+        writer: Some(store.recorder()),
         events: None,
     };
     let mut options = std::collections::BTreeMap::new();

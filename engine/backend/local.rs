@@ -151,7 +151,7 @@ impl Backend for LocalBackend {
         // it runs: a run the store could not record is refused, never lost.
         if let Some(store) = &self.store {
             let definition = serde_json::to_value(&req.workflow.raw).unwrap_or_default();
-            let recorded = match &self.executor.writer {
+            let recorded = match super::store_writer(&self.executor) {
                 // A fresh id cannot be taken: queue the creation ahead of the
                 // run's events and wait for the commit of its batch, which
                 // concurrent submissions share.
@@ -245,7 +245,7 @@ impl Backend for LocalBackend {
         self.shutdown.cancel();
         self.tracker.close();
         self.tracker.wait().await;
-        if let Some(w) = &self.executor.writer {
+        if let Some(w) = super::store_writer(&self.executor) {
             let _ = w.flush().await;
         }
     }

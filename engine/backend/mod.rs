@@ -128,13 +128,19 @@ pub(crate) fn refuse_celery_tasks(name: &str, kind: &str, wf: &Workflow) -> Resu
     }
 }
 
+/// The store writer an executor records through, when it has one: the
+/// executor knows it only as a [`crate::run::record::Recorder`].
+pub(crate) fn store_writer(executor: &Executor) -> Option<&crate::store::StoreWriter> {
+    executor.writer.as_deref()?.as_any().downcast_ref()
+}
+
 /// Records a run a distributed backend just accepted in the run store (the
 /// backend stays the truth about it): through the batching writer when the
 /// executor has one, else straight to the store. A failure is logged, never
 /// returned: the run is accepted already.
 #[cfg(any(feature = "postgres", feature = "temporal"))]
 pub(crate) async fn record_accepted(executor: &Executor, store: Option<&Store>, result: &RunResult, definition: Value) {
-    if let Some(w) = &executor.writer {
+    if let Some(w) = store_writer(executor) {
         w.create_if_absent(result, definition);
     } else if let Some(store) = store
         && let Err(e) = store.create_run(result, &definition).await

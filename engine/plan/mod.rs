@@ -396,6 +396,39 @@ fn task_reads(r: &template::Reads, ids: &HashMap<&str, TaskId>) -> (Vec<TaskId>,
 }
 
 impl Workflow {
+    /// The run's input with the schema's defaults filled in (top-level
+    /// properties), checked against the input schema.
+    pub fn prepare_input(&self, mut input: Value) -> Result<Value, InvalidInput> {
+        let Some(schema) = &self.input_schema else { return Ok(input) };
+        if let (Some(obj), Some(props)) = (input.as_object_mut(), schema.get("properties").and_then(Value::as_object)) {
+            for (k, p) in props {
+                if let Some(d) = p.get("default") {
+                    obj.entry(k.clone()).or_insert_with(|| d.clone());
+                }
+            }
+        }
+        let validator = self.input_validator().map_err(|message| InvalidInput { message, pointer: String::new() })?;
+        if let Some(err) = validator.iter_errors(&input).next() {
+            let pointer = err.instance_path().as_str().to_string();
+            let message = match err.kind() {
+                jsonschema::error::ValidationErrorKind::Required { property } => {
+                    let at = if pointer.is_empty() {
+                        String::new()
+                    } else {
+                        format!(" in `{}`", pointer.trim_start_matches('/').replace('/', "."))
+                    };
+                    format!("missing required property `{}`{at}", property.as_str().unwrap_or_default())
+                }
+                jsonschema::error::ValidationErrorKind::AdditionalProperties { unexpected } => {
+                    format!("unknown property `{}`", unexpected.join("`, `"))
+                }
+                _ => format!("`{}`: {}", pointer.trim_start_matches('/').replace('/', "."), err.masked()),
+            };
+            return Err(InvalidInput { message, pointer });
+        }
+        Ok(input)
+    }
+
     /// The compiled input schema (compiled once, on first use). `format`
     /// (`uri`, `email`, `date-time`, …) is enforced, not only annotated as
     /// draft 2020-12 allows: an author who writes it means it.
@@ -408,6 +441,15 @@ impl Workflow {
             .as_ref()
             .map_err(Clone::clone)
     }
+}
+
+/// An input its workflow's schema refuses.
+#[derive(Debug, Clone, PartialEq, thiserror::Error)]
+#[error("{message}")]
+pub struct InvalidInput {
+    pub message: String,
+    /// JSON pointer of the value at fault (empty: the whole input).
+    pub pointer: String,
 }
 
 #[cfg(test)]

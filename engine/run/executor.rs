@@ -8,11 +8,11 @@
 //! store through the batched writer.
 
 use super::actions::{self, ActionError, Attempt, Handlers, Limits};
+use super::record::{AttemptRecord, Recorder};
 use super::result::{RunResult, TaskResult};
 use super::sched::{self, Core, Decision, Event, Outcome};
 use super::state::{RunStatus, TaskStatus};
 use crate::plan::{TaskId, Workflow};
-use crate::store::{AttemptRecord, StoreWriter};
 use futures::FutureExt;
 use serde_json::{Map, Value, json};
 use std::sync::{Arc, Mutex};
@@ -41,7 +41,7 @@ pub type EventSink = tokio::sync::mpsc::UnboundedSender<RunEvent>;
 pub struct Executor {
     pub handlers: Arc<Handlers>,
     pub limits: Arc<Limits>,
-    pub writer: Option<StoreWriter>,
+    pub writer: Option<Arc<dyn Recorder>>,
     pub events: Option<tokio::sync::broadcast::Sender<RunEvent>>,
 }
 

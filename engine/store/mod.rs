@@ -95,19 +95,7 @@ pub struct RunSummary {
     pub finished_at: Option<time::OffsetDateTime>,
 }
 
-/// One try of one task.
-#[derive(Debug, Clone, PartialEq, serde::Serialize)]
-pub struct AttemptRecord {
-    pub run_id: String,
-    pub task: String,
-    pub attempt: u32,
-    pub status: crate::run::TaskStatus,
-    pub error: Option<String>,
-    #[serde(with = "time::serde::rfc3339")]
-    pub started_at: time::OffsetDateTime,
-    #[serde(with = "time::serde::rfc3339::option")]
-    pub finished_at: Option<time::OffsetDateTime>,
-}
+pub use crate::run::record::AttemptRecord;
 
 /// The process executing a run: what orphan recovery checks.
 #[derive(Debug, Clone, PartialEq, Eq, serde::Serialize)]
@@ -646,6 +634,12 @@ impl Store {
     /// it ends when they are all dropped, after writing what they sent.
     pub fn writer(&self) -> StoreWriter {
         writer::spawn(self.inner.clone())
+    }
+
+    /// A batched writer (see [`Store::writer`]) as the executor records
+    /// through it.
+    pub fn recorder(&self) -> std::sync::Arc<dyn crate::run::record::Recorder> {
+        std::sync::Arc::new(self.writer())
     }
 }
 

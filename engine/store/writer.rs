@@ -448,6 +448,25 @@ struct Batch {
     rows: usize,
 }
 
+#[async_trait::async_trait]
+impl crate::run::record::Recorder for StoreWriter {
+    fn run_fields(&self, run: &RunResult) {
+        StoreWriter::run_fields(self, run)
+    }
+    fn task(&self, run_id: &str, task: &str, t: &TaskResult) {
+        StoreWriter::task(self, run_id, task, t)
+    }
+    fn attempt(&self, a: super::AttemptRecord) {
+        StoreWriter::attempt(self, a)
+    }
+    async fn flush(&self) -> std::result::Result<(), String> {
+        StoreWriter::flush(self).await.map_err(|e| e.to_string())
+    }
+    fn as_any(&self) -> &dyn std::any::Any {
+        self
+    }
+}
+
 impl Batch {
     /// The batch's key for a run id, shared by its maps.
     fn key(&self, run_id: &str) -> Arc<str> {

@@ -208,7 +208,7 @@ pub async fn open_backend(
     let executor = taskweave::run::executor::Executor {
         handlers: Arc::new(Handlers::with_builtins()),
         limits: Arc::new(Limits { kill_grace: Duration::from_millis(500), ..Limits::default() }),
-        writer: store.as_ref().map(|s| s.writer()),
+        writer: store.as_ref().map(|s| s.recorder()),
         events: None,
     };
     let ctx = taskweave::backend::DriverContext {

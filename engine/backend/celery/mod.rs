@@ -282,7 +282,7 @@ impl CeleryBackend {
                 tracing::error!(run_id, "could not store the Celery result of the run: {e}");
             }
         }
-        if let (Some(store), Some(w)) = (&self.store, &self.executor.writer)
+        if let (Some(store), Some(w)) = (&self.store, super::store_writer(&self.executor))
             && matches!(store.get_run(run_id).await, Ok(Some(_)))
         {
             w.run_fields(&r);

@@ -363,7 +363,7 @@ async fn serve_workflow(b: &CeleryBackend, m: &Incoming, id: &str, name: &str, a
         Ok(i) => i,
         Err(msg) => return answer(&b.broker, m, id, &failure("TypeError", "builtins", msg)).await,
     };
-    let input = match crate::engine::prepare_input(&wf, input) {
+    let input = match wf.prepare_input(input) {
         Ok(i) => i,
         Err(e) => return answer(&b.broker, m, id, &failure("ValueError", "builtins", format!("invalid input for `{name}`: {e}"))).await,
     };

@@ -356,7 +356,7 @@ impl PgBackend {
             let b = Arc::clone(&me);
             self.tracker.spawn(async move { b.events_loop().await });
         }
-        if let Some(writer) = self.executor.writer.clone() {
+        if let Some(writer) = super::store_writer(&self.executor).cloned() {
             let (tx, rx) = tokio::sync::mpsc::unbounded_channel();
             *lock(&self.sync_tx) = Some(tx);
             let b = Arc::clone(&me);
@@ -762,7 +762,7 @@ impl Backend for PgBackend {
         self.shutdown.cancel();
         self.tracker.close();
         self.tracker.wait().await;
-        if let Some(w) = &self.executor.writer {
+        if let Some(w) = super::store_writer(&self.executor) {
             let _ = w.flush().await;
         }
     }

@@ -7,7 +7,7 @@
 //! definition itself is read once per worker from the execution's first
 //! event (where the workflow's input pinned it) and compiled once.
 
-use super::workflow::{DagInput, DagWorkflow, PERMANENT, TIMED_OUT, TaskInput};
+use super::protocol::{DagInput, PERMANENT, TIMED_OUT, TaskInput};
 use crate::plan::Workflow;
 use crate::run::actions::ActionError;
 use crate::run::executor::{Executor, lock};
@@ -114,7 +114,7 @@ fn failure(type_name: &str, message: String, non_retryable: bool) -> ActivityErr
 
 /// The input a run's execution started with (its first history event).
 pub async fn first_input(client: &Client, workflow_id: &str) -> Result<DagInput, String> {
-    let handle = client.get_workflow_handle::<DagWorkflow>(workflow_id.to_string());
+    let handle = client.get_workflow_handle::<temporalio_client::UntypedWorkflow>(workflow_id.to_string());
     let mut history = handle.fetch_history(WorkflowFetchHistoryOptions::default());
     let first = history.next().await.ok_or_else(|| format!("run `{workflow_id}` has no history"))?;
     let first = first.map_err(|e| format!("could not read the history of run `{workflow_id}`: {e}"))?;

@@ -5,7 +5,7 @@
 //! reasons as on every other backend (skipped below a failure, cancelled
 //! with a cancelled run, skipped by a run timeout).
 
-use super::workflow::{DagInput, TASK_FAILED, TIMED_OUT, root_message};
+use super::protocol::{DagInput, TASK_FAILED, TIMED_OUT, root_message};
 use crate::plan::Workflow;
 use crate::run::{RunResult, RunStatus, TaskStatus};
 use serde_json::Value;

@@ -17,12 +17,14 @@
 
 pub mod activities;
 pub mod history;
+pub mod protocol;
 pub mod workflow;
 
 use super::{Backend, BackendError, DriverContext, RunRequest, WorkerOptions};
 use crate::run::RunResult;
 use crate::run::executor::{Executor, lock};
 use crate::store::Store;
+use protocol::DagInput;
 use std::collections::{BTreeMap, HashMap};
 use std::str::FromStr;
 use std::sync::{Arc, Mutex};
@@ -35,7 +37,7 @@ use temporalio_client::{
 };
 use temporalio_common::protos::temporal::api::history::v1::HistoryEvent;
 use tokio_util::sync::CancellationToken;
-use workflow::{DagInput, DagWorkflow};
+use workflow::DagWorkflow;
 
 /// The driver's settings, from `[backends.NAME]`.
 #[derive(Debug, Clone)]
@@ -192,7 +194,7 @@ impl TemporalBackend {
         let events = self.events(client, run_id).await?;
         let input = history::start_input(&events).ok_or_else(|| BackendError::Permanent {
             backend: self.name.clone(),
-            reason: format!("execution `{run_id}` is not a taskweave run (no `{}` input)", workflow::WORKFLOW_TYPE),
+            reason: format!("execution `{run_id}` is not a taskweave run (no `{}` input)", protocol::WORKFLOW_TYPE),
         })?;
         let wf = self.workflow_of(&input).map_err(|e| BackendError::Permanent { backend: self.name.clone(), reason: e })?;
         let closed = events.last().is_some_and(is_close_event);
@@ -258,7 +260,7 @@ impl TemporalBackend {
         if self.shutdown.is_cancelled() || !lock(&self.recorded).insert(r.run_id.clone()) {
             return;
         }
-        if let Some(w) = &self.executor.writer {
+        if let Some(w) = super::store_writer(&self.executor) {
             w.run(r);
             if let Err(e) = w.flush().await {
                 tracing::warn!(run_id = r.run_id, "could not record the run: {e}");

@@ -11,11 +11,11 @@
 //! saved histories.
 
 use super::activities::TaskActivities;
+use super::protocol::{BAD_DEFINITION, DagInput, DagOutput, PERMANENT, TASK_FAILED, TaskInput, root_message};
 use crate::plan::{Task, TaskId, Workflow};
 use crate::run::sched::{Core, Decision, Event, Outcome, seed};
 use crate::run::state::{RunStatus, TaskStatus};
 use futures::future::{FutureExt, LocalBoxFuture};
-use serde::{Deserialize, Serialize};
 use serde_json::{Map, Value, json};
 use std::time::Duration;
 use temporalio_common::RetryPolicy;
@@ -24,18 +24,6 @@ use temporalio_macros::{workflow, workflow_methods};
 use temporalio_sdk::{
     ActivityCancellationType, ActivityExecutionError, ActivityOptions, WorkflowContext, WorkflowResult, WorkflowTermination,
 };
-
-/// The workflow type's name in Temporal.
-pub const WORKFLOW_TYPE: &str = "taskweave.dag.v1";
-
-/// Failure type of an attempt that a retry cannot fix.
-pub const PERMANENT: &str = "Permanent";
-/// Failure type of an attempt stopped by the task's timeout on the worker.
-pub const TIMED_OUT: &str = "TimedOut";
-/// Failure type of a run that ended with a failed task.
-pub const TASK_FAILED: &str = "TaskFailed";
-/// Failure type of a definition the workflow cannot compile.
-pub const BAD_DEFINITION: &str = "BadDefinition";
 
 /// Extra tries Temporal may make of a task whose worker was lost (its
 /// heartbeat or start-to-close timeout fired with no answer). The task's own
@@ -46,41 +34,6 @@ pub const CRASH_BUDGET: u32 = 3;
 /// Longest start-to-close timeout given to a task without one (Temporal
 /// needs one; crashes are found by the heartbeat timeout instead).
 const NO_TIMEOUT: Duration = Duration::from_secs(10 * 365 * 24 * 3600);
-
-/// What a run starts with. It travels in the execution's first event, which
-/// is also where workers read the definition from.
-#[derive(Debug, Clone, Serialize, Deserialize)]
-pub struct DagInput {
-    pub run_id: String,
-    /// The definition (`RawWorkflow` as JSON), pinned at submission.
-    pub definition: Value,
-    pub input: Value,
-    #[serde(default)]
-    pub context: Value,
-    pub entity_id: String,
-    /// The routing decision, when a flag chose this backend.
-    #[serde(default)]
-    pub routing: Option<Value>,
-    /// Submission time, RFC 3339.
-    pub created_at: String,
-    /// Activity heartbeat timeout in milliseconds: how soon a lost worker's
-    /// task is tried again.
-    pub heartbeat_ms: u64,
-}
-
-/// One task's activity input.
-#[derive(Debug, Clone, Serialize, Deserialize)]
-pub struct TaskInput {
-    pub run_id: String,
-    /// `sha256:...` of the definition; workers compile each one once.
-    pub version: String,
-    pub task: String,
-    /// The template context (input, ancestors' outputs...), when the task has templates.
-    pub ctx: Option<Value>,
-}
-
-/// The result of a run that succeeded: every task's output.
-pub type DagOutput = Map<String, Value>;
 
 #[workflow]
 #[derive(Default)]
@@ -224,14 +177,4 @@ impl DagWorkflow {
         }
         Ok(out)
     }
-}
-
-/// The message of the innermost cause: an activity failure wraps the
-/// attempt's own failure.
-pub fn root_message(f: &temporalio_common::protos::temporal::api::failure::v1::Failure) -> String {
-    let mut f = f;
-    while let Some(c) = f.cause.as_deref() {
-        f = c;
-    }
-    f.message.clone()
 }

@@ -258,7 +258,7 @@ impl Egress {
             match policy.check_url(attempt.url()) {
                 Ok(()) => attempt.follow(),
                 Err(r) => {
-                    let to = super::http::display_url(attempt.url().as_str());
+                    let to = display_url(attempt.url().as_str());
                     attempt.error(Refused(format!("redirect to {to}: {}", r.0)))
                 }
             }
@@ -369,10 +369,39 @@ pub(crate) fn client(policy: &Egress) -> Result<reqwest::Client, super::ActionEr
         // target's would never be checked.
         b = b.no_proxy();
     }
-    let c =
-        b.build().map_err(|e| super::ActionError::Permanent(format!("cannot build the HTTP client: {}", super::http::error_chain(&e))))?;
+    let c = b.build().map_err(|e| super::ActionError::Permanent(format!("cannot build the HTTP client: {}", error_chain(&e))))?;
     map.insert(policy.clone(), c.clone());
     Ok(c)
+}
+
+/// An error and its sources, `: `-joined (reqwest's own message is terse).
+pub(crate) fn error_chain(e: &dyn std::error::Error) -> String {
+    let mut s = e.to_string();
+    let mut cur = e.source();
+    while let Some(c) = cur {
+        let m = c.to_string();
+        if !s.contains(&m) {
+            s.push_str(": ");
+            s.push_str(&m);
+        }
+        cur = c.source();
+    }
+    s
+}
+
+/// A URL as shown in messages: without its query string and credentials,
+/// which may carry secrets.
+pub(crate) fn display_url(url: &str) -> String {
+    match reqwest::Url::parse(url) {
+        Ok(mut u) => {
+            u.set_query(None);
+            u.set_fragment(None);
+            let _ = u.set_password(None);
+            let _ = u.set_username("");
+            u.to_string()
+        }
+        Err(_) => url.split(['?', '#']).next().unwrap_or(url).to_string(),
+    }
 }
 
 #[cfg(test)]

@@ -10,6 +10,7 @@
 //! handler, whose service the operator configures, reuses the plain
 //! [`client`] and the helpers here.
 
+use super::egress::{display_url, error_chain};
 use super::{ActionError, Attempt};
 use crate::plan::Action;
 use crate::spec::raw::HttpMethod;
@@ -189,36 +190,6 @@ pub(crate) fn send_error(shown_url: &str, limit: Duration, e: &reqwest::Error) -
         return ActionError::Permanent(format!("invalid HTTP request to {shown_url}: {}", error_chain(e)));
     }
     ActionError::Failed(format!("HTTP request to {shown_url} failed: {}", error_chain(e)))
-}
-
-/// An error and its sources, `: `-joined (reqwest's own message is terse).
-pub(crate) fn error_chain(e: &dyn std::error::Error) -> String {
-    let mut s = e.to_string();
-    let mut cur = e.source();
-    while let Some(c) = cur {
-        let m = c.to_string();
-        if !s.contains(&m) {
-            s.push_str(": ");
-            s.push_str(&m);
-        }
-        cur = c.source();
-    }
-    s
-}
-
-/// A URL as shown in messages: without its query string and credentials,
-/// which may carry secrets.
-pub(crate) fn display_url(url: &str) -> String {
-    match reqwest::Url::parse(url) {
-        Ok(mut u) => {
-            u.set_query(None);
-            u.set_fragment(None);
-            let _ = u.set_password(None);
-            let _ = u.set_username("");
-            u.to_string()
-        }
-        Err(_) => url.split(['?', '#']).next().unwrap_or(url).to_string(),
-    }
 }
 
 #[cfg(test)]

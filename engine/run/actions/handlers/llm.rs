@@ -7,7 +7,8 @@
 //! client errors are not. The API key is sent only in the `Authorization`
 //! header and never appears in logs, errors or `Debug` output.
 
-use crate::run::actions::http::{client, display_url, read_body, send_error, status_message};
+use crate::run::actions::egress::display_url;
+use crate::run::actions::http::{client, read_body, send_error, status_message};
 use crate::run::actions::{ActionError, Handler, HandlerCtx};
 use serde_json::{Map, Value, json};
 use std::time::Duration;
