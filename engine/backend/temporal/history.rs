@@ -7,6 +7,7 @@
 
 use super::protocol::{DagInput, TASK_FAILED, TIMED_OUT, root_message};
 use crate::plan::Workflow;
+use crate::run::state::IllegalTransition;
 use crate::run::{RunResult, RunStatus, TaskStatus};
 use serde_json::Value;
 use std::collections::HashMap;
@@ -46,7 +47,13 @@ pub fn start_input(events: &[HistoryEvent]) -> Option<DagInput> {
 
 /// Derive the run's result. `pending` is the execution's pending activities
 /// (empty for a closed run).
-pub fn derive(wf: &Workflow, input: &DagInput, backend: &str, events: &[HistoryEvent], pending: &[PendingActivityInfo]) -> RunResult {
+pub fn derive(
+    wf: &Workflow,
+    input: &DagInput,
+    backend: &str,
+    events: &[HistoryEvent],
+    pending: &[PendingActivityInfo],
+) -> Result<RunResult, IllegalTransition> {
     let routing = input.routing.clone().and_then(|r| serde_json::from_value(r).ok());
     let mut r = crate::run::executor::new_result(
         wf,
@@ -68,7 +75,7 @@ pub fn derive(wf: &Workflow, input: &DagInput, backend: &str, events: &[HistoryE
         let Some(a) = &e.attributes else { continue };
         match a {
             Attributes::WorkflowTaskStartedEventAttributes(_) if r.started_at.is_none() => {
-                r.status = RunStatus::Running;
+                run_to(&mut r.status, RunStatus::Running)?;
                 r.started_at = when;
             }
             Attributes::ActivityTaskScheduledEventAttributes(s) => {
@@ -77,7 +84,7 @@ pub fn derive(wf: &Workflow, input: &DagInput, backend: &str, events: &[HistoryE
             }
             Attributes::ActivityTaskStartedEventAttributes(s) => {
                 if let Some(t) = scheduled.get(&s.scheduled_event_id).and_then(|n| r.tasks.get_mut(n)) {
-                    t.status = TaskStatus::Running;
+                    task_to(&mut t.status, TaskStatus::Running)?;
                     t.attempts = s.attempt.max(1) as u32;
                     t.started_at = t.started_at.or(when);
                 }
@@ -86,7 +93,7 @@ pub fn derive(wf: &Workflow, input: &DagInput, backend: &str, events: &[HistoryE
                 if let Some(name) = scheduled.get(&c.scheduled_event_id) {
                     in_flight.retain(|n| n != name);
                     if let Some(t) = r.tasks.get_mut(name) {
-                        t.status = TaskStatus::Succeeded;
+                        task_to(&mut t.status, TaskStatus::Succeeded)?;
                         t.output = Some(first_payload(&c.result));
                         t.attempts = t.attempts.max(1);
                         t.finished_at = when;
@@ -99,7 +106,7 @@ pub fn derive(wf: &Workflow, input: &DagInput, backend: &str, events: &[HistoryE
                     if let Some(t) = r.tasks.get_mut(name) {
                         let f = c.failure.as_ref();
                         let timed_out = f.and_then(failure_type) == Some(TIMED_OUT);
-                        t.status = if timed_out { TaskStatus::TimedOut } else { TaskStatus::Failed };
+                        task_to(&mut t.status, if timed_out { TaskStatus::TimedOut } else { TaskStatus::Failed })?;
                         t.error = Some(f.map(root_message).unwrap_or_else(|| "failed".into()));
                         t.attempts = t.attempts.max(1);
                         t.finished_at = when;
@@ -111,7 +118,7 @@ pub fn derive(wf: &Workflow, input: &DagInput, backend: &str, events: &[HistoryE
                     in_flight.retain(|n| n != name);
                     if let Some(t) = r.tasks.get_mut(name) {
                         let why = c.failure.as_ref().map(root_message).unwrap_or_default();
-                        t.status = TaskStatus::TimedOut;
+                        task_to(&mut t.status, TaskStatus::TimedOut)?;
                         t.error = Some(format!("attempt {} timed out ({why})", t.attempts.max(1)));
                         t.attempts = t.attempts.max(1);
                         t.finished_at = when;
@@ -122,31 +129,31 @@ pub fn derive(wf: &Workflow, input: &DagInput, backend: &str, events: &[HistoryE
                 if let Some(name) = scheduled.get(&c.scheduled_event_id) {
                     in_flight.retain(|n| n != name);
                     if let Some(t) = r.tasks.get_mut(name) {
-                        t.status = TaskStatus::Cancelled;
+                        task_to(&mut t.status, TaskStatus::Cancelled)?;
                         t.error = Some("cancelled".into());
                         t.finished_at = when;
                     }
                 }
             }
             Attributes::WorkflowExecutionCompletedEventAttributes(_) => {
-                r.status = RunStatus::Succeeded;
+                run_to(&mut r.status, RunStatus::Succeeded)?;
                 r.finished_at = when;
             }
             Attributes::WorkflowExecutionFailedEventAttributes(f) => {
-                r.status = RunStatus::Failed;
+                run_to(&mut r.status, RunStatus::Failed)?;
                 r.finished_at = when;
                 close_failure = f.failure.clone();
             }
             Attributes::WorkflowExecutionTimedOutEventAttributes(_) => {
-                r.status = RunStatus::TimedOut;
+                run_to(&mut r.status, RunStatus::TimedOut)?;
                 r.finished_at = when;
             }
             Attributes::WorkflowExecutionCanceledEventAttributes(_) => {
-                r.status = RunStatus::Cancelled;
+                run_to(&mut r.status, RunStatus::Cancelled)?;
                 r.finished_at = when;
             }
             Attributes::WorkflowExecutionTerminatedEventAttributes(t) => {
-                r.status = RunStatus::Cancelled;
+                run_to(&mut r.status, RunStatus::Cancelled)?;
                 r.finished_at = when;
                 r.error = Some(format!("the run was terminated in Temporal: {}", t.reason));
             }
@@ -158,7 +165,7 @@ pub fn derive(wf: &Workflow, input: &DagInput, backend: &str, events: &[HistoryE
         if let Some(t) = r.tasks.get_mut(&p.activity_id) {
             let started = p.state == PendingActivityState::Started as i32;
             if started || p.attempt > 1 {
-                t.status = TaskStatus::Running;
+                task_to(&mut t.status, TaskStatus::Running)?;
                 t.attempts = p.attempt.max(1) as u32;
                 t.started_at = t.started_at.or(at(&p.last_started_time));
                 if let Some(f) = &p.last_failure {
@@ -168,13 +175,33 @@ pub fn derive(wf: &Workflow, input: &DagInput, backend: &str, events: &[HistoryE
         }
     }
     if r.status.is_terminal() {
-        finish(wf, &mut r, &in_flight, close_failure.as_ref());
+        finish(wf, &mut r, &in_flight, close_failure.as_ref())?;
     }
-    r
+    Ok(r)
+}
+
+/// A task's next status, through the transition table. The history may skip
+/// a step the scheduler took: an activity scheduled (the core started the
+/// task) whose start was never recorded before it timed out or failed
+/// passes through `running`.
+fn task_to(status: &mut TaskStatus, to: TaskStatus) -> Result<(), IllegalTransition> {
+    if *status == TaskStatus::Pending && !status.can_become(to) {
+        status.transition(TaskStatus::Running)?;
+    }
+    status.transition(to)
+}
+
+/// The run's next status, through the transition table; a run that closes
+/// before its first workflow task started passes through `running`.
+fn run_to(status: &mut RunStatus, to: RunStatus) -> Result<(), IllegalTransition> {
+    if *status == RunStatus::Queued && !status.can_become(to) {
+        status.transition(RunStatus::Running)?;
+    }
+    status.transition(to)
 }
 
 /// Statuses of the tasks a closed execution left unfinished.
-fn finish(wf: &Workflow, r: &mut RunResult, in_flight: &[String], close_failure: Option<&Failure>) {
+fn finish(wf: &Workflow, r: &mut RunResult, in_flight: &[String], close_failure: Option<&Failure>) -> Result<(), IllegalTransition> {
     let timeout = humantime::format_duration(wf.timeout.unwrap_or_default()).to_string();
     match r.status {
         RunStatus::TimedOut => r.error = Some(format!("the run timed out after {timeout}")),
@@ -210,19 +237,24 @@ fn finish(wf: &Workflow, r: &mut RunResult, in_flight: &[String], close_failure:
         let Some(t) = r.tasks.get_mut(name) else { continue };
         t.finished_at = finished_at;
         if was_in_flight {
-            (t.status, t.error) = match end {
-                RunStatus::TimedOut => (TaskStatus::TimedOut, Some("stopped: the run timed out".into())),
-                _ => (TaskStatus::Cancelled, Some("cancelled".into())),
+            let (status, error) = match end {
+                RunStatus::TimedOut => (TaskStatus::TimedOut, "stopped: the run timed out"),
+                _ => (TaskStatus::Cancelled, "cancelled"),
             };
+            task_to(&mut t.status, status)?;
+            t.error = Some(error.into());
             continue;
         }
-        (t.status, t.skip_reason) = match (blamed, end) {
+        let (status, reason) = match (blamed, end) {
             (Some(reason), _) => (TaskStatus::Skipped, Some(reason)),
             (None, RunStatus::Cancelled) => (TaskStatus::Cancelled, Some("run cancelled".into())),
             (None, RunStatus::TimedOut) => (TaskStatus::Skipped, Some(format!("run timed out after {timeout}"))),
             (None, _) => (TaskStatus::Skipped, Some("not reached".into())),
         };
+        task_to(&mut t.status, status)?;
+        t.skip_reason = reason;
     }
+    Ok(())
 }
 
 fn is_ancestor(wf: &Workflow, a: usize, of: usize) -> bool {

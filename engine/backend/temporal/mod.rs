@@ -210,7 +210,8 @@ impl TemporalBackend {
                 }
             }
         };
-        Ok(history::derive(&wf, &input, &self.name, &events, &pending))
+        history::derive(&wf, &input, &self.name, &events, &pending)
+            .map_err(|e| BackendError::Permanent { backend: self.name.clone(), reason: format!("history of run `{run_id}`: {e}") })
     }
 
     /// Wait until the run's execution closes or `within` elapses: one long
