@@ -5,7 +5,9 @@ mod bench;
 mod doctor;
 mod flags;
 mod migration;
+mod report;
 mod run;
+mod runs;
 mod serve;
 mod validate;
 mod worker;
@@ -74,7 +76,7 @@ pub enum Command {
     /// Recorded runs: list, show, cancel.
     Runs {
         #[command(subcommand)]
-        command: Option<run::RunsCommand>,
+        command: Option<runs::RunsCommand>,
     },
     /// Measure the engine: run workloads and validation, report figures.
     Bench(bench::BenchArgs),
@@ -141,7 +143,7 @@ fn run(cli: Cli) -> anyhow::Result<ExitCode> {
         Command::Graph { target, format } => validate::graph(&target, format, cli.config.as_deref()),
         Command::Explain { code } => Ok(validate::explain(code.as_deref())),
         Command::Run(args) => runtime()?.block_on(run::run(args, cli.config.as_deref())),
-        Command::Runs { command } => runtime()?.block_on(run::runs(command, cli.config.as_deref())),
+        Command::Runs { command } => runtime()?.block_on(runs::runs(command, cli.config.as_deref())),
         Command::Bench(args) => runtime()?.block_on(bench::bench(args, cli.config.as_deref())),
         Command::Serve(args) => runtime()?.block_on(serve::serve(args, cli.config.as_deref())),
         Command::Status(args) => runtime()?.block_on(serve::status(args)),
