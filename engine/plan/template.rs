@@ -901,6 +901,9 @@ mod tests {
             ("{{{input.obj}}}", r#"{"k":[1,2],"s":"a b"}"#),
             ("{{input.x}}|{{input.n}}|{{input.nul}}|{{input.t}}", "it's|3||true"),
             ("{{#each input.obj}}{{@key}}={{this}};{{/each}}", r#"k=[1,2];s=a b;"#),
+            ("{{#each input.list as |item i|}}{{i}}:{{item}};{{/each}}", r#"0:1;1:a;2:;3:{"k":"v"};"#),
+            ("{{#each input.obj.k}}{{@first}}{{../run.id}}{{@root.input.n}};{{/each}}", "truer13;falser13;"),
+            ("{{#with input.obj as |o|}}{{o.k}}{{/with}}", "[1,2]"),
         ] {
             let mut t = Templates::new();
             let v = t.compile_str("/x", src).expect("compiles");
