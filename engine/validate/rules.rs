@@ -680,7 +680,7 @@ impl Rules<'_> {
         let lead = &template[open..range.start];
         let word = &template[range.clone()];
         let width = word.chars().count() as u32;
-        if lead.contains('\n') || lead.contains('"') || lead.contains('\\') {
+        if lead.contains(['\n', '"', '\'', '\\']) {
             let at = self.locate(node, word)?;
             return Some(Span::new(at.start.line, at.start.column, at.start.line, at.start.column + width));
         }
