@@ -562,18 +562,13 @@ pub struct MigrationReport {
 
 /// Render a rule's `entity` template for a run.
 fn render_entity(t: &str, wf: &Workflow, input: &Value, context: &Value, run_id: &str, entity_id: Option<&str>) -> Result<String, String> {
-    let mut hb = handlebars::Handlebars::new();
-    hb.set_strict_mode(true);
-    hb.register_escape_fn(handlebars::no_escape);
     let ctx = serde_json::json!({
         "input": input,
         "context": context,
         "run": {"id": run_id, "entity_id": entity_id.unwrap_or(run_id)},
         "workflow": {"name": wf.name, "version": wf.version},
     });
-    let entity = hb
-        .render_template(t, &ctx)
-        .map_err(|e| format!("the rule's `entity` template `{t}`: {}", crate::plan::template::RenderError::from(&e)))?;
+    let entity = crate::plan::template::render_text_once(t, &ctx).map_err(|e| format!("the rule's `entity` template `{t}`: {e}"))?;
     if entity.is_empty() {
         return Err(format!("the rule's `entity` template `{t}` rendered an empty entity id"));
     }

@@ -471,3 +471,61 @@ fn a_closed_output_pipe_ends_the_command() {
         assert!(status.is_some(), "the command hung after its stderr was closed (first line: {first:?})");
     }
 }
+
+/// The README's `workflows/report.yaml` with its mistake fixed (`parents:
+/// [fetch]`), and `fetch` reading a file instead of the network.
+const REPORT: &str = r#"# yaml-language-server: $schema=../schemas/workflow.schema.json
+version: 1
+name: report
+timeout: 10m
+tasks:
+  - name: fetch
+    run: [cat, data.json]
+    output: json
+  - name: summarise
+    parents: [fetch]
+    uses: llm
+    with: {prompt: "Summarise: {{tasks.fetch.output}}"}
+"#;
+
+/// The README's report workflow runs end to end on the local backend, and
+/// the LLM is sent the fetched JSON as compact JSON inside the prompt, never
+/// `[[object], [object]]`.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_readme_report_sends_the_fetched_json_to_the_llm() {
+    use wiremock::matchers::{method, path};
+    use wiremock::{Mock, MockServer, ResponseTemplate};
+    let server = MockServer::start().await;
+    Mock::given(method("POST"))
+        .and(path("/v1/chat/completions"))
+        .respond_with(ResponseTemplate::new(200).set_body_json(serde_json::json!({
+            "model": "gpt-test",
+            "choices": [{"index": 0, "message": {"role": "assistant", "content": "Two files."}}],
+            "usage": {"total_tokens": 9},
+        })))
+        .expect(1)
+        .mount(&server)
+        .await;
+    let dir = tempfile::tempdir().unwrap();
+    let data = r#"[{"id": 1, "name": "a b.txt"}, {"id": 2, "name": "c'd.txt", "tags": []}]"#;
+    write(dir.path(), "data.json", data);
+    write(dir.path(), "report.yaml", REPORT);
+    let mut cmd = tw(dir.path());
+    cmd.args(["run", "report.yaml", "--format", "json"])
+        .env("TASKWEAVE_LLM_BASE_URL", format!("{}/v1", server.uri()))
+        .env_remove("TASKWEAVE_LLM_API_KEY")
+        .env_remove("OPENAI_API_KEY")
+        .env_remove("OPENAI_BASE_URL");
+    let out = tokio::task::spawn_blocking(move || cmd.output().unwrap()).await.unwrap();
+    assert_eq!(out.status.code(), Some(0), "{}\n{}", String::from_utf8_lossy(&out.stdout), String::from_utf8_lossy(&out.stderr));
+    let r: Value = serde_json::from_slice(&out.stdout).unwrap();
+    assert_eq!(r["tasks"]["summarise"]["output"]["response"], "Two files.");
+
+    let requests = server.received_requests().await.expect("recorded");
+    let body: Value = serde_json::from_slice(&requests[0].body).unwrap();
+    let prompt = body["messages"][0]["content"].as_str().expect("a prompt");
+    assert!(!prompt.contains("[object]"), "{prompt}");
+    let compact = serde_json::to_string(&serde_json::from_str::<Value>(data).unwrap()).unwrap();
+    assert_eq!(prompt, format!("Summarise: {compact}"));
+    assert_eq!(prompt, r#"Summarise: [{"id":1,"name":"a b.txt"},{"id":2,"name":"c'd.txt","tags":[]}]"#);
+}

@@ -304,6 +304,24 @@ const YAML_CASES: &[Case] = &[
         expect: &[e("template-ref", (6, 18), Some((6, 24)), "did you mean `input`?")],
     },
     Case {
+        name: "unknown-helper: at the name, in text and in a shell script, nested too",
+        format: Y,
+        src: "version: 1\nname: demo\ntasks:\n  - name: a\n    uses: echo\n    with: {x: \"jsn {{jsn input.a}} {{#eachh input.b}}{{this}}{{/eachh}}\"}\n  - name: b\n    shell: |\n      echo start\n      echo {{ upperr (lowr input.a) }} {{json input.a}} {{#if (eq input.a 1)}}{{else iff input.b}}{{/if}}\n",
+        expect: &[
+            e("unknown-helper", (6, 22), Some((6, 25)), "did you mean `json`?"),
+            e("unknown-helper", (6, 39), Some((6, 44)), "did you mean `each`?"),
+            e("unknown-helper", (10, 15), Some((10, 21)), "did you mean `upper`?"),
+            e("unknown-helper", (10, 23), Some((10, 27)), "did you mean `lower`?"),
+            e("unknown-helper", (10, 86), Some((10, 89)), "did you mean `if`?"),
+        ],
+    },
+    Case {
+        name: "unknown-helper: no close name lists the helpers",
+        format: Y,
+        src: "version: 1\nname: demo\ntasks:\n  - name: a\n    uses: echo\n    with: {x: \"{{frobnicate input.a}}\"}\n",
+        expect: &[e("unknown-helper", (6, 18), Some((6, 28)), "the helpers are `if`, `unless`, `each`")],
+    },
+    Case {
         name: "template-ref: unknown task",
         format: Y,
         src: "version: 1\nname: demo\ntasks:\n  - name: fetch\n    uses: echo\n  - name: b\n    parents: [fetch]\n    uses: echo\n    with: {x: \"{{tasks.fetc.output}}\"}\n",

@@ -76,6 +76,10 @@ codes! {
         "A template reads something that cannot exist when the task runs: `tasks.X` where X is not an ancestor of the task, an input property that the input schema does not declare while it forbids others, or an unknown root (the roots are input, tasks, run, workflow and context).",
         "version: 1\nname: hello\ntasks:\n  - {name: a, uses: echo}\n  - {name: b, uses: echo, with: {x: \"{{tasks.a.output}}\"}}\n",
         "version: 1\nname: hello\ntasks:\n  - {name: a, uses: echo}\n  - {name: b, uses: echo, parents: [a], with: {x: \"{{tasks.a.output}}\"}}\n";
+    UnknownHelper = "unknown-helper", Error,
+        "A template calls a helper that does not exist (`{{jsn x}}`, `{{#eachh ...}}`), so it could never render. The help suggests the closest helper; the helpers are listed below.",
+        "version: 1\nname: hello\ninput: {type: object}\ntasks:\n  - name: a\n    uses: echo\n    with: {tags: \"{{joinn input.tags ', '}}\"}\n",
+        "version: 1\nname: hello\ninput: {type: object}\ntasks:\n  - name: a\n    uses: echo\n    with: {tags: \"{{join input.tags ', '}}\"}\n";
     TimeoutExceeds = "timeout-exceeds", Warning,
         "A task timeout is longer than the workflow timeout, so the workflow timeout will always cut the task first.",
         "version: 1\nname: hello\ntimeout: 10m\ntasks:\n  - {name: a, uses: echo, timeout: 1h}\n",
@@ -106,14 +110,22 @@ impl Code {
     /// The full text shown by `taskweave explain CODE`.
     pub fn explain(self) -> String {
         let (bad, good) = self.examples();
-        format!(
+        let mut text = format!(
             "{code} ({sev})\n\n{summary}\n\nExample that triggers it:\n\n{bad}\nFixed:\n\n{good}",
             code = self.as_str(),
             sev = self.severity().as_str(),
             summary = self.summary(),
             bad = indent(bad),
             good = indent(good),
-        )
+        );
+        if self == Code::UnknownHelper {
+            text.push_str(&format!(
+                "\nThe helpers (examples with input {}):\n\n{}",
+                crate::plan::helpers::EXAMPLE_INPUT,
+                crate::plan::helpers::helper_table()
+            ));
+        }
+        text
     }
 }
 

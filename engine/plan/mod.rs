@@ -6,6 +6,7 @@
 //! executor only accepts a `Workflow`, so an unresolved name can never reach a
 //! backend. Pure: no I/O.
 
+pub mod helpers;
 pub mod shell;
 pub mod template;
 

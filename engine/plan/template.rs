@@ -3,8 +3,10 @@
 //! Strings in a workflow are Handlebars templates, in strict mode (a missing
 //! value is an error, never an empty string) and without HTML escaping. A
 //! string that is exactly one `{{path}}` is replaced by the JSON value itself,
-//! so numbers stay numbers and objects stay objects. `shell` scripts render
-//! through a second registry whose escape function shell-quotes every value.
+//! so numbers stay numbers and objects stay objects; inside text, an object
+//! or an array is its compact JSON (see [`super::helpers`], which also holds
+//! the helpers a template may call). `shell` scripts render through a second
+//! registry whose escape function passes every value as one variable.
 //!
 //! Most templates are text with plain `{{root.a.b}}` reads. [`plain`]
 //! recognises those with a linear scan and gives what Handlebars' parser would
@@ -14,6 +16,7 @@
 //! else (blocks, helpers, escapes, raw output, whitespace control...) is
 //! parsed by Handlebars at once, behind the [`MAX_TEMPLATE_NESTING`] guard.
 
+use super::helpers;
 use handlebars::template::{Parameter, TemplateElement};
 use handlebars::{Handlebars, Path, PathSeg, RenderContext, Renderable, Template};
 use serde_json::{Map, Value};
@@ -260,13 +263,18 @@ impl Lazy {
         Lazy { source: source.to_string(), parsed: OnceLock::new(), plain: true }
     }
 
-    fn parsed(source: &str, t: Template) -> Lazy {
+    fn parsed(source: &str, mut t: Template) -> Lazy {
+        helpers::textify(&mut t);
         Lazy { source: source.to_string(), parsed: OnceLock::from(Ok(t)), plain: false }
     }
 
     fn template(&self) -> Result<&Template, RenderError> {
         self.parsed
-            .get_or_init(|| Template::compile(&self.source).map_err(|e| e.to_string()))
+            .get_or_init(|| {
+                let mut t = Template::compile(&self.source).map_err(|e| e.to_string())?;
+                helpers::textify(&mut t);
+                Ok(t)
+            })
             .as_ref()
             .map_err(|e| RenderError::Handlebars(e.clone()))
     }
@@ -293,8 +301,8 @@ impl Default for Templates {
 
 /// The two Handlebars registries: strict, no HTML escaping, and for shell
 /// scripts each value as a hole that [`super::shell::bind`] turns into an
-/// environment variable. They hold no templates and no workflow-specific
-/// helpers, so one pair serves every workflow.
+/// environment variable. Both hold the helpers of [`helpers::HELPERS`] and no
+/// templates, so one pair serves every workflow.
 fn registry(shell: bool) -> &'static Handlebars<'static> {
     static TEXT: OnceLock<Handlebars<'static>> = OnceLock::new();
     static SHELL: OnceLock<Handlebars<'static>> = OnceLock::new();
@@ -303,6 +311,7 @@ fn registry(shell: bool) -> &'static Handlebars<'static> {
         let mut h = Handlebars::new();
         h.set_strict_mode(true);
         h.register_escape_fn(escape);
+        helpers::register(&mut h);
         h
     })
 }
@@ -420,6 +429,15 @@ impl Templates {
     }
 }
 
+/// Render one template as text, once (a rule's `entity`): with the helpers,
+/// and objects and arrays as JSON, like every other text template.
+pub fn render_text_once(source: &str, ctx: &Value) -> Result<String, RenderError> {
+    let mut t = Templates::new();
+    let lazy = Lazy::parsed(source, parse(source).map_err(|e| RenderError::Handlebars(e.to_string()))?);
+    t.text.insert(String::new(), lazy);
+    t.capped(usize::MAX).render_text(false, "", ctx)
+}
+
 /// [`Templates`] rendering under a cap on the text of one template.
 pub struct Capped<'a> {
     templates: &'a Templates,
@@ -500,8 +518,8 @@ impl handlebars::Output for CappedOutput {
 
 /// Render a [`plain`] template (or a string with no template) as
 /// Handlebars would, without it: the text, and each read's value as
-/// Handlebars writes a value (strings as they are, `null` as nothing, arrays
-/// as `[a, b]`, objects as `[object]`), through the shell registry's escape
+/// [`helpers::text`] writes it (strings as they are, `null` as nothing,
+/// objects and arrays as compact JSON), through the shell registry's escape
 /// for a shell script. A missing value is an error, as in strict mode.
 fn render_plain(source: &str, ctx: &Value, shell: bool, max: usize) -> Result<String, RenderError> {
     let mut out = String::with_capacity(source.len());
@@ -515,7 +533,7 @@ fn render_plain(source: &str, ctx: &Value, shell: bool, max: usize) -> Result<St
         let segs: Vec<String> = path.split('.').map(str::to_string).collect();
         let v = lookup(ctx, &segs).ok_or_else(|| RenderError::Missing(path.to_string()))?;
         value.clear();
-        handlebars_text(v, &mut value);
+        helpers::text(v, &mut value);
         let grown = out.len() + if shell { value.len() * 2 + 6 } else { value.len() };
         if grown > max {
             return Err(RenderError::TooLarge(if shell { max / 2 } else { max }));
@@ -529,27 +547,6 @@ fn render_plain(source: &str, ctx: &Value, shell: bool, max: usize) -> Result<St
     }
     out.push_str(rest);
     Ok(out)
-}
-
-/// A JSON value as Handlebars writes it into text (its `JsonRender`).
-fn handlebars_text(v: &Value, out: &mut String) {
-    match v {
-        Value::String(s) => out.push_str(s),
-        Value::Bool(b) => out.push_str(if *b { "true" } else { "false" }),
-        Value::Number(n) => out.push_str(&n.to_string()),
-        Value::Null => {}
-        Value::Array(items) => {
-            out.push('[');
-            for (i, x) in items.iter().enumerate() {
-                if i > 0 {
-                    out.push_str(", ");
-                }
-                handlebars_text(x, out);
-            }
-            out.push(']');
-        }
-        Value::Object(_) => out.push_str("[object]"),
-    }
 }
 
 /// The path of a template that is exactly one plain `{{path}}` expression.
@@ -823,15 +820,42 @@ mod tests {
         assert_eq!(nesting(&"{{#if a}}".repeat(70)), 70);
     }
 
-    /// Rendering a fast-path template (parsed on first use) gives what
-    /// Handlebars gives for the same template registered the usual way.
-    #[test]
-    fn renders_like_a_registered_template() {
-        let ctx = json!({
-            "input": {"x": "it's", "n": 3, "list": [1, "a"], "obj": {"k": 1}, "nul": null, "t": true},
+    /// What the Handlebars path renders for a template (parsed, rewritten
+    /// by [`helpers::textify`], rendered by the registry), whether or not
+    /// the fast path would take it.
+    fn by_registry(s: &str, ctx: &Value, shell: bool) -> Result<String, RenderError> {
+        if !shell {
+            return render_text_once(s, ctx);
+        }
+        let mut t = Templates::new();
+        let lazy = Lazy::parsed(s, parse(s).map_err(|e| RenderError::Handlebars(e.to_string()))?);
+        if shell { &mut t.shell } else { &mut t.text }.insert("/t".into(), lazy);
+        t.capped(usize::MAX).render_text(shell, "/t", ctx)
+    }
+
+    /// A bound shell script with each variable reference replaced by its
+    /// value, as `sh` would see the words.
+    fn unbound(b: &crate::plan::shell::Bound) -> String {
+        let mut script = b.script.clone();
+        for (name, value) in b.vars.iter().rev() {
+            script = script.replace(&format!("\"${{{name}}}\""), value).replace(&format!("${{{name}}}"), value);
+        }
+        script
+    }
+
+    fn sample() -> Value {
+        json!({
+            "input": {"x": "it's", "n": 3, "list": [1, "a", null, {"k": "v"}], "obj": {"k": [1, 2], "s": "a b"}, "nul": null, "t": true},
             "tasks": {"a": {"output": {"b": "$(rm -rf /)"}}},
             "run": {"id": "r1", "attempt": 2},
-        });
+        })
+    }
+
+    /// Rendering a fast-path template (parsed on first use) gives what the
+    /// Handlebars path gives for the same template.
+    #[test]
+    fn renders_like_a_registered_template() {
+        let ctx = sample();
         let cases = [
             "x={{input.x}} n={{input.n}}",
             "{{input.list}} {{input.obj}} [{{input.nul}}] {{input.t}}",
@@ -841,16 +865,8 @@ mod tests {
             "missing: {{input.nope}}",
         ];
         for shell in [false, true] {
-            let mut reference = Handlebars::new();
-            reference.set_strict_mode(true);
-            if shell {
-                reference.register_escape_fn(crate::plan::shell::hole);
-            } else {
-                reference.register_escape_fn(handlebars::no_escape);
-            }
             for s in cases {
-                reference.register_template_string("t", s).expect("parses");
-                let want = reference.render("t", &ctx).map_err(|e| e.reason().to_string());
+                let want = by_registry(s, &ctx, shell);
                 let want = if shell { want.map(|w| format!("{:?}", crate::plan::shell::bind(&w).expect("binds"))) } else { want };
                 let mut t = Templates::new();
                 let got = if shell {
@@ -862,10 +878,141 @@ mod tests {
                 };
                 match (&want, &got) {
                     (Ok(w), Ok(g)) => assert_eq!(w, g, "{s} (shell: {shell})"),
-                    (Err(w), Err(RenderError::Missing(p))) => assert!(w.contains(p.as_str()), "{s}: {w} vs {p}"),
+                    (Err(RenderError::Missing(w)), Err(RenderError::Missing(p))) => assert_eq!(w, p, "{s}"),
                     _ => panic!("{s} (shell: {shell}): {want:?} vs {got:?}"),
                 }
             }
+        }
+    }
+
+    /// Inside text, an object or an array is its compact JSON, never
+    /// `[object]`: on the fast path, in blocks, from helpers and from `each`.
+    /// Strings, numbers, booleans and null are as before.
+    #[test]
+    fn objects_and_arrays_render_as_json_in_text() {
+        let ctx = sample();
+        for (src, want) in [
+            ("obj: {{input.obj}}", r#"obj: {"k":[1,2],"s":"a b"}"#),
+            ("list: {{ input.list }}", r#"list: [1,"a",null,{"k":"v"}]"#),
+            ("{{#if input.t}}{{input.obj}}{{/if}}", r#"{"k":[1,2],"s":"a b"}"#),
+            ("{{#each input.list}}<{{this}}>{{/each}}", r#"<1><a><><{"k":"v"}>"#),
+            ("{{#with input.obj}}{{k}}{{/with}}", "[1,2]"),
+            ("{{lookup input.list 3}}", r#"{"k":"v"}"#),
+            ("{{{input.obj}}}", r#"{"k":[1,2],"s":"a b"}"#),
+            ("{{input.x}}|{{input.n}}|{{input.nul}}|{{input.t}}", "it's|3||true"),
+            ("{{#each input.obj}}{{@key}}={{this}};{{/each}}", r#"k=[1,2];s=a b;"#),
+            ("{{#each input.list as |item i|}}{{i}}:{{item}};{{/each}}", r#"0:1;1:a;2:;3:{"k":"v"};"#),
+            ("{{#each input.obj.k}}{{@first}}{{../run.id}}{{@root.input.n}};{{/each}}", "truer13;falser13;"),
+            ("{{#with input.obj as |o|}}{{o.k}}{{/with}}", "[1,2]"),
+        ] {
+            let mut t = Templates::new();
+            let v = t.compile_str("/x", src).expect("compiles");
+            assert_eq!(t.render_string(&v, &ctx).expect("renders"), want, "{src}");
+            assert_eq!(by_registry(src, &ctx, false).expect("renders"), want, "{src} (Handlebars path)");
+            assert!(!t.render_string(&v, &ctx).unwrap().contains("[object]"));
+        }
+    }
+
+    /// In a `shell` script, an object or an array reaches the script as one
+    /// variable holding its whole JSON text: one word, never split.
+    #[test]
+    fn shell_gets_json_as_one_variable() {
+        let ctx = sample();
+        for src in ["echo {{input.obj}} \"{{input.list}}\"", "{{#if input.t}}echo {{input.obj}} \"{{input.list}}\"{{/if}}"] {
+            let mut t = Templates::new();
+            let name = t.compile_shell_reading("/s", src, &mut Reads::default()).expect("compiles");
+            let b = t.render_shell(&name, &ctx).expect("renders");
+            assert_eq!(b.script, "echo \"${TW_1}\" \"${TW_2}\"", "{src}");
+            assert_eq!(
+                b.vars,
+                [
+                    ("TW_1".to_string(), r#"{"k":[1,2],"s":"a b"}"#.to_string()),
+                    ("TW_2".to_string(), r#"[1,"a",null,{"k":"v"}]"#.to_string())
+                ],
+                "{src}"
+            );
+        }
+        // The whole output of a helper is one value too.
+        let mut t = Templates::new();
+        let name = t
+            .compile_shell_reading("/s", "printf '%s\\n' {{json input.x}} {{join input.obj.k \" \"}}", &mut Reads::default())
+            .expect("compiles");
+        let b = t.render_shell(&name, &ctx).expect("renders");
+        assert_eq!(b.script, "printf '%s\\n' \"${TW_1}\" \"${TW_2}\"");
+        assert_eq!(b.vars, [("TW_1".to_string(), "\"it's\"".to_string()), ("TW_2".to_string(), "1 2".to_string())]);
+        let out = std::process::Command::new("sh").arg("-c").arg(&b.script).envs(b.vars.iter().cloned()).output().expect("sh runs");
+        assert_eq!(String::from_utf8_lossy(&out.stdout), "\"it's\"\n1 2\n");
+    }
+
+    /// Every helper of the documented list renders its example as
+    /// documented, in text and in `shell` scripts.
+    #[test]
+    fn every_helper_renders_its_example() {
+        let input: Value = serde_json::from_str(helpers::EXAMPLE_INPUT).expect("example input is JSON");
+        let ctx = json!({ "input": input });
+        for h in helpers::HELPERS {
+            assert!(h.example.contains(h.name), "{}: its example calls it", h.name);
+            let mut t = Templates::new();
+            let v = t.compile_str("/x", h.example).unwrap_or_else(|e| panic!("{}: {e}", h.name));
+            assert_eq!(t.render_string(&v, &ctx).unwrap_or_else(|e| panic!("{}: {e}", h.name)), h.renders, "{}", h.name);
+            let name = t.compile_shell_reading("/s", h.example, &mut Reads::default()).unwrap_or_else(|e| panic!("{}: {e}", h.name));
+            let b = t.render_shell(&name, &ctx).unwrap_or_else(|e| panic!("{} (shell): {e}", h.name));
+            assert_eq!(unbound(&b), h.renders, "{} (shell)", h.name);
+        }
+        assert!(helpers::is_helper("json") && !helpers::is_helper("log") && !helpers::is_helper("taskweave text"));
+    }
+
+    /// The helpers, case by case: values keep their JSON type through
+    /// subexpressions, `default` takes a missing value in strict mode, and
+    /// misuse is an error in words.
+    #[test]
+    fn helpers_case_by_case() {
+        let ctx = sample();
+        let ok = |src: &str| {
+            let mut t = Templates::new();
+            let v = t.compile_str("/x", src).expect("compiles");
+            t.render_string(&v, &ctx).unwrap_or_else(|e| panic!("{src}: {e}"))
+        };
+        let err = |src: &str| {
+            let mut t = Templates::new();
+            let v = t.compile_str("/x", src).expect("compiles");
+            t.render_string(&v, &ctx).expect_err(src)
+        };
+        for (src, want) in [
+            ("{{json input.obj}}", r#"{"k":[1,2],"s":"a b"}"#),
+            ("{{json input.x}}", r#""it's""#),
+            ("{{json input.n}} {{json input.nul}} {{json input.t}}", "3 null true"),
+            ("{{json tasks.a.output}}", r#"{"b":"$(rm -rf /)"}"#),
+            ("{{len input.list}} {{len input.obj}} {{len input.x}}", "4 2 4"),
+            ("{{default input.nope \"none\"}}", "none"),
+            ("{{default input.nul \"none\"}}", "none"),
+            ("{{default input.n \"none\"}}", "3"),
+            ("{{default input.obj \"none\"}}", r#"{"k":[1,2],"s":"a b"}"#),
+            ("{{default input.nope input.obj}}", r#"{"k":[1,2],"s":"a b"}"#),
+            ("{{json (default input.nope input.list)}}", r#"[1,"a",null,{"k":"v"}]"#),
+            ("{{default input.x \"\"}}", "it's"),
+            ("{{join input.list \", \"}}", r#"1, a, , {"k":"v"}"#),
+            ("{{join input.obj.k}}", "1, 2"),
+            ("{{join input.obj.k \"\"}}", "12"),
+            ("{{upper input.x}} {{lower \"ÀB\"}} [{{trim \" a b \"}}]", "IT'S àb [a b]"),
+            ("{{upper (join input.obj.k \"-\")}}", "1-2"),
+            ("{{#if (eq (len input.list) 4)}}four{{/if}}", "four"),
+            ("{{#each (default input.nope input.obj.k)}}{{this}};{{/each}}", "1;2;"),
+            ("{{#json input.obj}}{{/json}}", r#"{"k":[1,2],"s":"a b"}"#),
+        ] {
+            assert_eq!(ok(src), want, "{src}");
+        }
+        for (src, want) in [
+            ("{{json input.nope}}", "template reads `input.nope`, which has no value"),
+            ("{{upper input.nope}} x", "template reads `input.nope`, which has no value"),
+            ("{{join input.nope \", \"}}", "template reads `input.nope`, which has no value"),
+            ("{{default input.nope input.nada}}", "template reads `input.nada`, which has no value"),
+            ("{{join input.obj \", \"}}", "`join` needs an array, and its value is an object"),
+            ("x {{json}}", "`json` needs a value"),
+            ("{{default input.x}}", "`default` needs a value and a fallback"),
+        ] {
+            let e = err(src).to_string();
+            assert!(e.contains(want), "{src}: {e}");
         }
     }
 
@@ -933,8 +1080,9 @@ mod tests {
             }
         }
 
-        /// A plain template renders, without Handlebars, to what Handlebars
-        /// renders (text and shell scripts; a missing value is an error in both).
+        /// A plain template renders, without Handlebars, to what the
+        /// Handlebars path renders (text and shell scripts, objects and
+        /// arrays as JSON; a missing value is an error in both).
         #[test]
         fn plain_renders_agree(pieces in proptest::collection::vec((
             "[a-z ,:']{0,5}",
@@ -958,10 +1106,7 @@ mod tests {
             }
             prop_assume!(plain(&s).is_some());
             for shell in [false, true] {
-                let mut reference = Handlebars::new();
-                reference.set_strict_mode(true);
-                reference.register_escape_fn(if shell { crate::plan::shell::hole } else { handlebars::no_escape });
-                let want = reference.render_template(&s, &ctx).ok();
+                let want = by_registry(&s, &ctx, shell).ok();
                 let got = render_plain(&s, &ctx, shell, usize::MAX).ok();
                 prop_assert_eq!(got, want, "{} (shell: {})", s, shell);
             }

@@ -6,6 +6,7 @@
 //! another part of the file breaks the schema.
 
 use crate::diag::{Code, Diagnostic, Span, did_you_mean};
+use crate::plan::helpers;
 use crate::plan::parse_duration;
 use crate::plan::template::{self, MAX_TEMPLATE_NESTING, ROOTS, nesting};
 use crate::spec::node::{Node, NodeKind, pointer_seg};
@@ -473,8 +474,8 @@ impl Rules<'_> {
             let node_span = || *node_cell.get_or_init(|| root.span_at(ptr));
             // Most templates are plain `{{root.path}}` reads, which need no
             // parser; anything else goes through Handlebars.
-            let (paths, unsafe_shell) = match template::plain(s) {
-                Some(p) => (p.reads.into_iter().map(Cow::Borrowed).collect::<Vec<_>>(), None),
+            let (paths, unsafe_shell, calls) = match template::plain(s) {
+                Some(p) => (p.reads.into_iter().map(Cow::Borrowed).collect::<Vec<_>>(), None, Vec::new()),
                 // Handlebars builds nested blocks and subexpressions
                 // recursively: refuse what could exhaust the stack.
                 None if nesting(s) > MAX_TEMPLATE_NESTING => {
@@ -490,7 +491,11 @@ impl Rules<'_> {
                     continue;
                 }
                 None => match handlebars::Template::compile(s) {
-                    Ok(tpl) => (template::referenced_paths(&tpl).into_iter().map(Cow::Owned).collect(), template::shell_unsafe(&tpl)),
+                    Ok(tpl) => (
+                        template::referenced_paths(&tpl).into_iter().map(Cow::Owned).collect(),
+                        template::shell_unsafe(&tpl),
+                        helpers::calls(&tpl),
+                    ),
                     Err(e) => {
                         let (span, message) = match unclosed(s) {
                             // The parser's message for this common slip names a
@@ -534,6 +539,7 @@ impl Rules<'_> {
                     ));
                 }
             }
+            self.unknown_helpers(node_span, s, &calls);
             for raw in paths {
                 if raw.starts_with('@') || raw == "this" || raw.starts_with("this.") || raw.starts_with("../") {
                     continue;
@@ -542,7 +548,7 @@ impl Rules<'_> {
                 let span = |me: &Self| me.locate(node_span(), &raw).unwrap_or_else(node_span);
                 let root = segs[0];
                 if !ROOTS.contains(&root) {
-                    if ["if", "unless", "each", "with", "lookup", "else", "log"].contains(&root) {
+                    if root == "else" || helpers::is_helper(root) {
                         continue;
                     }
                     let mut d = Diagnostic::new(
@@ -636,6 +642,51 @@ impl Rules<'_> {
             };
             self.task_ref(ancestor, &span, &raw, tasks, tid, task, field.as_deref());
         }
+    }
+
+    /// An `unknown-helper` error for each call of a helper that does not
+    /// exist, at the helper's name (the place of each call is found in the
+    /// template's text, in order).
+    fn unknown_helpers(&mut self, node_span: impl Fn() -> Span, s: &str, calls: &[String]) {
+        let mut from = 0;
+        for name in calls.iter().filter(|n| !helpers::is_helper(n)) {
+            let site = helpers::call_site(s, name, from);
+            let span = match site {
+                Some(site) => {
+                    from = site.end;
+                    self.locate_range(node_span(), s, site)
+                }
+                None => None,
+            }
+            .unwrap_or_else(&node_span);
+            let d = Diagnostic::new(Code::UnknownHelper, self.file, span, format!("template calls `{name}`, which is not a helper"));
+            let list = "`taskweave explain unknown-helper` lists them";
+            self.push(match did_you_mean(name, helpers::HELPERS.iter().map(|h| h.name)) {
+                Some(h) => d.with_help(format!("did you mean `{h}`? {list}")),
+                None => d.with_help(format!(
+                    "the helpers are {}; {list}",
+                    helpers::HELPERS.iter().map(|h| format!("`{}`", h.name)).collect::<Vec<_>>().join(", ")
+                )),
+            });
+        }
+    }
+
+    /// The span of a byte range of a template's text in the source: found
+    /// with the text from the `{{` or `(` before it, so a word that also
+    /// occurs in plain text earlier is not taken for it.
+    fn locate_range(&self, node: Span, template: &str, range: std::ops::Range<usize>) -> Option<Span> {
+        let before = &template[..range.start];
+        let open = before.rfind("{{").into_iter().chain(before.rfind('(')).max().unwrap_or(range.start);
+        let lead = &template[open..range.start];
+        let word = &template[range.clone()];
+        let width = word.chars().count() as u32;
+        if lead.contains(['\n', '"', '\'', '\\']) {
+            let at = self.locate(node, word)?;
+            return Some(Span::new(at.start.line, at.start.column, at.start.line, at.start.column + width));
+        }
+        let at = self.locate(node, &template[open..range.end])?;
+        let column = at.start.column + lead.chars().count() as u32;
+        Some(Span::new(at.start.line, column, at.start.line, column + width))
     }
 
     /// The verdict on a template of `task` reading `tasks.<target>...`.
