@@ -17,8 +17,9 @@ use time::OffsetDateTime;
 pub struct WorkerInfo {
     /// How the backend names this worker (unique among its workers).
     pub id: String,
-    /// What it is: `taskweave` (a `taskweave worker` or this process), or
-    /// `celery` (a Python Celery worker).
+    /// What it is: `taskweave` (a `taskweave worker` or this process),
+    /// `celery` (a Python Celery worker) or `other` (a poller of another
+    /// Temporal SDK).
     pub runtime: String,
     pub host: String,
     /// The process id, when the worker says.
