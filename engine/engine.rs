@@ -482,6 +482,16 @@ impl Engine {
         })
     }
 
+    /// The live workers of one backend (`Some(name)`; an unknown name is
+    /// [`EngineError::UnknownBackend`]) or of every backend, in name order,
+    /// each with its answer or why it could not be asked.
+    pub async fn workers(&self, backend: Option<&str>) -> Result<Vec<crate::backend::workers::Surveyed>, EngineError> {
+        match backend {
+            Some(name) => Ok(vec![crate::backend::workers::ask(Arc::clone(self.backend(name)?)).await]),
+            None => Ok(crate::backend::workers::survey(&self.inner.backends).await),
+        }
+    }
+
     fn backend(&self, name: &str) -> Result<&Arc<dyn Backend>, EngineError> {
         self.inner
             .backends

@@ -626,7 +626,7 @@ async fn doctor_and_worker_say_what_is_wrong_in_one_line() {
     let dir = bad_config(&url_for(&db));
     let (_, line) = doctor_line(dir.path());
     assert!(line.starts_with("ok"), "a fresh database is prepared: {line}");
-    assert!(line.contains("queue schema `taskweave_queue` version 1"), "{line}");
+    assert!(line.contains("queue schema `taskweave_queue` version 2"), "{line}");
     {
         let mut c = sqlx::PgConnection::connect(&url_for(&db)).await.expect("connect");
         sqlx::query(

@@ -2,8 +2,9 @@
 //!
 //! It lists workflows and their reload status, starts runs, serves results
 //! (with long-polling), cancels, lists history, streams run/task/reload
-//! events as server-sent events, serves the migration dashboard, exposes
-//! Prometheus metrics and its own OpenAPI document. It touches the engine only through the [`Engine`]
+//! events as server-sent events, serves the migration dashboard, lists the
+//! live workers of every backend, exposes Prometheus metrics and its own
+//! OpenAPI document. It touches the engine only through the [`Engine`]
 //! facade and its registry; it owns no state but its metrics.
 //!
 //! Every error is an [`ApiError`] (`{"error": {"code", "message", "details"}}`),
@@ -23,11 +24,13 @@ mod migration;
 mod runs;
 pub mod server;
 pub mod token;
+mod workers;
 mod workflows;
 
 pub use error::{ApiError, ErrorCode};
 pub use metrics::Metrics;
 pub use runs::RunBody;
+pub use workers::entry as workers_entry;
 
 use crate::engine::Engine;
 use axum::Router;
@@ -115,6 +118,7 @@ fn route_handlers() -> Routes {
         (Method::POST, "/v1/runs/{id}/cancel", post(runs::cancel)),
         (Method::GET, "/v1/events", get(events::events)),
         (Method::GET, "/v1/migration", get(migration::status)),
+        (Method::GET, "/v1/workers", get(workers::list)),
     ]
 }
 

@@ -70,6 +70,7 @@ pub struct LocalBackend {
     options: LocalOptions,
     shutdown: CancellationToken,
     tracker: tokio_util::task::TaskTracker,
+    started_at: time::OffsetDateTime,
 }
 
 impl LocalBackend {
@@ -87,6 +88,7 @@ impl LocalBackend {
             options,
             shutdown: CancellationToken::new(),
             tracker: tokio_util::task::TaskTracker::new(),
+            started_at: time::OffsetDateTime::now_utc(),
         });
         if b.store.is_some() {
             // Cancel requests made by other processes (`taskweave runs cancel`).
@@ -239,6 +241,26 @@ impl Backend for LocalBackend {
 
     async fn check(&self) -> Result<String, BackendError> {
         Ok("local (embedded): always available".into())
+    }
+
+    /// This process is the backend's one worker: it executes the runs it
+    /// accepted, so nothing ever waits for another.
+    async fn workers(&self) -> Result<super::WorkerReport, BackendError> {
+        let running = lock(&self.runs).values().filter(|r| !*r.done.borrow()).count();
+        let mut r = super::WorkerReport::new(&self.name, self.kind());
+        r.workers.push(super::WorkerInfo {
+            id: format!("{}@{}", std::process::id(), super::workers::hostname()),
+            runtime: "taskweave".into(),
+            host: super::workers::hostname().to_string(),
+            pid: Some(std::process::id()),
+            queues: Vec::new(),
+            concurrency: None,
+            running: Some(u32::try_from(running).unwrap_or(u32::MAX)),
+            started_at: Some(self.started_at),
+            last_heartbeat: Some(time::OffsetDateTime::now_utc()),
+        });
+        r.note = Some("runs execute in the process that starts them (this one)".into());
+        Ok(r)
     }
 
     async fn shutdown(&self) {

@@ -17,6 +17,7 @@ pub mod local;
 pub mod postgres;
 #[cfg(feature = "temporal")]
 pub mod temporal;
+pub mod workers;
 
 use crate::plan::Workflow;
 use crate::run::executor::Executor;
@@ -27,6 +28,7 @@ use std::collections::BTreeMap;
 use std::sync::Arc;
 use std::time::Duration;
 use tokio_util::sync::CancellationToken;
+pub use workers::{WorkerInfo, WorkerReport};
 
 /// A run to start.
 #[derive(Debug, Clone)]
@@ -113,6 +115,14 @@ pub trait Backend: Send + Sync + 'static {
             backend: self.name().to_string(),
             reason: format!("a `{}` backend has no workers: its runs execute in the process that starts them", self.kind()),
         })
+    }
+    /// The live workers of this backend and the tasks waiting for one
+    /// (`taskweave workers`, `GET /v1/workers`, `doctor`). A backend that
+    /// cannot tell says so in the report's note.
+    async fn workers(&self) -> Result<WorkerReport, BackendError> {
+        let mut r = WorkerReport::new(self.name(), self.kind());
+        r.note = Some(format!("a `{}` backend does not report its workers", self.kind()));
+        Ok(r)
     }
 }
 

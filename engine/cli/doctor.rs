@@ -1,5 +1,6 @@
 //! `taskweave doctor`: is every configured backend, the store, the flag
-//! source and every workflow folder usable? One line per check.
+//! source and every workflow folder usable? One line per check, and a
+//! warning for each backend with tasks queued that no live worker takes.
 
 use crate::config::Config;
 use std::path::Path;
@@ -18,6 +19,7 @@ pub async fn doctor(config: Option<&Path>) -> anyhow::Result<ExitCode> {
         Err(e) => return Ok(super::config_error(&e)),
     };
     let mut checks = Vec::new();
+    let mut warnings = Vec::new();
     checks.push(Check {
         what: "config".into(),
         ok: true,
@@ -51,32 +53,24 @@ pub async fn doctor(config: Option<&Path>) -> anyhow::Result<ExitCode> {
             });
             continue;
         }
-        let ctx = crate::backend::DriverContext {
-            name: name.clone(),
-            kind: kind.clone(),
-            options: config.backends.get(&name).map(|b| b.options.clone()).unwrap_or_default(),
-            executor: crate::run::executor::Executor {
-                handlers: std::sync::Arc::new(crate::run::actions::Handlers::builtin_with(crate::run::actions::BuiltinSettings {
-                    llm: crate::run::actions::handlers::LlmConfig::from_env(),
-                    extract_text: config.actions.extract_text_settings(),
-                })),
-                limits: std::sync::Arc::new(config.actions.limits()),
-                writer: None,
-                events: None,
-            },
-            store: None,
-            registry: std::sync::Arc::clone(&registry),
-        };
         let checked = tokio::time::timeout(Duration::from_secs(10), async {
-            let backend = crate::backend::open(ctx).await?.ok_or_else(|| crate::backend::BackendError::Permanent {
-                backend: name.clone(),
-                reason: format!("kind `{kind}` is not built into this binary"),
-            })?;
+            let backend = open_backend(&config, &name, &kind, &registry).await?;
             let line = backend.check().await;
-            backend.shutdown().await;
-            line
+            Ok::<_, crate::backend::BackendError>((backend, line))
         })
         .await;
+        let checked = match checked {
+            Ok(Ok((backend, line))) => {
+                if line.is_ok() {
+                    // Tasks waiting for workers that are not there: say so.
+                    warnings.extend(unserved(&name, &kind, crate::backend::workers::ask(std::sync::Arc::clone(&backend)).await));
+                }
+                backend.shutdown().await;
+                Ok(line)
+            }
+            Ok(Err(e)) => Ok(Err(e)),
+            Err(timeout) => Err(timeout),
+        };
         checks.push(match checked {
             Ok(Ok(detail)) => Check { what, ok: true, detail },
             Ok(Err(e)) => Check { what, ok: false, detail: e.to_string() },
@@ -107,18 +101,75 @@ pub async fn doctor(config: Option<&Path>) -> anyhow::Result<ExitCode> {
             }
         });
     }
-    let width = checks.iter().map(|c| c.what.len()).max().unwrap_or(0);
+    let width = checks.iter().chain(&warnings).map(|c| c.what.len()).max().unwrap_or(0);
     for c in &checks {
         println!("{} {:<width$}  {}", if c.ok { "ok  " } else { "FAIL" }, c.what, c.detail);
     }
+    for c in &warnings {
+        println!("warn {:<width$}  {}", c.what, c.detail);
+    }
     let failed = checks.iter().filter(|c| !c.ok).count();
+    let warned = if warnings.is_empty() { String::new() } else { format!(", {} warning(s)", warnings.len()) };
     if failed > 0 {
-        println!("{failed} problem(s) found");
+        println!("{failed} problem(s) found{warned}");
         Ok(ExitCode::from(1))
     } else {
-        println!("everything answers");
+        println!("everything answers{warned}");
         Ok(ExitCode::SUCCESS)
     }
+}
+
+/// A warning when the backend has tasks queued that no live worker takes,
+/// or when it could not say which workers are live.
+fn unserved(name: &str, kind: &str, surveyed: crate::backend::workers::Surveyed) -> Option<Check> {
+    let what = format!("workers {name}");
+    let report = match surveyed.report {
+        Ok(r) => r,
+        Err(e) => return Some(Check { what, ok: true, detail: format!("cannot list the live workers: {e}") }),
+    };
+    let unserved = report.unserved();
+    if unserved.is_empty() {
+        return None;
+    }
+    let queues: Vec<String> = unserved.iter().map(|(q, n)| format!("{n} in `{q}`")).collect();
+    let flags: String = unserved.iter().map(|(q, _)| format!(" --queue {q}")).collect();
+    let start = if kind == "celery" {
+        let python: String = unserved.iter().map(|(q, _)| q.to_string()).collect::<Vec<_>>().join(",");
+        format!("start `taskweave worker --backend {name}{flags}`, or a Python Celery worker with `-Q {python}` for `celery:` tasks")
+    } else {
+        format!("start one with `taskweave worker --backend {name}{flags}`")
+    };
+    Some(Check { what, ok: true, detail: format!("task(s) queued and no live worker takes them: {}; {start}", queues.join(", ")) })
+}
+
+/// Open one configured backend to look at it (`doctor`, `taskweave
+/// workers`): no run store, and no workflows of its own.
+pub(crate) async fn open_backend(
+    config: &Config,
+    name: &str,
+    kind: &str,
+    registry: &std::sync::Arc<crate::reload::Registry>,
+) -> Result<std::sync::Arc<dyn crate::backend::Backend>, crate::backend::BackendError> {
+    let ctx = crate::backend::DriverContext {
+        name: name.to_string(),
+        kind: kind.to_string(),
+        options: config.backends.get(name).map(|b| b.options.clone()).unwrap_or_default(),
+        executor: crate::run::executor::Executor {
+            handlers: std::sync::Arc::new(crate::run::actions::Handlers::builtin_with(crate::run::actions::BuiltinSettings {
+                llm: crate::run::actions::handlers::LlmConfig::from_env(),
+                extract_text: config.actions.extract_text_settings(),
+            })),
+            limits: std::sync::Arc::new(config.actions.limits()),
+            writer: None,
+            events: None,
+        },
+        store: None,
+        registry: std::sync::Arc::clone(registry),
+    };
+    crate::backend::open(ctx).await?.ok_or_else(|| crate::backend::BackendError::Permanent {
+        backend: name.to_string(),
+        reason: format!("kind `{kind}` is not built into this binary"),
+    })
 }
 
 async fn flag_source(src: &str) -> Check {

@@ -11,6 +11,7 @@ mod runs;
 mod serve;
 mod validate;
 mod worker;
+mod workers;
 
 use clap::{Parser, Subcommand, ValueEnum};
 use std::path::PathBuf;
@@ -88,6 +89,8 @@ pub enum Command {
     Doctor,
     /// Execute the tasks of a distributed backend (PostgreSQL, Celery, Temporal).
     Worker(worker::WorkerArgs),
+    /// The live workers of every backend (host, pid, queues, concurrency, running tasks, last heartbeat).
+    Workers(workers::WorkersArgs),
     /// Feature flags: evaluate a flag as Flipt would, check a features file.
     Flags {
         #[command(subcommand)]
@@ -149,6 +152,7 @@ fn run(cli: Cli) -> anyhow::Result<ExitCode> {
         Command::Status(args) => runtime()?.block_on(serve::status(args)),
         Command::Doctor => runtime()?.block_on(doctor::doctor(cli.config.as_deref())),
         Command::Worker(args) => runtime()?.block_on(worker::worker(args, cli.config.as_deref())),
+        Command::Workers(args) => runtime()?.block_on(workers::workers(args, cli.config.as_deref())),
         Command::Flags { command } => runtime()?.block_on(flags::flags(command, cli.config.as_deref())),
         Command::Migration { command } => runtime()?.block_on(migration::migration(command, cli.config.as_deref())),
     }

@@ -32,7 +32,9 @@ pub fn backend_keys(kind: &str) -> &'static [&'static str] {
     match kind {
         "local" => &["cache_runs", "cache_bytes"],
         "postgres" => &["url", "schema", "lease", "poll", "crash_budget", "max_connections", "shutdown_grace", "synchronous_completions"],
-        "celery" => &["broker", "result_backend", "queue", "celery_queue", "key_prefix", "visibility_timeout", "result_expires"],
+        "celery" => {
+            &["broker", "result_backend", "queue", "celery_queue", "key_prefix", "visibility_timeout", "result_expires", "worker_lease"]
+        }
         "temporal" => &["address", "namespace", "task_queue", "heartbeat", "sticky_timeout", "connect_timeout"],
         _ => &[],
     }

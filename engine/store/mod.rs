@@ -699,7 +699,7 @@ fn redact(url: &str) -> String {
     }
 }
 
-fn hostname() -> &'static str {
+pub(crate) fn hostname() -> &'static str {
     static HOST: OnceLock<String> = OnceLock::new();
     HOST.get_or_init(|| {
         let mut buf = [0u8; 256];

@@ -372,23 +372,42 @@ return 1",
     }
 
     /// Ask every Celery worker to revoke a task and terminate it if it runs
-    /// (`app.control.revoke(id, terminate=True)`): a broadcast on the
-    /// `celery.pidbox` fanout exchange, which kombu's Redis transport maps to
-    /// a PUBLISH on `/{db}.celery.pidbox`.
+    /// (`app.control.revoke(id, terminate=True)`).
     pub async fn revoke(&self, task_id: &str) -> redis::RedisResult<()> {
+        let arguments = serde_json::json!({"task_id": task_id, "terminate": true, "signal": "SIGTERM"});
+        self.broadcast("revoke", arguments, None, Duration::from_secs(30)).await
+    }
+
+    /// A remote-control command to every Celery worker, as
+    /// `app.control.broadcast` sends it: a message on the `celery.pidbox`
+    /// fanout exchange, which kombu's Redis transport maps to a PUBLISH on
+    /// `/{db}.celery.pidbox`. With `reply` (ticket, reply queue id), the
+    /// workers answer on the `reply.celery.pidbox` direct exchange with that
+    /// routing key (see [`super::fleet`]). Workers ignore it after `expires`.
+    pub async fn broadcast(
+        &self,
+        method: &str,
+        arguments: serde_json::Value,
+        reply: Option<(&str, &str)>,
+        expires: Duration,
+    ) -> redis::RedisResult<()> {
         use base64::Engine as _;
-        let body = serde_json::json!({
-            "method": "revoke",
-            "arguments": {"task_id": task_id, "terminate": true, "signal": "SIGTERM"},
+        let mut body = serde_json::json!({
+            "method": method,
+            "arguments": arguments,
             "destination": null,
             "pattern": null,
             "matcher": null,
         });
+        if let Some((ticket, oid)) = reply {
+            body["ticket"] = ticket.into();
+            body["reply_to"] = serde_json::json!({"exchange": "reply.celery.pidbox", "routing_key": oid});
+        }
         let message = serde_json::json!({
             "body": base64::engine::general_purpose::STANDARD.encode(body.to_string()),
             "content-encoding": "utf-8",
             "content-type": "application/json",
-            "headers": {"clock": 1, "expires": unix_now() + 30.0},
+            "headers": {"clock": 1, "expires": unix_now() + expires.as_secs_f64()},
             "properties": {
                 "delivery_mode": 2,
                 "delivery_info": {"exchange": "celery.pidbox", "routing_key": ""},

@@ -16,10 +16,13 @@
 //! `CELERY_RESULT_BACKEND`), `queue` (the queue taskweave workers serve,
 //! default `taskweave`), `celery_queue` (where `celery:` tasks without a
 //! `queue` go, default `celery`), `key_prefix` (kombu's `global_keyprefix`),
-//! `visibility_timeout` (default `1h`), `result_expires` (default `1d`).
+//! `visibility_timeout` (default `1h`), `result_expires` (default `1d`),
+//! `worker_lease` (how long a taskweave worker stays listed without a
+//! heartbeat, default `30s`; see [`fleet`]).
 
 pub mod broker;
 use super::events;
+mod fleet;
 pub mod runs;
 pub mod wire;
 mod worker;
@@ -52,6 +55,7 @@ pub struct CeleryOptions {
     pub key_prefix: String,
     pub visibility_timeout: Duration,
     pub result_expires: Duration,
+    pub worker_lease: Duration,
 }
 
 fn duration_option(name: &str, v: &toml::Value) -> Result<Duration, String> {
@@ -103,6 +107,11 @@ impl CeleryOptions {
                 .map(|v| duration_option("result_expires", v))
                 .transpose()?
                 .unwrap_or(Duration::from_secs(86400)),
+            worker_lease: match o.get("worker_lease").map(|v| duration_option("worker_lease", v)).transpose()? {
+                Some(d) if d < Duration::from_millis(500) => return Err("`worker_lease` must be at least 500ms".into()),
+                Some(d) => d,
+                None => Duration::from_secs(30),
+            },
         })
     }
 }
@@ -470,7 +479,36 @@ impl Backend for CeleryBackend {
     async fn work(&self, opts: WorkerOptions, stop: CancellationToken) -> Result<(), BackendError> {
         worker::work(self, opts, stop).await
     }
+
+    /// The taskweave workers heard of within `worker_lease`, the Python
+    /// Celery workers that answer remote control within a second, and the
+    /// tasks waiting in the queues they or the loaded workflows use.
+    async fn workers(&self) -> Result<super::WorkerReport, BackendError> {
+        let (ours, python) = tokio::join!(fleet::live(&self.broker, self.opts.worker_lease), fleet::inspect(&self.broker, INSPECT_WINDOW));
+        let mut r = super::WorkerReport::new(&self.name, self.kind());
+        r.workers = ours.map_err(|e| self.unavailable(e))?;
+        r.workers.extend(python.map_err(|e| self.unavailable(e))?);
+        let mut queues = vec![self.opts.queue.clone(), self.opts.celery_queue.clone()];
+        queues.extend(r.workers.iter().flat_map(|w| w.queues.iter().cloned()));
+        for name in self.registry.names() {
+            if let Some(wf) = self.registry.get(&name) {
+                queues.extend(wf.queue.clone());
+                queues.extend(wf.tasks.iter().filter_map(|t| match &t.action {
+                    crate::plan::Action::Celery { queue, .. } => Some(queue.clone().unwrap_or_else(|| self.opts.celery_queue.clone())),
+                    _ => None,
+                }));
+            }
+        }
+        queues.sort();
+        queues.dedup();
+        r.queued = fleet::queued(&self.broker, &queues).await.map_err(|e| self.unavailable(e))?;
+        Ok(r)
+    }
 }
+
+/// How long Python Celery workers have to answer a remote-control
+/// inspection (what `celery inspect` waits by default).
+const INSPECT_WINDOW: Duration = Duration::from_secs(1);
 
 /// How often the runs submitted here are read for their events without a
 /// message on the events channel (task starts and ends publish none).

@@ -101,6 +101,14 @@ pub(super) async fn work(b: &CeleryBackend, opts: WorkerOptions, stop: Cancellat
     let mut restore = tokio::time::interval((b.broker.visibility / 2).clamp(Duration::from_millis(500), Duration::from_secs(60)));
     restore.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     let mut poll_stops = tokio::time::interval(Duration::from_secs(1));
+    // Listed by `taskweave workers` while it beats (see `fleet`).
+    let me = super::fleet::worker_id();
+    let mut record = super::fleet::Record::new(queues.clone(), capacity);
+    if let Err(e) = super::fleet::beat(&b.broker, &me, &record, Some(b.opts.worker_lease)).await {
+        tracing::warn!("could not record this worker in Redis: {e}");
+    }
+    let mut heartbeat = tokio::time::interval(b.opts.worker_lease / 3);
+    heartbeat.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     // The BRPOP in progress is never dropped mid-flight: a popped message
     // would be lost. It lives across loop turns until it answers.
     type Popped = (redis::RedisResult<Option<String>>, Option<redis::aio::MultiplexedConnection>);
@@ -207,6 +215,12 @@ pub(super) async fn work(b: &CeleryBackend, opts: WorkerOptions, stop: Cancellat
                     }
                 }
             }
+            _ = heartbeat.tick() => {
+                record.running = u32::try_from(inflight.lock().unwrap_or_else(|e| e.into_inner()).len()).unwrap_or(u32::MAX);
+                if let Err(e) = super::fleet::beat(&b.broker, &me, &record, None).await {
+                    tracing::debug!("could not renew this worker's record: {e}");
+                }
+            }
             _ = stop.cancelled(), if !handback.is_cancelled() => {
                 handback.cancel();
             }
@@ -215,6 +229,9 @@ pub(super) async fn work(b: &CeleryBackend, opts: WorkerOptions, stop: Cancellat
     // Hand back what is still running, then wait for it to settle.
     handback.cancel();
     while running.next().await.is_some() {}
+    if let Err(e) = super::fleet::leave(&b.broker, &me).await {
+        tracing::warn!("could not remove this worker's record: {e}");
+    }
     Ok(())
 }
 

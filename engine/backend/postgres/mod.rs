@@ -42,9 +42,10 @@ use std::time::Duration;
 use tokio_util::sync::CancellationToken;
 
 /// The newest queue schema this build knows.
-pub const QUEUE_SCHEMA_VERSION: i64 = 1;
+pub const QUEUE_SCHEMA_VERSION: i64 = 2;
 
-const MIGRATIONS: &[(i64, &str, &str)] = &[(1, "queue", include_str!("migrations/0001_queue.sql"))];
+const MIGRATIONS: &[(i64, &str, &str)] =
+    &[(1, "queue", include_str!("migrations/0001_queue.sql")), (2, "workers", include_str!("migrations/0002_workers.sql"))];
 
 /// How long the store sync waits after a run finished for more to finish,
 /// so that they are read from the queue and written in one batch.
@@ -754,6 +755,16 @@ impl Backend for PgBackend {
         let Some(me) = self.me.upgrade() else { return Ok(()) };
         worker::Worker::new(me, opts).run(stop).await;
         Ok(())
+    }
+
+    /// The `taskweave worker`s whose heartbeat is within the lease, and
+    /// the tasks ready to be claimed now, per queue.
+    async fn workers(&self) -> Result<super::WorkerReport, BackendError> {
+        self.prepare().await?;
+        let mut r = super::WorkerReport::new(&self.name, self.kind());
+        r.workers = queue::retrying(|| self.db.live_workers()).await.map_err(|e| self.db_error(&e))?;
+        r.queued = queue::retrying(|| self.db.ready_per_queue()).await.map_err(|e| self.db_error(&e))?;
+        Ok(r)
     }
 
     async fn drain(&self) {}

@@ -62,6 +62,23 @@ impl DbError {
 
 pub(crate) type Result<T> = std::result::Result<T, DbError>;
 
+/// A time from Unix microseconds.
+fn at_micros(us: i64) -> Option<OffsetDateTime> {
+    OffsetDateTime::from_unix_timestamp_nanos(i128::from(us) * 1000).ok()
+}
+
+/// What a worker records of itself in the `workers` table.
+#[derive(Debug, Clone)]
+pub(crate) struct WorkerRow {
+    pub(crate) id: String,
+    pub(crate) host: String,
+    pub(crate) pid: u32,
+    pub(crate) queues: Vec<String>,
+    pub(crate) concurrency: usize,
+    pub(crate) running: usize,
+    pub(crate) started_at: OffsetDateTime,
+}
+
 /// Runs an idempotent operation again when the connection dropped.
 pub(crate) async fn retrying<T, F, Fut>(f: F) -> Result<T>
 where
@@ -874,6 +891,79 @@ impl Db {
         .fetch_all(&self.pool)
         .await?;
         rows.iter().map(|r| Ok((r.try_get("run_id")?, r.try_get("position")?, r.try_get("stop")?))).collect()
+    }
+
+    /// Record a worker, or renew its row: its heartbeat and how many tasks
+    /// it runs now. The first call also deletes the rows of workers gone
+    /// for ten leases.
+    pub(crate) async fn beat_worker(&self, w: &WorkerRow, first: bool) -> Result<()> {
+        if first {
+            sqlx::query("DELETE FROM workers WHERE last_heartbeat < clock_timestamp() - $1 * interval '10 millisecond'")
+                .bind(self.lease_ms)
+                .execute(&self.pool)
+                .await?;
+        }
+        sqlx::query(
+            "INSERT INTO workers (id, host, pid, queues, concurrency, running, started_at, last_heartbeat) \
+             VALUES ($1, $2, $3, $4, $5, $6, to_timestamp($7::float8 / 1e6), clock_timestamp()) \
+             ON CONFLICT (id) DO UPDATE SET running = EXCLUDED.running, last_heartbeat = EXCLUDED.last_heartbeat",
+        )
+        .bind(&w.id)
+        .bind(&w.host)
+        .bind(w.pid as i32)
+        .bind(&w.queues)
+        .bind(w.concurrency as i32)
+        .bind(w.running as i32)
+        .bind((w.started_at.unix_timestamp_nanos() / 1000) as i64)
+        .execute(&self.pool)
+        .await?;
+        Ok(())
+    }
+
+    /// A worker that stops cleanly is gone at once.
+    pub(crate) async fn remove_worker(&self, id: &str) -> Result<()> {
+        sqlx::query("DELETE FROM workers WHERE id = $1").bind(id).execute(&self.pool).await?;
+        Ok(())
+    }
+
+    /// The workers heard of within the lease, oldest first.
+    pub(crate) async fn live_workers(&self) -> Result<Vec<crate::backend::WorkerInfo>> {
+        let rows = sqlx::query(
+            "SELECT id, host, pid, queues, concurrency, running, \
+             (extract(epoch FROM started_at) * 1e6)::int8 AS started_us, \
+             (extract(epoch FROM last_heartbeat) * 1e6)::int8 AS beat_us FROM workers \
+             WHERE last_heartbeat > clock_timestamp() - $1 * interval '1 millisecond' ORDER BY started_at, id",
+        )
+        .bind(self.lease_ms)
+        .fetch_all(&self.pool)
+        .await?;
+        rows.iter()
+            .map(|r| {
+                Ok(crate::backend::WorkerInfo {
+                    id: r.try_get("id")?,
+                    runtime: "taskweave".into(),
+                    host: r.try_get("host")?,
+                    pid: u32::try_from(r.try_get::<i32, _>("pid")?).ok(),
+                    queues: r.try_get("queues")?,
+                    concurrency: u32::try_from(r.try_get::<i32, _>("concurrency")?).ok(),
+                    running: u32::try_from(r.try_get::<i32, _>("running")?).ok(),
+                    started_at: at_micros(r.try_get("started_us")?),
+                    last_heartbeat: at_micros(r.try_get("beat_us")?),
+                })
+            })
+            .collect()
+    }
+
+    /// Tasks that may be claimed now, per queue (a retry waiting for its
+    /// delay is not counted).
+    pub(crate) async fn ready_per_queue(&self) -> Result<BTreeMap<String, u64>> {
+        let rows = sqlx::query(
+            "SELECT queue, count(*) AS n FROM tasks WHERE state = 'ready' \
+             AND (ready_at IS NULL OR ready_at <= clock_timestamp()) GROUP BY queue",
+        )
+        .fetch_all(&self.pool)
+        .await?;
+        rows.iter().map(|r| Ok((r.try_get("queue")?, r.try_get::<i64, _>("n")?.max(0) as u64))).collect()
     }
 
     pub(crate) async fn load_result(&self, run_id: &str) -> Result<Option<RunResult>> {

@@ -8,7 +8,7 @@
 //! time a reaper hands the task to another worker, this one has let go.
 
 use super::PgBackend;
-use super::queue::{Claimed, Outcome, StopKind, retrying};
+use super::queue::{self, Claimed, Outcome, StopKind, retrying};
 use crate::backend::WorkerOptions;
 use crate::run::TaskStatus;
 use crate::run::actions::ActionError;
@@ -61,6 +61,8 @@ pub(crate) struct Worker {
     /// Permits the claim loop holds while its claim is in flight: most come
     /// back when it returns, so a completion may count them for its children.
     claiming: AtomicUsize,
+    /// When this worker started (its row in the `workers` table says so).
+    started_at: time::OffsetDateTime,
 }
 
 fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
@@ -71,7 +73,7 @@ impl Worker {
     pub(crate) fn new(b: Arc<PgBackend>, opts: WorkerOptions) -> Arc<Worker> {
         let concurrency = opts.concurrency.max(1);
         let queues = if opts.queues.is_empty() { vec!["default".to_string()] } else { opts.queues };
-        let id = format!("{}:{}:{}", hostname(), std::process::id(), uuid::Uuid::now_v7().simple());
+        let id = format!("{}:{}:{}", crate::backend::workers::hostname(), std::process::id(), uuid::Uuid::now_v7().simple());
         Arc::new(Worker {
             b,
             id,
@@ -82,12 +84,17 @@ impl Worker {
             next_wake: Mutex::new(None),
             stopping: CancellationToken::new(),
             claiming: AtomicUsize::new(0),
+            started_at: time::OffsetDateTime::now_utc(),
         })
     }
 
     /// Work until `stop` fires, then let running attempts finish (up to the
     /// shutdown grace) and hand back the rest.
     pub(crate) async fn run(self: Arc<Self>, stop: CancellationToken) {
+        // Visible in `taskweave workers` from the start.
+        if let Err(e) = self.b.db.beat_worker(&self.row(), true).await {
+            tracing::warn!("worker {}: recording this worker: {e}", self.id);
+        }
         let tracker = tokio_util::task::TaskTracker::new();
         let background = CancellationToken::new();
         let hb = tokio::spawn(Arc::clone(&self).heartbeat(background.clone()));
@@ -160,6 +167,23 @@ impl Worker {
         background.cancel();
         let _ = hb.await;
         let _ = stops.await;
+        // A clean stop leaves the list at once.
+        if let Err(e) = queue::retrying(|| self.b.db.remove_worker(&self.id)).await {
+            tracing::warn!("worker {}: removing this worker from the list: {e}", self.id);
+        }
+    }
+
+    /// This worker's row in the `workers` table, as of now.
+    fn row(&self) -> queue::WorkerRow {
+        queue::WorkerRow {
+            id: self.id.clone(),
+            host: crate::backend::workers::hostname().to_string(),
+            pid: std::process::id(),
+            queues: self.queues.clone(),
+            concurrency: self.concurrency,
+            running: lock(&self.running).len(),
+            started_at: self.started_at,
+        }
     }
 
     fn register(&self, c: &Claimed) -> (CancellationToken, Arc<AtomicU8>) {
@@ -342,6 +366,9 @@ impl Worker {
                 _ = stop.cancelled() => return,
                 _ = tokio::time::sleep(every) => {}
             }
+            if let Err(e) = self.b.db.beat_worker(&self.row(), false).await {
+                tracing::debug!("worker {}: renewing this worker's row: {e}", self.id);
+            }
             let held: Vec<(String, i32, i32)> = lock(&self.running).iter().map(|((r, p), x)| (r.clone(), *p, x.attempt)).collect();
             if held.is_empty() {
                 last_ok = Instant::now();
@@ -401,16 +428,4 @@ impl Worker {
             }
         }
     }
-}
-
-fn hostname() -> String {
-    let mut buf = [0u8; 256];
-    // SAFETY: `buf` is valid for writes of `buf.len()` bytes; gethostname
-    // writes at most that many and we stop at the first NUL.
-    let rc = unsafe { libc::gethostname(buf.as_mut_ptr().cast(), buf.len()) };
-    if rc != 0 {
-        return "localhost".into();
-    }
-    let end = buf.iter().position(|b| *b == 0).unwrap_or(buf.len());
-    String::from_utf8_lossy(&buf[..end]).into_owned()
 }

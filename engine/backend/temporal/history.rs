@@ -18,7 +18,7 @@ use temporalio_common::protos::temporal::api::history::v1::{HistoryEvent, histor
 use temporalio_common::protos::temporal::api::workflow::v1::PendingActivityInfo;
 use time::OffsetDateTime;
 
-fn at(t: &Option<prost_wkt_types::Timestamp>) -> Option<OffsetDateTime> {
+pub(crate) fn at(t: &Option<prost_wkt_types::Timestamp>) -> Option<OffsetDateTime> {
     let t = t.as_ref()?;
     OffsetDateTime::from_unix_timestamp_nanos(t.seconds as i128 * 1_000_000_000 + t.nanos as i128).ok()
 }

@@ -403,6 +403,69 @@ impl Backend for TemporalBackend {
         ))
     }
 
+    /// The pollers of the backend's task queue (workflow and activity
+    /// tasks) seen within [`POLLER_LIVE`], one per identity, and the tasks
+    /// waiting in it (Temporal's approximate backlog).
+    async fn workers(&self) -> Result<super::WorkerReport, BackendError> {
+        use temporalio_common::protos::temporal::api::enums::v1::TaskQueueType;
+        use temporalio_common::protos::temporal::api::taskqueue::v1::TaskQueue;
+        use temporalio_common::protos::temporal::api::workflowservice::v1::DescribeTaskQueueRequest;
+        let client = self.client().await?;
+        let now = time::OffsetDateTime::now_utc();
+        let mut seen: BTreeMap<String, Option<time::OffsetDateTime>> = BTreeMap::new();
+        let mut backlog = 0u64;
+        for kind in [TaskQueueType::Workflow, TaskQueueType::Activity] {
+            let req = DescribeTaskQueueRequest {
+                namespace: self.settings.namespace.clone(),
+                task_queue: Some(TaskQueue { name: self.settings.task_queue.clone(), ..Default::default() }),
+                task_queue_type: kind as i32,
+                report_stats: true,
+                ..Default::default()
+            };
+            let mut svc = client.connection().workflow_service();
+            let call =
+                tokio::time::timeout(self.settings.connect_timeout, svc.describe_task_queue(temporalio_client::tonic::Request::new(req)));
+            let resp = match call.await {
+                Ok(Ok(r)) => r.into_inner(),
+                Ok(Err(e)) => {
+                    return Err(self.unavailable(format!("describing task queue `{}`: {}", self.settings.task_queue, e.message())));
+                }
+                Err(_) => {
+                    return Err(self.unavailable(format!("Temporal at {} did not describe the task queue in time", self.settings.address)));
+                }
+            };
+            backlog += resp.stats.map(|s| s.approximate_backlog_count.max(0) as u64).unwrap_or(0);
+            for p in resp.pollers {
+                let at = history::at(&p.last_access_time);
+                let e = seen.entry(p.identity).or_insert(at);
+                *e = (*e).max(at);
+            }
+        }
+        let mut r = super::WorkerReport::new(&self.name, self.kind());
+        r.queued.insert(self.settings.task_queue.clone(), backlog);
+        for (identity, at) in seen {
+            if at.is_some_and(|t| now - t > POLLER_LIVE) {
+                continue;
+            }
+            let parsed = super::workers::parse_identity(&identity);
+            // Other SDKs name themselves `PID@HOST` by default.
+            let sdk = identity.split_once('@').and_then(|(pid, host)| Some((pid.parse::<u32>().ok()?, host.to_string())));
+            r.workers.push(super::WorkerInfo {
+                runtime: if parsed.is_some() { "taskweave" } else { "other" }.into(),
+                host: parsed.as_ref().map(|p| p.1.clone()).or_else(|| sdk.as_ref().map(|s| s.1.clone())).unwrap_or_default(),
+                pid: parsed.as_ref().map(|p| p.0).or(sdk.map(|s| s.0)),
+                queues: vec![self.settings.task_queue.clone()],
+                concurrency: parsed.map(|p| p.2),
+                running: None,
+                started_at: None,
+                last_heartbeat: at,
+                id: identity,
+            });
+        }
+        r.note = Some("pollers seen by the Temporal server within the last 2 minutes; running tasks are not reported".into());
+        Ok(r)
+    }
+
     async fn work(&self, opts: WorkerOptions, stop: CancellationToken) -> Result<(), BackendError> {
         let settings = self.settings.clone();
         let executor = self.executor.clone();
@@ -441,6 +504,11 @@ impl Backend for TemporalBackend {
     }
 }
 
+/// How recently a poller must have polled to count as live: a poll waits
+/// up to about a minute on an idle queue, and Temporal keeps pollers it has
+/// not heard of for some minutes.
+const POLLER_LIVE: time::Duration = time::Duration::seconds(120);
+
 /// Poll the task queue until `stop` fires: workflow tasks (the DAG
 /// scheduler) and activity tasks (the task attempts).
 async fn run_worker(settings: Settings, executor: Executor, concurrency: usize, stop: CancellationToken) -> Result<(), String> {
@@ -478,6 +546,8 @@ async fn run_worker(settings: Settings, executor: Executor, concurrency: usize, 
         .sticky_queue_schedule_to_start_timeout(settings.sticky_timeout)
         .tuner(tuner)
         .graceful_shutdown_period(Duration::from_secs(5))
+        // `taskweave workers` reads pid, host and concurrency back from it.
+        .client_identity_override(super::workers::identity(slots))
         .build();
     let mut worker = temporalio_sdk::Worker::new(&runtime, client, options).map_err(|e| format!("Temporal worker: {e}"))?;
     let shutdown = worker.shutdown_handle();
