@@ -1,5 +1,6 @@
 //! `taskweave doctor`: is every configured backend, the store, the flag
-//! source and every workflow folder usable? One line per check.
+//! source, the `llm` service's settings and every workflow folder usable?
+//! One line per check; warnings (`warn`) do not fail it.
 
 use crate::config::Config;
 use std::path::Path;
@@ -10,6 +11,14 @@ struct Check {
     what: String,
     ok: bool,
     detail: String,
+    /// A finding that does not stop anything from working.
+    warning: bool,
+}
+
+impl Check {
+    fn warn(what: impl Into<String>, detail: String) -> Check {
+        Check { what: what.into(), ok: true, detail, warning: true }
+    }
 }
 
 pub async fn doctor(config: Option<&Path>) -> anyhow::Result<ExitCode> {
@@ -25,19 +34,23 @@ pub async fn doctor(config: Option<&Path>) -> anyhow::Result<ExitCode> {
             Some(p) => format!("{} is valid", p.display()),
             None => "no taskweave.toml; using the defaults".into(),
         },
+        warning: false,
     });
     // Store: open it when it exists (applying migrations); a missing SQLite
     // file is not created here, the first run does that.
     let store = tokio::time::timeout(Duration::from_secs(10), crate::store::Store::open_existing(&config.engine.store)).await;
     checks.push(match store {
-        Ok(Ok(Some(s))) => Check { what: "store".into(), ok: true, detail: format!("{} answers", s.location()) },
+        Ok(Ok(Some(s))) => Check { what: "store".into(), ok: true, detail: format!("{} answers", s.location()), warning: false },
         Ok(Ok(None)) => Check {
             what: "store".into(),
             ok: true,
             detail: format!("no run history at {} yet; the first run creates it", config.engine.store),
+            warning: false,
         },
-        Ok(Err(e)) => Check { what: "store".into(), ok: false, detail: e.to_string() },
-        Err(_) => Check { what: "store".into(), ok: false, detail: format!("{}: no answer within 10s", config.engine.store) },
+        Ok(Err(e)) => Check { what: "store".into(), ok: false, detail: e.to_string(), warning: false },
+        Err(_) => {
+            Check { what: "store".into(), ok: false, detail: format!("{}: no answer within 10s", config.engine.store), warning: false }
+        }
     });
     let registry = std::sync::Arc::new(crate::reload::Registry::new(Vec::new(), crate::engine::validate_options(&config)));
     for name in config.backend_names() {
@@ -48,6 +61,7 @@ pub async fn doctor(config: Option<&Path>) -> anyhow::Result<ExitCode> {
                 what,
                 ok: false,
                 detail: format!("kind `{kind}` is not built into this binary (build with `--features {kind}`)"),
+                warning: false,
             });
             continue;
         }
@@ -57,7 +71,7 @@ pub async fn doctor(config: Option<&Path>) -> anyhow::Result<ExitCode> {
             options: config.backends.get(&name).map(|b| b.options.clone()).unwrap_or_default(),
             executor: crate::run::executor::Executor {
                 handlers: std::sync::Arc::new(crate::run::actions::Handlers::builtin_with(crate::run::actions::BuiltinSettings {
-                    llm: crate::run::actions::handlers::LlmConfig::from_env(),
+                    llm: config.llm(),
                     extract_text: config.actions.extract_text_settings(),
                 })),
                 limits: std::sync::Arc::new(config.actions.limits()),
@@ -78,21 +92,23 @@ pub async fn doctor(config: Option<&Path>) -> anyhow::Result<ExitCode> {
         })
         .await;
         checks.push(match checked {
-            Ok(Ok(detail)) => Check { what, ok: true, detail },
-            Ok(Err(e)) => Check { what, ok: false, detail: e.to_string() },
-            Err(_) => Check { what, ok: false, detail: format!("kind `{kind}`: no answer within 10s") },
+            Ok(Ok(detail)) => Check { what, ok: true, detail, warning: false },
+            Ok(Err(e)) => Check { what, ok: false, detail: e.to_string(), warning: false },
+            Err(_) => Check { what, ok: false, detail: format!("kind `{kind}`: no answer within 10s"), warning: false },
         });
     }
     if let Some(src) = &config.flags.source {
         checks.push(flag_source(src).await);
     }
+    let mut workflows = Vec::new();
     for dir in &config.engine.workflows {
         checks.push(if !dir.is_dir() {
-            Check { what: format!("workflows {}", dir.display()), ok: false, detail: "folder does not exist".into() }
+            Check { what: format!("workflows {}", dir.display()), ok: false, detail: "folder does not exist".into(), warning: false }
         } else {
             match crate::validate::check_paths(std::slice::from_ref(dir), &crate::engine::validate_options(&config)) {
                 Ok(files) => {
                     let bad = files.iter().filter(|f| f.has_errors()).count();
+                    workflows.extend(files.iter().filter_map(|f| f.workflow.clone()));
                     Check {
                         what: format!("workflows {}", dir.display()),
                         ok: bad == 0,
@@ -101,24 +117,116 @@ pub async fn doctor(config: Option<&Path>) -> anyhow::Result<ExitCode> {
                         } else {
                             format!("{bad} of {} file(s) have errors; run `taskweave validate {}`", files.len(), dir.display())
                         },
+                        warning: false,
                     }
                 }
-                Err(e) => Check { what: format!("workflows {}", dir.display()), ok: false, detail: e.to_string() },
+                Err(e) => Check { what: format!("workflows {}", dir.display()), ok: false, detail: e.to_string(), warning: false },
             }
         });
     }
+    checks.extend(llm_checks(&config, &workflows));
     let width = checks.iter().map(|c| c.what.len()).max().unwrap_or(0);
     for c in &checks {
-        println!("{} {:<width$}  {}", if c.ok { "ok  " } else { "FAIL" }, c.what, c.detail);
+        println!(
+            "{} {:<width$}  {}",
+            if !c.ok {
+                "FAIL"
+            } else if c.warning {
+                "warn"
+            } else {
+                "ok  "
+            },
+            c.what,
+            c.detail
+        );
     }
     let failed = checks.iter().filter(|c| !c.ok).count();
+    let warnings = checks.iter().filter(|c| c.warning).count();
+    let warned = if warnings > 0 { format!(" ({warnings} warning(s))") } else { String::new() };
     if failed > 0 {
-        println!("{failed} problem(s) found");
+        println!("{failed} problem(s) found{warned}");
         Ok(ExitCode::from(1))
     } else {
-        println!("everything answers");
+        println!("everything answers{warned}");
         Ok(ExitCode::SUCCESS)
     }
+}
+
+/// The `llm` handler's settings, when they are configured or a workflow
+/// has an `llm` task: the base URL parses, a model is named, the key's
+/// variable is set; and a warning for each `llm` task whose timeout is
+/// longer than one request may take.
+fn llm_checks(config: &Config, workflows: &[std::sync::Arc<crate::plan::Workflow>]) -> Vec<Check> {
+    use crate::plan::Action;
+    let tasks: Vec<(&str, &crate::plan::Task)> = workflows
+        .iter()
+        .flat_map(|w| w.tasks.iter().map(move |t| (w.name.as_str(), t)))
+        .filter(|(_, t)| matches!(&t.action, Action::Uses { handler, .. } if handler == "llm"))
+        .collect();
+    let configured = config.sources.keys().any(|k| k.starts_with("handlers.llm."));
+    if tasks.is_empty() && !configured {
+        return Vec::new();
+    }
+    let what = "llm";
+    let section = &config.handlers.llm;
+    let llm = config.llm();
+    let mut checks = Vec::new();
+    let shown_url = crate::config::keys::mask_url(&llm.base_url);
+    if let Some(p) = crate::config::handlers::base_url_problem(&llm.base_url) {
+        checks.push(Check { what: what.into(), ok: false, detail: format!("base_url: {p}"), warning: false });
+    } else if llm.model.trim().is_empty() {
+        checks.push(Check {
+            what: what.into(),
+            ok: false,
+            detail: "no model: set `[handlers.llm] model` or TASKWEAVE_LLM_MODEL".into(),
+            warning: false,
+        });
+    } else {
+        let env = |k: &str| std::env::var(k).ok();
+        let key = match section.key_source(&env) {
+            Some(var) => Ok(format!("the key from {var}")),
+            None if !llm.needs_key() => Ok("no key (a service on this machine)".to_string()),
+            None => {
+                let (first, fallback) = section.key_env();
+                let named = match fallback {
+                    Some(f) => format!("{first} or {f}"),
+                    None => format!("{first} (named by `[handlers.llm] api_key_env`)"),
+                };
+                Err(format!("no API key for {shown_url}: {named} is not set"))
+            }
+        };
+        let used = if tasks.is_empty() { "no workflow uses it yet".to_string() } else { format!("{} llm task(s)", tasks.len()) };
+        checks.push(match key {
+            Ok(key) => Check {
+                what: what.into(),
+                ok: true,
+                detail: format!(
+                    "model {} at {shown_url}, {key}, requests time out after {}; {used}",
+                    llm.model,
+                    humantime::format_duration(llm.timeout)
+                ),
+                warning: false,
+            },
+            // Without tasks that need it, a missing key is only a warning.
+            Err(e) if tasks.is_empty() => Check::warn(what, e),
+            Err(e) => Check { what: what.into(), ok: false, detail: e, warning: false },
+        });
+    }
+    for (wf, t) in &tasks {
+        if let Some(timeout) = t.timeout.filter(|d| *d > llm.timeout) {
+            checks.push(Check::warn(
+                "llm timeout",
+                format!(
+                    "workflow `{wf}`, task `{}`: its timeout {} is longer than `[handlers.llm] timeout` {}; each request stops after {}",
+                    t.name,
+                    humantime::format_duration(timeout),
+                    humantime::format_duration(llm.timeout),
+                    humantime::format_duration(llm.timeout)
+                ),
+            ));
+        }
+    }
+    checks
 }
 
 async fn flag_source(src: &str) -> Check {
@@ -128,19 +236,22 @@ async fn flag_source(src: &str) -> Check {
         let r = match client {
             Ok(c) => c.get(src).send().await,
             Err(e) => {
-                return Check { what, ok: false, detail: e.to_string() };
+                return Check { what, ok: false, detail: e.to_string(), warning: false };
             }
         };
         match r {
-            Ok(resp) => Check { what, ok: true, detail: format!("{src} answers (HTTP {})", resp.status().as_u16()) },
-            Err(e) => Check { what, ok: false, detail: format!("{src}: {}", e.without_url()) },
+            Ok(resp) => Check { what, ok: true, detail: format!("{src} answers (HTTP {})", resp.status().as_u16()), warning: false },
+            Err(e) => Check { what, ok: false, detail: format!("{src}: {}", e.without_url()), warning: false },
         }
     } else {
         match crate::flags::file::load_path(std::path::Path::new(src)) {
             Ok(l) => match (&l.features, l.diagnostics.iter().find(|d| d.is_error())) {
-                (Some(f), _) => {
-                    Check { what, ok: true, detail: format!("{src}: {} flag(s), {} segment(s)", f.flags.len(), f.segments.len()) }
-                }
+                (Some(f), _) => Check {
+                    what,
+                    ok: true,
+                    detail: format!("{src}: {} flag(s), {} segment(s)", f.flags.len(), f.segments.len()),
+                    warning: false,
+                },
                 (None, Some(d)) => Check {
                     what,
                     ok: false,
@@ -152,10 +263,11 @@ async fn flag_source(src: &str) -> Check {
                         d.message,
                         l.diagnostics.iter().filter(|d| d.is_error()).count()
                     ),
+                    warning: false,
                 },
-                (None, None) => Check { what, ok: false, detail: format!("{src} is not a valid features file") },
+                (None, None) => Check { what, ok: false, detail: format!("{src} is not a valid features file"), warning: false },
             },
-            Err(e) => Check { what, ok: false, detail: format!("{src}: {e}") },
+            Err(e) => Check { what, ok: false, detail: format!("{src}: {e}"), warning: false },
         }
     }
 }
