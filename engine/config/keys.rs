@@ -258,7 +258,7 @@ pub static KEYS: &[Key] = &[
     ),
     Key::backend("celery", "backends.<name>.broker", "URL", "(required)", "The `redis://` URL of the broker.")
         .env("CELERY_BROKER_URL", |_, _| Ok(())),
-    Key::backend("celery", "backends.<name>.result_backend", "URL", "the broker", "The `redis://` URL where results are stored.")
+    Key::backend("celery", "backends.<name>.result_backend", "URL", "(the `broker` URL)", "The `redis://` URL where results are stored.")
         .env("CELERY_RESULT_BACKEND", |_, _| Ok(())),
     Key::backend("celery", "backends.<name>.queue", "string", "taskweave", "The queue taskweave's own tasks are sent to."),
     Key::backend(
@@ -616,6 +616,11 @@ fn backend_entries(c: &Config, get: &impl Fn(&str) -> Option<String>) -> Vec<Ent
             let path = format!("backends.{name}.{}", k.name());
             let (value, src) = match options.and_then(|o| o.get(k.name())) {
                 Some(v) => (serde_json::to_value(v).unwrap_or(Value::Null), source(&path)),
+                // Results go where the tasks go unless told otherwise.
+                None if k.name() == "result_backend" => (
+                    options.and_then(|o| o.get("broker")).and_then(|v| serde_json::to_value(v).ok()).unwrap_or(Value::Null),
+                    Source::Default,
+                ),
                 None => match k.fallback_env.and_then(|n| get(n).map(|v| (n, v))) {
                     Some((n, v)) => (json!(v), Source::Env(n.to_string())),
                     None => (default_value(k.default), Source::Default),
