@@ -115,6 +115,7 @@ fn config_as_json() {
         .env("TASKWEAVE_STORE", "postgres://u:pw-in-env@127.0.0.1/db")
         .env("MY_LLM_KEY", "k-123")
         .env("TASKWEAVE_LLM_API_KEY_ENV", "MY_LLM_KEY")
+        .env("TASKWEAVE_BACKEND_PG_POLL", "250ms")
         .args(["config", "--format", "json"])
         .output()
         .unwrap();
@@ -144,6 +145,8 @@ fn config_as_json() {
     assert_eq!(key("serve.max_connections")["value"], 1024);
     assert_eq!(key("actions.http.deny_private")["value"], false);
     assert_eq!(key("backends.pg.crash_budget")["value"], 3);
+    let poll = key("backends.pg.poll");
+    assert_eq!((poll["value"].as_str(), poll["from"].as_str()), (Some("250ms"), Some("TASKWEAVE_BACKEND_PG_POLL")));
 }
 
 #[test]

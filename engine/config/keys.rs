@@ -189,6 +189,11 @@ fn bool_env(s: &str) -> Result<bool, String> {
     }
 }
 
+/// A comma-separated list of host rules (`10.0.0.0/8, *.example.com`).
+fn host_rules(v: &str) -> Result<Vec<crate::run::actions::HostRule>, String> {
+    v.split(',').map(str::trim).filter(|r| !r.is_empty()).map(str::parse).collect()
+}
+
 fn string_list(v: &[impl std::fmt::Display]) -> Value {
     Value::Array(v.iter().map(|x| Value::String(x.to_string())).collect())
 }
@@ -324,6 +329,11 @@ pub static KEYS: &[Key] = &[
     }),
     Key::new("flags.cache_ttl", "duration", "5s", "How long a Flipt server's answer is reused (`0s`: never).", |c| {
         json!(c.flags.cache_ttl.clone().unwrap_or_else(|| humantime::format_duration(crate::flags::DEFAULT_CACHE_TTL).to_string()))
+    })
+    .env("TASKWEAVE_FLAGS_CACHE_TTL", |c, v| {
+        crate::plan::parse_duration(v.trim())?;
+        c.flags.cache_ttl = Some(v.trim().to_string());
+        Ok(())
     }),
     // [actions]
     Key::new(
@@ -332,9 +342,17 @@ pub static KEYS: &[Key] = &[
         "10MiB",
         "Captured stdout/stderr per stream, an HTTP response body, the text one template renders.",
         |c| json!(c.actions.limits().max_output_bytes),
-    ),
+    )
+    .env("TASKWEAVE_MAX_OUTPUT_BYTES", |c, v| {
+        c.actions.max_output_bytes = Some(v.parse()?);
+        Ok(())
+    }),
     Key::new("actions.kill_grace", "duration", "2s", "Time between SIGTERM and SIGKILL when a task is stopped.", |c| {
         dur(c.actions.limits().kill_grace)
+    })
+    .env("TASKWEAVE_KILL_GRACE", |c, v| {
+        c.actions.kill_grace = Some(crate::plan::parse_duration(v.trim())?);
+        Ok(())
     }),
     Key::new(
         "actions.extract_text.root",
@@ -349,9 +367,17 @@ pub static KEYS: &[Key] = &[
     }),
     Key::new("actions.extract_text.max_bytes", "byte size", "10MiB", "The largest file `extract-text` reads.", |c| {
         json!(c.actions.extract_text_settings().max_bytes)
+    })
+    .env("TASKWEAVE_EXTRACT_TEXT_MAX_BYTES", |c, v| {
+        c.actions.extract_text.max_bytes = Some(v.parse()?);
+        Ok(())
     }),
     Key::new("actions.http.timeout", "duration", "5m", "Time limit of an `http:` request whose task has no timeout.", |c| {
         dur(c.actions.limits().http_timeout)
+    })
+    .env("TASKWEAVE_HTTP_TIMEOUT", |c, v| {
+        c.actions.http.timeout = Some(crate::plan::parse_duration(v.trim())?);
+        Ok(())
     }),
     Key::new("actions.http.deny_private", "bool", "false", "Refuse private, loopback, link-local and other internal addresses.", |c| {
         json!(c.actions.http.deny_private)
@@ -370,18 +396,36 @@ pub static KEYS: &[Key] = &[
         "[]",
         "CIDRs, addresses, host names or `*.example.com` that `http:` tasks may reach even when denied otherwise.",
         |c| string_list(&c.actions.http.allow),
-    ),
+    )
+    .env("TASKWEAVE_HTTP_ALLOW", |c, v| {
+        c.actions.http.allow = host_rules(v)?;
+        Ok(())
+    }),
     Key::new(
         "actions.http.deny",
         "list of host rules",
         "[]",
         "CIDRs, addresses, host names or `*.example.com` that `http:` tasks may not reach.",
         |c| string_list(&c.actions.http.deny),
-    ),
+    )
+    .env("TASKWEAVE_HTTP_DENY", |c, v| {
+        c.actions.http.deny = host_rules(v)?;
+        Ok(())
+    }),
     Key::new("actions.http.follow_redirects", "bool", "true", "Whether `http:` tasks follow redirects (each hop checked again).", |c| {
         json!(c.actions.http.follow_redirects)
+    })
+    .env("TASKWEAVE_HTTP_FOLLOW_REDIRECTS", |c, v| {
+        c.actions.http.follow_redirects = bool_env(v)?;
+        Ok(())
     }),
-    Key::new("actions.http.max_redirects", "integer", "10", "Redirects followed at most.", |c| json!(c.actions.http.max_redirects)),
+    Key::new("actions.http.max_redirects", "integer", "10", "Redirects followed at most.", |c| json!(c.actions.http.max_redirects)).env(
+        "TASKWEAVE_HTTP_MAX_REDIRECTS",
+        |c, v| {
+            c.actions.http.max_redirects = v.trim().parse().map_err(|_| format!("`{v}` is not a number"))?;
+            Ok(())
+        },
+    ),
     // [handlers.llm]
     Key::new(
         "handlers.llm.base_url",
@@ -491,6 +535,13 @@ fn set_llm_base_url(c: &mut Config, v: &str) -> Result<(), String> {
     }
 }
 
+/// The variable that sets `key` of the backend `backend`:
+/// `TASKWEAVE_BACKEND_PG_URL` for `[backends.pg] url`.
+pub fn backend_env(backend: &str, key: &str) -> String {
+    let upper = |s: &str| s.chars().map(|c| if c.is_ascii_alphanumeric() { c.to_ascii_uppercase() } else { '_' }).collect::<String>();
+    format!("TASKWEAVE_BACKEND_{}_{}", upper(backend), upper(key))
+}
+
 /// The key of a path (`engine.store`, `backends.<name>.url`).
 pub fn key(path: &str) -> Option<&'static Key> {
     KEYS.iter().find(|k| k.path == path)
@@ -520,6 +571,28 @@ pub(super) fn apply_env(c: &mut Config, var: &impl Fn(&str) -> Option<String>) {
                         cfg.options.insert(key.to_string(), toml::Value::String(v.clone()));
                     }
                     c.sources.insert(format!("backends.{b}.{key}"), Source::Env(name.into()));
+                }
+            }
+            // And its own variable, `TASKWEAVE_BACKEND_<NAME>_<KEY>`, to each.
+            if k.name() != "kind" {
+                let targets: Vec<String> = c.backends.iter().filter(|(_, b)| b.kind == kind).map(|(n, _)| n.clone()).collect();
+                for b in targets {
+                    let name = backend_env(&b, k.name());
+                    let Some(v) = get(&name) else { continue };
+                    let value = match k.ty {
+                        "integer" => v.trim().parse::<i64>().map(toml::Value::Integer).map_err(|_| format!("`{v}` is not an integer")),
+                        "bool" => bool_env(&v).map(toml::Value::Boolean),
+                        _ => Ok(toml::Value::String(v.clone())),
+                    };
+                    match value {
+                        Ok(value) => {
+                            if let Some(cfg) = c.backends.get_mut(&b) {
+                                cfg.options.insert(k.name().to_string(), value);
+                            }
+                            c.sources.insert(format!("backends.{b}.{}", k.name()), Source::Env(name));
+                        }
+                        Err(e) => tracing::warn!("{name}: {e}; ignored"),
+                    }
                 }
             }
             continue;
@@ -708,6 +781,9 @@ pub fn reference_markdown() -> String {
             out.push_str(&format!("\n### {heading}\n\n| Key | Type | Default | Environment | Description |\n|---|---|---|---|---|\n"));
         }
         let mut env = Vec::new();
+        if k.backend.is_some_and(|b| !b.is_empty()) {
+            env.push(format!("`TASKWEAVE_BACKEND_<NAME>_{}`", k.name().to_ascii_uppercase()));
+        }
         if let Some(e) = k.env {
             env.push(format!("`{e}`"));
         }
@@ -758,6 +834,43 @@ mod tests {
         for kind in crate::config::KINDS {
             let documented: Vec<&str> = KEYS.iter().filter(|k| k.backend == Some(kind)).map(|k| k.name()).collect();
             assert_eq!(documented, crate::config::backend_keys(kind), "{kind}");
+        }
+    }
+
+    #[test]
+    fn every_key_has_a_variable() {
+        let mut c = crate::config::Config::parse(
+            "[backends.pg-main]\nkind = \"postgres\"\n[backends.q]\nkind = \"celery\"\nbroker = \"redis://h\"\n",
+        )
+        .unwrap();
+        c.apply_env(|k| match k {
+            "TASKWEAVE_BACKEND_PG_MAIN_CRASH_BUDGET" => Some("5".into()),
+            "TASKWEAVE_BACKEND_PG_MAIN_SYNCHRONOUS_COMPLETIONS" => Some("yes".into()),
+            "TASKWEAVE_BACKEND_PG_MAIN_MAX_CONNECTIONS" => Some("many".into()),
+            "CELERY_BROKER_URL" => Some("redis://from-celery-env".into()),
+            "TASKWEAVE_BACKEND_Q_QUEUE" => Some("jobs".into()),
+            "TASKWEAVE_HTTP_ALLOW" => Some("10.0.0.0/8, *.example.com".into()),
+            "TASKWEAVE_HTTP_MAX_REDIRECTS" => Some("3".into()),
+            "TASKWEAVE_MAX_OUTPUT_BYTES" => Some("1KiB".into()),
+            "TASKWEAVE_KILL_GRACE" => Some("soon".into()),
+            _ => None,
+        });
+        let pg = &c.backends["pg-main"].options;
+        assert_eq!(pg.get("crash_budget"), Some(&toml::Value::Integer(5)));
+        assert_eq!(pg.get("synchronous_completions"), Some(&toml::Value::Boolean(true)));
+        assert_eq!(pg.get("max_connections"), None, "a value that does not parse is ignored");
+        assert_eq!(c.sources["backends.pg-main.crash_budget"], Source::Env("TASKWEAVE_BACKEND_PG_MAIN_CRASH_BUDGET".into()));
+        let q = &c.backends["q"].options;
+        assert_eq!((q["broker"].as_str(), q["queue"].as_str()), (Some("redis://from-celery-env"), Some("jobs")));
+        assert_eq!(c.sources["backends.q.broker"], Source::Env("CELERY_BROKER_URL".into()));
+        let l = c.actions.limits();
+        assert_eq!(l.egress.allow.iter().map(ToString::to_string).collect::<Vec<_>>(), ["10.0.0.0/8", "*.example.com"]);
+        assert_eq!((l.egress.max_redirects, l.max_output_bytes), (3, 1024));
+        assert_eq!(l.kill_grace, crate::run::actions::Limits::default().kill_grace);
+        assert!(!c.sources.contains_key("actions.kill_grace"));
+        // Every key of the file has a variable of its own.
+        for k in KEYS.iter().filter(|k| k.backend.is_none()) {
+            assert!(k.env.is_some(), "{} has no variable", k.path);
         }
     }
 
