@@ -1,5 +1,5 @@
 //! `taskweave doctor`: is every configured backend, the store, the flag
-//! source, the `llm` service's settings and every workflow folder usable?
+//! source, the `llm` handler's settings and every workflow folder usable?
 //! One line per check; warnings (`warn`) do not fail it.
 
 use crate::config::Config;
@@ -11,14 +11,6 @@ struct Check {
     what: String,
     ok: bool,
     detail: String,
-    /// A finding that does not stop anything from working.
-    warning: bool,
-}
-
-impl Check {
-    fn warn(what: impl Into<String>, detail: String) -> Check {
-        Check { what: what.into(), ok: true, detail, warning: true }
-    }
 }
 
 pub async fn doctor(config: Option<&Path>) -> anyhow::Result<ExitCode> {
@@ -34,23 +26,19 @@ pub async fn doctor(config: Option<&Path>) -> anyhow::Result<ExitCode> {
             Some(p) => format!("{} is valid", p.display()),
             None => "no taskweave.toml; using the defaults".into(),
         },
-        warning: false,
     });
     // Store: open it when it exists (applying migrations); a missing SQLite
     // file is not created here, the first run does that.
     let store = tokio::time::timeout(Duration::from_secs(10), crate::store::Store::open_existing(&config.engine.store)).await;
     checks.push(match store {
-        Ok(Ok(Some(s))) => Check { what: "store".into(), ok: true, detail: format!("{} answers", s.location()), warning: false },
+        Ok(Ok(Some(s))) => Check { what: "store".into(), ok: true, detail: format!("{} answers", s.location()) },
         Ok(Ok(None)) => Check {
             what: "store".into(),
             ok: true,
             detail: format!("no run history at {} yet; the first run creates it", config.engine.store),
-            warning: false,
         },
-        Ok(Err(e)) => Check { what: "store".into(), ok: false, detail: e.to_string(), warning: false },
-        Err(_) => {
-            Check { what: "store".into(), ok: false, detail: format!("{}: no answer within 10s", config.engine.store), warning: false }
-        }
+        Ok(Err(e)) => Check { what: "store".into(), ok: false, detail: e.to_string() },
+        Err(_) => Check { what: "store".into(), ok: false, detail: format!("{}: no answer within 10s", config.engine.store) },
     });
     let registry = std::sync::Arc::new(crate::reload::Registry::new(Vec::new(), crate::engine::validate_options(&config)));
     for name in config.backend_names() {
@@ -61,7 +49,6 @@ pub async fn doctor(config: Option<&Path>) -> anyhow::Result<ExitCode> {
                 what,
                 ok: false,
                 detail: format!("kind `{kind}` is not built into this binary (build with `--features {kind}`)"),
-                warning: false,
             });
             continue;
         }
@@ -92,9 +79,9 @@ pub async fn doctor(config: Option<&Path>) -> anyhow::Result<ExitCode> {
         })
         .await;
         checks.push(match checked {
-            Ok(Ok(detail)) => Check { what, ok: true, detail, warning: false },
-            Ok(Err(e)) => Check { what, ok: false, detail: e.to_string(), warning: false },
-            Err(_) => Check { what, ok: false, detail: format!("kind `{kind}`: no answer within 10s"), warning: false },
+            Ok(Ok(detail)) => Check { what, ok: true, detail },
+            Ok(Err(e)) => Check { what, ok: false, detail: e.to_string() },
+            Err(_) => Check { what, ok: false, detail: format!("kind `{kind}`: no answer within 10s") },
         });
     }
     if let Some(src) = &config.flags.source {
@@ -103,7 +90,7 @@ pub async fn doctor(config: Option<&Path>) -> anyhow::Result<ExitCode> {
     let mut workflows = Vec::new();
     for dir in &config.engine.workflows {
         checks.push(if !dir.is_dir() {
-            Check { what: format!("workflows {}", dir.display()), ok: false, detail: "folder does not exist".into(), warning: false }
+            Check { what: format!("workflows {}", dir.display()), ok: false, detail: "folder does not exist".into() }
         } else {
             match crate::validate::check_paths(std::slice::from_ref(dir), &crate::engine::validate_options(&config)) {
                 Ok(files) => {
@@ -117,32 +104,24 @@ pub async fn doctor(config: Option<&Path>) -> anyhow::Result<ExitCode> {
                         } else {
                             format!("{bad} of {} file(s) have errors; run `taskweave validate {}`", files.len(), dir.display())
                         },
-                        warning: false,
                     }
                 }
-                Err(e) => Check { what: format!("workflows {}", dir.display()), ok: false, detail: e.to_string(), warning: false },
+                Err(e) => Check { what: format!("workflows {}", dir.display()), ok: false, detail: e.to_string() },
             }
         });
     }
-    checks.extend(llm_checks(&config, &workflows));
-    let width = checks.iter().map(|c| c.what.len()).max().unwrap_or(0);
+    let (llm, warnings) = llm_checks(&config, &workflows);
+    checks.extend(llm);
+    let width = checks.iter().chain(&warnings).map(|c| c.what.len()).max().unwrap_or(0);
     for c in &checks {
-        println!(
-            "{} {:<width$}  {}",
-            if !c.ok {
-                "FAIL"
-            } else if c.warning {
-                "warn"
-            } else {
-                "ok  "
-            },
-            c.what,
-            c.detail
-        );
+        println!("{} {:<width$}  {}", if c.ok { "ok  " } else { "FAIL" }, c.what, c.detail);
     }
+    // Warnings: findings that stop nothing from working.
+    for w in &warnings {
+        println!("warn {:<width$}  {}", w.what, w.detail);
+    }
+    let warned = if warnings.is_empty() { String::new() } else { format!(" ({} warning(s))", warnings.len()) };
     let failed = checks.iter().filter(|c| !c.ok).count();
-    let warnings = checks.iter().filter(|c| c.warning).count();
-    let warned = if warnings > 0 { format!(" ({warnings} warning(s))") } else { String::new() };
     if failed > 0 {
         println!("{failed} problem(s) found{warned}");
         Ok(ExitCode::from(1))
@@ -155,8 +134,8 @@ pub async fn doctor(config: Option<&Path>) -> anyhow::Result<ExitCode> {
 /// The `llm` handler's settings, when they are configured or a workflow
 /// has an `llm` task: the base URL parses, a model is named, the key's
 /// variable is set; and a warning for each `llm` task whose timeout is
-/// longer than one request may take.
-fn llm_checks(config: &Config, workflows: &[std::sync::Arc<crate::plan::Workflow>]) -> Vec<Check> {
+/// longer than one request may take. Returns the checks, then the warnings.
+fn llm_checks(config: &Config, workflows: &[std::sync::Arc<crate::plan::Workflow>]) -> (Vec<Check>, Vec<Check>) {
     use crate::plan::Action;
     let tasks: Vec<(&str, &crate::plan::Task)> = workflows
         .iter()
@@ -164,23 +143,18 @@ fn llm_checks(config: &Config, workflows: &[std::sync::Arc<crate::plan::Workflow
         .filter(|(_, t)| matches!(&t.action, Action::Uses { handler, .. } if handler == "llm"))
         .collect();
     let configured = config.sources.keys().any(|k| k.starts_with("handlers.llm."));
+    let (mut checks, mut warnings) = (Vec::new(), Vec::new());
     if tasks.is_empty() && !configured {
-        return Vec::new();
+        return (checks, warnings);
     }
-    let what = "llm";
+    let check = |ok: bool, detail: String| Check { what: "llm".into(), ok, detail };
     let section = &config.handlers.llm;
     let llm = config.llm();
-    let mut checks = Vec::new();
     let shown_url = crate::config::keys::mask_url(&llm.base_url);
     if let Some(p) = crate::config::handlers::base_url_problem(&llm.base_url) {
-        checks.push(Check { what: what.into(), ok: false, detail: format!("base_url: {p}"), warning: false });
+        checks.push(check(false, format!("base_url: {p}")));
     } else if llm.model.trim().is_empty() {
-        checks.push(Check {
-            what: what.into(),
-            ok: false,
-            detail: "no model: set `[handlers.llm] model` or TASKWEAVE_LLM_MODEL".into(),
-            warning: false,
-        });
+        checks.push(check(false, "no model: set `[handlers.llm] model` or TASKWEAVE_LLM_MODEL".into()));
     } else {
         let env = |k: &str| std::env::var(k).ok();
         let key = match section.key_source(&env) {
@@ -196,37 +170,35 @@ fn llm_checks(config: &Config, workflows: &[std::sync::Arc<crate::plan::Workflow
             }
         };
         let used = if tasks.is_empty() { "no workflow uses it yet".to_string() } else { format!("{} llm task(s)", tasks.len()) };
-        checks.push(match key {
-            Ok(key) => Check {
-                what: what.into(),
-                ok: true,
-                detail: format!(
+        match key {
+            Ok(key) => checks.push(check(
+                true,
+                format!(
                     "model {} at {shown_url}, {key}, requests time out after {}; {used}",
                     llm.model,
                     humantime::format_duration(llm.timeout)
                 ),
-                warning: false,
-            },
+            )),
             // Without tasks that need it, a missing key is only a warning.
-            Err(e) if tasks.is_empty() => Check::warn(what, e),
-            Err(e) => Check { what: what.into(), ok: false, detail: e, warning: false },
-        });
+            Err(e) if tasks.is_empty() => warnings.push(check(true, e)),
+            Err(e) => checks.push(check(false, e)),
+        }
     }
     for (wf, t) in &tasks {
         if let Some(timeout) = t.timeout.filter(|d| *d > llm.timeout) {
-            checks.push(Check::warn(
-                "llm timeout",
-                format!(
-                    "workflow `{wf}`, task `{}`: its timeout {} is longer than `[handlers.llm] timeout` {}; each request stops after {}",
+            let limit = humantime::format_duration(llm.timeout);
+            warnings.push(Check {
+                what: "llm timeout".into(),
+                ok: true,
+                detail: format!(
+                    "workflow `{wf}`, task `{}`: its timeout {} is longer than `[handlers.llm] timeout` {limit}; each request stops after {limit}",
                     t.name,
                     humantime::format_duration(timeout),
-                    humantime::format_duration(llm.timeout),
-                    humantime::format_duration(llm.timeout)
                 ),
-            ));
+            });
         }
     }
-    checks
+    (checks, warnings)
 }
 
 async fn flag_source(src: &str) -> Check {
@@ -236,22 +208,19 @@ async fn flag_source(src: &str) -> Check {
         let r = match client {
             Ok(c) => c.get(src).send().await,
             Err(e) => {
-                return Check { what, ok: false, detail: e.to_string(), warning: false };
+                return Check { what, ok: false, detail: e.to_string() };
             }
         };
         match r {
-            Ok(resp) => Check { what, ok: true, detail: format!("{src} answers (HTTP {})", resp.status().as_u16()), warning: false },
-            Err(e) => Check { what, ok: false, detail: format!("{src}: {}", e.without_url()), warning: false },
+            Ok(resp) => Check { what, ok: true, detail: format!("{src} answers (HTTP {})", resp.status().as_u16()) },
+            Err(e) => Check { what, ok: false, detail: format!("{src}: {}", e.without_url()) },
         }
     } else {
         match crate::flags::file::load_path(std::path::Path::new(src)) {
             Ok(l) => match (&l.features, l.diagnostics.iter().find(|d| d.is_error())) {
-                (Some(f), _) => Check {
-                    what,
-                    ok: true,
-                    detail: format!("{src}: {} flag(s), {} segment(s)", f.flags.len(), f.segments.len()),
-                    warning: false,
-                },
+                (Some(f), _) => {
+                    Check { what, ok: true, detail: format!("{src}: {} flag(s), {} segment(s)", f.flags.len(), f.segments.len()) }
+                }
                 (None, Some(d)) => Check {
                     what,
                     ok: false,
@@ -263,11 +232,10 @@ async fn flag_source(src: &str) -> Check {
                         d.message,
                         l.diagnostics.iter().filter(|d| d.is_error()).count()
                     ),
-                    warning: false,
                 },
-                (None, None) => Check { what, ok: false, detail: format!("{src} is not a valid features file"), warning: false },
+                (None, None) => Check { what, ok: false, detail: format!("{src} is not a valid features file") },
             },
-            Err(e) => Check { what, ok: false, detail: format!("{src}: {e}"), warning: false },
+            Err(e) => Check { what, ok: false, detail: format!("{src}: {e}") },
         }
     }
 }
