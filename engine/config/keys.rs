@@ -55,15 +55,6 @@ impl std::fmt::Display for Source {
     }
 }
 
-/// How a value is shown by `taskweave config`.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum Mask {
-    /// As it is (a URL still has its password masked).
-    Plain,
-    /// Never shown: `***` when set.
-    Secret,
-}
-
 type Getter = fn(&Config) -> Value;
 type Setter = fn(&mut Config, &str) -> Result<(), String>;
 
@@ -72,7 +63,8 @@ type Setter = fn(&mut Config, &str) -> Result<(), String>;
 pub struct Key {
     /// The TOML path; `backends.<name>.KEY` for a backend's key.
     pub path: &'static str,
-    /// The kind of a `[backends.NAME]` table that takes this key.
+    /// The kind of a `[backends.NAME]` table that takes this key (`""` for
+    /// `kind`, which every backend has); `None` outside `[backends]`.
     pub backend: Option<&'static str>,
     /// The value's type, in words.
     pub ty: &'static str,
@@ -84,7 +76,6 @@ pub struct Key {
     pub fallback_env: Option<&'static str>,
     /// The command-line flag that overrides both (and the command that has it).
     pub flag: Option<(&'static str, &'static str)>,
-    pub mask: Mask,
     /// One line.
     pub doc: &'static str,
     /// The effective value (with defaults filled in); `None` for backend keys.
@@ -101,35 +92,11 @@ impl std::fmt::Debug for Key {
 
 impl Key {
     const fn new(path: &'static str, ty: &'static str, default: &'static str, doc: &'static str, get: Getter) -> Key {
-        Key {
-            path,
-            backend: None,
-            ty,
-            default,
-            env: None,
-            fallback_env: None,
-            flag: None,
-            mask: Mask::Plain,
-            doc,
-            get: Some(get),
-            set: None,
-        }
+        Key { path, backend: None, ty, default, env: None, fallback_env: None, flag: None, doc, get: Some(get), set: None }
     }
 
     const fn backend(kind: &'static str, path: &'static str, ty: &'static str, default: &'static str, doc: &'static str) -> Key {
-        Key {
-            path,
-            backend: Some(kind),
-            ty,
-            default,
-            env: None,
-            fallback_env: None,
-            flag: None,
-            mask: Mask::Plain,
-            doc,
-            get: None,
-            set: None,
-        }
+        Key { path, backend: Some(kind), ty, default, env: None, fallback_env: None, flag: None, doc, get: None, set: None }
     }
 
     const fn env(mut self, name: &'static str, set: Setter) -> Key {
@@ -663,7 +630,7 @@ pub fn effective(c: &Config, var: &impl Fn(&str) -> Option<String>) -> Vec<Entry
             continue;
         }
         let Some(getter) = k.get else { continue };
-        out.push(Entry { key: k.path.to_string(), value: mask(k.mask, getter(c)), source: source(k.path) });
+        out.push(Entry { key: k.path.to_string(), value: mask(getter(c)), source: source(k.path) });
         if k.path == "handlers.llm.api_key_env" {
             // The key itself: whether it is set, and where from; never its value.
             let found = c.handlers.llm.key_source(var);
@@ -699,7 +666,7 @@ fn backend_entries(c: &Config, get: &impl Fn(&str) -> Option<String>) -> Vec<Ent
                     None => (default_value(k.default), Source::Default),
                 },
             };
-            out.push(Entry { key: path, value: mask(k.mask, value), source: src });
+            out.push(Entry { key: path, value: mask(value), source: src });
         }
     }
     out
@@ -720,13 +687,12 @@ fn default_value(text: &str) -> Value {
     }
 }
 
-fn mask(m: Mask, v: Value) -> Value {
-    match (m, v) {
-        (_, Value::Null) => Value::Null,
-        (Mask::Secret, _) => json!("***"),
-        (Mask::Plain, Value::String(s)) => Value::String(mask_url(&s)),
-        (Mask::Plain, Value::Array(a)) => Value::Array(a.into_iter().map(|v| mask(Mask::Plain, v)).collect()),
-        (Mask::Plain, v) => v,
+/// Passwords in URLs, and credentials in their query strings, as `***`.
+fn mask(v: Value) -> Value {
+    match v {
+        Value::String(s) => Value::String(mask_url(&s)),
+        Value::Array(a) => Value::Array(a.into_iter().map(mask).collect()),
+        v => v,
     }
 }
 
