@@ -315,7 +315,6 @@ fn doctor_checks_the_llm_settings_and_warns_about_longer_task_timeouts() {
     let out = tw(dir.path()).env("ASK_KEY", "k").arg("doctor").output().unwrap();
     let text = stdout(&out);
     assert_eq!(out.status.code(), Some(0), "{text}");
-    assert!(line(&text, "ok").len() > 0);
     assert!(
         text.contains("model gpt-4o-mini at https://llm.example.com/v1, the key from ASK_KEY, requests time out after 1m; 1 llm task(s)"),
         "{text}"
