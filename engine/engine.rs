@@ -9,7 +9,7 @@ use crate::diag::Diagnostic;
 use crate::flags::FlagSource;
 use crate::flags::routing::RoutingMetrics;
 use crate::plan::Workflow;
-use crate::run::actions::handlers::{BuiltinSettings, LlmConfig};
+use crate::run::actions::handlers::BuiltinSettings;
 use crate::run::actions::{Handler, Handlers, Limits};
 use crate::run::executor::{Executor, RunEvent};
 use crate::run::{RunResult, RunStatus};
@@ -154,10 +154,8 @@ impl EngineBuilder {
             tokio::spawn(keep_lease(s.clone(), instance, in_process, lease_keeper.clone()));
         }
         let (events, _) = tokio::sync::broadcast::channel(4096);
-        let mut handlers = Handlers::builtin_with(BuiltinSettings {
-            llm: LlmConfig::from_env(),
-            extract_text: self.config.actions.extract_text_settings(),
-        });
+        let mut handlers =
+            Handlers::builtin_with(BuiltinSettings { llm: self.config.llm(), extract_text: self.config.actions.extract_text_settings() });
         handlers.extend(self.handlers);
         let limits = self.limits.unwrap_or_else(|| self.config.actions.limits());
         let executor = Executor {

@@ -1,6 +1,7 @@
 //! `taskweave doctor`: is every configured backend, the store, the flag
-//! source and every workflow folder usable? One line per check, and a
-//! warning for each backend with tasks queued that no live worker takes.
+//! source, the `llm` handler's settings and every workflow folder usable?
+//! One line per check; warnings (`warn`, one for each backend with tasks
+//! queued that no live worker takes) do not fail it.
 
 use crate::config::Config;
 use std::path::Path;
@@ -80,6 +81,7 @@ pub async fn doctor(config: Option<&Path>) -> anyhow::Result<ExitCode> {
     if let Some(src) = &config.flags.source {
         checks.push(flag_source(src).await);
     }
+    let mut workflows = Vec::new();
     for dir in &config.engine.workflows {
         checks.push(if !dir.is_dir() {
             Check { what: format!("workflows {}", dir.display()), ok: false, detail: "folder does not exist".into() }
@@ -87,6 +89,7 @@ pub async fn doctor(config: Option<&Path>) -> anyhow::Result<ExitCode> {
             match crate::validate::check_paths(std::slice::from_ref(dir), &crate::engine::validate_options(&config)) {
                 Ok(files) => {
                     let bad = files.iter().filter(|f| f.has_errors()).count();
+                    workflows.extend(files.iter().filter_map(|f| f.workflow.clone()));
                     Check {
                         what: format!("workflows {}", dir.display()),
                         ok: bad == 0,
@@ -101,6 +104,9 @@ pub async fn doctor(config: Option<&Path>) -> anyhow::Result<ExitCode> {
             }
         });
     }
+    let (llm, llm_warnings) = llm_checks(&config, &workflows);
+    checks.extend(llm);
+    warnings.extend(llm_warnings);
     let width = checks.iter().chain(&warnings).map(|c| c.what.len()).max().unwrap_or(0);
     for c in &checks {
         println!("{} {:<width$}  {}", if c.ok { "ok  " } else { "FAIL" }, c.what, c.detail);
@@ -156,7 +162,7 @@ pub(crate) async fn open_backend(
         options: config.backends.get(name).map(|b| b.options.clone()).unwrap_or_default(),
         executor: crate::run::executor::Executor {
             handlers: std::sync::Arc::new(crate::run::actions::Handlers::builtin_with(crate::run::actions::BuiltinSettings {
-                llm: crate::run::actions::handlers::LlmConfig::from_env(),
+                llm: config.llm(),
                 extract_text: config.actions.extract_text_settings(),
             })),
             limits: std::sync::Arc::new(config.actions.limits()),
@@ -170,6 +176,76 @@ pub(crate) async fn open_backend(
         backend: name.to_string(),
         reason: format!("kind `{kind}` is not built into this binary"),
     })
+}
+
+/// The `llm` handler's settings, when they are configured or a workflow
+/// has an `llm` task: the base URL parses, a model is named, the key's
+/// variable is set; and a warning for each `llm` task whose timeout is
+/// longer than one request may take. Returns the checks, then the warnings.
+fn llm_checks(config: &Config, workflows: &[std::sync::Arc<crate::plan::Workflow>]) -> (Vec<Check>, Vec<Check>) {
+    use crate::plan::Action;
+    let tasks: Vec<(&str, &crate::plan::Task)> = workflows
+        .iter()
+        .flat_map(|w| w.tasks.iter().map(move |t| (w.name.as_str(), t)))
+        .filter(|(_, t)| matches!(&t.action, Action::Uses { handler, .. } if handler == "llm"))
+        .collect();
+    let configured = config.sources.keys().any(|k| k.starts_with("handlers.llm."));
+    let (mut checks, mut warnings) = (Vec::new(), Vec::new());
+    if tasks.is_empty() && !configured {
+        return (checks, warnings);
+    }
+    let check = |ok: bool, detail: String| Check { what: "llm".into(), ok, detail };
+    let section = &config.handlers.llm;
+    let llm = config.llm();
+    let shown_url = crate::config::keys::mask_url(&llm.base_url);
+    if let Some(p) = crate::config::handlers::base_url_problem(&llm.base_url) {
+        checks.push(check(false, format!("base_url: {p}")));
+    } else if llm.model.trim().is_empty() {
+        checks.push(check(false, "no model: set `[handlers.llm] model` or TASKWEAVE_LLM_MODEL".into()));
+    } else {
+        let env = |k: &str| std::env::var(k).ok();
+        let key = match section.key_source(&env) {
+            Some(var) => Ok(format!("the key from {var}")),
+            None if !llm.needs_key() => Ok("no key (a service on this machine)".to_string()),
+            None => {
+                let (first, fallback) = section.key_env();
+                let named = match fallback {
+                    Some(f) => format!("{first} or {f}"),
+                    None => format!("{first} (named by `[handlers.llm] api_key_env`)"),
+                };
+                Err(format!("no API key for {shown_url}: {named} is not set"))
+            }
+        };
+        let used = if tasks.is_empty() { "no workflow uses it yet".to_string() } else { format!("{} llm task(s)", tasks.len()) };
+        match key {
+            Ok(key) => checks.push(check(
+                true,
+                format!(
+                    "model {} at {shown_url}, {key}, requests time out after {}; {used}",
+                    llm.model,
+                    humantime::format_duration(llm.timeout)
+                ),
+            )),
+            // Without tasks that need it, a missing key is only a warning.
+            Err(e) if tasks.is_empty() => warnings.push(check(true, e)),
+            Err(e) => checks.push(check(false, e)),
+        }
+    }
+    for (wf, t) in &tasks {
+        if let Some(timeout) = t.timeout.filter(|d| *d > llm.timeout) {
+            let limit = humantime::format_duration(llm.timeout);
+            warnings.push(Check {
+                what: "llm timeout".into(),
+                ok: true,
+                detail: format!(
+                    "workflow `{wf}`, task `{}`: its timeout {} is longer than `[handlers.llm] timeout` {limit}; each request stops after {limit}",
+                    t.name,
+                    humantime::format_duration(timeout),
+                ),
+            });
+        }
+    }
+    (checks, warnings)
 }
 
 async fn flag_source(src: &str) -> Check {

@@ -2,6 +2,7 @@
 //! in one place: 0 success, 1 invalid / failed, 2 usage or I/O error.
 
 mod bench;
+mod config;
 mod doctor;
 mod flags;
 mod migration;
@@ -85,8 +86,13 @@ pub enum Command {
     Serve(serve::ServeArgs),
     /// The reload status of a running server.
     Status(serve::StatusArgs),
-    /// Check that the store, every backend, the flag source and the workflow folders answer.
+    /// Check that the store, every backend, the flag source, the `llm` service and the workflow folders answer.
     Doctor,
+    /// Print the effective configuration: every key, its value and where it came from.
+    Config {
+        #[arg(long, value_enum, default_value = "human")]
+        format: OutputFormat,
+    },
     /// Execute the tasks of a distributed backend (PostgreSQL, Celery, Temporal).
     Worker(worker::WorkerArgs),
     /// The live workers of every backend (host, pid, queues, concurrency, running tasks, last heartbeat).
@@ -151,6 +157,7 @@ fn run(cli: Cli) -> anyhow::Result<ExitCode> {
         Command::Serve(args) => runtime()?.block_on(serve::serve(args, cli.config.as_deref())),
         Command::Status(args) => runtime()?.block_on(serve::status(args)),
         Command::Doctor => runtime()?.block_on(doctor::doctor(cli.config.as_deref())),
+        Command::Config { format } => config::config(format, cli.config.as_deref()),
         Command::Worker(args) => runtime()?.block_on(worker::worker(args, cli.config.as_deref())),
         Command::Workers(args) => runtime()?.block_on(workers::workers(args, cli.config.as_deref())),
         Command::Flags { command } => runtime()?.block_on(flags::flags(command, cli.config.as_deref())),

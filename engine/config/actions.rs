@@ -21,8 +21,9 @@
 //! max_redirects = 10
 //! ```
 //!
-//! Environment: `TASKWEAVE_HTTP_DENY_PRIVATE` (`true`/`false`; anything
-//! else denies, with a warning) and `TASKWEAVE_EXTRACT_TEXT_ROOT`.
+//! Environment (applied through [`super::keys::KEYS`]):
+//! `TASKWEAVE_HTTP_DENY_PRIVATE` (`true`/`false`; anything else denies,
+//! with a warning) and `TASKWEAVE_EXTRACT_TEXT_ROOT`.
 
 use crate::run::actions::egress::DEFAULT_MAX_REDIRECTS;
 use crate::run::actions::{Egress, ExtractTextSettings, HostRule, Limits};
@@ -35,7 +36,7 @@ use std::time::Duration;
 pub struct ActionsConfig {
     /// Captured stdout/stderr per stream, and an HTTP response body (default 10 MiB).
     pub max_output_bytes: Option<ByteSize>,
-    /// Time between SIGTERM and SIGKILL when a task is stopped (default `5s`).
+    /// Time between SIGTERM and SIGKILL when a task is stopped (default `2s`).
     #[serde(default, deserialize_with = "duration")]
     pub kill_grace: Option<Duration>,
     #[serde(default)]
@@ -129,24 +130,6 @@ impl ActionsConfig {
             && root.is_relative()
         {
             *root = dir.join(&*root);
-        }
-    }
-
-    /// `TASKWEAVE_HTTP_DENY_PRIVATE` and `TASKWEAVE_EXTRACT_TEXT_ROOT`.
-    pub(super) fn apply_env(&mut self, var: &impl Fn(&str) -> Option<String>) {
-        if let Some(v) = var("TASKWEAVE_HTTP_DENY_PRIVATE").map(|v| v.trim().to_ascii_lowercase()).filter(|v| !v.is_empty()) {
-            self.http.deny_private = match v.as_str() {
-                "1" | "true" | "yes" | "on" => true,
-                "0" | "false" | "no" | "off" => false,
-                other => {
-                    // A switch that guards the network fails closed.
-                    tracing::warn!("TASKWEAVE_HTTP_DENY_PRIVATE={other} is not true or false; denying private addresses");
-                    true
-                }
-            };
-        }
-        if let Some(root) = var("TASKWEAVE_EXTRACT_TEXT_ROOT").filter(|v| !v.is_empty()) {
-            self.extract_text.root = Some(PathBuf::from(root));
         }
     }
 }

@@ -1,18 +1,20 @@
 //! `taskweave.toml`: which folders hold workflows, where history is stored,
-//! which backends exist. Every key can be overridden by environment
-//! (`TASK_QUEUE_BACKEND`, `TASKWEAVE_STORE`, `TASKWEAVE_WORKFLOWS`, and the
-//! original layer's `CELERY_BROKER_URL`, `CELERY_RESULT_BACKEND`,
-//! `FLIPT_SERVER_URL`, `FLIPT_NAMESPACE`; `TASKWEAVE_FLAGS_TIMEOUT`;
-//! `TASKWEAVE_HTTP_DENY_PRIVATE`, `TASKWEAVE_EXTRACT_TEXT_ROOT`;
-//! `TASKWEAVE_HEARTBEAT`, `TASKWEAVE_LEASE`; `TASKWEAVE_MAX_DIAGNOSTICS`).
-//! The `[serve]` limits are overridden by `taskweave serve`'s flags and
-//! their `TASKWEAVE_*` variables instead, as they concern that command alone.
+//! which backends exist, the limits of actions and the settings of the
+//! built-in handlers. Every key, its environment variable and its default
+//! are listed once, in [`keys::KEYS`]: the loader applies the environment
+//! through that table and records where each value came from
+//! ([`Config::sources`]), `taskweave config` prints it, and
+//! `docs/configuration.md` is generated from it.
 
 pub mod actions;
+pub mod handlers;
 pub mod instance;
+pub mod keys;
 mod serve;
 mod validate;
 
+pub use handlers::{HandlersConfig, LlmSection};
+pub use keys::Source;
 pub use serve::{ServeConfig, parse_positive_duration};
 pub use validate::ValidateConfig;
 
@@ -110,9 +112,16 @@ pub struct Config {
     /// `[validate]`: how validation reports.
     #[serde(default)]
     pub validate: ValidateConfig,
+    /// `[handlers]`: settings of the built-in handlers (`[handlers.llm]`).
+    #[serde(default)]
+    pub handlers: HandlersConfig,
     /// Where the file was read from, if anywhere.
     #[serde(skip)]
     pub path: Option<PathBuf>,
+    /// Where each value that is not a default came from, by TOML path
+    /// (`engine.store`, `backends.pg.url`).
+    #[serde(skip)]
+    pub sources: BTreeMap<String, Source>,
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -184,41 +193,14 @@ impl Config {
                 let msg = e.message().trim().to_string();
                 let mut d = positioned(e.span(), format!("invalid configuration: {msg}"));
                 if let Some(field) = msg.strip_prefix("unknown field `").and_then(|r| r.split('`').next()) {
-                    let expected = [
-                        "engine",
-                        "backends",
-                        "flags",
-                        "workflows",
-                        "store",
-                        "default_backend",
-                        "source",
-                        "namespace",
-                        "timeout",
-                        "cache_ttl",
-                        "actions",
-                        "max_output_bytes",
-                        "kill_grace",
-                        "extract_text",
-                        "http",
-                        "root",
-                        "max_bytes",
-                        "deny_private",
-                        "allow",
-                        "deny",
-                        "follow_redirects",
-                        "max_redirects",
-                        "serve",
-                        "header_timeout",
-                        "body_timeout",
-                        "idle_timeout",
-                        "max_connections",
-                        "instance",
-                        "heartbeat",
-                        "lease",
-                        "validate",
-                        "max_diagnostics",
-                    ];
-                    if let Some(s) = crate::diag::did_you_mean(field, expected) {
+                    let expected = keys::words();
+                    if field == "api_key" {
+                        d = d.with_help(
+                            "an API key is never written in the file: keep it in an environment variable and name that variable with `api_key_env`",
+                        );
+                        return Err(d);
+                    }
+                    if let Some(s) = crate::diag::did_you_mean(field, expected.iter().copied()) {
                         d = d.with_help(format!("did you mean `{s}`?"));
                     }
                 }
@@ -278,6 +260,10 @@ impl Config {
             };
             return Err(d);
         }
+        let mut c = c;
+        if let Ok(table) = text.parse::<toml::Table>() {
+            keys::file_sources(&mut c, file, &table);
+        }
         Ok(c)
     }
 
@@ -286,43 +272,16 @@ impl Config {
         Config::parse_file(FILE_NAME, text).map_err(|d| format!("{}:{}: {}", d.span.start.line, d.span.start.column, d.message))
     }
 
-    /// Environment overrides.
+    /// Environment overrides: the variables of [`keys::KEYS`]. A value that
+    /// does not parse is ignored with a warning.
     pub fn apply_env(&mut self, var: impl Fn(&str) -> Option<String>) {
-        if let Some(b) = var("TASK_QUEUE_BACKEND").filter(|s| !s.is_empty()) {
-            self.engine.default_backend = b;
-        }
-        if let Some(s) = var("TASKWEAVE_STORE").filter(|s| !s.is_empty()) {
-            self.engine.store = s;
-        }
-        if let Some(w) = var("TASKWEAVE_WORKFLOWS").filter(|s| !s.is_empty()) {
-            self.engine.workflows = std::env::split_paths(&w).collect();
-        }
-        if let Some(url) = var("FLIPT_SERVER_URL").filter(|s| !s.is_empty()) {
-            self.flags.source = Some(url);
-        }
-        if let Some(ns) = var("FLIPT_NAMESPACE").filter(|s| !s.is_empty()) {
-            self.flags.namespace = Some(ns);
-        }
-        if let Some(t) = var("TASKWEAVE_FLAGS_TIMEOUT").filter(|s| !s.is_empty()) {
-            self.flags.timeout = Some(t);
-        }
-        self.actions.apply_env(&var);
-        for (env, slot) in [("TASKWEAVE_HEARTBEAT", &mut self.instance.heartbeat), ("TASKWEAVE_LEASE", &mut self.instance.lease)] {
-            if let Some(v) = var(env).filter(|s| !s.is_empty()) {
-                match instance::parse_duration(&v) {
-                    Ok(d) => *slot = d,
-                    Err(e) => tracing::warn!("{env}: {e}; keeping {}", humantime::format_duration(*slot)),
-                }
-            }
-        }
-        self.validate.apply_env(&var);
-        for (key, env) in [("broker", "CELERY_BROKER_URL"), ("result_backend", "CELERY_RESULT_BACKEND")] {
-            if let Some(v) = var(env).filter(|s| !s.is_empty()) {
-                for b in self.backends.values_mut().filter(|b| b.kind == "celery") {
-                    b.options.insert(key.to_string(), toml::Value::String(v.clone()));
-                }
-            }
-        }
+        keys::apply_env(self, &var);
+    }
+
+    /// The `llm` handler's settings: `[handlers.llm]` and its variables,
+    /// with the API key read from the variable `api_key_env` names.
+    pub fn llm(&self) -> crate::run::actions::handlers::LlmConfig {
+        self.handlers.llm.resolve(&|k: &str| std::env::var(k).ok())
     }
 
     /// Configured backend names; `local` always exists.

@@ -25,16 +25,6 @@ impl Default for ValidateConfig {
     }
 }
 
-impl ValidateConfig {
-    /// The environment's overrides (`TASKWEAVE_MAX_DIAGNOSTICS`); a value
-    /// that is not a number is ignored.
-    pub fn apply_env(&mut self, var: &impl Fn(&str) -> Option<String>) {
-        if let Some(n) = var("TASKWEAVE_MAX_DIAGNOSTICS").and_then(|v| v.trim().parse().ok()) {
-            self.max_diagnostics = n;
-        }
-    }
-}
-
 #[cfg(test)]
 mod tests {
     use crate::config::Config;

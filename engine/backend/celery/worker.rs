@@ -336,10 +336,10 @@ async fn serve_handler(
         Err(msg) => return answer(&b.broker, m, id, &failure("TypeError", "builtins", msg)).await,
     };
     let cancel = CancellationToken::new();
-    let ctx = HandlerCtx { run_id: id.to_string(), task: full.clone(), attempt: m.retries + 1, cancel: cancel.clone() };
+    let hard = m.timelimit.0.or(m.timelimit.1).filter(|s| *s > 0.0).map(Duration::from_secs_f64);
+    let ctx = HandlerCtx { run_id: id.to_string(), task: full.clone(), attempt: m.retries + 1, cancel: cancel.clone(), timeout: hard };
     let fut = std::panic::AssertUnwindSafe(h.call(with, ctx)).catch_unwind();
     tokio::pin!(fut);
-    let hard = m.timelimit.0.or(m.timelimit.1).filter(|s| *s > 0.0).map(Duration::from_secs_f64);
     let limit = async move {
         match hard {
             Some(d) => tokio::time::sleep(d).await,

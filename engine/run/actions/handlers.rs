@@ -29,6 +29,9 @@ pub struct HandlerCtx {
     pub attempt: u32,
     /// Fires when the attempt must stop (timeout, cancellation).
     pub cancel: CancellationToken,
+    /// The task's own time limit, if it has one (for messages: `cancel`
+    /// enforces it).
+    pub timeout: Option<std::time::Duration>,
 }
 
 /// A named piece of work a `uses:` task calls with its rendered `with` value.

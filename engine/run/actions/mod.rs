@@ -103,7 +103,13 @@ pub async fn execute(a: Attempt<'_>) -> Result<Value, ActionError> {
         Action::Uses { handler, with } => {
             let args = a.workflow.templates.capped(a.limits.max_output_bytes).render(with, a.ctx)?;
             let h = a.handlers.get(handler).ok_or_else(|| ActionError::Permanent(format!("unknown handler `{handler}`")))?;
-            let hctx = HandlerCtx { run_id: a.run_id.to_string(), task: a.task.name.clone(), attempt: a.attempt, cancel: a.cancel.clone() };
+            let hctx = HandlerCtx {
+                run_id: a.run_id.to_string(),
+                task: a.task.name.clone(),
+                attempt: a.attempt,
+                cancel: a.cancel.clone(),
+                timeout: a.task.timeout,
+            };
             tokio::select! {
                 biased;
                 _ = a.cancel.cancelled() => Err(ActionError::Cancelled),

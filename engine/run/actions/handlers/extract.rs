@@ -304,7 +304,7 @@ mod tests {
     }
 
     fn ctx() -> HandlerCtx {
-        HandlerCtx { run_id: "r".into(), task: "t".into(), attempt: 1, cancel: CancellationToken::new() }
+        HandlerCtx { run_id: "r".into(), task: "t".into(), attempt: 1, cancel: CancellationToken::new(), timeout: None }
     }
 
     async fn call(h: &ExtractText, path: &str) -> Result<Value, ActionError> {

@@ -50,34 +50,31 @@ impl std::fmt::Debug for LlmConfig {
 }
 
 impl LlmConfig {
-    /// Read the settings from the environment:
+    /// The settings from the environment alone, as if `taskweave.toml` had
+    /// no `[handlers.llm]`:
     ///
     /// - `TASKWEAVE_LLM_BASE_URL`, else `OPENAI_BASE_URL`, else `https://api.openai.com/v1`;
-    /// - `TASKWEAVE_LLM_API_KEY`, else `OPENAI_API_KEY`;
+    /// - the key from the variable `TASKWEAVE_LLM_API_KEY_ENV` names, else
+    ///   `TASKWEAVE_LLM_API_KEY`, else `OPENAI_API_KEY`;
     /// - `TASKWEAVE_LLM_MODEL`, else `gpt-4o-mini`;
     /// - `TASKWEAVE_LLM_TIMEOUT` (a duration such as `90s`), else 2 minutes.
     ///
-    /// Empty variables count as unset.
+    /// Empty variables count as unset; one that does not parse is ignored
+    /// with a warning. [`crate::config::Config::llm`] adds the file.
     pub fn from_env() -> Self {
         Self::from_lookup(|k| std::env::var(k).ok())
     }
 
     fn from_lookup(get: impl Fn(&str) -> Option<String>) -> Self {
-        let var = |k: &str| get(k).map(|v| v.trim().to_string()).filter(|v| !v.is_empty());
-        let d = LlmConfig::default();
-        let timeout = match var("TASKWEAVE_LLM_TIMEOUT") {
-            Some(t) => crate::plan::parse_duration(&t).unwrap_or_else(|e| {
-                tracing::warn!("TASKWEAVE_LLM_TIMEOUT: {e}; using {}", humantime::format_duration(d.timeout));
-                d.timeout
-            }),
-            None => d.timeout,
-        };
-        LlmConfig {
-            base_url: var("TASKWEAVE_LLM_BASE_URL").or_else(|| var("OPENAI_BASE_URL")).unwrap_or(d.base_url),
-            api_key: var("TASKWEAVE_LLM_API_KEY").or_else(|| var("OPENAI_API_KEY")),
-            model: var("TASKWEAVE_LLM_MODEL").unwrap_or(d.model),
-            timeout,
-        }
+        let mut c = crate::config::Config::default();
+        c.apply_env(&get);
+        c.handlers.llm.resolve(&get)
+    }
+
+    /// Whether the service needs an API key: any but one on this machine
+    /// (`localhost`, a loopback address), where services commonly run without.
+    pub fn needs_key(&self) -> bool {
+        !is_local(&self.base_url)
     }
 
     fn endpoint(&self) -> String {
@@ -181,13 +178,16 @@ impl Handler for Llm {
         let (body, model) = request_body(&with, &cfg.model)?;
         if cfg.api_key.is_none() && !is_local(&cfg.base_url) {
             return Err(ActionError::Permanent(format!(
-                "llm: no API key for {}; set TASKWEAVE_LLM_API_KEY or OPENAI_API_KEY",
+                "llm: no API key for {}; set TASKWEAVE_LLM_API_KEY or OPENAI_API_KEY, or the variable `[handlers.llm] api_key_env` names",
                 display_url(&cfg.base_url)
             )));
         }
         let url = cfg.endpoint();
         let shown = display_url(&url);
-        let mut req = client()?.post(&url).timeout(cfg.timeout).json(&body);
+        // The request's own limit is `[handlers.llm] timeout`, not reqwest's:
+        // when it strikes, the error names it next to the task's timeout, so
+        // a short request limit never passes for the task's.
+        let mut req = client()?.post(&url).json(&body);
         if let Some(key) = &cfg.api_key {
             req = req.bearer_auth(key);
         }
@@ -208,9 +208,24 @@ impl Handler for Llm {
         tokio::select! {
             biased;
             _ = ctx.cancel.cancelled() => Err(ActionError::Cancelled),
-            r = work => r,
+            r = tokio::time::timeout(cfg.timeout, work) => r.unwrap_or_else(|_| Err(timed_out(&shown, cfg.timeout, ctx.timeout))),
         }
     }
+}
+
+/// The error of a request that outlived `[handlers.llm] timeout`, with the
+/// task's own timeout beside it.
+fn timed_out(shown_url: &str, limit: Duration, task_timeout: Option<Duration>) -> ActionError {
+    let limit_text = humantime::format_duration(limit);
+    let task = match task_timeout {
+        Some(t) if t > limit => format!(
+            "the task's timeout is {}, longer than the request may take: raise `[handlers.llm] timeout` (or TASKWEAVE_LLM_TIMEOUT) to use it",
+            humantime::format_duration(t)
+        ),
+        Some(t) => format!("the task's timeout is {}", humantime::format_duration(t)),
+        None => "the task has no timeout".to_string(),
+    };
+    ActionError::Failed(format!("llm: request to {shown_url} timed out after {limit_text} ([handlers.llm] timeout); {task}"))
 }
 
 #[cfg(test)]
@@ -241,6 +256,18 @@ mod tests {
             ("TASKWEAVE_LLM_MODEL", ""),
         ]));
         assert_eq!((c.base_url.as_str(), c.api_key.as_deref(), c.model.as_str()), ("http://b/v1", Some("k2"), "gpt-4o-mini"));
+    }
+
+    #[test]
+    fn a_timeout_names_both_limits() {
+        let m = timed_out("http://h/v1/chat/completions", Duration::from_secs(2), Some(Duration::from_secs(300))).to_string();
+        assert_eq!(
+            m,
+            "llm: request to http://h/v1/chat/completions timed out after 2s ([handlers.llm] timeout); the task's timeout is 5m, \
+             longer than the request may take: raise `[handlers.llm] timeout` (or TASKWEAVE_LLM_TIMEOUT) to use it"
+        );
+        assert!(timed_out("u", Duration::from_secs(2), None).to_string().ends_with("the task has no timeout"));
+        assert!(timed_out("u", Duration::from_secs(2), Some(Duration::from_secs(1))).to_string().ends_with("the task's timeout is 1s"));
     }
 
     #[test]
