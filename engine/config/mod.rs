@@ -215,6 +215,7 @@ impl Config {
                         "lease",
                         "validate",
                         "max_diagnostics",
+                        "handlers",
                     ];
                     if let Some(s) = crate::diag::did_you_mean(field, expected) {
                         d = d.with_help(format!("did you mean `{s}`?"));

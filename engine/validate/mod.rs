@@ -5,15 +5,17 @@
 //! processes, no clock — so the CLI, the editor integration and hot reload can
 //! call it freely. Every finding is reported at once, each at its node.
 
+mod handlers;
 mod rules;
 mod schema;
 
+pub use handlers::HandlerCatalog;
 pub use rules::ACTIONS;
 
 use crate::diag::{Code, Diagnostic, Span};
 use crate::plan::Workflow;
 use crate::spec::{self, Format};
-use std::collections::HashMap;
+use std::collections::{BTreeMap, HashMap};
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
@@ -23,6 +25,16 @@ pub struct Options {
     /// The configured backend names, when a configuration is given;
     /// enables `unknown-backend`.
     pub backends: Option<Vec<String>>,
+    /// The kind of each configured backend (name -> kind) and the default
+    /// backend, when a configuration is given; enables `backend-action`.
+    pub backend_kinds: Option<(BTreeMap<String, String>, String)>,
+    /// The handlers `uses:` may name, with their schemas; enables
+    /// `unknown-handler`, `handler-args` and `output-field`. `None`: any
+    /// name is accepted and nothing is checked against a schema.
+    pub handlers: Option<Arc<HandlerCatalog>>,
+    /// The configured flag source; when it is a features file that loaded,
+    /// enables `unknown-flag` (read at each check, so a reloaded file counts).
+    pub flags: Option<crate::flags::FlagSource>,
     /// How many diagnostics one file reports at most (`0`: all); the rest
     /// are counted in a final `too-many-diagnostics` diagnostic.
     pub max_diagnostics: usize,
@@ -30,7 +42,15 @@ pub struct Options {
 
 impl Default for Options {
     fn default() -> Self {
-        Options { backends: None, max_diagnostics: crate::diag::DEFAULT_MAX_PER_FILE }
+        Options { backends: None, backend_kinds: None, handlers: None, flags: None, max_diagnostics: crate::diag::DEFAULT_MAX_PER_FILE }
+    }
+}
+
+impl Options {
+    /// These options, knowing the built-in handlers.
+    pub fn with_builtin_handlers(mut self) -> Self {
+        self.handlers = Some(Arc::new(HandlerCatalog::builtin()));
+        self
     }
 }
 
@@ -109,11 +129,17 @@ pub fn check_source(file: &str, text: String, format: Format, opts: &Options) ->
             }
         };
         if let Some(root) = tree.as_ref().or(doc.as_ref().map(|d| &d.root)) {
+            // The flags a features file serves now, in the namespace the
+            // source evaluates in (another namespace serves none of them).
+            let features = opts.flags.as_ref().and_then(|f| f.features().filter(|x| x.namespace == f.namespace()).map(|x| (f.describe(), x)));
             let pending = rules::Rules {
                 file,
                 text: &text,
                 root,
                 backends: opts.backends.as_deref(),
+                handlers: opts.handlers.as_deref(),
+                kinds: opts.backend_kinds.as_ref().map(|(k, d)| (k, d.as_str())),
+                flags: features.as_ref().map(|(s, f)| (s.as_str(), &**f)),
                 out: &mut diags,
                 line_starts: std::cell::OnceCell::new(),
                 budget: rules::Budget::new(opts.max_diagnostics),
