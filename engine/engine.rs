@@ -586,16 +586,13 @@ fn render_entity(t: &str, wf: &Workflow, input: &Value, context: &Value, run_id:
 /// built-ins and those `[validate] handlers` names; flags are checked
 /// against a configured features file (a Flipt server is not asked).
 pub fn validate_options(c: &Config) -> crate::validate::Options {
-    let flags = c
-        .flags
-        .source
-        .as_deref()
-        .map(str::trim)
-        .filter(|s| !s.is_empty() && !s.starts_with("http://") && !s.starts_with("https://"))
-        .map(|src| {
-            let ns = c.flags.namespace.as_deref().filter(|n| !n.is_empty()).unwrap_or(crate::flags::DEFAULT_NAMESPACE);
-            FlagSource::file(Path::new(src), ns)
-        });
+    let flags =
+        c.flags.source.as_deref().map(str::trim).filter(|s| !s.is_empty() && !s.starts_with("http://") && !s.starts_with("https://")).map(
+            |src| {
+                let ns = c.flags.namespace.as_deref().filter(|n| !n.is_empty()).unwrap_or(crate::flags::DEFAULT_NAMESPACE);
+                FlagSource::file(Path::new(src), ns)
+            },
+        );
     validate_options_with(c, &Handlers::builtin(LlmConfig::default()), flags)
 }
 

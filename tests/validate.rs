@@ -1285,7 +1285,13 @@ fn other_engines_field_names_suggest_ours() {
 
 /// One diagnostic, exactly: code, start and end, message and help.
 fn exactly(d: &Diagnostic, code: &str, at: (u32, u32), end: (u32, u32), message: &str, help: Option<&str>) {
-    let got = (d.code.as_str(), (d.span.start.line, d.span.start.column), (d.span.end.line, d.span.end.column), d.message.as_str(), d.help.as_deref());
+    let got = (
+        d.code.as_str(),
+        (d.span.start.line, d.span.start.column),
+        (d.span.end.line, d.span.end.column),
+        d.message.as_str(),
+        d.help.as_deref(),
+    );
     assert_eq!(got, (code, at, end, message, help), "{}", show(std::slice::from_ref(d)));
     assert_eq!(d.severity, Code::parse(code).expect("a known code").severity());
 }
@@ -1325,14 +1331,23 @@ fn unknown_handler_suggests_the_closest_name() {
         (7, 21),
         (7, 30),
         "task `b` uses handler `summarize`, which does not exist",
-        Some("the handlers are `echo`, `extract-text`, `fail`, `llm`, `sleep`; a program that embeds the engine registers its own (list them in `[validate] handlers` of taskweave.toml for `taskweave validate`)"),
+        Some(
+            "the handlers are `echo`, `extract-text`, `fail`, `llm`, `sleep`; a program that embeds the engine registers its own (list them in `[validate] handlers` of taskweave.toml for `taskweave validate`)",
+        ),
     );
     assert!(c.workflow.is_none());
     // TOML, at the same node.
     let toml = "version = 1\nname = \"demo\"\n\n[[tasks]]\nname = \"text\"\nuses = \"extract_text\"\n";
     let c = check("h.toml", toml.as_bytes(), T, &builtins());
     assert_eq!(c.diagnostics.len(), 1, "{}", show(&c.diagnostics));
-    exactly(&c.diagnostics[0], "unknown-handler", (6, 8), (6, 22), "task `text` uses handler `extract_text`, which does not exist", Some("did you mean `extract-text`?"));
+    exactly(
+        &c.diagnostics[0],
+        "unknown-handler",
+        (6, 8),
+        (6, 22),
+        "task `text` uses handler `extract_text`, which does not exist",
+        Some("did you mean `extract-text`?"),
+    );
     // Handlers unknown to the caller: any name goes.
     assert!(check("h.yaml", src.as_bytes(), Y, &Options::default()).diagnostics.is_empty());
     // A registered handler is known.
@@ -1361,7 +1376,14 @@ async fn an_engine_validates_against_the_handlers_registered_with_it() {
     };
     let d = diags(engine.register_file(&typo));
     assert_eq!(d.len(), 1, "{}", show(&d));
-    exactly(&d[0], "unknown-handler", (4, 21), (4, 29), "task `a` uses handler `sumarise`, which does not exist", Some("did you mean `summarise`?"));
+    exactly(
+        &d[0],
+        "unknown-handler",
+        (4, 21),
+        (4, 29),
+        "task `a` uses handler `sumarise`, which does not exist",
+        Some("did you mean `summarise`?"),
+    );
     let d = diags(engine.register_file(&args));
     assert_eq!(d.len(), 2, "{}", show(&d));
     exactly(&d[0], "handler-args", (4, 32), (4, 36), "handler `summarise` needs the argument `text`", Some("`text` is required"));
@@ -1375,7 +1397,14 @@ fn handler_args_are_checked_against_the_handlers_schema() {
     assert_eq!(c.diagnostics.len(), 3, "{}", show(&c.diagnostics));
     exactly(&c.diagnostics[0], "handler-args", (6, 5), (6, 9), "handler `llm` needs the argument `prompt`", Some("`prompt` is required"));
     exactly(&c.diagnostics[1], "handler-args", (6, 12), (6, 17), "handler `llm` takes no argument `promt`", Some("did you mean `prompt`?"));
-    exactly(&c.diagnostics[2], "handler-args", (6, 50), (6, 53), "handler `llm`: `with.temperature` must be a number, found a string", None);
+    exactly(
+        &c.diagnostics[2],
+        "handler-args",
+        (6, 50),
+        (6, 53),
+        "handler `llm`: `with.temperature` must be a number, found a string",
+        None,
+    );
     assert!(c.workflow.is_none());
 
     // No `with` at all: the handler gets an empty mapping.
@@ -1391,14 +1420,35 @@ fn handler_args_are_checked_against_the_handlers_schema() {
         Some("`path` is required: add `with: {path: ...}`"),
     );
     exactly(&c.diagnostics[1], "handler-args", (6, 23), (6, 28), "handler `sleep` needs one of `duration` or `seconds` in `with`", None);
-    exactly(&c.diagnostics[2], "handler-args", (7, 31), (7, 35), "handler `sleep` takes one of `duration` or `seconds` in `with`, not several", None);
+    exactly(
+        &c.diagnostics[2],
+        "handler-args",
+        (7, 31),
+        (7, 35),
+        "handler `sleep` takes one of `duration` or `seconds` in `with`, not several",
+        None,
+    );
 
     // Templated values are known only at run time: only their keys are checked.
     let src = "version: 1\nname: demo\ntasks:\n  - name: a\n    uses: llm\n    with:\n      prompt: \"{{input.p}}\"\n      max_tokens: \"{{input.n}}\"\n      temprature: \"{{input.t}}\"\n  - {name: b, uses: sleep, with: {seconds: \"{{input.s}}\"}}\n  - {name: c, uses: extract-text, with: \"{{input.args}}\"}\n  - {name: d, uses: fail, with: {message: 42, retryable: \"no\"}}\n";
     let c = check("args.yaml", src.as_bytes(), Y, &builtins());
     assert_eq!(c.diagnostics.len(), 2, "{}", show(&c.diagnostics));
-    exactly(&c.diagnostics[0], "handler-args", (9, 7), (9, 17), "handler `llm` takes no argument `temprature`", Some("did you mean `temperature`?"));
-    exactly(&c.diagnostics[1], "handler-args", (12, 58), (12, 62), "handler `fail`: `with.retryable` must be a boolean, found a string", None);
+    exactly(
+        &c.diagnostics[0],
+        "handler-args",
+        (9, 7),
+        (9, 17),
+        "handler `llm` takes no argument `temprature`",
+        Some("did you mean `temperature`?"),
+    );
+    exactly(
+        &c.diagnostics[1],
+        "handler-args",
+        (12, 58),
+        (12, 62),
+        "handler `fail`: `with.retryable` must be a boolean, found a string",
+        None,
+    );
 
     // TOML.
     let toml = "version = 1\nname = \"demo\"\n\n[[tasks]]\nname = \"s\"\nuses = \"llm\"\nwith = { promt = \"hi\" }\n";
@@ -1455,7 +1505,14 @@ fn url_literals_must_be_http_urls() {
         "`ftp://files.example.com/x` is not an HTTP URL: its scheme is `ftp`",
         Some("an `http:` task sends HTTP requests: the URL starts with `http://` or `https://`"),
     );
-    exactly(&c.diagnostics[2], "url", (7, 31), (7, 40), "`http://` is not a valid URL: empty host", Some("write the whole URL, e.g. `https://example.com/path`"));
+    exactly(
+        &c.diagnostics[2],
+        "url",
+        (7, 31),
+        (7, 40),
+        "`http://` is not a valid URL: empty host",
+        Some("write the whole URL, e.g. `https://example.com/path`"),
+    );
     let toml = "version = 1\nname = \"demo\"\n\n[[tasks]]\nname = \"ping\"\nhttp = { url = \"localhost:8080\" }\n";
     let c = check("url.toml", toml.as_bytes(), T, &Options::default());
     assert_eq!(c.diagnostics.len(), 1, "{}", show(&c.diagnostics));
@@ -1512,7 +1569,10 @@ fn backend_action_needs_a_celery_backend_for_celery_tasks() {
     assert!(check("b.yaml", default.as_bytes(), Y, &Options::default()).diagnostics.is_empty());
     // The CLI reads the kinds from taskweave.toml.
     let f = Files::new(&[
-        ("taskweave.toml", "[engine]\ndefault_backend = \"local\"\n\n[backends.py]\nkind = \"celery\"\nbroker = \"redis://127.0.0.1:6379/0\"\n"),
+        (
+            "taskweave.toml",
+            "[engine]\ndefault_backend = \"local\"\n\n[backends.py]\nkind = \"celery\"\nbroker = \"redis://127.0.0.1:6379/0\"\n",
+        ),
         ("c.yaml", &default),
         ("ok.yaml", &format!("version: 1\nname: ok\nbackend: py\n{tasks}")),
     ]);
@@ -1523,7 +1583,8 @@ fn backend_action_needs_a_celery_backend_for_celery_tasks() {
 
 #[test]
 fn unknown_flag_is_a_warning_when_the_features_file_is_known() {
-    let src = "version: 1\nname: demo\nbackend:\n  flag: pg_queue_enable\n  enabled: celery\n  disabled: local\ntasks: [{name: a, uses: echo}]\n";
+    let src =
+        "version: 1\nname: demo\nbackend:\n  flag: pg_queue_enable\n  enabled: celery\n  disabled: local\ntasks: [{name: a, uses: echo}]\n";
     let opts = Options { flags: Some(flag_source()), ..Default::default() };
     let c = check("f.yaml", src.as_bytes(), Y, &opts);
     assert_eq!(c.diagnostics.len(), 1, "{}", show(&c.diagnostics));

@@ -126,12 +126,16 @@ pub(super) fn check_with(
         };
         match err.kind() {
             ValidationErrorKind::AdditionalProperties { unexpected } => {
-                let allowed: Vec<&str> =
-                    keyword_parent.get("properties").and_then(Value::as_object).map(|p| p.keys().map(String::as_str).collect()).unwrap_or_default();
+                let allowed: Vec<&str> = keyword_parent
+                    .get("properties")
+                    .and_then(Value::as_object)
+                    .map(|p| p.keys().map(String::as_str).collect())
+                    .unwrap_or_default();
                 for key in unexpected {
                     let span = root.key_span_at(&format!("{pointer}/{}", pointer_seg(key)));
                     let where_ = if at.is_empty() { String::new() } else { format!(" in {label}") };
-                    let mut d = Diagnostic::new(Code::HandlerArgs, file, span, format!("handler `{handler}` takes no argument `{key}`{where_}"));
+                    let mut d =
+                        Diagnostic::new(Code::HandlerArgs, file, span, format!("handler `{handler}` takes no argument `{key}`{where_}"));
                     d = match did_you_mean(key, allowed.iter().copied()) {
                         Some(s) => d.with_help(format!("did you mean `{s}`?")),
                         None if allowed.is_empty() => d.with_help(format!("handler `{handler}` takes no arguments here")),
@@ -193,8 +197,11 @@ pub(super) fn check_with(
             {
                 // A template inside may be what decides it.
             }
-            kind @ (ValidationErrorKind::OneOfNotValid { .. } | ValidationErrorKind::OneOfMultipleValid { .. } | ValidationErrorKind::AnyOf { .. }) => {
-                let alternatives = err.schema_path().as_str().rsplit('/').next().and_then(|k| keyword_parent.get(k)).and_then(Value::as_array);
+            kind @ (ValidationErrorKind::OneOfNotValid { .. }
+            | ValidationErrorKind::OneOfMultipleValid { .. }
+            | ValidationErrorKind::AnyOf { .. }) => {
+                let alternatives =
+                    err.schema_path().as_str().rsplit('/').next().and_then(|k| keyword_parent.get(k)).and_then(Value::as_array);
                 // Alternatives that each require keys: "one of these keys".
                 let keys: Option<Vec<&str>> = alternatives.and_then(|alts| {
                     let mut keys = Vec::new();
@@ -277,7 +284,8 @@ pub(super) fn missing_output_field(schema: &Value, path: &[&str]) -> Option<(usi
     let mut s = schema;
     for (depth, seg) in path.iter().enumerate() {
         let ty = s.get("type");
-        let is = |t: &str| ty.is_some_and(|v| v.as_str() == Some(t) || v.as_array().is_some_and(|a| a.len() == 1 && a[0].as_str() == Some(t)));
+        let is =
+            |t: &str| ty.is_some_and(|v| v.as_str() == Some(t) || v.as_array().is_some_and(|a| a.len() == 1 && a[0].as_str() == Some(t)));
         let scalar = ["string", "integer", "number", "boolean", "null"].into_iter().find(|t| is(t));
         if let Some(t) = scalar {
             return Some((depth, format!("is {}", article(t))));
@@ -320,4 +328,48 @@ pub(super) fn output_fields_at<'s>(schema: &'s Value, path: &[&str]) -> Vec<&'s 
         }
     }
     s.get("properties").and_then(Value::as_object).map(|p| p.keys().map(String::as_str).collect()).unwrap_or_default()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use serde_json::json;
+
+    /// A built-in's schema that did not compile would silently check nothing.
+    #[test]
+    fn the_builtin_schemas_are_valid_and_match_what_the_handlers_take() {
+        let c = HandlerCatalog::builtin();
+        assert_eq!(c.names().collect::<Vec<_>>(), ["echo", "extract-text", "fail", "llm", "sleep"]);
+        for name in ["extract-text", "fail", "llm", "sleep"] {
+            assert!(c.validator(name).is_some(), "{name} declares a valid `with` schema");
+        }
+        assert!(c.validator("echo").is_none() && c.output_schema("echo").is_none(), "echo takes and returns anything");
+        let ok = |h: &str, v: Value| c.validator(h).expect("schema").1.is_valid(&v);
+        assert!(ok("llm", json!({"prompt": "hi", "system": "s", "model": "m", "temperature": 0.2, "max_tokens": 50})));
+        assert!(!ok("llm", json!({"promt": "hi"})));
+        assert!(ok("sleep", json!({"duration": "200ms"})) && ok("sleep", json!({"seconds": 0.2})));
+        assert!(!ok("sleep", json!({})) && !ok("sleep", json!({"duration": "1s", "seconds": 1})) && !ok("sleep", json!({"seconds": -1})));
+        assert!(ok("fail", json!({})) && ok("fail", json!({"message": {"any": 1}, "retryable": false})));
+        assert!(ok("extract-text", json!({"path": "a.txt"})) && !ok("extract-text", json!({"path": ""})));
+        for name in ["extract-text", "llm", "sleep"] {
+            let out = c.output_schema(name).expect("an output schema");
+            assert!(jsonschema::validator_for(out).is_ok(), "{name}");
+        }
+    }
+
+    #[test]
+    fn output_fields_are_judged_only_where_the_schema_is_closed() {
+        let s = json!({"type": "object", "additionalProperties": false, "properties": {
+            "text": {"type": "string"},
+            "meta": {"type": "object", "properties": {"a": {}}},
+            "pages": {"type": "array"}
+        }});
+        assert_eq!(missing_output_field(&s, &["text"]), None);
+        assert_eq!(missing_output_field(&s, &["txt"]), Some((0, "has only `meta`, `pages`, `text`".into())));
+        assert_eq!(missing_output_field(&s, &["text", "x"]), Some((1, "is a string".into())));
+        assert_eq!(missing_output_field(&s, &["meta", "anything"]), None, "an open object may hold it");
+        assert_eq!(missing_output_field(&s, &["pages", "0"]), None);
+        assert_eq!(missing_output_field(&json!({"type": "object"}), &["x"]), None);
+        assert_eq!(output_fields_at(&s, &[]), ["text", "meta", "pages"]);
+    }
 }

@@ -131,7 +131,8 @@ pub fn check_source(file: &str, text: String, format: Format, opts: &Options) ->
         if let Some(root) = tree.as_ref().or(doc.as_ref().map(|d| &d.root)) {
             // The flags a features file serves now, in the namespace the
             // source evaluates in (another namespace serves none of them).
-            let features = opts.flags.as_ref().and_then(|f| f.features().filter(|x| x.namespace == f.namespace()).map(|x| (f.describe(), x)));
+            let features =
+                opts.flags.as_ref().and_then(|f| f.features().filter(|x| x.namespace == f.namespace()).map(|x| (f.describe(), x)));
             let pending = rules::Rules {
                 file,
                 text: &text,

@@ -397,7 +397,10 @@ impl Rules<'_> {
             Code::UnknownFlag,
             self.file,
             self.root.span_at("/backend/flag"),
-            format!("flag `{key}` is not defined in {source} (namespace `{}`), so every run goes to the rule's default backend", features.namespace),
+            format!(
+                "flag `{key}` is not defined in {source} (namespace `{}`), so every run goes to the rule's default backend",
+                features.namespace
+            ),
         );
         let keys = features.flags.iter().map(|f| f.key.as_str());
         d = match did_you_mean(key, keys.clone()) {
