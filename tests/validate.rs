@@ -1408,7 +1408,7 @@ fn handler_args_are_checked_against_the_handlers_schema() {
     assert!(c.workflow.is_none());
 
     // No `with` at all: the handler gets an empty mapping.
-    let src = "version: 1\nname: demo\ntasks:\n  - name: text\n    uses: extract-text\n  - {name: nap, uses: sleep}\n  - {name: nap2, uses: sleep, with: {duration: 1s, seconds: 2}}\n";
+    let src = "version: 1\nname: demo\ntasks:\n  - name: text\n    uses: extract-text\n    with: ~\n  - {name: nap, uses: sleep}\n  - {name: nap2, uses: sleep, with: {duration: 1s, seconds: 2}}\n";
     let c = check("args.yaml", src.as_bytes(), Y, &builtins());
     assert_eq!(c.diagnostics.len(), 3, "{}", show(&c.diagnostics));
     exactly(
@@ -1419,12 +1419,12 @@ fn handler_args_are_checked_against_the_handlers_schema() {
         "handler `extract-text` needs the argument `path`",
         Some("`path` is required: add `with: {path: ...}`"),
     );
-    exactly(&c.diagnostics[1], "handler-args", (6, 23), (6, 28), "handler `sleep` needs one of `duration` or `seconds` in `with`", None);
+    exactly(&c.diagnostics[1], "handler-args", (7, 23), (7, 28), "handler `sleep` needs one of `duration` or `seconds` in `with`", None);
     exactly(
         &c.diagnostics[2],
         "handler-args",
-        (7, 31),
-        (7, 35),
+        (8, 31),
+        (8, 35),
         "handler `sleep` takes one of `duration` or `seconds` in `with`, not several",
         None,
     );

@@ -91,7 +91,8 @@ pub(super) fn check_with(
     out: &mut Vec<Diagnostic>,
 ) {
     let Some((schema, validator)) = catalog.validator(handler) else { return };
-    let node = task.get("with");
+    // `with: null` reads as no `with`.
+    let node = task.get("with").filter(|n| !matches!(n.kind, NodeKind::Null));
     // A `with` that is one template is only known when the task runs.
     if node.and_then(Node::as_str).is_some_and(template::is_template) {
         return;
