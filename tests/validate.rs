@@ -1522,7 +1522,7 @@ fn url_literals_must_be_http_urls() {
         (6, 16),
         (6, 32),
         "`localhost:8080` is not an HTTP URL: its scheme is `localhost`",
-        Some("an `http:` task sends HTTP requests: the URL starts with `http://` or `https://`"),
+        Some("write the whole URL: `https://localhost:8080`"),
     );
 }
 

@@ -276,20 +276,33 @@ fn unescape(seg: &str) -> String {
     seg.replace("~1", "/").replace("~0", "~")
 }
 
-/// Whether an output schema says that `field` cannot exist at a path below
-/// the output; the reason when so. `path` holds the segments read after
-/// `output` (`["text"]` for `output.text`). Only closed objects
-/// (`additionalProperties: false`) and scalar types are judged; anything
-/// else may hold the field.
-pub(super) fn missing_output_field(schema: &Value, path: &[&str]) -> Option<(usize, String)> {
+/// Why a read below a task's output cannot succeed, at `depth` segments
+/// after `output`.
+#[derive(Debug, PartialEq)]
+pub(super) enum NoField<'s> {
+    /// A closed object (`additionalProperties: false`) without that field;
+    /// the fields it has, sorted.
+    Closed { depth: usize, fields: Vec<&'s str> },
+    /// A string, number, boolean or null, which has no fields.
+    Scalar { depth: usize, kind: &'static str },
+}
+
+/// Whether an output schema says that a read cannot succeed. `path` holds
+/// the segments read after `output` (`["text"]` for `output.text`). Only
+/// closed objects and scalar types are judged; anything else may hold the
+/// field.
+pub(super) fn missing_output_field<'s>(schema: &'s Value, path: &[&str]) -> Option<NoField<'s>> {
     let mut s = schema;
     for (depth, seg) in path.iter().enumerate() {
         let ty = s.get("type");
         let is =
             |t: &str| ty.is_some_and(|v| v.as_str() == Some(t) || v.as_array().is_some_and(|a| a.len() == 1 && a[0].as_str() == Some(t)));
-        let scalar = ["string", "integer", "number", "boolean", "null"].into_iter().find(|t| is(t));
-        if let Some(t) = scalar {
-            return Some((depth, format!("is {}", article(t))));
+        let scalar =
+            [("string", "a string"), ("integer", "an integer"), ("number", "a number"), ("boolean", "a boolean"), ("null", "null")]
+                .into_iter()
+                .find(|(t, _)| is(t));
+        if let Some((_, kind)) = scalar {
+            return Some(NoField::Scalar { depth, kind });
         }
         if is("array") {
             // `output.items.0` reads an element: look no further.
@@ -299,36 +312,14 @@ pub(super) fn missing_output_field(schema: &Value, path: &[&str]) -> Option<(usi
         match props.and_then(|p| p.get(*seg)) {
             Some(sub) => s = sub,
             None if s.get("additionalProperties").is_some_and(|a| a == &Value::Bool(false)) => {
-                let mut names: Vec<&str> = props.map(|p| p.keys().map(String::as_str).collect()).unwrap_or_default();
-                names.sort_unstable();
-                return Some((depth, format!("has only {}", names.iter().map(|n| format!("`{n}`")).collect::<Vec<_>>().join(", "))));
+                let mut fields: Vec<&str> = props.map(|p| p.keys().map(String::as_str).collect()).unwrap_or_default();
+                fields.sort_unstable();
+                return Some(NoField::Closed { depth, fields });
             }
             None => return None,
         }
     }
     None
-}
-
-fn article(t: &str) -> &'static str {
-    match t {
-        "string" => "a string",
-        "integer" => "an integer",
-        "number" => "a number",
-        "boolean" => "a boolean",
-        _ => "null",
-    }
-}
-
-/// The properties a closed object schema declares at a path below the output.
-pub(super) fn output_fields_at<'s>(schema: &'s Value, path: &[&str]) -> Vec<&'s str> {
-    let mut s = schema;
-    for seg in path {
-        match s.get("properties").and_then(|p| p.get(*seg)) {
-            Some(sub) => s = sub,
-            None => return Vec::new(),
-        }
-    }
-    s.get("properties").and_then(Value::as_object).map(|p| p.keys().map(String::as_str).collect()).unwrap_or_default()
 }
 
 #[cfg(test)]
@@ -366,11 +357,10 @@ mod tests {
             "pages": {"type": "array"}
         }});
         assert_eq!(missing_output_field(&s, &["text"]), None);
-        assert_eq!(missing_output_field(&s, &["txt"]), Some((0, "has only `meta`, `pages`, `text`".into())));
-        assert_eq!(missing_output_field(&s, &["text", "x"]), Some((1, "is a string".into())));
+        assert_eq!(missing_output_field(&s, &["txt"]), Some(NoField::Closed { depth: 0, fields: vec!["meta", "pages", "text"] }));
+        assert_eq!(missing_output_field(&s, &["text", "x"]), Some(NoField::Scalar { depth: 1, kind: "a string" }));
         assert_eq!(missing_output_field(&s, &["meta", "anything"]), None, "an open object may hold it");
         assert_eq!(missing_output_field(&s, &["pages", "0"]), None);
         assert_eq!(missing_output_field(&json!({"type": "object"}), &["x"]), None);
-        assert_eq!(output_fields_at(&s, &[]), ["text", "meta", "pages"]);
     }
 }

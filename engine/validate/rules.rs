@@ -5,7 +5,7 @@
 //! The rules read the untyped document so they still report everything when
 //! another part of the file breaks the schema.
 
-use super::handlers::{HandlerCatalog, check_with, missing_output_field, output_fields_at};
+use super::handlers::{HandlerCatalog, NoField, check_with, missing_output_field};
 use crate::diag::{Code, Diagnostic, Span, did_you_mean};
 use crate::flags::Features;
 use crate::plan::parse_duration;
@@ -441,13 +441,15 @@ impl Rules<'_> {
         }
         let shown = crate::run::actions::http::display_url(url);
         let (message, help) = match url::Url::parse(url) {
+            // `localhost:8080` parses, with `localhost` as its scheme.
+            Ok(u) if !matches!(u.scheme(), "http" | "https") && !url.contains("://") => {
+                (format!("`{shown}` is not an HTTP URL: its scheme is `{}`", u.scheme()), format!("write the whole URL: `https://{shown}`"))
+            }
             Ok(u) if !matches!(u.scheme(), "http" | "https") => (
                 format!("`{shown}` is not an HTTP URL: its scheme is `{}`", u.scheme()),
                 "an `http:` task sends HTTP requests: the URL starts with `http://` or `https://`".to_string(),
             ),
-            Ok(u) if u.host().is_none_or(|h| matches!(h, url::Host::Domain(""))) => {
-                (format!("`{shown}` has no host"), "write the whole URL, e.g. `https://example.com/path`".to_string())
-            }
+            // A parsed `http(s)` URL always has a host.
             Ok(_) => return,
             Err(url::ParseError::RelativeUrlWithoutBase) => (
                 format!("`{shown}` is not a URL: it has no scheme"),
@@ -825,32 +827,38 @@ impl Rules<'_> {
             && let Some(schema) = catalog.output_schema(handler)
         {
             let path: Vec<&str> = raw.split(['.', '/']).skip(3).collect();
-            if let Some((depth, why)) = missing_output_field(schema, &path) {
-                let at = std::iter::once("output").chain(path[..depth].iter().copied()).collect::<Vec<_>>().join(".");
-                let seg = path[depth];
-                let mut d = if why.starts_with("is ") {
+            let d = match missing_output_field(schema, &path) {
+                None => return,
+                Some(NoField::Scalar { depth, kind }) => {
+                    let at = std::iter::once("output").chain(path[..depth].iter().copied()).collect::<Vec<_>>().join(".");
                     Diagnostic::new(
                         Code::OutputField,
                         self.file,
                         span(self),
-                        format!("template reads `{raw}`, but `{at}` of task `{target}` (handler `{handler}`) {why}"),
+                        format!("template reads `{raw}`, but `{at}` of task `{target}` (handler `{handler}`) is {kind}"),
                     )
-                } else {
-                    Diagnostic::new(
+                }
+                Some(NoField::Closed { depth, fields }) => {
+                    let at = std::iter::once("output").chain(path[..depth].iter().copied()).collect::<Vec<_>>().join(".");
+                    let seg = path[depth];
+                    let has = if fields.is_empty() {
+                        format!("`{at}` has no fields")
+                    } else {
+                        format!("`{at}` has only {}", fields.iter().map(|f| format!("`{f}`")).collect::<Vec<_>>().join(", "))
+                    };
+                    let d = Diagnostic::new(
                         Code::OutputField,
                         self.file,
                         span(self),
                         format!("template reads `{raw}`, but handler `{handler}` returns no `{seg}` in `{at}` of task `{target}`"),
-                    )
-                };
-                if !why.starts_with("is ") {
-                    d = match did_you_mean(seg, output_fields_at(schema, &path[..depth])) {
-                        Some(s) => d.with_help(format!("did you mean `{s}`? `{at}` {why}")),
-                        None => d.with_help(format!("`{at}` {why}")),
-                    };
+                    );
+                    match did_you_mean(seg, fields.iter().copied()) {
+                        Some(s) => d.with_help(format!("did you mean `{s}`? {has}")),
+                        None => d.with_help(has),
+                    }
                 }
-                self.push(d);
-            }
+            };
+            self.push(d);
         }
     }
 
