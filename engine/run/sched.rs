@@ -103,11 +103,7 @@ impl Core {
     /// hash of the run id, see [`seed`]).
     pub fn new(wf: &Workflow, seed: u32) -> Core {
         Core {
-            tasks: wf
-                .tasks
-                .iter()
-                .map(|t| TaskState { status: TaskStatus::Pending, attempt: 0, waiting: t.parents.len() as u32 })
-                .collect(),
+            tasks: wf.tasks.iter().map(|t| TaskState { status: TaskStatus::Pending, attempt: 0, waiting: t.parents.len() as u32 }).collect(),
             ready: wf.roots().collect(),
             running: 0,
             limit: wf.concurrency.unwrap_or(usize::MAX).max(1),
@@ -160,14 +156,7 @@ impl Core {
         Ok(())
     }
 
-    fn ended(
-        &mut self,
-        wf: &Workflow,
-        id: TaskId,
-        attempt: u32,
-        outcome: Outcome,
-        out: &mut Vec<Decision>,
-    ) -> Result<(), IllegalTransition> {
+    fn ended(&mut self, wf: &Workflow, id: TaskId, attempt: u32, outcome: Outcome, out: &mut Vec<Decision>) -> Result<(), IllegalTransition> {
         let Some(state) = self.tasks.get(id) else {
             return Err(IllegalTransition { what: "task", from: "unknown", to: "ended" });
         };
@@ -202,11 +191,7 @@ impl Core {
             Outcome::Failed { .. } | Outcome::TimedOut => {
                 let (status, error, retryable) = match outcome {
                     Outcome::Failed { error, retryable } => (TaskStatus::Failed, error, retryable),
-                    _ => (
-                        TaskStatus::TimedOut,
-                        format!("attempt {attempt} timed out after {}", pretty(task.timeout.unwrap_or_default())),
-                        true,
-                    ),
+                    _ => (TaskStatus::TimedOut, format!("attempt {attempt} timed out after {}", pretty(task.timeout.unwrap_or_default())), true),
                 };
                 out.push(Decision::Attempt { task: id, attempt, status, error: Some(error.clone()) });
                 if retryable && self.stop.is_none() && attempt < task.retry.attempts {
@@ -390,8 +375,7 @@ mod tests {
         let wf = workflow(&[vec![], vec![0], vec![1], vec![]], None, 1);
         let mut core = Core::new(&wf, 0);
         feed(&mut core, &wf, Event::Start);
-        let d =
-            feed(&mut core, &wf, Event::Ended { task: 0, attempt: 1, outcome: Outcome::Failed { error: "boom".into(), retryable: true } });
+        let d = feed(&mut core, &wf, Event::Ended { task: 0, attempt: 1, outcome: Outcome::Failed { error: "boom".into(), retryable: true } });
         assert!(d.contains(&Decision::Skip { task: 1, status: TaskStatus::Skipped, reason: "parent t0 failed".into() }), "{d:?}");
         assert!(d.contains(&Decision::Skip { task: 2, status: TaskStatus::Skipped, reason: "parent t0 failed".into() }), "{d:?}");
         assert!(!core.is_finished(), "t3 is still running");
@@ -408,11 +392,7 @@ mod tests {
         let Some(Decision::Retry { attempt: 2, delay, error, .. }) = d.last() else { panic!("{d:?}") };
         assert_eq!(error, "attempt 1 timed out after 5s");
         assert!((0.8..=1.2).contains(&delay.as_secs_f64()), "{delay:?}");
-        let d = feed(
-            &mut core,
-            &wf,
-            Event::Ended { task: 1, attempt: 1, outcome: Outcome::Failed { error: "no such program".into(), retryable: false } },
-        );
+        let d = feed(&mut core, &wf, Event::Ended { task: 1, attempt: 1, outcome: Outcome::Failed { error: "no such program".into(), retryable: false } });
         assert_eq!(d.last(), Some(&Decision::Finish { task: 1, status: TaskStatus::Failed, error: Some("no such program".into()) }));
         // The old attempt cannot end twice.
         let mut out = Vec::new();
@@ -450,10 +430,7 @@ mod tests {
         feed(&mut core, &wf, Event::Start);
         feed(&mut core, &wf, Event::Deadline);
         let d = feed(&mut core, &wf, Event::Ended { task: 0, attempt: 1, outcome: Outcome::Failed { error: "x".into(), retryable: true } });
-        assert_eq!(
-            d.last(),
-            Some(&Decision::RunFinished { status: RunStatus::TimedOut, error: Some("the run timed out after 1m".into()) })
-        );
+        assert_eq!(d.last(), Some(&Decision::RunFinished { status: RunStatus::TimedOut, error: Some("the run timed out after 1m".into()) }));
     }
 
     #[test]
@@ -468,8 +445,9 @@ mod tests {
 
     /// Random DAGs: task i's parents are drawn from tasks before it.
     fn dag() -> impl Strategy<Value = Vec<Vec<usize>>> {
-        (1usize..12)
-            .prop_flat_map(|n| (0..n).map(|i| proptest::sample::subsequence((0..i).collect::<Vec<_>>(), 0..=i.min(3))).collect::<Vec<_>>())
+        (1usize..12).prop_flat_map(|n| {
+            (0..n).map(|i| proptest::sample::subsequence((0..i).collect::<Vec<_>>(), 0..=i.min(3))).collect::<Vec<_>>()
+        })
     }
 
     #[derive(Debug, Clone)]
