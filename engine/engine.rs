@@ -158,13 +158,19 @@ impl EngineBuilder {
             Handlers::builtin_with(BuiltinSettings { llm: self.config.llm(), extract_text: self.config.actions.extract_text_settings() });
         handlers.extend(self.handlers);
         let limits = self.limits.unwrap_or_else(|| self.config.actions.limits());
+        let flags = match self.flags {
+            Some(f) => f,
+            None => FlagSource::from_config(&self.config.flags)?,
+        };
+        // Validation knows the handlers this engine runs, and the flags it reads.
+        let validate = validate_options_with(&self.config, &handlers, flags.clone());
         let executor = Executor {
             handlers: Arc::new(handlers),
             limits: Arc::new(limits),
             writer: store.as_ref().map(Store::recorder),
             events: Some(events.clone()),
         };
-        let registry = Arc::new(crate::reload::Registry::new(self.config.engine.workflows.clone(), validate_options(&self.config)));
+        let registry = Arc::new(crate::reload::Registry::new(self.config.engine.workflows.clone(), validate));
         let mut backends = Backends::default();
         for name in self.config.backend_names() {
             let Some(kind) = self.config.kind_of(&name) else { continue };
@@ -181,10 +187,6 @@ impl EngineBuilder {
                 None => tracing::debug!("backend `{name}` of kind `{kind}` is not built into this binary"),
             }
         }
-        let flags = match self.flags {
-            Some(f) => f,
-            None => FlagSource::from_config(&self.config.flags)?,
-        };
         let flag_watcher = match (&flags, self.watch_flags) {
             (Some(f), true) => match f.watch(crate::reload::watch::DEFAULT_DEBOUNCE) {
                 Ok(w) => w,
@@ -318,8 +320,7 @@ impl Engine {
 
     /// Validate a file and register its workflow.
     pub fn register_file(&self, path: &Path) -> Result<Arc<Workflow>, EngineError> {
-        let opts = validate_options(&self.inner.config);
-        let checked = crate::validate::check_file(path, &opts)
+        let checked = crate::validate::check_file(path, self.inner.registry.options())
             .map_err(|e| crate::config::ConfigError::Io { path: path.display().to_string(), source: e })?;
         match checked.workflow {
             Some(wf) => {
@@ -583,10 +584,48 @@ fn render_entity(t: &str, wf: &Workflow, input: &Value, context: &Value, run_id:
     Ok(entity)
 }
 
-/// Validation options from a configuration: backend names are checked only
-/// when a configuration file was read.
+/// Validation options from a configuration: backend names and kinds are
+/// checked only when a configuration file was read; handlers are the
+/// built-ins and those `[validate] handlers` names; flags are checked
+/// against a configured features file (a Flipt server is not asked).
 pub fn validate_options(c: &Config) -> crate::validate::Options {
-    crate::validate::Options { backends: c.path.as_ref().map(|_| c.backend_names()), max_diagnostics: c.validate.max_diagnostics }
+    let flags =
+        c.flags.source.as_deref().map(str::trim).filter(|s| !s.is_empty() && !s.starts_with("http://") && !s.starts_with("https://")).map(
+            |src| {
+                let ns = c.flags.namespace.as_deref().filter(|n| !n.is_empty()).unwrap_or(crate::flags::DEFAULT_NAMESPACE);
+                FlagSource::file(Path::new(src), ns)
+            },
+        );
+    validate_options_with(c, &Handlers::builtin(Default::default()), flags)
+}
+
+/// [`validate_options`] for an engine: its handlers, its flag source.
+fn validate_options_with(c: &Config, handlers: &Handlers, flags: Option<FlagSource>) -> crate::validate::Options {
+    let known = c.path.is_some();
+    let kinds = known.then(|| {
+        let kinds = c.backend_names().into_iter().filter_map(|n| Some((n.clone(), c.kind_of(&n)?.to_string()))).collect();
+        (kinds, c.engine.default_backend.clone())
+    });
+    crate::validate::Options {
+        backends: known.then(|| c.backend_names()),
+        backend_kinds: kinds,
+        handlers: Some(Arc::new(handler_catalog(handlers, c))),
+        flags: flags.map(|f| Arc::new(f) as Arc<dyn crate::validate::KnownFlags>),
+        max_diagnostics: c.validate.max_diagnostics,
+    }
+}
+
+/// What validation knows of a set of handlers, plus the names that
+/// `[validate] handlers` declares (handlers another process registers;
+/// their arguments are not checked).
+fn handler_catalog(handlers: &Handlers, c: &Config) -> crate::validate::HandlerCatalog {
+    let mut catalog = handlers.catalog();
+    for name in &c.validate.handlers {
+        if !catalog.contains(name) {
+            catalog.insert(name.clone(), None, None);
+        }
+    }
+    catalog
 }
 
 /// The run's input with the schema's defaults filled in, checked against

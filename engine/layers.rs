@@ -4,7 +4,7 @@
 //!
 //! ```text
 //! diag <- spec <- plan <- validate <- reload
-//!                  plan <- run <- store <- config <- flags
+//!                  plan <- run <- store <- config <- flags (and validate)
 //!   backend (run, store, config, reload) <- engine (the facade)
 //!   <- api, bench <- cli
 //! ```
@@ -19,10 +19,10 @@ const ALLOWED: &[(&str, &[&str])] = &[
     ("plan", &["diag", "spec"]),
     ("validate", &["diag", "spec", "plan"]),
     ("reload", &["diag", "spec", "plan", "validate"]),
-    ("run", &["diag", "spec", "plan"]),
+    ("run", &["diag", "spec", "plan", "validate"]),
     ("store", &["diag", "spec", "plan", "run"]),
     ("config", &["diag", "spec", "plan", "run", "store"]),
-    ("flags", &["diag", "spec", "plan", "run", "config"]),
+    ("flags", &["diag", "spec", "plan", "validate", "run", "config"]),
     ("backend", &["diag", "spec", "plan", "validate", "reload", "run", "store", "config"]),
     ("engine", &["diag", "spec", "plan", "validate", "reload", "run", "store", "config", "flags", "backend"]),
     ("api", &["diag", "spec", "plan", "validate", "reload", "run", "store", "config", "flags", "backend", "engine"]),

@@ -305,6 +305,26 @@ fn celery_tasks_are_refused_on_the_local_backend() {
     tw(dir.path()).args(["run", "c.yaml"]).assert().code(2).stderr(predicate::str::contains("needs a backend of kind `celery`"));
 }
 
+#[test]
+fn with_a_configuration_celery_tasks_on_another_backend_are_refused_before_the_run() {
+    let dir = tempfile::tempdir().unwrap();
+    write(dir.path(), "taskweave.toml", "[backends.legacy]\nkind = \"local\"\n");
+    write(dir.path(), "c.yaml", "version: 1\nname: c\ntasks:\n  - {name: add, celery: {task: tasks.add, args: [1, 2]}}\n");
+    for args in [&["run", "c.yaml"][..], &["run", "c.yaml", "--backend", "legacy"][..]] {
+        let backend =
+            if args.len() == 2 { "the default backend `local` (kind `local`)" } else { "the default backend `legacy` (kind `local`)" };
+        tw(dir.path())
+            .args(args)
+            .assert()
+            .code(2)
+            .stderr(predicate::str::contains(format!(
+                "error[backend-action]: task `add` is a `celery:` task, but the workflow runs on {backend}, which cannot run it"
+            )))
+            .stderr(predicate::str::contains("c.yaml:4:17"))
+            .stderr(predicate::str::contains("error: c.yaml is not a valid workflow"));
+    }
+}
+
 const GUARDED: &str = r#"
 version: 1
 name: guarded

@@ -65,10 +65,15 @@ fn workflow_files(dir: &str) -> Vec<PathBuf> {
         .collect()
 }
 
+/// What `taskweave validate` knows without a configuration: the built-in handlers.
+fn options() -> Options {
+    Options::default().with_builtin_handlers()
+}
+
 /// Check one folder's workflows as one group (duplicate names included).
 fn check_group(dir: &str) -> Vec<Checked> {
     let files = workflow_files(dir);
-    let mut group = validate::check_paths(&files, &Options::default()).unwrap_or_else(|e| panic!("cannot check {dir}/: {e}"));
+    let mut group = validate::check_paths(&files, &options()).unwrap_or_else(|e| panic!("cannot check {dir}/: {e}"));
     validate::duplicate_workflows(&mut group);
     group
 }
@@ -106,7 +111,7 @@ fn every_workflow_compiles() {
 /// that folder holds only workflows.
 #[test]
 fn workflows_folder_validates_as_a_whole() {
-    let checked = validate::check_paths(&[root("workflows")], &Options::default()).expect("workflows/ is readable");
+    let checked = validate::check_paths(&[root("workflows")], &options()).expect("workflows/ is readable");
     let names: Vec<&str> = checked.iter().filter_map(|c| c.name.as_ref().map(|(n, _)| n.as_str())).collect();
     for expected in ["hello", "diamond", "document-processing-v2", "document-processing-v2-toml", "all-actions"] {
         assert!(names.contains(&expected), "workflows/ lacks `{expected}` (found {names:?})");
@@ -146,4 +151,17 @@ fn yaml_and_toml_forms_are_the_same_document() {
         doc
     };
     assert_eq!(load("document-processing-v2.yaml", Format::Yaml), load("document-processing-v2.toml", Format::Toml));
+}
+
+/// The rollout example validates against its own configuration: its
+/// backends exist, and its flag is defined in the features file it names.
+#[test]
+fn the_rollout_example_validates_against_its_configuration() {
+    let config = taskweave::config::Config::load(Some(&root("examples/rollout/taskweave.toml"))).expect("the example configuration loads");
+    let opts = taskweave::engine::validate_options(&config);
+    let flags = opts.flags.as_ref().expect("a features file is configured");
+    assert!(flags.features().is_some_and(|f| f.flag("task_abstraction_enabled").is_some()), "{:?}", flags.status());
+    let checked = validate::check_paths(&[root("examples/rollout/workflows")], &opts).expect("readable");
+    assert!(!checked.is_empty());
+    assert!(checked.iter().all(|c| c.diagnostics.is_empty()), "{}", render(&checked));
 }

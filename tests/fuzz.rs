@@ -28,14 +28,24 @@ fn config() -> ProptestConfig {
     }
 }
 
-fn options() -> Options {
-    Options { backends: Some(vec!["local".into(), "celery".into()]), ..Default::default() }
+/// Backends with their kinds and the built-in handlers, so every rule runs.
+fn options() -> &'static Options {
+    static OPTIONS: std::sync::OnceLock<Options> = std::sync::OnceLock::new();
+    OPTIONS.get_or_init(|| {
+        let kinds = [("local", "local"), ("celery", "celery")].iter().map(|(n, k)| (n.to_string(), k.to_string())).collect();
+        Options {
+            backends: Some(vec!["local".into(), "celery".into()]),
+            backend_kinds: Some((kinds, "local".into())),
+            ..Default::default()
+        }
+        .with_builtin_handlers()
+    })
 }
 
 /// Check, render every diagnostic in every format, and assert the invariants
 /// every consumer relies on.
 fn exercise(bytes: &[u8], format: Format) -> Checked {
-    let checked = check_bytes("fuzz.yaml", bytes, format, &options());
+    let checked = check_bytes("fuzz.yaml", bytes, format, options());
     for d in &checked.diagnostics {
         assert!(d.span.start.line >= 1 && d.span.start.column >= 1, "position is 1-based: {d:?}");
         assert!(d.span.end >= d.span.start, "span ends after it starts: {d:?}");

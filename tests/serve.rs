@@ -166,7 +166,7 @@ async fn live_reload_through_the_api() {
     assert!(logged("workflows reloaded: updated slow in "), "{:?}", server.log.lock().unwrap());
 
     // A broken edit: v2 keeps serving, the status shows where the file is wrong.
-    std::fs::write(&file, "version: 1\nname: slow\ntasks:\n  - {name: nap, uses: sleep, parents: [napp]}\n").unwrap();
+    std::fs::write(&file, "version: 1\nname: slow\ntasks:\n  - {name: nap, uses: echo, parents: [napp]}\n").unwrap();
     let status = eventually("the broken edit to be reported", || {
         let (c, base) = (c.clone(), base.clone());
         async move {
@@ -177,7 +177,7 @@ async fn live_reload_through_the_api() {
     .await;
     let d = &status["last_attempt"]["diagnostics"][0];
     assert_eq!(d["code"], "unknown-parent", "{status}");
-    assert_eq!((d["line"].as_u64(), d["column"].as_u64()), (Some(4), Some(40)), "{status}");
+    assert_eq!((d["line"].as_u64(), d["column"].as_u64()), (Some(4), Some(39)), "{status}");
     assert_eq!(status["active_version"], v2, "the last good version keeps serving");
     eventually("the failed reload to be logged", || {
         let found = logged("workflows not reloaded: 1 file failed (") && logged("[unknown-parent]");

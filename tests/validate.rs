@@ -415,6 +415,8 @@ fn every_code_has_a_case() {
     let mut seen: Vec<&str> = YAML_CASES.iter().flat_map(|c| c.expect.iter().map(|x| x.code)).collect();
     // Checked in their own tests below: they need options or a folder.
     seen.extend(["unknown-backend", "duplicate-workflow", "too-many-diagnostics", "external-symlink"]);
+    // Checked in their own tests below: they need handlers, a configuration or flags.
+    seen.extend(["unknown-handler", "handler-args", "output-field", "url", "backend-action", "unknown-flag"]);
     for code in Code::ALL {
         assert!(seen.contains(&code.as_str()), "no YAML case for `{code}`");
     }
@@ -961,7 +963,13 @@ fn cli_explain_every_code() {
 #[test]
 fn explain_examples_trigger_their_code() {
     // Each explanation's example really produces its code, and its fix does not.
-    let opts = Options { backends: Some(vec!["local".into(), "celery".into()]), ..Default::default() };
+    let opts = Options {
+        backends: Some(vec!["local".into(), "celery".into()]),
+        backend_kinds: Some((kinds(&[("local", "local"), ("celery", "celery")]), "local".into())),
+        flags: Some(flag_source()),
+        ..Default::default()
+    }
+    .with_builtin_handlers();
     for code in Code::ALL {
         // They need a folder, a symbolic link or hundreds of findings: their own tests show them.
         if matches!(code, Code::DuplicateWorkflow | Code::ExternalSymlink | Code::TooManyDiagnostics) {
@@ -1030,7 +1038,7 @@ fn bench_figures() {
 #[test]
 fn severity_is_the_codes() {
     for code in Code::ALL {
-        let warning = matches!(code, Code::TimeoutExceeds | Code::TooManyDiagnostics | Code::ExternalSymlink);
+        let warning = matches!(code, Code::TimeoutExceeds | Code::TooManyDiagnostics | Code::ExternalSymlink | Code::UnknownFlag);
         let expected = if warning { Severity::Warning } else { Severity::Error };
         assert_eq!(code.severity(), expected, "{code}");
     }
@@ -1287,4 +1295,366 @@ fn other_engines_field_names_suggest_ours() {
         assert!(help.contains("`parents: [a, b]`"), "{help}");
     }
     assert!(helps[2].1.contains("retry: {attempts: 3"), "{helps:?}");
+}
+
+// ---------------------------------------------------------------------------
+// What `run` would fail on: handlers, their arguments and outputs, URLs,
+// backends that cannot run a task, flags that do not exist.
+
+/// One diagnostic, exactly: code, start and end, message and help.
+fn exactly(d: &Diagnostic, code: &str, at: (u32, u32), end: (u32, u32), message: &str, help: Option<&str>) {
+    let got = (
+        d.code.as_str(),
+        (d.span.start.line, d.span.start.column),
+        (d.span.end.line, d.span.end.column),
+        d.message.as_str(),
+        d.help.as_deref(),
+    );
+    assert_eq!(got, (code, at, end, message, help), "{}", show(std::slice::from_ref(d)));
+    assert_eq!(d.severity, Code::parse(code).expect("a known code").severity());
+}
+
+fn builtins() -> Options {
+    Options::default().with_builtin_handlers()
+}
+
+fn kinds(pairs: &[(&str, &str)]) -> std::collections::BTreeMap<String, String> {
+    pairs.iter().map(|(n, k)| (n.to_string(), k.to_string())).collect()
+}
+
+const FEATURES: &str = "version: \"1.4\"\nnamespace: default\nflags:\n  - key: pg_queue_enabled\n    name: PostgreSQL queue\n    type: BOOLEAN_FLAG_TYPE\n    enabled: true\n  - key: task_abstraction_enabled\n    name: Task abstraction\n    type: VARIANT_FLAG_TYPE\n    enabled: true\n";
+
+fn flag_source() -> taskweave::flags::FlagSource {
+    let loaded = taskweave::flags::file::load_str("features.yml", FEATURES);
+    assert!(loaded.diagnostics.is_empty(), "{}", show(&loaded.diagnostics));
+    taskweave::flags::FlagSource::from_features(loaded.features.expect("the features load"))
+}
+
+#[test]
+fn unknown_handler_suggests_the_closest_name() {
+    let src = "version: 1\nname: demo\ntasks:\n  - name: text\n    uses: extract_text\n    with: {path: doc.txt}\n  - {name: b, uses: summarize}\n";
+    let c = check("h.yaml", src.as_bytes(), Y, &builtins());
+    assert_eq!(c.diagnostics.len(), 2, "{}", show(&c.diagnostics));
+    exactly(
+        &c.diagnostics[0],
+        "unknown-handler",
+        (5, 11),
+        (5, 23),
+        "task `text` uses handler `extract_text`, which does not exist",
+        Some("did you mean `extract-text`?"),
+    );
+    exactly(
+        &c.diagnostics[1],
+        "unknown-handler",
+        (7, 21),
+        (7, 30),
+        "task `b` uses handler `summarize`, which does not exist",
+        Some(
+            "the handlers are `echo`, `extract-text`, `fail`, `llm`, `sleep`; a program that embeds the engine registers its own (list them in `[validate] handlers` of taskweave.toml for `taskweave validate`)",
+        ),
+    );
+    assert!(c.workflow.is_none());
+    // TOML, at the same node.
+    let toml = "version = 1\nname = \"demo\"\n\n[[tasks]]\nname = \"text\"\nuses = \"extract_text\"\n";
+    let c = check("h.toml", toml.as_bytes(), T, &builtins());
+    assert_eq!(c.diagnostics.len(), 1, "{}", show(&c.diagnostics));
+    exactly(
+        &c.diagnostics[0],
+        "unknown-handler",
+        (6, 8),
+        (6, 22),
+        "task `text` uses handler `extract_text`, which does not exist",
+        Some("did you mean `extract-text`?"),
+    );
+    // Handlers unknown to the caller: any name goes.
+    assert!(check("h.yaml", src.as_bytes(), Y, &Options::default()).diagnostics.is_empty());
+    // A registered handler is known.
+    let mut handlers = taskweave::run::actions::Handlers::with_builtins();
+    handlers.register("summarize", |w: Value, _ctx: taskweave::run::actions::HandlerCtx| async move { Ok(w) });
+    let opts = Options { handlers: Some(std::sync::Arc::new(handlers.catalog())), ..Default::default() };
+    let c = check("h.yaml", src.as_bytes(), Y, &opts);
+    assert_eq!(c.diagnostics.len(), 1, "{}", show(&c.diagnostics));
+    assert_eq!(c.diagnostics[0].help.as_deref(), Some("did you mean `extract-text`?"));
+}
+
+#[tokio::test]
+async fn an_engine_validates_against_the_handlers_registered_with_it() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let good = write(dir.path(), "good.yaml", "version: 1\nname: good\ntasks:\n  - {name: a, uses: summarise, with: {text: hi}}\n");
+    let typo = write(dir.path(), "typo.yaml", "version: 1\nname: typo\ntasks:\n  - {name: a, uses: sumarise, with: {text: hi}}\n");
+    let args = write(dir.path(), "args.yaml", "version: 1\nname: args\ntasks:\n  - {name: a, uses: summarise, with: {txt: hi}}\n");
+    let summarise = taskweave::run::actions::WithSchemas::new(|w: Value, _ctx: taskweave::run::actions::HandlerCtx| async move { Ok(w) })
+        .with(serde_json::json!({"type": "object", "required": ["text"], "additionalProperties": false, "properties": {"text": {"type": "string"}}}));
+    let engine = taskweave::Engine::builder().without_store().handler("summarise", summarise).build().await.expect("engine");
+    engine.register_file(&good).expect("a registered handler is known");
+    let diags = |r: Result<_, taskweave::EngineError>| match r {
+        Err(taskweave::EngineError::Invalid { diagnostics, .. }) => diagnostics,
+        Err(e) => panic!("{e}"),
+        Ok(_) => panic!("registered"),
+    };
+    let d = diags(engine.register_file(&typo));
+    assert_eq!(d.len(), 1, "{}", show(&d));
+    exactly(
+        &d[0],
+        "unknown-handler",
+        (4, 21),
+        (4, 29),
+        "task `a` uses handler `sumarise`, which does not exist",
+        Some("did you mean `summarise`?"),
+    );
+    let d = diags(engine.register_file(&args));
+    assert_eq!(d.len(), 2, "{}", show(&d));
+    exactly(&d[0], "handler-args", (4, 32), (4, 36), "handler `summarise` needs the argument `text`", Some("`text` is required"));
+    exactly(&d[1], "handler-args", (4, 39), (4, 42), "handler `summarise` takes no argument `txt`", Some("did you mean `text`?"));
+}
+
+#[test]
+fn handler_args_are_checked_against_the_handlers_schema() {
+    let src = "version: 1\nname: demo\ntasks:\n  - name: summary\n    uses: llm\n    with: {promt: \"Summarise this\", temperature: hot}\n";
+    let c = check("args.yaml", src.as_bytes(), Y, &builtins());
+    assert_eq!(c.diagnostics.len(), 3, "{}", show(&c.diagnostics));
+    exactly(&c.diagnostics[0], "handler-args", (6, 5), (6, 9), "handler `llm` needs the argument `prompt`", Some("`prompt` is required"));
+    exactly(&c.diagnostics[1], "handler-args", (6, 12), (6, 17), "handler `llm` takes no argument `promt`", Some("did you mean `prompt`?"));
+    exactly(
+        &c.diagnostics[2],
+        "handler-args",
+        (6, 50),
+        (6, 53),
+        "handler `llm`: `with.temperature` must be a number, found a string",
+        None,
+    );
+    assert!(c.workflow.is_none());
+
+    // No `with` at all: the handler gets an empty mapping.
+    let src = "version: 1\nname: demo\ntasks:\n  - name: text\n    uses: extract-text\n    with: ~\n  - {name: nap, uses: sleep}\n  - {name: nap2, uses: sleep, with: {duration: 1s, seconds: 2}}\n";
+    let c = check("args.yaml", src.as_bytes(), Y, &builtins());
+    assert_eq!(c.diagnostics.len(), 3, "{}", show(&c.diagnostics));
+    exactly(
+        &c.diagnostics[0],
+        "handler-args",
+        (5, 11),
+        (5, 23),
+        "handler `extract-text` needs the argument `path`",
+        Some("`path` is required: add `with: {path: ...}`"),
+    );
+    exactly(&c.diagnostics[1], "handler-args", (7, 23), (7, 28), "handler `sleep` needs one of `duration` or `seconds` in `with`", None);
+    exactly(
+        &c.diagnostics[2],
+        "handler-args",
+        (8, 31),
+        (8, 35),
+        "handler `sleep` takes one of `duration` or `seconds` in `with`, not several",
+        None,
+    );
+
+    // Templated values are known only at run time: only their keys are checked.
+    let src = "version: 1\nname: demo\ntasks:\n  - name: a\n    uses: llm\n    with:\n      prompt: \"{{input.p}}\"\n      max_tokens: \"{{input.n}}\"\n      temprature: \"{{input.t}}\"\n  - {name: b, uses: sleep, with: {seconds: \"{{input.s}}\"}}\n  - {name: c, uses: extract-text, with: \"{{input.args}}\"}\n  - {name: d, uses: fail, with: {message: 42, retryable: \"no\"}}\n";
+    let c = check("args.yaml", src.as_bytes(), Y, &builtins());
+    assert_eq!(c.diagnostics.len(), 2, "{}", show(&c.diagnostics));
+    exactly(
+        &c.diagnostics[0],
+        "handler-args",
+        (9, 7),
+        (9, 17),
+        "handler `llm` takes no argument `temprature`",
+        Some("did you mean `temperature`?"),
+    );
+    exactly(
+        &c.diagnostics[1],
+        "handler-args",
+        (12, 58),
+        (12, 62),
+        "handler `fail`: `with.retryable` must be a boolean, found a string",
+        None,
+    );
+
+    // TOML.
+    let toml = "version = 1\nname = \"demo\"\n\n[[tasks]]\nname = \"s\"\nuses = \"llm\"\nwith = { promt = \"hi\" }\n";
+    let c = check("args.toml", toml.as_bytes(), T, &builtins());
+    assert_eq!(c.diagnostics.len(), 2, "{}", show(&c.diagnostics));
+    exactly(&c.diagnostics[0], "handler-args", (7, 1), (7, 5), "handler `llm` needs the argument `prompt`", Some("`prompt` is required"));
+    exactly(&c.diagnostics[1], "handler-args", (7, 10), (7, 15), "handler `llm` takes no argument `promt`", Some("did you mean `prompt`?"));
+}
+
+#[test]
+fn output_field_reads_what_the_handler_returns() {
+    let src = "version: 1\nname: demo\ntasks:\n  - {name: e, uses: extract-text, with: {path: doc.txt}}\n  - name: s\n    parents: [e]\n    uses: llm\n    with: {prompt: \"Summarise {{tasks.e.output.txt}} please\"}\n  - name: t\n    parents: [s]\n    uses: echo\n    with:\n      pages: \"{{tasks.e.output.page_count}}\"\n      deep: |\n        {{tasks.s.output.response}}\n        {{tasks.e.output.text.first}}\n";
+    let c = check("out.yaml", src.as_bytes(), Y, &builtins());
+    assert_eq!(c.diagnostics.len(), 2, "{}", show(&c.diagnostics));
+    exactly(
+        &c.diagnostics[0],
+        "output-field",
+        (8, 33),
+        (8, 51),
+        "template reads `tasks.e.output.txt`, but handler `extract-text` returns no `txt` in `output` of task `e`",
+        Some("did you mean `text`? `output` has only `extraction_method`, `page_count`, `text`"),
+    );
+    exactly(
+        &c.diagnostics[1],
+        "output-field",
+        (16, 11),
+        (16, 36),
+        "template reads `tasks.e.output.text.first`, but `output.text` of task `e` (handler `extract-text`) is a string",
+        None,
+    );
+    // Handlers that declare no output schema (`echo`) are not judged.
+    let echo = "version: 1\nname: demo\ntasks:\n  - {name: a, uses: echo, with: {x: 1}}\n  - {name: b, parents: [a], uses: echo, with: {y: \"{{tasks.a.output.anything}}\"}}\n";
+    assert!(check("out.yaml", echo.as_bytes(), Y, &builtins()).diagnostics.is_empty());
+}
+
+#[test]
+fn url_literals_must_be_http_urls() {
+    let src = "version: 1\nname: demo\ntasks:\n  - name: ping\n    http: {url: \"example.com/health\"}\n  - {name: ftp, http: {url: \"ftp://files.example.com/x\"}}\n  - {name: empty, http: {url: \"http://\"}}\n  - {name: ok, http: {url: \"https://example.com/{{input.p}}\"}}\n  - {name: ok2, http: {url: \"{{input.base}}/v1\"}}\n  - {name: ok3, http: {url: \"http://127.0.0.1:8080/x?y=1\"}}\n";
+    let c = check("url.yaml", src.as_bytes(), Y, &Options::default());
+    assert_eq!(c.diagnostics.len(), 3, "{}", show(&c.diagnostics));
+    exactly(
+        &c.diagnostics[0],
+        "url",
+        (5, 17),
+        (5, 37),
+        "`example.com/health` is not a URL: it has no scheme",
+        Some("write the whole URL: `https://example.com/health`"),
+    );
+    exactly(
+        &c.diagnostics[1],
+        "url",
+        (6, 29),
+        (6, 56),
+        "`ftp://files.example.com/x` is not an HTTP URL: its scheme is `ftp`",
+        Some("an `http:` task sends HTTP requests: the URL starts with `http://` or `https://`"),
+    );
+    exactly(
+        &c.diagnostics[2],
+        "url",
+        (7, 31),
+        (7, 40),
+        "`http://` is not a valid URL: empty host",
+        Some("write the whole URL, e.g. `https://example.com/path`"),
+    );
+    let toml = "version = 1\nname = \"demo\"\n\n[[tasks]]\nname = \"ping\"\nhttp = { url = \"localhost:8080\" }\n";
+    let c = check("url.toml", toml.as_bytes(), T, &Options::default());
+    assert_eq!(c.diagnostics.len(), 1, "{}", show(&c.diagnostics));
+    exactly(
+        &c.diagnostics[0],
+        "url",
+        (6, 16),
+        (6, 32),
+        "`localhost:8080` is not an HTTP URL: its scheme is `localhost`",
+        Some("write the whole URL: `https://localhost:8080`"),
+    );
+}
+
+#[test]
+fn backend_action_needs_a_celery_backend_for_celery_tasks() {
+    let opts = Options {
+        backends: Some(vec!["celery".into(), "local".into(), "temporal".into()]),
+        backend_kinds: Some((kinds(&[("celery", "celery"), ("local", "local"), ("temporal", "temporal")]), "local".into())),
+        ..Default::default()
+    };
+    let tasks = "tasks:\n  - name: add\n    celery: {task: tasks.add, args: [1, 2]}\n  - {name: b, uses: echo}\n";
+    let default = format!("version: 1\nname: demo\n{tasks}");
+    let c = check("b.yaml", default.as_bytes(), Y, &opts);
+    assert_eq!(c.diagnostics.len(), 1, "{}", show(&c.diagnostics));
+    exactly(
+        &c.diagnostics[0],
+        "backend-action",
+        (5, 5),
+        (5, 11),
+        "task `add` is a `celery:` task, but the workflow runs on the default backend `local` (kind `local`), which cannot run it",
+        Some("only a backend of kind `celery` runs `celery:` tasks: set `backend: celery`, or move the task to a workflow that runs there"),
+    );
+    let named = format!("version: 1\nname: demo\nbackend: temporal\n{tasks}");
+    let c = check("b.yaml", named.as_bytes(), Y, &opts);
+    assert_eq!(c.diagnostics.len(), 1, "{}", show(&c.diagnostics));
+    exactly(
+        &c.diagnostics[0],
+        "backend-action",
+        (6, 5),
+        (6, 11),
+        "task `add` is a `celery:` task, but the workflow runs on backend `temporal` (kind `temporal`), which cannot run it",
+        Some("only a backend of kind `celery` runs `celery:` tasks: set `backend: celery`, or move the task to a workflow that runs there"),
+    );
+    let rollout = format!("version: 1\nname: demo\nbackend: {{flag: move, enabled: temporal, disabled: celery, default: celery}}\n{tasks}");
+    let c = check("b.yaml", rollout.as_bytes(), Y, &opts);
+    assert_eq!(c.diagnostics.len(), 1, "{}", show(&c.diagnostics));
+    assert_eq!(
+        c.diagnostics[0].message,
+        "task `add` is a `celery:` task, but the workflow may run on backend `temporal` (kind `temporal`), which cannot run it"
+    );
+    // A celery backend runs it; without a configuration nothing is known.
+    let ok = format!("version: 1\nname: demo\nbackend: celery\n{tasks}");
+    assert!(check("b.yaml", ok.as_bytes(), Y, &opts).diagnostics.is_empty());
+    assert!(check("b.yaml", default.as_bytes(), Y, &Options::default()).diagnostics.is_empty());
+    // The CLI reads the kinds from taskweave.toml.
+    let f = Files::new(&[
+        (
+            "taskweave.toml",
+            "[engine]\ndefault_backend = \"local\"\n\n[backends.py]\nkind = \"celery\"\nbroker = \"redis://127.0.0.1:6379/0\"\n",
+        ),
+        ("c.yaml", &default),
+        ("ok.yaml", &format!("version: 1\nname: ok\nbackend: py\n{tasks}")),
+    ]);
+    f.cmd().args(["validate", "--format", "github", "c.yaml", "ok.yaml"]).assert().code(1).stdout(
+        "::error file=c.yaml,line=5,col=5,endLine=5,endColumn=11,title=backend-action::[backend-action] task `add` is a `celery:` task, but the workflow runs on the default backend `local` (kind `local`), which cannot run it (help: only a backend of kind `celery` runs `celery:` tasks: set `backend: py`, or move the task to a workflow that runs there)\n",
+    );
+}
+
+#[test]
+fn unknown_flag_is_a_warning_when_the_features_file_is_known() {
+    let src =
+        "version: 1\nname: demo\nbackend:\n  flag: pg_queue_enable\n  enabled: celery\n  disabled: local\ntasks: [{name: a, uses: echo}]\n";
+    let opts = Options { flags: Some(flag_source()), ..Default::default() };
+    let c = check("f.yaml", src.as_bytes(), Y, &opts);
+    assert_eq!(c.diagnostics.len(), 1, "{}", show(&c.diagnostics));
+    exactly(
+        &c.diagnostics[0],
+        "unknown-flag",
+        (4, 9),
+        (4, 24),
+        "flag `pg_queue_enable` is not defined in <memory> (namespace `default`), so every run goes to the rule's default backend",
+        Some("did you mean `pg_queue_enabled`?"),
+    );
+    assert!(c.workflow.is_some(), "a warning keeps the workflow");
+    assert!(check("f.yaml", src.as_bytes(), Y, &Options::default()).diagnostics.is_empty());
+    // The CLI reads the file that taskweave.toml names.
+    let f = Files::new(&[
+        ("taskweave.toml", "[backends.celery]\nkind = \"celery\"\n\n[flags]\nsource = \"features.yml\"\n"),
+        ("features.yml", FEATURES),
+        ("f.yaml", src),
+    ]);
+    f.cmd().args(["validate", "--format", "github", "f.yaml"]).assert().code(0).stdout(
+        "::warning file=f.yaml,line=4,col=9,endLine=4,endColumn=24,title=unknown-flag::[unknown-flag] flag `pg_queue_enable` is not defined in features.yml (namespace `default`), so every run goes to the rule's default backend (help: did you mean `pg_queue_enabled`?)\n",
+    );
+    f.cmd().args(["validate", "--deny-warnings", "f.yaml"]).assert().code(1);
+}
+
+#[test]
+fn cli_validate_knows_the_builtin_handlers_and_configured_ones() {
+    let src = "version: 1\nname: demo\ntasks:\n  - {name: a, uses: extract_text, with: {path: x}}\n  - {name: b, uses: ocr}\n";
+    let f = Files::new(&[("h.yaml", src)]);
+    f.cmd().args(["validate", "--format", "github", "h.yaml"]).assert().code(1).stdout(predicates::str::contains(
+        "::error file=h.yaml,line=4,col=21,endLine=4,endColumn=33,title=unknown-handler::[unknown-handler] task `a` uses handler `extract_text`, which does not exist (help: did you mean `extract-text`?)\n",
+    ));
+    let f = Files::new(&[("taskweave.toml", "[validate]\nhandlers = [\"ocr\", \"extract_text\"]\n"), ("h.yaml", src)]);
+    f.cmd().args(["validate", "h.yaml"]).assert().code(0).stdout("1 file checked: 0 errors, 0 warnings\n");
+}
+
+#[test]
+fn cli_explain_the_handler_and_backend_codes() {
+    for (code, severity, says) in [
+        ("unknown-handler", "error", "uses: extract_text"),
+        ("handler-args", "error", "promt"),
+        ("output-field", "error", "tasks.e.output.txt"),
+        ("url", "error", "example.com/health"),
+        ("backend-action", "error", "kind `celery`"),
+        ("unknown-flag", "warning", "pg_queue_enable,"),
+    ] {
+        taskweave()
+            .args(["explain", code])
+            .assert()
+            .code(0)
+            .stdout(predicates::str::starts_with(format!("{code} ({severity})\n")))
+            .stdout(predicates::str::contains(says))
+            .stdout(predicates::str::contains("Fixed:"));
+    }
 }

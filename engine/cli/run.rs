@@ -94,10 +94,15 @@ pub(crate) fn looks_like_file(target: &str) -> bool {
 }
 
 pub async fn run(args: RunArgs, config: Option<&Path>) -> anyhow::Result<ExitCode> {
-    let config = match Config::load(config) {
+    let mut config = match Config::load(config) {
         Ok(c) => c,
         Err(e) => return Ok(super::config_error(&e)),
     };
+    // `--backend` is this command's default: the workflow is checked
+    // (`backend-action`) against the backend its run goes to.
+    if let Some(b) = &args.backend {
+        config.engine.default_backend = b.clone();
+    }
     let input = match read_input(&args) {
         Ok(i) => i,
         Err(e) => return Ok(usage(e)),

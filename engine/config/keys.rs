@@ -490,6 +490,17 @@ pub static KEYS: &[Key] = &[
         c.validate.max_diagnostics = v.trim().parse().map_err(|_| format!("`{v}` is not a number"))?;
         Ok(())
     }),
+    Key::new(
+        "validate.handlers",
+        "list of names",
+        "[]",
+        "Handlers another process registers (an embedding program): `uses:` may name them; their arguments are not checked.",
+        |c| json!(c.validate.handlers),
+    )
+    .env("TASKWEAVE_VALIDATE_HANDLERS", |c, v| {
+        c.validate.handlers = v.split(',').map(str::trim).filter(|s| !s.is_empty()).map(str::to_string).collect();
+        Ok(())
+    }),
 ];
 
 fn set_llm_base_url(c: &mut Config, v: &str) -> Result<(), String> {

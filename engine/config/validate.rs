@@ -13,6 +13,11 @@ pub struct ValidateConfig {
     /// Default 200; `TASKWEAVE_MAX_DIAGNOSTICS`.
     #[serde(default = "default_max_diagnostics")]
     pub max_diagnostics: usize,
+    /// Handlers that `uses:` may name besides the built-ins: those a program
+    /// embedding the engine registers, so that `taskweave validate` and
+    /// `serve` accept them (their arguments are not checked).
+    #[serde(default)]
+    pub handlers: Vec<String>,
 }
 
 fn default_max_diagnostics() -> usize {
@@ -21,7 +26,7 @@ fn default_max_diagnostics() -> usize {
 
 impl Default for ValidateConfig {
     fn default() -> Self {
-        ValidateConfig { max_diagnostics: default_max_diagnostics() }
+        ValidateConfig { max_diagnostics: default_max_diagnostics(), handlers: Vec::new() }
     }
 }
 

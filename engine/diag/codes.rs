@@ -100,6 +100,30 @@ codes! {
         "A watched or validated folder holds a symbolic link whose target lies outside that folder. taskweave does not read it: a link could otherwise put any file the process can read (keys, password files) into diagnostics, logs and the API. The file is listed as skipped; nothing of its target is shown. Links to files inside the folder load as usual.",
         "# flows/shared.yaml -> /etc/team/shared.yaml  (outside flows/)\n",
         "# copy the file into flows/, or link to a file inside it:\n# flows/shared.yaml -> common/shared.yaml\n";
+    UnknownHandler = "unknown-handler", Error,
+        "A `uses:` task names a handler that does not exist: neither a built-in (`echo`, `sleep`, `fail`, `extract-text`, `llm`) nor one that the program embedding the engine registers. The help suggests the closest name. `taskweave validate` knows the built-ins and the names listed in `[validate] handlers` of taskweave.toml; an engine knows the handlers registered with it.",
+        "version: 1\nname: hello\ntasks:\n  - name: text\n    uses: extract_text\n    with: {path: doc.txt}\n",
+        "version: 1\nname: hello\ntasks:\n  - name: text\n    uses: extract-text\n    with: {path: doc.txt}\n";
+    HandlerArgs = "handler-args", Error,
+        "A `uses:` task's `with:` does not match what its handler takes: an argument the handler does not know (the help suggests the closest one), a required argument left out, or a literal value of the wrong type. Handlers declare a JSON Schema for `with`: the built-ins do (`llm` needs `prompt` and takes `system`, `model`, `temperature`, `max_tokens`; `extract-text` needs `path`; `sleep` takes `duration` or `seconds`; `fail` takes `message` and `retryable`), and registered handlers may. A value that is a template is known only when the task runs, so only its key is checked.",
+        "version: 1\nname: hello\ntasks:\n  - name: summary\n    uses: llm\n    with: {promt: \"Summarise the meeting notes\"}\n",
+        "version: 1\nname: hello\ntasks:\n  - name: summary\n    uses: llm\n    with: {prompt: \"Summarise the meeting notes\"}\n";
+    OutputField = "output-field", Error,
+        "A template reads a field of a task's output that the task's handler never returns: `tasks.X.output.F` where X's handler declares an output schema without F (`extract-text` returns `text`, `page_count` and `extraction_method`; `llm` returns `response`, `tokens_used` and `model`; `sleep` returns `slept_ms`). The read would fail when the task runs. The position is the read inside the template.",
+        "version: 1\nname: hello\ntasks:\n  - {name: e, uses: extract-text, with: {path: doc.txt}}\n  - {name: s, parents: [e], uses: llm, with: {prompt: \"Summarise {{tasks.e.output.txt}}\"}}\n",
+        "version: 1\nname: hello\ntasks:\n  - {name: e, uses: extract-text, with: {path: doc.txt}}\n  - {name: s, parents: [e], uses: llm, with: {prompt: \"Summarise {{tasks.e.output.text}}\"}}\n";
+    Url = "url", Error,
+        "An `http:` task's `url` is written out in full (no template) but is not an absolute `http://` or `https://` URL with a host, so the request could never be sent. A URL built from templates is checked when the task runs.",
+        "version: 1\nname: hello\ntasks:\n  - name: ping\n    http: {url: \"example.com/health\"}\n",
+        "version: 1\nname: hello\ntasks:\n  - name: ping\n    http: {url: \"https://example.com/health\"}\n";
+    BackendAction = "backend-action", Error,
+        "A `celery:` task is in a workflow whose backend cannot run it: only a backend of kind `celery` sends tasks to Celery workers, and the workflow runs on another kind (its `backend:`, a backend a rollout rule may choose, or the configured `default_backend`). Any other backend refuses the run. Only checked when a configuration is found or given.",
+        "# taskweave.toml: default_backend = \"local\"; [backends.celery] kind = \"celery\"\nversion: 1\nname: hello\ntasks:\n  - name: add\n    celery: {task: tasks.add, args: [1, 2]}\n",
+        "# taskweave.toml: default_backend = \"local\"; [backends.celery] kind = \"celery\"\nversion: 1\nname: hello\nbackend: celery\ntasks:\n  - name: add\n    celery: {task: tasks.add, args: [1, 2]}\n";
+    UnknownFlag = "unknown-flag", Warning,
+        "A `backend:` rollout rule names a flag that the configured flag source does not define, so every run falls back to the rule's `default` backend. Checked when the configuration's `[flags] source` is a Flipt features file that loads, in the configured namespace; a Flipt server is not asked. The help suggests the closest flag key.",
+        "# the features file defines the flag pg_queue_enabled\nversion: 1\nname: hello\nbackend: {flag: pg_queue_enable, enabled: celery, disabled: local}\ntasks: [{name: a, uses: echo}]\n",
+        "# the features file defines the flag pg_queue_enabled\nversion: 1\nname: hello\nbackend: {flag: pg_queue_enabled, enabled: celery, disabled: local}\ntasks: [{name: a, uses: echo}]\n";
 }
 
 impl Code {

@@ -210,6 +210,21 @@ pub fn cap(diags: &mut Vec<Diagnostic>, max: usize) {
     diags.push(d);
 }
 
+/// A URL as shown in messages: without its query string and credentials,
+/// which may carry secrets.
+pub(crate) fn display_url(url: &str) -> String {
+    match url::Url::parse(url) {
+        Ok(mut u) => {
+            u.set_query(None);
+            u.set_fragment(None);
+            let _ = u.set_password(None);
+            let _ = u.set_username("");
+            u.to_string()
+        }
+        Err(_) => url.split(['?', '#']).next().unwrap_or(url).to_string(),
+    }
+}
+
 /// `10 MiB`, `64 KiB`, `1000 bytes`: a size as a person reads it.
 pub fn human_bytes(n: usize) -> String {
     const KIB: usize = 1024;

@@ -319,3 +319,17 @@ fn parse_dur(s: Option<&str>, default: Duration, what: &str) -> Result<Duration,
             .map_err(|e| FlagError::Config(format!("`{what}` must be a duration such as `500ms`, not `{s}` ({e})"))),
     }
 }
+
+/// Validation asks a flag source which flags exist (`unknown-flag`): those
+/// a features file serves now, in the namespace the source evaluates in
+/// (another namespace serves none of them).
+impl crate::validate::KnownFlags for FlagSource {
+    fn known(&self) -> Option<crate::validate::FlagKeys> {
+        let f = self.features().filter(|x| x.namespace == self.namespace())?;
+        Some(crate::validate::FlagKeys {
+            source: self.describe(),
+            namespace: f.namespace.clone(),
+            keys: f.flags.iter().map(|x| x.key.clone()).collect(),
+        })
+    }
+}

@@ -239,6 +239,11 @@ impl Registry {
         &self.folders
     }
 
+    /// What validation of this registry's files knows (backends, handlers, flags).
+    pub fn options(&self) -> &crate::validate::Options {
+        &self.options
+    }
+
     fn read(&self) -> std::sync::RwLockReadGuard<'_, State> {
         self.state.read().unwrap_or_else(|e| e.into_inner())
     }

@@ -5,17 +5,36 @@
 //! processes, no clock — so the CLI, the editor integration and hot reload can
 //! call it freely. Every finding is reported at once, each at its node.
 
+mod handlers;
 mod rules;
 mod schema;
 
+pub use handlers::HandlerCatalog;
 pub use rules::ACTIONS;
 
 use crate::diag::{Code, Diagnostic, Span};
 use crate::plan::Workflow;
 use crate::spec::{self, Format};
-use std::collections::HashMap;
+use std::collections::{BTreeMap, HashMap};
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
+
+/// The flags a flag source defines, as validation sees them (implemented by
+/// the flag sources, which live above validation).
+pub trait KnownFlags: Send + Sync + std::fmt::Debug {
+    /// The source's name (a file path), its namespace and its flag keys
+    /// now; `None` when they cannot be known (a server, a file that never
+    /// loaded).
+    fn known(&self) -> Option<FlagKeys>;
+}
+
+/// What [`KnownFlags::known`] answers.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct FlagKeys {
+    pub source: String,
+    pub namespace: String,
+    pub keys: Vec<String>,
+}
 
 /// What validation may know beyond the file itself.
 #[derive(Debug, Clone)]
@@ -23,6 +42,17 @@ pub struct Options {
     /// The configured backend names, when a configuration is given;
     /// enables `unknown-backend`.
     pub backends: Option<Vec<String>>,
+    /// The kind of each configured backend (name -> kind) and the default
+    /// backend, when a configuration is given; enables `backend-action`.
+    pub backend_kinds: Option<(BTreeMap<String, String>, String)>,
+    /// The handlers `uses:` may name, with their schemas; enables
+    /// `unknown-handler`, `handler-args` and `output-field`. `None`: any
+    /// name is accepted and nothing is checked against a schema.
+    pub handlers: Option<Arc<HandlerCatalog>>,
+    /// The configured flag source; when it knows its flags (a features file
+    /// that loaded), enables `unknown-flag` (asked at each check, so a
+    /// reloaded file counts).
+    pub flags: Option<Arc<dyn KnownFlags>>,
     /// How many diagnostics one file reports at most (`0`: all); the rest
     /// are counted in a final `too-many-diagnostics` diagnostic.
     pub max_diagnostics: usize,
@@ -30,7 +60,15 @@ pub struct Options {
 
 impl Default for Options {
     fn default() -> Self {
-        Options { backends: None, max_diagnostics: crate::diag::DEFAULT_MAX_PER_FILE }
+        Options { backends: None, backend_kinds: None, handlers: None, flags: None, max_diagnostics: crate::diag::DEFAULT_MAX_PER_FILE }
+    }
+}
+
+impl Options {
+    /// These options, knowing `handlers` (see [`crate::run::actions::Handlers::catalog`]).
+    pub fn with_handlers(mut self, handlers: HandlerCatalog) -> Self {
+        self.handlers = Some(Arc::new(handlers));
+        self
     }
 }
 
@@ -109,11 +147,17 @@ pub fn check_source(file: &str, text: String, format: Format, opts: &Options) ->
             }
         };
         if let Some(root) = tree.as_ref().or(doc.as_ref().map(|d| &d.root)) {
+            // The flags a features file serves now, in the namespace the
+            // source evaluates in (another namespace serves none of them).
+            let features = opts.flags.as_ref().and_then(|f| f.known());
             let pending = rules::Rules {
                 file,
                 text: &text,
                 root,
                 backends: opts.backends.as_deref(),
+                handlers: opts.handlers.as_deref(),
+                kinds: opts.backend_kinds.as_ref().map(|(k, d)| (k, d.as_str())),
+                flags: features.as_ref(),
                 out: &mut diags,
                 line_starts: std::cell::OnceCell::new(),
                 budget: rules::Budget::new(opts.max_diagnostics),

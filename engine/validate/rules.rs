@@ -5,6 +5,7 @@
 //! The rules read the untyped document so they still report everything when
 //! another part of the file breaks the schema.
 
+use super::handlers::{HandlerCatalog, NoField, check_with, missing_output_field};
 use crate::diag::{Code, Diagnostic, Span, did_you_mean};
 use crate::plan::helpers;
 use crate::plan::parse_duration;
@@ -12,7 +13,7 @@ use crate::plan::template::{self, MAX_TEMPLATE_NESTING, ROOTS, nesting};
 use crate::spec::node::{Node, NodeKind, pointer_seg};
 use petgraph::graph::{DiGraph, NodeIndex};
 use std::borrow::Cow;
-use std::collections::{HashMap, HashSet};
+use std::collections::{BTreeMap, HashMap, HashSet};
 use std::time::Duration;
 
 pub const ACTIONS: [&str; 5] = ["run", "shell", "http", "celery", "uses"];
@@ -23,6 +24,14 @@ pub struct Rules<'a> {
     /// The document's tree.
     pub root: &'a Node,
     pub backends: Option<&'a [String]>,
+    /// The handlers `uses:` may name, with their schemas, when known.
+    pub handlers: Option<&'a HandlerCatalog>,
+    /// The kind of each configured backend and the default backend, when a
+    /// configuration is known.
+    pub kinds: Option<(&'a BTreeMap<String, String>, &'a str)>,
+    /// The flags of the configured features file (its name, and its flags),
+    /// when one loaded.
+    pub flags: Option<&'a super::FlagKeys>,
     pub out: &'a mut Vec<Diagnostic>,
     /// Byte offset of each line start, for mapping spans back to text;
     /// found on first use (only findings need it).
@@ -199,6 +208,7 @@ impl Rules<'_> {
         self.duration("/defaults/retry/delay");
         self.duration("/defaults/retry/max_delay");
         self.backend();
+        self.flag();
 
         let Some(tasks) = v.get("tasks").and_then(Node::as_seq) else { return };
         // Names.
@@ -226,6 +236,8 @@ impl Rules<'_> {
             graph.add_node(i);
         }
         let mut parents_of: Vec<Vec<usize>> = vec![Vec::new(); tasks.len()];
+        // The `celery:` tasks, for `backend-action`.
+        let mut celery_tasks = Vec::new();
         for (i, t) in tasks.iter().enumerate() {
             let name = t.get("name").and_then(Node::as_str).unwrap_or("");
             if let Some(ps) = t.get("parents").and_then(Node::as_seq) {
@@ -296,6 +308,15 @@ impl Rules<'_> {
                     ));
                 }
             }
+            if let Some(u) = t.get("uses").and_then(Node::as_str) {
+                self.uses(i, t, name, u);
+            }
+            if let Some(url) = t.get("http").and_then(|h| h.get("url")).and_then(Node::as_str) {
+                self.url(i, url);
+            }
+            if t.get("celery").is_some_and(Node::is_map) {
+                celery_tasks.push(i);
+            }
             let task_timeout = self.task_duration(t, i, &["timeout"]);
             self.task_duration(t, i, &["retry", "delay"]);
             self.task_duration(t, i, &["retry", "max_delay"]);
@@ -321,6 +342,7 @@ impl Rules<'_> {
                 }
             }
         }
+        self.backend_action(tasks, &celery_tasks);
         let position = topological_positions(&parents_of);
         if position.1.len() < tasks.len() {
             self.cycles(&graph, tasks);
@@ -360,6 +382,135 @@ impl Rules<'_> {
                 };
                 self.push(d);
             }
+        }
+    }
+
+    /// `unknown-flag`: a rollout rule's flag that the configured features
+    /// file does not define.
+    fn flag(&mut self) {
+        let Some(flags) = self.flags else { return };
+        let Some(key) = self.root.pointer("/backend/flag").and_then(Node::as_str) else { return };
+        if flags.keys.iter().any(|k| k == key) {
+            return;
+        }
+        let mut d = Diagnostic::new(
+            Code::UnknownFlag,
+            self.file,
+            self.root.span_at("/backend/flag"),
+            format!(
+                "flag `{key}` is not defined in {} (namespace `{}`), so every run goes to the rule's default backend",
+                flags.source, flags.namespace
+            ),
+        );
+        let keys = flags.keys.iter().map(String::as_str);
+        d = match did_you_mean(key, keys.clone()) {
+            Some(s) => d.with_help(format!("did you mean `{s}`?")),
+            None if flags.keys.is_empty() => d.with_help("the file defines no flags"),
+            None => d.with_help(format!("defined flags: {}", keys.collect::<Vec<_>>().join(", "))),
+        };
+        self.push(d);
+    }
+
+    /// `unknown-handler` and `handler-args` of a `uses:` task.
+    fn uses(&mut self, i: usize, task: &Node, name: &str, handler: &str) {
+        let Some(catalog) = self.handlers else { return };
+        if catalog.contains(handler) {
+            check_with(self.file, self.root, catalog, handler, i, task, self.out);
+            return;
+        }
+        let mut d = Diagnostic::new(
+            Code::UnknownHandler,
+            self.file,
+            self.root.span_at(&format!("/tasks/{i}/uses")),
+            format!("task `{name}` uses handler `{handler}`, which does not exist"),
+        );
+        d = match did_you_mean(handler, catalog.names()) {
+            Some(s) => d.with_help(format!("did you mean `{s}`?")),
+            None => d.with_help(format!(
+                "the handlers are {}; a program that embeds the engine registers its own (list them in `[validate] handlers` of taskweave.toml for `taskweave validate`)",
+                catalog.names().map(|n| format!("`{n}`")).collect::<Vec<_>>().join(", ")
+            )),
+        };
+        self.push(d);
+    }
+
+    /// `url`: a literal `http.url` that cannot be sent.
+    fn url(&mut self, i: usize, url: &str) {
+        if template::is_template(url) {
+            return;
+        }
+        let shown = crate::diag::display_url(url);
+        let (message, help) = match url::Url::parse(url) {
+            // `localhost:8080` parses, with `localhost` as its scheme.
+            Ok(u) if !matches!(u.scheme(), "http" | "https") && !url.contains("://") => {
+                (format!("`{shown}` is not an HTTP URL: its scheme is `{}`", u.scheme()), format!("write the whole URL: `https://{shown}`"))
+            }
+            Ok(u) if !matches!(u.scheme(), "http" | "https") => (
+                format!("`{shown}` is not an HTTP URL: its scheme is `{}`", u.scheme()),
+                "an `http:` task sends HTTP requests: the URL starts with `http://` or `https://`".to_string(),
+            ),
+            // A parsed `http(s)` URL always has a host.
+            Ok(_) => return,
+            Err(url::ParseError::RelativeUrlWithoutBase) => (
+                format!("`{shown}` is not a URL: it has no scheme"),
+                format!("write the whole URL: `https://{}`", shown.trim_start_matches('/')),
+            ),
+            Err(e) => (format!("`{shown}` is not a valid URL: {e}"), "write the whole URL, e.g. `https://example.com/path`".to_string()),
+        };
+        self.push(Diagnostic::new(Code::Url, self.file, self.root.span_at(&format!("/tasks/{i}/http/url")), message).with_help(help));
+    }
+
+    /// `backend-action`: `celery:` tasks in a workflow that may run on a
+    /// backend of another kind.
+    fn backend_action(&mut self, tasks: &[Node], celery_tasks: &[usize]) {
+        let Some((kinds, default)) = self.kinds else { return };
+        if celery_tasks.is_empty() {
+            return;
+        }
+        // The backends a run may land on, and how the workflow names them.
+        let backend = self.root.get("backend");
+        let (candidates, how): (Vec<&str>, &str) = match backend.map(|b| (b, &b.kind)) {
+            None | Some((_, NodeKind::Null)) => (vec![default], "runs on the default backend"),
+            Some((_, NodeKind::Str(b))) => (vec![b.as_str()], "runs on backend"),
+            Some((rule, NodeKind::Map(_))) => {
+                let mut c: Vec<&str> = ["enabled", "disabled"].iter().filter_map(|k| rule.get(k).and_then(Node::as_str)).collect();
+                if let Some(vs) = rule.get("variants").and_then(Node::as_map) {
+                    c.extend(vs.iter().filter_map(|(_, v)| v.as_str()));
+                }
+                // When the flag does not decide, the rule's default, else the configured one.
+                c.push(rule.get("default").and_then(Node::as_str).unwrap_or(default));
+                (c, "may run on backend")
+            }
+            Some(_) => return,
+        };
+        let mut bad: Vec<(&str, &str)> = Vec::new();
+        for b in candidates {
+            if let Some(k) = kinds.get(b).filter(|k| *k != "celery")
+                && !bad.iter().any(|(n, _)| *n == b)
+            {
+                bad.push((b, k));
+            }
+        }
+        if bad.is_empty() {
+            return;
+        }
+        let on = bad.iter().map(|(n, k)| format!("`{n}` (kind `{k}`)")).collect::<Vec<_>>().join(" and ");
+        let celery: Vec<&str> = kinds.iter().filter(|(_, k)| *k == "celery").map(|(n, _)| n.as_str()).collect();
+        let help = match celery.first() {
+            Some(c) => format!("only a backend of kind `celery` runs `celery:` tasks: set `backend: {c}`, or move the task to a workflow that runs there"),
+            None => "only a backend of kind `celery` runs `celery:` tasks: configure one in taskweave.toml (`[backends.NAME] kind = \"celery\"`) and set `backend:` to it".to_string(),
+        };
+        for &i in celery_tasks {
+            let name = tasks[i].get("name").and_then(Node::as_str).unwrap_or("?");
+            self.push(
+                Diagnostic::new(
+                    Code::BackendAction,
+                    self.file,
+                    self.root.key_span_at(&format!("/tasks/{i}/celery")),
+                    format!("task `{name}` is a `celery:` task, but the workflow {how} {on}, which cannot run it"),
+                )
+                .with_help(help.clone()),
+            );
         }
     }
 
@@ -702,6 +853,7 @@ impl Rules<'_> {
         field: Option<&str>,
     ) {
         let name = |i: usize| tasks[i].get("name").and_then(Node::as_str).unwrap_or("?");
+        let target_id = target;
         let (me, target) = (name(task), name(target));
         if !ancestor {
             self.push(
@@ -720,6 +872,43 @@ impl Rules<'_> {
                 span(self),
                 format!("`{raw}`: a task exposes only `output` (`tasks.{target}.output`)"),
             ));
+        } else if let Some(catalog) = self.handlers
+            && let Some(handler) = tasks[target_id].get("uses").and_then(Node::as_str)
+            && let Some(schema) = catalog.output_schema(handler)
+        {
+            let path: Vec<&str> = raw.split(['.', '/']).skip(3).collect();
+            let d = match missing_output_field(schema, &path) {
+                None => return,
+                Some(NoField::Scalar { depth, kind }) => {
+                    let at = std::iter::once("output").chain(path[..depth].iter().copied()).collect::<Vec<_>>().join(".");
+                    Diagnostic::new(
+                        Code::OutputField,
+                        self.file,
+                        span(self),
+                        format!("template reads `{raw}`, but `{at}` of task `{target}` (handler `{handler}`) is {kind}"),
+                    )
+                }
+                Some(NoField::Closed { depth, fields }) => {
+                    let at = std::iter::once("output").chain(path[..depth].iter().copied()).collect::<Vec<_>>().join(".");
+                    let seg = path[depth];
+                    let has = if fields.is_empty() {
+                        format!("`{at}` has no fields")
+                    } else {
+                        format!("`{at}` has only {}", fields.iter().map(|f| format!("`{f}`")).collect::<Vec<_>>().join(", "))
+                    };
+                    let d = Diagnostic::new(
+                        Code::OutputField,
+                        self.file,
+                        span(self),
+                        format!("template reads `{raw}`, but handler `{handler}` returns no `{seg}` in `{at}` of task `{target}`"),
+                    );
+                    match did_you_mean(seg, fields.iter().copied()) {
+                        Some(s) => d.with_help(format!("did you mean `{s}`? {has}")),
+                        None => d.with_help(has),
+                    }
+                }
+            };
+            self.push(d);
         }
     }
 

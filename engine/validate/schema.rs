@@ -222,7 +222,7 @@ fn allowed_fields(pointer: &str) -> Vec<String> {
     props.and_then(Value::as_object).map(|m| m.keys().cloned().collect()).unwrap_or_default()
 }
 
-fn type_name(v: &Value) -> &'static str {
+pub(super) fn type_name(v: &Value) -> &'static str {
     match v {
         Value::Null => "null",
         Value::Bool(_) => "a boolean",
@@ -234,7 +234,7 @@ fn type_name(v: &Value) -> &'static str {
     }
 }
 
-fn kind_names(k: &TypeKind) -> Vec<String> {
+pub(super) fn kind_names(k: &TypeKind) -> Vec<String> {
     let one = |t: &jsonschema::JsonType| match t.to_string().as_str() {
         "object" => "a mapping".to_string(),
         "array" => "a list".to_string(),

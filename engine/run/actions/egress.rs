@@ -24,6 +24,7 @@
 //! services on the developer's own machine; `deny_private = true` (or
 //! `TASKWEAVE_HTTP_DENY_PRIVATE=1`) locks a server down.
 
+use crate::diag::display_url;
 use ipnet::IpNet;
 use std::collections::HashMap;
 use std::net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr};
@@ -387,21 +388,6 @@ pub(crate) fn error_chain(e: &dyn std::error::Error) -> String {
         cur = c.source();
     }
     s
-}
-
-/// A URL as shown in messages: without its query string and credentials,
-/// which may carry secrets.
-pub(crate) fn display_url(url: &str) -> String {
-    match reqwest::Url::parse(url) {
-        Ok(mut u) => {
-            u.set_query(None);
-            u.set_fragment(None);
-            let _ = u.set_password(None);
-            let _ = u.set_username("");
-            u.to_string()
-        }
-        Err(_) => url.split(['?', '#']).next().unwrap_or(url).to_string(),
-    }
 }
 
 #[cfg(test)]

@@ -35,9 +35,79 @@ pub struct HandlerCtx {
 }
 
 /// A named piece of work a `uses:` task calls with its rendered `with` value.
+///
+/// A handler may describe what it takes and what it returns as JSON Schemas;
+/// validation then checks a task's `with:` against the first (`handler-args`)
+/// and the reads of its output against the second (`output-field`).
 #[async_trait::async_trait]
 pub trait Handler: Send + Sync + 'static {
     async fn call(&self, with: Value, ctx: HandlerCtx) -> Result<Value, ActionError>;
+
+    /// The JSON Schema of the `with` value this handler takes, if it declares one.
+    fn with_schema(&self) -> Option<Value> {
+        None
+    }
+
+    /// The JSON Schema of the output this handler returns, if it declares one.
+    fn output_schema(&self) -> Option<Value> {
+        None
+    }
+}
+
+/// A handler with the schemas of its `with` value and of its output, for
+/// handlers written as closures:
+///
+/// ```
+/// use serde_json::json;
+/// use taskweave::run::actions::handlers::WithSchemas;
+/// use taskweave::run::actions::{ActionError, HandlerCtx};
+///
+/// async fn shout(with: serde_json::Value, _ctx: HandlerCtx) -> Result<serde_json::Value, ActionError> {
+///     Ok(json!({"text": with["text"].as_str().unwrap_or_default().to_uppercase()}))
+/// }
+/// let shout = WithSchemas::new(shout)
+///     .with(json!({"type": "object", "required": ["text"], "additionalProperties": false,
+///                  "properties": {"text": {"type": "string"}}}))
+///     .output(json!({"type": "object", "additionalProperties": false,
+///                    "properties": {"text": {"type": "string"}}}));
+/// ```
+pub struct WithSchemas<H> {
+    handler: H,
+    with: Option<Value>,
+    output: Option<Value>,
+}
+
+impl<H: Handler> WithSchemas<H> {
+    pub fn new(handler: H) -> Self {
+        WithSchemas { handler, with: None, output: None }
+    }
+
+    /// The schema of the `with` value.
+    pub fn with(mut self, schema: Value) -> Self {
+        self.with = Some(schema);
+        self
+    }
+
+    /// The schema of the output.
+    pub fn output(mut self, schema: Value) -> Self {
+        self.output = Some(schema);
+        self
+    }
+}
+
+#[async_trait::async_trait]
+impl<H: Handler> Handler for WithSchemas<H> {
+    async fn call(&self, with: Value, ctx: HandlerCtx) -> Result<Value, ActionError> {
+        self.handler.call(with, ctx).await
+    }
+
+    fn with_schema(&self) -> Option<Value> {
+        self.with.clone()
+    }
+
+    fn output_schema(&self) -> Option<Value> {
+        self.output.clone()
+    }
 }
 
 /// Any async closure `Fn(Value, HandlerCtx) -> Future<Result<Value, ActionError>>` is a handler.
@@ -89,8 +159,8 @@ impl Handlers {
     pub fn builtin_with(settings: BuiltinSettings) -> Self {
         let mut h = Handlers::empty();
         h.register("echo", builtins::echo);
-        h.register("sleep", builtins::sleep);
-        h.register("fail", builtins::fail);
+        h.register("sleep", WithSchemas::new(builtins::sleep).with(builtins::sleep_with()).output(builtins::sleep_output()));
+        h.register("fail", WithSchemas::new(builtins::fail).with(builtins::fail_with()));
         h.register("extract-text", extract::ExtractText { settings: settings.extract_text });
         h.register("llm", llm::Llm::new(settings.llm));
         h
@@ -118,5 +188,28 @@ impl Handlers {
 
     pub fn names(&self) -> impl Iterator<Item = &str> {
         self.map.keys().map(String::as_str)
+    }
+
+    /// What validation knows of these handlers: their names and schemas.
+    pub fn catalog(&self) -> crate::validate::HandlerCatalog {
+        let mut c = crate::validate::HandlerCatalog::default();
+        for (name, h) in &self.map {
+            c.insert(name.clone(), h.with_schema(), h.output_schema());
+        }
+        c
+    }
+}
+
+impl crate::validate::HandlerCatalog {
+    /// The built-in handlers (`echo`, `sleep`, `fail`, `extract-text`, `llm`).
+    pub fn builtin() -> Self {
+        Handlers::builtin(Default::default()).catalog()
+    }
+}
+
+impl crate::validate::Options {
+    /// These options, knowing the built-in handlers.
+    pub fn with_builtin_handlers(self) -> Self {
+        self.with_handlers(crate::validate::HandlerCatalog::builtin())
     }
 }

@@ -10,8 +10,9 @@
 //! handler, whose service the operator configures, reuses the plain
 //! [`client`] and the helpers here.
 
-use super::egress::{display_url, error_chain};
+use super::egress::error_chain;
 use super::{ActionError, Attempt};
+use crate::diag::display_url;
 use crate::plan::Action;
 use crate::spec::raw::HttpMethod;
 use serde_json::{Map, Value};

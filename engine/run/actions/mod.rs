@@ -9,12 +9,12 @@
 
 pub mod egress;
 pub mod handlers;
-mod http;
+pub(crate) mod http;
 mod process;
 mod watchdog;
 
 pub use egress::{Egress, HostRule};
-pub use handlers::{BuiltinSettings, ExtractTextSettings, Handler, HandlerCtx, Handlers};
+pub use handlers::{BuiltinSettings, ExtractTextSettings, Handler, HandlerCtx, Handlers, WithSchemas};
 
 use crate::plan::template::RenderError;
 use crate::plan::{Action, Task, Workflow};

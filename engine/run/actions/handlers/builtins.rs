@@ -22,6 +22,41 @@ pub async fn sleep(with: Value, ctx: HandlerCtx) -> Result<Value, ActionError> {
     }
 }
 
+/// The schema of `sleep`'s `with`: exactly one of `duration` and `seconds`.
+pub fn sleep_with() -> Value {
+    json!({
+        "type": "object",
+        "properties": {
+            "duration": {"type": "string", "description": "how long, e.g. \"200ms\""},
+            "seconds": {"type": "number", "minimum": 0, "description": "how long, in seconds"}
+        },
+        "additionalProperties": false,
+        "oneOf": [{"required": ["duration"]}, {"required": ["seconds"]}]
+    })
+}
+
+/// The schema of `sleep`'s output.
+pub fn sleep_output() -> Value {
+    json!({
+        "type": "object",
+        "properties": {"slept_ms": {"type": "integer", "minimum": 0}},
+        "required": ["slept_ms"],
+        "additionalProperties": false
+    })
+}
+
+/// The schema of `fail`'s `with`.
+pub fn fail_with() -> Value {
+    json!({
+        "type": "object",
+        "properties": {
+            "message": {"description": "the error (text, or any value shown as JSON)"},
+            "retryable": {"type": ["boolean", "null"], "description": "false: fail for good, without retries"}
+        },
+        "additionalProperties": false
+    })
+}
+
 fn sleep_duration(with: &Value) -> Result<Duration, ActionError> {
     let bad = |why: String| ActionError::Permanent(format!("sleep: {why}"));
     match (with.get("duration"), with.get("seconds")) {

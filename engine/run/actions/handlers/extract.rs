@@ -75,6 +75,28 @@ impl Handler for ExtractText {
             r = extract(&self.settings, given, &ctx.cancel) => r,
         }
     }
+
+    fn with_schema(&self) -> Option<Value> {
+        Some(json!({
+            "type": "object",
+            "properties": {"path": {"type": "string", "minLength": 1, "description": "a plain-text or PDF file inside the root folder"}},
+            "required": ["path"],
+            "additionalProperties": false
+        }))
+    }
+
+    fn output_schema(&self) -> Option<Value> {
+        Some(json!({
+            "type": "object",
+            "properties": {
+                "text": {"type": "string"},
+                "page_count": {"type": "integer", "minimum": 0},
+                "extraction_method": {"enum": ["plain", "pdf"]}
+            },
+            "required": ["text", "page_count", "extraction_method"],
+            "additionalProperties": false
+        }))
+    }
 }
 
 async fn extract(s: &ExtractTextSettings, given: String, cancel: &CancellationToken) -> Result<Value, ActionError> {

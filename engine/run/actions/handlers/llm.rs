@@ -7,7 +7,7 @@
 //! client errors are not. The API key is sent only in the `Authorization`
 //! header and never appears in logs, errors or `Debug` output.
 
-use crate::run::actions::egress::display_url;
+use crate::diag::display_url;
 use crate::run::actions::http::{client, read_body, send_error, status_message};
 use crate::run::actions::{ActionError, Handler, HandlerCtx};
 use serde_json::{Map, Value, json};
@@ -173,6 +173,34 @@ fn parse_reply(reply: &Value, requested_model: &str) -> Result<Value, ActionErro
 
 #[async_trait::async_trait]
 impl Handler for Llm {
+    fn with_schema(&self) -> Option<Value> {
+        Some(json!({
+            "type": "object",
+            "properties": {
+                "prompt": {"type": "string", "description": "the user message"},
+                "system": {"type": "string", "description": "the system message"},
+                "model": {"type": "string", "minLength": 1, "description": "default: TASKWEAVE_LLM_MODEL"},
+                "temperature": {"type": "number"},
+                "max_tokens": {"type": "integer", "minimum": 0}
+            },
+            "required": ["prompt"],
+            "additionalProperties": false
+        }))
+    }
+
+    fn output_schema(&self) -> Option<Value> {
+        Some(json!({
+            "type": "object",
+            "properties": {
+                "response": {"type": "string"},
+                "tokens_used": {"type": ["integer", "null"]},
+                "model": {"type": "string"}
+            },
+            "required": ["response", "tokens_used", "model"],
+            "additionalProperties": false
+        }))
+    }
+
     async fn call(&self, with: Value, ctx: HandlerCtx) -> Result<Value, ActionError> {
         let cfg = &self.cfg;
         let (body, model) = request_body(&with, &cfg.model)?;
