@@ -966,7 +966,7 @@ fn explain_examples_trigger_their_code() {
     let opts = Options {
         backends: Some(vec!["local".into(), "celery".into()]),
         backend_kinds: Some((kinds(&[("local", "local"), ("celery", "celery")]), "local".into())),
-        flags: Some(flag_source()),
+        flags: Some(std::sync::Arc::new(flag_source())),
         ..Default::default()
     }
     .with_builtin_handlers();
@@ -1603,7 +1603,7 @@ fn backend_action_needs_a_celery_backend_for_celery_tasks() {
 fn unknown_flag_is_a_warning_when_the_features_file_is_known() {
     let src =
         "version: 1\nname: demo\nbackend:\n  flag: pg_queue_enable\n  enabled: celery\n  disabled: local\ntasks: [{name: a, uses: echo}]\n";
-    let opts = Options { flags: Some(flag_source()), ..Default::default() };
+    let opts = Options { flags: Some(std::sync::Arc::new(flag_source())), ..Default::default() };
     let c = check("f.yaml", src.as_bytes(), Y, &opts);
     assert_eq!(c.diagnostics.len(), 1, "{}", show(&c.diagnostics));
     exactly(
