@@ -72,7 +72,7 @@ impl Default for ApiOptions {
             token: None,
             body_limit: 1024 * 1024,
             max_wait: Duration::from_secs(60),
-            body_timeout: Duration::from_secs(30),
+            body_timeout: crate::config::serve::BODY_TIMEOUT,
             shutdown: CancellationToken::new(),
         }
     }

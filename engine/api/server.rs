@@ -57,7 +57,8 @@ pub struct ConnLimits {
 
 impl Default for ConnLimits {
     fn default() -> Self {
-        ConnLimits { header_timeout: Duration::from_secs(10), idle_timeout: Duration::from_secs(60), max_connections: 1024 }
+        use crate::config::serve::{HEADER_TIMEOUT, IDLE_TIMEOUT, MAX_CONNECTIONS};
+        ConnLimits { header_timeout: HEADER_TIMEOUT, idle_timeout: IDLE_TIMEOUT, max_connections: MAX_CONNECTIONS }
     }
 }
 

@@ -141,6 +141,14 @@ pub fn explain(code: Option<&str>) -> ExitCode {
         Some(name) => match Code::parse(name) {
             Some(c) => {
                 print!("{}", c.explain());
+                if c == Code::UnknownHelper {
+                    // The helper set lives with the templates, above the codes.
+                    print!(
+                        "\nThe helpers (examples with input {}):\n\n{}",
+                        crate::plan::helpers::EXAMPLE_INPUT,
+                        crate::plan::helpers::helper_table()
+                    );
+                }
                 ExitCode::SUCCESS
             }
             None => {

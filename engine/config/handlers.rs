@@ -132,9 +132,70 @@ fn positive_duration<'de, D: Deserializer<'de>>(d: D) -> Result<Option<Duration>
     crate::config::parse_positive_duration(&s).map(Some).map_err(serde::de::Error::custom)
 }
 
+/// The `llm` settings from the environment alone: the configuration's key
+/// table applied to its defaults, no file.
+impl crate::run::actions::handlers::LlmConfig {
+    /// The settings from the environment alone, as if `taskweave.toml` had
+    /// no `[handlers.llm]`:
+    ///
+    /// - `TASKWEAVE_LLM_BASE_URL`, else `OPENAI_BASE_URL`, else `https://api.openai.com/v1`;
+    /// - the key from the variable `TASKWEAVE_LLM_API_KEY_ENV` names, else
+    ///   `TASKWEAVE_LLM_API_KEY`, else `OPENAI_API_KEY`;
+    /// - `TASKWEAVE_LLM_MODEL`, else `gpt-4o-mini`;
+    /// - `TASKWEAVE_LLM_TIMEOUT` (a duration such as `90s`), else 2 minutes.
+    ///
+    /// Empty variables count as unset; one that does not parse is ignored
+    /// with a warning. [`crate::config::Config::llm`] adds the file.
+    pub fn from_env() -> Self {
+        Self::from_lookup(|k| std::env::var(k).ok())
+    }
+
+    fn from_lookup(get: impl Fn(&str) -> Option<String>) -> Self {
+        let mut c = super::Config::default();
+        c.apply_env(&get);
+        c.handlers.llm.resolve(&get)
+    }
+}
+
+impl crate::run::actions::Handlers {
+    /// The built-in handlers, with the `llm` settings read from the
+    /// environment (see [`crate::run::actions::handlers::LlmConfig::from_env`]) and `extract-text` on its
+    /// defaults (the working directory as its root, 10 MiB).
+    pub fn with_builtins() -> Self {
+        Self::builtin(crate::run::actions::handlers::LlmConfig::from_env())
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn config_reads_the_environment_names() {
+        let env =
+            |pairs: &'static [(&'static str, &'static str)]| move |k: &str| pairs.iter().find(|(n, _)| *n == k).map(|(_, v)| v.to_string());
+        let c = crate::run::actions::handlers::LlmConfig::from_lookup(env(&[]));
+        assert_eq!(c.base_url, "https://api.openai.com/v1");
+        assert_eq!(c.model, "gpt-4o-mini");
+        assert!(c.api_key.is_none());
+        let c = crate::run::actions::handlers::LlmConfig::from_lookup(env(&[
+            ("OPENAI_BASE_URL", "http://a/v1"),
+            ("OPENAI_API_KEY", "k1"),
+            ("TASKWEAVE_LLM_MODEL", "m"),
+            ("TASKWEAVE_LLM_TIMEOUT", "5s"),
+        ]));
+        assert_eq!((c.base_url.as_str(), c.api_key.as_deref(), c.model.as_str()), ("http://a/v1", Some("k1"), "m"));
+        assert_eq!(c.timeout, std::time::Duration::from_secs(5));
+        let c = crate::run::actions::handlers::LlmConfig::from_lookup(env(&[
+            ("OPENAI_BASE_URL", "http://a/v1"),
+            ("TASKWEAVE_LLM_BASE_URL", "http://b/v1"),
+            ("OPENAI_API_KEY", "k1"),
+            ("TASKWEAVE_LLM_API_KEY", "k2"),
+            ("TASKWEAVE_LLM_MODEL", ""),
+        ]));
+        assert_eq!((c.base_url.as_str(), c.api_key.as_deref(), c.model.as_str()), ("http://b/v1", Some("k2"), "gpt-4o-mini"));
+    }
+
     use crate::config::Config;
 
     fn env(pairs: &'static [(&'static str, &'static str)]) -> impl Fn(&str) -> Option<String> {

@@ -249,6 +249,13 @@ pub static KEYS: &[Key] = &[
         "How long an unacknowledged task waits before it is delivered again.",
     ),
     Key::backend("celery", "backends.<name>.result_expires", "duration", "1d", "How long results are kept."),
+    Key::backend(
+        "celery",
+        "backends.<name>.worker_lease",
+        "duration",
+        "30s",
+        "How long a taskweave worker stays listed by `taskweave workers` without a heartbeat.",
+    ),
     Key::backend("temporal", "backends.<name>.address", "address", "http://127.0.0.1:7233", "The frontend's gRPC address.")
         .fallback("TEMPORAL_ADDRESS"),
     Key::backend("temporal", "backends.<name>.namespace", "string", "default", "The Temporal namespace.").fallback("TEMPORAL_NAMESPACE"),
@@ -281,21 +288,21 @@ pub static KEYS: &[Key] = &[
         Ok(())
     }),
     Key::new("flags.namespace", "string", "default", "The Flipt namespace.", |c| {
-        json!(c.flags.namespace.clone().unwrap_or_else(|| crate::flags::DEFAULT_NAMESPACE.into()))
+        json!(c.flags.namespace.clone().unwrap_or_else(|| super::FLAGS_NAMESPACE.into()))
     })
     .env("FLIPT_NAMESPACE", |c, v| {
         c.flags.namespace = Some(v.to_string());
         Ok(())
     }),
     Key::new("flags.timeout", "duration", "2s", "How long a Flipt server may take to answer.", |c| {
-        json!(c.flags.timeout.clone().unwrap_or_else(|| humantime::format_duration(crate::flags::DEFAULT_TIMEOUT).to_string()))
+        json!(c.flags.timeout.clone().unwrap_or_else(|| humantime::format_duration(super::FLAGS_TIMEOUT).to_string()))
     })
     .env("TASKWEAVE_FLAGS_TIMEOUT", |c, v| {
         c.flags.timeout = Some(v.to_string());
         Ok(())
     }),
     Key::new("flags.cache_ttl", "duration", "5s", "How long a Flipt server's answer is reused (`0s`: never).", |c| {
-        json!(c.flags.cache_ttl.clone().unwrap_or_else(|| humantime::format_duration(crate::flags::DEFAULT_CACHE_TTL).to_string()))
+        json!(c.flags.cache_ttl.clone().unwrap_or_else(|| humantime::format_duration(super::FLAGS_CACHE_TTL).to_string()))
     })
     .env("TASKWEAVE_FLAGS_CACHE_TTL", |c, v| {
         crate::plan::parse_duration(v.trim())?;
@@ -433,7 +440,7 @@ pub static KEYS: &[Key] = &[
     }),
     // [serve]
     Key::new("serve.header_timeout", "duration", "10s", "How long a client may take to send a request's headers.", |c| {
-        dur_opt(c.serve.header_timeout, crate::api::server::ConnLimits::default().header_timeout)
+        dur_opt(c.serve.header_timeout, super::serve::HEADER_TIMEOUT)
     })
     .env("TASKWEAVE_HEADER_TIMEOUT", |c, v| {
         c.serve.header_timeout = Some(positive_env(v)?);
@@ -441,7 +448,7 @@ pub static KEYS: &[Key] = &[
     })
     .flag("--header-timeout", "serve"),
     Key::new("serve.body_timeout", "duration", "30s", "How long a client may take to send a whole request body.", |c| {
-        dur_opt(c.serve.body_timeout, crate::api::ApiOptions::default().body_timeout)
+        dur_opt(c.serve.body_timeout, super::serve::BODY_TIMEOUT)
     })
     .env("TASKWEAVE_BODY_TIMEOUT", |c, v| {
         c.serve.body_timeout = Some(positive_env(v)?);
@@ -449,7 +456,7 @@ pub static KEYS: &[Key] = &[
     })
     .flag("--body-timeout", "serve"),
     Key::new("serve.idle_timeout", "duration", "60s", "How long a kept-alive connection may wait for its next request.", |c| {
-        dur_opt(c.serve.idle_timeout, crate::api::server::ConnLimits::default().idle_timeout)
+        dur_opt(c.serve.idle_timeout, super::serve::IDLE_TIMEOUT)
     })
     .env("TASKWEAVE_IDLE_TIMEOUT", |c, v| {
         c.serve.idle_timeout = Some(positive_env(v)?);
@@ -457,7 +464,7 @@ pub static KEYS: &[Key] = &[
     })
     .flag("--idle-timeout", "serve"),
     Key::new("serve.max_connections", "integer", "1024", "Client connections served at once; more wait to be accepted.", |c| {
-        json!(c.serve.max_connections.unwrap_or(crate::api::server::ConnLimits::default().max_connections))
+        json!(c.serve.max_connections.unwrap_or(super::serve::MAX_CONNECTIONS))
     })
     .env("TASKWEAVE_MAX_CONNECTIONS", |c, v| match v.trim().parse::<usize>() {
         Ok(n) if n >= 1 => {
@@ -798,7 +805,7 @@ mod tests {
                 "duration" => "\"3s\"".to_string(),
                 "bool" => "true".into(),
                 "integer" | "byte size" => "7".into(),
-                "list of paths" | "list of host rules" => "[\"x\"]".into(),
+                "list of paths" | "list of host rules" | "list of names" => "[\"x\"]".into(),
                 "URL" if k.path == "engine.store" => "\"sqlite://x.db\"".into(),
                 "URL" => "\"http://127.0.0.1:1/v1\"".into(),
                 "variable name" => "\"MY_KEY\"".into(),

@@ -10,7 +10,7 @@ pub mod actions;
 pub mod handlers;
 pub mod instance;
 pub mod keys;
-mod serve;
+pub mod serve;
 mod validate;
 
 pub use handlers::{HandlersConfig, LlmSection};
@@ -21,6 +21,13 @@ pub use validate::ValidateConfig;
 use serde::Deserialize;
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
+
+/// The Flipt namespace flags are evaluated in when `[flags] namespace` is unset.
+pub const FLAGS_NAMESPACE: &str = "default";
+/// How long one request to a Flipt server may take (`[flags] timeout`).
+pub const FLAGS_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(2);
+/// How long a Flipt server's answers are kept (`[flags] cache_ttl`).
+pub const FLAGS_CACHE_TTL: std::time::Duration = std::time::Duration::from_secs(5);
 
 pub const FILE_NAME: &str = "taskweave.toml";
 

@@ -19,6 +19,14 @@
 use serde::{Deserialize, Deserializer};
 use std::time::Duration;
 
+/// Defaults of `[serve]`: how long a client may take to send its headers,
+/// how long an idle connection stays open, how many connections at once,
+/// how long a request body may take.
+pub const HEADER_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(10);
+pub const IDLE_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(60);
+pub const MAX_CONNECTIONS: usize = 1024;
+pub const BODY_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(30);
+
 /// `[serve]`.
 #[derive(Debug, Clone, Default, PartialEq, Eq, Deserialize)]
 #[serde(deny_unknown_fields)]

@@ -134,22 +134,14 @@ impl Code {
     /// The full text shown by `taskweave explain CODE`.
     pub fn explain(self) -> String {
         let (bad, good) = self.examples();
-        let mut text = format!(
+        format!(
             "{code} ({sev})\n\n{summary}\n\nExample that triggers it:\n\n{bad}\nFixed:\n\n{good}",
             code = self.as_str(),
             sev = self.severity().as_str(),
             summary = self.summary(),
             bad = indent(bad),
             good = indent(good),
-        );
-        if self == Code::UnknownHelper {
-            text.push_str(&format!(
-                "\nThe helpers (examples with input {}):\n\n{}",
-                crate::plan::helpers::EXAMPLE_INPUT,
-                crate::plan::helpers::helper_table()
-            ));
-        }
-        text
+        )
     }
 }
 

@@ -31,11 +31,11 @@ use std::sync::{Arc, RwLock};
 use std::time::Duration;
 
 /// The namespace used when none is configured.
-pub const DEFAULT_NAMESPACE: &str = "default";
+pub const DEFAULT_NAMESPACE: &str = crate::config::FLAGS_NAMESPACE;
 /// How long a remote evaluation may take by default.
-pub const DEFAULT_TIMEOUT: Duration = Duration::from_secs(2);
+pub const DEFAULT_TIMEOUT: Duration = crate::config::FLAGS_TIMEOUT;
 /// How long a remote answer is reused by default.
-pub const DEFAULT_CACHE_TTL: Duration = Duration::from_secs(5);
+pub const DEFAULT_CACHE_TTL: Duration = crate::config::FLAGS_CACHE_TTL;
 
 #[derive(Debug, Clone, PartialEq, thiserror::Error)]
 pub enum FlagError {

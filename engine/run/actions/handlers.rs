@@ -166,13 +166,6 @@ impl Handlers {
         h
     }
 
-    /// The built-in handlers, with the `llm` settings read from the
-    /// environment (see [`LlmConfig::from_env`]) and `extract-text` on its
-    /// defaults (the working directory as its root, 10 MiB).
-    pub fn with_builtins() -> Self {
-        Handlers::builtin(LlmConfig::from_env())
-    }
-
     /// Add every handler of `other`, replacing those of the same name.
     pub fn extend(&mut self, other: Handlers) {
         self.map.extend(other.map);

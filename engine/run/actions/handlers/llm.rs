@@ -50,27 +50,6 @@ impl std::fmt::Debug for LlmConfig {
 }
 
 impl LlmConfig {
-    /// The settings from the environment alone, as if `taskweave.toml` had
-    /// no `[handlers.llm]`:
-    ///
-    /// - `TASKWEAVE_LLM_BASE_URL`, else `OPENAI_BASE_URL`, else `https://api.openai.com/v1`;
-    /// - the key from the variable `TASKWEAVE_LLM_API_KEY_ENV` names, else
-    ///   `TASKWEAVE_LLM_API_KEY`, else `OPENAI_API_KEY`;
-    /// - `TASKWEAVE_LLM_MODEL`, else `gpt-4o-mini`;
-    /// - `TASKWEAVE_LLM_TIMEOUT` (a duration such as `90s`), else 2 minutes.
-    ///
-    /// Empty variables count as unset; one that does not parse is ignored
-    /// with a warning. [`crate::config::Config::llm`] adds the file.
-    pub fn from_env() -> Self {
-        Self::from_lookup(|k| std::env::var(k).ok())
-    }
-
-    fn from_lookup(get: impl Fn(&str) -> Option<String>) -> Self {
-        let mut c = crate::config::Config::default();
-        c.apply_env(&get);
-        c.handlers.llm.resolve(&get)
-    }
-
     /// Whether the service needs an API key: any but one on this machine
     /// (`localhost`, a loopback address), where services commonly run without.
     pub fn needs_key(&self) -> bool {
@@ -259,32 +238,6 @@ fn timed_out(shown_url: &str, limit: Duration, task_timeout: Option<Duration>) -
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    #[test]
-    fn config_reads_the_environment_names() {
-        let env =
-            |pairs: &'static [(&'static str, &'static str)]| move |k: &str| pairs.iter().find(|(n, _)| *n == k).map(|(_, v)| v.to_string());
-        let c = LlmConfig::from_lookup(env(&[]));
-        assert_eq!(c.base_url, "https://api.openai.com/v1");
-        assert_eq!(c.model, "gpt-4o-mini");
-        assert!(c.api_key.is_none());
-        let c = LlmConfig::from_lookup(env(&[
-            ("OPENAI_BASE_URL", "http://a/v1"),
-            ("OPENAI_API_KEY", "k1"),
-            ("TASKWEAVE_LLM_MODEL", "m"),
-            ("TASKWEAVE_LLM_TIMEOUT", "5s"),
-        ]));
-        assert_eq!((c.base_url.as_str(), c.api_key.as_deref(), c.model.as_str()), ("http://a/v1", Some("k1"), "m"));
-        assert_eq!(c.timeout, Duration::from_secs(5));
-        let c = LlmConfig::from_lookup(env(&[
-            ("OPENAI_BASE_URL", "http://a/v1"),
-            ("TASKWEAVE_LLM_BASE_URL", "http://b/v1"),
-            ("OPENAI_API_KEY", "k1"),
-            ("TASKWEAVE_LLM_API_KEY", "k2"),
-            ("TASKWEAVE_LLM_MODEL", ""),
-        ]));
-        assert_eq!((c.base_url.as_str(), c.api_key.as_deref(), c.model.as_str()), ("http://b/v1", Some("k2"), "gpt-4o-mini"));
-    }
 
     #[test]
     fn a_timeout_names_both_limits() {
