@@ -184,7 +184,7 @@ impl EngineBuilder {
             };
             match crate::backend::open(ctx).await? {
                 Some(b) => backends.insert(b),
-                None => tracing::debug!("backend `{name}` of kind `{kind}` is not built into this binary"),
+                None => tracing::debug!("backend `{name}`: {}", crate::backend::not_built(&kind)),
             }
         }
         let flag_watcher = match (&flags, self.watch_flags) {
@@ -444,7 +444,9 @@ impl Engine {
     }
 
     async fn dispatch(&self, backend: &str, req: RunRequest) -> Result<String, EngineError> {
-        Ok(self.backend(backend)?.submit(req).await?)
+        let b = self.backend(backend)?;
+        crate::backend::admit(&**b, &req.workflow)?;
+        Ok(b.submit(req).await?)
     }
 
     /// The flag source rollout rules read, when one is configured.

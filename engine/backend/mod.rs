@@ -91,6 +91,10 @@ pub trait Backend: Send + Sync + 'static {
     fn name(&self) -> &str;
     /// The driver kind (`local`, `postgres`, `celery`, `temporal`).
     fn kind(&self) -> &'static str;
+    /// What the driver can do (from [`DRIVERS`]).
+    fn capabilities(&self) -> Capabilities {
+        driver(self.kind()).map(|d| d.capabilities).unwrap_or_default()
+    }
     /// Accept a run and return its id. Once this returns Ok the run is durable
     /// (recorded) and will reach a terminal state.
     async fn submit(&self, req: RunRequest) -> Result<String, BackendError>;
@@ -128,7 +132,7 @@ pub trait Backend: Send + Sync + 'static {
 
 /// Refuses a run with `celery:` tasks on a backend that cannot send them
 /// (every kind but `celery`), before anything is accepted.
-pub(crate) fn refuse_celery_tasks(name: &str, kind: &str, wf: &Workflow) -> Result<(), BackendError> {
+fn refuse_celery_tasks(name: &str, kind: &str, wf: &Workflow) -> Result<(), BackendError> {
     match wf.tasks.iter().find(|t| matches!(t.action, crate::plan::Action::Celery { .. })) {
         Some(t) => Err(BackendError::Refused {
             backend: name.to_string(),
@@ -191,37 +195,114 @@ pub struct DriverContext {
     pub registry: Arc<crate::reload::Registry>,
 }
 
+/// What a driver can do: what the layers above ask instead of its kind.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, serde::Serialize)]
+pub struct Capabilities {
+    /// Runs `celery:` tasks (by sending them to Python Celery workers);
+    /// other backends are refused runs that have one, before they see them.
+    pub celery_tasks: bool,
+    /// Executes tasks in `taskweave worker` processes (`worker`, `workers`
+    /// and doctor's queue warnings apply).
+    pub workers: bool,
+    /// Runs outlive the process that submitted them.
+    pub durable: bool,
+}
+
+type OpenFn = fn(DriverContext) -> futures::future::BoxFuture<'static, Result<Arc<dyn Backend>, BackendError>>;
+
+/// One driver: its kind, the cargo feature that builds it in, what it can
+/// do, and how to open it (`None`: not built into this binary).
+pub struct Driver {
+    pub kind: &'static str,
+    pub feature: Option<&'static str>,
+    pub capabilities: Capabilities,
+    open: Option<OpenFn>,
+}
+
+impl Driver {
+    pub fn is_built(&self) -> bool {
+        self.open.is_some()
+    }
+}
+
+/// Every driver, built in or not. Adding a driver is a row here (plus its
+/// keys in `config::keys` and its folder).
+pub static DRIVERS: &[Driver] = &[
+    Driver {
+        kind: "local",
+        feature: None,
+        capabilities: Capabilities { celery_tasks: false, workers: false, durable: false },
+        open: Some(|ctx| Box::pin(open_local(ctx))),
+    },
+    Driver {
+        kind: "postgres",
+        feature: Some("postgres"),
+        capabilities: Capabilities { celery_tasks: false, workers: true, durable: true },
+        #[cfg(feature = "postgres")]
+        open: Some(|ctx| Box::pin(postgres::open(ctx))),
+        #[cfg(not(feature = "postgres"))]
+        open: None,
+    },
+    Driver {
+        kind: "celery",
+        feature: Some("celery"),
+        capabilities: Capabilities { celery_tasks: true, workers: true, durable: true },
+        #[cfg(feature = "celery")]
+        open: Some(|ctx| Box::pin(celery::open(ctx))),
+        #[cfg(not(feature = "celery"))]
+        open: None,
+    },
+    Driver {
+        kind: "temporal",
+        feature: Some("temporal"),
+        capabilities: Capabilities { celery_tasks: false, workers: true, durable: true },
+        #[cfg(feature = "temporal")]
+        open: Some(|ctx| Box::pin(temporal::open(ctx))),
+        #[cfg(not(feature = "temporal"))]
+        open: None,
+    },
+];
+
+/// The driver of a kind.
+pub fn driver(kind: &str) -> Option<&'static Driver> {
+    DRIVERS.iter().find(|d| d.kind == kind)
+}
+
+async fn open_local(ctx: DriverContext) -> Result<Arc<dyn Backend>, BackendError> {
+    let options = local::LocalOptions::parse(&ctx.name, &ctx.options)?;
+    Ok(local::LocalBackend::with_options(ctx.name, ctx.executor, ctx.store, options))
+}
+
 /// Open the backend a configuration names. `Ok(None)`: its kind is not
 /// built into this binary (a cargo feature that was left out).
 pub async fn open(ctx: DriverContext) -> Result<Option<Arc<dyn Backend>>, BackendError> {
-    match ctx.kind.as_str() {
-        "local" => {
-            let options = local::LocalOptions::parse(&ctx.name, &ctx.options)?;
-            Ok(Some(local::LocalBackend::with_options(ctx.name, ctx.executor, ctx.store, options)))
-        }
-        // Each driver adds its arm here, behind its cargo feature:
-        // `#[cfg(feature = "X")] "X" => X::open(ctx).await.map(Some),`
-        #[cfg(feature = "celery")]
-        "celery" => celery::open(ctx).await.map(Some),
-        #[cfg(feature = "postgres")]
-        "postgres" => postgres::open(ctx).await.map(Some),
-        #[cfg(feature = "temporal")]
-        "temporal" => temporal::open(ctx).await.map(Some),
-        _ => Ok(None),
+    match driver(&ctx.kind).and_then(|d| d.open) {
+        Some(open) => open(ctx).await.map(Some),
+        None => Ok(None),
     }
 }
 
 /// Whether this binary was built with the driver for `kind`.
-// One arm per driver, each a `cfg!` of its feature: clearer than `matches!`.
-#[allow(clippy::match_like_matches_macro)]
 pub fn is_built(kind: &str) -> bool {
-    match kind {
-        "local" => true,
-        "postgres" => cfg!(feature = "postgres"),
-        "celery" => cfg!(feature = "celery"),
-        "temporal" => cfg!(feature = "temporal"),
-        _ => false,
+    driver(kind).is_some_and(Driver::is_built)
+}
+
+/// Why a kind cannot be opened here: its driver was left out of this
+/// binary, and the cargo feature that builds it in.
+pub fn not_built(kind: &str) -> String {
+    match driver(kind).and_then(|d| d.feature) {
+        Some(f) => format!("kind `{kind}` is not built into this binary (build with `--features {f}`)"),
+        None => format!("kind `{kind}` is not a backend kind (kinds: {})", DRIVERS.iter().map(|d| d.kind).collect::<Vec<_>>().join(", ")),
     }
+}
+
+/// Refuse a run a backend cannot execute, before it sees it: the one
+/// place where what every driver would check is checked.
+pub fn admit(backend: &dyn Backend, wf: &Workflow) -> Result<(), BackendError> {
+    if !backend.capabilities().celery_tasks {
+        refuse_celery_tasks(backend.name(), backend.kind(), wf)?;
+    }
+    Ok(())
 }
 
 /// Backend name -> instance.
@@ -245,5 +326,23 @@ impl Backends {
 
     pub fn iter(&self) -> impl Iterator<Item = &Arc<dyn Backend>> {
         self.map.values()
+    }
+}
+
+#[cfg(test)]
+mod driver_tests {
+    use super::*;
+
+    #[test]
+    fn the_driver_table_covers_every_configurable_kind() {
+        let kinds: Vec<&str> = DRIVERS.iter().map(|d| d.kind).collect();
+        assert_eq!(kinds, crate::config::KINDS);
+        assert!(driver("local").is_some_and(Driver::is_built));
+        assert_eq!(is_built("postgres"), cfg!(feature = "postgres"));
+        assert_eq!(is_built("temporal"), cfg!(feature = "temporal"));
+        assert!(!is_built("nope"));
+        let only_celery: Vec<&str> = DRIVERS.iter().filter(|d| d.capabilities.celery_tasks).map(|d| d.kind).collect();
+        assert_eq!(only_celery, ["celery"]);
+        assert_eq!(not_built("temporal"), "kind `temporal` is not built into this binary (build with `--features temporal`)");
     }
 }

@@ -47,11 +47,7 @@ pub async fn doctor(config: Option<&Path>) -> anyhow::Result<ExitCode> {
         let kind = config.kind_of(&name).unwrap_or("?").to_string();
         let what = format!("backend {name}");
         if !crate::backend::is_built(&kind) {
-            checks.push(Check {
-                what,
-                ok: false,
-                detail: format!("kind `{kind}` is not built into this binary (build with `--features {kind}`)"),
-            });
+            checks.push(Check { what, ok: false, detail: crate::backend::not_built(&kind) });
             continue;
         }
         let checked = tokio::time::timeout(Duration::from_secs(10), async {
@@ -172,10 +168,9 @@ pub(crate) async fn open_backend(
         store: None,
         registry: std::sync::Arc::clone(registry),
     };
-    crate::backend::open(ctx).await?.ok_or_else(|| crate::backend::BackendError::Permanent {
-        backend: name.to_string(),
-        reason: format!("kind `{kind}` is not built into this binary"),
-    })
+    crate::backend::open(ctx)
+        .await?
+        .ok_or_else(|| crate::backend::BackendError::Permanent { backend: name.to_string(), reason: crate::backend::not_built(kind) })
 }
 
 /// The `llm` handler's settings, when they are configured or a workflow

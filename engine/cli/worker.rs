@@ -35,10 +35,7 @@ pub async fn worker(args: WorkerArgs, config: Option<&Path>) -> anyhow::Result<E
         return Ok(ExitCode::from(2));
     };
     if !crate::backend::is_built(&kind) {
-        eprintln!(
-            "error: backend `{}` is of kind `{kind}`, which is not built into this binary (build with `--features {kind}`)",
-            args.backend
-        );
+        eprintln!("error: backend `{}`: {}", args.backend, crate::backend::not_built(&kind));
         return Ok(ExitCode::from(2));
     }
     let engine = match EngineBuilder::new().config(config).build().await {

@@ -53,10 +53,7 @@ pub async fn workers(args: WorkersArgs, config: Option<&Path>) -> anyhow::Result
                 r.note = Some(LOCAL_NOTE.into());
                 Ok(r)
             } else if !crate::backend::is_built(&kind) {
-                Err(BackendError::Permanent {
-                    backend: name.clone(),
-                    reason: format!("kind `{kind}` is not built into this binary (build with `--features {kind}`)"),
-                })
+                Err(BackendError::Permanent { backend: name.clone(), reason: crate::backend::not_built(&kind) })
             } else {
                 match super::doctor::open_backend(config, name, &kind, registry).await {
                     Ok(b) => {

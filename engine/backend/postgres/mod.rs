@@ -662,7 +662,6 @@ impl Backend for PgBackend {
         if self.shutdown.is_cancelled() {
             return Err(BackendError::Refused { backend: self.name.clone(), reason: "shutting down".into() });
         }
-        super::refuse_celery_tasks(&self.name, self.kind(), &req.workflow)?;
         self.prepare().await?;
         let wf = &req.workflow;
         lock(&self.workflows).entry(wf.version.clone()).or_insert_with(|| Arc::clone(wf));

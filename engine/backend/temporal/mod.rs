@@ -303,7 +303,6 @@ impl Backend for TemporalBackend {
         if self.shutdown.is_cancelled() {
             return Err(BackendError::Refused { backend: self.name.clone(), reason: "shutting down".into() });
         }
-        super::refuse_celery_tasks(&self.name, self.kind(), &req.workflow)?;
         let client = self.client().await?;
         let wf = Arc::clone(&req.workflow);
         let run_id = req.run_id.clone().unwrap_or_else(|| uuid::Uuid::now_v7().to_string());
