@@ -15,9 +15,7 @@ use tokio_util::sync::CancellationToken;
 
 const REDIS: &str = "redis://127.0.0.1:6379/9";
 
-fn require_services() -> bool {
-    std::env::var("TASKWEAVE_REQUIRE_SERVICES").is_ok_and(|v| v == "1")
-}
+use taskweave::backend::conformance::require_services;
 
 /// A backend with its own prefix and two in-process workers; `None` (and a
 /// SKIPPED line) when Redis is absent.

@@ -43,7 +43,7 @@ impl TestDb {
                     Ok(Err(e)) => e.to_string(),
                     _ => "no answer within 5s".into(),
                 };
-                if std::env::var("TASKWEAVE_REQUIRE_SERVICES").as_deref() == Ok("1") {
+                if taskweave::backend::conformance::require_services() {
                     panic!("PostgreSQL is required (TASKWEAVE_REQUIRE_SERVICES=1) but {admin} is not available: {why}");
                 }
                 taskweave::backend::conformance::skipped(&format!("PostgreSQL at {admin} is not available: {why}"));

@@ -866,7 +866,7 @@ async fn dashboard_on_postgres() {
                 Ok(Err(e)) => e.to_string(),
                 _ => "timed out after 10s".into(),
             };
-            if std::env::var("TASKWEAVE_REQUIRE_SERVICES").as_deref() == Ok("1") {
+            if taskweave::backend::conformance::require_services() {
                 panic!("dashboard_on_postgres: PostgreSQL not reachable at {admin_url}: {why} (TASKWEAVE_REQUIRE_SERVICES=1)");
             }
             taskweave::backend::conformance::skipped(&format!("dashboard_on_postgres: PostgreSQL not reachable at {admin_url}: {why}"));

@@ -39,7 +39,7 @@ async fn admin() -> Option<sqlx::PgConnection> {
                 Ok(Err(e)) => e.to_string(),
                 _ => "no answer within 5s".into(),
             };
-            if std::env::var("TASKWEAVE_REQUIRE_SERVICES").as_deref() == Ok("1") {
+            if taskweave::backend::conformance::require_services() {
                 panic!("PostgreSQL is required (TASKWEAVE_REQUIRE_SERVICES=1) but {url} is not available: {why}");
             }
             None

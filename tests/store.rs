@@ -77,7 +77,7 @@ impl Fixture {
 }
 
 fn unreachable_pg(test: &str, url: &str, error: &str) -> Option<Fixture> {
-    if std::env::var("TASKWEAVE_REQUIRE_SERVICES").as_deref() == Ok("1") {
+    if taskweave::backend::conformance::require_services() {
         panic!("{test}: PostgreSQL not reachable at {url}: {error} (TASKWEAVE_REQUIRE_SERVICES=1)");
     }
     taskweave::backend::conformance::skipped(&format!("{test}: PostgreSQL not reachable at {url}: {error}"));

@@ -21,14 +21,7 @@ use taskweave::config::Config;
 use taskweave::engine::{Engine, EngineBuilder, RunOptions};
 use tower::ServiceExt;
 
-fn require_services() -> bool {
-    std::env::var("TASKWEAVE_REQUIRE_SERVICES").as_deref() == Ok("1")
-}
-
-fn skipped(why: &str) {
-    assert!(!require_services(), "a service is required (TASKWEAVE_REQUIRE_SERVICES=1): {why}");
-    taskweave::backend::conformance::skipped(why);
-}
+use taskweave::backend::conformance::skipped;
 
 fn url_for(db: &str) -> String {
     let base = std::env::var("DATABASE_URL")

