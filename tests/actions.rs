@@ -369,7 +369,7 @@ async fn processes_ignoring_sigterm_get_sigkill_after_the_grace() {
         "    shell: |\n      marker={{input.marker}}\n      trap 'echo term >> \"$marker\"' TERM\n      \
          echo $$ > {{input.pidfile}}\n      while :; do sleep 1; done\n",
     );
-    let grace = Duration::from_millis(500);
+    let grace = Duration::from_secs(2); // long enough for a loaded machine to run the trap
     let env = Env { limits: Limits { kill_grace: grace, ..Limits::default() }, ..Env::default() };
     let cancel = env.cancel.clone();
     let watcher = {
