@@ -184,7 +184,7 @@ impl EngineBuilder {
             };
             match crate::backend::open(ctx).await? {
                 Some(b) => backends.insert(b),
-                None => tracing::debug!("backend `{name}`: {}", crate::backend::not_built(&kind)),
+                None => tracing::debug!("backend `{name}`: {}", crate::backend::not_built(kind)),
             }
         }
         let flag_watcher = match (&flags, self.watch_flags) {
