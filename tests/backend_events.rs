@@ -168,16 +168,7 @@ async fn submitter_sees_each_event_once(dir: &Path, config: &str, backend: &str)
 mod postgres {
     use super::*;
 
-    fn url_for(db: &str) -> String {
-        let base = std::env::var("DATABASE_URL")
-            .ok()
-            .filter(|s| !s.is_empty())
-            .unwrap_or_else(|| "postgres://postgres@127.0.0.1:5432/postgres".into());
-        let (scheme, rest) = base.split_once("://").expect("DATABASE_URL is a URL");
-        let (authority, tail) = rest.split_at(rest.find('/').unwrap_or(rest.len()));
-        let query = tail.find('?').map(|i| &tail[i..]).unwrap_or("");
-        format!("{scheme}://{authority}/{db}{query}")
-    }
+    use taskweave::backend::conformance::postgres_url as url_for;
 
     async fn admin() -> Result<sqlx::PgConnection, String> {
         use sqlx::Connection;

@@ -14,17 +14,7 @@ use taskweave::run::executor::Executor;
 use taskweave::store::Store;
 use tokio_util::sync::CancellationToken;
 
-/// The server's URL with `db` as the database.
-fn url_for(db: &str) -> String {
-    let base = std::env::var("DATABASE_URL")
-        .ok()
-        .filter(|s| !s.is_empty())
-        .unwrap_or_else(|| "postgres://postgres@127.0.0.1:5432/postgres".into());
-    let (scheme, rest) = base.split_once("://").expect("DATABASE_URL is a URL");
-    let (authority, tail) = rest.split_at(rest.find('/').unwrap_or(rest.len()));
-    let query = tail.find('?').map(|i| &tail[i..]).unwrap_or("");
-    format!("{scheme}://{authority}/{db}{query}")
-}
+use taskweave::backend::conformance::postgres_url as url_for;
 
 /// A database of its own, dropped with this value.
 struct TestDb {

@@ -23,16 +23,7 @@ use tower::ServiceExt;
 
 use taskweave::backend::conformance::skipped;
 
-fn url_for(db: &str) -> String {
-    let base = std::env::var("DATABASE_URL")
-        .ok()
-        .filter(|s| !s.is_empty())
-        .unwrap_or_else(|| "postgres://postgres@127.0.0.1:5432/postgres".into());
-    let (scheme, rest) = base.split_once("://").expect("DATABASE_URL is a URL");
-    let (authority, tail) = rest.split_at(rest.find('/').unwrap_or(rest.len()));
-    let query = tail.find('?').map(|i| &tail[i..]).unwrap_or("");
-    format!("{scheme}://{authority}/{db}{query}")
-}
+use taskweave::backend::conformance::postgres_url as url_for;
 
 /// A database and a folder of its own, with worker processes; all gone when dropped.
 struct Env {

@@ -306,6 +306,19 @@ pub async fn entity_and_context(b: Arc<dyn Backend>) {
     assert_eq!(task(&r, "who").output, Some(json!({"user": "u-42", "run": id, "wf": "conf-ctx"})));
 }
 
+/// The PostgreSQL server's URL (`DATABASE_URL`, else the local server) with
+/// `db` as the database: tests give each case a database of its own.
+pub fn postgres_url(db: &str) -> String {
+    let base = std::env::var("DATABASE_URL")
+        .ok()
+        .filter(|s| !s.is_empty())
+        .unwrap_or_else(|| "postgres://postgres@127.0.0.1:5432/postgres".into());
+    let (scheme, rest) = base.split_once("://").expect("DATABASE_URL is a URL");
+    let (authority, tail) = rest.split_at(rest.find('/').unwrap_or(rest.len()));
+    let query = tail.find('?').map(|i| &tail[i..]).unwrap_or("");
+    format!("{scheme}://{authority}/{db}{query}")
+}
+
 /// Whether every service a test needs is mandatory
 /// (`TASKWEAVE_REQUIRE_SERVICES=1`, as `scripts/test` and CI set it).
 pub fn require_services() -> bool {
