@@ -617,7 +617,8 @@ async fn doctor_and_worker_say_what_is_wrong_in_one_line() {
     let dir = bad_config(&url_for(&db));
     let (_, line) = doctor_line(dir.path());
     assert!(line.starts_with("ok"), "a fresh database is prepared: {line}");
-    assert!(line.contains("queue schema `taskweave_queue` version 2"), "{line}");
+    let version = format!("queue schema `taskweave_queue` version {}", taskweave::backend::postgres::QUEUE_SCHEMA_VERSION);
+    assert!(line.contains(&version), "{line}");
     {
         let mut c = sqlx::PgConnection::connect(&url_for(&db)).await.expect("connect");
         sqlx::query(
@@ -711,4 +712,35 @@ async fn serve_submits_to_postgres_and_cancels_across_processes() {
         assert!(Instant::now() < until, "the history never listed both runs: {listed}");
         tokio::time::sleep(Duration::from_millis(100)).await;
     }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_run_without_a_recorded_scheduler_state_is_rebuilt_from_its_tasks() {
+    // Runs submitted before the queue schema kept the scheduler's state
+    // carry none: their next event rebuilds it from the task rows.
+    let Some(mut env) = Env::new("a_run_without_a_recorded_scheduler_state_is_rebuilt_from_its_tasks", "").await else { return };
+    let engine = env.engine().await;
+    let wf = workflow(
+        r#"
+version: 1
+name: legacy
+concurrency: 1
+tasks:
+  - {name: a, uses: echo, with: {n: 1}}
+  - {name: b, parents: [a], uses: echo, with: {got: "{{tasks.a.output.n}}"}}
+  - {name: c, parents: [a], uses: echo, with: {n: 3}}
+  - {name: d, parents: [b, c], uses: echo, with: {n: 4}}
+"#,
+    );
+    let id = engine.submit(wf, on_pg()).await.expect("submit");
+    let mut conn = env.connect().await;
+    let cleared =
+        sqlx::query("UPDATE taskweave_queue.runs SET sched = NULL WHERE run_id = $1").bind(&id).execute(&mut conn).await.expect("clear");
+    assert_eq!(cleared.rows_affected(), 1);
+    env.start_worker(2);
+    let r = engine.get_result(&id, Some(WAIT)).await.expect("result");
+    assert_eq!(r.status, RunStatus::Succeeded, "{r:#?}\n{}", env.worker_logs());
+    assert_eq!(r.tasks["b"].output, Some(json!({"got": 1})));
+    assert!(r.tasks.values().all(|t| t.attempts == 1), "{r:#?}");
+    engine.shutdown().await;
 }

@@ -10,6 +10,7 @@
 #[cfg(feature = "celery")]
 pub mod celery;
 pub mod conformance;
+pub mod definitions;
 #[cfg(any(feature = "postgres", feature = "celery"))]
 pub(crate) mod events;
 pub mod local;

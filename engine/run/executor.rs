@@ -67,6 +67,8 @@ struct AttemptEnd {
     attempt: u32,
     result: Result<Value, ActionError>,
     timed_out: bool,
+    /// The run stopped while the attempt waited for its retry delay.
+    never_began: bool,
     started_at: OffsetDateTime,
 }
 
@@ -172,6 +174,7 @@ impl Executor {
                     };
                     run.started_at[out.task] = Some(out.started_at);
                     let outcome = match out.result {
+                        Err(_) if out.never_began => Outcome::NotStarted,
                         Ok(v) => {
                             run.outputs[out.task] = Some(v);
                             Outcome::Succeeded
@@ -336,14 +339,21 @@ impl Executor {
             if let Some(d) = delay {
                 tokio::select! {
                     _ = token.cancelled() => {
-                        return AttemptEnd { task: id, attempt, result: Err(ActionError::Cancelled), timed_out: false, started_at: now() };
+                        return AttemptEnd {
+                            task: id,
+                            attempt,
+                            result: Err(ActionError::Cancelled),
+                            timed_out: false,
+                            never_began: true,
+                            started_at: now(),
+                        };
                     }
                     _ = tokio::time::sleep(d) => {}
                 }
             }
             let started_at = now();
             let (result, timed_out) = run_attempt(&wf, id, attempt, ctx.as_ref(), &run_id, token, &limits, &handlers).await;
-            AttemptEnd { task: id, attempt, result, timed_out, started_at }
+            AttemptEnd { task: id, attempt, result, timed_out, never_began: false, started_at }
         });
     }
 }

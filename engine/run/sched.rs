@@ -17,7 +17,7 @@
 
 use super::state::{IllegalTransition, RunStatus, TaskStatus};
 use crate::plan::{RetryPolicy, TaskId, Workflow};
-use std::collections::VecDeque;
+use std::collections::BTreeSet;
 use std::time::Duration;
 
 /// How an attempt ended, as the driver saw it.
@@ -33,6 +33,11 @@ pub enum Outcome {
     /// The attempt was stopped from outside: the run was cancelled or its
     /// deadline passed (see [`Event::Cancel`], [`Event::Deadline`]).
     Stopped,
+    /// The run stopped before the attempt began: it was still waiting in a
+    /// queue for a worker, or for its retry delay. A first attempt that
+    /// never began leaves the task unstarted (as if it had been pending);
+    /// a retry that never began ends the task without recording an attempt.
+    NotStarted,
 }
 
 /// What happened to a run.
@@ -86,7 +91,9 @@ struct TaskState {
 #[derive(Debug, Clone)]
 pub struct Core {
     tasks: Vec<TaskState>,
-    ready: VecDeque<TaskId>,
+    /// Pending tasks whose parents all succeeded; they start in plan order
+    /// (so a run resumed from its persisted states decides as the original).
+    ready: BTreeSet<TaskId>,
     /// Tasks holding a slot: an attempt running or a retry waiting.
     running: usize,
     limit: usize,
@@ -115,6 +122,112 @@ impl Core {
             stop: None,
             seed,
         }
+    }
+
+    /// A run in progress, from what a driver persisted: the run's status,
+    /// its stop (cancelled or timed out) if one was asked, and each task's
+    /// status and attempt (in progress or last made), in plan order. What
+    /// is ready and what holds a slot follow from those: a pending task
+    /// whose parents all succeeded is ready (in plan order), a running
+    /// task holds a slot.
+    pub fn resume(
+        wf: &Workflow,
+        seed: u32,
+        run: RunStatus,
+        stop: Option<RunStatus>,
+        tasks: impl IntoIterator<Item = (TaskStatus, u32)>,
+    ) -> Result<Core, Unreadable> {
+        let tasks: Vec<TaskState> = tasks.into_iter().map(|(status, attempt)| TaskState { status, attempt, waiting: 0 }).collect();
+        if tasks.len() != wf.tasks.len() {
+            return Err(Unreadable(format!("{} task states for a workflow of {} tasks", tasks.len(), wf.tasks.len())));
+        }
+        if stop.is_some_and(|s| !matches!(s, RunStatus::Cancelled | RunStatus::TimedOut)) {
+            return Err(Unreadable(format!("a run cannot stop as {}", stop.map_or("", RunStatus::as_str))));
+        }
+        let mut core =
+            Core { tasks, ready: BTreeSet::new(), running: 0, limit: wf.concurrency.unwrap_or(usize::MAX).max(1), run, stop, seed };
+        for t in &wf.tasks {
+            let waiting = t.parents.iter().filter(|&&p| core.tasks[p].status != TaskStatus::Succeeded).count() as u32;
+            let state = &mut core.tasks[t.id];
+            state.waiting = waiting;
+            match state.status {
+                TaskStatus::Running => core.running += 1,
+                TaskStatus::Pending if waiting == 0 => {
+                    core.ready.insert(t.id);
+                }
+                _ => {}
+            }
+        }
+        Ok(core)
+    }
+
+    /// The state a driver persists between events, compact: read it back
+    /// with [`Core::restore`].
+    pub fn snapshot(&self) -> Vec<u8> {
+        // Written by hand: one byte per status and a LEB128 attempt per
+        // task, stable across releases, a few bytes per task where a
+        // general serializer would add field names or framing.
+        let mut out = Vec::with_capacity(3 + 2 * self.tasks.len());
+        out.push(SNAPSHOT_FORMAT);
+        out.push(run_code(self.run));
+        out.push(self.stop.map_or(0, |s| run_code(s) + 1));
+        for t in &self.tasks {
+            out.push(task_code(t.status));
+            let mut n = t.attempt;
+            loop {
+                let byte = (n & 0x7f) as u8;
+                n >>= 7;
+                if n == 0 {
+                    out.push(byte);
+                    break;
+                }
+                out.push(byte | 0x80);
+            }
+        }
+        out
+    }
+
+    /// A run from its [`Core::snapshot`].
+    pub fn restore(wf: &Workflow, seed: u32, bytes: &[u8]) -> Result<Core, Unreadable> {
+        let bad = |what: &str| Unreadable(format!("the snapshot {what}"));
+        let [format, run, stop, rest @ ..] = bytes else { return Err(bad("is too short")) };
+        if *format != SNAPSHOT_FORMAT {
+            return Err(bad(&format!("has format {format}, not {SNAPSHOT_FORMAT}")));
+        }
+        let run = *RunStatus::ALL.get(*run as usize).ok_or_else(|| bad("has no valid run status"))?;
+        let stop = match stop {
+            0 => None,
+            s => Some(*RunStatus::ALL.get(*s as usize - 1).ok_or_else(|| bad("has no valid stop"))?),
+        };
+        let mut tasks = Vec::with_capacity(wf.tasks.len());
+        let mut bytes = rest.iter();
+        while let Some(&code) = bytes.next() {
+            let status = *TaskStatus::ALL.get(code as usize).ok_or_else(|| bad("has an invalid task status"))?;
+            let (mut attempt, mut shift) = (0u32, 0);
+            loop {
+                let &b = bytes.next().ok_or_else(|| bad("ends inside an attempt"))?;
+                if shift > 28 {
+                    return Err(bad("has an attempt out of range"));
+                }
+                attempt |= u32::from(b & 0x7f) << shift;
+                shift += 7;
+                if b & 0x80 == 0 {
+                    break;
+                }
+            }
+            tasks.push((status, attempt));
+        }
+        Core::resume(wf, seed, run, stop, tasks)
+    }
+
+    /// The run's stop, once it was cancelled or timed out.
+    pub fn stop(&self) -> Option<RunStatus> {
+        self.stop
+    }
+
+    /// The attempt of `task` in progress, or the last one made (0: none).
+    pub fn attempt(&self, task: TaskId) -> u32 {
+        self.tasks[task].attempt
     }
 
     pub fn status(&self) -> RunStatus {
@@ -185,19 +298,32 @@ impl Core {
                     let child = &mut self.tasks[c];
                     child.waiting -= 1;
                     if child.waiting == 0 && child.status == TaskStatus::Pending {
-                        self.ready.push_back(c);
+                        self.ready.insert(c);
                     }
                 }
             }
             Outcome::Stopped => {
-                let (status, why) = match self.stop {
-                    Some(RunStatus::TimedOut) => (TaskStatus::TimedOut, "stopped: the run timed out"),
-                    _ => (TaskStatus::Cancelled, "cancelled"),
-                };
+                let (status, why) = stopped(self.stop.unwrap_or(RunStatus::Cancelled));
                 self.set(id, status)?;
                 self.running -= 1;
                 out.push(Decision::Attempt { task: id, attempt, status, error: Some(why.to_string()) });
                 out.push(Decision::Finish { task: id, status, error: Some(why.to_string()) });
+            }
+            Outcome::NotStarted => {
+                let Some(stop) = self.stop else {
+                    // Only a stop keeps an attempt from beginning.
+                    return Err(IllegalTransition { what: "attempt", from: "running", to: "not started" });
+                };
+                self.running -= 1;
+                if attempt <= 1 {
+                    let (status, reason) = unstarted(wf, stop);
+                    self.set(id, status)?;
+                    out.push(Decision::Skip { task: id, status, reason });
+                } else {
+                    let (status, why) = stopped(stop);
+                    self.set(id, status)?;
+                    out.push(Decision::Finish { task: id, status, error: Some(why.to_string()) });
+                }
             }
             Outcome::Failed { .. } | Outcome::TimedOut => {
                 let (status, error, retryable) = match outcome {
@@ -247,7 +373,7 @@ impl Core {
     /// when nothing is left running.
     fn advance(&mut self, wf: &Workflow, out: &mut Vec<Decision>) {
         while self.stop.is_none() && self.running < self.limit {
-            let Some(id) = self.ready.pop_front() else { break };
+            let Some(id) = self.ready.pop_first() else { break };
             // A ready task is pending: it was queued when its last parent
             // succeeded, and only this loop takes it out of `pending`.
             if self.set(id, TaskStatus::Running).is_err() {
@@ -272,11 +398,7 @@ impl Core {
             if self.tasks[id].status != TaskStatus::Pending {
                 continue;
             }
-            let (status, reason) = match end {
-                RunStatus::Cancelled => (TaskStatus::Cancelled, "run cancelled".to_string()),
-                RunStatus::TimedOut => (TaskStatus::Skipped, format!("run timed out after {}", pretty(wf.timeout.unwrap_or_default()))),
-                _ => (TaskStatus::Skipped, "not reached".to_string()),
-            };
+            let (status, reason) = unstarted(wf, end);
             if self.set(id, status).is_ok() {
                 out.push(Decision::Skip { task: id, status, reason });
             }
@@ -308,6 +430,38 @@ impl Core {
 
     fn set(&mut self, id: TaskId, to: TaskStatus) -> Result<(), IllegalTransition> {
         self.tasks[id].status.transition(to)
+    }
+}
+
+const SNAPSHOT_FORMAT: u8 = 1;
+
+fn run_code(s: RunStatus) -> u8 {
+    RunStatus::ALL.iter().position(|&x| x == s).unwrap_or(0) as u8
+}
+
+fn task_code(s: TaskStatus) -> u8 {
+    TaskStatus::ALL.iter().position(|&x| x == s).unwrap_or(0) as u8
+}
+
+/// A persisted scheduler state that does not fit the run's workflow.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[error("the run's scheduling state is unreadable: {0}")]
+pub struct Unreadable(pub String);
+
+/// How an attempt stopped by the run's end ends, and its error.
+fn stopped(end: RunStatus) -> (TaskStatus, &'static str) {
+    match end {
+        RunStatus::TimedOut => (TaskStatus::TimedOut, "stopped: the run timed out"),
+        _ => (TaskStatus::Cancelled, "cancelled"),
+    }
+}
+
+/// How a task that never started ends when the run ends `end`, and why.
+fn unstarted(wf: &Workflow, end: RunStatus) -> (TaskStatus, String) {
+    match end {
+        RunStatus::Cancelled => (TaskStatus::Cancelled, "run cancelled".to_string()),
+        RunStatus::TimedOut => (TaskStatus::Skipped, format!("run timed out after {}", pretty(wf.timeout.unwrap_or_default()))),
+        _ => (TaskStatus::Skipped, "not reached".to_string()),
     }
 }
 
@@ -466,6 +620,45 @@ mod tests {
         assert_eq!(core.status(), RunStatus::Cancelled);
     }
 
+    #[test]
+    fn an_attempt_that_never_began_leaves_its_task_unstarted() {
+        let wf = workflow(&[vec![], vec![]], None, 3);
+        let mut core = Core::new(&wf, 0);
+        feed(&mut core, &wf, Event::Start);
+        feed(&mut core, &wf, Event::Ended { task: 1, attempt: 1, outcome: Outcome::Failed { error: "x".into(), retryable: true } });
+        let mut out = Vec::new();
+        assert!(
+            core.handle(&wf, Event::Ended { task: 0, attempt: 1, outcome: Outcome::NotStarted }, &mut out).is_err(),
+            "no stop, no excuse"
+        );
+        feed(&mut core, &wf, Event::Cancel);
+        let d = feed(&mut core, &wf, Event::Ended { task: 0, attempt: 1, outcome: Outcome::NotStarted });
+        assert_eq!(d, vec![Decision::Skip { task: 0, status: TaskStatus::Cancelled, reason: "run cancelled".into() }]);
+        // A retry waiting for its delay ends without another attempt.
+        let d = feed(&mut core, &wf, Event::Ended { task: 1, attempt: 2, outcome: Outcome::NotStarted });
+        assert_eq!(d[0], Decision::Finish { task: 1, status: TaskStatus::Cancelled, error: Some("cancelled".into()) });
+        assert_eq!(d[1], Decision::RunFinished { status: RunStatus::Cancelled, error: Some("the run was cancelled".into()) });
+    }
+
+    #[test]
+    fn a_snapshot_reads_back_and_refuses_what_does_not_fit() {
+        let wf = workflow(&[vec![], vec![0], vec![0]], Some(1), 200);
+        let mut core = Core::new(&wf, 3);
+        feed(&mut core, &wf, Event::Start);
+        for attempt in 1..150 {
+            feed(&mut core, &wf, Event::Ended { task: 0, attempt, outcome: Outcome::TimedOut });
+        }
+        let bytes = core.snapshot();
+        let back = Core::restore(&wf, 3, &bytes).unwrap();
+        assert_eq!(back.attempt(0), 150);
+        assert_eq!(back.snapshot(), bytes);
+        assert_eq!(back.running(), 1);
+        let other = workflow(&[vec![], vec![0]], None, 1);
+        assert_eq!(Core::restore(&other, 3, &bytes).unwrap_err().0, "3 task states for a workflow of 2 tasks");
+        assert!(Core::restore(&wf, 3, &bytes[..bytes.len() - 1]).is_err());
+        assert!(Core::restore(&wf, 3, &[9, 0, 0]).is_err());
+    }
+
     /// Random DAGs: task i's parents are drawn from tasks before it.
     fn dag() -> impl Strategy<Value = Vec<Vec<usize>>> {
         (1usize..12)
@@ -488,8 +681,10 @@ mod tests {
         ]
     }
 
-    /// Drive a run to its end with a script of steps; returns every decision.
-    fn drive(wf: &Workflow, script: &[Step], seed: u32) -> (Core, Vec<Decision>) {
+    /// Drive a run to its end with a script of steps; returns every
+    /// decision. `restore`: before each event, persist the core and read it
+    /// back, as the queue-backed drivers do.
+    fn drive(wf: &Workflow, script: &[Step], seed: u32, restore: bool) -> (Core, Vec<Decision>) {
         let mut core = Core::new(wf, seed);
         let mut all = Vec::new();
         // (task, attempt) of every attempt in flight, in start order.
@@ -521,7 +716,8 @@ mod tests {
                 Step::End(k, o) => {
                     let (task, attempt) = live.remove(k % live.len());
                     let outcome = match (o, core.stop.is_some()) {
-                        (_, true) => Outcome::Stopped,
+                        (0 | 1, true) => Outcome::Stopped,
+                        (_, true) => Outcome::NotStarted,
                         (0 | 1, _) => Outcome::Succeeded,
                         (2, _) => Outcome::Failed { error: format!("e{attempt}"), retryable: attempt % 2 == 1 },
                         _ => Outcome::TimedOut,
@@ -529,6 +725,9 @@ mod tests {
                     Event::Ended { task, attempt, outcome }
                 }
             };
+            if restore {
+                core = Core::restore(wf, seed, &core.snapshot()).unwrap();
+            }
             core.handle(wf, event, &mut out).unwrap();
         }
         (core, all)
@@ -546,7 +745,7 @@ mod tests {
             seed in any::<u32>(),
         ) {
             let wf = workflow(&parents, concurrency, attempts);
-            let (core, decisions) = drive(&wf, &steps, seed);
+            let (core, decisions) = drive(&wf, &steps, seed, false);
 
             // Every task ends in exactly one final state, once.
             let mut finals = vec![0; wf.tasks.len()];
@@ -571,8 +770,12 @@ mod tests {
                         status[*task] = *s;
                         in_flight -= 1;
                     }
-                    Decision::Skip { task, status: s, .. } => {
-                        prop_assert!(!started[*task], "a started task cannot be skipped");
+                    Decision::Skip { task, status: s, reason } => {
+                        if started[*task] {
+                            // Only a run's stop ends an attempt that never began.
+                            prop_assert!(reason.starts_with("run "), "a started task skipped: {}", reason);
+                            in_flight -= 1;
+                        }
                         finals[*task] += 1;
                         status[*task] = *s;
                     }
@@ -600,9 +803,12 @@ mod tests {
                 other => prop_assert!(false, "the run ended {:?}", other),
             }
 
-            // The same events give the same decisions.
-            let (_, again) = drive(&wf, &steps, seed);
-            prop_assert_eq!(again, decisions);
+            // The same events give the same decisions, also when the core
+            // is persisted and read back between events.
+            let (_, again) = drive(&wf, &steps, seed, false);
+            prop_assert_eq!(&again, &decisions);
+            let (_, restored) = drive(&wf, &steps, seed, true);
+            prop_assert_eq!(restored, decisions);
         }
     }
 }

@@ -74,11 +74,14 @@ impl TaskStatus {
     /// | from      | to                                                  |
     /// |-----------|-----------------------------------------------------|
     /// | pending   | running, skipped, cancelled                         |
-    /// | running   | running (next attempt), succeeded, failed, timed_out, cancelled |
+    /// | running   | running (next attempt), succeeded, failed, timed_out, cancelled, skipped (*) |
     /// | terminal  | nothing                                             |
+    ///
+    /// (*) a task whose first attempt never began (it waited in a queue for
+    /// a worker) when the run timed out.
     pub fn can_become(self, to: TaskStatus) -> bool {
         use TaskStatus::*;
-        matches!((self, to), (Pending, Running | Skipped | Cancelled) | (Running, Running | Succeeded | Failed | TimedOut | Cancelled))
+        matches!((self, to), (Pending, Running | Skipped | Cancelled) | (Running, Running | Succeeded | Failed | TimedOut | Cancelled | Skipped))
     }
 
     pub fn transition(&mut self, to: TaskStatus) -> Result<(), IllegalTransition> {
@@ -164,6 +167,7 @@ mod tests {
             (Running, Failed),
             (Running, TimedOut),
             (Running, Cancelled),
+            (Running, Skipped),
         ];
         for from in TaskStatus::ALL {
             for to in TaskStatus::ALL {

@@ -20,6 +20,7 @@
 //! `worker_lease` (how long a taskweave worker stays listed without a
 //! heartbeat, default `30s`; see [`fleet`]).
 
+mod apply;
 pub mod broker;
 use super::events;
 mod fleet;
@@ -28,7 +29,9 @@ pub mod wire;
 mod worker;
 
 use super::{Backend, BackendError, DriverContext, RunRequest, WorkerOptions};
+use crate::backend::definitions::Definitions;
 use crate::run::executor::Executor;
+use crate::run::sched::{Core, Decision, Event, seed};
 use crate::run::{RunResult, TaskResult, TaskStatus};
 use broker::Broker;
 use runs::{Progress, Runs, StopReason};
@@ -128,7 +131,8 @@ pub struct CeleryBackend {
     store: Option<crate::store::Store>,
     registry: Arc<crate::reload::Registry>,
     /// Compiled definitions of the runs this process has touched, by version.
-    compiled: Mutex<HashMap<String, Arc<crate::plan::Workflow>>>,
+    /// The definitions of the runs this process executes.
+    definitions: Definitions,
     shutdown: CancellationToken,
     /// Unfinished runs submitted here, with what was announced of them.
     watched: Arc<Mutex<HashMap<String, events::Seen>>>,
@@ -170,7 +174,7 @@ impl CeleryBackend {
             executor: ctx.executor,
             store: ctx.store,
             registry: ctx.registry,
-            compiled: Mutex::new(HashMap::new()),
+            definitions: Definitions::new(),
             shutdown,
             watched,
         }))
@@ -214,10 +218,6 @@ impl CeleryBackend {
             ("entity".into(), req.entity_id.clone().unwrap_or_else(|| run_id.clone())),
             ("created".into(), runs::rfc3339(now)),
             ("status".into(), "queued".into()),
-            ("n".into(), wf.tasks.len().to_string()),
-            ("done".into(), "0".into()),
-            ("bad".into(), "0".into()),
-            ("limit".into(), wf.concurrency.unwrap_or(0).to_string()),
             ("queue".into(), queue.clone()),
         ];
         if let Some(r) = &req.routing {
@@ -229,42 +229,36 @@ impl CeleryBackend {
         if let Some(t) = wf.timeout {
             let deadline = now + t;
             fields.push(("deadline".into(), ((deadline.unix_timestamp_nanos() / 1_000_000) as i64).to_string()));
-            fields.push(("timeout_error".into(), format!("the run timed out after {}", humantime::format_duration(t))));
         }
         let pending = serde_json::to_string(&TaskResult::pending()).unwrap_or_default();
         for t in &wf.tasks {
             fields.push((format!("s:{}", t.name), "pending".into()));
             fields.push((format!("t:{}", t.name), pending.clone()));
-            fields.push((format!("w:{}", t.name), t.parents.len().to_string()));
         }
-        let roots: Vec<String> = wf.roots().map(|id| self.task_message(&queue, &run_id, &wf.tasks[id].name)).collect();
+        // The core's first decisions: the tasks that start at once.
+        let mut core = Core::new(wf, seed(&run_id));
+        let mut first = Vec::new();
+        core.handle(wf, Event::Start, &mut first).map_err(|e| self.unavailable(e))?;
+        let messages: Vec<String> = first
+            .iter()
+            .filter_map(|d| match d {
+                Decision::Start { task } => Some(self.task_message(&queue, &run_id, &wf.tasks[*task].name)),
+                _ => None,
+            })
+            .collect();
+        let mut fields: Vec<(String, Vec<u8>)> = fields.into_iter().map(|(k, v)| (k, v.into_bytes())).collect();
+        fields.push(("sched".into(), core.snapshot()));
+        fields.push(("v".into(), b"0".to_vec()));
         let qkey = self.broker.key(&wire::queue_key(&queue, 0));
-        self.runs.submit(&run_id, fields, &qkey, roots).await.map_err(|e| self.unavailable(e))
+        self.runs.submit(&run_id, fields, &qkey, messages).await.map_err(|e| self.unavailable(e))
     }
 
     /// Stop a run for `reason` and answer its Celery caller if that ended it.
     async fn stop_run(&self, run_id: &str, reason: StopReason, wf: &crate::plan::Workflow) -> Result<Progress, BackendError> {
-        let now = OffsetDateTime::now_utc();
-        let pending: Vec<(String, TaskResult)> = wf
-            .tasks
-            .iter()
-            .map(|t| {
-                let mut r = TaskResult::pending();
-                match reason {
-                    StopReason::Cancelled => {
-                        r.status = TaskStatus::Cancelled;
-                        r.skip_reason = Some("run cancelled".into());
-                    }
-                    StopReason::TimedOut => {
-                        r.status = TaskStatus::Skipped;
-                        r.skip_reason = Some(format!("run timed out after {}", humantime::format_duration(wf.timeout.unwrap_or_default())));
-                    }
-                }
-                r.finished_at = Some(now);
-                (t.name.clone(), r)
-            })
-            .collect();
-        let p = self.runs.stop(run_id, reason, &pending).await.map_err(|e| self.unavailable(e))?;
+        let queue = self.run_queue(wf);
+        let Some((p, _)) = self.event(run_id, wf, apply::Step::Stop(reason), None, None, &queue).await? else {
+            return Ok(Progress::Gone);
+        };
         self.after(run_id, &p).await;
         Ok(p)
     }
@@ -306,26 +300,16 @@ impl CeleryBackend {
 
     /// The compiled definition a run pinned.
     async fn workflow_of(&self, run_id: &str, version: Option<&str>) -> Result<Option<Arc<crate::plan::Workflow>>, BackendError> {
-        if let Some(v) = version
-            && let Some(w) = self.compiled.lock().unwrap_or_else(|e| e.into_inner()).get(v)
-        {
-            return Ok(Some(Arc::clone(w)));
+        if let Some(w) = version.and_then(|v| self.definitions.get(v)) {
+            return Ok(Some(w));
         }
-        let got = self.runs.get(run_id, &["def".into()]).await.map_err(|e| self.unavailable(e))?;
-        let Some(Some(def)) = got.into_iter().next() else { return Ok(None) };
-        let raw: crate::spec::raw::RawWorkflow = serde_json::from_str(&def).map_err(|e| BackendError::Permanent {
-            backend: self.name.clone(),
-            reason: format!("run {run_id}: the stored definition does not parse: {e}"),
-        })?;
-        let wf = crate::plan::compile(raw).map_err(|e| BackendError::Permanent {
-            backend: self.name.clone(),
-            reason: format!("run {run_id}: the stored definition does not compile: {e}"),
-        })?;
-        let mut c = self.compiled.lock().unwrap_or_else(|e| e.into_inner());
-        if c.len() > 1000 {
-            c.clear();
-        }
-        c.insert(wf.version.clone(), Arc::clone(&wf));
+        let got = self.runs.get(run_id, &["def".into(), "version".into()]).await.map_err(|e| self.unavailable(e))?;
+        let [Some(def), version] = <[Option<String>; 2]>::try_from(got).unwrap_or_default() else { return Ok(None) };
+        let id = version.unwrap_or_else(|| run_id.to_string());
+        let wf = self
+            .definitions
+            .compile_text(&id, &def)
+            .map_err(|e| BackendError::Permanent { backend: self.name.clone(), reason: format!("run {run_id}: {e}") })?;
         Ok(Some(wf))
     }
 }

@@ -1,16 +1,16 @@
 //! Run state in Redis, so that no process is the orchestrator: a hash per
 //! run holds the pinned definition, the input, every task's status and
-//! result, and a counter of unfinished parents per task. Each transition is
-//! one Lua script (atomic on the server):
+//! result, and the scheduler core's state (`sched`, with a version `v`).
+//! The core decides (see `apply.rs`); the Lua scripts carry its decisions
+//! out atomically on the server:
 //!
-//! - `submit` writes the run and queues its roots;
+//! - `submit` writes the run and queues the tasks the core starts first;
 //! - `claim` lets the holder of a task message start it (or learn that the
 //!   run was stopped or the task is done already: a duplicate is acked);
-//! - `complete` records a task's end, decrements its children's parent
-//!   counters and queues those that reach zero (the fan-in barrier), skips
-//!   the descendants of a failure, and ends the run when every task is done;
-//! - `stop` cancels or times out a run: pending tasks end at once, running
-//!   ones are told on the events channel.
+//! - `apply` writes one event's decisions (task results, messages of the
+//!   tasks that start, the run's stop or end) and the core's new state,
+//!   if the state is still the version the decisions were made from;
+//!   otherwise it answers with the current state to decide again.
 //!
 //! Child messages are built by the caller and pushed by the script, so a
 //! task's completion and the dispatch of its children are one transaction:
@@ -23,49 +23,14 @@ use std::collections::{BTreeMap, HashMap};
 use std::sync::LazyLock;
 use time::OffsetDateTime;
 
-/// What every script that can end a run shares: ARGV[1] = now (RFC 3339),
-/// ARGV[2] = seconds to keep a finished run, ARGV[3] = run id; KEYS[1] = the
-/// run hash, KEYS[2] = its ready list, KEYS[4] = the events channel.
-const FINISH: &str = r"
-local function finish(R)
-  local n = tonumber(redis.call('HGET', R, 'n'))
-  local done = tonumber(redis.call('HGET', R, 'done'))
-  if done < n then return {'open'} end
-  local status = redis.call('HGET', R, 'status')
-  if status ~= 'queued' and status ~= 'running' then return {'dup'} end
-  local stop = redis.call('HGET', R, 'stop')
-  local final = stop
-  if not final then
-    if tonumber(redis.call('HGET', R, 'bad')) == 0 then final = 'succeeded' else final = 'failed' end
-  end
-  redis.call('HSET', R, 'status', final, 'finished', ARGV[1])
-  if final == 'timed_out' then redis.call('HSET', R, 'error', redis.call('HGET', R, 'timeout_error')) end
-  if final == 'cancelled' then redis.call('HSET', R, 'error', 'the run was cancelled') end
-  redis.call('DEL', KEYS[2])
-  redis.call('EXPIRE', R, tonumber(ARGV[2]))
-  redis.call('PUBLISH', KEYS[4], 'done:' .. ARGV[3])
-  return {'finished', final, redis.call('HGET', R, 'reply') or ''}
-end
-";
-
 static SUBMIT: LazyLock<redis::Script> = LazyLock::new(|| {
     redis::Script::new(
         r"
--- KEYS: run hash, ready list, queue list. ARGV[1] = number of field pairs, then pairs, then root messages.
+-- KEYS: run hash, queue list. ARGV[1] = number of field pairs, then pairs, then the first messages.
 if redis.call('EXISTS', KEYS[1]) == 1 then return 0 end
 local nf = tonumber(ARGV[1])
 for i = 2, 1 + nf * 2, 2 do redis.call('HSET', KEYS[1], ARGV[i], ARGV[i + 1]) end
-local limit = tonumber(redis.call('HGET', KEYS[1], 'limit'))
-local active = 0
-for i = 2 + nf * 2, #ARGV do
-  if limit == 0 or active < limit then
-    redis.call('LPUSH', KEYS[3], ARGV[i])
-    active = active + 1
-  else
-    redis.call('RPUSH', KEYS[2], ARGV[i])
-  end
-end
-redis.call('HSET', KEYS[1], 'active', active)
+for i = 2 + nf * 2, #ARGV do redis.call('LPUSH', KEYS[2], ARGV[i]) end
 return 1",
     )
 });
@@ -86,83 +51,53 @@ redis.call('HSET', KEYS[1], 's:' .. ARGV[1], 'running')
 if redis.call('HGET', KEYS[1], 'status') == 'queued' then
   redis.call('HSET', KEYS[1], 'status', 'running', 'started', ARGV[3])
 end
-return {'ok', s, redis.call('HGET', KEYS[1], 't:' .. ARGV[1])}",
+return {'ok', s, redis.call('HGET', KEYS[1], 't:' .. ARGV[1]), redis.call('HGET', KEYS[1], 'sched'), redis.call('HGET', KEYS[1], 'v')}",
     )
 });
 
-static COMPLETE: LazyLock<redis::Script> = LazyLock::new(|| {
-    redis::Script::new(&format!(
-        r"{FINISH}
--- KEYS: run hash, ready list, queue list, events. ARGV[4..]: task, status, result JSON,
--- number of children, child names, child messages, then (descendant, skip JSON) pairs.
+static APPLY: LazyLock<redis::Script> = LazyLock::new(|| {
+    redis::Script::new(
+        r"
+-- KEYS: run hash, queue list, events channel.
+-- ARGV: now (RFC 3339), seconds to keep a finished run, run id, the version
+-- decided from, the new state, stop ('' none), end status ('' none), end
+-- error, number of tasks that must still be pending (then their names),
+-- number of task changes (then name, status or '', result JSON or ''),
+-- then the messages to queue.
 local R = KEYS[1]
-local task, st = ARGV[4], ARGV[5]
-local cur = redis.call('HGET', R, 's:' .. task)
-if not cur or (cur ~= 'running' and cur ~= 'pending') then return {{'dup'}} end
-redis.call('HSET', R, 's:' .. task, st, 't:' .. task, ARGV[6])
-redis.call('HINCRBY', R, 'done', 1)
-if st ~= 'succeeded' then redis.call('HINCRBY', R, 'bad', 1) end
-local active = redis.call('HINCRBY', R, 'active', -1)
-if active < 0 then active = 0 end
-local limit = tonumber(redis.call('HGET', R, 'limit'))
-local stop = redis.call('HGET', R, 'stop')
-local nc = tonumber(ARGV[7])
-local i = 8
-if st == 'succeeded' and not stop then
-  for k = 0, nc - 1 do
-    local c = ARGV[i + k]
-    if redis.call('HINCRBY', R, 'w:' .. c, -1) == 0 and redis.call('HGET', R, 's:' .. c) == 'pending' then
-      redis.call('RPUSH', KEYS[2], ARGV[i + nc + k])
-    end
-  end
-end
-i = i + 2 * nc
-while i < #ARGV do
-  local d = ARGV[i]
-  if redis.call('HGET', R, 's:' .. d) == 'pending' then
-    redis.call('HSET', R, 's:' .. d, 'skipped', 't:' .. d, ARGV[i + 1])
-    redis.call('HINCRBY', R, 'done', 1)
-    redis.call('HINCRBY', R, 'bad', 1)
-  end
-  i = i + 2
-end
-if not stop then
-  while (limit == 0 or active < limit) and redis.call('LLEN', KEYS[2]) > 0 do
-    redis.call('LPUSH', KEYS[3], redis.call('LPOP', KEYS[2]))
-    active = active + 1
-  end
-end
-redis.call('HSET', R, 'active', active)
-return finish(R)"
-    ))
-});
-
-static STOP: LazyLock<redis::Script> = LazyLock::new(|| {
-    redis::Script::new(&format!(
-        r"{FINISH}
--- KEYS: run hash, ready list, queue list, events. ARGV[4] = reason, then (task, JSON) pairs
--- for the tasks that have not started.
-local R = KEYS[1]
-if redis.call('EXISTS', R) == 0 then return {{'gone'}} end
+if redis.call('EXISTS', R) == 0 then return {'gone'} end
 local status = redis.call('HGET', R, 'status')
-if status ~= 'queued' and status ~= 'running' then return {{'dup'}} end
-if redis.call('HGET', R, 'stop') then return {{'dup'}} end
-local reason = ARGV[4]
-redis.call('HSET', R, 'stop', reason)
-local to = 'skipped'
-if reason == 'cancelled' then to = 'cancelled' end
-for i = 5, #ARGV, 2 do
-  local t = ARGV[i]
-  if redis.call('HGET', R, 's:' .. t) == 'pending' then
-    redis.call('HSET', R, 's:' .. t, to, 't:' .. t, ARGV[i + 1])
-    redis.call('HINCRBY', R, 'done', 1)
-    redis.call('HINCRBY', R, 'bad', 1)
-  end
+if status ~= 'queued' and status ~= 'running' then return {'dup'} end
+local i = 10
+local np = tonumber(ARGV[9])
+local still = true
+for k = i, i + np - 1 do
+  if redis.call('HGET', R, 's:' .. ARGV[k]) ~= 'pending' then still = false end
 end
-redis.call('DEL', KEYS[2])
-redis.call('PUBLISH', KEYS[4], 'stop:' .. reason .. ':' .. ARGV[3])
-return finish(R)"
-    ))
+i = i + np
+if redis.call('HGET', R, 'v') ~= ARGV[4] or not still then
+  return {'conflict', redis.call('HGET', R, 'sched'), redis.call('HGET', R, 'v')}
+end
+redis.call('HSET', R, 'sched', ARGV[5], 'v', tostring(tonumber(ARGV[4]) + 1))
+local nc = tonumber(ARGV[i])
+i = i + 1
+for k = 1, nc do
+  if ARGV[i + 1] ~= '' then redis.call('HSET', R, 's:' .. ARGV[i], ARGV[i + 1]) end
+  if ARGV[i + 2] ~= '' then redis.call('HSET', R, 't:' .. ARGV[i], ARGV[i + 2]) end
+  i = i + 3
+end
+for k = i, #ARGV do redis.call('LPUSH', KEYS[2], ARGV[k]) end
+if ARGV[6] ~= '' then
+  redis.call('HSET', R, 'stop', ARGV[6])
+  redis.call('PUBLISH', KEYS[3], 'stop:' .. ARGV[6] .. ':' .. ARGV[3])
+end
+if ARGV[7] == '' then return {'open'} end
+redis.call('HSET', R, 'status', ARGV[7], 'finished', ARGV[1])
+if ARGV[8] ~= '' then redis.call('HSET', R, 'error', ARGV[8]) end
+redis.call('EXPIRE', R, tonumber(ARGV[2]))
+redis.call('PUBLISH', KEYS[3], 'done:' .. ARGV[3])
+return {'finished', ARGV[7], redis.call('HGET', R, 'reply') or ''}",
+    )
 });
 
 /// How a run ends or why it is stopped.
@@ -189,7 +124,7 @@ impl StopReason {
     }
 }
 
-/// The answer of `complete` and `stop`.
+/// The answer of `apply`.
 #[derive(Debug, Clone, PartialEq)]
 pub enum Progress {
     /// The run goes on.
@@ -205,8 +140,9 @@ pub enum Progress {
 /// What `claim` found.
 #[derive(Debug, Clone, PartialEq)]
 pub enum Claim {
-    /// Start it; `previous` is the task's recorded result (attempts so far).
-    Go { previous: TaskResult },
+    /// Start it; `previous` is the task's recorded result (attempts so far),
+    /// `sched` the scheduler state as of the claim.
+    Go { previous: TaskResult, sched: Option<Sched> },
     /// The task has ended already: ack the message.
     Done,
     /// The run or the task does not exist (expired): ack.
@@ -215,6 +151,34 @@ pub enum Claim {
     Stopped(StopReason),
     /// The run's deadline has passed; `was_running` as for `Stopped`.
     Late { was_running: bool },
+}
+
+/// The scheduler core's state of a run as recorded, and its version.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Sched {
+    pub bytes: Vec<u8>,
+    pub version: String,
+}
+
+/// One event's decisions, as changes to a run's hash.
+#[derive(Debug, Default)]
+pub struct Changes {
+    pub stop: Option<StopReason>,
+    pub end: Option<(RunStatus, Option<String>)>,
+    /// Tasks the decisions took as not begun: they must still be pending.
+    pub pending: Vec<String>,
+    /// (task, new status, new result JSON).
+    pub tasks: Vec<(String, Option<TaskStatus>, Option<String>)>,
+    /// Messages of the tasks that start.
+    pub messages: Vec<String>,
+}
+
+/// What `apply` did.
+#[derive(Debug)]
+pub enum Applied {
+    Done(Progress),
+    /// The run moved on since the state decided from: decide again from this one.
+    Conflict(Option<Sched>),
 }
 
 pub fn rfc3339(t: OffsetDateTime) -> String {
@@ -238,22 +202,18 @@ impl Runs {
         self.broker.key(&format!("taskweave:run:{id}"))
     }
 
-    fn ready_key(&self, id: &str) -> String {
-        self.broker.key(&format!("taskweave:run:{id}:ready"))
-    }
-
     pub fn events(&self) -> String {
         self.broker.key("taskweave:events")
     }
 
     /// Write a new run and queue its first tasks. `false`: the id is taken.
-    pub async fn submit(&self, id: &str, fields: Vec<(String, String)>, queue_key: &str, roots: Vec<String>) -> redis::RedisResult<bool> {
+    pub async fn submit(&self, id: &str, fields: Vec<(String, Vec<u8>)>, queue_key: &str, first: Vec<String>) -> redis::RedisResult<bool> {
         let mut inv = SUBMIT.key(self.run_key(id));
-        inv.key(self.ready_key(id)).key(queue_key).arg(fields.len());
+        inv.key(queue_key).arg(fields.len());
         for (k, v) in &fields {
-            inv.arg(k).arg(v);
+            inv.arg(k).arg(v.as_slice());
         }
-        for m in &roots {
+        for m in &first {
             inv.arg(m);
         }
         let mut c = self.broker.conn.clone();
@@ -264,22 +224,22 @@ impl Runs {
     pub async fn claim(&self, run: &str, task: &str) -> redis::RedisResult<Claim> {
         let now = OffsetDateTime::now_utc();
         let mut c = self.broker.conn.clone();
-        let r: Vec<Option<String>> = CLAIM
+        let r: Vec<Option<Vec<u8>>> = CLAIM
             .key(self.run_key(run))
             .arg(task)
             .arg((now.unix_timestamp_nanos() / 1_000_000) as i64)
             .arg(rfc3339(now))
             .invoke_async(&mut c)
             .await?;
-        let word = r.first().cloned().flatten().unwrap_or_default();
-        Ok(match word.as_str() {
+        let text = |i: usize| r.get(i).cloned().flatten().map(|b| String::from_utf8_lossy(&b).into_owned());
+        Ok(match text(0).as_deref().unwrap_or_default() {
             "ok" => {
-                let previous = r.get(2).cloned().flatten().and_then(|t| serde_json::from_str(&t).ok()).unwrap_or_else(TaskResult::pending);
-                Claim::Go { previous }
+                let previous = text(2).and_then(|t| serde_json::from_str(&t).ok()).unwrap_or_else(TaskResult::pending);
+                Claim::Go { previous, sched: sched_at(&r, 3) }
             }
             "done" => Claim::Done,
-            "stop" => Claim::Stopped(r.get(1).cloned().flatten().and_then(|s| StopReason::parse(&s)).unwrap_or(StopReason::Cancelled)),
-            "late" => Claim::Late { was_running: r.get(1).cloned().flatten().as_deref() == Some("running") },
+            "stop" => Claim::Stopped(text(1).and_then(|s| StopReason::parse(&s)).unwrap_or(StopReason::Cancelled)),
+            "late" => Claim::Late { was_running: text(1).as_deref() == Some("running") },
             _ => Claim::Gone,
         })
     }
@@ -292,51 +252,47 @@ impl Runs {
         Ok(())
     }
 
-    /// Record a task's end and advance the run.
-    pub async fn complete(
-        &self,
-        run: &str,
-        task: &str,
-        t: &TaskResult,
-        queue_key: &str,
-        children: &[(String, String)],
-        skips: &[(String, TaskResult)],
-    ) -> redis::RedisResult<Progress> {
-        let mut inv = COMPLETE.key(self.run_key(run));
-        inv.key(self.ready_key(run)).key(queue_key).key(self.events());
-        self.common_args(&mut inv, run);
-        inv.arg(task).arg(t.status.as_str()).arg(serde_json::to_string(t).unwrap_or_default()).arg(children.len());
-        for (name, _) in children {
-            inv.arg(name);
-        }
-        for (_, msg) in children {
-            inv.arg(msg);
-        }
-        for (name, s) in skips {
-            inv.arg(name).arg(serde_json::to_string(s).unwrap_or_default());
-        }
+    /// The scheduler state of a run, or `None` when it is gone.
+    pub async fn sched(&self, run: &str) -> redis::RedisResult<Option<Sched>> {
         let mut c = self.broker.conn.clone();
-        let r: Vec<String> = inv.invoke_async(&mut c).await?;
-        Ok(progress(&r))
+        let r: Vec<Option<Vec<u8>>> = redis::cmd("HMGET").arg(self.run_key(run)).arg("sched").arg("v").query_async(&mut c).await?;
+        Ok(sched_at(&r, 0))
     }
 
-    /// Stop a run: `pending` holds the result every task that has not
-    /// started gets.
-    pub async fn stop(&self, run: &str, reason: StopReason, pending: &[(String, TaskResult)]) -> redis::RedisResult<Progress> {
-        let mut inv = STOP.key(self.run_key(run));
-        inv.key(self.ready_key(run)).key(self.ready_key(run)).key(self.events());
-        self.common_args(&mut inv, run);
-        inv.arg(reason.as_str());
-        for (name, s) in pending {
-            inv.arg(name).arg(serde_json::to_string(s).unwrap_or_default());
-        }
-        let mut c = self.broker.conn.clone();
-        let r: Vec<String> = inv.invoke_async(&mut c).await?;
-        Ok(progress(&r))
-    }
-
-    fn common_args(&self, inv: &mut redis::ScriptInvocation<'_>, run: &str) {
+    /// Write one event's decisions, made from the state `from`, with the
+    /// core's new state `state`.
+    pub async fn apply(&self, run: &str, queue_key: &str, from: &Sched, state: &[u8], ch: &Changes) -> redis::RedisResult<Applied> {
+        let mut inv = APPLY.key(self.run_key(run));
+        inv.key(queue_key).key(self.events());
         inv.arg(rfc3339(OffsetDateTime::now_utc())).arg(self.keep).arg(run);
+        inv.arg(&from.version).arg(state);
+        inv.arg(ch.stop.map_or("", StopReason::as_str));
+        let (end, error) = ch.end.as_ref().map_or(("", ""), |(s, e)| (s.as_str(), e.as_deref().unwrap_or_default()));
+        inv.arg(end).arg(error);
+        inv.arg(ch.pending.len());
+        for t in &ch.pending {
+            inv.arg(t);
+        }
+        inv.arg(ch.tasks.len());
+        for (name, status, json) in &ch.tasks {
+            inv.arg(name).arg(status.map_or("", TaskStatus::as_str)).arg(json.as_deref().unwrap_or_default());
+        }
+        for m in &ch.messages {
+            inv.arg(m);
+        }
+        let mut c = self.broker.conn.clone();
+        let r: Vec<Option<Vec<u8>>> = inv.invoke_async(&mut c).await?;
+        let word = |i: usize| r.get(i).cloned().flatten().map(|b| String::from_utf8_lossy(&b).into_owned()).unwrap_or_default();
+        Ok(match word(0).as_str() {
+            "conflict" => Applied::Conflict(sched_at(&r, 1)),
+            "open" => Applied::Done(Progress::Open),
+            "finished" => Applied::Done(Progress::Finished {
+                status: RunStatus::parse(&word(1)).unwrap_or(RunStatus::Failed),
+                reply: Some(word(2)).filter(|s| !s.is_empty()),
+            }),
+            "gone" => Applied::Done(Progress::Gone),
+            _ => Applied::Done(Progress::Duplicate),
+        })
     }
 
     /// Every field of a run, or `None`.
@@ -356,16 +312,11 @@ impl Runs {
     }
 }
 
-fn progress(r: &[String]) -> Progress {
-    match r.first().map(String::as_str) {
-        Some("open") => Progress::Open,
-        Some("finished") => Progress::Finished {
-            status: r.get(1).and_then(|s| RunStatus::parse(s)).unwrap_or(RunStatus::Failed),
-            reply: r.get(2).filter(|s| !s.is_empty()).cloned(),
-        },
-        Some("gone") => Progress::Gone,
-        _ => Progress::Duplicate,
-    }
+/// The state and version at `i`, `i + 1` of a script's answer.
+fn sched_at(r: &[Option<Vec<u8>>], i: usize) -> Option<Sched> {
+    let bytes = r.get(i).cloned().flatten()?;
+    let version = r.get(i + 1).cloned().flatten().map(|b| String::from_utf8_lossy(&b).into_owned())?;
+    Some(Sched { bytes, version })
 }
 
 /// Assemble a run result from its hash.

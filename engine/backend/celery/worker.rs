@@ -9,17 +9,18 @@
 //! Anything else, and anything it cannot decode, gets a FAILURE result that
 //! says why; a message without even a delivery tag is logged and dropped.
 
+use super::apply;
 use super::broker::Broker;
-use super::runs::{Claim, Progress, StopReason};
+use super::runs::{self, Claim, Progress, StopReason};
 use super::wire::{self, Incoming, Outgoing, PyError, TaskOutcome};
 use super::{CeleryBackend, RUN_TASK, WORKFLOW_PREFIX};
 use crate::backend::{BackendError, RunRequest, WorkerOptions};
 use crate::plan::{Action, Task, Workflow};
 use crate::run::actions::{self, ActionError, Attempt, HandlerCtx};
+use crate::run::sched::{Decision, Outcome};
 use crate::run::{TaskResult, TaskStatus};
 use futures::stream::{FuturesUnordered, StreamExt};
 use futures::{FutureExt, future::BoxFuture};
-use rand::Rng;
 use serde_json::{Map, Value, json};
 use std::collections::HashMap;
 use std::sync::{Arc, Mutex};
@@ -437,17 +438,27 @@ async fn run_task(b: &CeleryBackend, run: &str, name: &str, handback: &Cancellat
         return Settle::Ack;
     };
     let queue = field(4).unwrap_or_else(|| b.run_queue(&wf));
-    let mut result = match claim {
-        Claim::Go { previous } => previous,
-        Claim::Stopped(reason) => return end_stopped(b, run, &wf, task, &queue, reason).await,
+    let (mut result, mut sched) = match claim {
+        Claim::Go { previous, sched } => (previous, sched),
+        Claim::Stopped(_) => return end_stopped(b, run, &wf, task, &queue).await,
         Claim::Late { was_running } => {
             if let Err(e) = b.stop_run(run, StopReason::TimedOut, &wf).await {
                 tracing::error!(run_id = run, "{e}");
                 return Settle::Leave;
             }
-            return if was_running { end_stopped(b, run, &wf, task, &queue, StopReason::TimedOut).await } else { Settle::Ack };
+            return if was_running { end_stopped(b, run, &wf, task, &queue).await } else { Settle::Ack };
         }
         Claim::Done | Claim::Gone => return Settle::Ack,
+    };
+    // The core's number for this attempt: tries lost with a worker do not
+    // count against `retry.attempts`.
+    let Some(mut counted) = sched.as_ref().and_then(|s| apply::attempt_in_progress(&wf, run, s, task.id)) else {
+        tracing::error!(
+            run_id = run,
+            task = name,
+            "the run has no scheduling state for this task (started by an older version?); message dropped"
+        );
+        return Settle::Ack;
     };
     let parse = |s: Option<String>| s.and_then(|s| serde_json::from_str::<Value>(&s).ok()).unwrap_or(Value::Null);
     let (input, context) = (parse(field(1)), parse(field(2)));
@@ -493,123 +504,86 @@ async fn run_task(b: &CeleryBackend, run: &str, name: &str, handback: &Cancellat
         }
         ctx["run"]["attempt"] = json!(attempt);
         let (r, why) = one_attempt(b, run, &wf, task, &ctx, attempt, deadline, handback, &stop_token, &stop_reason).await;
-        if why == Interrupted::HandBack {
-            break Settle::HandBack;
-        }
-        match r {
-            Ok(v) => {
-                result.status = TaskStatus::Succeeded;
+        let outcome = match (r, why) {
+            (_, Interrupted::HandBack) => break Settle::HandBack,
+            (Ok(v), _) => {
                 result.output = Some(v);
                 result.error = None;
-                result.finished_at = Some(OffsetDateTime::now_utc());
-                break Settle::Ack;
+                Outcome::Succeeded
             }
-            Err(err) => {
-                let (status, msg) = match why {
-                    Interrupted::TaskTimeout => (
-                        TaskStatus::TimedOut,
-                        format!("attempt {attempt} timed out after {}", humantime::format_duration(task.timeout.unwrap_or_default())),
-                    ),
-                    Interrupted::Run(StopReason::TimedOut) => (TaskStatus::TimedOut, "stopped: the run timed out".to_string()),
-                    Interrupted::Run(StopReason::Cancelled) => (TaskStatus::Cancelled, "cancelled".to_string()),
-                    _ => (TaskStatus::Failed, err.to_string()),
-                };
-                let retryable = why == Interrupted::TaskTimeout || (why == Interrupted::No && err.is_retryable());
-                if retryable && attempt < task.retry.attempts {
-                    let mut delay = task.retry.delay_before(attempt + 1);
-                    if task.retry.jitter && !delay.is_zero() {
-                        let f: f64 = rand::rng().random_range(0.8..1.2);
-                        delay = Duration::from_secs_f64((delay.as_secs_f64() * f).min(task.retry.max_delay.as_secs_f64()));
-                    }
-                    result.error = Some(msg);
-                    tokio::select! {
-                        _ = tokio::time::sleep(delay) => {}
-                        _ = stop_token.cancelled() => {}
-                        _ = handback.cancelled() => break Settle::HandBack,
-                    }
-                    if let Some(reason) = *stop_reason.lock().unwrap_or_else(|e| e.into_inner()) {
-                        let (s, m) = match reason {
-                            StopReason::TimedOut => (TaskStatus::TimedOut, "stopped: the run timed out".to_string()),
-                            StopReason::Cancelled => (TaskStatus::Cancelled, "cancelled".to_string()),
-                        };
-                        result.status = s;
-                        result.error = Some(m);
-                        result.finished_at = Some(OffsetDateTime::now_utc());
-                        break Settle::Ack;
-                    }
-                    attempt += 1;
-                    continue;
-                }
-                result.status = status;
-                result.error = Some(msg);
-                result.finished_at = Some(OffsetDateTime::now_utc());
-                break Settle::Ack;
-            }
+            (Err(_), Interrupted::TaskTimeout) => Outcome::TimedOut,
+            (Err(_), Interrupted::Run(_)) => Outcome::Stopped,
+            (Err(e), Interrupted::No) => Outcome::Failed { retryable: e.is_retryable(), error: e.to_string() },
+        };
+        let step = apply::Step::Ended { task: task.id, attempt: Some(counted), outcome };
+        let Some(retry) = record(b, run, &wf, step, sched.take(), &result, &queue).await else {
+            break Settle::Ack;
+        };
+        let Ok((next, delay, error)) = retry else { break Settle::Leave };
+        // The core retries the task: here, after its delay.
+        result.error = Some(error);
+        let stopped = tokio::select! {
+            _ = tokio::time::sleep(delay) => false,
+            _ = stop_token.cancelled() => true,
+            _ = handback.cancelled() => break Settle::HandBack,
+        };
+        if stopped || stop_reason.lock().unwrap_or_else(|e| e.into_inner()).is_some() {
+            let step = apply::Step::Ended { task: task.id, attempt: Some(next), outcome: Outcome::NotStarted };
+            break match record(b, run, &wf, step, None, &result, &queue).await {
+                Some(Err(())) => Settle::Leave,
+                _ => Settle::Ack,
+            };
         }
+        counted = next;
+        attempt += 1;
     };
     stops.unregister(run, stop_id);
-    if !matches!(settle, Settle::Ack) {
-        return settle;
+    settle
+}
+
+/// Record an attempt's end. `None`: the task is done with (or the run is
+/// gone); `Some(Ok(..))`: the core retries it (attempt, delay, the error
+/// to show meanwhile); `Some(Err(()))`: Redis failed us (logged).
+async fn record(
+    b: &CeleryBackend,
+    run: &str,
+    wf: &Workflow,
+    step: apply::Step,
+    known: Option<runs::Sched>,
+    result: &TaskResult,
+    queue: &str,
+) -> Option<Result<(u32, Duration, String), ()>> {
+    let apply::Step::Ended { task, .. } = step else { return None };
+    match b.event(run, wf, step, known, Some(result), queue).await {
+        Err(e) => {
+            tracing::error!(run_id = run, task = wf.tasks[task].name, "could not record the task's end: {e}");
+            Some(Err(()))
+        }
+        Ok(None) => None,
+        Ok(Some((p, decisions))) => {
+            if matches!(p, Progress::Finished { .. }) {
+                b.after(run, &p).await;
+            }
+            decisions.into_iter().find_map(|d| match d {
+                Decision::Retry { task: t, attempt, delay, error } if t == task => Some(Ok((attempt, delay, error))),
+                _ => None,
+            })
+        }
     }
-    finish_task(b, run, &wf, task, &queue, &result).await
 }
 
 /// Record the end of a task whose run was stopped while it ran on a worker
 /// that is gone.
-async fn end_stopped(b: &CeleryBackend, run: &str, wf: &Workflow, task: &Task, queue: &str, reason: StopReason) -> Settle {
+async fn end_stopped(b: &CeleryBackend, run: &str, wf: &Workflow, task: &Task, queue: &str) -> Settle {
     let mut r = TaskResult::pending();
     let got = b.runs.get(run, &[format!("t:{}", task.name)]).await.ok().and_then(|v| v.into_iter().next().flatten());
     if let Some(prev) = got.and_then(|t| serde_json::from_str::<TaskResult>(&t).ok()) {
         r = prev;
     }
-    let (s, m) = match reason {
-        StopReason::TimedOut => (TaskStatus::TimedOut, "stopped: the run timed out"),
-        StopReason::Cancelled => (TaskStatus::Cancelled, "cancelled"),
-    };
-    r.status = s;
-    r.error = Some(m.to_string());
-    r.finished_at = Some(OffsetDateTime::now_utc());
-    finish_task(b, run, wf, task, queue, &r).await
-}
-
-/// Record a task's end: children that become ready are queued, descendants
-/// of a failure skipped, and the run ended when this was its last task.
-async fn finish_task(b: &CeleryBackend, run: &str, wf: &Workflow, task: &Task, queue: &str, result: &TaskResult) -> Settle {
-    let children: Vec<(String, String)> = if result.status == TaskStatus::Succeeded {
-        task.children.iter().map(|&c| (wf.tasks[c].name.clone(), b.task_message(queue, run, &wf.tasks[c].name))).collect()
-    } else {
-        Vec::new()
-    };
-    let mut skips = Vec::new();
-    if matches!(result.status, TaskStatus::Failed | TaskStatus::TimedOut) && result.error.as_deref() != Some("stopped: the run timed out") {
-        let verb = if result.status == TaskStatus::TimedOut { "timed out" } else { "failed" };
-        let reason = format!("parent {} {verb}", task.name);
-        let mut seen = vec![false; wf.tasks.len()];
-        let mut stack = task.children.clone();
-        while let Some(c) = stack.pop() {
-            if std::mem::replace(&mut seen[c], true) {
-                continue;
-            }
-            let mut s = TaskResult::pending();
-            s.status = TaskStatus::Skipped;
-            s.skip_reason = Some(reason.clone());
-            s.finished_at = Some(OffsetDateTime::now_utc());
-            skips.push((wf.tasks[c].name.clone(), s));
-            stack.extend(wf.tasks[c].children.iter().copied());
-        }
-    }
-    let qkey = b.broker.key(&wire::queue_key(queue, 0));
-    match b.runs.complete(run, &task.name, result, &qkey, &children, &skips).await {
-        Ok(p) => {
-            if matches!(p, Progress::Finished { .. }) {
-                b.after(run, &p).await;
-            }
-            Settle::Ack
-        }
-        Err(e) => {
-            tracing::error!(run_id = run, task = task.name, "could not record the task's end: {e}");
-            Settle::Leave
-        }
+    let step = apply::Step::Ended { task: task.id, attempt: None, outcome: Outcome::Stopped };
+    match record(b, run, wf, step, None, &r, queue).await {
+        Some(Err(())) => Settle::Leave,
+        _ => Settle::Ack,
     }
 }
 

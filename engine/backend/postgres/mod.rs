@@ -25,6 +25,7 @@
 //! executor's actions.
 
 use super::events;
+mod apply;
 mod queue;
 mod worker;
 
@@ -42,10 +43,13 @@ use std::time::Duration;
 use tokio_util::sync::CancellationToken;
 
 /// The newest queue schema this build knows.
-pub const QUEUE_SCHEMA_VERSION: i64 = 2;
+pub const QUEUE_SCHEMA_VERSION: i64 = 3;
 
-const MIGRATIONS: &[(i64, &str, &str)] =
-    &[(1, "queue", include_str!("migrations/0001_queue.sql")), (2, "workers", include_str!("migrations/0002_workers.sql"))];
+const MIGRATIONS: &[(i64, &str, &str)] = &[
+    (1, "queue", include_str!("migrations/0001_queue.sql")),
+    (2, "workers", include_str!("migrations/0002_workers.sql")),
+    (3, "sched", include_str!("migrations/0003_sched.sql")),
+];
 
 /// How long the store sync waits after a run finished for more to finish,
 /// so that they are read from the queue and written in one batch.
@@ -191,7 +195,6 @@ pub async fn open(ctx: DriverContext) -> Result<Arc<dyn Backend>, BackendError> 
         executor: ctx.executor,
         store: ctx.store,
         prepared: tokio::sync::Mutex::new(false),
-        workflows: Mutex::new(HashMap::new()),
         hub: Hub::default(),
         shutdown: CancellationToken::new(),
         tracker: tokio_util::task::TaskTracker::new(),
@@ -240,8 +243,6 @@ pub struct PgBackend {
     store: Option<Store>,
     /// Whether the schema was checked and migrated (and the background started).
     prepared: tokio::sync::Mutex<bool>,
-    /// Compiled definitions by content hash: runs pin them, workers compile each once.
-    workflows: Mutex<HashMap<String, Arc<Workflow>>>,
     hub: Hub,
     shutdown: CancellationToken,
     tracker: tokio_util::task::TaskTracker,
@@ -422,7 +423,7 @@ impl PgBackend {
     }
 
     /// What an attempt's end committed: announce it, record it in the store.
-    fn finished_attempt(&self, run_id: &str, f: &queue::Finish) {
+    fn finished_attempt(&self, run_id: &str, f: &apply::Finish) {
         if f.wake.is_some() || f.announce_end {
             let mut notes = lock(&self.notes);
             if let Some(q) = &f.wake {
@@ -531,22 +532,22 @@ impl PgBackend {
     /// One pass of the reaper: expired leases, run deadlines, store writes.
     pub(crate) async fn reap_once(&self) -> Result<(), queue::DbError> {
         for lost in self.db.expired_leases(100).await? {
-            let outcome = if lost.crashes + 1 >= self.settings.crash_budget as i32 {
-                queue::Outcome::Final {
-                    status: crate::run::TaskStatus::Failed,
+            let report = if lost.crashes + 1 >= self.settings.crash_budget as i32 {
+                apply::Report::Crashed {
+                    give_up: true,
                     error: format!(
                         "the worker running it was lost {} times (its lease expired each time); giving up after the crash budget of {}",
                         lost.crashes + 1,
                         self.settings.crash_budget
                     ),
-                    crash: true,
                 }
             } else {
-                queue::Outcome::Crashed {
+                apply::Report::Crashed {
+                    give_up: false,
                     error: format!("attempt {}: the worker running it stopped renewing its lease; trying again", lost.attempt),
                 }
             };
-            let fin = self.db.finish_attempt(&lost.run_id, lost.position, lost.attempt, None, "reaper", outcome, 0).await?;
+            let fin = self.db.finish_attempt(&lost.run_id, lost.position, lost.attempt, None, "reaper", report, 0).await?;
             self.finished_attempt(&lost.run_id, &fin);
         }
         for run_id in self.db.past_deadline(100).await? {
@@ -636,15 +637,11 @@ impl PgBackend {
 
     /// The compiled workflow of a definition, compiled once per process.
     async fn workflow(&self, definition_id: &str) -> Result<Arc<Workflow>, queue::DbError> {
-        if let Some(wf) = lock(&self.workflows).get(definition_id) {
-            return Ok(Arc::clone(wf));
+        if let Some(wf) = self.db.definitions.get(definition_id) {
+            return Ok(wf);
         }
         let text = self.db.definition(definition_id).await?;
-        let raw: crate::spec::raw::RawWorkflow =
-            serde_json::from_str(&text).map_err(|e| queue::DbError::Data(format!("definition {definition_id}: {e}")))?;
-        let wf = crate::plan::compile(raw).map_err(|e| queue::DbError::Data(format!("definition {definition_id}: {e}")))?;
-        lock(&self.workflows).insert(definition_id.to_string(), Arc::clone(&wf));
-        Ok(wf)
+        self.db.definitions.compile_text(definition_id, &text).map_err(queue::DbError::Data)
     }
 }
 
@@ -664,7 +661,7 @@ impl Backend for PgBackend {
         }
         self.prepare().await?;
         let wf = &req.workflow;
-        lock(&self.workflows).entry(wf.version.clone()).or_insert_with(|| Arc::clone(wf));
+        self.db.definitions.insert(&wf.version, Arc::clone(wf));
         let chosen = req.run_id.is_some();
         let run_id = req.run_id.clone().unwrap_or_else(|| uuid::Uuid::now_v7().to_string());
         let mut result = crate::run::executor::new_result(wf, run_id.clone(), &self.name, req.input, req.entity_id, req.context);

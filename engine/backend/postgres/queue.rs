@@ -1,5 +1,5 @@
-//! The queue's SQL: submit, claim, finish an attempt, stop a run, reap,
-//! heartbeat, read results. Every statement names its tables unqualified;
+//! The queue's SQL: submit, claim, reap, heartbeat, the workers' list,
+//! read results (ending attempts and stopping runs: `apply.rs`). Every statement names its tables unqualified;
 //! the pool's `search_path` is the queue's schema.
 //!
 //! Locking rule: a transaction that changes a run's tasks after they were
@@ -9,6 +9,7 @@
 //! and never wait for a run's row, so they cannot deadlock with those.
 
 use super::Settings;
+use crate::backend::definitions::Definitions;
 use crate::plan::Workflow;
 use crate::run::{RunResult, RunStatus, TaskResult, TaskStatus};
 use crate::store::AttemptRecord;
@@ -102,53 +103,20 @@ pub(crate) enum StopKind {
 }
 
 impl StopKind {
-    fn as_str(self) -> &'static str {
+    pub(super) fn as_str(self) -> &'static str {
         match self {
             StopKind::Cancelled => "cancelled",
             StopKind::TimedOut => "timed_out",
         }
     }
 
-    fn parse(s: Option<&str>) -> Option<StopKind> {
+    pub(super) fn parse(s: Option<&str>) -> Option<StopKind> {
         match s {
             Some("cancelled") => Some(StopKind::Cancelled),
             Some("timed_out") => Some(StopKind::TimedOut),
             _ => None,
         }
     }
-
-    /// The status and error of an attempt stopped because the run stopped.
-    fn attempt_end(self) -> (TaskStatus, &'static str) {
-        match self {
-            StopKind::Cancelled => (TaskStatus::Cancelled, "cancelled"),
-            StopKind::TimedOut => (TaskStatus::TimedOut, "stopped: the run timed out"),
-        }
-    }
-}
-
-/// How an attempt ended, as the worker (or the reaper) saw it.
-#[derive(Debug, Clone)]
-pub(crate) enum Outcome {
-    Succeeded(Value),
-    /// Failed; try again after `delay`. `status` is the attempt's (failed or timed out).
-    Retry {
-        status: TaskStatus,
-        error: String,
-        delay: Duration,
-    },
-    /// Failed for good (or cancelled). `crash`: the worker was lost.
-    Final {
-        status: TaskStatus,
-        error: String,
-        crash: bool,
-    },
-    /// The worker was lost (its lease expired): try again now.
-    Crashed {
-        error: String,
-    },
-    /// The attempt was stopped: by the run's stop when it has one, else by
-    /// its worker stopping, which hands the task back.
-    Stopped,
 }
 
 /// A task claimed by a worker, with what its attempt needs.
@@ -157,7 +125,6 @@ pub(crate) struct Claimed {
     pub run_id: String,
     pub position: i32,
     pub attempt: i32,
-    pub lost: i32,
     pub definition_id: String,
     pub run_status: String,
     pub stop: Option<String>,
@@ -168,20 +135,6 @@ pub(crate) struct Claimed {
     pub marked: bool,
     /// Outputs of the ancestors the task reads, by position.
     pub outputs: HashMap<i32, Value>,
-}
-
-/// What finishing an attempt did.
-#[derive(Debug, Default)]
-pub(crate) struct Finish {
-    /// The attempt was no longer this worker's (reaped, or the run finished).
-    pub stale: bool,
-    pub run_finished: bool,
-    /// The run finished and the caller announces it ([`Db::notify`]).
-    pub announce_end: bool,
-    /// Tasks of this queue became ready and the caller announces it.
-    pub wake: Option<String>,
-    /// Children claimed for the finishing worker in the same transaction.
-    pub claimed: Vec<Claimed>,
 }
 
 /// A claimed task whose lease expired.
@@ -208,12 +161,12 @@ macro_rules! claim_sql {
              lease_expires = clock_timestamp() + $4 * interval '1 millisecond', \
              started_at = COALESCE(t.started_at, clock_timestamp()), attempt_started_at = clock_timestamp() \
              FROM c WHERE t.run_id = c.run_id AND t.position = c.position \
-             RETURNING t.run_id, t.position, t.attempt, t.lost, t.reads), \
+             RETURNING t.run_id, t.position, t.attempt, t.reads), \
              m AS (SELECT run_id FROM runs WHERE run_id IN (SELECT run_id FROM u) AND status = 'queued' \
              FOR NO KEY UPDATE SKIP LOCKED), \
              mu AS (UPDATE runs SET status = 'running', started_at = COALESCE(runs.started_at, clock_timestamp()) \
              FROM m WHERE runs.run_id = m.run_id RETURNING runs.run_id) \
-             SELECT u.run_id, u.position, u.attempt, u.lost, r.definition_id, r.status, r.stop, \
+             SELECT u.run_id, u.position, u.attempt, r.definition_id, r.status, r.stop, \
              u.run_id IN (SELECT run_id FROM mu) AS marked, \
              r.input::text AS input, r.context::text AS context, \
              (extract(epoch FROM r.deadline) * 1000000)::int8 AS deadline_us, \
@@ -225,20 +178,19 @@ macro_rules! claim_sql {
 }
 
 const CLAIM_FROM_QUEUES: &str = claim_sql!("queue = ANY($1) AND $5::int[] IS NULL");
-const CLAIM_FROM_RUN: &str = claim_sql!("run_id = $1 AND position = ANY($5)");
+pub(super) const CLAIM_FROM_RUN: &str = claim_sql!("run_id = $1 AND position = ANY($5)");
 
 const SUBMIT: &str = "WITH d AS (INSERT INTO definitions (id, definition) SELECT $1, $2::jsonb WHERE $2::text IS NOT NULL \
        ON CONFLICT (id) DO NOTHING), \
      r AS (INSERT INTO runs (run_id, backend, workflow, version, definition_id, queue, status, entity_id, context, input, \
-       routing, concurrency, timeout_ms, deadline, total, open, created_at) \
+       routing, concurrency, timeout_ms, deadline, sched, created_at) \
        VALUES ($3, $4, $5, $6, $1, $7, 'queued', $8, $9::jsonb, $10::jsonb, $11::jsonb, $12, $13, \
-       clock_timestamp() + $13 * interval '1 millisecond', $14, $14, clock_timestamp()) \
+       clock_timestamp() + $13 * interval '1 millisecond', $14, clock_timestamp()) \
        ON CONFLICT (run_id) DO NOTHING RETURNING run_id), \
-     t AS (INSERT INTO tasks (run_id, position, name, queue, state, waiting, children, reads, ready_at) \
-       SELECT r.run_id, u.position, u.name, $7, u.state, u.waiting, u.children::int[], u.reads::int[], \
+     t AS (INSERT INTO tasks (run_id, position, name, queue, state, reads, ready_at) \
+       SELECT r.run_id, u.position, u.name, $7, u.state, u.reads::int[], \
        CASE WHEN u.state = 'ready' THEN clock_timestamp() END \
-       FROM r, UNNEST($15::int[], $16::text[], $17::text[], $18::int[], $19::text[], $20::text[]) \
-       AS u(position, name, state, waiting, children, reads)) \
+       FROM r, UNNEST($15::int[], $16::text[], $17::text[], $18::text[]) AS u(position, name, state, reads)) \
      SELECT (SELECT count(*) FROM r) AS inserted";
 
 /// Sends notifications (`$1` channels, `$2` payloads) in a transaction of
@@ -250,68 +202,6 @@ const SUBMIT: &str = "WITH d AS (INSERT INTO definitions (id, definition) SELECT
 const NOTIFY: &str = "WITH s AS (SELECT set_config('synchronous_commit', 'off', true) AS v) \
      SELECT pg_notify(n.c, n.p) FROM s, UNNEST($1::text[], $2::text[]) AS n(c, p) WHERE s.v IS NOT NULL";
 
-/// Ends an attempt: locks the run's row first (the locking rule), records
-/// the attempt; a success also promotes its children (to `held` when the run
-/// has a `concurrency`) and counts the task final, and when that was the
-/// run's last open task and the run was not asked to stop, finishes the run
-/// (whose end the caller announces), so the common case costs one
-/// statement. `$14`: `synchronous_commit` of the transaction.
-const FINISH_TASK: &str = "WITH r AS (SELECT stop, concurrency, timeout_ms, queue FROM runs \
-       WHERE run_id = $1 AND set_config('synchronous_commit', $14, true) IS NOT NULL FOR NO KEY UPDATE), \
-     u AS (UPDATE tasks SET state = $5, output = $6::jsonb, error = $7, \
-       ready_at = CASE WHEN $5 = 'ready' THEN clock_timestamp() + $8 * interval '1 millisecond' ELSE ready_at END, \
-       finished_at = CASE WHEN $5 = 'ready' THEN NULL ELSE clock_timestamp() END, \
-       lost = lost + $9, crashes = crashes + $10, lease_owner = NULL, lease_expires = NULL \
-       WHERE run_id = $1 AND position = $2 AND attempt = $3 AND state = 'claimed' AND EXISTS (SELECT 1 FROM r) \
-       AND (lease_owner = $4 OR ($4::text IS NULL AND lease_expires < clock_timestamp())) \
-       RETURNING run_id, position, attempt, name, children, attempt_started_at), \
-     a AS (INSERT INTO attempts (run_id, position, attempt, status, error, worker, started_at, finished_at) \
-       SELECT run_id, position, attempt, $11, $12, $13, COALESCE(attempt_started_at, clock_timestamp()), clock_timestamp() \
-       FROM u ON CONFLICT DO NOTHING), \
-     p AS (UPDATE tasks t SET waiting = t.waiting - 1, \
-       state = CASE WHEN t.waiting > 1 THEN t.state WHEN (SELECT concurrency FROM r) IS NULL THEN 'ready' ELSE 'held' END, \
-       ready_at = CASE WHEN t.waiting = 1 THEN clock_timestamp() ELSE t.ready_at END \
-       FROM u WHERE $5 = 'succeeded' AND t.run_id = u.run_id AND t.position = ANY(u.children) AND t.state = 'waiting' \
-       RETURNING t.position, t.state), \
-     c AS (UPDATE runs SET open = open - 1, succeeded = succeeded + 1, \
-       status = CASE WHEN open = 1 AND stop IS NULL AND finished_at IS NULL \
-         THEN CASE WHEN succeeded + 1 = total THEN 'succeeded' ELSE 'failed' END ELSE status END, \
-       error = CASE WHEN open = 1 AND stop IS NULL AND finished_at IS NULL THEN NULL ELSE error END, \
-       started_at = CASE WHEN open = 1 AND stop IS NULL THEN COALESCE(started_at, created_at) ELSE started_at END, \
-       finished_at = CASE WHEN open = 1 AND stop IS NULL AND finished_at IS NULL THEN clock_timestamp() ELSE finished_at END \
-       WHERE $5 = 'succeeded' AND run_id IN (SELECT run_id FROM u) \
-       RETURNING run_id, open, succeeded, total, stop, timeout_ms, open = 0 AND stop IS NULL AS finished) \
-     SELECT u.name, u.children, (SELECT array_agg(p.position) FROM p WHERE p.state = 'ready') AS ready, \
-       r.stop AS run_stop, r.concurrency, r.timeout_ms AS run_timeout_ms, r.queue, \
-       c.open, c.succeeded, c.total, c.stop, c.timeout_ms, c.finished \
-       FROM u CROSS JOIN r LEFT JOIN c ON TRUE";
-
-const FILL: &str = "UPDATE tasks SET state = 'ready', ready_at = clock_timestamp() \
-     WHERE run_id = $1 AND state = 'held' AND position IN (\
-       SELECT position FROM tasks WHERE run_id = $1 AND state = 'held' ORDER BY position \
-       LIMIT GREATEST(0, $2 - (SELECT count(*) FROM tasks WHERE run_id = $1 AND state IN ('ready', 'claimed')))) \
-     RETURNING position";
-
-const SKIP_DESCENDANTS: &str = "WITH RECURSIVE d(position) AS (\
-       SELECT unnest($2::int[]) \
-       UNION SELECT unnest(t.children) FROM tasks t JOIN d ON t.run_id = $1 AND t.position = d.position) \
-     UPDATE tasks SET state = 'skipped', skip_reason = $3, finished_at = clock_timestamp() \
-     WHERE run_id = $1 AND state IN ('waiting', 'held') AND position IN (SELECT position FROM d)";
-
-const COUNT_FINAL: &str =
-    "UPDATE runs SET open = open - $2, succeeded = succeeded + $3 WHERE run_id = $1 RETURNING open, succeeded, total, stop, timeout_ms";
-
-const FINISH_RUN: &str = "WITH f AS (UPDATE runs SET status = $2, error = $3, finished_at = clock_timestamp(), \
-       started_at = COALESCE(started_at, created_at) WHERE run_id = $1 AND finished_at IS NULL RETURNING run_id) \
-     SELECT pg_notify($4, run_id) FROM f";
-
-const STOP_TASKS: &str = "UPDATE tasks SET \
-       state = CASE WHEN attempt > 0 THEN $2 ELSE $3 END, \
-       error = CASE WHEN attempt > 0 THEN $4 ELSE error END, \
-       skip_reason = CASE WHEN attempt > 0 THEN skip_reason ELSE $5 END, \
-       finished_at = clock_timestamp() \
-     WHERE run_id = $1 AND state IN ('waiting', 'held', 'ready')";
-
 const RUN_COLS: &str = "run_id, backend, workflow, version, status, error, entity_id, context::text AS context, input::text AS input, \
      routing::text AS routing, (extract(epoch FROM created_at) * 1000000)::int8 AS created_us, \
      (extract(epoch FROM started_at) * 1000000)::int8 AS started_us, (extract(epoch FROM finished_at) * 1000000)::int8 AS finished_us";
@@ -320,19 +210,21 @@ const TASK_COLS: &str = "run_id, name, state, attempt, output::text AS output, e
      (extract(epoch FROM started_at) * 1000000)::int8 AS started_us, (extract(epoch FROM finished_at) * 1000000)::int8 AS finished_us";
 
 pub(crate) struct Db {
-    pool: PgPool,
+    pub(super) pool: PgPool,
     schema: String,
-    lease_ms: i64,
+    pub(super) lease_ms: i64,
     ready_channel: String,
-    stop_channel: String,
-    done_channel: String,
+    pub(super) stop_channel: String,
+    pub(super) done_channel: String,
+    /// The definitions of the runs this process schedules or executes.
+    pub(super) definitions: Definitions,
     /// Definitions known to be in the database: submits send only their id.
     known: Mutex<HashSet<String>>,
     /// `synchronous_commit` of claims and attempt ends (`off` unless
     /// `synchronous_completions`): one lost in a server crash is the same as
     /// a worker lost before it committed, and the lease runs the task again.
     /// Submits, cancels and stops always wait for the disk.
-    completion_commit: &'static str,
+    pub(super) completion_commit: &'static str,
 }
 
 fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
@@ -403,7 +295,7 @@ fn task_from_row(r: &PgRow) -> Result<(String, String, TaskResult)> {
     ))
 }
 
-fn claimed_from_row(r: &PgRow) -> Result<Claimed> {
+pub(super) fn claimed_from_row(r: &PgRow) -> Result<Claimed> {
     let outputs: Option<Value> = json(r.try_get("outputs")?, "outputs")?;
     let outputs = match outputs {
         Some(Value::Object(m)) => m.into_iter().filter_map(|(k, v)| k.parse::<i32>().ok().map(|k| (k, v))).collect(),
@@ -413,7 +305,6 @@ fn claimed_from_row(r: &PgRow) -> Result<Claimed> {
         run_id: r.try_get("run_id")?,
         position: r.try_get("position")?,
         attempt: r.try_get("attempt")?,
-        lost: r.try_get("lost")?,
         definition_id: r.try_get("definition_id")?,
         run_status: r.try_get("status")?,
         stop: r.try_get("stop")?,
@@ -435,6 +326,7 @@ impl Db {
             stop_channel: s.channel("stop"),
             done_channel: s.channel("done"),
             known: Mutex::new(HashSet::new()),
+            definitions: Definitions::new(),
             completion_commit: if s.synchronous_completions { "on" } else { "off" },
         }
     }
@@ -467,30 +359,10 @@ impl Db {
     /// workers afterwards ([`Db::notify_queues`]).
     pub(crate) async fn submit(&self, wf: &Workflow, run: &RunResult, definition: &Value) -> Result<bool> {
         let def_id = wf.version.clone();
-        let n = wf.tasks.len();
-        let mut positions = Vec::with_capacity(n);
-        let mut names = Vec::with_capacity(n);
-        let mut states = Vec::with_capacity(n);
-        let mut waiting = Vec::with_capacity(n);
-        let mut children = Vec::with_capacity(n);
-        let mut reads = Vec::with_capacity(n);
-        let mut ready_slots = wf.concurrency.unwrap_or(usize::MAX);
-        for t in &wf.tasks {
-            positions.push(t.id as i32);
-            names.push(t.name.clone());
-            let state = if !t.parents.is_empty() {
-                "waiting"
-            } else if ready_slots > 0 {
-                ready_slots -= 1;
-                "ready"
-            } else {
-                "held"
-            };
-            states.push(state.to_string());
-            waiting.push(t.parents.len() as i32);
-            children.push(int_array(&t.children));
-            reads.push(int_array(&t.reads));
-        }
+        let (states, sched) = Db::first_decisions(wf, &run.run_id);
+        let positions: Vec<i32> = wf.tasks.iter().map(|t| t.id as i32).collect();
+        let names: Vec<&str> = wf.tasks.iter().map(|t| t.name.as_str()).collect();
+        let reads: Vec<String> = wf.tasks.iter().map(|t| int_array(&t.reads)).collect();
         let queue = wf.queue.clone().unwrap_or_else(|| "default".into());
         let json_text = |v: &Value| serde_json::to_string(v).unwrap_or_else(|_| "null".into());
         let routing = run.routing.as_ref().map(|r| serde_json::to_string(r).unwrap_or_else(|_| "null".into()));
@@ -510,12 +382,10 @@ impl Db {
                 .bind(&routing)
                 .bind(wf.concurrency.map(|c| c.min(i32::MAX as usize) as i32))
                 .bind(wf.timeout.map(|t| t.as_millis().min(i64::MAX as u128) as i64))
-                .bind(n as i32)
+                .bind(&sched)
                 .bind(&positions)
                 .bind(&names)
                 .bind(&states)
-                .bind(&waiting)
-                .bind(&children)
                 .bind(&reads);
             match q.fetch_one(&self.pool).await {
                 Ok(row) => {
@@ -587,238 +457,6 @@ impl Db {
         if let Err(e) = r {
             tracing::debug!("marking runs as running: {e}");
         }
-    }
-
-    /// End an attempt in one transaction: record it, then promote the
-    /// children (success), retry it, or fail it and skip its descendants;
-    /// finish the run when nothing is left. `owner`: the worker holding the
-    /// lease (`None`: the reaper, for an expired lease). `claim_max`: how
-    /// many promoted children to claim for `owner` in the same transaction.
-    #[allow(clippy::too_many_arguments)]
-    pub(crate) async fn finish_attempt(
-        &self,
-        run_id: &str,
-        position: i32,
-        attempt: i32,
-        owner: Option<&str>,
-        worker: &str,
-        outcome: Outcome,
-        claim_max: usize,
-    ) -> Result<Finish> {
-        let mut tx = self.pool.begin().await?;
-        // Only an attempt that may retry depends on the run's stop before it
-        // is recorded; the others learn it from FINISH_TASK.
-        let early_stop = if matches!(outcome, Outcome::Stopped | Outcome::Retry { .. } | Outcome::Crashed { .. }) {
-            let run =
-                sqlx::query("SELECT stop FROM runs WHERE run_id = $1 FOR NO KEY UPDATE").bind(run_id).fetch_optional(&mut *tx).await?;
-            let Some(run) = run else {
-                return Ok(Finish { stale: true, ..Finish::default() });
-            };
-            StopKind::parse(run.try_get::<Option<String>, _>("stop")?.as_deref())
-        } else {
-            None
-        };
-        // A stopped run retries nothing; a stopped attempt ends as the run's stop says.
-        let outcome = match (outcome, early_stop) {
-            (Outcome::Stopped, Some(k)) | (Outcome::Retry { .. }, Some(k)) => {
-                let (status, error) = k.attempt_end();
-                Outcome::Final { status, error: error.into(), crash: false }
-            }
-            (Outcome::Crashed { .. }, Some(k)) => {
-                let (status, error) = k.attempt_end();
-                Outcome::Final { status, error: error.into(), crash: true }
-            }
-            (o, _) => o,
-        };
-        // (task state, output, task error, delay ms, lost, crash, attempt status, attempt error)
-        let (state, output, task_error, delay_ms, lost, crash, attempt_status, attempt_error) = match &outcome {
-            Outcome::Succeeded(v) => {
-                ("succeeded", Some(serde_json::to_string(v).unwrap_or_else(|_| "null".into())), None, 0i64, 0, 0, "succeeded", None)
-            }
-            Outcome::Retry { status, error, delay } => {
-                ("ready", None, Some(error.clone()), delay.as_millis() as i64, 0, 0, status.as_str(), Some(error.clone()))
-            }
-            Outcome::Final { status, error, crash } => {
-                let attempt_status = if *crash { "failed" } else { status.as_str() };
-                (status.as_str(), None, Some(error.clone()), 0, 0, i32::from(*crash), attempt_status, Some(error.clone()))
-            }
-            Outcome::Crashed { error } => ("ready", None, Some(error.clone()), 0, 1, 1, "failed", Some(error.clone())),
-            Outcome::Stopped => {
-                let msg = "handed back: the worker running it stopped".to_string();
-                ("ready", None, Some(msg.clone()), 0, 1, 0, "cancelled", Some(msg))
-            }
-        };
-        let row = sqlx::query(FINISH_TASK)
-            .bind(run_id)
-            .bind(position)
-            .bind(attempt)
-            .bind(owner)
-            .bind(state)
-            .bind(output)
-            .bind(task_error)
-            .bind(delay_ms)
-            .bind(lost)
-            .bind(crash)
-            .bind(attempt_status)
-            .bind(attempt_error)
-            .bind(worker)
-            .bind(self.completion_commit)
-            .fetch_optional(&mut *tx)
-            .await?;
-        let Some(row) = row else {
-            tx.rollback().await?;
-            return Ok(Finish { stale: true, ..Finish::default() });
-        };
-        let stop = StopKind::parse(row.try_get::<Option<String>, _>("run_stop")?.as_deref());
-        let concurrency: Option<i32> = row.try_get("concurrency")?;
-        let timeout_ms: Option<i64> = row.try_get("run_timeout_ms")?;
-        let queue: String = row.try_get("queue")?;
-        let name: String = row.try_get("name")?;
-        let children: Vec<i32> = row.try_get("children")?;
-        let mut ready: Vec<i32> = Vec::new();
-        let mut finals = 0i32;
-        let succeeded = matches!(outcome, Outcome::Succeeded(_));
-        match &outcome {
-            Outcome::Succeeded(_) => {
-                // FINISH_TASK promoted the children and counted the task.
-                let promoted: Option<Vec<i32>> = row.try_get("ready")?;
-                ready.extend(promoted.unwrap_or_default());
-            }
-            Outcome::Final { status, .. } => {
-                finals += 1;
-                if stop.is_none() && !children.is_empty() {
-                    let verb = if *status == TaskStatus::TimedOut { "timed out" } else { "failed" };
-                    let skipped = sqlx::query(SKIP_DESCENDANTS)
-                        .bind(run_id)
-                        .bind(&children)
-                        .bind(format!("parent {name} {verb}"))
-                        .execute(&mut *tx)
-                        .await?;
-                    finals += skipped.rows_affected() as i32;
-                }
-            }
-            Outcome::Retry { .. } | Outcome::Crashed { .. } | Outcome::Stopped => {
-                if delay_ms == 0 {
-                    ready.push(position);
-                }
-            }
-        }
-        if let Some(cap) = concurrency
-            && stop.is_none()
-        {
-            let filled = sqlx::query(FILL).bind(run_id).bind(i64::from(cap)).fetch_all(&mut *tx).await?;
-            for p in filled {
-                ready.push(p.try_get("position")?);
-            }
-        }
-        let mut claimed = Vec::new();
-        if claim_max > 0
-            && let Some(owner) = owner
-        {
-            let direct: Vec<i32> = ready.iter().copied().filter(|p| *p != position).collect();
-            if !direct.is_empty() {
-                let rows = sqlx::query(CLAIM_FROM_RUN)
-                    .bind(run_id)
-                    .bind(claim_max as i64)
-                    .bind(owner)
-                    .bind(self.lease_ms)
-                    .bind(&direct)
-                    .bind(self.completion_commit)
-                    .fetch_all(&mut *tx)
-                    .await?;
-                claimed = rows.iter().map(claimed_from_row).collect::<Result<Vec<_>>>()?;
-            }
-        }
-        let mut run_finished = false;
-        let mut announce_end = false;
-        if succeeded {
-            // FINISH_TASK finished the run unless it was asked to stop.
-            announce_end = row.try_get::<Option<bool>, _>("finished")?.unwrap_or(false);
-            run_finished = announce_end || self.finish_run_if_done(&mut tx, run_id, &row, timeout_ms).await?;
-        } else if finals > 0 {
-            let c = sqlx::query(COUNT_FINAL).bind(run_id).bind(finals).bind(0i32).fetch_one(&mut *tx).await?;
-            run_finished = self.finish_run_if_done(&mut tx, run_id, &c, timeout_ms).await?;
-        }
-        let wake = (ready.len() > claimed.len() && !run_finished).then_some(queue);
-        tx.commit().await?;
-        Ok(Finish { stale: false, run_finished, announce_end, wake, claimed })
-    }
-
-    /// After the open-task count changed: finish the run when no task is open.
-    async fn finish_run_if_done(
-        &self,
-        tx: &mut sqlx::Transaction<'_, sqlx::Postgres>,
-        run_id: &str,
-        counts: &PgRow,
-        timeout_ms: Option<i64>,
-    ) -> Result<bool> {
-        let open: i32 = counts.try_get("open")?;
-        if open > 0 {
-            return Ok(false);
-        }
-        let ok: i32 = counts.try_get("succeeded")?;
-        let total: i32 = counts.try_get("total")?;
-        let stop = StopKind::parse(counts.try_get::<Option<String>, _>("stop")?.as_deref());
-        let timeout = humantime::format_duration(Duration::from_millis(timeout_ms.unwrap_or(0).max(0) as u64)).to_string();
-        let (status, error) = match stop {
-            Some(StopKind::TimedOut) => (RunStatus::TimedOut, Some(format!("the run timed out after {timeout}"))),
-            Some(StopKind::Cancelled) => (RunStatus::Cancelled, Some("the run was cancelled".to_string())),
-            None if ok == total => (RunStatus::Succeeded, None),
-            None => (RunStatus::Failed, None),
-        };
-        sqlx::query(FINISH_RUN).bind(run_id).bind(status.as_str()).bind(error).bind(&self.done_channel).execute(&mut **tx).await?;
-        Ok(true)
-    }
-
-    /// Ask a run to stop: unstarted tasks end now, running ones when their
-    /// workers stop them (or their lease expires). `true`: the run finished.
-    pub(crate) async fn stop_run(&self, run_id: &str, kind: StopKind) -> Result<bool> {
-        Ok(self.stop_run_checked(run_id, kind).await?.unwrap_or(false))
-    }
-
-    /// As [`Db::stop_run`]; `None` when there is no such run.
-    pub(crate) async fn stop_run_checked(&self, run_id: &str, kind: StopKind) -> Result<Option<bool>> {
-        let mut tx = self.pool.begin().await?;
-        let run = sqlx::query("SELECT stop, finished_at IS NOT NULL AS finished, timeout_ms FROM runs WHERE run_id = $1 FOR NO KEY UPDATE")
-            .bind(run_id)
-            .fetch_optional(&mut *tx)
-            .await?;
-        let Some(run) = run else { return Ok(None) };
-        if run.try_get::<bool, _>("finished")? || run.try_get::<Option<String>, _>("stop")?.is_some() {
-            tx.rollback().await?;
-            return Ok(Some(false));
-        }
-        let timeout_ms: Option<i64> = run.try_get("timeout_ms")?;
-        let (stopped, stopped_error) = kind.attempt_end();
-        let (unstarted, reason) = match kind {
-            StopKind::Cancelled => (TaskStatus::Cancelled, "run cancelled".to_string()),
-            StopKind::TimedOut => (
-                TaskStatus::Skipped,
-                format!("run timed out after {}", humantime::format_duration(Duration::from_millis(timeout_ms.unwrap_or(0).max(0) as u64))),
-            ),
-        };
-        let n = sqlx::query(STOP_TASKS)
-            .bind(run_id)
-            .bind(stopped.as_str())
-            .bind(unstarted.as_str())
-            .bind(stopped_error)
-            .bind(reason)
-            .execute(&mut *tx)
-            .await?
-            .rows_affected() as i32;
-        let c =
-            sqlx::query("UPDATE runs SET stop = $2, open = open - $3 WHERE run_id = $1 RETURNING open, succeeded, total, stop, timeout_ms")
-                .bind(run_id)
-                .bind(kind.as_str())
-                .bind(n)
-                .fetch_one(&mut *tx)
-                .await?;
-        let finished = self.finish_run_if_done(&mut tx, run_id, &c, timeout_ms).await?;
-        if !finished {
-            sqlx::query("SELECT pg_notify($1, $2)").bind(&self.stop_channel).bind(run_id).execute(&mut *tx).await?;
-        }
-        tx.commit().await?;
-        Ok(Some(finished))
     }
 
     pub(crate) async fn expired_leases(&self, limit: i64) -> Result<Vec<LostTask>> {

@@ -8,12 +8,11 @@
 //! time a reaper hands the task to another worker, this one has let go.
 
 use super::PgBackend;
-use super::queue::{self, Claimed, Outcome, StopKind, retrying};
+use super::apply::Report;
+use super::queue::{self, Claimed, StopKind, retrying};
 use crate::backend::WorkerOptions;
-use crate::run::TaskStatus;
 use crate::run::actions::ActionError;
 use crate::run::executor::{attempt_context, run_attempt};
-use crate::run::sched::{retry_delay, seed};
 use serde_json::json;
 use std::collections::{HashMap, HashSet};
 use std::sync::atomic::{AtomicU8, AtomicUsize, Ordering};
@@ -231,19 +230,14 @@ impl Worker {
             }
         };
         let wf = retrying(|| self.b.workflow(&c.definition_id)).await;
-        let (outcome, retry_at) = match wf {
-            Err(e) => {
-                let error = format!("cannot read the run's definition: {e}");
-                (Outcome::Final { status: TaskStatus::Failed, error, crash: false }, None)
-            }
+        let report = match wf {
+            Err(e) => Report::Failed { error: format!("cannot read the run's definition: {e}"), retryable: false },
             Ok(wf) if c.position < 0 || c.position as usize >= wf.tasks.len() => {
-                let error = format!("the run's definition has no task at position {}", c.position);
-                (Outcome::Final { status: TaskStatus::Failed, error, crash: false }, None)
+                Report::Failed { error: format!("the run's definition has no task at position {}", c.position), retryable: false }
             }
-            Ok(_) if c.stop.is_some() => (Outcome::Stopped, None),
+            Ok(_) if c.stop.is_some() => Report::Stopped,
             Ok(wf) => {
                 let id = c.position as usize;
-                let task = &wf.tasks[id];
                 let base = json!({
                     "input": c.input,
                     "run": {"id": c.run_id},
@@ -275,24 +269,10 @@ impl Worker {
                     d.abort();
                 }
                 match result {
-                    Ok(v) => (Outcome::Succeeded(v), None),
-                    Err(ActionError::Cancelled) if !timed_out => (Outcome::Stopped, None),
-                    Err(e) => {
-                        let (status, error, retryable) = if timed_out {
-                            let after = humantime::format_duration(task.timeout.unwrap_or_default());
-                            (TaskStatus::TimedOut, format!("attempt {} timed out after {after}", c.attempt), true)
-                        } else {
-                            (TaskStatus::Failed, e.to_string(), e.is_retryable())
-                        };
-                        // Tries lost with a worker do not count against `retry.attempts`.
-                        let counted = (c.attempt - c.lost).max(1) as u32;
-                        if retryable && counted < task.retry.attempts {
-                            let delay = retry_delay(&task.retry, counted + 1, seed(&c.run_id), id);
-                            (Outcome::Retry { status, error, delay }, Some(Instant::now() + delay))
-                        } else {
-                            (Outcome::Final { status, error, crash: false }, None)
-                        }
-                    }
+                    Ok(v) => Report::Succeeded(v),
+                    Err(_) if timed_out => Report::TimedOut,
+                    Err(ActionError::Cancelled) => Report::Stopped,
+                    Err(e) => Report::Failed { retryable: e.is_retryable(), error: e.to_string() },
                 }
             }
         };
@@ -303,8 +283,8 @@ impl Worker {
         }
         // Children this completion may claim for us: our permit, plus what is free.
         let mut extra: Vec<OwnedSemaphorePermit> = Vec::new();
-        let children = match (&outcome, self.b.workflow(&c.definition_id).await) {
-            (Outcome::Succeeded(_), Ok(wf)) if (c.position as usize) < wf.tasks.len() => wf.tasks[c.position as usize].children.len(),
+        let children = match (&report, self.b.workflow(&c.definition_id).await) {
+            (Report::Succeeded(_), Ok(wf)) if (c.position as usize) < wf.tasks.len() => wf.tasks[c.position as usize].children.len(),
             _ => 0,
         };
         let claim_max = if self.stopping.is_cancelled() || children == 0 {
@@ -325,7 +305,7 @@ impl Worker {
         let mut tries = 0u32;
         let finish = loop {
             tries += 1;
-            match self.b.db.finish_attempt(&c.run_id, c.position, c.attempt, Some(&self.id), &self.id, outcome.clone(), claim_max).await {
+            match self.b.db.finish_attempt(&c.run_id, c.position, c.attempt, Some(&self.id), &self.id, report.clone(), claim_max).await {
                 Ok(f) => break f,
                 Err(e) if e.is_connection() && started.elapsed() < self.b.settings.lease => {
                     if tries == 1 {
@@ -340,7 +320,7 @@ impl Worker {
             }
         };
         self.b.finished_attempt(&c.run_id, &finish);
-        if let Some(at) = retry_at {
+        if let Some(at) = finish.retry_in.map(|d| Instant::now() + d) {
             let mut w = lock(&self.next_wake);
             *w = Some(w.map_or(at, |x| x.min(at)));
         }

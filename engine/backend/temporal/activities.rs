@@ -8,13 +8,13 @@
 //! event (where the workflow's input pinned it) and compiled once.
 
 use super::protocol::{DagInput, PERMANENT, TIMED_OUT, TaskInput};
+use crate::backend::definitions::Definitions;
 use crate::plan::Workflow;
 use crate::run::actions::ActionError;
-use crate::run::executor::{Executor, lock};
+use crate::run::executor::Executor;
 use futures::StreamExt;
 use serde_json::Value;
-use std::collections::HashMap;
-use std::sync::{Arc, Mutex};
+use std::sync::Arc;
 use std::time::Duration;
 use temporalio_client::{Client, WorkflowFetchHistoryOptions};
 use temporalio_common::error::ApplicationFailure;
@@ -31,28 +31,29 @@ pub struct TaskActivities {
     executor: Executor,
     client: Client,
     /// Compiled definitions by version.
-    workflows: Mutex<HashMap<String, Arc<Workflow>>>,
+    workflows: Definitions,
 }
 
 impl TaskActivities {
     pub fn new(executor: Executor, client: Client) -> TaskActivities {
-        TaskActivities { executor, client, workflows: Mutex::new(HashMap::new()) }
+        TaskActivities { executor, client, workflows: Definitions::new() }
     }
 
     /// The compiled definition of the run that scheduled this activity.
     async fn workflow(&self, ctx: &ActivityContext, version: &str) -> Result<Arc<Workflow>, String> {
-        if let Some(wf) = lock(&self.workflows).get(version) {
-            return Ok(Arc::clone(wf));
+        if let Some(wf) = self.workflows.get(version) {
+            return Ok(wf);
         }
         let workflow_id = ctx.info().workflow_id.clone().ok_or("the activity has no workflow")?;
         let input = first_input(&self.client, &workflow_id).await?;
-        let raw: crate::spec::raw::RawWorkflow =
-            serde_json::from_value(input.definition).map_err(|e| format!("the definition of run `{workflow_id}` does not parse: {e}"))?;
-        let wf = crate::plan::compile(raw).map_err(|e| format!("the definition of run `{workflow_id}` does not compile: {e}"))?;
+        let wf = crate::plan::compile(
+            serde_json::from_value(input.definition).map_err(|e| format!("the definition of run `{workflow_id}` does not parse: {e}"))?,
+        )
+        .map_err(|e| format!("the definition of run `{workflow_id}` does not compile: {e}"))?;
         if wf.version != version {
             return Err(format!("run `{workflow_id}` pins definition {} but the task asks for {version}", wf.version));
         }
-        lock(&self.workflows).insert(version.to_string(), Arc::clone(&wf));
+        self.workflows.insert(version, Arc::clone(&wf));
         Ok(wf)
     }
 
