@@ -414,7 +414,9 @@ impl Engine {
         let mut req = RunRequest::new(Arc::clone(&wf), input);
         req.entity_id = entity_id;
         req.context = context;
-        req.run_id = run_id;
+        if let Some(id) = run_id {
+            req = req.with_run_id(id);
+        }
         req.routing = routing;
         let (id, backend_name) = match self.dispatch(&backend_name, req.clone()).await {
             Ok(id) => (id, backend_name),

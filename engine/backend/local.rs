@@ -138,11 +138,12 @@ impl Backend for LocalBackend {
         "local"
     }
 
+    fn accepting(&self) -> bool {
+        !self.shutdown.is_cancelled()
+    }
+
     async fn submit(&self, req: RunRequest) -> Result<String, BackendError> {
-        if self.shutdown.is_cancelled() {
-            return Err(self.refused("shutting down"));
-        }
-        let run_id = req.run_id.clone().unwrap_or_else(|| uuid::Uuid::now_v7().to_string());
+        let run_id = req.run_id.clone();
         if lock(&self.runs).contains_key(&run_id) {
             return Err(self.refused(format!("a run `{run_id}` exists already")));
         }
@@ -156,7 +157,7 @@ impl Backend for LocalBackend {
                 // A fresh id cannot be taken: queue the creation ahead of the
                 // run's events and wait for the commit of its batch, which
                 // concurrent submissions share.
-                Some(w) if req.run_id.is_none() => w.create_acked(&result, definition).await,
+                Some(w) if !req.chosen_id => w.create_acked(&result, definition).await,
                 // A caller's id may be: ask the store, which says so.
                 _ => store.create_run(&result, &definition).await,
             };

@@ -41,15 +41,34 @@ pub struct RunRequest {
     pub entity_id: Option<String>,
     /// The caller's context (`user_id`, `organization_id`, ...).
     pub context: Value,
-    /// A run id chosen by the caller (else a UUIDv7).
-    pub run_id: Option<String>,
+    /// The run's id: the caller's (see [`RunRequest::with_run_id`]), else a
+    /// UUIDv7 chosen when the request was made, for every driver alike.
+    pub run_id: String,
+    /// The caller chose `run_id`: a run with that id already there is an
+    /// error, not a retried submission.
+    pub chosen_id: bool,
     /// The routing decision, when a flag chose this backend.
     pub routing: Option<Routing>,
 }
 
 impl RunRequest {
     pub fn new(workflow: Arc<Workflow>, input: Value) -> Self {
-        RunRequest { workflow, input, entity_id: None, context: Value::Object(Default::default()), run_id: None, routing: None }
+        RunRequest {
+            workflow,
+            input,
+            entity_id: None,
+            context: Value::Object(Default::default()),
+            run_id: uuid::Uuid::now_v7().to_string(),
+            chosen_id: false,
+            routing: None,
+        }
+    }
+
+    /// The same request under the caller's run id.
+    pub fn with_run_id(mut self, run_id: impl Into<String>) -> Self {
+        self.run_id = run_id.into();
+        self.chosen_id = true;
+        self
     }
 }
 
@@ -108,6 +127,10 @@ pub trait Backend: Send + Sync + 'static {
     async fn drain(&self) {}
     /// Stop accepting runs and cancel those in flight, recording them.
     async fn shutdown(&self) {}
+    /// Whether the backend takes new runs (false once it shuts down).
+    fn accepting(&self) -> bool {
+        true
+    }
     /// Check that the backend answers (`doctor`): one line saying what was found.
     async fn check(&self) -> Result<String, BackendError> {
         Ok(format!("{} backend: available", self.kind()))
@@ -300,6 +323,9 @@ pub fn not_built(kind: &str) -> String {
 /// Refuse a run a backend cannot execute, before it sees it: the one
 /// place where what every driver would check is checked.
 pub fn admit(backend: &dyn Backend, wf: &Workflow) -> Result<(), BackendError> {
+    if !backend.accepting() {
+        return Err(BackendError::Refused { backend: backend.name().to_string(), reason: "shutting down".into() });
+    }
     if !backend.capabilities().celery_tasks {
         refuse_celery_tasks(backend.name(), backend.kind(), wf)?;
     }

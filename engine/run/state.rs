@@ -81,7 +81,10 @@ impl TaskStatus {
     /// a worker) when the run timed out.
     pub fn can_become(self, to: TaskStatus) -> bool {
         use TaskStatus::*;
-        matches!((self, to), (Pending, Running | Skipped | Cancelled) | (Running, Running | Succeeded | Failed | TimedOut | Cancelled | Skipped))
+        matches!(
+            (self, to),
+            (Pending, Running | Skipped | Cancelled) | (Running, Running | Succeeded | Failed | TimedOut | Cancelled | Skipped)
+        )
     }
 
     pub fn transition(&mut self, to: TaskStatus) -> Result<(), IllegalTransition> {

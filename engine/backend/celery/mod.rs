@@ -204,8 +204,9 @@ impl CeleryBackend {
 
     /// Write a run to Redis and queue its first tasks. `reply`: a Celery task
     /// id to answer with the run result when it ends.
-    async fn start_run(&self, req: RunRequest, run_id: String, reply: Option<&str>) -> Result<bool, BackendError> {
+    async fn start_run(&self, req: RunRequest, reply: Option<&str>) -> Result<bool, BackendError> {
         let wf = &req.workflow;
+        let run_id = req.run_id.clone();
         let now = OffsetDateTime::now_utc();
         let queue = self.run_queue(wf);
         let mut fields: Vec<(String, String)> = vec![
@@ -346,11 +347,12 @@ impl Backend for CeleryBackend {
         "celery"
     }
 
+    fn accepting(&self) -> bool {
+        !self.shutdown.is_cancelled()
+    }
+
     async fn submit(&self, req: RunRequest) -> Result<String, BackendError> {
-        if self.shutdown.is_cancelled() {
-            return Err(BackendError::Refused { backend: self.name.clone(), reason: "shutting down".into() });
-        }
-        let run_id = req.run_id.clone().unwrap_or_else(|| uuid::Uuid::now_v7().to_string());
+        let run_id = req.run_id.clone();
         let record = self.store.as_ref().map(|_| {
             let mut r = crate::run::executor::new_result(
                 &req.workflow,
@@ -363,7 +365,7 @@ impl Backend for CeleryBackend {
             r.routing = req.routing.clone();
             (r, serde_json::to_value(&req.workflow.raw).unwrap_or_default())
         });
-        if !self.start_run(req, run_id.clone(), None).await? {
+        if !self.start_run(req, None).await? {
             return Err(BackendError::Refused { backend: self.name.clone(), reason: format!("a run `{run_id}` exists already") });
         }
         if self.executor.events.as_ref().is_some_and(|tx| tx.receiver_count() > 0) {

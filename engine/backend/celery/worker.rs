@@ -388,7 +388,7 @@ async fn serve_workflow(b: &CeleryBackend, m: &Incoming, id: &str, name: &str, a
     // The run id is the Celery task id: a redelivered message finds its run
     // already started and is only acked.
     let reply = if m.ignore_result { None } else { Some(id) };
-    match b.start_run(RunRequest::new(wf, input), id.to_string(), reply).await {
+    match b.start_run(RunRequest::new(wf, input).with_run_id(id), reply).await {
         Ok(_) => Settle::Ack,
         Err(e) => {
             tracing::error!(task_id = id, "could not start workflow `{name}`: {e}");

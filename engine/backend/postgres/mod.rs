@@ -655,15 +655,16 @@ impl Backend for PgBackend {
         "postgres"
     }
 
+    fn accepting(&self) -> bool {
+        !self.shutdown.is_cancelled()
+    }
+
     async fn submit(&self, req: RunRequest) -> Result<String, BackendError> {
-        if self.shutdown.is_cancelled() {
-            return Err(BackendError::Refused { backend: self.name.clone(), reason: "shutting down".into() });
-        }
         self.prepare().await?;
         let wf = &req.workflow;
         self.db.definitions.insert(&wf.version, Arc::clone(wf));
-        let chosen = req.run_id.is_some();
-        let run_id = req.run_id.clone().unwrap_or_else(|| uuid::Uuid::now_v7().to_string());
+        let chosen = req.chosen_id;
+        let run_id = req.run_id.clone();
         let mut result = crate::run::executor::new_result(wf, run_id.clone(), &self.name, req.input, req.entity_id, req.context);
         result.routing = req.routing;
         let definition = serde_json::to_value(&wf.raw).unwrap_or_default();

@@ -299,13 +299,14 @@ impl Backend for TemporalBackend {
         "temporal"
     }
 
+    fn accepting(&self) -> bool {
+        !self.shutdown.is_cancelled()
+    }
+
     async fn submit(&self, req: RunRequest) -> Result<String, BackendError> {
-        if self.shutdown.is_cancelled() {
-            return Err(BackendError::Refused { backend: self.name.clone(), reason: "shutting down".into() });
-        }
         let client = self.client().await?;
         let wf = Arc::clone(&req.workflow);
-        let run_id = req.run_id.clone().unwrap_or_else(|| uuid::Uuid::now_v7().to_string());
+        let run_id = req.run_id.clone();
         let mut result = crate::run::executor::new_result(&wf, run_id.clone(), &self.name, req.input, req.entity_id, req.context);
         result.routing = req.routing;
         let definition = serde_json::to_value(&wf.raw).unwrap_or_default();
