@@ -130,7 +130,6 @@ pub struct CeleryBackend {
     /// submitted and when they end (Redis holds them while they run).
     store: Option<crate::store::Store>,
     registry: Arc<crate::reload::Registry>,
-    /// Compiled definitions of the runs this process has touched, by version.
     /// The definitions of the runs this process executes.
     definitions: Definitions,
     shutdown: CancellationToken,
