@@ -276,7 +276,9 @@ async fn cancel_a_run() {
     let r = call(&app, Request::post(format!("/v1/runs/{id}/cancel")).body(Body::empty()).unwrap()).await;
     assert_eq!(r.status, StatusCode::ACCEPTED, "{}", r.text);
     assert_eq!(r.body["run_id"], id.as_str());
-    assert!(["running", "cancelled"].contains(&r.body["status"].as_str().unwrap()), "{}", r.text);
+    // The answer shows the run as the cancel found it: on a loaded machine
+    // its first task may not have started yet.
+    assert!(["queued", "running", "cancelled"].contains(&r.body["status"].as_str().unwrap()), "{}", r.text);
     let r = call(&app, get(&format!("/v1/runs/{id}?wait=30s"))).await;
     assert_eq!(r.body["status"], "cancelled", "{}", r.text);
     assert_eq!(r.body["tasks"]["nap"]["status"], "cancelled");
