@@ -37,20 +37,13 @@ impl Default for LocalOptions {
 impl LocalOptions {
     /// The keys of a `[backends.NAME]` table of kind `local`.
     pub fn parse(name: &str, options: &std::collections::BTreeMap<String, toml::Value>) -> Result<Self, BackendError> {
-        let bad = |reason: String| BackendError::Permanent { backend: name.to_string(), reason };
-        let mut o = LocalOptions::default();
-        for (k, v) in options {
-            let n = match v {
-                toml::Value::Integer(n) if *n >= 0 => usize::try_from(*n).unwrap_or(usize::MAX),
-                other => return Err(bad(format!("`{k}` must be a non-negative integer, not {other}"))),
-            };
-            match k.as_str() {
-                "cache_runs" => o.cache_runs = n,
-                "cache_bytes" => o.cache_bytes = n,
-                _ => return Err(bad(format!("unknown key `{k}` (known: {})", crate::config::backend_keys("local").join(", ")))),
-            }
-        }
-        Ok(o)
+        let o: crate::config::backends::LocalSettings = crate::config::backends::read("local", options)
+            .map_err(|e| BackendError::Permanent { backend: name.to_string(), reason: e.to_string() })?;
+        let d = LocalOptions::default();
+        Ok(LocalOptions {
+            cache_runs: o.cache_runs.map_or(d.cache_runs, |n| n.0),
+            cache_bytes: o.cache_bytes.map_or(d.cache_bytes, |n| n.0),
+        })
     }
 }
 

@@ -7,6 +7,7 @@
 //! `docs/configuration.md` is generated from it.
 
 pub mod actions;
+pub mod backends;
 pub mod handlers;
 pub mod instance;
 pub mod keys;
@@ -249,6 +250,14 @@ impl Config {
                 };
                 return Err(d);
             }
+            // Values of the wrong type, at the value.
+            if let Err(e) = backends::check(&b.kind, &b.options) {
+                let at = match &e.key {
+                    Some(k) => format!("/backends/{name}/{}", crate::spec::node::pointer_seg(k)),
+                    None => format!("/backends/{name}"),
+                };
+                return Err(Diagnostic::new(Code::Schema, file, span_of(&at), format!("backend `{name}` ({}): {e}", b.kind)));
+            }
         }
         if let Some(problem) = c.instance.problem() {
             return Err(Diagnostic::new(Code::Schema, file, span_of("/instance/lease"), format!("[instance]: {problem}")));
@@ -351,6 +360,13 @@ mod tests {
         assert_eq!(d.message, "backend `pg` (postgres): unknown keys `leese`, `urll`");
         assert_eq!((d.span.start.line, d.span.start.column), (4, 1));
         assert!(d.help.as_deref().unwrap().starts_with("did you mean `lease`?"), "{d:?}");
+        // A value of the wrong type, at the value, for kinds built in or not.
+        let d = Config::parse_file("t.toml", "[backends.pg]\nkind = \"postgres\"\nlease = 30\n").unwrap_err();
+        assert_eq!(d.message, "backend `pg` (postgres): `lease` must be a duration such as \"30s\", not 30");
+        assert_eq!((d.span.start.line, d.span.start.column), (3, 9));
+        let d = Config::parse_file("t.toml", "[backends.t]\nkind = \"temporal\"\ntask_queue = [\"a\"]\n").unwrap_err();
+        assert_eq!(d.message, "backend `t` (temporal): `task_queue` must be a string, not array");
+        assert_eq!((d.span.start.line, d.span.start.column), (3, 14));
         let d = Config::parse_file("t.toml", "[engine]\ndefault_backend = \"pg\"\n").unwrap_err();
         assert_eq!(d.code, crate::diag::Code::UnknownBackend);
         assert_eq!((d.span.start.line, d.span.start.column), (2, 19));

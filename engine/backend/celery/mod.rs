@@ -30,6 +30,7 @@ mod worker;
 
 use super::{Backend, BackendError, DriverContext, RunRequest, WorkerOptions};
 use crate::backend::definitions::Definitions;
+use crate::config::backends::{CelerySettings, Text};
 use crate::run::executor::Executor;
 use crate::run::sched::{Core, Decision, Event, seed};
 use crate::run::{RunResult, TaskResult, TaskStatus};
@@ -61,29 +62,10 @@ pub struct CeleryOptions {
     pub worker_lease: Duration,
 }
 
-fn duration_option(name: &str, v: &toml::Value) -> Result<Duration, String> {
-    match v {
-        toml::Value::Integer(s) if *s > 0 => Ok(Duration::from_secs(*s as u64)),
-        toml::Value::Float(s) if *s > 0.0 => Ok(Duration::from_secs_f64(*s)),
-        toml::Value::String(s) => crate::plan::parse_duration(s).map_err(|e| format!("`{name}`: {e}")),
-        other => Err(format!("`{name}` must be a duration such as \"30s\", not {other}")),
-    }
-}
-
 impl CeleryOptions {
     pub fn parse(o: &std::collections::BTreeMap<String, toml::Value>) -> Result<Self, String> {
-        let s = |k: &str| -> Result<Option<String>, String> {
-            match o.get(k) {
-                None => Ok(None),
-                Some(toml::Value::String(s)) => Ok(Some(s.clone())),
-                Some(other) => Err(format!("`{k}` must be a string, not {other}")),
-            }
-        };
-        let known = crate::config::backend_keys("celery");
-        if let Some(k) = o.keys().find(|k| !known.contains(&k.as_str())) {
-            return Err(format!("unknown option `{k}` (known: {})", known.join(", ")));
-        }
-        let broker = s("broker")?.ok_or("no `broker` (a redis:// URL; or set CELERY_BROKER_URL)")?;
+        let o: CelerySettings = crate::config::backends::read("celery", o).map_err(|e| e.to_string())?;
+        let broker = o.broker.ok_or("no `broker` (a redis:// URL; or set CELERY_BROKER_URL)")?.0;
         let redis_url = |u: &str, what: &str| -> Result<(), String> {
             if u.starts_with("redis://") || u.starts_with("rediss://") || u.starts_with("unix://") || u.starts_with("redis+unix://") {
                 Ok(())
@@ -92,27 +74,20 @@ impl CeleryOptions {
             }
         };
         redis_url(&broker, "broker")?;
-        let result_backend = s("result_backend")?.unwrap_or_else(|| broker.clone());
+        let result_backend = o.result_backend.map_or_else(|| broker.clone(), |t| t.0);
         redis_url(&result_backend, "result_backend")?;
+        let text = |t: Option<Text>, default: &str| t.map_or_else(|| default.to_string(), |t| t.0);
         Ok(CeleryOptions {
             broker,
             result_backend,
-            queue: s("queue")?.unwrap_or_else(|| "taskweave".into()),
-            celery_queue: s("celery_queue")?.unwrap_or_else(|| "celery".into()),
-            key_prefix: s("key_prefix")?.unwrap_or_default(),
-            visibility_timeout: o
-                .get("visibility_timeout")
-                .map(|v| duration_option("visibility_timeout", v))
-                .transpose()?
-                .unwrap_or(Duration::from_secs(3600)),
-            result_expires: o
-                .get("result_expires")
-                .map(|v| duration_option("result_expires", v))
-                .transpose()?
-                .unwrap_or(Duration::from_secs(86400)),
-            worker_lease: match o.get("worker_lease").map(|v| duration_option("worker_lease", v)).transpose()? {
-                Some(d) if d < Duration::from_millis(500) => return Err("`worker_lease` must be at least 500ms".into()),
-                Some(d) => d,
+            queue: text(o.queue, "taskweave"),
+            celery_queue: text(o.celery_queue, "celery"),
+            key_prefix: text(o.key_prefix, ""),
+            visibility_timeout: o.visibility_timeout.map_or(Duration::from_secs(3600), |d| d.0),
+            result_expires: o.result_expires.map_or(Duration::from_secs(86400), |d| d.0),
+            worker_lease: match o.worker_lease {
+                Some(d) if d.0 < Duration::from_millis(500) => return Err("`worker_lease` must be at least 500ms".into()),
+                Some(d) => d.0,
                 None => Duration::from_secs(30),
             },
         })
@@ -564,6 +539,6 @@ mod tests {
         assert_eq!(c.visibility_timeout, Duration::from_secs(30));
         assert_eq!((c.queue.as_str(), c.celery_queue.as_str()), ("taskweave", "celery"));
         o.insert("brokr".into(), toml::Value::String("x".into()));
-        assert!(CeleryOptions::parse(&o).unwrap_err().contains("unknown option `brokr`"));
+        assert!(CeleryOptions::parse(&o).unwrap_err().contains("unknown key `brokr`"));
     }
 }

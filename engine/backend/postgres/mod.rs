@@ -30,6 +30,7 @@ mod queue;
 mod worker;
 
 use super::{Backend, BackendError, DriverContext, RunRequest, WorkerOptions};
+use crate::config::backends::PostgresSettings;
 use crate::plan::Workflow;
 use crate::run::RunResult;
 use crate::run::executor::Executor;
@@ -83,28 +84,9 @@ pub struct Settings {
 impl Settings {
     pub fn from_options(name: &str, options: &std::collections::BTreeMap<String, toml::Value>) -> Result<Settings, BackendError> {
         let bad = |reason: String| BackendError::Permanent { backend: name.to_string(), reason };
-        let text = |key: &str| -> Result<Option<String>, BackendError> {
-            match options.get(key) {
-                None => Ok(None),
-                Some(toml::Value::String(s)) => Ok(Some(s.clone())),
-                Some(other) => Err(bad(format!("`{key}` must be a string, not {}", other.type_str()))),
-            }
-        };
-        let duration = |key: &str, default: Duration| -> Result<Duration, BackendError> {
-            match text(key)? {
-                None => Ok(default),
-                Some(s) => crate::plan::parse_duration(&s).map_err(|e| bad(format!("`{key}`: {e}"))),
-            }
-        };
-        let int = |key: &str, default: u32| -> Result<u32, BackendError> {
-            match options.get(key) {
-                None => Ok(default),
-                Some(toml::Value::Integer(i)) if *i >= 1 && *i <= 10_000 => Ok(*i as u32),
-                Some(other) => Err(bad(format!("`{key}` must be an integer from 1 to 10000, not {other}"))),
-            }
-        };
-        let url = match text("url")? {
-            Some(u) => u,
+        let o: PostgresSettings = crate::config::backends::read("postgres", options).map_err(|e| bad(e.to_string()))?;
+        let url = match o.url {
+            Some(u) => u.0,
             None => std::env::var("DATABASE_URL")
                 .ok()
                 .filter(|s| !s.is_empty())
@@ -114,37 +96,28 @@ impl Settings {
         if !(url.starts_with("postgres://") || url.starts_with("postgresql://")) {
             return Err(bad(format!("`url` must be a postgres:// URL, not `{location}`")));
         }
-        let schema = text("schema")?.unwrap_or_else(|| "taskweave_queue".into());
+        let schema = o.schema.map_or_else(|| "taskweave_queue".into(), |s| s.0);
         let valid = schema.len() <= 63
             && schema.bytes().next().is_some_and(|b| b.is_ascii_lowercase() || b == b'_')
             && schema.bytes().all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'_');
         if !valid {
             return Err(bad(format!("`schema` must be a lower-case SQL name (letters, digits, `_`), not `{schema}`")));
         }
-        let lease = duration("lease", Duration::from_secs(30))?;
+        let lease = o.lease.map_or(Duration::from_secs(30), |d| d.0);
         if lease < Duration::from_millis(500) {
             return Err(bad("`lease` must be at least 500ms".into()));
         }
-        let s = Settings {
+        Ok(Settings {
             url,
             location,
             schema,
             lease,
-            poll: duration("poll", Duration::from_secs(1))?.max(Duration::from_millis(10)),
-            crash_budget: int("crash_budget", 3)?,
-            max_connections: int("max_connections", 16)?,
-            shutdown_grace: duration("shutdown_grace", Duration::from_secs(30))?,
-            synchronous_completions: match options.get("synchronous_completions") {
-                None => false,
-                Some(toml::Value::Boolean(b)) => *b,
-                Some(other) => return Err(bad(format!("`synchronous_completions` must be true or false, not {other}"))),
-            },
-        };
-        let known = crate::config::backend_keys("postgres");
-        if let Some(k) = options.keys().find(|k| !known.contains(&k.as_str())) {
-            return Err(bad(format!("unknown key `{k}` (known: {})", known.join(", "))));
-        }
-        Ok(s)
+            poll: o.poll.map_or(Duration::from_secs(1), |d| d.0).max(Duration::from_millis(10)),
+            crash_budget: o.crash_budget.map_or(3, |c| c.0),
+            max_connections: o.max_connections.map_or(16, |c| c.0),
+            shutdown_grace: o.shutdown_grace.map_or(Duration::from_secs(30), |d| d.0),
+            synchronous_completions: o.synchronous_completions.is_some_and(|f| f.0),
+        })
     }
 
     fn channel(&self, what: &str) -> String {

@@ -21,6 +21,7 @@ pub mod protocol;
 pub mod workflow;
 
 use super::{Backend, BackendError, DriverContext, RunRequest, WorkerOptions};
+use crate::config::backends::TemporalSettings;
 use crate::run::RunResult;
 use crate::run::executor::{Executor, lock};
 use crate::store::Store;
@@ -61,38 +62,22 @@ pub struct Settings {
 impl Settings {
     pub fn from_options(name: &str, options: &BTreeMap<String, toml::Value>) -> Result<Settings, BackendError> {
         let bad = |reason: String| BackendError::Permanent { backend: name.to_string(), reason };
-        let text = |key: &str| -> Result<Option<String>, BackendError> {
-            match options.get(key) {
-                None => Ok(None),
-                Some(toml::Value::String(s)) => Ok(Some(s.clone())),
-                Some(other) => Err(bad(format!("`{key}` must be a string, not {}", other.type_str()))),
-            }
-        };
-        let duration = |key: &str, default: Duration| -> Result<Duration, BackendError> {
-            match text(key)? {
-                None => Ok(default),
-                Some(s) => crate::plan::parse_duration(&s).map_err(|e| bad(format!("`{key}`: {e}"))),
-            }
-        };
-        let known = crate::config::backend_keys("temporal");
-        if let Some(k) = options.keys().find(|k| !known.contains(&k.as_str())) {
-            return Err(bad(format!("unknown key `{k}` (known: {})", known.join(", "))));
-        }
+        let o: TemporalSettings = crate::config::backends::read("temporal", options).map_err(|e| bad(e.to_string()))?;
         // Like Temporal's own CLI and SDKs: TEMPORAL_ADDRESS / TEMPORAL_NAMESPACE
         // when the section does not say.
         let env = |k: &str| std::env::var(k).ok().filter(|v| !v.is_empty());
-        let mut address = text("address")?.or_else(|| env("TEMPORAL_ADDRESS")).unwrap_or_else(|| "http://127.0.0.1:7233".into());
+        let mut address = o.address.map(|t| t.0).or_else(|| env("TEMPORAL_ADDRESS")).unwrap_or_else(|| "http://127.0.0.1:7233".into());
         if !address.contains("://") {
             address = format!("http://{address}");
         }
         Url::from_str(&address).map_err(|e| bad(format!("`address` `{address}` is not a URL: {e}")))?;
         let s = Settings {
             address,
-            namespace: text("namespace")?.or_else(|| env("TEMPORAL_NAMESPACE")).unwrap_or_else(|| "default".into()),
-            task_queue: text("task_queue")?.unwrap_or_else(|| "taskweave".into()),
-            heartbeat: duration("heartbeat", Duration::from_secs(10))?,
-            sticky_timeout: duration("sticky_timeout", Duration::from_secs(3))?,
-            connect_timeout: duration("connect_timeout", Duration::from_secs(5))?,
+            namespace: o.namespace.map(|t| t.0).or_else(|| env("TEMPORAL_NAMESPACE")).unwrap_or_else(|| "default".into()),
+            task_queue: o.task_queue.map_or_else(|| "taskweave".into(), |t| t.0),
+            heartbeat: o.heartbeat.map_or(Duration::from_secs(10), |d| d.0),
+            sticky_timeout: o.sticky_timeout.map_or(Duration::from_secs(3), |d| d.0),
+            connect_timeout: o.connect_timeout.map_or(Duration::from_secs(5), |d| d.0),
         };
         if s.heartbeat < Duration::from_secs(1) {
             return Err(bad("`heartbeat` must be at least 1s".into()));
