@@ -104,7 +104,7 @@ pub enum Command {
     },
     // The rollout dashboard, under its user-facing name `migration` (the
     // `about` text is its help line).
-    #[command(name = "migration", about = "The migration dashboard: runs per backend and flag variant.")]
+    #[command(name = "migration", about = "The migration dashboard: runs per backend and flag variant")]
     Rollout {
         #[command(subcommand)]
         command: rollout::RolloutCommand,
