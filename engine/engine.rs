@@ -461,14 +461,14 @@ impl Engine {
         &self.inner.routing_metrics
     }
 
-    /// The migration dashboard: runs created within `since` (of one
+    /// The rollout dashboard: runs created within `since` (of one
     /// workflow when given), from the run store, with the flag source's status.
-    pub async fn migration_status(&self, since: Duration, workflow: Option<String>) -> Result<MigrationReport, EngineError> {
+    pub async fn rollout_status(&self, since: Duration, workflow: Option<String>) -> Result<RolloutReport, EngineError> {
         let from = time::OffsetDateTime::now_utc() - since;
-        let filter = crate::store::MigrationFilter { since: from, workflow };
+        let filter = crate::store::RolloutFilter { since: from, workflow };
         let stats = match &self.inner.store {
-            Some(s) => s.migration_stats(&filter).await?,
-            None => crate::store::MigrationStats {
+            Some(s) => s.rollout_stats(&filter).await?,
+            None => crate::store::RolloutStats {
                 since: from,
                 workflow: filter.workflow,
                 total: 0,
@@ -478,7 +478,7 @@ impl Engine {
                 flag_errors: 0,
             },
         };
-        Ok(MigrationReport {
+        Ok(RolloutReport {
             window: humantime::format_duration(since).to_string(),
             stats,
             flags: self.inner.flags.as_ref().map(FlagSource::status),
@@ -562,13 +562,13 @@ impl Engine {
     }
 }
 
-/// The migration dashboard (`taskweave migration status`, `GET /v1/migration`).
+/// The rollout dashboard (`taskweave migration status`, `GET /v1/migration`).
 #[derive(Debug, Clone, serde::Serialize)]
-pub struct MigrationReport {
+pub struct RolloutReport {
     /// The window counted, as given (`24h`).
     pub window: String,
     #[serde(flatten)]
-    pub stats: crate::store::MigrationStats,
+    pub stats: crate::store::RolloutStats,
     /// The flag source and its last load, when one is configured.
     pub flags: Option<crate::flags::SourceStatus>,
 }

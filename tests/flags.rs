@@ -15,7 +15,7 @@ use taskweave::diag::Code;
 use taskweave::flags::file::load_str;
 use taskweave::flags::{Context, EvalError, Features, FlagError, FlagSource, FlagType, Reason};
 use taskweave::run::RunStatus;
-use taskweave::store::MigrationFilter;
+use taskweave::store::RolloutFilter;
 use taskweave::{Engine, EngineBuilder, RunOptions};
 
 fn fixture(name: &str) -> PathBuf {
@@ -815,7 +815,7 @@ async fn dashboard_case(store_url: &str) {
     let stats = e
         .store()
         .unwrap()
-        .migration_stats(&MigrationFilter { since: time::OffsetDateTime::now_utc() - Duration::from_secs(3600), workflow: None })
+        .rollout_stats(&RolloutFilter { since: time::OffsetDateTime::now_utc() - Duration::from_secs(3600), workflow: None })
         .await
         .unwrap();
     assert_eq!(stats.total, 43);
@@ -839,11 +839,11 @@ async fn dashboard_case(store_url: &str) {
     let none = e
         .store()
         .unwrap()
-        .migration_stats(&MigrationFilter { since: time::OffsetDateTime::now_utc() + Duration::from_secs(60), workflow: None })
+        .rollout_stats(&RolloutFilter { since: time::OffsetDateTime::now_utc() + Duration::from_secs(60), workflow: None })
         .await
         .unwrap();
     assert_eq!((none.total, none.backends.len()), (0, 0));
-    let other = e.migration_status(Duration::from_secs(3600), Some("by-user".into())).await.unwrap();
+    let other = e.rollout_status(Duration::from_secs(3600), Some("by-user".into())).await.unwrap();
     assert_eq!(other.stats.total, 0);
     e.shutdown().await;
 }

@@ -2,7 +2,7 @@
 //!
 //! It lists workflows and their reload status, starts runs, serves results
 //! (with long-polling), cancels, lists history, streams run/task/reload
-//! events as server-sent events, serves the migration dashboard, lists the
+//! events as server-sent events, serves the rollout dashboard, lists the
 //! live workers of every backend, exposes Prometheus metrics and its own
 //! OpenAPI document. It touches the engine only through the [`Engine`]
 //! facade and its registry; it owns no state but its metrics.
@@ -20,7 +20,7 @@ pub mod error;
 mod events;
 pub mod extract;
 pub mod metrics;
-mod migration;
+mod rollout;
 mod runs;
 pub mod server;
 pub mod token;
@@ -117,7 +117,7 @@ fn route_handlers() -> Routes {
         (Method::GET, "/v1/runs/{id}", get(runs::show)),
         (Method::POST, "/v1/runs/{id}/cancel", post(runs::cancel)),
         (Method::GET, "/v1/events", get(events::events)),
-        (Method::GET, "/v1/migration", get(migration::status)),
+        (Method::GET, "/v1/migration", get(rollout::status)),
         (Method::GET, "/v1/workers", get(workers::list)),
     ]
 }

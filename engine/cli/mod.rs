@@ -5,8 +5,8 @@ mod bench;
 mod config;
 mod doctor;
 mod flags;
-mod migration;
 mod report;
+mod rollout;
 mod run;
 mod runs;
 mod serve;
@@ -102,10 +102,12 @@ pub enum Command {
         #[command(subcommand)]
         command: flags::FlagsCommand,
     },
-    /// The migration dashboard: runs per backend and flag variant.
-    Migration {
+    // The rollout dashboard, under its user-facing name `migration` (the
+    // `about` text is its help line).
+    #[command(name = "migration", about = "The migration dashboard: runs per backend and flag variant")]
+    Rollout {
         #[command(subcommand)]
-        command: migration::MigrationCommand,
+        command: rollout::RolloutCommand,
     },
 }
 
@@ -161,7 +163,7 @@ fn run(cli: Cli) -> anyhow::Result<ExitCode> {
         Command::Worker(args) => runtime()?.block_on(worker::worker(args, cli.config.as_deref())),
         Command::Workers(args) => runtime()?.block_on(workers::workers(args, cli.config.as_deref())),
         Command::Flags { command } => runtime()?.block_on(flags::flags(command, cli.config.as_deref())),
-        Command::Migration { command } => runtime()?.block_on(migration::migration(command, cli.config.as_deref())),
+        Command::Rollout { command } => runtime()?.block_on(rollout::rollout(command, cli.config.as_deref())),
     }
 }
 

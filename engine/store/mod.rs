@@ -17,13 +17,13 @@
 
 mod health;
 mod lease;
-mod migration;
+mod rollout;
 mod sql;
 mod writer;
 
 pub use health::{StoreFailure, StoreHealth};
 pub use lease::{HEARTBEAT, LEASE, Lease, instance_id};
-pub use migration::{BackendStats, MigrationFilter, MigrationStats, VariantStats};
+pub use rollout::{BackendStats, RolloutFilter, RolloutStats, VariantStats};
 
 pub use writer::StoreWriter;
 

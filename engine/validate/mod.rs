@@ -5,12 +5,19 @@
 //! processes, no clock — so the CLI, the editor integration and hot reload can
 //! call it freely. Every finding is reported at once, each at its node.
 
+mod actions;
+mod backends;
+mod context;
+mod durations;
+mod graph;
 mod handlers;
 mod rules;
 mod schema;
+mod suggest;
+mod templates;
 
+pub use actions::ACTIONS;
 pub use handlers::HandlerCatalog;
-pub use rules::ACTIONS;
 
 use crate::diag::{Code, Diagnostic, Span};
 use crate::plan::Workflow;
@@ -150,7 +157,7 @@ pub fn check_source(file: &str, text: String, format: Format, opts: &Options) ->
             // The flags a features file serves now, in the namespace the
             // source evaluates in (another namespace serves none of them).
             let features = opts.flags.as_ref().and_then(|f| f.known());
-            let pending = rules::Rules {
+            let pending = context::Rules {
                 file,
                 text: &text,
                 root,
@@ -160,13 +167,13 @@ pub fn check_source(file: &str, text: String, format: Format, opts: &Options) ->
                 flags: features.as_ref(),
                 out: &mut diags,
                 line_starts: std::cell::OnceCell::new(),
-                budget: rules::Budget::new(opts.max_diagnostics),
+                budget: context::Budget::new(opts.max_diagnostics),
                 pending: Default::default(),
                 cursor: Default::default(),
             }
             .check();
             finish(&mut diags, opts);
-            rules::suggest(root, &mut diags, pending);
+            suggest::suggest(root, &mut diags, pending);
         }
     }
     if !diags.iter().any(Diagnostic::is_error) {

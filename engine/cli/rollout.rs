@@ -1,15 +1,15 @@
-//! `taskweave migration status`: the migration dashboard from the run
+//! `taskweave migration status`: the rollout dashboard from the run
 //! store (runs per backend, success rates, durations, runs per flag
 //! variant, fallbacks, flag evaluation errors).
 
 use super::OutputFormat;
 use crate::config::Config;
-use crate::engine::{Engine, MigrationReport};
+use crate::engine::{Engine, RolloutReport};
 use std::path::Path;
 use std::process::ExitCode;
 
 #[derive(Debug, clap::Subcommand)]
-pub enum MigrationCommand {
+pub enum RolloutCommand {
     /// Runs per backend and flag variant over a recent window.
     Status {
         /// The window counted: runs created within it (`24h`, `30m`, `7d`).
@@ -23,8 +23,8 @@ pub enum MigrationCommand {
     },
 }
 
-pub async fn migration(cmd: MigrationCommand, config: Option<&Path>) -> anyhow::Result<ExitCode> {
-    let MigrationCommand::Status { since, workflow, format } = cmd;
+pub async fn rollout(cmd: RolloutCommand, config: Option<&Path>) -> anyhow::Result<ExitCode> {
+    let RolloutCommand::Status { since, workflow, format } = cmd;
     let window = match humantime::parse_duration(since.trim()) {
         Ok(d) if !d.is_zero() => d,
         _ => {
@@ -52,7 +52,7 @@ pub async fn migration(cmd: MigrationCommand, config: Option<&Path>) -> anyhow::
             return Ok(ExitCode::from(2));
         }
     };
-    let report = engine.migration_status(window, workflow).await;
+    let report = engine.rollout_status(window, workflow).await;
     engine.shutdown().await;
     let mut report = match report {
         Ok(r) => r,
@@ -74,7 +74,7 @@ fn opt<T: std::fmt::Display>(v: Option<T>, unit: &str) -> String {
 }
 
 /// The dashboard as a text table.
-pub fn human(r: &MigrationReport) -> String {
+pub fn human(r: &RolloutReport) -> String {
     let s = &r.stats;
     let scope = s.workflow.as_deref().map(|w| format!(" of workflow {w}")).unwrap_or_default();
     let mut out = format!("{} run(s){scope} in the last {}\n\n", s.total, r.window);

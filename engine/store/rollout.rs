@@ -1,4 +1,4 @@
-//! The migration dashboard's figures, computed by SQL over the runs table
+//! The rollout dashboard's figures, computed by SQL over the runs table
 //! (the same statements for SQLite and PostgreSQL, with the few dialect
 //! differences rendered here): runs per backend and their share, success
 //! rate, p50/p95 duration (nearest rank, with window functions), runs per
@@ -13,7 +13,7 @@ use time::OffsetDateTime;
 
 /// Which runs the dashboard counts.
 #[derive(Debug, Clone)]
-pub struct MigrationFilter {
+pub struct RolloutFilter {
     /// Runs created at or after this time.
     pub since: OffsetDateTime,
     pub workflow: Option<String>,
@@ -51,7 +51,7 @@ pub struct VariantStats {
 }
 
 #[derive(Debug, Clone, PartialEq, Serialize)]
-pub struct MigrationStats {
+pub struct RolloutStats {
     #[serde(with = "time::serde::rfc3339")]
     pub since: OffsetDateTime,
     pub workflow: Option<String>,
@@ -70,7 +70,7 @@ fn n(v: Option<i64>) -> u64 {
 
 impl Store {
     /// The dashboard over runs created since `f.since` (of one workflow when set).
-    pub async fn migration_stats(&self, f: &MigrationFilter) -> Result<MigrationStats> {
+    pub async fn rollout_stats(&self, f: &RolloutFilter) -> Result<RolloutStats> {
         let d = self.inner.sql.dialect;
         let (since_param, duration) = match d {
             Dialect::Sqlite => ("$1", "CAST((julianday(finished_at) - julianday(started_at)) * 86400000.0 AS BIGINT)"),
@@ -162,7 +162,7 @@ impl Store {
             .await?;
 
         let total: u64 = rows.iter().map(|r| r.1).sum();
-        let mut stats = MigrationStats {
+        let mut stats = RolloutStats {
             since: f.since,
             workflow: f.workflow.clone(),
             total,

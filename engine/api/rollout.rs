@@ -1,4 +1,4 @@
-//! `GET /v1/migration?since=24h&workflow=W`: the migration dashboard as JSON
+//! `GET /v1/migration?since=24h&workflow=W`: the rollout dashboard as JSON
 //! (runs per backend with share, success rate, p50/p95 duration; runs per
 //! flag variant; fallbacks and flag evaluation errors; the flag source's
 //! status), computed from the run store.
@@ -17,7 +17,7 @@ use std::time::Duration;
 pub const DEFAULT_WINDOW: Duration = Duration::from_secs(24 * 3600);
 
 #[derive(Debug, Default, Deserialize)]
-pub struct MigrationQuery {
+pub struct RolloutQuery {
     pub since: Option<String>,
     pub workflow: Option<String>,
 }
@@ -30,12 +30,12 @@ pub fn parse_window(s: &str) -> Result<Duration, ApiError> {
     })
 }
 
-pub async fn status(State(st): State<Arc<AppState>>, QueryParams(q): QueryParams<MigrationQuery>) -> Result<Json<Value>, ApiError> {
+pub async fn status(State(st): State<Arc<AppState>>, QueryParams(q): QueryParams<RolloutQuery>) -> Result<Json<Value>, ApiError> {
     let window = match q.since.as_deref().filter(|s| !s.is_empty()) {
         Some(s) => parse_window(s)?,
         None => DEFAULT_WINDOW,
     };
-    let mut report = st.engine.migration_status(window, q.workflow.filter(|w| !w.is_empty())).await?;
+    let mut report = st.engine.rollout_status(window, q.workflow.filter(|w| !w.is_empty())).await?;
     if let Some(s) = q.since.as_deref().filter(|s| !s.is_empty()) {
         report.window = s.trim().to_string();
     }
