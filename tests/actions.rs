@@ -7,6 +7,7 @@ use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 use taskweave::Workflow;
+use taskweave::backend::conformance::{alive, eventually, group_members};
 use taskweave::run::actions::handlers::LlmConfig;
 use taskweave::run::actions::{ActionError, Attempt, BuiltinSettings, Egress, ExtractTextSettings, Handlers, Limits, execute};
 use tokio_util::sync::CancellationToken;
@@ -82,49 +83,11 @@ fn permanent(r: Result<Value, ActionError>) -> String {
 
 /// Wait (bounded) until a file has content, and return it trimmed.
 async fn wait_for_file(p: &Path) -> String {
-    for _ in 0..500 {
-        if let Ok(s) = std::fs::read_to_string(p)
-            && s.ends_with('\n')
-        {
-            return s.trim().to_string();
-        }
-        tokio::time::sleep(Duration::from_millis(10)).await;
-    }
-    panic!("{} was never written", p.display());
-}
-
-/// The pids whose process group is `pgid`, from /proc.
-fn group_members(pgid: i32) -> Vec<i32> {
-    let mut out = Vec::new();
-    for entry in std::fs::read_dir("/proc").unwrap().flatten() {
-        let Ok(pid) = entry.file_name().to_string_lossy().parse::<i32>() else {
-            continue;
-        };
-        let Ok(stat) = std::fs::read_to_string(format!("/proc/{pid}/stat")) else {
-            continue;
-        };
-        // pid (comm) state ppid pgrp ...; comm may contain spaces.
-        let Some(rest) = stat.rsplit_once(')').map(|x| x.1) else {
-            continue;
-        };
-        let fields: Vec<&str> = rest.split_whitespace().collect();
-        if fields.get(2).and_then(|g| g.parse::<i32>().ok()) == Some(pgid) && fields[0] != "Z" {
-            out.push(pid);
-        }
-    }
-    out
-}
-
-/// Whether a process exists and is not a zombie waiting for its reaper.
-fn alive(pid: i32) -> bool {
-    // SAFETY: signal 0 only checks for existence.
-    if unsafe { libc::kill(pid, 0) } != 0 {
-        return std::io::Error::last_os_error().raw_os_error() != Some(libc::ESRCH);
-    }
-    match std::fs::read_to_string(format!("/proc/{pid}/stat")) {
-        Ok(stat) => stat.rsplit_once(')').map(|x| x.1.trim_start().starts_with('Z')) != Some(true),
-        Err(_) => false,
-    }
+    let what = format!("{} to be written", p.display());
+    eventually(&what, Duration::from_secs(5), Duration::from_millis(10), || async {
+        std::fs::read_to_string(p).ok().filter(|s| s.ends_with('\n')).map(|s| s.trim().to_string())
+    })
+    .await
 }
 
 /// Assert that none of `pids` survives (allowing a moment for init to reap

@@ -9,7 +9,7 @@ use http_body_util::BodyExt;
 use serde_json::{Value, json};
 use std::time::Duration;
 use taskweave::api::{ApiOptions, ErrorCode, router};
-use taskweave::backend::conformance::workflow;
+use taskweave::backend::conformance::{eventually, workflow};
 use taskweave::config::Config;
 use taskweave::{Engine, EngineBuilder};
 use tower::ServiceExt;
@@ -47,6 +47,8 @@ tasks:
 "#;
 
 const WAIT: Duration = Duration::from_secs(30);
+/// How often a test asks again while it waits.
+const POLL: Duration = Duration::from_millis(20);
 
 async fn engine() -> Engine {
     let e = EngineBuilder::new().store("sqlite::memory:").build().await.expect("engine");
@@ -99,21 +101,6 @@ async fn submit(app: &Router, name: &str, body: Value) -> String {
     let r = call(app, post_json(&format!("/v1/workflows/{name}/runs"), body.to_string())).await;
     assert_eq!(r.status, StatusCode::ACCEPTED, "{}", r.text);
     r.body["run_id"].as_str().expect("run_id").to_string()
-}
-
-async fn eventually<F, Fut>(what: &str, mut f: F) -> Value
-where
-    F: FnMut() -> Fut,
-    Fut: std::future::Future<Output = Option<Value>>,
-{
-    let start = std::time::Instant::now();
-    loop {
-        if let Some(v) = f().await {
-            return v;
-        }
-        assert!(start.elapsed() < WAIT, "timed out waiting for {what}");
-        tokio::time::sleep(Duration::from_millis(20)).await;
-    }
 }
 
 #[tokio::test]
@@ -331,7 +318,7 @@ async fn list_runs_with_filters() {
     }
     let slow = submit(&app, "slow", json!({})).await;
     // History is written in the background: wait for it.
-    eventually("the history to hold every run", || async {
+    eventually("the history to hold every run", WAIT, POLL, || async {
         let r = call(&app, get("/v1/runs?workflow=greet&status=succeeded")).await;
         (r.body["runs"].as_array()?.len() == 3).then_some(r.body)
     })
@@ -424,7 +411,7 @@ async fn workflows_and_file_status() {
     std::fs::write(dir.path().join("broken.yaml"), "version: 1\nname: broken\ntasks:\n  - {name: a, uses: echo}\n").unwrap();
     e.registry().load_all();
     assert_eq!(call(&app, get("/v1/workflows/broken")).await.status, StatusCode::OK);
-    eventually("the reload in /metrics", || async {
+    eventually("the reload in /metrics", WAIT, POLL, || async {
         let t = call(&app, get("/metrics")).await.text;
         t.contains(r#"taskweave_reloads_total{outcome="success"} 1"#).then_some(Value::Null)
     })
@@ -535,7 +522,7 @@ async fn metrics_count_runs_and_tasks() {
 
     let id = submit(&app, "greet", json!({"input": {"who": "ada"}})).await;
     assert_eq!(call(&app, get(&format!("/v1/runs/{id}?wait=30s"))).await.body["status"], "succeeded");
-    let text = eventually("the run in /metrics", || async {
+    let text = eventually("the run in /metrics", WAIT, POLL, || async {
         let t = call(&app, get("/metrics")).await.text;
         t.contains(r#"taskweave_runs_finished_total{workflow="greet",backend="local",status="succeeded"} 1"#).then_some(Value::String(t))
     })
@@ -548,7 +535,7 @@ async fn metrics_count_runs_and_tasks() {
 
     // A run in flight is active; a cancelled one is counted as such.
     let slow = submit(&app, "slow", json!({})).await;
-    eventually("the slow run to be active and counted as started", || async {
+    eventually("the slow run to be active and counted as started", WAIT, POLL, || async {
         let t = call(&app, get("/metrics")).await.text;
         (t.contains(r#"taskweave_active_runs{workflow="slow"} 1"#)
             && t.contains(r#"taskweave_runs_started_total{workflow="slow",backend="local"} 1"#))
@@ -556,7 +543,7 @@ async fn metrics_count_runs_and_tasks() {
     })
     .await;
     e.cancel(&slow).await.unwrap();
-    eventually("the cancelled run in /metrics", || async {
+    eventually("the cancelled run in /metrics", WAIT, POLL, || async {
         let t = call(&app, get("/metrics")).await.text;
         (t.contains(r#"taskweave_runs_finished_total{workflow="slow",backend="local",status="cancelled"} 1"#)
             && t.contains(r#"taskweave_active_runs{workflow="slow"} 0"#))
@@ -706,7 +693,7 @@ async fn routed_runs_and_the_migration_dashboard() {
     let id = r.body["run_id"].as_str().unwrap().to_string();
     let other = submit(&app, "routed", json!({"entity_id": "u2", "context": {"organization_id": "acme"}})).await;
     for id in [&id, &other] {
-        eventually("the run to finish", || async {
+        eventually("the run to finish", WAIT, POLL, || async {
             let r = call(&app, get(&format!("/v1/runs/{id}"))).await;
             (r.body["status"] == "succeeded").then_some(r.body)
         })
@@ -739,7 +726,7 @@ async fn routed_runs_and_the_migration_dashboard() {
     assert_error(&call(&app, get("/v1/migration?since=soon")).await, 400, "invalid_query");
     assert_error(&call(&app, get("/v1/migration?since=0s")).await, 400, "invalid_query");
 
-    let metrics = eventually("routed runs in the metrics", || async {
+    let metrics = eventually("routed runs in the metrics", WAIT, POLL, || async {
         let text = call(&app, get("/metrics")).await.text;
         text.contains("taskweave_routed_runs_finished_total").then_some(Value::String(text))
     })

@@ -7,7 +7,6 @@
 
 use std::collections::BTreeMap;
 use std::path::Path;
-use std::process::{Child, Command, Stdio};
 use std::sync::Arc;
 use std::time::Duration;
 use taskweave::backend::WorkerOptions;
@@ -106,31 +105,13 @@ async fn local_reference(engine: &Engine) {
     check(&evs, &id, "local");
 }
 
-/// A `taskweave worker` process, stopped when dropped.
-struct WorkerProcess(Child);
+#[path = "support/processes.rs"]
+mod processes;
 
-impl WorkerProcess {
-    fn start(dir: &Path, backend: &str) -> WorkerProcess {
-        let log = std::fs::File::create(dir.join(format!("worker-{backend}.log"))).expect("log");
-        let child = Command::new(env!("CARGO_BIN_EXE_taskweave"))
-            .current_dir(dir)
-            .env_remove("TASKWEAVE_CONFIG")
-            .env_remove("DATABASE_URL")
-            .args(["worker", "--backend", backend, "--concurrency", "2"])
-            .stdin(Stdio::null())
-            .stdout(log.try_clone().expect("log"))
-            .stderr(log)
-            .spawn()
-            .expect("start a worker");
-        WorkerProcess(child)
-    }
-}
-
-impl Drop for WorkerProcess {
-    fn drop(&mut self) {
-        let _ = self.0.kill();
-        let _ = self.0.wait();
-    }
+/// A `taskweave worker` process for `backend` in `dir`, stopped when dropped.
+fn start_worker(dir: &Path, backend: &str) -> processes::Killed {
+    let cmd = processes::worker(dir, &["--backend", backend, "--concurrency", "2"]);
+    processes::Killed(processes::spawn_logged(cmd, &dir.join(format!("worker-{backend}.log"))))
 }
 
 /// Submit the chain on `backend` from an engine that runs no worker (a
@@ -142,7 +123,7 @@ async fn submitter_sees_each_event_once(dir: &Path, config: &str, backend: &str)
     local_reference(&engine).await;
 
     // A worker in its own process.
-    let worker = WorkerProcess::start(dir, backend);
+    let worker = start_worker(dir, backend);
     let mut rx = engine.subscribe();
     let wf = taskweave::backend::conformance::workflow(CHAIN);
     let opts = RunOptions { backend: Some(backend.into()), ..Default::default() };
@@ -168,35 +149,20 @@ async fn submitter_sees_each_event_once(dir: &Path, config: &str, backend: &str)
 mod postgres {
     use super::*;
 
-    use taskweave::backend::conformance::postgres_url as url_for;
-
-    async fn admin() -> Result<sqlx::PgConnection, String> {
-        use sqlx::Connection;
-        match tokio::time::timeout(Duration::from_secs(5), sqlx::PgConnection::connect(&url_for("postgres"))).await {
-            Ok(Ok(c)) => Ok(c),
-            Ok(Err(e)) => Err(e.to_string()),
-            Err(_) => Err("no answer within 5s".into()),
-        }
-    }
+    use taskweave::backend::conformance::FreshDatabase;
 
     #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
     async fn postgres_runs_send_their_events_to_the_submitter() {
         let test = "postgres_runs_send_their_events_to_the_submitter";
-        let mut conn = match admin().await {
-            Ok(c) => c,
-            Err(e) => return require(test, &format!("PostgreSQL is not available: {e}")),
-        };
-        let db = format!("tw_events_{}_{}", std::process::id(), uuid::Uuid::now_v7().simple());
-        sqlx::query(sqlx::AssertSqlSafe(format!("CREATE DATABASE {db}"))).execute(&mut conn).await.expect("create the test database");
+        let Some(db) = FreshDatabase::or_skip(test, "tw_events").await else { return };
         let dir = tempfile::tempdir().expect("tempdir");
-        let url = url_for(&db);
+        let url = db.url();
         let config = format!(
             "[engine]\ndefault_backend = \"local\"\n\n[backends.local]\nkind = \"local\"\n\n\
              [backends.pg]\nkind = \"postgres\"\nurl = \"{url}\"\npoll = \"200ms\"\n"
         );
         submitter_sees_each_event_once(dir.path(), &config, "pg").await;
         metrics_count_the_run(&config, "pg").await;
-        let _ = sqlx::query(sqlx::AssertSqlSafe(format!("DROP DATABASE IF EXISTS {db} WITH (FORCE)"))).execute(&mut conn).await;
     }
 }
 

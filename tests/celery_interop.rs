@@ -25,6 +25,9 @@ use tokio_util::sync::CancellationToken;
 
 const WAIT: Duration = Duration::from_secs(90);
 
+#[path = "support/processes.rs"]
+mod processes;
+
 fn skip(test: &str, why: &str) {
     taskweave::backend::conformance::skipped(&format!("{test}: {why}"));
 }
@@ -300,9 +303,7 @@ async fn killed_worker_task_is_redelivered_and_recorded_once() {
     )
     .unwrap();
     let worker = || {
-        let child = Command::new(env!("CARGO_BIN_EXE_taskweave"))
-            .args(["worker", "--backend", "celery", "--concurrency", "2"])
-            .current_dir(dir.path())
+        let child = processes::worker(dir.path(), &["--backend", "celery", "--concurrency", "2"])
             .env_remove("CELERY_BROKER_URL")
             .env_remove("CELERY_RESULT_BACKEND")
             .env_remove("TASK_QUEUE_BACKEND")

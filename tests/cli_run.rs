@@ -6,6 +6,7 @@ use predicates::prelude::*;
 use serde_json::Value;
 use std::path::Path;
 use std::time::Duration;
+use taskweave::backend::conformance::{alive, eventually_blocking, group_members};
 
 fn tw(dir: &Path) -> Command {
     let mut c = Command::cargo_bin("taskweave").expect("binary");
@@ -157,38 +158,9 @@ fn by_name_from_the_configured_folder() {
 
 #[cfg(unix)]
 fn wait_for(path: &Path) -> String {
-    for _ in 0..400 {
-        if let Ok(s) = std::fs::read_to_string(path)
-            && !s.trim().is_empty()
-        {
-            return s.trim().to_string();
-        }
-        std::thread::sleep(Duration::from_millis(25));
-    }
-    panic!("{} never appeared", path.display());
-}
-
-#[cfg(unix)]
-/// Whether a process is running: it exists and is not a zombie waiting for
-/// its reaper (an orphan's reaper may take a while).
-fn alive(pid: i32) -> bool {
-    // SAFETY: signal 0 only checks that the process exists.
-    if unsafe { libc::kill(pid, 0) } != 0 {
-        return false;
-    }
-    std::fs::read_to_string(format!("/proc/{pid}/stat"))
-        .is_ok_and(|stat| stat.rsplit_once(')').map(|x| x.1.trim_start().starts_with('Z')) != Some(true))
-}
-
-/// Whether any process of group `pgid` is running (zombies left out).
-fn group_running(pgid: i32) -> bool {
-    std::fs::read_dir("/proc").unwrap().flatten().any(|e| {
-        e.file_name().to_string_lossy().parse::<i32>().is_ok_and(|pid| {
-            std::fs::read_to_string(format!("/proc/{pid}/stat")).is_ok_and(|stat| {
-                let fields: Vec<&str> = stat.rsplit_once(')').map_or("", |x| x.1).split_whitespace().collect();
-                fields.get(2).and_then(|g| g.parse::<i32>().ok()) == Some(pgid) && fields[0] != "Z"
-            })
-        })
+    let what = format!("{} to appear", path.display());
+    eventually_blocking(&what, Duration::from_secs(10), Duration::from_millis(25), || {
+        std::fs::read_to_string(path).ok().map(|s| s.trim().to_string()).filter(|s| !s.is_empty())
     })
 }
 
@@ -249,10 +221,10 @@ fn a_killed_run_is_recorded_as_interrupted_and_runs_cancel_reaches_a_live_one() 
     child.wait().unwrap();
     // The task's process group dies with the CLI that ran it.
     let deadline = std::time::Instant::now() + std::time::Duration::from_secs(10);
-    while group_running(task_pid) && std::time::Instant::now() < deadline {
+    while !group_members(task_pid).is_empty() && std::time::Instant::now() < deadline {
         std::thread::sleep(std::time::Duration::from_millis(20));
     }
-    let orphaned = group_running(task_pid);
+    let orphaned = !group_members(task_pid).is_empty();
     // SAFETY: cleaning up the task process group, should it have survived.
     unsafe { libc::killpg(task_pid, libc::SIGKILL) };
     assert!(!orphaned, "the task's processes outlived the killed CLI");

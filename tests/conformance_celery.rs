@@ -15,7 +15,7 @@ use tokio_util::sync::CancellationToken;
 
 const REDIS: &str = "redis://127.0.0.1:6379/9";
 
-use taskweave::backend::conformance::require_services;
+use taskweave::backend::conformance::{WithWorkers, require_services};
 
 /// A backend with its own prefix and two in-process workers; `None` (and a
 /// SKIPPED line) when Redis is absent.
@@ -34,18 +34,12 @@ async fn celery() -> Option<Arc<dyn Backend>> {
     options.insert("key_prefix".to_string(), toml::Value::String(prefix.clone()));
     options.insert("visibility_timeout".to_string(), toml::Value::String("5s".into()));
     let backend = CeleryBackend::open(driver_context(options, Some(sqlite_store().await))).await.expect("open");
-    let stop = CancellationToken::new();
     // Two workers, as two machines would run them; the suite's widest
     // fan-out (four sleeps at once) needs that much room.
-    for _ in 0..2 {
-        let (b, stop) = (Arc::clone(&backend), stop.clone());
-        tokio::spawn(async move { b.work(WorkerOptions { concurrency: 4, queues: Vec::new() }, stop).await });
-    }
-    CLEANUP.with(|c| c.borrow_mut().push(Cleanup { stop, prefix }));
-    Some(backend)
+    Some(WithWorkers::start(backend, 2, 4, Cleanup { stop: CancellationToken::new(), prefix }))
 }
 
-/// Stop the workers and delete the case's keys when the test thread ends.
+/// Stop the workers and delete the case's keys when dropped.
 struct Cleanup {
     stop: CancellationToken,
     prefix: String,
@@ -63,10 +57,6 @@ impl Drop for Cleanup {
             }
         }
     }
-}
-
-thread_local! {
-    static CLEANUP: std::cell::RefCell<Vec<Cleanup>> = const { std::cell::RefCell::new(Vec::new()) };
 }
 
 taskweave::conformance_tests!(celery());

@@ -10,42 +10,9 @@ mod temporal_server;
 
 use std::sync::Arc;
 use std::time::Duration;
-use taskweave::backend::{Backend, BackendError, RunRequest, WorkerOptions};
-use taskweave::run::RunResult;
+use taskweave::backend::conformance::WithWorkers;
+use taskweave::backend::{Backend, RunRequest};
 use taskweave::store::Store;
-use tokio_util::sync::CancellationToken;
-
-/// The backend under test with its workers; stops them when dropped.
-struct WithWorkers {
-    inner: Arc<dyn Backend>,
-    stop: CancellationToken,
-    _dir: tempfile::TempDir,
-}
-
-impl Drop for WithWorkers {
-    fn drop(&mut self) {
-        self.stop.cancel();
-    }
-}
-
-#[async_trait::async_trait]
-impl Backend for WithWorkers {
-    fn name(&self) -> &str {
-        self.inner.name()
-    }
-    fn kind(&self) -> &'static str {
-        self.inner.kind()
-    }
-    async fn submit(&self, req: RunRequest) -> Result<String, BackendError> {
-        self.inner.submit(req).await
-    }
-    async fn result(&self, run_id: &str, wait: Option<Duration>) -> Result<RunResult, BackendError> {
-        self.inner.result(run_id, wait).await
-    }
-    async fn cancel(&self, run_id: &str) -> Result<(), BackendError> {
-        self.inner.cancel(run_id).await
-    }
-}
 
 async fn temporal() -> Option<Arc<dyn Backend>> {
     Some(with_store().await?.0)
@@ -60,12 +27,7 @@ async fn with_store() -> Option<(Arc<dyn Backend>, Store)> {
         temporal_server::open_backend(&[("address", &server.address()), ("task_queue", &queue), ("heartbeat", "2s")], Some(store.clone()))
             .await;
     backend.check().await.expect("the backend answers");
-    let stop = CancellationToken::new();
-    for _ in 0..2 {
-        let (b, stop) = (Arc::clone(&backend), stop.clone());
-        tokio::spawn(async move { b.work(WorkerOptions { concurrency: 4, queues: Vec::new() }, stop).await });
-    }
-    Some((Arc::new(WithWorkers { inner: backend, stop, _dir: dir }), store))
+    Some((WithWorkers::start(backend, 2, 4, dir), store))
 }
 
 /// The run store holds what Temporal says: the final status and every

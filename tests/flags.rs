@@ -534,16 +534,17 @@ async fn a_file_source_reloads_and_keeps_the_last_good_flags() {
     assert!(matches!(other.evaluate(flag, None, "u", &Context::new()).await, Err(FlagError::Eval(EvalError::NotFound { .. }))));
 }
 
+/// Wait (up to 10 s) until `f` holds.
 async fn wait_for<F, Fut>(what: &str, mut f: F)
 where
     F: FnMut() -> Fut,
     Fut: std::future::Future<Output = bool>,
 {
-    let deadline = std::time::Instant::now() + Duration::from_secs(10);
-    while !f().await {
-        assert!(std::time::Instant::now() < deadline, "timed out waiting for {what}");
-        tokio::time::sleep(Duration::from_millis(20)).await;
-    }
+    let poll = || {
+        let check = f();
+        async move { check.await.then_some(()) }
+    };
+    taskweave::backend::conformance::eventually(what, Duration::from_secs(10), Duration::from_millis(20), poll).await
 }
 
 // ---------------------------------------------------------------- remote Flipt (a local double)
@@ -856,32 +857,16 @@ async fn dashboard_on_sqlite() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn dashboard_on_postgres() {
-    use sqlx::Connection;
     let admin_url =
         std::env::var("TASKWEAVE_TEST_DATABASE_URL").unwrap_or_else(|_| "postgres://postgres@127.0.0.1:5432/postgres".to_string());
-    let mut admin = match tokio::time::timeout(Duration::from_secs(10), sqlx::PgConnection::connect(&admin_url)).await {
-        Ok(Ok(c)) => c,
-        other => {
-            let why = match other {
-                Ok(Err(e)) => e.to_string(),
-                _ => "timed out after 10s".into(),
-            };
-            if taskweave::backend::conformance::require_services() {
-                panic!("dashboard_on_postgres: PostgreSQL not reachable at {admin_url}: {why} (TASKWEAVE_REQUIRE_SERVICES=1)");
-            }
-            taskweave::backend::conformance::skipped(&format!("dashboard_on_postgres: PostgreSQL not reachable at {admin_url}: {why}"));
+    let db = match taskweave::backend::conformance::FreshDatabase::create_on(&admin_url, "tw_flags").await {
+        Ok(db) => db,
+        Err(why) => {
+            taskweave::backend::conformance::skipped(&format!("dashboard_on_postgres: {why}"));
             return;
         }
     };
-    let database = format!("tw_flags_{}", uuid::Uuid::now_v7().simple());
-    sqlx::query(sqlx::AssertSqlSafe(format!("CREATE DATABASE {database}"))).execute(&mut admin).await.unwrap();
-    let (base, _) = admin_url.rsplit_once('/').unwrap();
-    let url = format!("{base}/{database}");
-    let outcome = futures::FutureExt::catch_unwind(std::panic::AssertUnwindSafe(dashboard_case(&url))).await;
-    let _ = sqlx::query(sqlx::AssertSqlSafe(format!("DROP DATABASE IF EXISTS {database} WITH (FORCE)"))).execute(&mut admin).await;
-    if let Err(p) = outcome {
-        std::panic::resume_unwind(p);
-    }
+    dashboard_case(&db.url()).await;
 }
 
 // ---------------------------------------------------------------- the CLI

@@ -10,7 +10,7 @@
 use serde_json::json;
 use sqlx::{Connection, Row};
 use std::path::Path;
-use std::process::{Child, Command, Stdio};
+use std::process::{Child, Command};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 use taskweave::config::Config;
@@ -19,28 +19,14 @@ use taskweave::run::{RunStatus, TaskStatus};
 
 const WAIT: Duration = Duration::from_secs(120);
 
-use taskweave::backend::conformance::postgres_url as url_for;
+#[path = "support/processes.rs"]
+mod processes;
 
-async fn admin() -> Option<sqlx::PgConnection> {
-    let url = url_for("postgres");
-    match tokio::time::timeout(Duration::from_secs(5), sqlx::PgConnection::connect(&url)).await {
-        Ok(Ok(c)) => Some(c),
-        other => {
-            let why = match other {
-                Ok(Err(e)) => e.to_string(),
-                _ => "no answer within 5s".into(),
-            };
-            if taskweave::backend::conformance::require_services() {
-                panic!("PostgreSQL is required (TASKWEAVE_REQUIRE_SERVICES=1) but {url} is not available: {why}");
-            }
-            None
-        }
-    }
-}
+use taskweave::backend::conformance::{FreshDatabase, eventually, postgres_url as url_for, proc_stat};
 
 /// A database and a folder of its own, with worker processes; all gone when dropped.
 struct Env {
-    db: String,
+    db: FreshDatabase,
     dir: tempfile::TempDir,
     workers: Vec<Child>,
 }
@@ -48,15 +34,10 @@ struct Env {
 impl Env {
     /// `extra`: more keys of `[backends.pg]`.
     async fn new(test: &str, extra: &str) -> Option<Env> {
-        let Some(mut conn) = admin().await else {
-            taskweave::backend::conformance::skipped(&format!("{test}: PostgreSQL is not available"));
-            return None;
-        };
-        let db = format!("tw_fault_{}_{}", std::process::id(), uuid::Uuid::now_v7().simple());
-        sqlx::query(sqlx::AssertSqlSafe(format!("CREATE DATABASE {db}"))).execute(&mut conn).await.expect("create the test database");
+        let db = FreshDatabase::or_skip(test, "tw_fault").await?;
         let dir = tempfile::tempdir().expect("tempdir");
         std::fs::create_dir(dir.path().join("workflows")).expect("workflows folder");
-        let url = url_for(&db);
+        let url = db.url();
         std::fs::write(
             dir.path().join("taskweave.toml"),
             format!(
@@ -69,7 +50,7 @@ impl Env {
     }
 
     fn url(&self) -> String {
-        url_for(&self.db)
+        self.db.url()
     }
 
     fn path(&self) -> &Path {
@@ -77,24 +58,15 @@ impl Env {
     }
 
     fn cmd(&self) -> Command {
-        let mut c = Command::new(env!("CARGO_BIN_EXE_taskweave"));
-        c.current_dir(self.path()).env_remove("TASKWEAVE_CONFIG").env_remove("DATABASE_URL");
-        c
+        processes::taskweave(self.path())
     }
 
     /// Start a worker process; its output goes to `worker-N.log`.
     fn start_worker(&mut self, concurrency: u32) -> u32 {
         let n = self.workers.len();
-        let log = std::fs::File::create(self.path().join(format!("worker-{n}.log"))).expect("log");
-        let child = self
-            .cmd()
-            .args(["worker", "--backend", "pg", "--concurrency", &concurrency.to_string()])
-            .env("TASKWEAVE_LOG", "taskweave=info")
-            .stdin(Stdio::null())
-            .stdout(log.try_clone().expect("log"))
-            .stderr(log)
-            .spawn()
-            .expect("start a worker");
+        let mut cmd = processes::worker(self.path(), &["--backend", "pg", "--concurrency", &concurrency.to_string()]);
+        cmd.env("TASKWEAVE_LOG", "taskweave=info");
+        let child = processes::spawn_logged(cmd, &self.path().join(format!("worker-{n}.log")));
         let pid = child.id();
         self.workers.push(child);
         pid
@@ -140,16 +112,6 @@ impl Drop for Env {
             unsafe { libc::kill(c.id() as i32, libc::SIGKILL) };
             let _ = c.wait();
         }
-        let db = self.db.clone();
-        let _ = std::thread::spawn(move || {
-            let rt = tokio::runtime::Builder::new_current_thread().enable_all().build().expect("runtime");
-            rt.block_on(async {
-                if let Ok(mut c) = sqlx::PgConnection::connect(&url_for("postgres")).await {
-                    let _ = sqlx::query(sqlx::AssertSqlSafe(format!("DROP DATABASE IF EXISTS {db} WITH (FORCE)"))).execute(&mut c).await;
-                }
-            });
-        })
-        .join();
     }
 }
 
@@ -166,21 +128,8 @@ fn read_lines(p: &Path) -> Vec<String> {
 }
 
 async fn wait_for_line(p: &Path, needle: &str, within: Duration) -> String {
-    let until = Instant::now() + within;
-    loop {
-        if let Some(l) = read_lines(p).into_iter().find(|l| l.contains(needle)) {
-            return l;
-        }
-        assert!(Instant::now() < until, "no line with `{needle}` in {} within {within:?}", p.display());
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    }
-}
-
-/// The parent process of `pid` (from /proc).
-fn parent_of(pid: u32) -> u32 {
-    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).expect("the task's process");
-    let after = &stat[stat.rfind(')').expect("stat") + 2..];
-    after.split_whitespace().nth(1).and_then(|s| s.parse().ok()).expect("ppid")
+    let what = format!("a line with `{needle}` in {}", p.display());
+    eventually(&what, within, Duration::from_millis(50), || async { read_lines(p).into_iter().find(|l| l.contains(needle)) }).await
 }
 
 /// (task name, attempt, status) of every attempt the queue recorded for a run.
@@ -236,7 +185,7 @@ tasks:
     let id = engine.submit(wf, on_pg()).await.expect("submit");
     let line = wait_for_line(&log, "slow start", Duration::from_secs(30)).await;
     let shell: u32 = line.split_whitespace().nth(2).and_then(|s| s.parse().ok()).expect("pid");
-    let worker = parent_of(shell);
+    let worker = proc_stat(shell as i32).expect("the task's process").ppid as u32;
     assert!(env.workers.iter().any(|c| c.id() == worker), "the task runs in a worker process ({worker}):\n{}", env.worker_logs());
     env.signal(worker, libc::SIGKILL);
 
@@ -340,7 +289,7 @@ tasks:
     for _ in 0..20 {
         ids.push(engine.submit(Arc::clone(&wf), on_pg()).await.expect("submit"));
     }
-    let mut admin = admin().await.expect("admin connection");
+    let mut admin = sqlx::PgConnection::connect(&url_for("postgres")).await.expect("admin connection");
     let mut terminated = 0i64;
     for round in 0..3 {
         tokio::time::sleep(Duration::from_millis(300)).await;
@@ -348,7 +297,7 @@ tasks:
             "SELECT count(*) FROM (SELECT pg_terminate_backend(pid) FROM pg_stat_activity \
              WHERE datname = $1 AND pid <> pg_backend_pid()) t",
         )
-        .bind(&env.db)
+        .bind(env.db.name())
         .fetch_one(&mut admin)
         .await
         .expect("terminate");
@@ -557,13 +506,7 @@ async fn cli_run_on_postgres_and_runs_show_agree() {
 }
 
 fn doctor_line(dir: &Path) -> (Option<i32>, String) {
-    let out = Command::new(env!("CARGO_BIN_EXE_taskweave"))
-        .arg("doctor")
-        .current_dir(dir)
-        .env_remove("TASKWEAVE_CONFIG")
-        .env_remove("DATABASE_URL")
-        .output()
-        .expect("taskweave doctor");
+    let out = processes::taskweave(dir).arg("doctor").output().expect("taskweave doctor");
     let stdout = String::from_utf8_lossy(&out.stdout).to_string();
     let line = stdout.lines().find(|l| l.contains("backend pg")).unwrap_or_default().to_string();
     (out.status.code(), line)
@@ -583,12 +526,7 @@ async fn doctor_and_worker_say_what_is_wrong_in_one_line() {
     assert_eq!(code, Some(1));
     assert!(line.starts_with("FAIL") && line.contains("127.0.0.1:1") && line.contains("refused"), "{line}");
     assert!(!line.contains("secret"), "the password is masked: {line}");
-    let out = Command::new(env!("CARGO_BIN_EXE_taskweave"))
-        .args(["worker", "--backend", "pg"])
-        .current_dir(dir.path())
-        .env_remove("TASKWEAVE_CONFIG")
-        .output()
-        .expect("taskweave worker");
+    let out = processes::worker(dir.path(), &["--backend", "pg"]).output().expect("taskweave worker");
     let stderr = String::from_utf8_lossy(&out.stderr);
     assert_eq!(out.status.code(), Some(2), "{stderr}");
     let errors: Vec<&str> = stderr.lines().filter(|l| l.starts_with("error:")).collect();
@@ -600,10 +538,7 @@ async fn doctor_and_worker_say_what_is_wrong_in_one_line() {
     assert_eq!(code, Some(1));
     assert!(line.contains("must be a postgres:// URL"), "{line}");
 
-    let Some(mut admin) = admin().await else {
-        taskweave::backend::conformance::skipped(
-            "doctor_and_worker_say_what_is_wrong_in_one_line (server part): PostgreSQL is not available",
-        );
+    let Some(db) = FreshDatabase::or_skip("doctor_and_worker_say_what_is_wrong_in_one_line (server part)", "tw_fault").await else {
         return;
     };
     // A database that does not exist.
@@ -612,15 +547,13 @@ async fn doctor_and_worker_say_what_is_wrong_in_one_line() {
     assert_eq!(code, Some(1));
     assert!(line.contains("tw_no_such_database") && line.contains("does not exist"), "{line}");
     // A queue schema from a newer release: refused, left as it is.
-    let db = format!("tw_fault_{}_{}", std::process::id(), uuid::Uuid::now_v7().simple());
-    sqlx::query(sqlx::AssertSqlSafe(format!("CREATE DATABASE {db}"))).execute(&mut admin).await.expect("create");
-    let dir = bad_config(&url_for(&db));
+    let dir = bad_config(&db.url());
     let (_, line) = doctor_line(dir.path());
     assert!(line.starts_with("ok"), "a fresh database is prepared: {line}");
     let version = format!("queue schema `taskweave_queue` version {}", taskweave::backend::postgres::QUEUE_SCHEMA_VERSION);
     assert!(line.contains(&version), "{line}");
     {
-        let mut c = sqlx::PgConnection::connect(&url_for(&db)).await.expect("connect");
+        let mut c = sqlx::PgConnection::connect(&db.url()).await.expect("connect");
         sqlx::query(
             "INSERT INTO taskweave_queue._sqlx_migrations (version, description, success, checksum, execution_time) \
              VALUES (99, 'from the future', TRUE, '\\x00', 0)",
@@ -632,7 +565,6 @@ async fn doctor_and_worker_say_what_is_wrong_in_one_line() {
     let (code, line) = doctor_line(dir.path());
     assert_eq!(code, Some(1));
     assert!(line.contains("newer taskweave (version 99)"), "{line}");
-    let _ = sqlx::query(sqlx::AssertSqlSafe(format!("DROP DATABASE IF EXISTS {db} WITH (FORCE)"))).execute(&mut admin).await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -651,15 +583,9 @@ async fn serve_submits_to_postgres_and_cancels_across_processes() {
     env.start_worker(4);
     // The server is one more child of this test: killed on drop like the workers.
     let log = env.path().join("serve.log");
-    let out = std::fs::File::create(&log).expect("log");
-    let server = env
-        .cmd()
-        .args(["serve", "--bind", "127.0.0.1:0"])
-        .stdin(Stdio::null())
-        .stdout(out.try_clone().expect("log"))
-        .stderr(out)
-        .spawn()
-        .expect("start taskweave serve");
+    let mut serve = env.cmd();
+    serve.args(["serve", "--bind", "127.0.0.1:0"]);
+    let server = processes::spawn_logged(serve, &log);
     env.workers.push(server);
     let line = wait_for_line(&log, "taskweave serving http://", WAIT).await;
     let base = line.split_whitespace().find(|w| w.starts_with("http://")).expect("address").to_string();

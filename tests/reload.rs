@@ -35,14 +35,7 @@ fn events(rx: &mut tokio::sync::broadcast::Receiver<ReloadReport>) -> Vec<Reload
 
 /// Wait (polling) until `ok` holds; panic with `what` after a generous timeout.
 fn wait_for(what: &str, mut ok: impl FnMut() -> bool) {
-    let start = Instant::now();
-    while start.elapsed() < Duration::from_secs(20) {
-        if ok() {
-            return;
-        }
-        std::thread::sleep(Duration::from_millis(5));
-    }
-    panic!("timed out waiting for {what}");
+    taskweave::backend::conformance::eventually_blocking(what, Duration::from_secs(20), Duration::from_millis(5), || ok().then_some(()))
 }
 
 // ---------------------------------------------------------------- registry

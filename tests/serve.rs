@@ -7,6 +7,12 @@ use std::path::Path;
 use std::process::{Child, Command, Stdio};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
+use taskweave::backend::conformance::{eventually, proc_stat};
+
+/// How long a test waits for what follows a reload (it is asynchronous).
+const RELOAD_WAIT: Duration = Duration::from_secs(20);
+/// How often a test asks again while it waits.
+const POLL: Duration = Duration::from_millis(20);
 
 struct Server {
     child: Child,
@@ -98,22 +104,6 @@ async fn post(c: &reqwest::Client, url: String, body: Value) -> (u16, Value) {
     (code, r.json().await.unwrap_or(Value::Null))
 }
 
-/// Poll until `f` holds (reload is asynchronous); panics after 20 s.
-async fn eventually<F, Fut>(what: &str, mut f: F) -> Value
-where
-    F: FnMut() -> Fut,
-    Fut: std::future::Future<Output = Option<Value>>,
-{
-    let start = Instant::now();
-    loop {
-        if let Some(v) = f().await {
-            return v;
-        }
-        assert!(start.elapsed() < Duration::from_secs(20), "timed out waiting for {what}");
-        tokio::time::sleep(Duration::from_millis(20)).await;
-    }
-}
-
 fn flow(mark: u32) -> String {
     format!(
         "version: 1\nname: slow\ntasks:\n  - {{name: nap, uses: sleep, with: {{duration: \"{{{{input.d}}}}\"}}}}\n  - {{name: mark, parents: [nap], uses: echo, with: {{v: {mark}}}}}\n"
@@ -142,7 +132,7 @@ async fn live_reload_through_the_api() {
 
     // Edit: new runs use v2 while the in-flight run finishes on v1.
     std::fs::write(&file, flow(2)).unwrap();
-    let v2 = eventually("v2 to serve", || {
+    let v2 = eventually("v2 to serve", RELOAD_WAIT, POLL, || {
         let (c, base, v1) = (c.clone(), base.clone(), v1.clone());
         async move {
             let (_, wf) = get(&c, format!("{base}/v1/workflows/slow")).await;
@@ -167,7 +157,7 @@ async fn live_reload_through_the_api() {
 
     // A broken edit: v2 keeps serving, the status shows where the file is wrong.
     std::fs::write(&file, "version: 1\nname: slow\ntasks:\n  - {name: nap, uses: echo, parents: [napp]}\n").unwrap();
-    let status = eventually("the broken edit to be reported", || {
+    let status = eventually("the broken edit to be reported", RELOAD_WAIT, POLL, || {
         let (c, base) = (c.clone(), base.clone());
         async move {
             let (_, all) = get(&c, format!("{base}/v1/workflows")).await;
@@ -179,7 +169,7 @@ async fn live_reload_through_the_api() {
     assert_eq!(d["code"], "unknown-parent", "{status}");
     assert_eq!((d["line"].as_u64(), d["column"].as_u64()), (Some(4), Some(39)), "{status}");
     assert_eq!(status["active_version"], v2, "the last good version keeps serving");
-    eventually("the failed reload to be logged", || {
+    eventually("the failed reload to be logged", RELOAD_WAIT, POLL, || {
         let found = logged("workflows not reloaded: 1 file failed (") && logged("[unknown-parent]");
         async move { found.then_some(Value::Null) }
     })
@@ -191,7 +181,7 @@ async fn live_reload_through_the_api() {
     let tmp = flows.join(".slow.yaml.swp");
     std::fs::write(&tmp, flow(3)).unwrap();
     std::fs::rename(&tmp, &file).unwrap();
-    eventually("v3 after an atomic save", || {
+    eventually("v3 after an atomic save", RELOAD_WAIT, POLL, || {
         let (c, base, v2) = (c.clone(), base.clone(), v2.clone());
         async move {
             let (_, wf) = get(&c, format!("{base}/v1/workflows/slow")).await;
@@ -206,7 +196,7 @@ async fn live_reload_through_the_api() {
     for i in 0..50 {
         std::fs::write(many.join(format!("w{i}.yaml")), format!("version: 1\nname: many-{i}\ntasks: [{{name: a, uses: echo}}]\n")).unwrap();
     }
-    eventually("50 new workflows", || {
+    eventually("50 new workflows", RELOAD_WAIT, POLL, || {
         let (c, base) = (c.clone(), base.clone());
         async move {
             let (_, all) = get(&c, format!("{base}/v1/workflows")).await;
@@ -218,7 +208,7 @@ async fn live_reload_through_the_api() {
 
     // Delete: gone for new runs.
     std::fs::remove_file(&file).unwrap();
-    eventually("the deleted workflow to disappear", || {
+    eventually("the deleted workflow to disappear", RELOAD_WAIT, POLL, || {
         let (c, base) = (c.clone(), base.clone());
         async move { (get(&c, format!("{base}/v1/workflows/slow")).await.0 == 404).then_some(Value::Null) }
     })
@@ -366,18 +356,6 @@ async fn sigterm_with_an_open_event_stream_exits_cleanly() {
     assert!(status.success(), "serve exited with {status}");
 }
 
-/// CPU time (user + system) a process has used so far, from /proc.
-fn cpu_time(pid: u32) -> Duration {
-    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).unwrap();
-    // Fields after the command name (which may hold spaces) start at `state`.
-    let rest = &stat[stat.rfind(')').unwrap() + 2..];
-    let f: Vec<&str> = rest.split_whitespace().collect();
-    let ticks: u64 = f[11].parse::<u64>().unwrap() + f[12].parse::<u64>().unwrap();
-    // SAFETY: sysconf has no preconditions.
-    let hz = unsafe { libc::sysconf(libc::_SC_CLK_TCK) } as u64;
-    Duration::from_millis(ticks * 1000 / hz)
-}
-
 #[cfg(target_os = "linux")]
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn out_of_file_descriptors_the_server_waits_without_spinning_and_recovers() {
@@ -412,6 +390,7 @@ async fn out_of_file_descriptors_the_server_waits_without_spinning_and_recovers(
     }
     // Out of descriptors, the accept loop rests between tries instead of spinning.
     let pid = server.child.id();
+    let cpu_time = |pid: u32| proc_stat(pid as i32).expect("the server's process").cpu_time();
     let before = cpu_time(pid);
     tokio::time::sleep(Duration::from_secs(2)).await;
     let used = cpu_time(pid) - before;
@@ -515,7 +494,7 @@ async fn a_store_that_cannot_write_refuses_runs_and_recovers() {
     assert!(metrics.lines().any(|l| l == "taskweave_store_healthy 1"), "{metrics}");
     // The history holds the runs accepted, the one in flight with its end,
     // and none of the refused ones.
-    let listed = eventually("the run in flight to be recorded as it ended", || {
+    let listed = eventually("the run in flight to be recorded as it ended", RELOAD_WAIT, POLL, || {
         let (c, base) = (c.clone(), base.clone());
         async move {
             let (_, runs) = get(&c, format!("{base}/v1/runs?limit=100")).await;
@@ -563,7 +542,7 @@ async fn a_run_left_by_a_crash_as_pid_1_ends_interrupted_after_a_restart() {
     assert_eq!(code, 202, "{accepted}");
     let id = accepted["run_id"].as_str().unwrap().to_string();
     let base = first.base.clone();
-    eventually("the run to be running", || {
+    eventually("the run to be running", RELOAD_WAIT, POLL, || {
         let (c, url) = (c.clone(), format!("{base}/v1/runs/{id}"));
         async move { (get(&c, url).await.1["tasks"]["nap"]["status"] == "running").then_some(Value::Null) }
     })
@@ -574,7 +553,7 @@ async fn a_run_left_by_a_crash_as_pid_1_ends_interrupted_after_a_restart() {
 
     let second = start_with(dir.path(), &unshare, &[], |_| {});
     let base = second.base.clone();
-    let r = eventually("the interrupted run to end", || {
+    let r = eventually("the interrupted run to end", RELOAD_WAIT, POLL, || {
         let (c, url) = (c.clone(), format!("{base}/v1/runs/{id}"));
         async move {
             let (_, r) = get(&c, url).await;
@@ -611,7 +590,7 @@ async fn status_reports_a_moved_away_folder_and_fails() {
     std::fs::rename(&flows, dir.path().join("moved")).unwrap();
     let c = reqwest::Client::new();
     let base = server.base.clone();
-    eventually("the folder to be reported missing", || {
+    eventually("the folder to be reported missing", RELOAD_WAIT, POLL, || {
         let (c, base) = (c.clone(), base.clone());
         async move {
             let (_, all) = get(&c, format!("{base}/v1/workflows")).await;

@@ -14,6 +14,7 @@ use std::future::Future;
 use std::io::Write;
 use std::panic::AssertUnwindSafe;
 use std::time::{Duration, Instant};
+use taskweave::backend::conformance::{FreshDatabase, with_database};
 use taskweave::run::{Routing, RunResult, RunStatus, TaskResult, TaskStatus};
 use taskweave::store::{AttemptRecord, Lease, Owner, RunFilter, Store, StoreError};
 use time::OffsetDateTime;
@@ -28,7 +29,7 @@ struct Ctx {
 
 enum Cleanup {
     Dir(#[allow(dead_code)] tempfile::TempDir),
-    Postgres { admin_url: String, database: String },
+    Postgres(#[allow(dead_code)] FreshDatabase),
 }
 
 struct Fixture {
@@ -51,53 +52,22 @@ impl Fixture {
 
     async fn postgres(test: &str) -> Option<Fixture> {
         let admin_url = std::env::var("TASKWEAVE_TEST_DATABASE_URL").unwrap_or_else(|_| DEFAULT_PG_URL.to_string());
-        let connect = tokio::time::timeout(Duration::from_secs(10), sqlx::PgConnection::connect(&admin_url)).await;
-        let mut admin = match connect {
-            Ok(Ok(c)) => c,
-            Ok(Err(e)) => return unreachable_pg(test, &admin_url, &e.to_string()),
-            Err(_) => return unreachable_pg(test, &admin_url, "timed out after 10s"),
+        let db = match FreshDatabase::create_on(&admin_url, "tw_store").await {
+            Ok(db) => db,
+            Err(why) => {
+                taskweave::backend::conformance::skipped(&format!("{test}: {why}"));
+                return None;
+            }
         };
-        let database = format!("tw_store_{}", uuid::Uuid::now_v7().simple());
-        sqlx::query(sqlx::AssertSqlSafe(format!("CREATE DATABASE {database}"))).execute(&mut admin).await.unwrap();
-        let _ = admin.close().await;
-        let url = with_database(&admin_url, &database);
+        let url = db.url();
         let store = Store::open(&url).await.unwrap();
-        Some(Fixture { ctx: Ctx { store, url }, cleanup: Cleanup::Postgres { admin_url, database } })
+        Some(Fixture { ctx: Ctx { store, url }, cleanup: Cleanup::Postgres(db) })
     }
 
     async fn finish(self) {
         self.ctx.store.close().await;
-        if let Cleanup::Postgres { admin_url, database } = self.cleanup
-            && let Ok(mut admin) = sqlx::PgConnection::connect(&admin_url).await
-        {
-            let _ = sqlx::query(sqlx::AssertSqlSafe(format!("DROP DATABASE IF EXISTS {database} WITH (FORCE)"))).execute(&mut admin).await;
-            let _ = admin.close().await;
-        }
+        drop(self.cleanup);
     }
-}
-
-fn unreachable_pg(test: &str, url: &str, error: &str) -> Option<Fixture> {
-    if taskweave::backend::conformance::require_services() {
-        panic!("{test}: PostgreSQL not reachable at {url}: {error} (TASKWEAVE_REQUIRE_SERVICES=1)");
-    }
-    taskweave::backend::conformance::skipped(&format!("{test}: PostgreSQL not reachable at {url}: {error}"));
-    None
-}
-
-/// The URL with its database name replaced.
-fn with_database(url: &str, database: &str) -> String {
-    let (scheme, rest) = url.split_once("://").unwrap();
-    let (before_query, query) = match rest.split_once('?') {
-        Some((a, q)) => (a, Some(q)),
-        None => (rest, None),
-    };
-    let authority = before_query.split('/').next().unwrap();
-    let mut out = format!("{scheme}://{authority}/{database}");
-    if let Some(q) = query {
-        out.push('?');
-        out.push_str(q);
-    }
-    out
 }
 
 /// Run one case with its fixture, cleaning up even when the case panics.

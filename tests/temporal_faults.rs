@@ -9,7 +9,7 @@
 mod temporal_server;
 
 use serde_json::json;
-use std::process::{Child, Command, Stdio};
+use std::process::Stdio;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 use taskweave::backend::{Backend, BackendError, RunRequest, WorkerOptions};
@@ -22,47 +22,29 @@ async fn backend(pairs: &[(&str, &str)]) -> Arc<dyn Backend> {
     temporal_server::open_backend(pairs, None).await
 }
 
+#[path = "support/processes.rs"]
+mod processes;
+
 /// A `taskweave worker` process; killed with SIGKILL when dropped.
-struct Worker(Child);
-
-impl Worker {
-    fn start(dir: &std::path::Path) -> Worker {
-        Worker::start_logging(dir, Stdio::inherit())
-    }
-
-    fn start_logging(dir: &std::path::Path, stderr: impl Into<Stdio>) -> Worker {
-        let child = Command::new(env!("CARGO_BIN_EXE_taskweave"))
-            .args(["worker", "--backend", "tp", "--concurrency", "2"])
-            .current_dir(dir)
-            .stdout(Stdio::null())
-            .stderr(stderr)
-            .spawn()
-            .expect("start taskweave worker");
-        Worker(child)
-    }
-
-    fn kill(&mut self) {
-        let _ = self.0.kill();
-        let _ = self.0.wait();
-    }
+fn start_worker(dir: &std::path::Path) -> processes::Killed {
+    start_worker_logging(dir, Stdio::inherit())
 }
 
-impl Drop for Worker {
-    fn drop(&mut self) {
-        self.kill();
-    }
+fn start_worker_logging(dir: &std::path::Path, stderr: impl Into<Stdio>) -> processes::Killed {
+    let child = processes::worker(dir, &["--backend", "tp", "--concurrency", "2"])
+        .stdout(Stdio::null())
+        .stderr(stderr)
+        .spawn()
+        .expect("start taskweave worker");
+    processes::Killed(child)
 }
 
 async fn wait_running(b: &dyn Backend, id: &str, task: &str) {
-    let start = Instant::now();
-    while start.elapsed() < WAIT {
-        let r = b.result(id, None).await.expect("result");
-        if r.tasks[task].status == TaskStatus::Running {
-            return;
-        }
-        tokio::time::sleep(Duration::from_millis(100)).await;
-    }
-    panic!("`{task}` never started running");
+    let what = format!("`{task}` to start running");
+    taskweave::backend::conformance::eventually(&what, WAIT, Duration::from_millis(100), || async {
+        (b.result(id, None).await.expect("result").tasks[task].status == TaskStatus::Running).then_some(())
+    })
+    .await
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -90,12 +72,12 @@ tasks:
 "#,
     );
     let id = b.submit(RunRequest::new(wf, json!({"log": log.display().to_string()}))).await.expect("submit");
-    let mut first = Worker::start(dir.path());
+    let mut first = start_worker(dir.path());
     wait_running(b.as_ref(), &id, "slow").await;
     tokio::time::sleep(Duration::from_millis(500)).await;
     first.kill();
     let killed_at = Instant::now();
-    let _second = Worker::start(dir.path());
+    let _second = start_worker(dir.path());
     let r = b.result(&id, Some(WAIT)).await.expect("result");
     assert_eq!(r.status, RunStatus::Succeeded, "{r:#?}");
     // No `retry`: the second try comes from the crash budget, not the task's attempts.
@@ -175,7 +157,7 @@ async fn a_worker_started_before_the_server_waits_for_it() {
     )
     .unwrap();
     let log_path = dir.path().join("worker.log");
-    let _worker = Worker::start_logging(dir.path(), std::fs::File::create(&log_path).unwrap());
+    let _worker = start_worker_logging(dir.path(), std::fs::File::create(&log_path).unwrap());
     let start = Instant::now();
     let mut log = String::new();
     while start.elapsed() < Duration::from_secs(30) && !log.contains("retrying") {

@@ -13,7 +13,6 @@ use axum::body::Body;
 use axum::http::{Request, StatusCode};
 use http_body_util::BodyExt;
 use serde_json::Value;
-use sqlx::Connection;
 use std::path::Path;
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
@@ -21,13 +20,14 @@ use taskweave::config::Config;
 use taskweave::engine::{Engine, EngineBuilder, RunOptions};
 use tower::ServiceExt;
 
-use taskweave::backend::conformance::skipped;
+use taskweave::backend::conformance::{FreshDatabase, eventually, skipped};
 
-use taskweave::backend::conformance::postgres_url as url_for;
+#[path = "support/processes.rs"]
+mod processes;
 
 /// A database and a folder of its own, with worker processes; all gone when dropped.
 struct Env {
-    db: String,
+    _db: Option<FreshDatabase>,
     dir: tempfile::TempDir,
     children: Vec<Child>,
 }
@@ -43,35 +43,22 @@ impl Env {
             format!("[engine]\nworkflows = [\"workflows\"]\nstore = \"{store}\"\n\n{config}\n"),
         )
         .expect("config");
-        Env { db: String::new(), dir, children: Vec::new() }
+        Env { _db: None, dir, children: Vec::new() }
     }
 
     /// `config`: the rest of taskweave.toml; `{url}` is the database's URL.
     async fn new(test: &str, config: &str) -> Option<Env> {
-        let admin = url_for("postgres");
-        let mut conn = match tokio::time::timeout(Duration::from_secs(5), sqlx::PgConnection::connect(&admin)).await {
-            Ok(Ok(c)) => c,
-            other => {
-                let why = match other {
-                    Ok(Err(e)) => e.to_string(),
-                    _ => "no answer within 5s".into(),
-                };
-                skipped(&format!("{test}: PostgreSQL at {admin} is not available: {why}"));
-                return None;
-            }
-        };
-        let db = format!("tw_workers_{}_{}", std::process::id(), uuid::Uuid::now_v7().simple());
-        sqlx::query(sqlx::AssertSqlSafe(format!("CREATE DATABASE {db}"))).execute(&mut conn).await.expect("create the test database");
+        let db = FreshDatabase::or_skip(test, "tw_workers").await?;
         let dir = tempfile::tempdir().expect("tempdir");
         std::fs::create_dir(dir.path().join("workflows")).expect("workflows folder");
-        let url = url_for(&db);
+        let url = db.url();
         let store = format!("sqlite://{}/state.db", dir.path().display());
         std::fs::write(
             dir.path().join("taskweave.toml"),
             format!("[engine]\nworkflows = [\"workflows\"]\nstore = \"{store}\"\n\n{}\n", config.replace("{url}", &url)),
         )
         .expect("config");
-        Some(Env { db, dir, children: Vec::new() })
+        Some(Env { _db: Some(db), dir, children: Vec::new() })
     }
 
     fn path(&self) -> &Path {
@@ -79,23 +66,18 @@ impl Env {
     }
 
     fn cmd(&self) -> Command {
-        let mut c = Command::new(env!("CARGO_BIN_EXE_taskweave"));
-        c.current_dir(self.path()).env_remove("TASKWEAVE_CONFIG").env_remove("DATABASE_URL");
-        c
+        processes::taskweave(self.path())
     }
 
     /// Start `taskweave worker ARGS...`; its output goes to `worker-N.log`.
     fn start_worker(&mut self, args: &[&str]) -> u32 {
-        let mut cmd = self.cmd();
-        cmd.arg("worker").args(args);
-        self.start(cmd)
+        self.start(processes::worker(self.path(), args))
     }
 
     /// Start a process of this test; its output goes to `worker-N.log`.
-    fn start(&mut self, mut cmd: Command) -> u32 {
+    fn start(&mut self, cmd: Command) -> u32 {
         let n = self.children.len();
-        let log = std::fs::File::create(self.path().join(format!("worker-{n}.log"))).expect("log");
-        let child = cmd.stdin(Stdio::null()).stdout(log.try_clone().expect("log")).stderr(log).spawn().expect("start a worker");
+        let child = processes::spawn_logged(cmd, &self.path().join(format!("worker-{n}.log")));
         let pid = child.id();
         self.children.push(child);
         pid
@@ -136,19 +118,6 @@ impl Drop for Env {
             unsafe { libc::kill(c.id() as i32, libc::SIGKILL) };
             let _ = c.wait();
         }
-        let db = self.db.clone();
-        if db.is_empty() {
-            return;
-        }
-        let _ = std::thread::spawn(move || {
-            let rt = tokio::runtime::Builder::new_current_thread().enable_all().build().expect("runtime");
-            rt.block_on(async {
-                if let Ok(mut c) = sqlx::PgConnection::connect(&url_for("postgres")).await {
-                    let _ = sqlx::query(sqlx::AssertSqlSafe(format!("DROP DATABASE IF EXISTS {db} WITH (FORCE)"))).execute(&mut c).await;
-                }
-            });
-        })
-        .join();
     }
 }
 
@@ -161,17 +130,8 @@ fn workers_of(v: &Value, backend: &str) -> Vec<Value> {
     entry(v, backend)["workers"].as_array().cloned().unwrap_or_default()
 }
 
-/// Poll `f` until it gives `Some`, for up to `within`.
-async fn eventually<T>(what: &str, within: Duration, mut f: impl FnMut() -> Option<T>) -> T {
-    let until = Instant::now() + within;
-    loop {
-        if let Some(v) = f() {
-            return v;
-        }
-        assert!(Instant::now() < until, "{what}: not within {within:?}");
-        tokio::time::sleep(Duration::from_millis(200)).await;
-    }
-}
+/// How often a test asks again while it waits.
+const POLL: Duration = Duration::from_millis(200);
 
 const PG: &str = "[backends.pg]\nkind = \"postgres\"\nurl = \"{url}\"\npoll = \"200ms\"\nlease = \"2s\"\nshutdown_grace = \"1s\"\n";
 
@@ -187,7 +147,7 @@ async fn postgres_workers_are_listed_while_they_live() {
 
     let a = env.start_worker(&["--backend", "pg", "--concurrency", "3", "--queue", "default", "--queue", "gpu"]);
     let b = env.start_worker(&["--backend", "pg", "--concurrency", "2"]);
-    let v = eventually("two workers listed", Duration::from_secs(30), || {
+    let v = eventually("two workers listed", Duration::from_secs(30), POLL, || async {
         let (_, v) = env.workers_json(&["--backend", "pg"]);
         (workers_of(&v, "pg").len() == 2).then_some(v)
     })
@@ -208,7 +168,7 @@ async fn postgres_workers_are_listed_while_they_live() {
     let engine = env.engine().await;
     let wf = taskweave::backend::conformance::workflow("version: 1\nname: slow\ntasks:\n  - {name: s, uses: sleep, with: {seconds: 60}}\n");
     let run = engine.submit(wf, RunOptions { backend: Some("pg".into()), ..Default::default() }).await.expect("submit");
-    eventually("one task running", Duration::from_secs(30), || {
+    eventually("one task running", Duration::from_secs(30), POLL, || async {
         let (_, v) = env.workers_json(&["--backend", "pg"]);
         let running: u64 = workers_of(&v, "pg").iter().filter_map(|w| w["running"].as_u64()).sum();
         (running == 1).then_some(())
@@ -231,7 +191,7 @@ async fn postgres_workers_are_listed_while_they_live() {
     // ... and one that dies leaves it when its lease (2s) runs out.
     env.signal(b, libc::SIGKILL);
     let started = Instant::now();
-    eventually("the killed worker is gone", Duration::from_secs(15), || {
+    eventually("the killed worker is gone", Duration::from_secs(15), POLL, || async {
         let (_, v) = env.workers_json(&["--backend", "pg"]);
         workers_of(&v, "pg").is_empty().then_some(())
     })
@@ -274,7 +234,7 @@ async fn doctor_warns_when_tasks_wait_and_no_worker_takes_them() {
     env.start_worker(&["--backend", "pg"]);
     let r = engine.get_result(&first, Some(Duration::from_secs(30))).await.expect("result");
     assert!(r.status.is_terminal(), "{r:?}");
-    let out = eventually("only gpu waits", Duration::from_secs(30), || {
+    let out = eventually("only gpu waits", Duration::from_secs(30), POLL, || async {
         let (_, out, _) = env.run(&["doctor"]);
         out.lines().any(|l| l.starts_with("warn") && l.contains("1 in `gpu`") && !l.contains("default")).then_some(out)
     })
@@ -428,7 +388,7 @@ async fn celery_lists_taskweave_and_python_workers() {
         .env("CELERY_RESULT_BACKEND", &broker);
     let theirs = env.start(python);
 
-    let v = eventually("both workers listed", Duration::from_secs(60), || {
+    let v = eventually("both workers listed", Duration::from_secs(60), POLL, || async {
         let (_, v) = env.workers_json(&["--backend", "cel"]);
         let ws = workers_of(&v, "cel");
         (ws.iter().any(|w| w["pid"] == ours) && ws.iter().any(|w| w["pid"] == theirs)).then_some(v)
@@ -457,7 +417,7 @@ async fn celery_lists_taskweave_and_python_workers() {
         "version: 1\nname: py\ntasks:\n  - name: add\n    celery: {task: tasks.add, args: [1, 2]}\n",
     );
     engine.submit(wf, RunOptions { backend: Some("cel".into()), ..Default::default() }).await.expect("submit");
-    let out = eventually("doctor warns about `celery`", Duration::from_secs(60), || {
+    let out = eventually("doctor warns about `celery`", Duration::from_secs(60), POLL, || async {
         let (code, out, _) = env.run(&["doctor"]);
         (code == Some(0) && out.lines().any(|l| l.starts_with("warn") && l.contains("1 in `celery`"))).then_some(out)
     })
@@ -466,7 +426,7 @@ async fn celery_lists_taskweave_and_python_workers() {
     let (_, v) = env.workers_json(&["--backend", "cel"]);
     assert!(workers_of(&v, "cel").iter().all(|w| w["pid"] != theirs), "the killed Python worker is not listed: {v}");
     // The running `celery:` task counts on our worker.
-    eventually("our worker runs one task", Duration::from_secs(30), || {
+    eventually("our worker runs one task", Duration::from_secs(30), POLL, || async {
         let (_, v) = env.workers_json(&["--backend", "cel"]);
         workers_of(&v, "cel").iter().any(|w| w["pid"] == ours && w["running"] == 1).then_some(())
     })
@@ -495,7 +455,7 @@ async fn temporal_lists_the_pollers_of_its_task_queue() {
     assert_eq!(code, Some(0), "{v}");
     assert_eq!(workers_of(&v, "tp"), Vec::<Value>::new(), "{v}");
     let pid = env.start_worker(&["--backend", "tp", "--concurrency", "3"]);
-    let v = eventually("the worker polls", Duration::from_secs(60), || {
+    let v = eventually("the worker polls", Duration::from_secs(60), POLL, || async {
         let (_, v) = env.workers_json(&["--backend", "tp"]);
         workers_of(&v, "tp").iter().any(|w| w["pid"] == pid).then_some(v)
     })

@@ -306,6 +306,61 @@ pub async fn entity_and_context(b: Arc<dyn Backend>) {
     assert_eq!(task(&r, "who").output, Some(json!({"user": "u-42", "run": id, "wf": "conf-ctx"})));
 }
 
+/// A backend with in-process workers beside it, for a driver whose runs
+/// need workers: the workers stop when this value is dropped, and what
+/// `keep` holds (a database, a folder) goes after them.
+pub struct WithWorkers {
+    inner: Arc<dyn Backend>,
+    stop: tokio_util::sync::CancellationToken,
+    _keep: Box<dyn std::any::Any + Send + Sync>,
+}
+
+impl WithWorkers {
+    /// Start `workers` workers of `concurrency` tasks each on `backend`
+    /// (default queue), on the current runtime.
+    pub fn start(
+        backend: Arc<dyn Backend>,
+        workers: usize,
+        concurrency: usize,
+        keep: impl std::any::Any + Send + Sync,
+    ) -> Arc<dyn Backend> {
+        let stop = tokio_util::sync::CancellationToken::new();
+        for _ in 0..workers {
+            let (b, stop) = (Arc::clone(&backend), stop.clone());
+            tokio::spawn(async move { b.work(super::WorkerOptions { concurrency, queues: Vec::new() }, stop).await });
+        }
+        Arc::new(WithWorkers { inner: backend, stop, _keep: Box::new(keep) })
+    }
+}
+
+impl Drop for WithWorkers {
+    fn drop(&mut self) {
+        self.stop.cancel();
+    }
+}
+
+#[async_trait::async_trait]
+impl Backend for WithWorkers {
+    fn name(&self) -> &str {
+        self.inner.name()
+    }
+    fn kind(&self) -> &'static str {
+        self.inner.kind()
+    }
+    fn capabilities(&self) -> super::Capabilities {
+        self.inner.capabilities()
+    }
+    async fn submit(&self, req: RunRequest) -> Result<String, BackendError> {
+        self.inner.submit(req).await
+    }
+    async fn result(&self, run_id: &str, wait: Option<Duration>) -> Result<RunResult, BackendError> {
+        self.inner.result(run_id, wait).await
+    }
+    async fn cancel(&self, run_id: &str) -> Result<(), BackendError> {
+        self.inner.cancel(run_id).await
+    }
+}
+
 /// The PostgreSQL server's URL (`DATABASE_URL`, else the local server) with
 /// `db` as the database: tests give each case a database of its own.
 pub fn postgres_url(db: &str) -> String {
@@ -313,10 +368,186 @@ pub fn postgres_url(db: &str) -> String {
         .ok()
         .filter(|s| !s.is_empty())
         .unwrap_or_else(|| "postgres://postgres@127.0.0.1:5432/postgres".into());
-    let (scheme, rest) = base.split_once("://").expect("DATABASE_URL is a URL");
-    let (authority, tail) = rest.split_at(rest.find('/').unwrap_or(rest.len()));
-    let query = tail.find('?').map(|i| &tail[i..]).unwrap_or("");
-    format!("{scheme}://{authority}/{db}{query}")
+    with_database(&base, db)
+}
+
+/// `url` (a `postgres://` URL) with its database name replaced by `db`;
+/// the query, if any, stays.
+pub fn with_database(url: &str, db: &str) -> String {
+    let (scheme, rest) = url.split_once("://").expect("a PostgreSQL URL");
+    let (before_query, query) = match rest.split_once('?') {
+        Some((a, q)) => (a, Some(q)),
+        None => (rest, None),
+    };
+    let authority = before_query.split('/').next().unwrap_or(before_query);
+    let mut out = format!("{scheme}://{authority}/{db}");
+    if let Some(q) = query {
+        out.push('?');
+        out.push_str(q);
+    }
+    out
+}
+
+/// How long a test waits for the PostgreSQL server to answer before it
+/// counts as absent.
+const POSTGRES_CONNECT: Duration = Duration::from_secs(10);
+
+/// A PostgreSQL database of one test's own, created on the server and
+/// dropped (`WITH (FORCE)`, so open connections do not keep it) when this
+/// value is, panics included.
+pub struct FreshDatabase {
+    name: String,
+    server: String,
+}
+
+impl FreshDatabase {
+    /// A new database `PREFIX_PID_UUID` on the server of
+    /// [`postgres_url`]. `Err` says why the server is not available.
+    pub async fn create(prefix: &str) -> Result<FreshDatabase, String> {
+        FreshDatabase::create_on(&postgres_url("postgres"), prefix).await
+    }
+
+    /// The same on the server of `server_url` (the URL of a database there
+    /// to connect to while creating and dropping).
+    pub async fn create_on(server_url: &str, prefix: &str) -> Result<FreshDatabase, String> {
+        use sqlx::Connection;
+        let mut conn = match tokio::time::timeout(POSTGRES_CONNECT, sqlx::PgConnection::connect(server_url)).await {
+            Ok(Ok(c)) => c,
+            Ok(Err(e)) => return Err(format!("PostgreSQL at {server_url} is not available: {e}")),
+            Err(_) => return Err(format!("PostgreSQL at {server_url} is not available: no answer within {POSTGRES_CONNECT:?}")),
+        };
+        let name = format!("{prefix}_{}_{}", std::process::id(), uuid::Uuid::now_v7().simple());
+        sqlx::query(sqlx::AssertSqlSafe(format!("CREATE DATABASE {name}"))).execute(&mut conn).await.expect("create the test database");
+        let _ = conn.close().await;
+        Ok(FreshDatabase { name, server: server_url.to_string() })
+    }
+
+    /// [`create`](Self::create), or `None` after saying SKIPPED (see
+    /// [`skipped`]) with `test` and the reason.
+    pub async fn or_skip(test: &str, prefix: &str) -> Option<FreshDatabase> {
+        match FreshDatabase::create(prefix).await {
+            Ok(db) => Some(db),
+            Err(why) => {
+                skipped(&format!("{test}: {why}"));
+                None
+            }
+        }
+    }
+
+    /// The database's name.
+    pub fn name(&self) -> &str {
+        &self.name
+    }
+
+    /// The database's URL.
+    pub fn url(&self) -> String {
+        with_database(&self.server, &self.name)
+    }
+}
+
+impl Drop for FreshDatabase {
+    fn drop(&mut self) {
+        let (name, server) = (self.name.clone(), self.server.clone());
+        // Drop may run inside a runtime: use a thread with a runtime of its own.
+        let _ = std::thread::spawn(move || {
+            let rt = tokio::runtime::Builder::new_current_thread().enable_all().build().expect("runtime");
+            rt.block_on(async {
+                use sqlx::Connection;
+                if let Ok(mut c) = sqlx::PgConnection::connect(&server).await {
+                    let _ = sqlx::query(sqlx::AssertSqlSafe(format!("DROP DATABASE IF EXISTS {name} WITH (FORCE)"))).execute(&mut c).await;
+                    let _ = c.close().await;
+                }
+            });
+        })
+        .join();
+    }
+}
+
+/// Poll `f` every `every` until it gives `Some`, and return that; panics
+/// with `what` once `within` has passed without.
+pub async fn eventually<T, F, Fut>(what: &str, within: Duration, every: Duration, mut f: F) -> T
+where
+    F: FnMut() -> Fut,
+    Fut: std::future::Future<Output = Option<T>>,
+{
+    let start = std::time::Instant::now();
+    loop {
+        if let Some(v) = f().await {
+            return v;
+        }
+        assert!(start.elapsed() < within, "timed out waiting for {what} (within {within:?})");
+        tokio::time::sleep(every).await;
+    }
+}
+
+/// [`eventually`] for a blocking `f`, sleeping the thread between tries.
+pub fn eventually_blocking<T>(what: &str, within: Duration, every: Duration, mut f: impl FnMut() -> Option<T>) -> T {
+    let start = std::time::Instant::now();
+    loop {
+        if let Some(v) = f() {
+            return v;
+        }
+        assert!(start.elapsed() < within, "timed out waiting for {what} (within {within:?})");
+        std::thread::sleep(every);
+    }
+}
+
+/// What `/proc/PID/stat` says of a process (Linux): the fields tests look at.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ProcStat {
+    /// `R`, `S`, `Z` (a zombie waiting for its reaper), ...
+    pub state: char,
+    pub ppid: i32,
+    /// The process group.
+    pub pgrp: i32,
+    /// CPU time in user and in system mode, in clock ticks.
+    pub utime: u64,
+    pub stime: u64,
+}
+
+impl ProcStat {
+    /// CPU time (user + system) used so far.
+    pub fn cpu_time(&self) -> Duration {
+        // SAFETY: sysconf has no preconditions.
+        let hz = unsafe { libc::sysconf(libc::_SC_CLK_TCK) } as u64;
+        Duration::from_millis((self.utime + self.stime) * 1000 / hz)
+    }
+}
+
+/// `/proc/PID/stat` of `pid`, or `None` when there is no such process.
+pub fn proc_stat(pid: i32) -> Option<ProcStat> {
+    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
+    // pid (comm) state ppid pgrp ...; comm may hold spaces and parentheses.
+    let f: Vec<&str> = stat.rsplit_once(')')?.1.split_whitespace().collect();
+    Some(ProcStat {
+        state: f.first()?.chars().next()?,
+        ppid: f.get(1)?.parse().ok()?,
+        pgrp: f.get(2)?.parse().ok()?,
+        utime: f.get(11)?.parse().ok()?,
+        stime: f.get(12)?.parse().ok()?,
+    })
+}
+
+/// Whether a process is running: it exists (signal 0 does not say "no such
+/// process") and is not a zombie waiting for its reaper.
+pub fn alive(pid: i32) -> bool {
+    // SAFETY: signal 0 only checks for existence.
+    if unsafe { libc::kill(pid, 0) } != 0 {
+        return std::io::Error::last_os_error().raw_os_error() != Some(libc::ESRCH);
+    }
+    proc_stat(pid).is_some_and(|s| s.state != 'Z')
+}
+
+/// The running (not zombie) processes of process group `pgid`, from /proc.
+pub fn group_members(pgid: i32) -> Vec<i32> {
+    let Ok(entries) = std::fs::read_dir("/proc") else {
+        return Vec::new();
+    };
+    entries
+        .flatten()
+        .filter_map(|e| e.file_name().to_string_lossy().parse::<i32>().ok())
+        .filter(|pid| proc_stat(*pid).is_some_and(|s| s.pgrp == pgid && s.state != 'Z'))
+        .collect()
 }
 
 /// Whether every service a test needs is mandatory
