@@ -102,6 +102,69 @@ tasks:
     assert_eq!(overlaps(&r, &["s1", "s2", "s3", "s4"]), 2, "concurrency: 2 allows two at once");
 }
 
+/// Trigger rules decide from the parents' final states: joins after a
+/// failure or a skipped branch, handlers for a failure, and skips whose
+/// reason names the parent and its state.
+pub async fn trigger_rules(b: Arc<dyn Backend>) {
+    let r = run_to_end(
+        &*b,
+        r#"
+version: 1
+name: conf-trigger
+tasks:
+  - {name: bad, uses: fail, with: {message: boom}}
+  - {name: good, uses: echo, with: {v: 1}}
+  - {name: below-bad, parents: [bad], uses: echo}
+  - {name: all-done, parents: [bad, good], trigger: all_done, uses: echo, with: {seen: "{{tasks.good.output.v}}"}}
+  - {name: one-failed, parents: [bad, good], trigger: one_failed, uses: echo}
+  - {name: one-success, parents: [bad, good], trigger: one_success, uses: echo}
+  - {name: none-failed, parents: [bad, good], trigger: none_failed, uses: echo}
+  - {name: all-failed, parents: [bad, good], trigger: all_failed, uses: echo}
+  - {name: join-skipped, parents: [below-bad, good], trigger: none_failed, uses: echo}
+  - {name: only-failures, parents: [bad], trigger: all_failed, uses: echo}
+  - {name: no-failure, parents: [good], trigger: one_failed, uses: echo}
+  - {name: after-no-failure, parents: [no-failure], uses: echo}
+"#,
+        json!({}),
+    )
+    .await;
+    assert_eq!(r.status, RunStatus::Failed, "a failed task fails the run: {r:#?}");
+    for n in ["good", "all-done", "one-failed", "one-success", "join-skipped", "only-failures"] {
+        assert_eq!(task(&r, n).status, TaskStatus::Succeeded, "{n}: {r:#?}");
+    }
+    // Every parent was final when `all-done` started: it reads their outputs.
+    assert_eq!(task(&r, "all-done").output, Some(json!({"seen": 1})));
+    for (n, why) in [
+        ("below-bad", "parent bad failed"),
+        ("none-failed", "parent bad failed"),
+        ("all-failed", "parent good succeeded"),
+        ("no-failure", "no parent failed"),
+        ("after-no-failure", "parent no-failure was skipped"),
+    ] {
+        assert_eq!(task(&r, n).status, TaskStatus::Skipped, "{n}: {r:#?}");
+        assert_eq!(task(&r, n).skip_reason.as_deref(), Some(why), "{n}");
+        assert_eq!(task(&r, n).attempts, 0, "{n}");
+    }
+
+    // Skipped tasks alone do not fail a run.
+    let r = run_to_end(
+        &*b,
+        r#"
+version: 1
+name: conf-trigger-ok
+tasks:
+  - {name: a, uses: echo}
+  - {name: alert, parents: [a], trigger: one_failed, uses: echo}
+  - {name: last, parents: [a, alert], trigger: none_failed, uses: echo}
+"#,
+        json!({}),
+    )
+    .await;
+    assert_eq!(r.status, RunStatus::Succeeded, "{r:#?}");
+    assert_eq!(task(&r, "alert").skip_reason.as_deref(), Some("no parent failed"));
+    assert_eq!(task(&r, "last").status, TaskStatus::Succeeded);
+}
+
 /// A failure skips the descendants with a reason; independent branches go on.
 pub async fn failure_skips_descendants(b: Arc<dyn Backend>) {
     let r = run_to_end(
@@ -582,7 +645,7 @@ pub fn skipped(why: &str) {
 macro_rules! conformance_tests {
     ($make:expr) => {
         $crate::conformance_tests!(@cases $make;
-            ordering_and_outputs, parallelism_and_concurrency, failure_skips_descendants,
+            ordering_and_outputs, parallelism_and_concurrency, failure_skips_descendants, trigger_rules,
             task_timeout, workflow_timeout, retries, cancellation, results_and_unknown_ids,
             entity_and_context);
     };

@@ -10,6 +10,7 @@ pub mod helpers;
 pub mod shell;
 pub mod template;
 
+pub use crate::spec::raw::Trigger;
 use crate::spec::raw::{BackendSpec, HttpMethod, OutputFormat, RawTask, RawWorkflow, RetrySpec};
 use petgraph::graph::{DiGraph, NodeIndex};
 use serde_json::Value;
@@ -123,6 +124,8 @@ pub struct Task {
     pub name: String,
     pub parents: Vec<TaskId>,
     pub children: Vec<TaskId>,
+    /// When the task may start, from its parents' final states.
+    pub trigger: Trigger,
     pub timeout: Option<Duration>,
     pub retry: RetryPolicy,
     pub action: Action,
@@ -255,6 +258,7 @@ pub fn compile(raw: RawWorkflow) -> Result<Arc<Workflow>, String> {
             name: rt.name.clone(),
             parents,
             children: Vec::new(),
+            trigger: rt.trigger.unwrap_or_default(),
             timeout: dur(&rt.timeout)?.or(default_timeout),
             retry: match &rt.retry {
                 Some(r) => RetryPolicy::from_spec(r)?,

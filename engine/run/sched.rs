@@ -16,7 +16,7 @@
 //! changes nothing.
 
 use super::state::{IllegalTransition, RunStatus, TaskStatus};
-use crate::plan::{RetryPolicy, TaskId, Workflow};
+use crate::plan::{RetryPolicy, TaskId, Trigger, Workflow};
 use std::collections::BTreeSet;
 use std::time::Duration;
 
@@ -30,6 +30,9 @@ pub enum Outcome {
     Failed { error: String, retryable: bool },
     /// The task's own timeout stopped the attempt.
     TimedOut,
+    /// The attempt failed (`failed`) or timed out (`timed_out`) for good:
+    /// the platform running it made the retries already (Temporal).
+    GaveUp { status: TaskStatus, error: String },
     /// The attempt was stopped from outside: the run was cancelled or its
     /// deadline passed (see [`Event::Cancel`], [`Event::Deadline`]).
     Stopped,
@@ -83,9 +86,72 @@ struct TaskState {
     status: TaskStatus,
     /// The attempt in progress or last made (0: none yet).
     attempt: u32,
-    /// Parents not yet succeeded.
-    waiting: u32,
+    /// Parents not final yet.
+    open: u32,
+    /// Parents that succeeded.
+    ok: u32,
+    /// Parents that failed or timed out.
+    bad: u32,
 }
+
+impl TaskState {
+    fn new(status: TaskStatus, attempt: u32, parents: usize) -> TaskState {
+        TaskState { status, attempt, open: parents as u32, ok: 0, bad: 0 }
+    }
+
+    /// Count a parent that became final.
+    fn count(&mut self, parent: TaskStatus) {
+        self.open = self.open.saturating_sub(1);
+        match parent {
+            TaskStatus::Succeeded => self.ok += 1,
+            TaskStatus::Failed | TaskStatus::TimedOut => self.bad += 1,
+            _ => {}
+        }
+    }
+}
+
+/// What a task's trigger makes of its parents' states so far.
+#[derive(Debug, Clone, Copy, PartialEq)]
+enum Verdict {
+    Ready,
+    Wait,
+    /// The trigger can no longer be met.
+    Never,
+}
+
+fn judge(trigger: Trigger, parents: usize, t: &TaskState) -> Verdict {
+    let n = parents as u32;
+    let skipped = n.saturating_sub(t.open + t.ok + t.bad);
+    let (ready, never) = match trigger {
+        Trigger::AllSuccess => (t.ok == n, t.bad + skipped > 0),
+        Trigger::NoneFailed => (t.open == 0 && t.bad == 0, t.bad > 0),
+        Trigger::AllDone => (t.open == 0, false),
+        Trigger::OneSuccess => (t.ok > 0, t.open == 0 && t.ok == 0),
+        Trigger::OneFailed => (t.bad > 0, t.open == 0 && t.bad == 0),
+        Trigger::AllFailed => (t.bad == n, t.ok + skipped > 0),
+    };
+    if ready {
+        Verdict::Ready
+    } else if never {
+        Verdict::Never
+    } else {
+        Verdict::Wait
+    }
+}
+
+/// How a final state reads in a skip reason.
+fn verb(s: TaskStatus) -> &'static str {
+    match s {
+        TaskStatus::Succeeded => "succeeded",
+        TaskStatus::Failed => "failed",
+        TaskStatus::TimedOut => "timed out",
+        TaskStatus::Cancelled => "was cancelled",
+        _ => "was skipped",
+    }
+}
+
+/// The failed (or timed-out) task a cascade of skips goes back to.
+type Root = Option<(TaskId, TaskStatus)>;
 
 /// One run's scheduling state.
 #[derive(Debug, Clone)]
@@ -110,11 +176,7 @@ impl Core {
     /// hash of the run id, see [`seed`]).
     pub fn new(wf: &Workflow, seed: u32) -> Core {
         Core {
-            tasks: wf
-                .tasks
-                .iter()
-                .map(|t| TaskState { status: TaskStatus::Pending, attempt: 0, waiting: t.parents.len() as u32 })
-                .collect(),
+            tasks: wf.tasks.iter().map(|t| TaskState::new(TaskStatus::Pending, 0, t.parents.len())).collect(),
             ready: wf.roots().collect(),
             running: 0,
             limit: wf.concurrency.unwrap_or(usize::MAX).max(1),
@@ -137,7 +199,7 @@ impl Core {
         stop: Option<RunStatus>,
         tasks: impl IntoIterator<Item = (TaskStatus, u32)>,
     ) -> Result<Core, Unreadable> {
-        let tasks: Vec<TaskState> = tasks.into_iter().map(|(status, attempt)| TaskState { status, attempt, waiting: 0 }).collect();
+        let tasks: Vec<TaskState> = tasks.into_iter().map(|(status, attempt)| TaskState::new(status, attempt, 0)).collect();
         if tasks.len() != wf.tasks.len() {
             return Err(Unreadable(format!("{} task states for a workflow of {} tasks", tasks.len(), wf.tasks.len())));
         }
@@ -147,12 +209,16 @@ impl Core {
         let mut core =
             Core { tasks, ready: BTreeSet::new(), running: 0, limit: wf.concurrency.unwrap_or(usize::MAX).max(1), run, stop, seed };
         for t in &wf.tasks {
-            let waiting = t.parents.iter().filter(|&&p| core.tasks[p].status != TaskStatus::Succeeded).count() as u32;
-            let state = &mut core.tasks[t.id];
-            state.waiting = waiting;
+            let mut state = TaskState::new(core.tasks[t.id].status, core.tasks[t.id].attempt, t.parents.len());
+            for &p in &t.parents {
+                if core.tasks[p].status.is_terminal() {
+                    state.count(core.tasks[p].status);
+                }
+            }
+            core.tasks[t.id] = state;
             match state.status {
                 TaskStatus::Running => core.running += 1,
-                TaskStatus::Pending if waiting == 0 => {
+                TaskStatus::Pending if t.parents.is_empty() || judge(t.trigger, t.parents.len(), &state) == Verdict::Ready => {
                     core.ready.insert(t.id);
                 }
                 _ => {}
@@ -294,13 +360,7 @@ impl Core {
                 self.running -= 1;
                 out.push(Decision::Attempt { task: id, attempt, status: TaskStatus::Succeeded, error: None });
                 out.push(Decision::Finish { task: id, status: TaskStatus::Succeeded, error: None });
-                for &c in &task.children {
-                    let child = &mut self.tasks[c];
-                    child.waiting -= 1;
-                    if child.waiting == 0 && child.status == TaskStatus::Pending {
-                        self.ready.insert(c);
-                    }
-                }
+                self.settle(wf, id, None, out);
             }
             Outcome::Stopped => {
                 let (status, why) = stopped(self.stop.unwrap_or(RunStatus::Cancelled));
@@ -325,9 +385,11 @@ impl Core {
                     out.push(Decision::Finish { task: id, status, error: Some(why.to_string()) });
                 }
             }
-            Outcome::Failed { .. } | Outcome::TimedOut => {
+            Outcome::Failed { .. } | Outcome::TimedOut | Outcome::GaveUp { .. } => {
                 let (status, error, retryable) = match outcome {
                     Outcome::Failed { error, retryable } => (TaskStatus::Failed, error, retryable),
+                    Outcome::GaveUp { status: TaskStatus::TimedOut, error } => (TaskStatus::TimedOut, error, false),
+                    Outcome::GaveUp { error, .. } => (TaskStatus::Failed, error, false),
                     _ => (
                         TaskStatus::TimedOut,
                         format!("attempt {attempt} timed out after {}", pretty(task.timeout.unwrap_or_default())),
@@ -346,8 +408,7 @@ impl Core {
                 self.set(id, status)?;
                 self.running -= 1;
                 out.push(Decision::Finish { task: id, status, error: Some(error) });
-                let verb = if status == TaskStatus::TimedOut { "timed out" } else { "failed" };
-                self.skip_descendants(wf, id, &format!("parent {} {verb}", task.name), out);
+                self.settle(wf, id, None, out);
             }
         }
         self.advance(wf, out);
@@ -391,8 +452,9 @@ impl Core {
     fn finish(&mut self, wf: &Workflow, out: &mut Vec<Decision>) {
         let end = match self.stop {
             Some(s) => s,
-            None if self.tasks.iter().all(|t| t.status == TaskStatus::Succeeded) => RunStatus::Succeeded,
-            None => RunStatus::Failed,
+            // Skipped tasks do not fail a run; failed ones do.
+            None if self.tasks.iter().any(|t| matches!(t.status, TaskStatus::Failed | TaskStatus::TimedOut)) => RunStatus::Failed,
+            None => RunStatus::Succeeded,
         };
         for id in 0..self.tasks.len() {
             if self.tasks[id].status != TaskStatus::Pending {
@@ -415,16 +477,53 @@ impl Core {
         }
     }
 
-    fn skip_descendants(&mut self, wf: &Workflow, failed: TaskId, reason: &str, out: &mut Vec<Decision>) {
-        let mut stack: Vec<TaskId> = wf.tasks[failed].children.clone();
-        while let Some(c) = stack.pop() {
-            if self.tasks[c].status != TaskStatus::Pending {
-                continue;
+    /// `id` became final: count it in its children, start those whose
+    /// trigger is met, skip those whose trigger can no longer be met (and
+    /// so on down). A stopping run decides nothing new.
+    fn settle(&mut self, wf: &Workflow, id: TaskId, root: Root, out: &mut Vec<Decision>) {
+        if self.stop.is_some() {
+            return;
+        }
+        let mut stack = vec![(id, root)];
+        while let Some((p, root)) = stack.pop() {
+            let parent = self.tasks[p].status;
+            for &c in &wf.tasks[p].children {
+                if self.tasks[c].status != TaskStatus::Pending {
+                    continue;
+                }
+                self.tasks[c].count(parent);
+                let task = &wf.tasks[c];
+                match judge(task.trigger, task.parents.len(), &self.tasks[c]) {
+                    Verdict::Wait => {}
+                    Verdict::Ready => {
+                        self.ready.insert(c);
+                    }
+                    Verdict::Never => {
+                        let (reason, root) = self.why_never(wf, c, p, root);
+                        if self.set(c, TaskStatus::Skipped).is_ok() {
+                            out.push(Decision::Skip { task: c, status: TaskStatus::Skipped, reason });
+                            stack.push((c, root));
+                        }
+                    }
+                }
             }
-            if self.set(c, TaskStatus::Skipped).is_ok() {
-                out.push(Decision::Skip { task: c, status: TaskStatus::Skipped, reason: reason.to_string() });
+        }
+    }
+
+    /// Why `task`'s trigger can no longer be met, now that `parent` is
+    /// final (`root`: the failure `parent` was skipped for, if it was).
+    fn why_never(&self, wf: &Workflow, task: TaskId, parent: TaskId, root: Root) -> (String, Root) {
+        let status = self.tasks[parent].status;
+        let name = &wf.tasks[parent].name;
+        match (wf.tasks[task].trigger, status) {
+            (Trigger::OneSuccess, _) => ("no parent succeeded".to_string(), None),
+            (Trigger::OneFailed, _) => ("no parent failed".to_string(), None),
+            (_, TaskStatus::Failed | TaskStatus::TimedOut) => (format!("parent {name} {}", verb(status)), Some((parent, status))),
+            // A cascade of skips names the failure it goes back to.
+            (Trigger::AllSuccess, TaskStatus::Skipped) if let Some((r, s)) = root => {
+                (format!("parent {} {}", wf.tasks[r].name, verb(s)), root)
             }
-            stack.extend(wf.tasks[c].children.iter().copied());
+            _ => (format!("parent {name} {}", verb(status)), None),
         }
     }
 
@@ -499,17 +598,26 @@ mod tests {
 
     /// A workflow of `echo` tasks named t0..tN with the given parents.
     fn workflow(parents: &[Vec<usize>], concurrency: Option<usize>, attempts: u32) -> Arc<Workflow> {
+        workflow_with(parents, &[], concurrency, attempts)
+    }
+
+    /// As [`workflow`], task i with trigger `triggers[i]` (default when absent).
+    fn workflow_with(parents: &[Vec<usize>], triggers: &[Trigger], concurrency: Option<usize>, attempts: u32) -> Arc<Workflow> {
         let tasks: Vec<serde_json::Value> = parents
             .iter()
             .enumerate()
             .map(|(i, ps)| {
-                serde_json::json!({
+                let mut t = serde_json::json!({
                     "name": format!("t{i}"),
                     "uses": "echo",
                     "parents": ps.iter().map(|p| format!("t{p}")).collect::<Vec<_>>(),
                     "retry": {"attempts": attempts, "delay": "1s", "jitter": true},
                     "timeout": "5s",
-                })
+                });
+                if let Some(tr) = triggers.get(i) {
+                    t["trigger"] = tr.as_str().into();
+                }
+                t
             })
             .collect();
         let mut doc = serde_json::json!({"version": 1, "name": "w", "timeout": "1m", "tasks": tasks});
@@ -659,6 +767,40 @@ mod tests {
         assert!(Core::restore(&wf, 3, &[9, 0, 0]).is_err());
     }
 
+    /// Whether `trigger` lets a task start given its parents' states (an
+    /// independent reading of the rules, for the property test).
+    fn allows(trigger: Trigger, parents: &[TaskStatus]) -> bool {
+        let n = parents.len();
+        let ok = parents.iter().filter(|s| **s == TaskStatus::Succeeded).count();
+        let bad = parents.iter().filter(|s| matches!(s, TaskStatus::Failed | TaskStatus::TimedOut)).count();
+        let done = parents.iter().all(|s| s.is_terminal());
+        n == 0
+            || match trigger {
+                Trigger::AllSuccess => ok == n,
+                Trigger::NoneFailed => done && bad == 0,
+                Trigger::AllDone => done,
+                Trigger::OneSuccess => ok > 0,
+                Trigger::OneFailed => bad > 0,
+                Trigger::AllFailed => bad == n,
+            }
+    }
+
+    /// Whether `trigger` can no longer be met, whatever the open parents do.
+    fn never(trigger: Trigger, parents: &[TaskStatus]) -> bool {
+        let ok = parents.iter().filter(|s| **s == TaskStatus::Succeeded).count();
+        let bad = parents.iter().filter(|s| matches!(s, TaskStatus::Failed | TaskStatus::TimedOut)).count();
+        let other = parents.iter().filter(|s| s.is_terminal()).count() - ok - bad;
+        let done = parents.iter().all(|s| s.is_terminal());
+        match trigger {
+            Trigger::AllSuccess => bad + other > 0,
+            Trigger::NoneFailed => bad > 0,
+            Trigger::AllDone => false,
+            Trigger::OneSuccess => done && ok == 0,
+            Trigger::OneFailed => done && bad == 0,
+            Trigger::AllFailed => ok + other > 0,
+        }
+    }
+
     /// Random DAGs: task i's parents are drawn from tasks before it.
     fn dag() -> impl Strategy<Value = Vec<Vec<usize>>> {
         (1usize..12)
@@ -739,13 +881,15 @@ mod tests {
         #[test]
         fn invariants_hold_for_random_runs(
             parents in dag(),
+            triggers in proptest::collection::vec(proptest::sample::select(Trigger::ALL.to_vec()), 12),
             concurrency in proptest::option::of(1usize..4),
             attempts in 1u32..4,
             steps in proptest::collection::vec(step(), 1..40),
             seed in any::<u32>(),
         ) {
-            let wf = workflow(&parents, concurrency, attempts);
+            let wf = workflow_with(&parents, &triggers, concurrency, attempts);
             let (core, decisions) = drive(&wf, &steps, seed, false);
+            let stopped = steps.iter().any(|s| matches!(s, Step::Cancel | Step::Deadline));
 
             // Every task ends in exactly one final state, once.
             let mut finals = vec![0; wf.tasks.len()];
@@ -756,11 +900,11 @@ mod tests {
             for d in &decisions {
                 match d {
                     Decision::Start { task } => {
-                        // A task starts only once, and only when its parents all succeeded.
+                        // A task starts only once, and only when its trigger allows it.
                         prop_assert!(!started[*task]);
-                        for &p in &wf.tasks[*task].parents {
-                            prop_assert_eq!(status[p], TaskStatus::Succeeded, "t{} started before its parent t{}", task, p);
-                        }
+                        let t = &wf.tasks[*task];
+                        let ps: Vec<TaskStatus> = t.parents.iter().map(|&p| status[p]).collect();
+                        prop_assert!(allows(t.trigger, &ps), "t{} ({:?}) started with parents {:?}", task, t.trigger, ps);
                         started[*task] = true;
                         in_flight += 1;
                         peak = peak.max(in_flight);
@@ -775,6 +919,11 @@ mod tests {
                             // Only a run's stop ends an attempt that never began.
                             prop_assert!(reason.starts_with("run "), "a started task skipped: {}", reason);
                             in_flight -= 1;
+                        } else if !stopped {
+                            // Skipped only when its trigger can no longer be met.
+                            let t = &wf.tasks[*task];
+                            let ps: Vec<TaskStatus> = t.parents.iter().map(|&p| status[p]).collect();
+                            prop_assert!(never(t.trigger, &ps), "t{} ({:?}) skipped ({}) with parents {:?}", task, t.trigger, reason, ps);
                         }
                         finals[*task] += 1;
                         status[*task] = *s;
@@ -795,9 +944,8 @@ mod tests {
             // The run's status follows from its tasks.
             let Some(Decision::RunFinished { status: end, .. }) = decisions.last() else { panic!("no end: {decisions:?}") };
             prop_assert_eq!(decisions.iter().filter(|d| matches!(d, Decision::RunFinished { .. })).count(), 1);
-            let stopped = steps.iter().any(|s| matches!(s, Step::Cancel | Step::Deadline));
             match end {
-                RunStatus::Succeeded => prop_assert!(status.iter().all(|s| *s == TaskStatus::Succeeded)),
+                RunStatus::Succeeded => prop_assert!(status.iter().all(|s| matches!(s, TaskStatus::Succeeded | TaskStatus::Skipped))),
                 RunStatus::Failed => prop_assert!(status.iter().any(|s| matches!(s, TaskStatus::Failed | TaskStatus::TimedOut))),
                 RunStatus::Cancelled | RunStatus::TimedOut => prop_assert!(stopped),
                 other => prop_assert!(false, "the run ended {:?}", other),

@@ -128,6 +128,41 @@ pub enum OutputFormat {
     Json,
 }
 
+/// When a task may start, from its parents' final states.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, JsonSchema, Default)]
+#[serde(rename_all = "snake_case")]
+pub enum Trigger {
+    /// Every parent succeeded (the default).
+    #[default]
+    AllSuccess,
+    /// Every parent is final and none failed or timed out (succeeded or skipped).
+    NoneFailed,
+    /// Every parent is final, whatever its state.
+    AllDone,
+    /// At least one parent succeeded.
+    OneSuccess,
+    /// At least one parent failed or timed out.
+    OneFailed,
+    /// Every parent failed or timed out.
+    AllFailed,
+}
+
+impl Trigger {
+    pub const ALL: [Trigger; 6] =
+        [Trigger::AllSuccess, Trigger::NoneFailed, Trigger::AllDone, Trigger::OneSuccess, Trigger::OneFailed, Trigger::AllFailed];
+
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Trigger::AllSuccess => "all_success",
+            Trigger::NoneFailed => "none_failed",
+            Trigger::AllDone => "all_done",
+            Trigger::OneSuccess => "one_success",
+            Trigger::OneFailed => "one_failed",
+            Trigger::AllFailed => "all_failed",
+        }
+    }
+}
+
 /// One task. Exactly one action key: `run`, `shell`, `http`, `celery` or `uses`.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize, JsonSchema)]
 #[serde(deny_unknown_fields)]
@@ -136,9 +171,12 @@ pub struct RawTask {
     pub name: String,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub description: Option<String>,
-    /// Tasks that must succeed before this one starts.
+    /// Tasks that must end before this one starts (succeed, unless `trigger` says otherwise).
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub parents: Vec<String>,
+    /// When the task may start, from its parents' final states (default `all_success`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub trigger: Option<Trigger>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub timeout: Option<DurationText>,
     #[serde(default, skip_serializing_if = "Option::is_none")]

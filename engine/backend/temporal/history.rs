@@ -1,12 +1,14 @@
 //! A run's result read off its Temporal execution: the history is the truth
 //! (what `temporal workflow show` prints), and for a run still going, the
 //! execution's pending activities say which tasks are running and on which
-//! attempt. Tasks the execution never reached get the same statuses and
-//! reasons as on every other backend (skipped below a failure, cancelled
-//! with a cancelled run, skipped by a run timeout).
+//! attempt. Tasks the execution never reached get their statuses and
+//! reasons from the scheduler core, fed the history as the workflow fed it
+//! (skipped when a trigger can no longer be met), or from the run's end
+//! (cancelled with a cancelled run, skipped by a run timeout).
 
 use super::protocol::{DagInput, TASK_FAILED, TIMED_OUT, root_message};
 use crate::plan::Workflow;
+use crate::run::sched::{Core, Decision, Event, Outcome};
 use crate::run::state::IllegalTransition;
 use crate::run::{RunResult, RunStatus, TaskStatus};
 use serde_json::Value;
@@ -70,6 +72,26 @@ pub fn derive(
     let mut scheduled: HashMap<i64, String> = HashMap::new();
     let mut in_flight: Vec<String> = Vec::new();
     let mut close_failure: Option<Failure> = None;
+    // The scheduler core, fed the history as the workflow fed it: the
+    // tasks it skips, and why, are the ones the workflow's core skipped.
+    let mut core = Core::new(wf, crate::run::sched::seed(&input.run_id));
+    let mut decisions = Vec::new();
+    let mut feed = |r: &mut RunResult, event: Event| -> Result<(), IllegalTransition> {
+        if let Err(e) = core.handle(wf, event, &mut decisions) {
+            tracing::debug!(run_id = %r.run_id, "the history does not follow the scheduler: {e}");
+        }
+        for d in decisions.drain(..) {
+            if let Decision::Skip { task, status, reason } = d
+                && let Some(t) = r.tasks.get_mut(&wf.tasks[task].name)
+                && !t.status.is_terminal()
+            {
+                task_to(&mut t.status, status)?;
+                t.skip_reason = Some(reason);
+            }
+        }
+        Ok(())
+    };
+    let ended = |name: &str, outcome: Outcome| wf.task(name).map(|t| Event::Ended { task: t.id, attempt: 1, outcome });
     for e in events {
         let when = at(&e.event_time);
         let Some(a) = &e.attributes else { continue };
@@ -77,7 +99,9 @@ pub fn derive(
             Attributes::WorkflowTaskStartedEventAttributes(_) if r.started_at.is_none() => {
                 run_to(&mut r.status, RunStatus::Running)?;
                 r.started_at = when;
+                feed(&mut r, Event::Start)?;
             }
+            Attributes::WorkflowExecutionCancelRequestedEventAttributes(_) => feed(&mut r, Event::Cancel)?,
             Attributes::ActivityTaskScheduledEventAttributes(s) => {
                 scheduled.insert(e.event_id, s.activity_id.clone());
                 in_flight.push(s.activity_id.clone());
@@ -98,6 +122,9 @@ pub fn derive(
                         t.attempts = t.attempts.max(1);
                         t.finished_at = when;
                     }
+                    if let Some(ev) = ended(name, Outcome::Succeeded) {
+                        feed(&mut r, ev)?;
+                    }
                 }
             }
             Attributes::ActivityTaskFailedEventAttributes(c) => {
@@ -106,10 +133,15 @@ pub fn derive(
                     if let Some(t) = r.tasks.get_mut(name) {
                         let f = c.failure.as_ref();
                         let timed_out = f.and_then(failure_type) == Some(TIMED_OUT);
-                        task_to(&mut t.status, if timed_out { TaskStatus::TimedOut } else { TaskStatus::Failed })?;
-                        t.error = Some(f.map(root_message).unwrap_or_else(|| "failed".into()));
+                        let status = if timed_out { TaskStatus::TimedOut } else { TaskStatus::Failed };
+                        task_to(&mut t.status, status)?;
+                        let error = f.map(root_message).unwrap_or_else(|| "failed".into());
+                        t.error = Some(error.clone());
                         t.attempts = t.attempts.max(1);
                         t.finished_at = when;
+                        if let Some(ev) = ended(name, Outcome::GaveUp { status, error }) {
+                            feed(&mut r, ev)?;
+                        }
                     }
                 }
             }
@@ -119,9 +151,13 @@ pub fn derive(
                     if let Some(t) = r.tasks.get_mut(name) {
                         let why = c.failure.as_ref().map(root_message).unwrap_or_default();
                         task_to(&mut t.status, TaskStatus::TimedOut)?;
-                        t.error = Some(format!("attempt {} timed out ({why})", t.attempts.max(1)));
+                        let error = format!("attempt {} timed out ({why})", t.attempts.max(1));
+                        t.error = Some(error.clone());
                         t.attempts = t.attempts.max(1);
                         t.finished_at = when;
+                        if let Some(ev) = ended(name, Outcome::GaveUp { status: TaskStatus::TimedOut, error }) {
+                            feed(&mut r, ev)?;
+                        }
                     }
                 }
             }
@@ -132,6 +168,9 @@ pub fn derive(
                         task_to(&mut t.status, TaskStatus::Cancelled)?;
                         t.error = Some("cancelled".into());
                         t.finished_at = when;
+                    }
+                    if let Some(ev) = ended(name, Outcome::Stopped) {
+                        feed(&mut r, ev)?;
                     }
                 }
             }
@@ -224,15 +263,6 @@ fn finish(wf: &Workflow, r: &mut RunResult, in_flight: &[String], close_failure:
             continue;
         }
         let finished_at = r.finished_at;
-        // The first ancestor that failed, in topological order.
-        let blamed = wf.order.iter().copied().filter(|&a| is_ancestor(wf, a, id)).find_map(|a| {
-            let t = &r.tasks[&wf.tasks[a].name];
-            match t.status {
-                TaskStatus::Failed => Some(format!("parent {} failed", wf.tasks[a].name)),
-                TaskStatus::TimedOut => Some(format!("parent {} timed out", wf.tasks[a].name)),
-                _ => None,
-            }
-        });
         let was_in_flight = in_flight.contains(name) || status == TaskStatus::Running;
         let Some(t) = r.tasks.get_mut(name) else { continue };
         t.finished_at = finished_at;
@@ -245,18 +275,14 @@ fn finish(wf: &Workflow, r: &mut RunResult, in_flight: &[String], close_failure:
             t.error = Some(error.into());
             continue;
         }
-        let (status, reason) = match (blamed, end) {
-            (Some(reason), _) => (TaskStatus::Skipped, Some(reason)),
-            (None, RunStatus::Cancelled) => (TaskStatus::Cancelled, Some("run cancelled".into())),
-            (None, RunStatus::TimedOut) => (TaskStatus::Skipped, Some(format!("run timed out after {timeout}"))),
-            (None, _) => (TaskStatus::Skipped, Some("not reached".into())),
+        // What the core did not skip while the run went on.
+        let (status, reason) = match end {
+            RunStatus::Cancelled => (TaskStatus::Cancelled, Some("run cancelled".into())),
+            RunStatus::TimedOut => (TaskStatus::Skipped, Some(format!("run timed out after {timeout}"))),
+            _ => (TaskStatus::Skipped, Some("not reached".into())),
         };
         task_to(&mut t.status, status)?;
         t.skip_reason = reason;
     }
     Ok(())
-}
-
-fn is_ancestor(wf: &Workflow, a: usize, of: usize) -> bool {
-    a != of && petgraph::algo::has_path_connecting(&wf.dag, petgraph::graph::NodeIndex::new(a), petgraph::graph::NodeIndex::new(of), None)
 }
