@@ -190,6 +190,18 @@ const YAML_CASES: &[Case] = &[
         expect: &[e("schema", (6, 13), Some((6, 16)), "did you mean `json`?")],
     },
     Case {
+        name: "schema: unknown trigger rule",
+        format: Y,
+        src: "version: 1\nname: demo\ntasks:\n  - {name: a, uses: echo}\n  - name: b\n    parents: [a]\n    trigger: one_sucess\n    uses: echo\n",
+        expect: &[e("schema", (7, 14), Some((7, 24)), "did you mean `one_success`?")],
+    },
+    Case {
+        name: "schema: unknown trigger rule (toml)",
+        format: T,
+        src: "version = 1\nname = \"demo\"\n[[tasks]]\nname = \"a\"\nuses = \"echo\"\n[[tasks]]\nname = \"b\"\nparents = [\"a\"]\ntrigger = \"alldone\"\nuses = \"echo\"\n",
+        expect: &[e("schema", (9, 11), Some((9, 20)), "did you mean `all_done`?")],
+    },
+    Case {
         name: "schema: rollout field",
         format: Y,
         src: "version: 1\nname: demo\nbackend: {flag: f, varients: {\"1\": local}}\ntasks:\n  - name: a\n    uses: echo\n",
@@ -981,6 +993,31 @@ fn explain_examples_trigger_their_code() {
         let good = check("good.yaml", good.as_bytes(), Y, &opts);
         assert!(good.diagnostics.is_empty(), "{code}: the fix gives\n{}", show(&good.diagnostics));
     }
+}
+
+#[test]
+fn cli_graph_shows_trigger_rules() {
+    let join = "version: 1\nname: join\ntasks:\n  - {name: a, uses: echo}\n  - {name: b, parents: [a], trigger: all_done, uses: echo}\n";
+    let f = Files::new(&[("join.yaml", join)]);
+    f.cmd().args(["graph", "join.yaml"]).assert().code(0).stdout(
+        "\
+flowchart TD
+    t0[\"a (uses)\"]
+    t1[\"b (uses)<br/>trigger: all_done\"]
+    t0 -.-> t1
+",
+    );
+    f.cmd().args(["graph", "--format", "dot", "join.yaml"]).assert().code(0).stdout(
+        "\
+digraph \"join\" {
+    rankdir=TB;
+    node [shape=box];
+    \"a\" [label=\"a\\n(uses)\"];
+    \"b\" [label=\"b\\n(uses)\\ntrigger: all_done\"];
+    \"a\" -> \"b\" [style=dashed];
+}
+",
+    );
 }
 
 #[test]

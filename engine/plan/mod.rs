@@ -179,11 +179,13 @@ impl Workflow {
     pub fn mermaid(&self) -> String {
         let mut s = String::from("flowchart TD\n");
         for t in &self.tasks {
-            s.push_str(&format!("    t{}[\"{} ({})\"]\n", t.id, t.name.replace('"', "'"), t.action.kind()));
+            s.push_str(&format!("    t{}[\"{} ({}){}\"]\n", t.id, t.name.replace('"', "'"), t.action.kind(), rule(t, "<br/>")));
         }
         for t in &self.tasks {
+            // A task that may run after a parent did not succeed: dotted edges.
+            let arrow = if t.trigger == Trigger::AllSuccess { "-->" } else { "-.->" };
             for p in &t.parents {
-                s.push_str(&format!("    t{p} --> t{}\n", t.id));
+                s.push_str(&format!("    t{p} {arrow} t{}\n", t.id));
             }
         }
         s
@@ -193,16 +195,22 @@ impl Workflow {
     pub fn dot(&self) -> String {
         let mut s = format!("digraph \"{}\" {{\n    rankdir=TB;\n    node [shape=box];\n", self.name);
         for t in &self.tasks {
-            s.push_str(&format!("    \"{}\" [label=\"{}\\n({})\"];\n", t.name, t.name, t.action.kind()));
+            s.push_str(&format!("    \"{}\" [label=\"{}\\n({}){}\"];\n", t.name, t.name, t.action.kind(), rule(t, "\\n")));
         }
         for t in &self.tasks {
+            let style = if t.trigger == Trigger::AllSuccess { "" } else { " [style=dashed]" };
             for p in &t.parents {
-                s.push_str(&format!("    \"{}\" -> \"{}\";\n", self.tasks[*p].name, t.name));
+                s.push_str(&format!("    \"{}\" -> \"{}\"{style};\n", self.tasks[*p].name, t.name));
             }
         }
         s.push_str("}\n");
         s
     }
+}
+
+/// A task's trigger rule for a graph label, when it is not the default.
+fn rule(t: &Task, newline: &str) -> String {
+    if t.trigger == Trigger::AllSuccess { String::new() } else { format!("{newline}trigger: {}", t.trigger.as_str()) }
 }
 
 /// Content hash of a definition: sha256 of its canonical JSON.

@@ -128,22 +128,24 @@ pub enum OutputFormat {
     Json,
 }
 
-/// When a task may start, from its parents' final states.
+/// When a task may start, from its parents' final states: `all_success`
+/// (every parent succeeded), `none_failed` (every parent final, none failed
+/// or timed out), `all_done`, `one_success`, `one_failed`, `all_failed`.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, JsonSchema, Default)]
 #[serde(rename_all = "snake_case")]
 pub enum Trigger {
-    /// Every parent succeeded (the default).
+    // Every parent succeeded (the default).
     #[default]
     AllSuccess,
-    /// Every parent is final and none failed or timed out (succeeded or skipped).
+    // Every parent is final and none failed or timed out (succeeded or skipped).
     NoneFailed,
-    /// Every parent is final, whatever its state.
+    // Every parent is final, whatever its state.
     AllDone,
-    /// At least one parent succeeded.
+    // At least one parent succeeded.
     OneSuccess,
-    /// At least one parent failed or timed out.
+    // At least one parent failed or timed out.
     OneFailed,
-    /// Every parent failed or timed out.
+    // Every parent failed or timed out.
     AllFailed,
 }
 
