@@ -142,7 +142,7 @@ pub enum Progress {
 pub enum Claim {
     /// Start it; `previous` is the task's recorded result (attempts so far),
     /// `sched` the scheduler state as of the claim.
-    Go { previous: TaskResult, sched: Option<Sched> },
+    Go { previous: Box<TaskResult>, sched: Option<Sched> },
     /// The task has ended already: ack the message.
     Done,
     /// The run or the task does not exist (expired): ack.
@@ -235,7 +235,7 @@ impl Runs {
         Ok(match text(0).as_deref().unwrap_or_default() {
             "ok" => {
                 let previous = text(2).and_then(|t| serde_json::from_str(&t).ok()).unwrap_or_else(TaskResult::pending);
-                Claim::Go { previous, sched: sched_at(&r, 3) }
+                Claim::Go { previous: Box::new(previous), sched: sched_at(&r, 3) }
             }
             "done" => Claim::Done,
             "stop" => Claim::Stopped(text(1).and_then(|s| StopReason::parse(&s)).unwrap_or(StopReason::Cancelled)),

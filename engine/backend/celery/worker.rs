@@ -439,7 +439,7 @@ async fn run_task(b: &CeleryBackend, run: &str, name: &str, handback: &Cancellat
     };
     let queue = field(4).unwrap_or_else(|| b.run_queue(&wf));
     let (mut result, mut sched) = match claim {
-        Claim::Go { previous, sched } => (previous, sched),
+        Claim::Go { previous, sched } => (*previous, sched),
         Claim::Stopped(_) => return end_stopped(b, run, &wf, task, &queue).await,
         Claim::Late { was_running } => {
             if let Err(e) = b.stop_run(run, StopReason::TimedOut, &wf).await {
