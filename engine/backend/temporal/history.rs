@@ -6,7 +6,7 @@
 //! (skipped when a trigger can no longer be met), or from the run's end
 //! (cancelled with a cancelled run, skipped by a run timeout).
 
-use super::protocol::{DagInput, TASK_FAILED, TIMED_OUT, root_message};
+use super::protocol::{DagInput, TASK_FAILED, TIMED_OUT, failure_type, root_message};
 use crate::plan::Workflow;
 use crate::run::sched::{Core, Decision, Event, Outcome};
 use crate::run::state::IllegalTransition;
@@ -15,7 +15,7 @@ use serde_json::Value;
 use std::collections::HashMap;
 use temporalio_common::protos::temporal::api::common::v1::Payloads;
 use temporalio_common::protos::temporal::api::enums::v1::PendingActivityState;
-use temporalio_common::protos::temporal::api::failure::v1::{Failure, failure::FailureInfo};
+use temporalio_common::protos::temporal::api::failure::v1::Failure;
 use temporalio_common::protos::temporal::api::history::v1::{HistoryEvent, history_event::Attributes};
 use temporalio_common::protos::temporal::api::workflow::v1::PendingActivityInfo;
 use time::OffsetDateTime;
@@ -27,16 +27,6 @@ pub(crate) fn at(t: &Option<prost_wkt_types::Timestamp>) -> Option<OffsetDateTim
 
 fn first_payload(p: &Option<Payloads>) -> Value {
     p.as_ref().and_then(|p| p.payloads.first()).and_then(|p| serde_json::from_slice(&p.data).ok()).unwrap_or(Value::Null)
-}
-
-fn failure_type(f: &Failure) -> Option<&str> {
-    let mut f = f;
-    loop {
-        if let Some(FailureInfo::ApplicationFailureInfo(a)) = &f.failure_info {
-            return Some(a.r#type.as_str());
-        }
-        f = f.cause.as_deref()?;
-    }
 }
 
 /// The input of the execution: its first event's payload.

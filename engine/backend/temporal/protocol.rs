@@ -55,6 +55,18 @@ pub type DagOutput = Map<String, Value>;
 
 /// The message of the innermost cause: an activity failure wraps the
 /// attempt's own failure.
+/// The application failure type of a failure or of one of its causes.
+pub fn failure_type(f: &temporalio_common::protos::temporal::api::failure::v1::Failure) -> Option<&str> {
+    use temporalio_common::protos::temporal::api::failure::v1::failure::FailureInfo;
+    let mut f = f;
+    loop {
+        if let Some(FailureInfo::ApplicationFailureInfo(a)) = &f.failure_info {
+            return Some(a.r#type.as_str());
+        }
+        f = f.cause.as_deref()?;
+    }
+}
+
 pub fn root_message(f: &temporalio_common::protos::temporal::api::failure::v1::Failure) -> String {
     let mut f = f;
     while let Some(c) = f.cause.as_deref() {

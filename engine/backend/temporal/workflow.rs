@@ -11,7 +11,7 @@
 //! saved histories.
 
 use super::activities::TaskActivities;
-use super::protocol::{BAD_DEFINITION, DagInput, DagOutput, PERMANENT, TASK_FAILED, TaskInput, root_message};
+use super::protocol::{BAD_DEFINITION, DagInput, DagOutput, PERMANENT, TASK_FAILED, TIMED_OUT, TaskInput, failure_type, root_message};
 use crate::plan::{Task, TaskId, Workflow};
 use crate::run::sched::{Core, Decision, Event, Outcome, seed};
 use crate::run::state::{RunStatus, TaskStatus};
@@ -158,7 +158,11 @@ impl DagWorkflow {
                 }
                 Err(ActivityExecutionError::Cancelled(_)) if cancelled.is_cancelled() => Outcome::Stopped,
                 // Temporal made the retries its policy allows: this failure is final.
-                Err(e) => Outcome::Failed { error: e.failure().map(root_message).unwrap_or_else(|| e.to_string()), retryable: false },
+                Err(e) => {
+                    let error = e.failure().map(root_message).unwrap_or_else(|| e.to_string());
+                    let timed_out = e.failure().and_then(failure_type) == Some(TIMED_OUT);
+                    Outcome::GaveUp { status: if timed_out { TaskStatus::TimedOut } else { TaskStatus::Failed }, error }
+                }
             };
             core.handle(&wf, Event::Ended { task: id, attempt: 1, outcome }, &mut decisions).map_err(illegal)?;
         }
