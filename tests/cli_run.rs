@@ -521,3 +521,32 @@ async fn the_readme_report_sends_the_fetched_json_to_the_llm() {
     assert_eq!(prompt, format!("Summarise: {compact}"));
     assert_eq!(prompt, r#"Summarise: [{"id":1,"name":"a b.txt"},{"id":2,"name":"c'd.txt","tags":[]}]"#);
 }
+
+#[test]
+fn the_two_sources_example_merges_alerts_and_cleans_up_by_trigger() {
+    // The shipped example as it is, then with its primary source failing.
+    let dir = tempfile::tempdir().unwrap();
+    let example = std::fs::read_to_string(Path::new(env!("CARGO_MANIFEST_DIR")).join("workflows/two-sources.yaml")).unwrap();
+    let run = |text: &str, code: i32| -> Value {
+        let wf = write(dir.path(), "two-sources.yaml", text);
+        let out = tw(dir.path()).env("TASKWEAVE_STORE", "sqlite::memory:").arg("run").arg(&wf).args(["--format", "json"]).output().unwrap();
+        assert_eq!(out.status.code(), Some(code), "{}", String::from_utf8_lossy(&out.stderr));
+        serde_json::from_slice(&out.stdout).unwrap()
+    };
+    let r = run(&example, 0);
+    assert_eq!(r["status"], "succeeded");
+    assert_eq!(r["tasks"]["alert"]["status"], "skipped");
+    assert_eq!(r["tasks"]["alert"]["skip_reason"], "no parent failed");
+    assert_eq!(r["tasks"]["merge"]["output"], serde_json::json!({"primary": "3", "replica": "3"}));
+    assert_eq!(r["tasks"]["cleanup"]["status"], "succeeded");
+
+    let failing =
+        example.replace("    uses: echo\n    with: {rows: 3, source: primary}", "    uses: fail\n    with: {message: primary is down}");
+    assert_ne!(failing, example, "the example's primary task changed shape");
+    let r = run(&failing, 1);
+    assert_eq!(r["status"], "failed");
+    assert_eq!(r["tasks"]["primary"]["status"], "failed");
+    assert_eq!(r["tasks"]["merge"]["output"], serde_json::json!({"primary": "0", "replica": "3"}));
+    assert_eq!(r["tasks"]["alert"]["status"], "succeeded");
+    assert_eq!(r["tasks"]["cleanup"]["status"], "succeeded");
+}
