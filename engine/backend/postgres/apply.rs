@@ -17,7 +17,6 @@ use crate::run::{RunStatus, TaskStatus};
 use serde_json::Value;
 use sqlx::postgres::PgRow;
 use sqlx::{Postgres, Row, Transaction};
-use std::sync::Arc;
 use std::time::Duration;
 
 /// What a worker (or the reaper) saw of an attempt.
@@ -200,17 +199,6 @@ fn stop_status(kind: StopKind) -> RunStatus {
 }
 
 impl Db {
-    /// The compiled definition `id`, read with `tx` when it is not cached.
-    async fn workflow_in(&self, tx: &mut Transaction<'_, Postgres>, id: &str) -> Result<Arc<Workflow>> {
-        if let Some(wf) = self.definitions.get(id) {
-            return Ok(wf);
-        }
-        let text: Option<String> =
-            sqlx::query_scalar("SELECT definition::text FROM definitions WHERE id = $1").bind(id).fetch_optional(&mut **tx).await?;
-        let text = text.ok_or_else(|| DbError::Data(format!("no definition {id} in the queue")))?;
-        self.definitions.compile_text(id, &text).map_err(DbError::Data)
-    }
-
     /// The core of the run whose row `run` (from [`LOCK_RUN`]) locked.
     async fn core_of(&self, tx: &mut Transaction<'_, Postgres>, run_id: &str, wf: &Workflow, run: &PgRow) -> Result<Core> {
         let seed = seed(run_id);
@@ -325,7 +313,7 @@ impl Db {
         }
         let definition_id: String = run.try_get("definition_id")?;
         let queue: String = run.try_get("queue")?;
-        let wf = self.workflow_in(&mut tx, &definition_id).await?;
+        let wf = self.workflow(&mut *tx, &definition_id).await?;
         let mut core = self.core_of(&mut tx, run_id, &wf, &run).await?;
         let task = position as usize;
         if task >= wf.tasks.len() {
@@ -405,7 +393,7 @@ impl Db {
             return Ok(Some(false));
         }
         let definition_id: String = run.try_get("definition_id")?;
-        let wf = self.workflow_in(&mut tx, &definition_id).await?;
+        let wf = self.workflow(&mut *tx, &definition_id).await?;
         let mut core = self.core_of(&mut tx, run_id, &wf, &run).await?;
         let event = match kind {
             StopKind::Cancelled => Event::Cancel,

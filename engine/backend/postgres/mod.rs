@@ -610,11 +610,7 @@ impl PgBackend {
 
     /// The compiled workflow of a definition, compiled once per process.
     async fn workflow(&self, definition_id: &str) -> Result<Arc<Workflow>, queue::DbError> {
-        if let Some(wf) = self.db.definitions.get(definition_id) {
-            return Ok(wf);
-        }
-        let text = self.db.definition(definition_id).await?;
-        self.db.definitions.compile_text(definition_id, &text).map_err(queue::DbError::Data)
+        self.db.workflow(&self.pool, definition_id).await
     }
 }
 

@@ -414,10 +414,16 @@ impl Db {
         Ok(())
     }
 
-    pub(crate) async fn definition(&self, id: &str) -> Result<String> {
+    /// The compiled definition `id`, read with `conn` (the pool, or a
+    /// transaction's connection) when this process has not compiled it yet.
+    pub(crate) async fn workflow<'c>(&self, conn: impl sqlx::PgExecutor<'c>, id: &str) -> Result<std::sync::Arc<Workflow>> {
+        if let Some(wf) = self.definitions.get(id) {
+            return Ok(wf);
+        }
         let text: Option<String> =
-            sqlx::query_scalar("SELECT definition::text FROM definitions WHERE id = $1").bind(id).fetch_optional(&self.pool).await?;
-        text.ok_or_else(|| DbError::Data(format!("no definition {id} in the queue")))
+            sqlx::query_scalar("SELECT definition::text FROM definitions WHERE id = $1").bind(id).fetch_optional(conn).await?;
+        let text = text.ok_or_else(|| DbError::Data(format!("no definition {id} in the queue")))?;
+        self.definitions.compile_text(id, &text).map_err(DbError::Data)
     }
 
     /// Claim up to `limit` ready tasks of these queues for `owner`.
