@@ -196,6 +196,49 @@ const YAML_CASES: &[Case] = &[
         expect: &[e("schema", (7, 14), Some((7, 24)), "did you mean `one_success`?")],
     },
     Case {
+        name: "expression: the caret at the offending character",
+        format: Y,
+        src: "version: 1\nname: demo\ntasks:\n  - {name: a, uses: echo}\n  - name: b\n    parents: [a]\n    when: 'tasks.a.output.n > )'\n    uses: echo\n",
+        expect: &[e("expression", (7, 31), Some((7, 32)), "mismatched input ')'")],
+    },
+    Case {
+        name: "expression: a condition that is not text",
+        format: Y,
+        src: "version: 1\nname: demo\ntasks:\n  - {name: a, uses: echo, when: 1}\n",
+        expect: &[e("schema", (4, 33), None, "`when` must be a string")],
+    },
+    Case {
+        name: "template-ref: a condition reads a task that is no ancestor",
+        format: Y,
+        src: "version: 1\nname: demo\ntasks:\n  - {name: a, uses: echo}\n  - name: b\n    when: 'tasks.a.status == \"succeeded\"'\n    uses: echo\n",
+        expect: &[e("template-ref", (6, 12), Some((6, 26)), "add `a` to the parents of `b`")],
+    },
+    Case {
+        name: "template-ref: a dashed name without brackets",
+        format: Y,
+        src: "version: 1\nname: demo\ntasks:\n  - {name: extract-text, uses: echo}\n  - name: b\n    parents: [extract-text]\n    when: 'tasks.extract-text.output.text != \"\"'\n    uses: echo\n",
+        expect: &[e("template-ref", (7, 12), Some((7, 30)), "write `tasks[\"extract-text\"]`")],
+    },
+    Case {
+        name: "template-ref: a condition reads an unknown variable, a field and a task",
+        format: Y,
+        src: "version: 1\nname: demo\ntasks:\n  - {name: split, uses: echo}\n  - name: b\n    parents: [split]\n    when: 'inputs.x == 1 && tasks.split.outputs == 1 && tasks[\"splt\"].status == \"ok\"'\n    uses: echo\n",
+        expect: &[
+            e("template-ref", (7, 12), Some((7, 18)), "did you mean `input`?"),
+            e("template-ref", (7, 29), Some((7, 48)), "only `output` and `status`"),
+            e("template-ref", (7, 57), Some((7, 77)), "did you mean `split`?"),
+        ],
+    },
+    Case {
+        name: "unreachable: all_success under a condition that is always false",
+        format: Y,
+        src: "version: 1\nname: demo\ntasks:\n  - {name: a, uses: echo, when: 'false'}\n  - {name: b, parents: [a], uses: echo}\n  - {name: c, parents: [b], uses: echo}\n  - {name: d, parents: [b], trigger: none_failed, uses: echo}\n",
+        expect: &[
+            e("unreachable", (5, 12), Some((5, 13)), "its condition is `false`"),
+            e("unreachable", (6, 12), Some((6, 13)), "`b` can never start either"),
+        ],
+    },
+    Case {
         name: "schema: unknown trigger rule (toml)",
         format: T,
         src: "version = 1\nname = \"demo\"\n[[tasks]]\nname = \"a\"\nuses = \"echo\"\n[[tasks]]\nname = \"b\"\nparents = [\"a\"]\ntrigger = \"alldone\"\nuses = \"echo\"\n",
@@ -1021,6 +1064,22 @@ digraph \"join\" {
 }
 
 #[test]
+fn cli_graph_shows_conditions() {
+    let src = "version: 1\nname: cond\ntasks:\n  - {name: a, uses: echo}\n  - {name: b, parents: [a], when: 'tasks.a.output.x == \"<y>\"', uses: echo}\n";
+    let f = Files::new(&[("cond.yaml", src)]);
+    f.cmd()
+        .args(["graph", "cond.yaml"])
+        .assert()
+        .code(0)
+        .stdout(predicates::str::contains("t1[\"b (uses)<br/>when: tasks.a.output.x == #quot;#lt;y#gt;#quot;\"]"));
+    f.cmd()
+        .args(["graph", "--format", "dot", "cond.yaml"])
+        .assert()
+        .code(0)
+        .stdout(predicates::str::contains("\"b\" [label=\"b\\n(uses)\\nwhen: tasks.a.output.x == \\\"<y>\\\"\"];"));
+}
+
+#[test]
 fn cli_graph_of_a_diamond() {
     let diamond = "version: 1\nname: diamond\ntasks:\n  - {name: a, uses: echo}\n  - {name: b, parents: [a], uses: echo}\n  - {name: c, parents: [a], run: [date]}\n  - {name: d, parents: [b, c], uses: echo}\n";
     let f = Files::new(&[("diamond.yaml", diamond), ("broken.yaml", BROKEN)]);
@@ -1075,7 +1134,8 @@ fn bench_figures() {
 #[test]
 fn severity_is_the_codes() {
     for code in Code::ALL {
-        let warning = matches!(code, Code::TimeoutExceeds | Code::TooManyDiagnostics | Code::ExternalSymlink | Code::UnknownFlag);
+        let warning =
+            matches!(code, Code::TimeoutExceeds | Code::TooManyDiagnostics | Code::ExternalSymlink | Code::UnknownFlag | Code::Unreachable);
         let expected = if warning { Severity::Warning } else { Severity::Error };
         assert_eq!(code.severity(), expected, "{code}");
     }

@@ -165,6 +165,86 @@ tasks:
     assert_eq!(task(&r, "last").status, TaskStatus::Succeeded);
 }
 
+/// `when:` conditions: false skips the task (reason recorded, no attempt,
+/// the run not failed), a join after the skipped branch runs; a condition
+/// that cannot be evaluated, or returns no bool, fails its task.
+pub async fn conditions(b: Arc<dyn Backend>) {
+    let yaml = r#"
+version: 1
+name: conf-when
+tasks:
+  - {name: split, uses: echo, with: {pages: "{{input.pages}}"}}
+  - name: extract-text
+    uses: echo
+    with: {text: "{{input.text}}"}
+  - name: summarise
+    parents: [split]
+    when: 'size(tasks.split.output.pages) > 0'
+    uses: echo
+    with: {n: "{{input.pages}}"}
+  - {name: after-summarise, parents: [summarise], uses: echo}
+  - {name: store, parents: [summarise, split], trigger: none_failed, uses: echo, with: {v: 1}}
+  - name: ocr
+    parents: [extract-text]
+    when: 'tasks["extract-text"].output.text == "" && tasks["extract-text"].status == "succeeded"'
+    uses: echo
+  - name: full-only
+    when: 'input.mode == "full"'
+    uses: echo
+"#;
+    let r = run_to_end(&*b, yaml, json!({"pages": [], "text": "", "mode": "quick"})).await;
+    assert_eq!(r.status, RunStatus::Succeeded, "a task skipped by its condition does not fail the run: {r:#?}");
+    for (n, why) in [
+        ("summarise", "condition false: size(tasks.split.output.pages) > 0"),
+        ("after-summarise", "parent summarise was skipped"),
+        ("full-only", "condition false: input.mode == \"full\""),
+    ] {
+        assert_eq!(task(&r, n).status, TaskStatus::Skipped, "{n}: {r:#?}");
+        assert_eq!(task(&r, n).skip_reason.as_deref(), Some(why), "{n}");
+        assert_eq!(task(&r, n).attempts, 0, "{n}: {r:#?}");
+        assert_eq!(task(&r, n).started_at, None, "{n}: {r:#?}");
+    }
+    for n in ["split", "extract-text", "store", "ocr"] {
+        assert_eq!(task(&r, n).status, TaskStatus::Succeeded, "{n}: {r:#?}");
+    }
+    assert_eq!(task(&r, "store").output, Some(json!({"v": 1})));
+
+    let r = run_to_end(&*b, yaml, json!({"pages": ["p1"], "text": "words", "mode": "full"})).await;
+    assert_eq!(r.status, RunStatus::Succeeded, "{r:#?}");
+    for n in ["summarise", "after-summarise", "store", "full-only"] {
+        assert_eq!(task(&r, n).status, TaskStatus::Succeeded, "{n}: {r:#?}");
+    }
+    assert_eq!(task(&r, "summarise").attempts, 1);
+    assert_eq!(task(&r, "ocr").status, TaskStatus::Skipped, "{r:#?}");
+
+    // Errors at run time fail the task (no retry fixes them), never the engine.
+    let r = run_to_end(
+        &*b,
+        r#"
+version: 1
+name: conf-when-bad
+tasks:
+  - {name: a, uses: echo, with: {n: 0}}
+  - {name: divide, parents: [a], when: '10 / tasks.a.output.n > 1', retry: {attempts: 3, delay: 10ms}, uses: echo}
+  - {name: not-bool, parents: [a], when: 'tasks.a.output.n + 1', uses: echo}
+  - {name: missing, parents: [a], when: 'tasks.a.output.nope == 1', uses: echo}
+  - {name: below, parents: [divide], uses: echo}
+  - {name: fine, parents: [a], when: 'tasks.a.output.n == 0', uses: echo}
+"#,
+        json!({}),
+    )
+    .await;
+    assert_eq!(r.status, RunStatus::Failed, "{r:#?}");
+    for (n, says) in [("divide", "division by zero"), ("not-bool", "returned an int, not a bool"), ("missing", "nope")] {
+        let t = task(&r, n);
+        assert_eq!(t.status, TaskStatus::Failed, "{n}: {r:#?}");
+        let e = t.error.as_deref().unwrap_or("");
+        assert!(e.starts_with("condition `") && e.to_lowercase().contains(says), "{n}: {e}");
+    }
+    assert_eq!(task(&r, "below").skip_reason.as_deref(), Some("parent divide failed"));
+    assert_eq!(task(&r, "fine").status, TaskStatus::Succeeded);
+}
+
 /// A failure skips the descendants with a reason; independent branches go on.
 pub async fn failure_skips_descendants(b: Arc<dyn Backend>) {
     let r = run_to_end(
@@ -646,6 +726,7 @@ macro_rules! conformance_tests {
     ($make:expr) => {
         $crate::conformance_tests!(@cases $make;
             ordering_and_outputs, parallelism_and_concurrency, failure_skips_descendants, trigger_rules,
+            conditions,
             task_timeout, workflow_timeout, retries, cancellation, results_and_unknown_ids,
             entity_and_context);
     };

@@ -73,13 +73,21 @@ codes! {
         "version: 1\nname: hello\ntasks:\n  - name: a\n    uses: echo\n    with: {path: \"{{input.path\"}\n",
         "version: 1\nname: hello\ntasks:\n  - name: a\n    uses: echo\n    with: {path: \"{{input.path}}\"}\n";
     TemplateRef = "template-ref", Error,
-        "A template reads something that cannot exist when the task runs: `tasks.X` where X is not an ancestor of the task, an input property that the input schema does not declare while it forbids others, or an unknown root (the roots are input, tasks, run, workflow and context).",
+        "A template or a `when:` condition reads something that cannot exist when the task runs: `tasks.X` where X is not an ancestor of the task, a task field other than `output` and `status`, an input property that the input schema does not declare while it forbids others, or an unknown root (the roots are input, tasks, run, workflow and context). In a condition, a task name with `-` is written `tasks[\"extract-text\"]`: `tasks.extract-text` would read `tasks.extract` minus a variable `text`.",
         "version: 1\nname: hello\ntasks:\n  - {name: a, uses: echo}\n  - {name: b, uses: echo, with: {x: \"{{tasks.a.output}}\"}}\n",
         "version: 1\nname: hello\ntasks:\n  - {name: a, uses: echo}\n  - {name: b, uses: echo, parents: [a], with: {x: \"{{tasks.a.output}}\"}}\n";
     UnknownHelper = "unknown-helper", Error,
         "A template calls a helper that does not exist (`{{jsn x}}`, `{{#eachh ...}}`), so it could never render. The help suggests the closest helper; the helpers are listed below.",
         "version: 1\nname: hello\ninput: {type: object}\ntasks:\n  - name: a\n    uses: echo\n    with: {tags: \"{{joinn input.tags ', '}}\"}\n",
         "version: 1\nname: hello\ninput: {type: object}\ntasks:\n  - name: a\n    uses: echo\n    with: {tags: \"{{join input.tags ', '}}\"}\n";
+    Expression = "expression", Error,
+        "A `when:` condition does not parse as CEL (the Common Expression Language, as in Kubernetes and Hatchet's `skip_if`). The caret points at the offending character inside the string. Conditions read `input`, `tasks` (ancestors only: `tasks.NAME.output`, `tasks.NAME.status`; a name with `-` is written `tasks[\"extract-text\"]`), `run`, `workflow` and `context`, and must return a bool: `size(tasks.split.output.pages) > 0`, `input.mode == \"full\" && context.tier != \"free\"`. A condition that fails when it is evaluated (a missing key, a division by zero, a value that is not a bool) fails its task with the error and the condition's place in the file.",
+        "version: 1\nname: hello\ntasks:\n  - {name: a, uses: echo}\n  - name: b\n    parents: [a]\n    when: 'tasks.a.output.n >> 1'\n    uses: echo\n",
+        "version: 1\nname: hello\ntasks:\n  - {name: a, uses: echo}\n  - name: b\n    parents: [a]\n    when: 'tasks.a.output.n > 1'\n    uses: echo\n";
+    Unreachable = "unreachable", Warning,
+        "A task can never start: its trigger needs a parent to succeed (`all_success`, the default, or `one_success` when every parent is like that), and that parent can never succeed, because its `when:` is the literal `false` or it is unreachable itself. The task would always be skipped. Give it a trigger that accepts a skipped parent (`none_failed`, `all_done`), or remove the condition.",
+        "version: 1\nname: hello\ntasks:\n  - {name: a, uses: echo, when: 'false'}\n  - {name: b, parents: [a], uses: echo}\n",
+        "version: 1\nname: hello\ntasks:\n  - {name: a, uses: echo, when: 'false'}\n  - {name: b, parents: [a], trigger: none_failed, uses: echo}\n";
     TimeoutExceeds = "timeout-exceeds", Warning,
         "A task timeout is longer than the workflow timeout, so the workflow timeout will always cut the task first.",
         "version: 1\nname: hello\ntimeout: 10m\ntasks:\n  - {name: a, uses: echo, timeout: 1h}\n",

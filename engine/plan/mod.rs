@@ -6,6 +6,7 @@
 //! executor only accepts a `Workflow`, so an unresolved name can never reach a
 //! backend. Pure: no I/O.
 
+pub mod cond;
 pub mod helpers;
 pub mod shell;
 pub mod template;
@@ -129,7 +130,9 @@ pub struct Task {
     pub timeout: Option<Duration>,
     pub retry: RetryPolicy,
     pub action: Action,
-    /// Ancestors whose output this task's templates read.
+    /// The `when:` condition: false skips the task.
+    pub when: Option<cond::Condition>,
+    /// Ancestors whose output this task's templates and condition read.
     pub reads: Vec<TaskId>,
     /// Whether any template of the task needs a context at all.
     pub templated: bool,
@@ -179,7 +182,13 @@ impl Workflow {
     pub fn mermaid(&self) -> String {
         let mut s = String::from("flowchart TD\n");
         for t in &self.tasks {
-            s.push_str(&format!("    t{}[\"{} ({}){}\"]\n", t.id, t.name.replace('"', "'"), t.action.kind(), rule(t, "<br/>")));
+            s.push_str(&format!(
+                "    t{}[\"{} ({}){}\"]\n",
+                t.id,
+                t.name.replace('"', "'"),
+                t.action.kind(),
+                rule(t, "<br/>", mermaid_text)
+            ));
         }
         for t in &self.tasks {
             // A task that may run after a parent did not succeed: dotted edges.
@@ -195,7 +204,7 @@ impl Workflow {
     pub fn dot(&self) -> String {
         let mut s = format!("digraph \"{}\" {{\n    rankdir=TB;\n    node [shape=box];\n", self.name);
         for t in &self.tasks {
-            s.push_str(&format!("    \"{}\" [label=\"{}\\n({}){}\"];\n", t.name, t.name, t.action.kind(), rule(t, "\\n")));
+            s.push_str(&format!("    \"{}\" [label=\"{}\\n({}){}\"];\n", t.name, t.name, t.action.kind(), rule(t, "\\n", dot_text)));
         }
         for t in &self.tasks {
             let style = if t.trigger == Trigger::AllSuccess { "" } else { " [style=dashed]" };
@@ -209,8 +218,25 @@ impl Workflow {
 }
 
 /// A task's trigger rule for a graph label, when it is not the default.
-fn rule(t: &Task, newline: &str) -> String {
-    if t.trigger == Trigger::AllSuccess { String::new() } else { format!("{newline}trigger: {}", t.trigger.as_str()) }
+/// The lines a node label adds for a task's trigger rule and condition;
+/// `escape` makes the condition's text safe inside the label.
+fn rule(t: &Task, newline: &str, escape: fn(&str) -> String) -> String {
+    let mut s = String::new();
+    if t.trigger != Trigger::AllSuccess {
+        s.push_str(&format!("{newline}trigger: {}", t.trigger.as_str()));
+    }
+    if let Some(c) = &t.when {
+        s.push_str(&format!("{newline}when: {}", escape(&c.source)));
+    }
+    s
+}
+
+fn mermaid_text(s: &str) -> String {
+    s.replace('"', "#quot;").replace('<', "#lt;").replace('>', "#gt;").replace('\n', " ")
+}
+
+fn dot_text(s: &str) -> String {
+    s.replace('\\', "\\\\").replace('"', "\\\"").replace('\n', " ")
 }
 
 /// Content hash of a definition: sha256 of its canonical JSON.
@@ -260,7 +286,22 @@ pub fn compile(raw: RawWorkflow) -> Result<Arc<Workflow>, String> {
         let key = format!("/tasks/{i}");
         let mut read = template::Reads::default();
         let action = compile_action(rt, &key, &mut templates, &mut read)?;
-        let (reads, templated) = task_reads(&read, &ids);
+        let when = match &rt.when {
+            Some(src) => {
+                let c = cond::Condition::compile(src).map_err(|e| format!("condition at {key}/when: {}", e.message))?;
+                read.templated = true;
+                Some(c)
+            }
+            None => None,
+        };
+        let (mut reads, templated) = task_reads(&read, &ids);
+        for r in when.iter().flat_map(|c| c.refs().tasks) {
+            if let Some(&id) = ids.get(r.name.as_str())
+                && !reads.contains(&id)
+            {
+                reads.push(id);
+            }
+        }
         tasks.push(Task {
             id: i,
             name: rt.name.clone(),
@@ -273,6 +314,7 @@ pub fn compile(raw: RawWorkflow) -> Result<Arc<Workflow>, String> {
                 None => default_retry.clone().unwrap_or_default(),
             },
             action,
+            when,
             reads,
             templated,
         });

@@ -12,7 +12,7 @@ use super::record::{AttemptRecord, Recorder};
 use super::result::{RunResult, TaskResult};
 use super::sched::{self, Core, Decision, Event, Outcome};
 use super::state::{RunStatus, TaskStatus};
-use crate::plan::{TaskId, Workflow};
+use crate::plan::{Task, TaskId, Workflow};
 use futures::FutureExt;
 use serde_json::{Map, Value, json};
 use std::sync::{Arc, Mutex};
@@ -53,6 +53,8 @@ struct Run {
     shared: SharedResult,
     /// Outputs of the tasks that succeeded.
     outputs: Vec<Option<Value>>,
+    /// Each task's status, as the core decided it.
+    statuses: Vec<TaskStatus>,
     /// When each task's latest attempt started.
     started_at: Vec<Option<OffsetDateTime>>,
     set: JoinSet<AttemptEnd>,
@@ -114,6 +116,7 @@ impl Executor {
         let mut run = Run {
             shared,
             outputs: vec![None; n],
+            statuses: vec![TaskStatus::Pending; n],
             started_at: vec![None; n],
             set: JoinSet::new(),
             base_ctx: Arc::new(json!({
@@ -181,6 +184,7 @@ impl Executor {
                         }
                         Err(_) if out.timed_out => Outcome::TimedOut,
                         Err(ActionError::Cancelled) => Outcome::Stopped,
+                        Err(ActionError::Skipped(reason)) => Outcome::Skipped { reason },
                         Err(e) => Outcome::Failed { retryable: e.is_retryable(), error: e.to_string() },
                     };
                     Event::Ended { task: out.task, attempt: out.attempt, outcome }
@@ -209,24 +213,36 @@ impl Executor {
                     self.emit(&r, None, RunStatus::Running.as_str(), 0, None);
                 }
                 Decision::Start { task } => {
+                    run.statuses[task] = TaskStatus::Running;
                     self.set_task(&run.shared, wf, task, TaskStatus::Running, |t| {
                         t.started_at = Some(now());
                         t.attempts = 1;
                     });
-                    self.spawn_attempt(&mut run.set, wf, task, 1, None, &run.base_ctx, &run.outputs, &run.cancel);
+                    self.spawn_attempt(&mut run.set, wf, task, 1, None, &run.base_ctx, &run.outputs, &run.statuses, &run.cancel);
                 }
                 Decision::Retry { task, attempt, delay, error } => {
                     self.set_task(&run.shared, wf, task, TaskStatus::Running, |t| {
                         t.attempts = attempt;
                         t.error = Some(error);
                     });
-                    self.spawn_attempt(&mut run.set, wf, task, attempt, Some(delay), &run.base_ctx, &run.outputs, &run.cancel);
+                    self.spawn_attempt(
+                        &mut run.set,
+                        wf,
+                        task,
+                        attempt,
+                        Some(delay),
+                        &run.base_ctx,
+                        &run.outputs,
+                        &run.statuses,
+                        &run.cancel,
+                    );
                 }
                 Decision::Attempt { task, attempt, status, error } => {
                     let started_at = run.started_at[task].unwrap_or_else(now);
                     self.record_attempt(&lock(&run.shared).run_id, &wf.tasks[task].name, attempt, status, error.as_deref(), started_at);
                 }
                 Decision::Finish { task, status, error } => {
+                    run.statuses[task] = status;
                     let output = if status == TaskStatus::Succeeded { run.outputs[task].clone() } else { None };
                     self.set_task(&run.shared, wf, task, status, |t| {
                         if output.is_some() {
@@ -237,7 +253,11 @@ impl Executor {
                     });
                 }
                 Decision::Skip { task, status, reason } => {
+                    run.statuses[task] = status;
                     self.set_task(&run.shared, wf, task, status, |t| {
+                        // A task skipped by its condition made no attempt.
+                        t.attempts = 0;
+                        t.started_at = None;
                         t.skip_reason = Some(reason);
                         t.finished_at = Some(now());
                     });
@@ -327,9 +347,10 @@ impl Executor {
         delay: Option<Duration>,
         base_ctx: &Arc<Value>,
         outputs: &[Option<Value>],
+        statuses: &[TaskStatus],
         run_cancel: &CancellationToken,
     ) {
-        let ctx = attempt_context(wf, id, attempt, base_ctx, |r| outputs[r].clone());
+        let ctx = attempt_context(wf, id, attempt, base_ctx, |r| (outputs[r].clone(), statuses[r]));
         let wf = Arc::clone(wf);
         let handlers = Arc::clone(&self.handlers);
         let limits = Arc::clone(&self.limits);
@@ -359,14 +380,16 @@ impl Executor {
 }
 
 /// The template context of one attempt of task `id`: `base_ctx` (`input`,
-/// `run.id`, `workflow`, `context`) with the outputs of the ancestors the
-/// task reads and `run.attempt`; `None` when the task has no templates.
+/// `run.id`, `workflow`, `context`) with the outputs and statuses of the
+/// ancestors the task reads (`read(ancestor)`: its output if it succeeded,
+/// and its status) and `run.attempt`; `None` when the task has no
+/// templates and no condition.
 pub fn attempt_context(
     wf: &Workflow,
     id: TaskId,
     attempt: u32,
     base_ctx: &Value,
-    output: impl Fn(TaskId) -> Option<Value>,
+    read: impl Fn(TaskId) -> (Option<Value>, TaskStatus),
 ) -> Option<Value> {
     let task = &wf.tasks[id];
     if !task.templated {
@@ -375,11 +398,34 @@ pub fn attempt_context(
     let mut ctx = base_ctx.clone();
     let mut tasks = Map::new();
     for &r in &task.reads {
-        tasks.insert(wf.tasks[r].name.clone(), json!({"output": output(r).unwrap_or(Value::Null)}));
+        let (output, status) = read(r);
+        tasks.insert(wf.tasks[r].name.clone(), json!({"output": output.unwrap_or(Value::Null), "status": status.as_str()}));
     }
     ctx["tasks"] = Value::Object(tasks);
     ctx["run"]["attempt"] = json!(attempt);
     Some(ctx)
+}
+
+/// The task's `when:` condition against the attempt's context: `Ok` to
+/// run it, [`ActionError::Skipped`] when it is false, a permanent error
+/// when it cannot be evaluated or is not a bool.
+pub fn condition(task: &Task, ctx: Option<&Value>) -> Result<(), ActionError> {
+    let Some(c) = &task.when else { return Ok(()) };
+    match c.eval(ctx.unwrap_or(&Value::Null)) {
+        Ok(true) => Ok(()),
+        Ok(false) => Err(ActionError::Skipped(c.skip_reason())),
+        Err(e) => Err(ActionError::Permanent(c.failure(&e))),
+    }
+}
+
+/// What a driver that evaluates a condition itself (before scheduling the
+/// task anywhere) feeds the core: `None` when the task is to run.
+pub fn condition_outcome(task: &Task, ctx: Option<&Value>) -> Option<Outcome> {
+    match condition(task, ctx) {
+        Ok(()) => None,
+        Err(ActionError::Skipped(reason)) => Some(Outcome::Skipped { reason }),
+        Err(e) => Some(Outcome::Failed { error: e.to_string(), retryable: false }),
+    }
 }
 
 /// Run one attempt of task `id` to its end: the action under the task's
@@ -399,6 +445,9 @@ pub async fn run_attempt(
 ) -> (Result<Value, ActionError>, bool) {
     let empty = Value::Null;
     let task = &wf.tasks[id];
+    if let Err(e) = condition(task, ctx) {
+        return (Err(e), false);
+    }
     let fut = actions::execute(Attempt {
         workflow: wf,
         task,

@@ -36,6 +36,9 @@ pub enum Outcome {
     /// The attempt was stopped from outside: the run was cancelled or its
     /// deadline passed (see [`Event::Cancel`], [`Event::Deadline`]).
     Stopped,
+    /// The task's `when:` condition was false: it is skipped with `reason`
+    /// and no attempt is recorded.
+    Skipped { reason: String },
     /// The run stopped before the attempt began: it was still waiting in a
     /// queue for a worker, or for its retry delay. A first attempt that
     /// never began leaves the task unstarted (as if it had been pending);
@@ -362,6 +365,12 @@ impl Core {
                 out.push(Decision::Finish { task: id, status: TaskStatus::Succeeded, error: None });
                 self.settle(wf, id, None, out);
             }
+            Outcome::Skipped { reason } => {
+                self.set(id, TaskStatus::Skipped)?;
+                self.running -= 1;
+                out.push(Decision::Skip { task: id, status: TaskStatus::Skipped, reason });
+                self.settle(wf, id, None, out);
+            }
             Outcome::Stopped => {
                 let (status, why) = stopped(self.stop.unwrap_or(RunStatus::Cancelled));
                 self.set(id, status)?;
@@ -644,6 +653,33 @@ mod tests {
         let d = feed(&mut core, &wf, Event::Ended { task: 2, attempt: 1, outcome: Outcome::Succeeded });
         assert_eq!(d.last(), Some(&Decision::RunFinished { status: RunStatus::Succeeded, error: None }));
         assert!(core.is_finished());
+    }
+
+    #[test]
+    fn a_false_condition_skips_the_task_and_does_not_fail_the_run() {
+        // 0 -> 1 -> 2, and 3 joins 0 and 1 with none_failed
+        let wf = workflow_with(
+            &[vec![], vec![0], vec![1], vec![0, 1]],
+            &[Trigger::AllSuccess, Trigger::AllSuccess, Trigger::AllSuccess, Trigger::NoneFailed],
+            None,
+            3,
+        );
+        let mut core = Core::new(&wf, 0);
+        feed(&mut core, &wf, Event::Start);
+        feed(&mut core, &wf, Event::Ended { task: 0, attempt: 1, outcome: Outcome::Succeeded });
+        let d =
+            feed(&mut core, &wf, Event::Ended { task: 1, attempt: 1, outcome: Outcome::Skipped { reason: "condition false: x".into() } });
+        assert_eq!(
+            d,
+            vec![
+                Decision::Skip { task: 1, status: TaskStatus::Skipped, reason: "condition false: x".into() },
+                Decision::Skip { task: 2, status: TaskStatus::Skipped, reason: "parent t1 was skipped".into() },
+                Decision::Start { task: 3 },
+            ],
+            "no attempt is recorded and no retry is made"
+        );
+        let d = feed(&mut core, &wf, Event::Ended { task: 3, attempt: 1, outcome: Outcome::Succeeded });
+        assert_eq!(d.last(), Some(&Decision::RunFinished { status: RunStatus::Succeeded, error: None }));
     }
 
     #[test]

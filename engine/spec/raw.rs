@@ -179,6 +179,11 @@ pub struct RawTask {
     /// When the task may start, from its parents' final states (default `all_success`).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub trigger: Option<Trigger>,
+    /// A CEL condition over `input`, `tasks` (ancestors: `tasks["name"].output`, `.status`), `run`, `workflow` and
+    /// `context`, evaluated when the trigger is met: false skips the task.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(extend("examples" = ["size(tasks.split.output.pages) > 0", "input.mode == \"full\""]))]
+    pub when: Option<String>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub timeout: Option<DurationText>,
     #[serde(default, skip_serializing_if = "Option::is_none")]

@@ -170,6 +170,11 @@ impl<'a> Reach<'a> {
         Reach { parents_of, position, order, seen: vec![0; parents_of.len()], stamp: 0, stack: Vec::new() }
     }
 
+    /// The tasks outside cycles, in topological order.
+    pub(super) fn order(&self) -> &[usize] {
+        &self.order
+    }
+
     /// Settle "is `x` an ancestor of `task`" with a short walk, when it can.
     pub(super) fn quick(&mut self, x: usize, task: usize) -> Option<bool> {
         let (px, pt) = (self.position[x], self.position[task]);

@@ -7,6 +7,7 @@
 
 mod actions;
 mod backends;
+mod conditions;
 mod context;
 mod durations;
 mod graph;
@@ -132,6 +133,8 @@ pub fn check_source(file: &str, text: String, format: Format, opts: &Options) ->
         out.name = Some((n.to_string(), root.span_at("/name")));
     }
     let mut diags = Vec::new();
+    // Where each `when:` is written, for the errors of conditions at run time.
+    let mut when_at: Vec<(usize, Span)> = Vec::new();
     // The typed definition, when the schema accepts the file as it is.
     let mut typed = None;
     // The document with its JSON value, when the schema validator ran.
@@ -154,6 +157,11 @@ pub fn check_source(file: &str, text: String, format: Format, opts: &Options) ->
             }
         };
         if let Some(root) = tree.as_ref().or(doc.as_ref().map(|d| &d.root)) {
+            for (i, t) in root.get("tasks").and_then(spec::Node::as_seq).unwrap_or_default().iter().enumerate() {
+                if let Some(w) = t.get("when") {
+                    when_at.push((i, w.span));
+                }
+            }
             // The flags a features file serves now, in the namespace the
             // source evaluates in (another namespace serves none of them).
             let features = opts.flags.as_ref().and_then(|f| f.known());
@@ -189,6 +197,11 @@ pub fn check_source(file: &str, text: String, format: Format, opts: &Options) ->
             Ok(mut wf) => {
                 if let Some(w) = Arc::get_mut(&mut wf) {
                     w.source = Some(PathBuf::from(file));
+                    for (i, span) in when_at {
+                        if let Some(c) = w.tasks.get_mut(i).and_then(|t| t.when.as_mut()) {
+                            c.at = Some(format!("{file}:{}:{}", span.start.line, span.start.column));
+                        }
+                    }
                 }
                 out.workflow = Some(wf);
             }

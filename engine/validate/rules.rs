@@ -9,12 +9,13 @@
 //! concern has its file: `graph.rs` (names, parents, cycles), `actions.rs`
 //! (one action per task, handlers, URLs), `durations.rs` (durations and
 //! timeouts), `backends.rs` (backends, the rollout flag, backends that
-//! cannot run a task), `templates.rs` (templates and what they read).
+//! cannot run a task), `templates.rs` (templates and what they read),
+//! `conditions.rs` (`when:` conditions, and tasks they make unreachable).
 //! `context.rs` holds the state of a check and places findings in the
 //! source; `suggest.rs` adds "did you mean" help to the findings shown.
 
 use super::context::Rules;
-use super::graph::topological_positions;
+use super::graph::{Reach, topological_positions};
 use super::suggest::Pending;
 use crate::spec::node::Node;
 use petgraph::graph::DiGraph;
@@ -65,6 +66,9 @@ impl Rules<'_> {
         if position.1.len() < tasks.len() {
             self.cycles(&graph, tasks);
         }
-        self.templates(tasks, &ids, &parents_of, position);
+        let mut reach = Reach::new(&parents_of, position);
+        self.templates(tasks, &ids, &mut reach);
+        self.conditions(tasks, &ids, &mut reach);
+        self.unreachable(tasks, &parents_of, &reach);
     }
 }

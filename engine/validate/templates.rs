@@ -15,19 +15,12 @@ use std::borrow::Cow;
 use std::collections::HashMap;
 
 impl Rules<'_> {
-    pub(super) fn templates(
-        &mut self,
-        tasks: &[Node],
-        ids: &HashMap<&str, usize>,
-        parents_of: &[Vec<usize>],
-        position: (Vec<usize>, Vec<usize>),
-    ) {
+    pub(super) fn templates(&mut self, tasks: &[Node], ids: &HashMap<&str, usize>, reach: &mut Reach) {
         let input = self.root.get("input");
         let closed_input: Option<Vec<String>> =
             input.filter(|i| i.get("additionalProperties").is_some_and(|a| matches!(a.kind, NodeKind::Bool(false)))).map(|i| {
                 i.get("properties").and_then(Node::as_map).map(|p| p.iter().map(|(k, _)| k.name.clone()).collect()).unwrap_or_default()
             });
-        let mut reach = Reach::new(parents_of, position);
         // References whose ancestry a short walk could not settle; answered
         // together at the end.
         let mut deferred: Vec<(usize, usize, String, String, Option<String>)> = Vec::new();
@@ -288,7 +281,7 @@ impl Rules<'_> {
 
     /// The verdict on a template of `task` reading `tasks.<target>...`.
     #[allow(clippy::too_many_arguments)]
-    fn task_ref(
+    pub(super) fn task_ref(
         &mut self,
         ancestor: bool,
         span: &dyn Fn(&Self) -> Span,
@@ -311,14 +304,15 @@ impl Rules<'_> {
                 )
                 .with_help(format!("add `{target}` to the parents of `{me}`, so its output exists when `{me}` starts")),
             );
-        } else if field.is_some_and(|f| f != "output") {
+        } else if field.is_some_and(|f| f != "output" && f != "status") {
             self.push(Diagnostic::new(
                 Code::TemplateRef,
                 self.file,
                 span(self),
-                format!("`{raw}`: a task exposes only `output` (`tasks.{target}.output`)"),
+                format!("`{raw}`: a task exposes only `output` and `status` (`tasks.{target}.output`)"),
             ));
-        } else if let Some(catalog) = self.handlers
+        } else if field == Some("output")
+            && let Some(catalog) = self.handlers
             && let Some(handler) = tasks[target_id].get("uses").and_then(Node::as_str)
             && let Some(schema) = catalog.output_schema(handler)
         {

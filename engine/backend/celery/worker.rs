@@ -473,8 +473,9 @@ async fn run_task(b: &CeleryBackend, run: &str, name: &str, handback: &Cancellat
         match b.runs.get(run, &names).await {
             Ok(v) => {
                 for (&r, t) in task.reads.iter().zip(v) {
-                    let out = t.and_then(|t| serde_json::from_str::<TaskResult>(&t).ok()).and_then(|t| t.output).unwrap_or(Value::Null);
-                    tasks.insert(wf.tasks[r].name.clone(), json!({ "output": out }));
+                    let t = t.and_then(|t| serde_json::from_str::<TaskResult>(&t).ok()).unwrap_or_else(TaskResult::pending);
+                    let out = t.output.unwrap_or(Value::Null);
+                    tasks.insert(wf.tasks[r].name.clone(), json!({ "output": out, "status": t.status.as_str() }));
                 }
             }
             Err(e) => {
@@ -513,6 +514,7 @@ async fn run_task(b: &CeleryBackend, run: &str, name: &str, handback: &Cancellat
             }
             (Err(_), Interrupted::TaskTimeout) => Outcome::TimedOut,
             (Err(_), Interrupted::Run(_)) => Outcome::Stopped,
+            (Err(ActionError::Skipped(reason)), _) => Outcome::Skipped { reason },
             (Err(e), Interrupted::No) => Outcome::Failed { retryable: e.is_retryable(), error: e.to_string() },
         };
         let step = apply::Step::Ended { task: task.id, attempt: Some(counted), outcome };
@@ -602,6 +604,9 @@ async fn one_attempt(
 ) -> (Result<Value, ActionError>, Interrupted) {
     if let Some(reason) = *stop_reason.lock().unwrap_or_else(|e| e.into_inner()) {
         return (Err(ActionError::Cancelled), Interrupted::Run(reason));
+    }
+    if let Err(e) = crate::run::executor::condition(task, Some(ctx)) {
+        return (Err(e), Interrupted::No);
     }
     let cancel = CancellationToken::new();
     let fut = async {

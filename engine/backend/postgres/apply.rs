@@ -30,6 +30,8 @@ pub(crate) enum Report {
     },
     /// The task's timeout stopped it.
     TimedOut,
+    /// The task's condition was false (the reason).
+    Skipped(String),
     /// The attempt was stopped: by the run's stop when it has one, else by
     /// its worker stopping, which hands the task back.
     Stopped,
@@ -75,7 +77,9 @@ const APPLY: &str = "WITH v AS (SELECT * FROM UNNEST($2::int[], $3::text[], $4::
        error = CASE WHEN v.set_error THEN v.error ELSE t.error END, skip_reason = COALESCE(v.skip_reason, t.skip_reason), \
        ready_at = CASE WHEN v.state = 'ready' THEN clock_timestamp() + v.delay_ms * interval '1 millisecond' ELSE t.ready_at END, \
        finished_at = CASE WHEN v.state IN ('ready', 'waiting') THEN NULL ELSE clock_timestamp() END, \
-       lost = t.lost + v.lost, crashes = t.crashes + v.crashes, lease_owner = NULL, lease_expires = NULL \
+       lost = t.lost + v.lost, crashes = t.crashes + v.crashes, lease_owner = NULL, lease_expires = NULL, \
+       attempt = CASE WHEN v.skip_reason IS NULL THEN t.attempt ELSE 0 END, \
+       started_at = CASE WHEN v.skip_reason IS NULL THEN t.started_at END \
        FROM v WHERE EXISTS (SELECT 1 FROM g) AND t.run_id = $1 AND t.position = v.position \
        RETURNING t.position, t.attempt_started_at), \
      a AS (INSERT INTO attempts (run_id, position, attempt, status, error, worker, started_at, finished_at) \
@@ -185,6 +189,7 @@ fn event_of(report: &Report, stop: Option<RunStatus>) -> Option<Outcome> {
         Report::Succeeded(_) => Some(Outcome::Succeeded),
         Report::Failed { error, retryable } => Some(Outcome::Failed { error: error.clone(), retryable: *retryable }),
         Report::TimedOut => Some(Outcome::TimedOut),
+        Report::Skipped(reason) => Some(Outcome::Skipped { reason: reason.clone() }),
         Report::Stopped | Report::Crashed { .. } if stop.is_some() => Some(Outcome::Stopped),
         Report::Crashed { error, give_up: true } => Some(Outcome::Failed { error: error.clone(), retryable: false }),
         Report::Stopped | Report::Crashed { .. } => None,

@@ -133,8 +133,8 @@ pub(crate) struct Claimed {
     pub deadline_us: Option<i64>,
     /// The claim marked the run as running.
     pub marked: bool,
-    /// Outputs of the ancestors the task reads, by position.
-    pub outputs: HashMap<i32, Value>,
+    /// Outputs and statuses of the ancestors the task reads, by position.
+    pub outputs: HashMap<i32, (Value, TaskStatus)>,
 }
 
 /// A claimed task whose lease expired.
@@ -170,7 +170,7 @@ macro_rules! claim_sql {
              u.run_id IN (SELECT run_id FROM mu) AS marked, \
              r.input::text AS input, r.context::text AS context, \
              (extract(epoch FROM r.deadline) * 1000000)::int8 AS deadline_us, \
-             (SELECT jsonb_object_agg(p.position::text, p.output)::text FROM tasks p \
+             (SELECT jsonb_object_agg(p.position::text, jsonb_build_object('o', p.output, 's', p.state))::text FROM tasks p \
               WHERE p.run_id = u.run_id AND p.position = ANY(u.reads)) AS outputs \
              FROM u JOIN runs r ON r.run_id = u.run_id"
         )
@@ -298,7 +298,17 @@ fn task_from_row(r: &PgRow) -> Result<(String, String, TaskResult)> {
 pub(super) fn claimed_from_row(r: &PgRow) -> Result<Claimed> {
     let outputs: Option<Value> = json(r.try_get("outputs")?, "outputs")?;
     let outputs = match outputs {
-        Some(Value::Object(m)) => m.into_iter().filter_map(|(k, v)| k.parse::<i32>().ok().map(|k| (k, v))).collect(),
+        Some(Value::Object(m)) => m
+            .into_iter()
+            .filter_map(|(k, mut v)| {
+                let status = match v.get("s").and_then(Value::as_str) {
+                    Some("waiting") => TaskStatus::Pending,
+                    Some(s) => TaskStatus::parse(s).unwrap_or(TaskStatus::Running),
+                    None => TaskStatus::Running,
+                };
+                k.parse::<i32>().ok().map(|k| (k, (v["o"].take(), status)))
+            })
+            .collect(),
         _ => HashMap::new(),
     };
     Ok(Claimed {

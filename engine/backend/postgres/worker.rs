@@ -11,6 +11,7 @@ use super::PgBackend;
 use super::apply::Report;
 use super::queue::{self, Claimed, StopKind, retrying};
 use crate::backend::WorkerOptions;
+use crate::run::TaskStatus;
 use crate::run::actions::ActionError;
 use crate::run::executor::{attempt_context, run_attempt};
 use serde_json::json;
@@ -244,7 +245,10 @@ impl Worker {
                     "workflow": {"name": wf.name, "version": wf.version},
                     "context": c.context,
                 });
-                let ctx = attempt_context(&wf, id, c.attempt as u32, &base, |r| c.outputs.get(&(r as i32)).cloned());
+                let ctx = attempt_context(&wf, id, c.attempt as u32, &base, |r| match c.outputs.get(&(r as i32)) {
+                    Some((o, s)) => (Some(o.clone()), *s),
+                    None => (None, TaskStatus::Pending),
+                });
                 // The run's deadline: stop the run (every worker's attempts) when it passes.
                 let deadline = c.deadline_us.map(|us| {
                     let now_us = time::OffsetDateTime::now_utc().unix_timestamp_nanos() / 1000;
@@ -272,6 +276,7 @@ impl Worker {
                     Ok(v) => Report::Succeeded(v),
                     Err(_) if timed_out => Report::TimedOut,
                     Err(ActionError::Cancelled) => Report::Stopped,
+                    Err(ActionError::Skipped(reason)) => Report::Skipped(reason),
                     Err(e) => Report::Failed { retryable: e.is_retryable(), error: e.to_string() },
                 }
             }

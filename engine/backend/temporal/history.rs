@@ -8,6 +8,7 @@
 
 use super::protocol::{DagInput, TASK_FAILED, TIMED_OUT, failure_type, root_message};
 use crate::plan::Workflow;
+use crate::run::executor::{attempt_context, condition_outcome};
 use crate::run::sched::{Core, Decision, Event, Outcome};
 use crate::run::state::IllegalTransition;
 use crate::run::{RunResult, RunStatus, TaskStatus};
@@ -66,17 +67,52 @@ pub fn derive(
     // tasks it skips, and why, are the ones the workflow's core skipped.
     let mut core = Core::new(wf, crate::run::sched::seed(&input.run_id));
     let mut decisions = Vec::new();
+    let base_ctx = serde_json::json!({
+        "input": input.input,
+        "run": {"id": input.run_id},
+        "workflow": {"name": wf.name, "version": wf.version},
+        "context": input.context,
+    });
     let mut feed = |r: &mut RunResult, event: Event| -> Result<(), IllegalTransition> {
-        if let Err(e) = core.handle(wf, event, &mut decisions) {
-            tracing::debug!(run_id = %r.run_id, "the history does not follow the scheduler: {e}");
-        }
-        for d in decisions.drain(..) {
-            if let Decision::Skip { task, status, reason } = d
-                && let Some(t) = r.tasks.get_mut(&wf.tasks[task].name)
-                && !t.status.is_terminal()
-            {
-                task_to(&mut t.status, status)?;
-                t.skip_reason = Some(reason);
+        // In batches, as the workflow feeds them: the events of one wake-up,
+        // then the conditions of the tasks they started (no activity, so
+        // nothing in the history), evaluated as the workflow evaluated them.
+        let mut batch = vec![event];
+        while !batch.is_empty() {
+            for event in batch.drain(..) {
+                if let Err(e) = core.handle(wf, event, &mut decisions) {
+                    tracing::debug!(run_id = %r.run_id, "the history does not follow the scheduler: {e}");
+                }
+            }
+            for d in decisions.drain(..) {
+                match d {
+                    Decision::Start { task: id } if wf.tasks[id].when.is_some() => {
+                        let ctx = attempt_context(wf, id, 1, &base_ctx, |p| {
+                            (r.tasks.get(&wf.tasks[p].name).and_then(|t| t.output.clone()), core.task_status(p))
+                        });
+                        if let Some(outcome) = condition_outcome(&wf.tasks[id], ctx.as_ref()) {
+                            batch.push(Event::Ended { task: id, attempt: 1, outcome });
+                        }
+                    }
+                    Decision::Skip { task, status, reason } => {
+                        if let Some(t) = r.tasks.get_mut(&wf.tasks[task].name)
+                            && !t.status.is_terminal()
+                        {
+                            task_to(&mut t.status, status)?;
+                            t.skip_reason = Some(reason);
+                        }
+                    }
+                    // A condition that could not be evaluated.
+                    Decision::Finish { task, status, error } => {
+                        if let Some(t) = r.tasks.get_mut(&wf.tasks[task].name)
+                            && t.status == TaskStatus::Pending
+                        {
+                            task_to(&mut t.status, status)?;
+                            t.error = error;
+                        }
+                    }
+                    _ => {}
+                }
             }
         }
         Ok(())

@@ -13,6 +13,7 @@
 use super::activities::TaskActivities;
 use super::protocol::{BAD_DEFINITION, DagInput, DagOutput, PERMANENT, TASK_FAILED, TIMED_OUT, TaskInput, failure_type, root_message};
 use crate::plan::{Task, TaskId, Workflow};
+use crate::run::executor::{attempt_context, condition_outcome};
 use crate::run::sched::{Core, Decision, Event, Outcome, seed};
 use crate::run::state::{RunStatus, TaskStatus};
 use futures::future::{FutureExt, LocalBoxFuture};
@@ -113,16 +114,21 @@ impl DagWorkflow {
         // `FuturesUnordered`, trip the SDK's nondeterminism detector).
         let mut running: Vec<LocalBoxFuture<'_, Finished>> = Vec::new();
         loop {
+            // Tasks whose condition decided them here, without an activity.
+            let mut decided: Vec<(TaskId, Outcome)> = Vec::new();
             for decision in decisions.drain(..) {
                 match decision {
                     Decision::Start { task: id } => {
                         let task = &wf.tasks[id];
-                        let task_input = TaskInput {
-                            run_id: input.run_id.clone(),
-                            version: wf.version.clone(),
-                            task: task.name.clone(),
-                            ctx: crate::run::executor::attempt_context(&wf, id, 1, &base_ctx, |r| outputs[r].clone()),
-                        };
+                        let tctx = attempt_context(&wf, id, 1, &base_ctx, |r| (outputs[r].clone(), core.task_status(r)));
+                        // Deterministic: the condition reads only the input and
+                        // the results already in the history.
+                        if let Some(outcome) = condition_outcome(task, tctx.as_ref()) {
+                            decided.push((id, outcome));
+                            continue;
+                        }
+                        let task_input =
+                            TaskInput { run_id: input.run_id.clone(), version: wf.version.clone(), task: task.name.clone(), ctx: tctx };
                         let opts = activity_options(&wf, task, heartbeat);
                         let fut: LocalBoxFuture<'_, Result<Value, ActivityExecutionError>> = match task.action.kind() {
                             "run" => ctx.execute_activity(TaskActivities::run_task, task_input, opts).boxed_local(),
@@ -139,6 +145,12 @@ impl DagWorkflow {
                     // skips and attempts are derived from the history.
                     _ => {}
                 }
+            }
+            if !decided.is_empty() {
+                for (id, outcome) in decided {
+                    core.handle(&wf, Event::Ended { task: id, attempt: 1, outcome }, &mut decisions).map_err(illegal)?;
+                }
+                continue;
             }
             if running.is_empty() {
                 break;

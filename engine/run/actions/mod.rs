@@ -60,6 +60,10 @@ pub enum ActionError {
     /// The attempt failed in a way a retry cannot fix (bad template, unknown handler).
     #[error("{0}")]
     Permanent(String),
+    /// The task's `when:` condition is false: the task is skipped, with
+    /// this reason.
+    #[error("{0}")]
+    Skipped(String),
     /// The attempt was stopped because `cancel` fired.
     #[error("cancelled")]
     Cancelled,
