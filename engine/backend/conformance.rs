@@ -245,6 +245,119 @@ tasks:
     assert_eq!(task(&r, "fine").status, TaskStatus::Succeeded);
 }
 
+/// `on_failure` and `finally`: after every task is final, in order, reading
+/// the run's status, its failed tasks and any task's output and status; a
+/// failing handler fails a succeeded run; `finally` runs after a cancel
+/// and after the workflow timeout.
+pub async fn failure_handlers(b: Arc<dyn Backend>) {
+    let r = run_to_end(
+        &*b,
+        r#"
+version: 1
+name: conf-handlers
+tasks:
+  - {name: a, uses: echo, with: {v: 1}}
+  - {name: bad, parents: [a], uses: fail, with: {message: boom}}
+  - {name: below, parents: [bad], uses: echo}
+on_failure:
+  - name: alert
+    uses: echo
+    with: {status: "{{run.status}}", failed: "{{run.failed_tasks}}", a: "{{tasks.a.output.v}}"}
+  - {name: after-alert, parents: [alert], uses: echo, with: {bad: "{{tasks.bad.status}}"}}
+finally:
+  - {name: cleanup, uses: echo, with: {status: "{{run.status}}"}}
+"#,
+        json!({}),
+    )
+    .await;
+    assert_eq!(r.status, RunStatus::Failed, "{r:#?}");
+    assert_eq!(task(&r, "below").skip_reason.as_deref(), Some("parent bad failed"));
+    let alert = task(&r, "alert").output.clone().unwrap_or_else(|| panic!("alert did not run: {r:#?}"));
+    assert_eq!(alert["status"], "failed", "{alert}");
+    assert_eq!(alert["a"], 1, "{alert}");
+    assert_eq!(alert["failed"][0]["name"], "bad", "{alert}");
+    assert!(alert["failed"][0]["error"].as_str().unwrap_or("").contains("boom"), "{alert}");
+    assert_eq!(task(&r, "after-alert").output, Some(json!({"bad": "failed"})));
+    assert_eq!(task(&r, "cleanup").output, Some(json!({"status": "failed"})));
+    let (alert_end, cleanup_start) = (task(&r, "after-alert").finished_at, task(&r, "cleanup").started_at);
+    assert!(alert_end <= cleanup_start, "finally runs after on_failure: {r:#?}");
+
+    let r = run_to_end(
+        &*b,
+        r#"
+version: 1
+name: conf-handlers-ok
+tasks:
+  - {name: a, uses: echo}
+on_failure:
+  - {name: alert, uses: echo}
+finally:
+  - {name: cleanup, uses: fail, with: {message: nope}}
+"#,
+        json!({}),
+    )
+    .await;
+    assert_eq!(r.status, RunStatus::Failed, "a failing handler fails a succeeded run: {r:#?}");
+    assert_eq!(task(&r, "a").status, TaskStatus::Succeeded);
+    assert_eq!(task(&r, "alert").status, TaskStatus::Skipped);
+    assert_eq!(task(&r, "alert").skip_reason.as_deref(), Some("the run succeeded: on_failure runs when it fails or times out"));
+    assert_eq!(task(&r, "cleanup").status, TaskStatus::Failed);
+
+    let r = run_to_end(
+        &*b,
+        r#"
+version: 1
+name: conf-handlers-timeout
+timeout: 500ms
+tasks:
+  - {name: slow, uses: sleep, with: {duration: 30s}}
+on_failure:
+  - {name: alert, uses: echo, with: {status: "{{run.status}}"}}
+finally:
+  - {name: cleanup, uses: sleep, with: {duration: 600ms}}
+"#,
+        json!({}),
+    )
+    .await;
+    assert_eq!(r.status, RunStatus::TimedOut, "{r:#?}");
+    assert_eq!(task(&r, "slow").status, TaskStatus::TimedOut);
+    assert_eq!(task(&r, "alert").output, Some(json!({"status": "timed_out"})));
+    assert_eq!(task(&r, "cleanup").status, TaskStatus::Succeeded, "finally outlives the workflow timeout: {r:#?}");
+
+    let id = b
+        .submit(RunRequest::new(
+            workflow(
+                r#"
+version: 1
+name: conf-handlers-cancel
+tasks:
+  - {name: long, uses: sleep, with: {duration: 60s}}
+on_failure:
+  - {name: alert, uses: echo}
+finally:
+  - {name: cleanup, uses: echo, with: {status: "{{run.status}}"}}
+"#,
+            ),
+            json!({}),
+        ))
+        .await
+        .expect("submit");
+    eventually("the task to start", WAIT, Duration::from_millis(25), || {
+        let (b, id) = (Arc::clone(&b), id.clone());
+        async move {
+            let r = b.result(&id, None).await.ok()?;
+            (task(&r, "long").status == TaskStatus::Running).then_some(())
+        }
+    })
+    .await;
+    b.cancel(&id).await.expect("cancel");
+    let r = b.result(&id, Some(WAIT)).await.expect("result");
+    assert_eq!(r.status, RunStatus::Cancelled, "{r:#?}");
+    assert_eq!(task(&r, "long").status, TaskStatus::Cancelled);
+    assert_eq!(task(&r, "alert").status, TaskStatus::Skipped);
+    assert_eq!(task(&r, "cleanup").output, Some(json!({"status": "cancelled"})), "{r:#?}");
+}
+
 /// A failure skips the descendants with a reason; independent branches go on.
 pub async fn failure_skips_descendants(b: Arc<dyn Backend>) {
     let r = run_to_end(
@@ -726,7 +839,7 @@ macro_rules! conformance_tests {
     ($make:expr) => {
         $crate::conformance_tests!(@cases $make;
             ordering_and_outputs, parallelism_and_concurrency, failure_skips_descendants, trigger_rules,
-            conditions,
+            conditions, failure_handlers,
             task_timeout, workflow_timeout, retries, cancellation, results_and_unknown_ids,
             entity_and_context);
     };

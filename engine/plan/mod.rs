@@ -119,10 +119,34 @@ impl Action {
     }
 }
 
+/// Which list a task belongs to: the workflow's `tasks`, or one of the
+/// handler lists that run after every task is final.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord)]
+pub enum Phase {
+    Main,
+    /// `on_failure:`: when the run ends failed or timed out.
+    OnFailure,
+    /// `finally:`: whatever the outcome.
+    Finally,
+}
+
+impl Phase {
+    /// The key of the list in a workflow file.
+    pub fn key(self) -> &'static str {
+        match self {
+            Phase::Main => "tasks",
+            Phase::OnFailure => "on_failure",
+            Phase::Finally => "finally",
+        }
+    }
+}
+
 #[derive(Debug)]
 pub struct Task {
     pub id: TaskId,
     pub name: String,
+    /// The list the task belongs to.
+    pub phase: Phase,
     pub parents: Vec<TaskId>,
     pub children: Vec<TaskId>,
     /// When the task may start, from its parents' final states.
@@ -168,9 +192,14 @@ impl Workflow {
         self.tasks.iter().find(|t| t.name == name)
     }
 
-    /// Task ids with no parents.
-    pub fn roots(&self) -> impl Iterator<Item = TaskId> + '_ {
-        self.tasks.iter().filter(|t| t.parents.is_empty()).map(|t| t.id)
+    /// Task ids of `phase` with no parents.
+    pub fn roots(&self, phase: Phase) -> impl Iterator<Item = TaskId> + '_ {
+        self.tasks.iter().filter(move |t| t.phase == phase && t.parents.is_empty()).map(|t| t.id)
+    }
+
+    /// Whether the workflow has `on_failure` or `finally` tasks.
+    pub fn has_handlers(&self) -> bool {
+        self.tasks.last().is_some_and(|t| t.phase != Phase::Main)
     }
 
     /// Whether any task is a `celery:` action.
@@ -259,8 +288,17 @@ pub fn content_hash(raw: &RawWorkflow) -> String {
 /// Compile a definition that passed validation. Errors here mean validation
 /// let something through; they are reported, never panicked on.
 pub fn compile(raw: RawWorkflow) -> Result<Arc<Workflow>, String> {
-    let mut ids: HashMap<&str, TaskId> = HashMap::with_capacity(raw.tasks.len());
-    for (i, t) in raw.tasks.iter().enumerate() {
+    // Every task, handlers after the workflow's own: one id space.
+    let all: Vec<(Phase, usize, &RawTask)> = raw
+        .tasks
+        .iter()
+        .enumerate()
+        .map(|(i, t)| (Phase::Main, i, t))
+        .chain(raw.on_failure.iter().enumerate().map(|(i, t)| (Phase::OnFailure, i, t)))
+        .chain(raw.finally.iter().enumerate().map(|(i, t)| (Phase::Finally, i, t)))
+        .collect();
+    let mut ids: HashMap<&str, TaskId> = HashMap::with_capacity(all.len());
+    for (i, (_, _, t)) in all.iter().enumerate() {
         if ids.insert(t.name.as_str(), i).is_some() {
             return Err(format!("duplicate task `{}`", t.name));
         }
@@ -269,21 +307,24 @@ pub fn compile(raw: RawWorkflow) -> Result<Arc<Workflow>, String> {
     let default_timeout = dur(&raw.defaults.as_ref().and_then(|d| d.timeout.clone()))?;
     let default_retry = raw.defaults.as_ref().and_then(|d| d.retry.as_ref()).map(RetryPolicy::from_spec).transpose()?;
     let mut templates = Templates::new();
-    let mut tasks = Vec::with_capacity(raw.tasks.len());
-    let mut dag = DiGraph::with_capacity(raw.tasks.len(), raw.tasks.len());
-    for i in 0..raw.tasks.len() {
+    let mut tasks = Vec::with_capacity(all.len());
+    let mut dag = DiGraph::with_capacity(all.len(), all.len());
+    for i in 0..all.len() {
         dag.add_node(i);
     }
-    for (i, rt) in raw.tasks.iter().enumerate() {
+    for (i, &(phase, at, rt)) in all.iter().enumerate() {
         let mut parents = Vec::with_capacity(rt.parents.len());
         for p in &rt.parents {
             let pid = *ids.get(p.as_str()).ok_or_else(|| format!("unknown parent `{p}`"))?;
+            if all[pid].0 != phase {
+                return Err(format!("`{}` lists `{p}` as a parent, from another list", rt.name));
+            }
             if !parents.contains(&pid) {
                 parents.push(pid);
                 dag.add_edge(NodeIndex::new(pid), NodeIndex::new(i), ());
             }
         }
-        let key = format!("/tasks/{i}");
+        let key = format!("/{}/{at}", phase.key());
         let mut read = template::Reads::default();
         let action = compile_action(rt, &key, &mut templates, &mut read)?;
         let when = match &rt.when {
@@ -305,6 +346,7 @@ pub fn compile(raw: RawWorkflow) -> Result<Arc<Workflow>, String> {
         tasks.push(Task {
             id: i,
             name: rt.name.clone(),
+            phase,
             parents,
             children: Vec::new(),
             trigger: rt.trigger.unwrap_or_default(),
@@ -325,7 +367,7 @@ pub fn compile(raw: RawWorkflow) -> Result<Arc<Workflow>, String> {
         }
     }
     let order = petgraph::algo::toposort(&dag, None)
-        .map_err(|c| format!("cycle through `{}`", raw.tasks[c.node_id().index()].name))?
+        .map_err(|c| format!("cycle through `{}`", all[c.node_id().index()].2.name))?
         .into_iter()
         .map(|n| n.index())
         .collect();

@@ -12,7 +12,7 @@ use super::record::{AttemptRecord, Recorder};
 use super::result::{RunResult, TaskResult};
 use super::sched::{self, Core, Decision, Event, Outcome};
 use super::state::{RunStatus, TaskStatus};
-use crate::plan::{Task, TaskId, Workflow};
+use crate::plan::{Phase, Task, TaskId, Workflow};
 use futures::FutureExt;
 use serde_json::{Map, Value, json};
 use std::sync::{Arc, Mutex};
@@ -136,7 +136,7 @@ impl Executor {
         if let Err(e) = core.handle(&wf, Event::Start, &mut decisions) {
             tracing::error!(run_id, "{e}");
         }
-        self.apply(&wf, &mut run, &mut decisions);
+        self.apply(&wf, &mut run, &mut decisions, &core);
 
         let deadline = wf.timeout.map(|t| tokio::time::Instant::now() + t);
         let sleep_until = async move {
@@ -193,14 +193,14 @@ impl Executor {
             if let Err(e) = core.handle(&wf, event, &mut decisions) {
                 tracing::error!(run_id, "{e}");
             }
-            self.apply(&wf, &mut run, &mut decisions);
+            self.apply(&wf, &mut run, &mut decisions, &core);
         }
         let Some((end, error)) = run.end.take() else { return core.status() };
         self.finish_run(run, end, error).await
     }
 
     /// Carry out the core's decisions, in order.
-    fn apply(&self, wf: &Arc<Workflow>, run: &mut Run, decisions: &mut Vec<Decision>) {
+    fn apply(&self, wf: &Arc<Workflow>, run: &mut Run, decisions: &mut Vec<Decision>, core: &Core) {
         for d in decisions.drain(..) {
             match d {
                 Decision::RunStarted => {
@@ -218,24 +218,16 @@ impl Executor {
                         t.started_at = Some(now());
                         t.attempts = 1;
                     });
-                    self.spawn_attempt(&mut run.set, wf, task, 1, None, &run.base_ctx, &run.outputs, &run.statuses, &run.cancel);
+                    let handler = self.handler_run(wf, task, run, core);
+                    self.spawn_attempt(wf, task, 1, None, run, handler);
                 }
                 Decision::Retry { task, attempt, delay, error } => {
                     self.set_task(&run.shared, wf, task, TaskStatus::Running, |t| {
                         t.attempts = attempt;
                         t.error = Some(error);
                     });
-                    self.spawn_attempt(
-                        &mut run.set,
-                        wf,
-                        task,
-                        attempt,
-                        Some(delay),
-                        &run.base_ctx,
-                        &run.outputs,
-                        &run.statuses,
-                        &run.cancel,
-                    );
+                    let handler = self.handler_run(wf, task, run, core);
+                    self.spawn_attempt(wf, task, attempt, Some(delay), run, handler);
                 }
                 Decision::Attempt { task, attempt, status, error } => {
                     let started_at = run.started_at[task].unwrap_or_else(now);
@@ -337,25 +329,37 @@ impl Executor {
         }
     }
 
-    #[allow(clippy::too_many_arguments)]
+    /// What a handler task reads of the run (`run.status`,
+    /// `run.failed_tasks`); `None` for a task of the workflow's own.
+    fn handler_run(&self, wf: &Workflow, id: TaskId, run: &Run, core: &Core) -> Option<(RunStatus, Vec<Value>)> {
+        if wf.tasks[id].phase == Phase::Main {
+            return None;
+        }
+        let r = lock(&run.shared);
+        let failed = failed_tasks(wf, |t| run.statuses[t], |t| r.tasks.get(&wf.tasks[t].name).and_then(|x| x.error.clone()));
+        Some((core.outcome(wf), failed))
+    }
+
     fn spawn_attempt(
         &self,
-        set: &mut JoinSet<AttemptEnd>,
         wf: &Arc<Workflow>,
         id: TaskId,
         attempt: u32,
         delay: Option<Duration>,
-        base_ctx: &Arc<Value>,
-        outputs: &[Option<Value>],
-        statuses: &[TaskStatus],
-        run_cancel: &CancellationToken,
+        run: &mut Run,
+        handler: Option<(RunStatus, Vec<Value>)>,
     ) {
-        let ctx = attempt_context(wf, id, attempt, base_ctx, |r| (outputs[r].clone(), statuses[r]));
+        let mut ctx = attempt_context(wf, id, attempt, &run.base_ctx, |r| (run.outputs[r].clone(), run.statuses[r]));
+        if let (Some(c), Some((status, failed))) = (ctx.as_mut(), handler.as_ref()) {
+            handler_fields(c, *status, failed.clone());
+        }
         let wf = Arc::clone(wf);
         let handlers = Arc::clone(&self.handlers);
         let limits = Arc::clone(&self.limits);
-        let token = run_cancel.child_token();
-        let run_id = base_ctx["run"]["id"].as_str().unwrap_or_default().to_string();
+        // Handlers run after a stop too: the run's cancel does not reach them.
+        let token = if handler.is_some() { CancellationToken::new() } else { run.cancel.child_token() };
+        let run_id = run.base_ctx["run"]["id"].as_str().unwrap_or_default().to_string();
+        let set = &mut run.set;
         set.spawn(async move {
             if let Some(d) = delay {
                 tokio::select! {
@@ -426,6 +430,23 @@ pub fn condition_outcome(task: &Task, ctx: Option<&Value>) -> Option<Outcome> {
         Err(ActionError::Skipped(reason)) => Some(Outcome::Skipped { reason }),
         Err(e) => Some(Outcome::Failed { error: e.to_string(), retryable: false }),
     }
+}
+
+/// The failed (or timed-out) tasks of the workflow's own, as handlers read
+/// them in `run.failed_tasks`: `{name, error}` in plan order.
+pub fn failed_tasks(wf: &Workflow, status: impl Fn(TaskId) -> TaskStatus, error: impl Fn(TaskId) -> Option<String>) -> Vec<Value> {
+    wf.tasks
+        .iter()
+        .filter(|t| t.phase == Phase::Main && matches!(status(t.id), TaskStatus::Failed | TaskStatus::TimedOut))
+        .map(|t| json!({"name": t.name, "error": error(t.id)}))
+        .collect()
+}
+
+/// Add what a handler reads of its run to an attempt's context:
+/// `run.status` (how the run ends so far) and `run.failed_tasks`.
+pub fn handler_fields(ctx: &mut Value, status: RunStatus, failed: Vec<Value>) {
+    ctx["run"]["status"] = json!(status.as_str());
+    ctx["run"]["failed_tasks"] = Value::Array(failed);
 }
 
 /// Run one attempt of task `id` to its end: the action under the task's

@@ -16,7 +16,7 @@
 //! changes nothing.
 
 use super::state::{IllegalTransition, RunStatus, TaskStatus};
-use crate::plan::{RetryPolicy, TaskId, Trigger, Workflow};
+use crate::plan::{Phase, RetryPolicy, TaskId, Trigger, Workflow};
 use std::collections::BTreeSet;
 use std::time::Duration;
 
@@ -167,8 +167,11 @@ pub struct Core {
     running: usize,
     limit: usize,
     run: RunStatus,
-    /// Set once the run is cancelled or timed out: nothing new starts.
+    /// Set once the run is cancelled or timed out: no task of the
+    /// workflow's own starts any more (handlers still do).
     stop: Option<RunStatus>,
+    /// The list being run: the workflow's tasks, then its handlers.
+    phase: Phase,
     /// Mixed into retry jitter so two runs do not retry in lockstep while
     /// one run's decisions stay reproducible.
     seed: u32,
@@ -180,11 +183,12 @@ impl Core {
     pub fn new(wf: &Workflow, seed: u32) -> Core {
         Core {
             tasks: wf.tasks.iter().map(|t| TaskState::new(TaskStatus::Pending, 0, t.parents.len())).collect(),
-            ready: wf.roots().collect(),
+            ready: wf.roots(Phase::Main).collect(),
             running: 0,
             limit: wf.concurrency.unwrap_or(usize::MAX).max(1),
             run: RunStatus::Queued,
             stop: None,
+            phase: Phase::Main,
             seed,
         }
     }
@@ -209,8 +213,13 @@ impl Core {
         if stop.is_some_and(|s| !matches!(s, RunStatus::Cancelled | RunStatus::TimedOut)) {
             return Err(Unreadable(format!("a run cannot stop as {}", stop.map_or("", RunStatus::as_str))));
         }
+        // The handler list under way is the last one with a task that left
+        // `pending` (a list that is not run has its tasks skipped at once).
+        let phase = wf.tasks.iter().zip(&tasks).filter(|(_, s)| s.status != TaskStatus::Pending).map(|(t, _)| t.phase).max();
+        let phase = phase.unwrap_or(Phase::Main);
         let mut core =
-            Core { tasks, ready: BTreeSet::new(), running: 0, limit: wf.concurrency.unwrap_or(usize::MAX).max(1), run, stop, seed };
+            Core { tasks, ready: BTreeSet::new(), running: 0, limit: wf.concurrency.unwrap_or(usize::MAX).max(1), run, stop, phase, seed };
+        let can_start = stop.is_none() || phase != Phase::Main;
         for t in &wf.tasks {
             let mut state = TaskState::new(core.tasks[t.id].status, core.tasks[t.id].attempt, t.parents.len());
             for &p in &t.parents {
@@ -221,7 +230,11 @@ impl Core {
             core.tasks[t.id] = state;
             match state.status {
                 TaskStatus::Running => core.running += 1,
-                TaskStatus::Pending if t.parents.is_empty() || judge(t.trigger, t.parents.len(), &state) == Verdict::Ready => {
+                TaskStatus::Pending
+                    if can_start
+                        && t.phase == phase
+                        && (t.parents.is_empty() || judge(t.trigger, t.parents.len(), &state) == Verdict::Ready) =>
+                {
                     core.ready.insert(t.id);
                 }
                 _ => {}
@@ -406,7 +419,7 @@ impl Core {
                     ),
                 };
                 out.push(Decision::Attempt { task: id, attempt, status, error: Some(error.clone()) });
-                if retryable && self.stop.is_none() && attempt < task.retry.attempts {
+                if retryable && (self.stop.is_none() || task.phase != Phase::Main) && attempt < task.retry.attempts {
                     let next = attempt + 1;
                     self.set(id, TaskStatus::Running)?;
                     self.tasks[id].attempt = next;
@@ -425,12 +438,17 @@ impl Core {
     }
 
     /// Cancel or time out the run: nothing new starts, running attempts are
-    /// told to stop; the run ends once they have.
+    /// told to stop; the run ends once they have (and its handlers ran).
+    /// Once the handlers run, a stop sets how the run ends but stops
+    /// nothing: each handler is bounded by its own timeout.
     fn stop_with(&mut self, wf: &Workflow, why: RunStatus, out: &mut Vec<Decision>) {
         if self.stop.is_some() || self.run.is_terminal() {
             return;
         }
         self.stop = Some(why);
+        if self.phase != Phase::Main {
+            return;
+        }
         if self.running > 0 {
             out.push(Decision::StopAll);
         }
@@ -439,29 +457,90 @@ impl Core {
         }
     }
 
-    /// Start what is ready within the concurrency limit; finish the run
-    /// when nothing is left running.
+    /// Start what is ready within the concurrency limit; when nothing is
+    /// left running, go on to the next handler list, or finish the run.
     fn advance(&mut self, wf: &Workflow, out: &mut Vec<Decision>) {
-        while self.stop.is_none() && self.running < self.limit {
-            let Some(id) = self.ready.pop_first() else { break };
-            // A ready task is pending: it was queued when its last parent
-            // succeeded, and only this loop takes it out of `pending`.
-            if self.set(id, TaskStatus::Running).is_err() {
+        loop {
+            while (self.stop.is_none() || self.phase != Phase::Main) && self.running < self.limit {
+                let Some(id) = self.ready.pop_first() else { break };
+                // A ready task is pending: it was queued when its last parent
+                // succeeded, and only this loop takes it out of `pending`.
+                if self.set(id, TaskStatus::Running).is_err() {
+                    continue;
+                }
+                self.tasks[id].attempt = 1;
+                self.running += 1;
+                out.push(Decision::Start { task: id });
+            }
+            if self.running > 0 {
+                return;
+            }
+            if !self.next_phase(wf, out) {
+                self.finish(wf, out);
+                return;
+            }
+        }
+    }
+
+    /// How the run ends so far: its stop, else `failed` when a task of the
+    /// workflow's own failed or timed out, else `succeeded`. Handlers read
+    /// it as `run.status`.
+    pub fn outcome(&self, wf: &Workflow) -> RunStatus {
+        match self.stop {
+            Some(s) => s,
+            None if wf
+                .tasks
+                .iter()
+                .zip(&self.tasks)
+                .any(|(t, s)| t.phase == Phase::Main && matches!(s.status, TaskStatus::Failed | TaskStatus::TimedOut)) =>
+            {
+                RunStatus::Failed
+            }
+            None => RunStatus::Succeeded,
+        }
+    }
+
+    /// The list under way is over: its tasks that never started will not;
+    /// start the next handler list that runs. `false`: none is left.
+    fn next_phase(&mut self, wf: &Workflow, out: &mut Vec<Decision>) -> bool {
+        let end = self.outcome(wf);
+        self.ready.clear();
+        loop {
+            for id in 0..self.tasks.len() {
+                if wf.tasks[id].phase != self.phase || self.tasks[id].status != TaskStatus::Pending {
+                    continue;
+                }
+                let (status, reason) =
+                    if self.phase == Phase::Main { unstarted(wf, end) } else { (TaskStatus::Skipped, "not reached".into()) };
+                if self.set(id, status).is_ok() {
+                    out.push(Decision::Skip { task: id, status, reason });
+                }
+            }
+            self.phase = match self.phase {
+                Phase::Main => Phase::OnFailure,
+                Phase::OnFailure => Phase::Finally,
+                Phase::Finally => return false,
+            };
+            if self.phase == Phase::OnFailure && !matches!(end, RunStatus::Failed | RunStatus::TimedOut) {
+                for id in 0..self.tasks.len() {
+                    if wf.tasks[id].phase == Phase::OnFailure && self.set(id, TaskStatus::Skipped).is_ok() {
+                        let reason = format!("the run {}: on_failure runs when it fails or times out", end_verb(end));
+                        out.push(Decision::Skip { task: id, status: TaskStatus::Skipped, reason });
+                    }
+                }
                 continue;
             }
-            self.tasks[id].attempt = 1;
-            self.running += 1;
-            out.push(Decision::Start { task: id });
-        }
-        if self.running == 0 {
-            self.finish(wf, out);
+            self.ready.extend(wf.roots(self.phase));
+            if !self.ready.is_empty() {
+                return true;
+            }
         }
     }
 
     fn finish(&mut self, wf: &Workflow, out: &mut Vec<Decision>) {
         let end = match self.stop {
             Some(s) => s,
-            // Skipped tasks do not fail a run; failed ones do.
+            // Skipped tasks do not fail a run; failed ones (handlers too) do.
             None if self.tasks.iter().any(|t| matches!(t.status, TaskStatus::Failed | TaskStatus::TimedOut)) => RunStatus::Failed,
             None => RunStatus::Succeeded,
         };
@@ -490,7 +569,7 @@ impl Core {
     /// trigger is met, skip those whose trigger can no longer be met (and
     /// so on down). A stopping run decides nothing new.
     fn settle(&mut self, wf: &Workflow, id: TaskId, root: Root, out: &mut Vec<Decision>) {
-        if self.stop.is_some() {
+        if self.stop.is_some() && wf.tasks[id].phase == Phase::Main {
             return;
         }
         let mut stack = vec![(id, root)];
@@ -556,6 +635,15 @@ fn task_code(s: TaskStatus) -> u8 {
 #[error("the run's scheduling state is unreadable: {0}")]
 pub struct Unreadable(pub String);
 
+fn end_verb(end: RunStatus) -> &'static str {
+    match end {
+        RunStatus::Succeeded => "succeeded",
+        RunStatus::Cancelled => "was cancelled",
+        RunStatus::TimedOut => "timed out",
+        _ => "failed",
+    }
+}
+
 /// How an attempt stopped by the run's end ends, and its error.
 fn stopped(end: RunStatus) -> (TaskStatus, &'static str) {
     match end {
@@ -612,6 +700,27 @@ mod tests {
 
     /// As [`workflow`], task i with trigger `triggers[i]` (default when absent).
     fn workflow_with(parents: &[Vec<usize>], triggers: &[Trigger], concurrency: Option<usize>, attempts: u32) -> Arc<Workflow> {
+        workflow_full(parents, triggers, concurrency, attempts, (0, 0))
+    }
+
+    /// As [`workflow_with`], with chains of `handlers.0` on_failure tasks
+    /// (f0..) and `handlers.1` finally tasks (z0..).
+    fn workflow_full(
+        parents: &[Vec<usize>],
+        triggers: &[Trigger],
+        concurrency: Option<usize>,
+        attempts: u32,
+        handlers: (usize, usize),
+    ) -> Arc<Workflow> {
+        let chain = |prefix: &str, n: usize| -> Vec<serde_json::Value> {
+            (0..n)
+                .map(|i| {
+                    let parents: Vec<String> = if i == 0 { vec![] } else { vec![format!("{prefix}{}", i - 1)] };
+                    serde_json::json!({"name": format!("{prefix}{i}"), "uses": "echo", "parents": parents,
+                        "retry": {"attempts": attempts, "delay": "1s"}})
+                })
+                .collect()
+        };
         let tasks: Vec<serde_json::Value> = parents
             .iter()
             .enumerate()
@@ -629,7 +738,8 @@ mod tests {
                 t
             })
             .collect();
-        let mut doc = serde_json::json!({"version": 1, "name": "w", "timeout": "1m", "tasks": tasks});
+        let mut doc = serde_json::json!({"version": 1, "name": "w", "timeout": "1m", "tasks": tasks,
+            "on_failure": chain("f", handlers.0), "finally": chain("z", handlers.1)});
         if let Some(c) = concurrency {
             doc["concurrency"] = c.into();
         }
@@ -653,6 +763,114 @@ mod tests {
         let d = feed(&mut core, &wf, Event::Ended { task: 2, attempt: 1, outcome: Outcome::Succeeded });
         assert_eq!(d.last(), Some(&Decision::RunFinished { status: RunStatus::Succeeded, error: None }));
         assert!(core.is_finished());
+    }
+
+    /// `main` tasks m0..mN (each with its parents), then `on_failure`
+    /// tasks f0.. and `finally` tasks z0.. (each after the one before it).
+    fn with_handlers(main: &[Vec<usize>], on_failure: usize, finally: usize) -> Arc<Workflow> {
+        let list = |prefix: &str, n: usize| -> Vec<serde_json::Value> {
+            (0..n)
+                .map(|i| {
+                    let parents: Vec<String> = if i == 0 { vec![] } else { vec![format!("{prefix}{}", i - 1)] };
+                    serde_json::json!({"name": format!("{prefix}{i}"), "uses": "echo", "parents": parents, "retry": {"attempts": 2}})
+                })
+                .collect()
+        };
+        let tasks: Vec<serde_json::Value> = main
+            .iter()
+            .enumerate()
+            .map(|(i, ps)| {
+                serde_json::json!({"name": format!("m{i}"), "uses": "echo", "parents": ps.iter().map(|p| format!("m{p}")).collect::<Vec<_>>()})
+            })
+            .collect();
+        let doc = serde_json::json!({"version": 1, "name": "w", "timeout": "1m", "tasks": tasks,
+            "on_failure": list("f", on_failure), "finally": list("z", finally)});
+        crate::plan::compile(serde_json::from_value(doc).unwrap()).unwrap()
+    }
+
+    fn ok(task: TaskId) -> Event {
+        Event::Ended { task, attempt: 1, outcome: Outcome::Succeeded }
+    }
+
+    #[test]
+    fn handlers_run_after_a_failure_in_order_and_the_run_stays_failed() {
+        // m0 -> m1; on_failure f0 -> f1; finally z0 (ids 2, 3, 4)
+        let wf = with_handlers(&[vec![], vec![0]], 2, 1);
+        let mut core = Core::new(&wf, 0);
+        assert_eq!(feed(&mut core, &wf, Event::Start), vec![Decision::RunStarted, Decision::Start { task: 0 }]);
+        let d =
+            feed(&mut core, &wf, Event::Ended { task: 0, attempt: 1, outcome: Outcome::Failed { error: "boom".into(), retryable: false } });
+        assert_eq!(
+            d[2..],
+            [Decision::Skip { task: 1, status: TaskStatus::Skipped, reason: "parent m0 failed".into() }, Decision::Start { task: 2 }]
+        );
+        assert_eq!(core.outcome(&wf), RunStatus::Failed);
+        assert_eq!(feed(&mut core, &wf, ok(2)).last(), Some(&Decision::Start { task: 3 }));
+        // A handler's state survives a restore: the list under way is read back.
+        let mut core = Core::restore(&wf, 0, &core.snapshot()).unwrap();
+        assert_eq!(feed(&mut core, &wf, ok(3)).last(), Some(&Decision::Start { task: 4 }));
+        let d = feed(&mut core, &wf, ok(4));
+        assert_eq!(d.last(), Some(&Decision::RunFinished { status: RunStatus::Failed, error: None }));
+    }
+
+    #[test]
+    fn a_succeeded_run_skips_on_failure_and_a_failing_finally_fails_it() {
+        let wf = with_handlers(&[vec![]], 1, 1);
+        let mut core = Core::new(&wf, 0);
+        feed(&mut core, &wf, Event::Start);
+        let d = feed(&mut core, &wf, ok(0));
+        assert_eq!(
+            d[2..],
+            [
+                Decision::Skip {
+                    task: 1,
+                    status: TaskStatus::Skipped,
+                    reason: "the run succeeded: on_failure runs when it fails or times out".into()
+                },
+                Decision::Start { task: 2 },
+            ]
+        );
+        // Handlers retry by their own policy.
+        let d = feed(&mut core, &wf, Event::Ended { task: 2, attempt: 1, outcome: Outcome::Failed { error: "x".into(), retryable: true } });
+        assert!(matches!(d.last(), Some(Decision::Retry { task: 2, attempt: 2, .. })), "{d:?}");
+        let d = feed(&mut core, &wf, Event::Ended { task: 2, attempt: 2, outcome: Outcome::Failed { error: "y".into(), retryable: true } });
+        assert_eq!(d.last(), Some(&Decision::RunFinished { status: RunStatus::Failed, error: None }));
+    }
+
+    #[test]
+    fn finally_runs_after_a_cancel_and_a_later_stop_stops_no_handler() {
+        let wf = with_handlers(&[vec![], vec![0]], 1, 2);
+        let mut core = Core::new(&wf, 0);
+        feed(&mut core, &wf, Event::Start);
+        assert_eq!(feed(&mut core, &wf, Event::Cancel), vec![Decision::StopAll]);
+        let d = feed(&mut core, &wf, Event::Ended { task: 0, attempt: 1, outcome: Outcome::Stopped });
+        assert!(d.contains(&Decision::Skip { task: 1, status: TaskStatus::Cancelled, reason: "run cancelled".into() }), "{d:?}");
+        assert!(
+            d.contains(&Decision::Skip {
+                task: 2,
+                status: TaskStatus::Skipped,
+                reason: "the run was cancelled: on_failure runs when it fails or times out".into()
+            }),
+            "{d:?}"
+        );
+        assert_eq!(d.last(), Some(&Decision::Start { task: 3 }), "finally starts although the run is stopping");
+        let mut core = Core::restore(&wf, 0, &core.snapshot()).unwrap();
+        // The deadline passing now stops no handler.
+        assert!(feed(&mut core, &wf, Event::Deadline).is_empty());
+        assert_eq!(feed(&mut core, &wf, ok(3)).last(), Some(&Decision::Start { task: 4 }));
+        let d = feed(&mut core, &wf, ok(4));
+        assert_eq!(d.last(), Some(&Decision::RunFinished { status: RunStatus::Cancelled, error: Some("the run was cancelled".into()) }));
+    }
+
+    #[test]
+    fn a_deadline_during_finally_times_the_run_out_once_finally_ends() {
+        let wf = with_handlers(&[vec![]], 0, 1);
+        let mut core = Core::new(&wf, 0);
+        feed(&mut core, &wf, Event::Start);
+        assert_eq!(feed(&mut core, &wf, ok(0)).last(), Some(&Decision::Start { task: 1 }));
+        assert!(feed(&mut core, &wf, Event::Deadline).is_empty());
+        let d = feed(&mut core, &wf, ok(1));
+        assert!(matches!(d.last(), Some(Decision::RunFinished { status: RunStatus::TimedOut, .. })), "{d:?}");
     }
 
     #[test]
@@ -893,7 +1111,9 @@ mod tests {
                 Step::Deadline => Event::Deadline,
                 Step::End(k, o) => {
                     let (task, attempt) = live.remove(k % live.len());
-                    let outcome = match (o, core.stop.is_some()) {
+                    // Handlers are never stopped: they run to their end.
+                    let stopping = core.stop.is_some() && wf.tasks[task].phase == Phase::Main;
+                    let outcome = match (o, stopping) {
                         (0 | 1, true) => Outcome::Stopped,
                         (_, true) => Outcome::NotStarted,
                         (0 | 1, _) => Outcome::Succeeded,
@@ -922,8 +1142,9 @@ mod tests {
             attempts in 1u32..4,
             steps in proptest::collection::vec(step(), 1..40),
             seed in any::<u32>(),
+            handlers in (0usize..3, 0usize..3),
         ) {
-            let wf = workflow_with(&parents, &triggers, concurrency, attempts);
+            let wf = workflow_full(&parents, &triggers, concurrency, attempts, handlers);
             let (core, decisions) = drive(&wf, &steps, seed, false);
             let stopped = steps.iter().any(|s| matches!(s, Step::Cancel | Step::Deadline));
 
@@ -941,6 +1162,10 @@ mod tests {
                         let t = &wf.tasks[*task];
                         let ps: Vec<TaskStatus> = t.parents.iter().map(|&p| status[p]).collect();
                         prop_assert!(allows(t.trigger, &ps), "t{} ({:?}) started with parents {:?}", task, t.trigger, ps);
+                        // Handlers start once every task of the workflow's own is final.
+                        if t.phase != Phase::Main {
+                            prop_assert!(wf.tasks.iter().filter(|x| x.phase == Phase::Main).all(|x| status[x.id].is_terminal()));
+                        }
                         started[*task] = true;
                         in_flight += 1;
                         peak = peak.max(in_flight);
@@ -955,6 +1180,8 @@ mod tests {
                             // Only a run's stop ends an attempt that never began.
                             prop_assert!(reason.starts_with("run "), "a started task skipped: {}", reason);
                             in_flight -= 1;
+                        } else if wf.tasks[*task].phase == Phase::OnFailure && reason.starts_with("the run ") {
+                            // A run that did not fail skips its on_failure list.
                         } else if !stopped {
                             // Skipped only when its trigger can no longer be met.
                             let t = &wf.tasks[*task];
@@ -971,6 +1198,10 @@ mod tests {
                 }
             }
             prop_assert!(finals.iter().all(|&n| n == 1), "final states per task: {:?}", finals);
+            // `finally` runs whatever the outcome.
+            if let Some(z0) = wf.task("z0") {
+                prop_assert!(started[z0.id], "finally did not run");
+            }
             prop_assert!(status.iter().all(|s| s.is_terminal()));
             prop_assert!(peak <= concurrency.unwrap_or(usize::MAX));
             for (i, s) in status.iter().enumerate() {

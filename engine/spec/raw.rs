@@ -48,6 +48,14 @@ pub struct RawWorkflow {
     /// The tasks; at least one.
     #[schemars(length(min = 1))]
     pub tasks: Vec<RawTask>,
+    /// Tasks run when the run ends `failed` or `timed_out`, after every task is final; their parents are among
+    /// themselves. They read `run.status`, `run.failed_tasks` and any task's `status` and `output`.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub on_failure: Vec<RawTask>,
+    /// Tasks run whatever the outcome (cancel and timeout included), after every other task is final (and after
+    /// `on_failure`); their parents are among themselves. A failing one turns a succeeded run `failed`.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub finally: Vec<RawTask>,
 }
 
 /// A duration string: `500ms`, `30s`, `10m`, `1h30m`.

@@ -19,7 +19,7 @@ impl Rules<'_> {
                 let d = Diagnostic::new(
                     Code::Action,
                     self.file,
-                    self.root.span_at(&format!("/tasks/{i}/name")),
+                    self.root.span_at(&format!("{}/name", self.task_ptr(i))),
                     format!("task `{name}` has no action"),
                 );
                 let d = if obj.contains_key("with") {
@@ -29,13 +29,13 @@ impl Rules<'_> {
                 };
                 self.push(d);
             } else if present.len() > 1 {
-                let first = self.root.key_span_at(&format!("/tasks/{i}/{}", present[0]));
+                let first = self.root.key_span_at(&format!("{}/{}", self.task_ptr(i), present[0]));
                 for extra in &present[1..] {
                     self.push(
                         Diagnostic::new(
                             Code::Action,
                             self.file,
-                            self.root.key_span_at(&format!("/tasks/{i}/{extra}")),
+                            self.root.key_span_at(&format!("{}/{extra}", self.task_ptr(i))),
                             format!("task `{name}` has more than one action (`{}` and `{extra}`)", present[0]),
                         )
                         .with_help(format!(
@@ -49,7 +49,7 @@ impl Rules<'_> {
                 self.push(Diagnostic::new(
                     Code::Schema,
                     self.file,
-                    self.root.key_span_at(&format!("/tasks/{i}/with")),
+                    self.root.key_span_at(&format!("{}/with", self.task_ptr(i))),
                     format!("`with` only applies to `uses` tasks, and task `{name}` is a `{}` task", present[0]),
                 ));
             }
@@ -60,13 +60,13 @@ impl Rules<'_> {
     pub(super) fn uses(&mut self, i: usize, task: &Node, name: &str, handler: &str) {
         let Some(catalog) = self.handlers else { return };
         if catalog.contains(handler) {
-            check_with(self.file, self.root, catalog, handler, i, task, self.out);
+            check_with(self.file, self.root, catalog, handler, &self.task_ptr(i), task, self.out);
             return;
         }
         let mut d = Diagnostic::new(
             Code::UnknownHandler,
             self.file,
-            self.root.span_at(&format!("/tasks/{i}/uses")),
+            self.root.span_at(&format!("{}/uses", self.task_ptr(i))),
             format!("task `{name}` uses handler `{handler}`, which does not exist"),
         );
         d = match did_you_mean(handler, catalog.names()) {
@@ -102,6 +102,8 @@ impl Rules<'_> {
             ),
             Err(e) => (format!("`{shown}` is not a valid URL: {e}"), "write the whole URL, e.g. `https://example.com/path`".to_string()),
         };
-        self.push(Diagnostic::new(Code::Url, self.file, self.root.span_at(&format!("/tasks/{i}/http/url")), message).with_help(help));
+        self.push(
+            Diagnostic::new(Code::Url, self.file, self.root.span_at(&format!("{}/http/url", self.task_ptr(i))), message).with_help(help),
+        );
     }
 }

@@ -114,7 +114,7 @@ impl Rules<'_> {
                 Diagnostic::new(
                     Code::BackendAction,
                     self.file,
-                    self.root.key_span_at(&format!("/tasks/{i}/celery")),
+                    self.root.key_span_at(&format!("{}/celery", self.task_ptr(i))),
                     format!("task `{name}` is a `celery:` task, but the workflow {how} {on}, which cannot run it"),
                 )
                 .with_help(help.clone()),

@@ -119,7 +119,8 @@ impl Rules<'_> {
                     Some(f) => format!("tasks.{}.{f}", r.name),
                     None => format!("tasks.{}", r.name),
                 };
-                match reach.quick(target, i) {
+                let earlier = self.phase_of(target) < self.phase_of(i);
+                match if earlier { Some(true) } else { reach.quick(target, i) } {
                     Some(ancestor) => self.task_ref(ancestor, &|_| span, &raw, tasks, target, i, r.field.as_deref()),
                     None => deferred.push((target, span, raw, r.field.clone())),
                 }

@@ -5,6 +5,7 @@
 use super::handlers::HandlerCatalog;
 use super::suggest::{Pending, Pool};
 use crate::diag::{Diagnostic, Span};
+use crate::plan::Phase;
 use crate::spec::node::Node;
 use std::collections::BTreeMap;
 
@@ -29,6 +30,9 @@ pub struct Rules<'a> {
     pub budget: Budget,
     pub pending: Pending,
     pub cursor: std::cell::Cell<Option<Cursor>>,
+    /// Where the handler lists begin among the tasks the rules number:
+    /// `tasks`, then `on_failure` from `.0`, then `finally` from `.1`.
+    pub split: (usize, usize),
 }
 
 /// Bounds the lookups whose cost grows with the file: searching a
@@ -40,6 +44,29 @@ pub struct Rules<'a> {
 /// first ones get exact places; later ones sit on their template's node.
 pub struct Budget {
     locates: std::cell::Cell<usize>,
+}
+
+impl Rules<'_> {
+    /// The JSON pointer of task `i` of the numbering the rules use
+    /// (`tasks`, then `on_failure`, then `finally`).
+    pub(super) fn task_ptr(&self, i: usize) -> String {
+        match self.phase_of(i) {
+            Phase::Main => format!("/tasks/{i}"),
+            Phase::OnFailure => format!("/on_failure/{}", i - self.split.0),
+            Phase::Finally => format!("/finally/{}", i - self.split.1),
+        }
+    }
+
+    /// The list task `i` belongs to.
+    pub(super) fn phase_of(&self, i: usize) -> Phase {
+        if i < self.split.0 {
+            Phase::Main
+        } else if i < self.split.1 {
+            Phase::OnFailure
+        } else {
+            Phase::Finally
+        }
+    }
 }
 
 impl Budget {

@@ -23,7 +23,7 @@ impl Rules<'_> {
         // The pointer is built only for a finding.
         match parse_duration(s) {
             Ok(d) if !d.is_zero() => Some(d),
-            _ => self.parse_duration_at(s, &format!("/tasks/{i}/{}", path.join("/"))),
+            _ => self.parse_duration_at(s, &format!("{}/{}", self.task_ptr(i), path.join("/"))),
         }
     }
 
@@ -56,7 +56,7 @@ impl Rules<'_> {
         self.task_duration(t, i, &["retry", "max_delay"]);
         if let Some(w) = wf_timeout {
             let (tt, ptr) = match task_timeout {
-                Some(tt) => (Some(tt), format!("/tasks/{i}/timeout")),
+                Some(tt) => (Some(tt), format!("{}/timeout", self.task_ptr(i))),
                 None => (default_timeout, "/defaults/timeout".to_string()),
             };
             if let Some(tt) = tt.filter(|tt| *tt > w) {

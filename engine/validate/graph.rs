@@ -16,12 +16,12 @@ impl Rules<'_> {
         for (i, t) in tasks.iter().enumerate() {
             let Some(name) = t.get("name").and_then(Node::as_str) else { continue };
             if let Some(&first) = ids.get(name) {
-                let fs = self.root.span_at(&format!("/tasks/{first}/name"));
+                let fs = self.root.span_at(&format!("{}/name", self.task_ptr(first)));
                 self.push(
                     Diagnostic::new(
                         Code::DuplicateTask,
                         self.file,
-                        self.root.span_at(&format!("/tasks/{i}/name")),
+                        self.root.span_at(&format!("{}/name", self.task_ptr(i))),
                         format!("duplicate task name `{name}`"),
                     )
                     .with_help(format!("`{name}` is first defined at line {}, column {}", fs.start.line, fs.start.column)),
@@ -47,7 +47,7 @@ impl Rules<'_> {
         if let Some(ps) = t.get("parents").and_then(Node::as_seq) {
             for (j, p) in ps.iter().enumerate() {
                 let Some(p) = p.as_str() else { continue };
-                let ptr = format!("/tasks/{i}/parents/{j}");
+                let ptr = format!("{}/parents/{j}", self.task_ptr(i));
                 if p == name {
                     self.push(Diagnostic::new(
                         Code::SelfParent,
@@ -55,6 +55,21 @@ impl Rules<'_> {
                         self.root.span_at(&ptr),
                         format!("task `{name}` lists itself as a parent"),
                     ));
+                } else if let Some(&pid) = ids.get(p)
+                    && self.phase_of(pid) != self.phase_of(i)
+                {
+                    let (mine, theirs) = (self.phase_of(i).key(), self.phase_of(pid).key());
+                    self.push(
+                        Diagnostic::new(
+                            Code::UnknownParent,
+                            self.file,
+                            self.root.span_at(&ptr),
+                            format!("parent `{p}` of `{name}` is in `{theirs}`, not in `{mine}`"),
+                        )
+                        .with_help(format!(
+                            "the parents of a task are in its own list; `{mine}` tasks start once every task before them is final, and read any task's `status` and `output`"
+                        )),
+                    );
                 } else if let Some(&pid) = ids.get(p) {
                     if !parents_of[i].contains(&pid) {
                         parents_of[i].push(pid);
@@ -121,7 +136,7 @@ impl Rules<'_> {
                 .get("parents")
                 .and_then(Node::as_seq)
                 .and_then(|ps| ps.iter().position(|p| p.as_str() == Some(closing.as_str())))
-                .map_or_else(|| format!("/tasks/{start}/name"), |j| format!("/tasks/{start}/parents/{j}"));
+                .map_or_else(|| format!("{}/name", self.task_ptr(start)), |j| format!("{}/parents/{j}", self.task_ptr(start)));
             self.push(
                 Diagnostic::new(
                     Code::Cycle,

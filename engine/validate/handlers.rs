@@ -81,7 +81,7 @@ pub(super) fn check_with(
     root: &Node,
     catalog: &HandlerCatalog,
     handler: &str,
-    i: usize,
+    task_ptr: &str,
     task: &Node,
     out: &mut Vec<Diagnostic>,
 ) {
@@ -101,7 +101,7 @@ pub(super) fn check_with(
     if let Some(n) = node {
         templates_in(n, &mut String::new(), &mut templated);
     }
-    let base = format!("/tasks/{i}/with");
+    let base = format!("{task_ptr}/with");
     for err in validator.iter_errors(&value) {
         let at = err.instance_path().as_str();
         // A template at or below the value at fault, or the value inside a template.
@@ -144,7 +144,7 @@ pub(super) fn check_with(
                 let prop = property.as_str().unwrap_or_default();
                 let span = match node {
                     Some(_) => root.key_span_at(&pointer),
-                    None => root.span_at(&format!("/tasks/{i}/uses")),
+                    None => root.span_at(&format!("{task_ptr}/uses")),
                 };
                 let where_ = if at.is_empty() { String::new() } else { format!(" in {label}") };
                 let example = if at.is_empty() && node.is_none() { format!(": add `with: {{{prop}: ...}}`") } else { String::new() };
@@ -210,7 +210,7 @@ pub(super) fn check_with(
                 let span = if at.is_empty() {
                     match node {
                         Some(_) => root.key_span_at(&pointer),
-                        None => root.span_at(&format!("/tasks/{i}/uses")),
+                        None => root.span_at(&format!("{task_ptr}/uses")),
                     }
                 } else {
                     root.span_at(&pointer)

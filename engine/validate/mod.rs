@@ -178,6 +178,7 @@ pub fn check_source(file: &str, text: String, format: Format, opts: &Options) ->
                 budget: context::Budget::new(opts.max_diagnostics),
                 pending: Default::default(),
                 cursor: Default::default(),
+                split: (usize::MAX, usize::MAX),
             }
             .check();
             finish(&mut diags, opts);

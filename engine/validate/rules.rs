@@ -19,6 +19,7 @@ use super::graph::{Reach, topological_positions};
 use super::suggest::Pending;
 use crate::spec::node::Node;
 use petgraph::graph::DiGraph;
+use std::borrow::Cow;
 
 impl Rules<'_> {
     /// Check the document; the help left for later comes back (see [`suggest`](super::suggest::suggest)).
@@ -36,7 +37,17 @@ impl Rules<'_> {
         self.backend();
         self.flag();
 
-        let Some(tasks) = v.get("tasks").and_then(Node::as_seq) else { return };
+        let Some(main) = v.get("tasks").and_then(Node::as_seq) else { return };
+        // The handler lists are checked with the tasks, numbered after them.
+        let on_failure = v.get("on_failure").and_then(Node::as_seq).unwrap_or_default();
+        let finally = v.get("finally").and_then(Node::as_seq).unwrap_or_default();
+        self.split = (main.len(), main.len() + on_failure.len());
+        let all: Cow<[Node]> = if on_failure.is_empty() && finally.is_empty() {
+            Cow::Borrowed(main)
+        } else {
+            Cow::Owned(main.iter().chain(on_failure).chain(finally).cloned().collect())
+        };
+        let tasks: &[Node] = &all;
         let ids = self.names(tasks);
         // Parents, actions, durations.
         let mut graph: DiGraph<usize, ()> = DiGraph::with_capacity(tasks.len(), tasks.len());

@@ -50,8 +50,12 @@ impl Rules<'_> {
         }
         for (i, t) in tasks.iter().enumerate() {
             ptr.clear();
-            ptr.push_str("/tasks");
-            push_index(&mut ptr, i);
+            if i < self.split.0 {
+                ptr.push_str("/tasks");
+                push_index(&mut ptr, i);
+            } else {
+                ptr.push_str(&self.task_ptr(i));
+            }
             task_templates(t, &mut ptr, &mut |p, s, shell| {
                 pointers.push_str(p);
                 strings.push((pointers.len() - p.len()..pointers.len(), s, shell, Some(i)));
@@ -184,7 +188,9 @@ impl Rules<'_> {
                             }
                             Some(&tid) => {
                                 let field = segs.get(2).copied();
-                                match reach.quick(tid, task) {
+                                // Handlers read any task of the lists before theirs.
+                                let earlier = self.phase_of(tid) < self.phase_of(task);
+                                match if earlier { Some(true) } else { reach.quick(tid, task) } {
                                     Some(ancestor) => self.task_ref(ancestor, &span, &raw, tasks, tid, task, field),
                                     None => deferred.push((tid, task, ptr.to_string(), raw.to_string(), field.map(str::to_string))),
                                 }
@@ -205,7 +211,12 @@ impl Rules<'_> {
                         }
                     }
                     "run" | "workflow" => {
-                        let allowed: &[&str] = if root == "run" { &["id", "attempt"] } else { &["name", "version"] };
+                        let handler = task.is_some_and(|t| self.phase_of(t) != crate::plan::Phase::Main);
+                        let allowed: &[&str] = match root {
+                            "run" if handler => &["id", "attempt", "status", "failed_tasks"],
+                            "run" => &["id", "attempt"],
+                            _ => &["name", "version"],
+                        };
                         if let Some(f) = segs.get(1).filter(|f| !allowed.contains(f)) {
                             self.push(Diagnostic::new(
                                 Code::TemplateRef,
