@@ -386,6 +386,7 @@ impl Backend for CeleryBackend {
             // A run past its deadline with nobody left to notice ends here.
             let now_ms = (OffsetDateTime::now_utc().unix_timestamp_nanos() / 1_000_000) as i64;
             if f.get("deadline").and_then(|d| d.parse::<i64>().ok()).is_some_and(|d| d + 1000 < now_ms)
+                && !f.contains_key("stop")
                 && let Some(wf) = self.workflow_of(run_id, f.get("version").map(String::as_str)).await?
             {
                 self.stop_run(run_id, StopReason::TimedOut, &wf).await?;

@@ -38,15 +38,18 @@ return 1",
 static CLAIM: LazyLock<redis::Script> = LazyLock::new(|| {
     redis::Script::new(
         r"
--- KEYS: run hash. ARGV: task, now (unix ms), now (RFC 3339).
+-- KEYS: run hash. ARGV: task, now (unix ms), now (RFC 3339), '1' for a
+-- handler (on_failure, finally: it runs after the run's stop and deadline).
 if redis.call('EXISTS', KEYS[1]) == 0 then return {'gone'} end
 local s = redis.call('HGET', KEYS[1], 's:' .. ARGV[1])
 if not s then return {'gone'} end
 if s ~= 'pending' and s ~= 'running' then return {'done'} end
-local stop = redis.call('HGET', KEYS[1], 'stop')
-if stop then return {'stop', stop} end
-local dl = redis.call('HGET', KEYS[1], 'deadline')
-if dl and tonumber(dl) <= tonumber(ARGV[2]) then return {'late', s} end
+if ARGV[4] ~= '1' then
+  local stop = redis.call('HGET', KEYS[1], 'stop')
+  if stop then return {'stop', stop} end
+  local dl = redis.call('HGET', KEYS[1], 'deadline')
+  if dl and tonumber(dl) <= tonumber(ARGV[2]) then return {'late', s} end
+end
 redis.call('HSET', KEYS[1], 's:' .. ARGV[1], 'running')
 if redis.call('HGET', KEYS[1], 'status') == 'queued' then
   redis.call('HSET', KEYS[1], 'status', 'running', 'started', ARGV[3])
@@ -221,7 +224,9 @@ impl Runs {
         Ok(r == 1)
     }
 
-    pub async fn claim(&self, run: &str, task: &str) -> redis::RedisResult<Claim> {
+    /// Start `task` of `run` (`handler`: an `on_failure`/`finally` task,
+    /// which a stop or the deadline does not keep from starting).
+    pub async fn claim(&self, run: &str, task: &str, handler: bool) -> redis::RedisResult<Claim> {
         let now = OffsetDateTime::now_utc();
         let mut c = self.broker.conn.clone();
         let r: Vec<Option<Vec<u8>>> = CLAIM
@@ -229,6 +234,7 @@ impl Runs {
             .arg(task)
             .arg((now.unix_timestamp_nanos() / 1_000_000) as i64)
             .arg(rfc3339(now))
+            .arg(if handler { "1" } else { "0" })
             .invoke_async(&mut c)
             .await?;
         let text = |i: usize| r.get(i).cloned().flatten().map(|b| String::from_utf8_lossy(&b).into_owned());

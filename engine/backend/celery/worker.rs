@@ -15,10 +15,11 @@ use super::runs::{self, Claim, Progress, StopReason};
 use super::wire::{self, Incoming, Outgoing, PyError, TaskOutcome};
 use super::{CeleryBackend, RUN_TASK, WORKFLOW_PREFIX};
 use crate::backend::{BackendError, RunRequest, WorkerOptions};
-use crate::plan::{Action, Task, Workflow};
+use crate::plan::{Action, Phase, Task, Workflow};
 use crate::run::actions::{self, ActionError, Attempt, HandlerCtx};
+use crate::run::executor::{failed_tasks, handler_fields};
 use crate::run::sched::{Decision, Outcome};
-use crate::run::{TaskResult, TaskStatus};
+use crate::run::{RunStatus, TaskResult, TaskStatus};
 use futures::stream::{FuturesUnordered, StreamExt};
 use futures::{FutureExt, future::BoxFuture};
 use serde_json::{Map, Value, json};
@@ -48,6 +49,11 @@ struct Stops {
 type StopEntry = (u64, CancellationToken, Arc<Mutex<Option<StopReason>>>);
 
 impl Stops {
+    /// An entry no stop reaches.
+    fn detached() -> StopEntry {
+        (u64::MAX, CancellationToken::new(), Arc::new(Mutex::new(None)))
+    }
+
     fn register(&self, run: &str) -> StopEntry {
         let id = self.next.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
         let entry = (id, CancellationToken::new(), Arc::new(Mutex::new(None)));
@@ -407,16 +413,6 @@ enum Interrupted {
 }
 
 async fn run_task(b: &CeleryBackend, run: &str, name: &str, handback: &CancellationToken, stops: &Stops) -> Settle {
-    let claim = match b.runs.claim(run, name).await {
-        Ok(c) => c,
-        Err(e) => {
-            tracing::error!(run_id = run, task = name, "could not claim: {e}");
-            return Settle::Leave;
-        }
-    };
-    if matches!(claim, Claim::Done | Claim::Gone) {
-        return Settle::Ack;
-    }
     let meta = match b.runs.get(run, &["version".into(), "input".into(), "context".into(), "deadline".into(), "queue".into()]).await {
         Ok(m) => m,
         Err(e) => {
@@ -437,6 +433,18 @@ async fn run_task(b: &CeleryBackend, run: &str, name: &str, handback: &Cancellat
         tracing::error!(run_id = run, "the run's workflow has no task `{name}`; message dropped");
         return Settle::Ack;
     };
+    // Handlers run after the run's stop and past its deadline.
+    let handler = task.phase != Phase::Main;
+    let claim = match b.runs.claim(run, name, handler).await {
+        Ok(c) => c,
+        Err(e) => {
+            tracing::error!(run_id = run, task = name, "could not claim: {e}");
+            return Settle::Leave;
+        }
+    };
+    if matches!(claim, Claim::Done | Claim::Gone) {
+        return Settle::Ack;
+    }
     let queue = field(4).unwrap_or_else(|| b.run_queue(&wf));
     let (mut result, mut sched) = match claim {
         Claim::Go { previous, sched } => (*previous, sched),
@@ -462,7 +470,7 @@ async fn run_task(b: &CeleryBackend, run: &str, name: &str, handback: &Cancellat
     };
     let parse = |s: Option<String>| s.and_then(|s| serde_json::from_str::<Value>(&s).ok()).unwrap_or(Value::Null);
     let (input, context) = (parse(field(1)), parse(field(2)));
-    let deadline = field(3).and_then(|d| d.parse::<i64>().ok()).map(|ms| {
+    let deadline = field(3).filter(|_| !handler).and_then(|d| d.parse::<i64>().ok()).map(|ms| {
         let left = ms - (OffsetDateTime::now_utc().unix_timestamp_nanos() / 1_000_000) as i64;
         tokio::time::Instant::now() + Duration::from_millis(left.max(0) as u64)
     });
@@ -492,7 +500,17 @@ async fn run_task(b: &CeleryBackend, run: &str, name: &str, handback: &Cancellat
         "tasks": tasks,
     });
 
-    let (stop_id, stop_token, stop_reason) = stops.register(run);
+    if handler {
+        match handler_run(b, run, &wf).await {
+            Ok((status, failed)) => handler_fields(&mut ctx, status, failed),
+            Err(e) => {
+                tracing::error!(run_id = run, "could not read the run's failed tasks: {e}");
+                return Settle::Leave;
+            }
+        }
+    }
+    // A handler is not stopped by its run's stop: it gets a token nothing fires.
+    let (stop_id, stop_token, stop_reason) = if handler { Stops::detached() } else { stops.register(run) };
     let mut attempt = result.attempts + 1;
     if result.started_at.is_none() {
         result.started_at = Some(OffsetDateTime::now_utc());
@@ -539,8 +557,30 @@ async fn run_task(b: &CeleryBackend, run: &str, name: &str, handback: &Cancellat
         counted = next;
         attempt += 1;
     };
-    stops.unregister(run, stop_id);
+    if !handler {
+        stops.unregister(run, stop_id);
+    }
     settle
+}
+
+/// What a handler reads of its run: how it ends so far (`run.status`) and
+/// its failed tasks (`run.failed_tasks`).
+async fn handler_run(b: &CeleryBackend, run: &str, wf: &Workflow) -> redis::RedisResult<(RunStatus, Vec<Value>)> {
+    let main: Vec<&Task> = wf.tasks.iter().filter(|t| t.phase == Phase::Main).collect();
+    let mut fields: Vec<String> = main.iter().map(|t| format!("t:{}", t.name)).collect();
+    fields.push("stop".into());
+    let got = b.runs.get(run, &fields).await?;
+    let results: Vec<Option<TaskResult>> =
+        got.iter().take(main.len()).map(|t| t.as_deref().and_then(|t| serde_json::from_str::<TaskResult>(t).ok())).collect();
+    let by_id = |id: usize| main.iter().position(|t| t.id == id).and_then(|i| results[i].as_ref());
+    let failed = failed_tasks(wf, |id| by_id(id).map_or(TaskStatus::Pending, |r| r.status), |id| by_id(id).and_then(|r| r.error.clone()));
+    let status = match got.last().cloned().flatten().as_deref().and_then(StopReason::parse) {
+        Some(StopReason::Cancelled) => RunStatus::Cancelled,
+        Some(StopReason::TimedOut) => RunStatus::TimedOut,
+        None if failed.is_empty() => RunStatus::Succeeded,
+        None => RunStatus::Failed,
+    };
+    Ok((status, failed))
 }
 
 /// Record an attempt's end. `None`: the task is done with (or the run is

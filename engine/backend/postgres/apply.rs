@@ -196,7 +196,7 @@ fn event_of(report: &Report, stop: Option<RunStatus>) -> Option<Outcome> {
     }
 }
 
-fn stop_status(kind: StopKind) -> RunStatus {
+pub(super) fn stop_status(kind: StopKind) -> RunStatus {
     match kind {
         StopKind::Cancelled => RunStatus::Cancelled,
         StopKind::TimedOut => RunStatus::TimedOut,
@@ -204,6 +204,24 @@ fn stop_status(kind: StopKind) -> RunStatus {
 }
 
 impl Db {
+    /// The failed (or timed-out) tasks of the workflow's own in a run, as
+    /// its handlers read them (`run.failed_tasks`).
+    pub(crate) async fn failed_tasks(&self, run_id: &str, wf: &Workflow) -> Result<Vec<Value>> {
+        let rows =
+            sqlx::query("SELECT position, error FROM tasks WHERE run_id = $1 AND state IN ('failed', 'timed_out') ORDER BY position")
+                .bind(run_id)
+                .fetch_all(&self.pool)
+                .await?;
+        let mut out = Vec::new();
+        for r in rows {
+            let p: i32 = r.try_get("position")?;
+            if let Some(t) = wf.tasks.get(p as usize).filter(|t| t.phase == crate::plan::Phase::Main) {
+                out.push(serde_json::json!({"name": t.name, "error": r.try_get::<Option<String>, _>("error")?}));
+            }
+        }
+        Ok(out)
+    }
+
     /// The core of the run whose row `run` (from [`LOCK_RUN`]) locked.
     async fn core_of(&self, tx: &mut Transaction<'_, Postgres>, run_id: &str, wf: &Workflow, run: &PgRow) -> Result<Core> {
         let seed = seed(run_id);
@@ -430,6 +448,11 @@ impl Db {
         let finished = changes.end.is_some();
         let channel = if finished { &self.done_channel } else { &self.stop_channel };
         sqlx::query("SELECT pg_notify($1, $2)").bind(channel).bind(run_id).execute(&mut *tx).await?;
+        // The stop let the handlers start.
+        if !changes.ready_now.is_empty() {
+            let queue: String = run.try_get("queue")?;
+            sqlx::query("SELECT pg_notify($1, $2)").bind(&self.ready_channel).bind(queue).execute(&mut *tx).await?;
+        }
         tx.commit().await?;
         Ok(Some(finished))
     }

@@ -213,7 +213,7 @@ pub(crate) struct Db {
     pub(super) pool: PgPool,
     schema: String,
     pub(super) lease_ms: i64,
-    ready_channel: String,
+    pub(super) ready_channel: String,
     pub(super) stop_channel: String,
     pub(super) done_channel: String,
     /// The definitions of the runs this process schedules or executes.

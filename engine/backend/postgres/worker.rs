@@ -8,15 +8,16 @@
 //! time a reaper hands the task to another worker, this one has let go.
 
 use super::PgBackend;
-use super::apply::Report;
+use super::apply::{Report, stop_status};
 use super::queue::{self, Claimed, StopKind, retrying};
 use crate::backend::WorkerOptions;
-use crate::run::TaskStatus;
+use crate::plan::Phase;
 use crate::run::actions::ActionError;
-use crate::run::executor::{attempt_context, run_attempt};
+use crate::run::executor::{attempt_context, handler_fields, run_attempt};
+use crate::run::{RunStatus, TaskStatus};
 use serde_json::json;
 use std::collections::{HashMap, HashSet};
-use std::sync::atomic::{AtomicU8, AtomicUsize, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU8, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 use tokio::sync::{OwnedSemaphorePermit, Semaphore};
@@ -36,10 +37,15 @@ struct Running {
     attempt: i32,
     token: CancellationToken,
     why: Arc<AtomicU8>,
+    /// An `on_failure`/`finally` task: its run's stop does not stop it.
+    handler: Arc<AtomicBool>,
 }
 
 impl Running {
     fn stop(&self, why: u8) {
+        if why == WHY_STOP && self.handler.load(Ordering::SeqCst) {
+            return;
+        }
         let _ = self.why.compare_exchange(WHY_NONE, why, Ordering::SeqCst, Ordering::SeqCst);
         self.token.cancel();
     }
@@ -186,12 +192,13 @@ impl Worker {
         }
     }
 
-    fn register(&self, c: &Claimed) -> (CancellationToken, Arc<AtomicU8>) {
+    fn register(&self, c: &Claimed) -> (CancellationToken, Arc<AtomicU8>, Arc<AtomicBool>) {
         let token = CancellationToken::new();
         let why = Arc::new(AtomicU8::new(WHY_NONE));
-        lock(&self.running)
-            .insert((c.run_id.clone(), c.position), Running { attempt: c.attempt, token: token.clone(), why: Arc::clone(&why) });
-        (token, why)
+        let handler = Arc::new(AtomicBool::new(false));
+        let running = Running { attempt: c.attempt, token: token.clone(), why: Arc::clone(&why), handler: Arc::clone(&handler) };
+        lock(&self.running).insert((c.run_id.clone(), c.position), running);
+        (token, why, handler)
     }
 
     /// Run a claimed task, then the children its completion claimed for us.
@@ -220,10 +227,10 @@ impl Worker {
     /// One attempt: run it, finish it; returns the children claimed for us.
     async fn execute(&self, c: Claimed, _permit: &OwnedSemaphorePermit) -> Vec<Claimed> {
         let key = (c.run_id.clone(), c.position);
-        let (token, why) = {
+        let (token, why, handler) = {
             let r = lock(&self.running);
             match r.get(&key) {
-                Some(x) => (x.token.clone(), Arc::clone(&x.why)),
+                Some(x) => (x.token.clone(), Arc::clone(&x.why), Arc::clone(&x.handler)),
                 None => {
                     drop(r);
                     self.register(&c)
@@ -236,9 +243,12 @@ impl Worker {
             Ok(wf) if c.position < 0 || c.position as usize >= wf.tasks.len() => {
                 Report::Failed { error: format!("the run's definition has no task at position {}", c.position), retryable: false }
             }
-            Ok(_) if c.stop.is_some() => Report::Stopped,
+            // Handlers run after the run's stop; nothing else starts.
+            Ok(wf) if c.stop.is_some() && wf.tasks[c.position as usize].phase == Phase::Main => Report::Stopped,
             Ok(wf) => {
                 let id = c.position as usize;
+                let is_handler = wf.tasks[id].phase != Phase::Main;
+                handler.store(is_handler, Ordering::SeqCst);
                 let base = json!({
                     "input": c.input,
                     "run": {"id": c.run_id},
@@ -249,8 +259,19 @@ impl Worker {
                     Some((o, s)) => (Some(o.clone()), *s),
                     None => (None, TaskStatus::Pending),
                 });
-                // The run's deadline: stop the run (every worker's attempts) when it passes.
-                let deadline = c.deadline_us.map(|us| {
+                let mut ctx = ctx;
+                if is_handler && let Some(ctx) = ctx.as_mut() {
+                    let failed = retrying(|| self.b.db.failed_tasks(&c.run_id, &wf)).await.unwrap_or_default();
+                    let status = match c.stop.as_deref() {
+                        Some(s) => stop_status(StopKind::parse(Some(s)).unwrap_or(StopKind::Cancelled)),
+                        None if failed.is_empty() => RunStatus::Succeeded,
+                        None => RunStatus::Failed,
+                    };
+                    handler_fields(ctx, status, failed);
+                }
+                // The run's deadline: stop the run (every worker's attempts)
+                // when it passes; handlers are bounded by their own timeouts.
+                let deadline = c.deadline_us.filter(|_| !is_handler).map(|us| {
                     let now_us = time::OffsetDateTime::now_utc().unix_timestamp_nanos() / 1000;
                     let left = Duration::from_micros((i128::from(us) - now_us).max(0) as u64);
                     let (b, run_id, token, why) = (Arc::clone(&self.b), c.run_id.clone(), token.clone(), Arc::clone(&why));
