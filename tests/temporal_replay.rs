@@ -79,6 +79,23 @@ fn results_of_conditions_are_derived_from_the_history() {
     assert!(t("broken").error.as_deref().unwrap_or("").starts_with("condition `tasks.split.output.nope == 1`"), "{r:#?}");
 }
 
+/// A run with handlers times itself out (a timer in its history): its
+/// result reads timed out, the task it stopped too, and the handlers ran.
+#[test]
+fn results_of_handlers_after_a_timeout_are_derived_from_the_history() {
+    use taskweave::backend::temporal::history::{derive, start_input};
+    use taskweave::run::TaskStatus;
+    let (_, bytes) = saved().into_iter().find(|(n, _)| n == "handlers-timeout.json").expect("the handlers history");
+    let history: temporalio_common::protos::temporal::api::history::v1::History = serde_json::from_slice(&bytes).unwrap();
+    let input = start_input(&history.events).expect("the start event");
+    let wf = taskweave::plan::compile(serde_json::from_value(input.definition.clone()).unwrap()).unwrap();
+    let r = derive(&wf, &input, "temporal", &history.events, &[]).unwrap();
+    assert_eq!(r.status, RunStatus::TimedOut, "{r:#?}");
+    assert_eq!(r.tasks["slow"].status, TaskStatus::TimedOut, "{r:#?}");
+    assert_eq!(r.tasks["alert"].output, Some(serde_json::json!("timed_out")), "{r:#?}");
+    assert_eq!(r.tasks["cleanup"].status, TaskStatus::Succeeded, "{r:#?}");
+}
+
 /// The guard is real: a history whose commands differ from what the code
 /// does now (its first task scheduled as an `http` activity, as if the
 /// workflow code had changed) fails to replay.
@@ -200,6 +217,34 @@ tasks:
   - {name: broken, parents: [split], when: 'tasks.split.output.nope == 1', run: ["echo", "never"]}
 "#,
     ),
+    (
+        "handlers",
+        r#"
+version: 1
+name: replay-handlers
+tasks:
+  - name: bad
+    run: ["sh", "-c", "exit 1"]
+on_failure:
+  - {name: alert, run: ["echo", "{{run.status}}"]}
+finally:
+  - {name: cleanup, run: ["echo", "clean"]}
+"#,
+    ),
+    (
+        "handlers-timeout",
+        r#"
+version: 1
+name: replay-handlers-timeout
+timeout: 1s
+tasks:
+  - {name: slow, run: ["sleep", "30"]}
+on_failure:
+  - {name: alert, run: ["echo", "{{run.status}}"]}
+finally:
+  - {name: cleanup, run: ["echo", "clean"]}
+"#,
+    ),
 ];
 
 /// Record the saved histories from a real dev server. A history already
@@ -233,6 +278,10 @@ async fn record_histories() {
         }
         let r = backend.result(&id, Some(Duration::from_secs(60))).await.unwrap();
         assert!(r.status.is_terminal(), "{name}: {r:?}");
+        if *name == "handlers-timeout" {
+            assert_eq!(r.status, RunStatus::TimedOut, "{name}: {r:#?}");
+            assert_eq!(r.tasks["cleanup"].status, taskweave::run::TaskStatus::Succeeded, "{name}: {r:#?}");
+        }
         if *name == "diamond" || *name == "concurrency" {
             assert_eq!(r.status, RunStatus::Succeeded, "{name}: {r:#?}");
         }

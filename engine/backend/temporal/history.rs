@@ -6,9 +6,9 @@
 //! (skipped when a trigger can no longer be met), or from the run's end
 //! (cancelled with a cancelled run, skipped by a run timeout).
 
-use super::protocol::{DagInput, TASK_FAILED, TIMED_OUT, failure_type, root_message};
+use super::protocol::{DagInput, RUN_TIMED_OUT, TASK_FAILED, TIMED_OUT, failure_type, root_message};
 use crate::plan::Workflow;
-use crate::run::executor::{attempt_context, condition_outcome};
+use crate::run::executor::{attempt_context, condition_outcome, failed_tasks, handler_fields};
 use crate::run::sched::{Core, Decision, Event, Outcome};
 use crate::run::state::IllegalTransition;
 use crate::run::{RunResult, RunStatus, TaskStatus};
@@ -87,9 +87,15 @@ pub fn derive(
             for d in decisions.drain(..) {
                 match d {
                     Decision::Start { task: id } if wf.tasks[id].when.is_some() => {
-                        let ctx = attempt_context(wf, id, 1, &base_ctx, |p| {
+                        let mut ctx = attempt_context(wf, id, 1, &base_ctx, |p| {
                             (r.tasks.get(&wf.tasks[p].name).and_then(|t| t.output.clone()), core.task_status(p))
                         });
+                        if wf.tasks[id].phase != crate::plan::Phase::Main
+                            && let Some(c) = ctx.as_mut()
+                        {
+                            let error = |t: usize| r.tasks.get(&wf.tasks[t].name).and_then(|x| x.error.clone());
+                            handler_fields(c, core.outcome(wf), failed_tasks(wf, |t| core.task_status(t), error));
+                        }
                         if let Some(outcome) = condition_outcome(&wf.tasks[id], ctx.as_ref()) {
                             batch.push(Event::Ended { task: id, attempt: 1, outcome });
                         }
@@ -117,6 +123,7 @@ pub fn derive(
         }
         Ok(())
     };
+    let mut deadline_fired = false;
     let ended = |name: &str, outcome: Outcome| wf.task(name).map(|t| Event::Ended { task: t.id, attempt: 1, outcome });
     for e in events {
         let when = at(&e.event_time);
@@ -128,6 +135,11 @@ pub fn derive(
                 feed(&mut r, Event::Start)?;
             }
             Attributes::WorkflowExecutionCancelRequestedEventAttributes(_) => feed(&mut r, Event::Cancel)?,
+            // The only timer the workflow starts: its own timeout (with handlers).
+            Attributes::TimerFiredEventAttributes(_) => {
+                deadline_fired = true;
+                feed(&mut r, Event::Deadline)?
+            }
             Attributes::ActivityTaskScheduledEventAttributes(s) => {
                 scheduled.insert(e.event_id, s.activity_id.clone());
                 in_flight.push(s.activity_id.clone());
@@ -191,8 +203,14 @@ pub fn derive(
                 if let Some(name) = scheduled.get(&c.scheduled_event_id) {
                     in_flight.retain(|n| n != name);
                     if let Some(t) = r.tasks.get_mut(name) {
-                        task_to(&mut t.status, TaskStatus::Cancelled)?;
-                        t.error = Some("cancelled".into());
+                        // Stopped by the run's own timeout, or by a cancel.
+                        let (status, why) = if deadline_fired {
+                            (TaskStatus::TimedOut, "stopped: the run timed out")
+                        } else {
+                            (TaskStatus::Cancelled, "cancelled")
+                        };
+                        task_to(&mut t.status, status)?;
+                        t.error = Some(why.into());
                         t.finished_at = when;
                     }
                     if let Some(ev) = ended(name, Outcome::Stopped) {
@@ -202,6 +220,10 @@ pub fn derive(
             }
             Attributes::WorkflowExecutionCompletedEventAttributes(_) => {
                 run_to(&mut r.status, RunStatus::Succeeded)?;
+                r.finished_at = when;
+            }
+            Attributes::WorkflowExecutionFailedEventAttributes(f) if f.failure.as_ref().and_then(failure_type) == Some(RUN_TIMED_OUT) => {
+                run_to(&mut r.status, RunStatus::TimedOut)?;
                 r.finished_at = when;
             }
             Attributes::WorkflowExecutionFailedEventAttributes(f) => {

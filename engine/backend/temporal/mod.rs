@@ -307,7 +307,9 @@ impl Backend for TemporalBackend {
         };
         let options = WorkflowStartOptions::new(self.settings.task_queue.clone(), run_id.clone())
             .id_reuse_policy(WorkflowIdReusePolicy::RejectDuplicate)
-            .maybe_execution_timeout(wf.timeout)
+            // A workflow with handlers times itself out (a timer), so that
+            // `on_failure` and `finally` still run after its timeout.
+            .maybe_execution_timeout(if wf.has_handlers() { None } else { wf.timeout })
             .build();
         let started = tokio::time::timeout(self.settings.connect_timeout, client.start_workflow(DagWorkflow::run, input, options)).await;
         match started {

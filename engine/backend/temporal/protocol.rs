@@ -15,6 +15,9 @@ pub const PERMANENT: &str = "Permanent";
 pub const TIMED_OUT: &str = "TimedOut";
 /// Failure type of a run that ended with a failed task.
 pub const TASK_FAILED: &str = "TaskFailed";
+/// The failure type of a run whose own timer (a workflow with handlers)
+/// timed it out: its result reads as `timed_out`.
+pub const RUN_TIMED_OUT: &str = "RunTimedOut";
 /// Failure type of a definition the workflow cannot compile.
 pub const BAD_DEFINITION: &str = "BadDefinition";
 

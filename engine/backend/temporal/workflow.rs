@@ -11,9 +11,11 @@
 //! saved histories.
 
 use super::activities::TaskActivities;
-use super::protocol::{BAD_DEFINITION, DagInput, DagOutput, PERMANENT, TASK_FAILED, TIMED_OUT, TaskInput, failure_type, root_message};
-use crate::plan::{Task, TaskId, Workflow};
-use crate::run::executor::{attempt_context, condition_outcome};
+use super::protocol::{
+    BAD_DEFINITION, DagInput, DagOutput, PERMANENT, RUN_TIMED_OUT, TASK_FAILED, TIMED_OUT, TaskInput, failure_type, root_message,
+};
+use crate::plan::{Phase, Task, TaskId, Workflow};
+use crate::run::executor::{attempt_context, condition_outcome, failed_tasks, handler_fields};
 use crate::run::sched::{Core, Decision, Event, Outcome, seed};
 use crate::run::state::{RunStatus, TaskStatus};
 use futures::future::{FutureExt, LocalBoxFuture};
@@ -109,6 +111,17 @@ impl DagWorkflow {
         let mut decisions = Vec::new();
         core.handle(&wf, Event::Start, &mut decisions).map_err(illegal)?;
         let mut told_cancel = false;
+        // A workflow with handlers stops its own tasks (a cancel reaches
+        // them through this child of the workflow's token; its timeout
+        // through its own timer) and runs its handlers unstopped. Without
+        // handlers, Temporal stops everything, as before.
+        let handlers = wf.has_handlers();
+        let stop_tasks = ctx.cancellation_token().child_token();
+        let mut deadline: Option<LocalBoxFuture<'_, ()>> = match wf.timeout {
+            Some(t) if handlers => Some(ctx.timer(t).map(|_| ()).boxed_local()),
+            _ => None,
+        };
+        let mut deadline_hit = false;
         // A plain vector polled by `select_all`: each activity future keeps
         // the SDK's own waker (combinators with wakers of their own, like
         // `FuturesUnordered`, trip the SDK's nondeterminism detector).
@@ -120,7 +133,13 @@ impl DagWorkflow {
                 match decision {
                     Decision::Start { task: id } => {
                         let task = &wf.tasks[id];
-                        let tctx = attempt_context(&wf, id, 1, &base_ctx, |r| (outputs[r].clone(), core.task_status(r)));
+                        let mut tctx = attempt_context(&wf, id, 1, &base_ctx, |r| (outputs[r].clone(), core.task_status(r)));
+                        if task.phase != Phase::Main
+                            && let Some(c) = tctx.as_mut()
+                        {
+                            let error = |t: TaskId| failed.iter().find(|(f, _)| *f == t).map(|(_, e)| e.clone());
+                            handler_fields(c, core.outcome(&wf), failed_tasks(&wf, |t| core.task_status(t), error));
+                        }
                         // Deterministic: the condition reads only the input and
                         // the results already in the history.
                         if let Some(outcome) = condition_outcome(task, tctx.as_ref()) {
@@ -129,7 +148,14 @@ impl DagWorkflow {
                         }
                         let task_input =
                             TaskInput { run_id: input.run_id.clone(), version: wf.version.clone(), task: task.name.clone(), ctx: tctx };
-                        let opts = activity_options(&wf, task, heartbeat);
+                        let mut opts = activity_options(&wf, task, heartbeat);
+                        if handlers {
+                            opts.cancellation_token = Some(if task.phase == Phase::Main {
+                                stop_tasks.clone()
+                            } else {
+                                temporalio_workflow::WorkflowCancellationToken::new()
+                            });
+                        }
                         let fut: LocalBoxFuture<'_, Result<Value, ActivityExecutionError>> = match task.action.kind() {
                             "run" => ctx.execute_activity(TaskActivities::run_task, task_input, opts).boxed_local(),
                             "shell" => ctx.execute_activity(TaskActivities::shell_task, task_input, opts).boxed_local(),
@@ -155,7 +181,25 @@ impl DagWorkflow {
             if running.is_empty() {
                 break;
             }
-            let ((id, result), _, rest) = futures::future::select_all(running).await;
+            let ((id, result), _, rest) = match deadline.take() {
+                None => futures::future::select_all(running).await,
+                Some(timer) => match futures::future::select(futures::future::select_all(running), timer).await {
+                    futures::future::Either::Left((woke, timer)) => {
+                        deadline = Some(timer);
+                        woke
+                    }
+                    futures::future::Either::Right(((), all)) => {
+                        // The workflow's timeout: its tasks stop, its handlers run.
+                        running = all.into_inner();
+                        deadline_hit = true;
+                        core.handle(&wf, Event::Deadline, &mut decisions).map_err(illegal)?;
+                        if decisions.contains(&Decision::StopAll) {
+                            stop_tasks.cancel();
+                        }
+                        continue;
+                    }
+                },
+            };
             running = rest;
             // A cancel seen now comes before this result, so that nothing
             // new starts after it.
@@ -168,7 +212,7 @@ impl DagWorkflow {
                     outputs[id] = Some(output);
                     Outcome::Succeeded
                 }
-                Err(ActivityExecutionError::Cancelled(_)) if cancelled.is_cancelled() => Outcome::Stopped,
+                Err(ActivityExecutionError::Cancelled(_)) if cancelled.is_cancelled() || deadline_hit => Outcome::Stopped,
                 // Temporal made the retries its policy allows: this failure is final.
                 Err(e) => {
                     let error = e.failure().map(root_message).unwrap_or_else(|| e.to_string());
@@ -180,6 +224,14 @@ impl DagWorkflow {
         }
         if cancelled.is_cancelled() || core.status() == RunStatus::Cancelled {
             return Err(WorkflowTermination::cancelled());
+        }
+        if core.status() == RunStatus::TimedOut {
+            let after = humantime::format_duration(wf.timeout.unwrap_or_default());
+            return Err(WorkflowTermination::failed_application(app_failure(
+                RUN_TIMED_OUT,
+                format!("the run timed out after {after}"),
+                true,
+            )));
         }
         if let Some((id, message)) = failed.first() {
             let more = failed.len() - 1;
