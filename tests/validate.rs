@@ -196,6 +196,33 @@ const YAML_CASES: &[Case] = &[
         expect: &[e("schema", (7, 14), Some((7, 24)), "did you mean `one_success`?")],
     },
     Case {
+        name: "handlers: valid, reading any task and the run's status",
+        format: Y,
+        src: "version: 1\nname: demo\ntasks:\n  - {name: a, uses: echo}\non_failure:\n  - {name: alert, uses: echo, with: {s: \"{{run.status}}\", f: \"{{run.failed_tasks}}\", a: \"{{tasks.a.output}}\"}}\n  - {name: page, parents: [alert], when: 'tasks.a.status == \"failed\"', uses: echo}\nfinally:\n  - {name: cleanup, uses: echo, with: {x: \"{{tasks.alert.output}}\"}}\n",
+        expect: &[],
+    },
+    Case {
+        name: "duplicate-task: a handler named as a task",
+        format: Y,
+        src: "version: 1\nname: demo\ntasks:\n  - {name: a, uses: echo}\nfinally:\n  - {name: a, uses: echo}\n",
+        expect: &[e("duplicate-task", (6, 12), Some((6, 13)), "first defined at line 4, column 12")],
+    },
+    Case {
+        name: "unknown-parent: a handler's parent in another list",
+        format: Y,
+        src: "version: 1\nname: demo\ntasks:\n  - {name: a, uses: echo}\non_failure:\n  - {name: alert, parents: [a], uses: echo}\n",
+        expect: &[e("unknown-parent", (6, 29), Some((6, 30)), "is in `tasks`, not in `on_failure`")],
+    },
+    Case {
+        name: "template-ref: run.status outside a handler, a handler's unknown task",
+        format: Y,
+        src: "version: 1\nname: demo\ntasks:\n  - {name: a, uses: echo, with: {s: \"{{run.status}}\"}}\nfinally:\n  - {name: z, uses: echo, with: {s: \"{{tasks.b.output}}\"}}\n",
+        expect: &[
+            e("template-ref", (4, 40), Some((4, 50)), "read by `on_failure` and `finally` tasks"),
+            e("template-ref", (6, 40), Some((6, 54)), "there is no task `b`"),
+        ],
+    },
+    Case {
         name: "expression: the caret at the offending character",
         format: Y,
         src: "version: 1\nname: demo\ntasks:\n  - {name: a, uses: echo}\n  - name: b\n    parents: [a]\n    when: 'tasks.a.output.n > )'\n    uses: echo\n",
@@ -399,6 +426,15 @@ const YAML_CASES: &[Case] = &[
 const TOML_CASES: &[Case] = &[
     Case { name: "toml: valid", format: T, src: "version = 1\nname = \"demo\"\n\n[[tasks]]\nname = \"a\"\nuses = \"echo\"\n", expect: &[] },
     Case { name: "toml: parse", format: T, src: "version = 1\nname = \"demo\n", expect: &[e("parse", (2, 13), None, "")] },
+    Case {
+        name: "toml: expression and a dashed name in a condition",
+        format: T,
+        src: "version = 1\nname = \"demo\"\n\n[[tasks]]\nname = \"extract-text\"\nuses = \"echo\"\n\n[[tasks]]\nname = \"b\"\nparents = [\"extract-text\"]\nwhen = 'tasks.extract-text.output.text != \"\"'\nuses = \"echo\"\n\n[[finally]]\nname = \"z\"\nwhen = 'run.status =='\nuses = \"echo\"\n",
+        expect: &[
+            e("template-ref", (11, 9), Some((11, 27)), "write `tasks[\"extract-text\"]`"),
+            e("expression", (16, 20), Some((16, 21)), "invalid condition"),
+        ],
+    },
     Case {
         name: "toml: duplicate-key",
         format: T,

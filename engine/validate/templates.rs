@@ -218,7 +218,7 @@ impl Rules<'_> {
                             _ => &["name", "version"],
                         };
                         if let Some(f) = segs.get(1).filter(|f| !allowed.contains(f)) {
-                            self.push(Diagnostic::new(
+                            let mut d = Diagnostic::new(
                                 Code::TemplateRef,
                                 self.file,
                                 span(self),
@@ -226,8 +226,11 @@ impl Rules<'_> {
                                     "`{raw}`: `{root}` has only {}",
                                     allowed.iter().map(|a| format!("`{a}`")).collect::<Vec<_>>().join(" and ")
                                 ),
-                            ));
-                            let _ = f;
+                            );
+                            if root == "run" && matches!(*f, "status" | "failed_tasks") {
+                                d = d.with_help("`run.status` and `run.failed_tasks` are read by `on_failure` and `finally` tasks, which run after every task is final");
+                            }
+                            self.push(d);
                         }
                     }
                     _ => {}
