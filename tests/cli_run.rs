@@ -550,3 +550,45 @@ fn the_two_sources_example_merges_alerts_and_cleans_up_by_trigger() {
     assert_eq!(r["tasks"]["alert"]["status"], "succeeded");
     assert_eq!(r["tasks"]["cleanup"]["status"], "succeeded");
 }
+
+#[test]
+fn the_review_pipeline_example_skips_by_condition_joins_and_runs_its_handlers() {
+    let dir = tempfile::tempdir().unwrap();
+    let example = std::fs::read_to_string(Path::new(env!("CARGO_MANIFEST_DIR")).join("workflows/review-pipeline.yaml")).unwrap();
+    let run = |text: &str, input: &str, code: i32| -> Value {
+        let wf = write(dir.path(), "review-pipeline.yaml", text);
+        let out = tw(dir.path())
+            .env("TASKWEAVE_STORE", "sqlite::memory:")
+            .arg("run")
+            .arg(&wf)
+            .args(["--input", input, "--format", "json"])
+            .output()
+            .unwrap();
+        assert_eq!(out.status.code(), Some(code), "{}", String::from_utf8_lossy(&out.stderr));
+        serde_json::from_slice(&out.stdout).unwrap()
+    };
+    // The defaults: pages to summarise, no OCR.
+    let r = run(&example, "{}", 0);
+    assert_eq!(r["status"], "succeeded");
+    assert_eq!(r["tasks"]["summarise"]["output"], serde_json::json!({"summary": "2 pages"}));
+    assert_eq!(r["tasks"]["ocr"]["skip_reason"], r#"condition false: tasks["extract-text"].output.text == """#);
+    assert_eq!(r["tasks"]["store"]["output"], serde_json::json!({"summary": "2 pages", "ocr": ""}));
+    assert_eq!(r["tasks"]["alert"]["status"], "skipped");
+    assert_eq!(r["tasks"]["cleanup"]["output"]["status"], "succeeded");
+
+    // An empty document: no summary, the OCR branch, the join still stores.
+    let r = run(&example, r#"{"text": "", "pages": []}"#, 0);
+    assert_eq!(r["status"], "succeeded");
+    assert_eq!(r["tasks"]["summarise"]["skip_reason"], "condition false: size(tasks.split.output.pages) > 0");
+    assert_eq!(r["tasks"]["summarise"]["attempts"], 0);
+    assert_eq!(r["tasks"]["store"]["output"], serde_json::json!({"summary": "", "ocr": "text recognised from the scan"}));
+
+    // A failing split: the alert names it, cleanup still runs.
+    let failing =
+        example.replace("    uses: echo\n    with: {pages: \"{{input.pages}}\"}", "    uses: fail\n    with: {message: no pages}");
+    assert_ne!(failing, example, "the example's split task changed shape");
+    let r = run(&failing, "{}", 1);
+    assert_eq!(r["status"], "failed");
+    assert_eq!(r["tasks"]["alert"]["output"]["failed"][0]["name"], "split");
+    assert_eq!(r["tasks"]["cleanup"]["output"]["status"], "failed");
+}

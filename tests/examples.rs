@@ -113,7 +113,9 @@ fn every_workflow_compiles() {
 fn workflows_folder_validates_as_a_whole() {
     let checked = validate::check_paths(&[root("workflows")], &options()).expect("workflows/ is readable");
     let names: Vec<&str> = checked.iter().filter_map(|c| c.name.as_ref().map(|(n, _)| n.as_str())).collect();
-    for expected in ["hello", "diamond", "document-processing-v2", "document-processing-v2-toml", "all-actions", "two-sources"] {
+    for expected in
+        ["hello", "diamond", "document-processing-v2", "document-processing-v2-toml", "all-actions", "two-sources", "review-pipeline"]
+    {
         assert!(names.contains(&expected), "workflows/ lacks `{expected}` (found {names:?})");
     }
     assert!(checked.iter().all(|c| c.diagnostics.is_empty()), "taskweave validate workflows/ reports:\n\n{}", render(&checked));
