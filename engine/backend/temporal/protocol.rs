@@ -15,6 +15,9 @@ pub const PERMANENT: &str = "Permanent";
 pub const TIMED_OUT: &str = "TimedOut";
 /// Failure type of a run that ended with a failed task.
 pub const TASK_FAILED: &str = "TaskFailed";
+/// Failure type of a run whose tasks all ended well but whose `output:`
+/// cannot be rendered.
+pub const OUTPUT_FAILED: &str = "OutputFailed";
 /// Failure type of a definition the workflow cannot compile.
 pub const BAD_DEFINITION: &str = "BadDefinition";
 

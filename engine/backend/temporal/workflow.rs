@@ -11,9 +11,12 @@
 //! saved histories.
 
 use super::activities::TaskActivities;
-use super::protocol::{BAD_DEFINITION, DagInput, DagOutput, PERMANENT, TASK_FAILED, TIMED_OUT, TaskInput, failure_type, root_message};
+use super::protocol::{
+    BAD_DEFINITION, DagInput, DagOutput, OUTPUT_FAILED, PERMANENT, TASK_FAILED, TIMED_OUT, TaskInput, failure_type, root_message,
+};
 use crate::plan::{Task, TaskId, Workflow};
 use crate::run::executor::{attempt_context, condition_outcome};
+use crate::run::output;
 use crate::run::sched::{Core, Decision, Event, Outcome, seed};
 use crate::run::state::{RunStatus, TaskStatus};
 use futures::future::{FutureExt, LocalBoxFuture};
@@ -186,6 +189,14 @@ impl DagWorkflow {
             let tail = if more > 0 { format!(" (and {more} more)") } else { String::new() };
             let msg = format!("task `{}` failed: {message}{tail}", wf.tasks[*id].name);
             return Err(WorkflowTermination::failed_application(app_failure(TASK_FAILED, msg, true)));
+        }
+        // The run's output is rendered here, deterministically (from the
+        // input and the results in the history), only to decide whether the
+        // run succeeds: the history reader renders it again for the result.
+        let end = output::end(&wf, core.status(), None, &base_ctx, |r| (outputs[r].clone(), core.task_status(r)));
+        if end.status != core.status() {
+            let msg = end.error.unwrap_or_default();
+            return Err(WorkflowTermination::failed_application(app_failure(OUTPUT_FAILED, msg, true)));
         }
         let mut out = Map::new();
         for (t, o) in wf.tasks.iter().zip(outputs) {
