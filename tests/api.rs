@@ -736,6 +736,37 @@ async fn routed_runs_and_the_migration_dashboard() {
     e.shutdown().await;
 }
 
+/// A succeeded run's result carries the workflow's `output:`, its values
+/// typed; a workflow that declares none has no `output` in its results.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn run_results_carry_the_workflow_output() {
+    let e = engine().await;
+    e.register_workflow(workflow(
+        r#"
+version: 1
+name: summed
+tasks:
+  - {name: split, uses: echo, with: {pages: "{{input.pages}}"}}
+  - {name: count, parents: [split], uses: echo, with: {n: 2}}
+output:
+  pages: "{{tasks.split.output.pages}}"
+  n: "{{tasks.count.output.n}}"
+  about: "{{workflow.name}} for {{context.user_id}}"
+"#,
+    ));
+    let app = app(&e);
+    let id = submit(&app, "summed", json!({"input": {"pages": ["a", "b"]}, "context": {"user_id": "7"}})).await;
+    let r = call(&app, get(&format!("/v1/runs/{id}?wait=30s"))).await;
+    assert_eq!(r.status, StatusCode::OK, "{}", r.text);
+    assert_eq!(r.body["status"], "succeeded", "{}", r.text);
+    assert_eq!(r.body["output"], json!({"pages": ["a", "b"], "n": 2, "about": "summed for 7"}), "{}", r.text);
+    let id = submit(&app, "greet", json!({"input": {"who": "ada"}})).await;
+    let r = call(&app, get(&format!("/v1/runs/{id}?wait=30s"))).await;
+    assert_eq!(r.body["status"], "succeeded", "{}", r.text);
+    assert!(r.body.get("output").is_none(), "{}", r.text);
+    e.shutdown().await;
+}
+
 #[tokio::test]
 async fn the_openapi_document_covers_every_route() {
     let e = engine().await;

@@ -72,6 +72,42 @@ fn a_successful_run_exits_0_and_prints_the_result_as_json() {
 }
 
 #[test]
+fn the_workflow_output_is_shown_by_run_and_runs_show() {
+    let dir = tempfile::tempdir().unwrap();
+    let text = r#"
+version: 1
+name: out
+tasks:
+  - {name: split, uses: echo, with: {pages: [p1, p2], n: 2}}
+  - {name: later, parents: [split], when: 'tasks.split.output.n > 5', uses: echo}
+output:
+  pages: "{{tasks.split.output.pages}}"
+  n: "{{tasks.split.output.n}}"
+  later: "{{tasks.later.output}}"
+"#;
+    write(dir.path(), "out.yaml", text);
+    let out = tw(dir.path()).args(["run", "out.yaml", "--format", "json"]).output().unwrap();
+    assert_eq!(out.status.code(), Some(0), "{}", String::from_utf8_lossy(&out.stderr));
+    let r: Value = serde_json::from_slice(&out.stdout).unwrap();
+    assert_eq!(r["status"], "succeeded");
+    assert_eq!(r["output"], serde_json::json!({"pages": ["p1", "p2"], "n": 2, "later": null}));
+    let id = r["run_id"].as_str().unwrap();
+    let section = "output:\n  pages: [\"p1\",\"p2\"]\n  n: 2\n  later: null\n";
+    tw(dir.path()).args(["runs", "show", id]).assert().success().stdout(predicate::str::contains(section));
+    let shown = tw(dir.path()).args(["runs", "show", id, "--format", "json"]).output().unwrap();
+    let s: Value = serde_json::from_slice(&shown.stdout).unwrap();
+    assert_eq!(s["output"], r["output"]);
+    tw(dir.path()).args(["run", "out.yaml"]).assert().success().stdout(predicate::str::contains(section));
+    // An output that cannot be rendered fails the run, and says why.
+    write(dir.path(), "out.yaml", &text.replace("tasks.split.output.n}}", "tasks.split.output.nope}}"));
+    let out = tw(dir.path()).args(["run", "out.yaml"]).output().unwrap();
+    assert_eq!(out.status.code(), Some(1));
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert!(stdout.contains(" failed") && stdout.contains("workflow output: template reads `tasks.split.output.nope`"), "{stdout}");
+    assert!(!stdout.contains("output:\n"), "{stdout}");
+}
+
+#[test]
 fn set_builds_the_input_and_human_output_summarises() {
     let dir = tempfile::tempdir().unwrap();
     write(dir.path(), "greet.yaml", GREET);

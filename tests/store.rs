@@ -110,6 +110,7 @@ macro_rules! suite {
 
 suite!(
     round_trip_of_a_run_with_outputs_errors_skips_and_routing,
+    the_run_output_is_recorded_with_the_end,
     list_filters_orders_newest_first_and_limits,
     attempts_keep_their_last_state_in_start_order,
     cancel_requests_apply_to_unfinished_runs_only,
@@ -142,6 +143,7 @@ fn new_run(id: &str, workflow: &str, created: OffsetDateTime, tasks: &[&str]) ->
         backend: "local".to_string(),
         routing: None,
         error: None,
+        output: None,
         entity_id: id.to_string(),
         context: json!({}),
         input: json!({}),
@@ -248,6 +250,32 @@ async fn round_trip_of_a_run_with_outputs_errors_skips_and_routing(cx: Ctx) {
 
     assert_eq!(s.get_run("no-such-run").await.unwrap(), None);
     assert_eq!(s.get_definition("no-such-run").await.unwrap(), None);
+}
+
+/// A succeeded run's `output` is recorded with its end, typed as it was
+/// rendered, and comes back in the run's JSON; a run without one has none.
+async fn the_run_output_is_recorded_with_the_end(cx: Ctx) {
+    let s = &cx.store;
+    let w = s.writer();
+    let mut run = new_run("0193-output", "wf", at(0), &["a"]);
+    w.create_acked(&run, definition(&["a"])).await.unwrap();
+    assert_eq!(s.get_run(&run.run_id).await.unwrap().unwrap().output, None);
+    run.status = RunStatus::Succeeded;
+    run.started_at = Some(at(1));
+    run.finished_at = Some(at(2));
+    run.output = Some(json!({"pages": ["p1", "p2"], "n": 3, "none": null, "text": "héllo ✓"}));
+    w.run_fields(&run);
+    w.flush().await.unwrap();
+    let back = s.get_run(&run.run_id).await.unwrap().unwrap();
+    assert_eq!(back.output, run.output);
+    assert_eq!(serde_json::to_value(&back).unwrap()["output"]["n"], 3);
+    // Written whole, too.
+    run.output = Some(json!(["a list", 1]));
+    s.save_run(&run).await.unwrap();
+    assert_eq!(s.get_run(&run.run_id).await.unwrap().unwrap().output, Some(json!(["a list", 1])));
+    let plain = new_run("0193-no-output", "wf", at(3), &["a"]);
+    s.create_run(&plain, &definition(&["a"])).await.unwrap();
+    assert!(serde_json::to_value(s.get_run(&plain.run_id).await.unwrap().unwrap()).unwrap().get("output").is_none());
 }
 
 async fn list_filters_orders_newest_first_and_limits(cx: Ctx) {

@@ -96,6 +96,33 @@ fn results_of_handlers_after_a_timeout_are_derived_from_the_history() {
     assert_eq!(r.tasks["cleanup"].status, TaskStatus::Succeeded, "{r:#?}");
 }
 
+/// A run's output is rendered again from its history, as the workflow
+/// rendered it to decide the run's end; one that could not be rendered
+/// failed the execution, and the reader says why.
+#[test]
+fn outputs_are_derived_from_the_history() {
+    use taskweave::backend::temporal::history::{derive, start_input};
+    let read = |name: &str| {
+        let (_, bytes) = saved().into_iter().find(|(n, _)| n == name).unwrap_or_else(|| panic!("the {name} history"));
+        let history: temporalio_common::protos::temporal::api::history::v1::History = serde_json::from_slice(&bytes).unwrap();
+        let input = start_input(&history.events).expect("the start event");
+        let wf = taskweave::plan::compile(serde_json::from_value(input.definition.clone()).unwrap()).unwrap();
+        derive(&wf, &input, "temporal", &history.events, &[]).unwrap()
+    };
+    let r = read("output.json");
+    assert_eq!(r.status, RunStatus::Succeeded, "{r:#?}");
+    assert_eq!(
+        r.output,
+        Some(serde_json::json!({"pages": ["p1", "p2"], "n": 2, "summaries": null, "text": "replay-output: 2 pages"})),
+        "{r:#?}"
+    );
+    let r = read("output-unrenderable.json");
+    assert_eq!(r.status, RunStatus::Failed, "{r:#?}");
+    assert_eq!(r.output, None);
+    let error = r.error.as_deref().unwrap_or("");
+    assert!(error.starts_with("workflow output: ") && error.contains("tasks.a.output.nope"), "{r:#?}");
+}
+
 /// The guard is real: a history whose commands differ from what the code
 /// does now (its first task scheduled as an `http` activity, as if the
 /// workflow code had changed) fails to replay.
@@ -243,6 +270,34 @@ on_failure:
   - {name: alert, run: ["echo", "{{run.status}}"]}
 finally:
   - {name: cleanup, run: ["echo", "clean"]}
+"#,
+    ),
+    (
+        "output",
+        r#"
+version: 1
+name: replay-output
+tasks:
+  - name: split
+    run: ["echo", "{\"pages\": [\"p1\", \"p2\"], \"n\": 2}"]
+    output: json
+  - {name: summarise, parents: [split], when: 'size(tasks.split.output.pages) > 5', run: ["echo", "s"]}
+output:
+  pages: "{{tasks.split.output.pages}}"
+  n: "{{tasks.split.output.n}}"
+  summaries: "{{tasks.summarise.output}}"
+  text: "{{workflow.name}}: {{tasks.split.output.n}} pages"
+"#,
+    ),
+    (
+        "output-unrenderable",
+        r#"
+version: 1
+name: replay-output-unrenderable
+tasks:
+  - {name: a, run: ["echo", "a"]}
+output:
+  v: "{{tasks.a.output.nope}}"
 "#,
     ),
 ];

@@ -410,6 +410,28 @@ const YAML_CASES: &[Case] = &[
         expect: &[e("template-ref", (9, 18), Some((9, 35)), "there is no task `fetc`")],
     },
     Case {
+        name: "template: in the workflow's output",
+        format: Y,
+        src: "version: 1\nname: demo\ntasks:\n  - name: a\n    uses: echo\noutput:\n  x: \"{{tasks.a.output\"\n",
+        expect: &[e("template", (7, 7), Some((7, 9)), "`{{` is never closed")],
+    },
+    Case {
+        name: "template-ref: the output reads any task, but an unknown one is an error",
+        format: Y,
+        src: "version: 1\nname: demo\ntasks:\n  - name: split\n    uses: echo\n  - name: other\n    uses: echo\noutput:\n  pages: \"{{tasks.split.output.pages}}\"\n  nested: {all: [\"{{tasks.other.status}}\", \"{{tasks.splt.output}}\"]}\n",
+        expect: &[e("template-ref", (10, 47), Some((10, 64)), "there is no task `splt`")],
+    },
+    Case {
+        name: "template-ref: the output has no attempt, a task only output and status, and the roots as elsewhere",
+        format: Y,
+        src: "version: 1\nname: demo\ntasks:\n  - name: split\n    uses: echo\noutput:\n  bad: \"{{run.attempt}} {{tasks.split.outptu}} {{inpt.x}}\"\n",
+        expect: &[
+            e("template-ref", (7, 11), Some((7, 22)), "`run` has only `id`"),
+            e("template-ref", (7, 27), Some((7, 45)), "only `output` and `status`"),
+            e("template-ref", (7, 50), Some((7, 56)), "did you mean `input`?"),
+        ],
+    },
+    Case {
         name: "timeout-exceeds",
         format: Y,
         src: "version: 1\nname: demo\ntimeout: 10m\ntasks:\n  - name: a\n    uses: echo\n    timeout: 1h\n",
@@ -482,6 +504,18 @@ const TOML_CASES: &[Case] = &[
         format: T,
         src: "version = 1\nname = \"demo\"\n\n[[tasks]]\nname = \"a\"\nuses = \"echo\"\n\n[[tasks]]\nname = \"b\"\nrun = [\"echo\", \"{{tasks.a.output}}\"]\n",
         expect: &[e("template-ref", (10, 19), Some((10, 33)), "`a` is not an ancestor of `b`")],
+    },
+    Case {
+        name: "toml: template in the workflow's output",
+        format: T,
+        src: "version = 1\nname = \"demo\"\n\n[output]\nx = \"{{tasks.a.output\"\n\n[[tasks]]\nname = \"a\"\nuses = \"echo\"\n",
+        expect: &[e("template", (5, 6), Some((5, 8)), "`{{` is never closed")],
+    },
+    Case {
+        name: "toml: template-ref in the workflow's output",
+        format: T,
+        src: "version = 1\nname = \"demo\"\n\n[output]\nall = \"{{tasks.split.output}}\"\npages = \"{{tasks.splt.output}}\"\n\n[[tasks]]\nname = \"split\"\nuses = \"echo\"\n",
+        expect: &[e("template-ref", (6, 12), Some((6, 29)), "did you mean `split`?")],
     },
     Case {
         name: "toml: timeout-exceeds",

@@ -1,6 +1,6 @@
 //! The conformance suite every backend driver passes: ordering, parallelism,
 //! output passing, failure and skip, task and workflow timeouts, retries,
-//! cancellation, result retrieval, unknown ids.
+//! cancellation, result retrieval, unknown ids, the workflow's output.
 //!
 //! Each case is a plain async function taking a backend; the
 //! [`conformance_tests!`](crate::conformance_tests) macro turns them into one
@@ -562,6 +562,85 @@ pub async fn entity_and_context(b: Arc<dyn Backend>) {
     assert_eq!(task(&r, "who").output, Some(json!({"user": "u-42", "run": id, "wf": "conf-ctx"})));
 }
 
+/// The workflow's `output:`: rendered when the run succeeds, each value
+/// with its JSON type (a lone read keeps it: a number stays a number, an
+/// array an array), the output of a skipped task read as null; a failed
+/// run has no output; an output that cannot be rendered fails the run.
+pub async fn workflow_output(b: Arc<dyn Backend>) {
+    let yaml = r#"
+version: 1
+name: conf-output
+tasks:
+  - {name: split, uses: echo, with: {pages: "{{input.pages}}", n: "{{input.n}}"}}
+  - {name: summarise, parents: [split], when: 'size(tasks.split.output.pages) > 5', uses: echo}
+  - {name: count, parents: [split], uses: echo, with: {n: "{{tasks.split.output.n}}"}}
+output:
+  pages: "{{tasks.split.output.pages}}"
+  n: "{{tasks.count.output.n}}"
+  summaries: "{{tasks.summarise.output}}"
+  summarise: "{{tasks.summarise.status}}"
+  text: "{{workflow.name}}: {{tasks.split.output.n}} pages for {{context.who}}"
+  nested: {run: "{{run.id}}", list: ["{{input.n}}", 2], fixed: true}
+"#;
+    let mut req = RunRequest::new(workflow(yaml), json!({"pages": ["p1", "p2"], "n": 3}));
+    req.context = json!({"who": "ops"});
+    let id = b.submit(req).await.expect("submit");
+    let r = b.result(&id, Some(WAIT)).await.expect("result");
+    assert_eq!(r.status, RunStatus::Succeeded, "{r:#?}");
+    assert_eq!(task(&r, "summarise").status, TaskStatus::Skipped, "{r:#?}");
+    assert_eq!(
+        r.output,
+        Some(json!({
+            "pages": ["p1", "p2"],
+            "n": 3,
+            "summaries": null,
+            "summarise": "skipped",
+            "text": "conf-output: 3 pages for ops",
+            "nested": {"run": id, "list": [3, 2], "fixed": true},
+        })),
+        "{r:#?}"
+    );
+    assert_eq!(r.error, None);
+
+    // A failed run renders no output.
+    let r = run_to_end(
+        &*b,
+        r#"
+version: 1
+name: conf-output-failed
+tasks:
+  - {name: a, uses: echo, with: {v: 1}}
+  - {name: bad, parents: [a], uses: fail, with: {message: boom}}
+output:
+  v: "{{tasks.a.output.v}}"
+"#,
+        json!({}),
+    )
+    .await;
+    assert_eq!(r.status, RunStatus::Failed, "{r:#?}");
+    assert_eq!(r.output, None, "{r:#?}");
+
+    // Every task succeeded, but the output reads what is not there: the run fails, saying why.
+    let r = run_to_end(
+        &*b,
+        r#"
+version: 1
+name: conf-output-unrenderable
+tasks:
+  - {name: a, uses: echo, with: {v: 1}}
+output:
+  v: "{{tasks.a.output.nope}}"
+"#,
+        json!({}),
+    )
+    .await;
+    assert_eq!(r.status, RunStatus::Failed, "{r:#?}");
+    assert_eq!(task(&r, "a").status, TaskStatus::Succeeded, "{r:#?}");
+    assert_eq!(r.output, None, "{r:#?}");
+    let error = r.error.as_deref().unwrap_or("");
+    assert!(error.starts_with("workflow output: ") && error.contains("tasks.a.output.nope"), "{r:#?}");
+}
+
 /// A backend with in-process workers beside it, for a driver whose runs
 /// need workers: the workers stop when this value is dropped, and what
 /// `keep` holds (a database, a folder) goes after them.
@@ -841,7 +920,7 @@ macro_rules! conformance_tests {
             ordering_and_outputs, parallelism_and_concurrency, failure_skips_descendants, trigger_rules,
             conditions, failure_handlers,
             task_timeout, workflow_timeout, retries, cancellation, results_and_unknown_ids,
-            entity_and_context);
+            entity_and_context, workflow_output);
     };
     (@cases $make:expr; $($case:ident),*) => {
         $(

@@ -89,6 +89,7 @@ mod tests {
             backend: "pg".into(),
             routing: None,
             error: None,
+            output: None,
             entity_id: "e".into(),
             context: serde_json::Value::Null,
             input: serde_json::Value::Null,

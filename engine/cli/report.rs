@@ -149,6 +149,17 @@ pub fn human_result(r: &RunResult, wf: Option<&crate::plan::Workflow>) -> String
     if let Some(e) = &r.error {
         out.push_str(&format!("  {e}\n"));
     }
+    // The workflow's `output:`, one line per key (previews: `--format json` shows it whole).
+    match &r.output {
+        Some(Value::Object(fields)) => {
+            out.push_str("output:\n");
+            for (k, v) in fields {
+                out.push_str(&format!("  {k}: {}\n", one_line(v, 160)));
+            }
+        }
+        Some(other) => out.push_str(&format!("output: {}\n", one_line(other, 160))),
+        None => {}
+    }
     out
 }
 

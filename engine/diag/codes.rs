@@ -73,7 +73,7 @@ codes! {
         "version: 1\nname: hello\ntasks:\n  - name: a\n    uses: echo\n    with: {path: \"{{input.path\"}\n",
         "version: 1\nname: hello\ntasks:\n  - name: a\n    uses: echo\n    with: {path: \"{{input.path}}\"}\n";
     TemplateRef = "template-ref", Error,
-        "A template or a `when:` condition reads something that cannot exist when the task runs: `tasks.X` where X is not an ancestor of the task, a task field other than `output` and `status`, an input property that the input schema does not declare while it forbids others, or an unknown root (the roots are input, tasks, run, workflow and context). In a condition, a task name with `-` is written `tasks[\"extract-text\"]`: `tasks.extract-text` would read `tasks.extract` minus a variable `text`.",
+        "A template or a `when:` condition reads something that cannot exist when the task runs: `tasks.X` where X is not an ancestor of the task (the workflow's `output:` may read any task, but only one that exists), a task field other than `output` and `status`, an input property that the input schema does not declare while it forbids others, or an unknown root (the roots are input, tasks, run, workflow and context). In a condition, a task name with `-` is written `tasks[\"extract-text\"]`: `tasks.extract-text` would read `tasks.extract` minus a variable `text`.",
         "version: 1\nname: hello\ntasks:\n  - {name: a, uses: echo}\n  - {name: b, uses: echo, with: {x: \"{{tasks.a.output}}\"}}\n",
         "version: 1\nname: hello\ntasks:\n  - {name: a, uses: echo}\n  - {name: b, uses: echo, parents: [a], with: {x: \"{{tasks.a.output}}\"}}\n";
     UnknownHelper = "unknown-helper", Error,

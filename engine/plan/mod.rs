@@ -162,6 +162,15 @@ pub struct Task {
     pub templated: bool,
 }
 
+/// A workflow's `output:`: its templates, compiled once, and the tasks they
+/// read (any task: the output is rendered once every task is final).
+#[derive(Debug)]
+pub struct Output {
+    pub value: TValue,
+    /// The tasks whose output or status the templates read, each once, in order.
+    pub reads: Vec<TaskId>,
+}
+
 /// A validated workflow, immutable and shared (`Arc`) by every run that pins it.
 #[derive(Debug)]
 pub struct Workflow {
@@ -180,6 +189,8 @@ pub struct Workflow {
     /// A topological order of the tasks.
     pub order: Vec<TaskId>,
     pub templates: Templates,
+    /// The workflow's `output:`, compiled; `None` when it declares none.
+    pub output: Option<Output>,
     /// The definition itself; it travels with runs to remote backends.
     pub raw: RawWorkflow,
     /// Where it was loaded from, if from a file.
@@ -366,6 +377,15 @@ pub fn compile(raw: RawWorkflow) -> Result<Arc<Workflow>, String> {
             tasks[p].children.push(i);
         }
     }
+    let output = match &raw.output {
+        Some(map) => {
+            let mut read = template::Reads::default();
+            let value =
+                templates.compile_value_reading("/output", &Value::Object(map.clone()), &mut read).map_err(|e| tmpl_err("/output", e))?;
+            Some(Output { value, reads: task_reads(&read, &ids).0 })
+        }
+        None => None,
+    };
     let order = petgraph::algo::toposort(&dag, None)
         .map_err(|c| format!("cycle through `{}`", all[c.node_id().index()].2.name))?
         .into_iter()
@@ -385,6 +405,7 @@ pub fn compile(raw: RawWorkflow) -> Result<Arc<Workflow>, String> {
         dag,
         order,
         templates,
+        output,
         raw,
         source: None,
         input_check: std::sync::OnceLock::new(),

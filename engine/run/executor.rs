@@ -8,6 +8,7 @@
 //! store through the batched writer.
 
 use super::actions::{self, ActionError, Attempt, Handlers, Limits};
+use super::output::{self, End};
 use super::record::{AttemptRecord, Recorder};
 use super::result::{RunResult, TaskResult};
 use super::sched::{self, Core, Decision, Event, Outcome};
@@ -60,8 +61,8 @@ struct Run {
     set: JoinSet<AttemptEnd>,
     base_ctx: Arc<Value>,
     cancel: CancellationToken,
-    /// Set by the core's last decision.
-    end: Option<(RunStatus, Option<String>)>,
+    /// Set by the core's last decision, with the run's output.
+    end: Option<End>,
 }
 
 struct AttemptEnd {
@@ -195,8 +196,8 @@ impl Executor {
             }
             self.apply(&wf, &mut run, &mut decisions, &core);
         }
-        let Some((end, error)) = run.end.take() else { return core.status() };
-        self.finish_run(run, end, error).await
+        let Some(end) = run.end.take() else { return core.status() };
+        self.finish_run(run, end).await
     }
 
     /// Carry out the core's decisions, in order.
@@ -257,14 +258,17 @@ impl Executor {
                 // Attempts hold child tokens of the run's: they stop and come
                 // back as `Stopped`.
                 Decision::StopAll => run.cancel.cancel(),
-                Decision::RunFinished { status, error } => run.end = Some((status, error)),
+                Decision::RunFinished { status, error } => {
+                    let (outputs, statuses) = (&run.outputs, &run.statuses);
+                    run.end = Some(output::end(wf, status, error, &run.base_ctx, |r| (outputs[r].clone(), statuses[r])));
+                }
             }
         }
     }
 
     /// Record the end first, then publish it: whoever sees the run finished
     /// can rely on its history being written (or on the error saying why not).
-    async fn finish_run(&self, run: Run, end: RunStatus, error: Option<String>) -> RunStatus {
+    async fn finish_run(&self, run: Run, End { status: end, error, output }: End) -> RunStatus {
         let run_id = lock(&run.shared).run_id.clone();
         let mut fin = {
             let mut r = lock(&run.shared);
@@ -275,6 +279,7 @@ impl Executor {
         };
         let _ = fin.status.transition(end);
         fin.finished_at = Some(now());
+        fin.output = output;
         // A cancel may carry its own reason; keep it.
         if end != RunStatus::Cancelled || fin.error.is_none() {
             fin.error = error;
@@ -294,6 +299,7 @@ impl Executor {
             r.status = fin.status;
             r.finished_at = fin.finished_at;
             r.error = fin.error;
+            r.output = fin.output;
             self.emit(&r, None, end.as_str(), 0, r.error.as_deref());
         }
         end
@@ -511,6 +517,7 @@ pub fn new_result(wf: &Workflow, run_id: String, backend: &str, input: Value, en
         backend: backend.to_string(),
         routing: None,
         error: None,
+        output: None,
         context,
         input,
         created_at: now(),

@@ -3,6 +3,7 @@
 
 pub mod actions;
 pub mod executor;
+pub mod output;
 pub mod record;
 pub mod result;
 pub mod sched;

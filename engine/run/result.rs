@@ -80,6 +80,10 @@ pub struct RunResult {
     /// The run's error, when it ended without a task to blame (timeout, refusal).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub error: Option<String>,
+    /// The workflow's `output:`, rendered when the run succeeded (absent
+    /// otherwise, and for a workflow that declares none).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub output: Option<Value>,
     pub entity_id: String,
     #[serde(default)]
     pub context: Value,
@@ -116,7 +120,12 @@ impl RunResult {
                     + t.skip_reason.as_ref().map_or(0, String::len)
             })
             .sum();
-        std::mem::size_of::<Self>() + strings + approx_value_bytes(&self.context) + approx_value_bytes(&self.input) + tasks
+        std::mem::size_of::<Self>()
+            + strings
+            + approx_value_bytes(&self.context)
+            + approx_value_bytes(&self.input)
+            + self.output.as_ref().map_or(0, approx_value_bytes)
+            + tasks
     }
 }
 

@@ -56,6 +56,15 @@ pub struct RawWorkflow {
     /// `on_failure`); their parents are among themselves. A failing one turns a succeeded run `failed`.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub finally: Vec<RawTask>,
+    /// The run's output, rendered once every task is final and the run
+    /// succeeded: a mapping whose strings are templates (nested mappings and
+    /// lists too, as in `with:`), reading `input`, `run.id`, `workflow`,
+    /// `context` and any task's `tasks.NAME.output` and `.status` (the output
+    /// of a task that did not succeed reads as null). A lone `{{expr}}`
+    /// keeps the value's JSON type.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(extend("examples" = [{"summaries": "{{tasks.summarise.output}}", "pages": "{{tasks.split.output.pages}}"}]))]
+    pub output: Option<Map<String, Value>>,
 }
 
 /// A duration string: `500ms`, `30s`, `10m`, `1h30m`.

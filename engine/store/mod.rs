@@ -114,7 +114,7 @@ impl Owner {
 const MEMORY: &str = "sqlite::memory:";
 
 /// The newest schema this build knows.
-pub const SCHEMA_VERSION: i64 = 4;
+pub const SCHEMA_VERSION: i64 = 5;
 
 /// Where sqlx records applied migrations. Not sqlx's default name, so the
 /// store can share a PostgreSQL database with other sqlx users.
@@ -127,12 +127,14 @@ const SQLITE_MIGRATIONS: &[(i64, &str, &str)] = &[
     (2, "definitions and implicit tasks", include_str!("migrations/sqlite/0002_definitions_and_implicit_tasks.sql")),
     (3, "routing columns", include_str!("migrations/sqlite/0003_routing_columns.sql")),
     (4, "instance leases", include_str!("migrations/sqlite/0004_instance_leases.sql")),
+    (5, "run output", include_str!("migrations/sqlite/0005_run_output.sql")),
 ];
 const POSTGRES_MIGRATIONS: &[(i64, &str, &str)] = &[
     (1, "run history", include_str!("migrations/postgres/0001_run_history.sql")),
     (2, "definitions and implicit tasks", include_str!("migrations/postgres/0002_definitions_and_implicit_tasks.sql")),
     (3, "routing columns", include_str!("migrations/postgres/0003_routing_columns.sql")),
     (4, "instance leases", include_str!("migrations/postgres/0004_instance_leases.sql")),
+    (5, "run output", include_str!("migrations/postgres/0005_run_output.sql")),
 ];
 
 /// A handle on the run history. Cheap to clone; every clone shares one pool.

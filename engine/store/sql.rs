@@ -119,6 +119,7 @@ const RUN_COLS: &[(&str, Kind)] = &[
     ("backend", Text),
     ("routing", Json),
     ("error", Text),
+    ("output", Json),
     ("entity_id", Text),
     ("context", Json),
     ("input", Json),
@@ -142,6 +143,7 @@ const RUNS: Table = Table {
         "backend",
         "routing",
         "error",
+        "output",
         "entity_id",
         "context",
         "input",
@@ -167,6 +169,7 @@ const CREATES: Table = Table {
         ("backend", Text),
         ("routing", Json),
         ("error", Text),
+        ("output", Json),
         ("entity_id", Text),
         ("context", Json),
         ("input", Json),
@@ -365,8 +368,9 @@ impl Sql {
     pub fn new(dialect: Dialect, migrations_table: &str) -> Sql {
         let d = dialect;
         let run_sel = format!(
-            "run_id, workflow, version, status, backend, {}, error, entity_id, {}, {}, {}, {}, {}",
+            "run_id, workflow, version, status, backend, {}, error, {}, entity_id, {}, {}, {}, {}, {}",
             json_col(d, "routing"),
+            json_col(d, "output"),
             json_col(d, "context"),
             json_col(d, "input"),
             ts_col(d, "created_at"),
@@ -564,7 +568,7 @@ impl Sql {
     }
 }
 
-/// The values of the runs table's own columns for one run (the first 16 of
+/// The values of the runs table's own columns for one run (the first 17 of
 /// [`CREATES`]). PostgreSQL's NULs are dealt with when the statement is made.
 pub(crate) fn push_run(r: &RunResult, owner: &super::Owner, args: &mut Vec<Val>) {
     let routing = r.routing.as_ref().map(|x| json_text(&serde_json::to_value(x).unwrap_or(Value::Null)));
@@ -576,6 +580,7 @@ pub(crate) fn push_run(r: &RunResult, owner: &super::Owner, args: &mut Vec<Val>)
         Val::Text(Some(r.backend.clone())),
         Val::Text(routing),
         Val::Text(r.error.clone()),
+        Val::Text(r.output.as_ref().map(json_text)),
         Val::Text(Some(r.entity_id.clone())),
         Val::Text(Some(json_text(&r.context))),
         Val::Text(Some(json_text(&r.input))),

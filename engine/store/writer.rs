@@ -388,6 +388,7 @@ fn fields_of(r: &RunResult) -> RunResult {
         backend: r.backend.clone(),
         routing: r.routing.clone(),
         error: r.error.clone(),
+        output: r.output.clone(),
         entity_id: r.entity_id.clone(),
         context: r.context.clone(),
         input: r.input.clone(),

@@ -365,7 +365,8 @@ mod tests {
                retry: {attempts: 2, backoff: 1}}\n\
         \x20 - {name: b, parents: [a], http: {method: POST, url: u, headers: {h: v}, query: {q: v}, json: {k: [1]}, body: t}}\n\
         \x20 - {name: c, celery: {task: t.add, args: [1], kwargs: {x: 1}, queue: q, priority: 9}}\n\
-        \x20 - {name: d, uses: echo, with: {m: [1]}}\n";
+        \x20 - {name: d, uses: echo, with: {m: [1]}}\n\
+        output: {s: '{{tasks.d.output}}', n: [1, {k: x}]}\n";
 
     fn validator_accepts(root: &Node) -> bool {
         compiled().validator.iter_errors(&root.to_json()).next().is_none()

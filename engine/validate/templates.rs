@@ -1,7 +1,8 @@
 //! Templates (`template`, `unknown-helper`) and what they read
 //! (`template-ref`, `output-field`): the variables there are, the outputs
-//! of a task's ancestors only, the fields a handler returns, the input
-//! properties a closed schema declares.
+//! of a task's ancestors only (any task's in the workflow's `output:`,
+//! rendered once every task is final), the fields a handler returns, the
+//! input properties a closed schema declares.
 
 use super::context::Rules;
 use super::graph::Reach;
@@ -13,6 +14,17 @@ use crate::plan::template::{self, MAX_TEMPLATE_NESTING, ROOTS, nesting};
 use crate::spec::node::{Node, NodeKind, pointer_seg};
 use std::borrow::Cow;
 use std::collections::HashMap;
+
+/// Where a template string sits, which decides what it may read.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Site {
+    /// A workflow-level value (`env`, the rollout entity): no task outputs.
+    Workflow,
+    /// The workflow's `output:`, rendered once every task is final: any task.
+    Output,
+    /// A field of task `i`: the outputs of its ancestors.
+    Task(usize),
+}
 
 impl Rules<'_> {
     pub(super) fn templates(&mut self, tasks: &[Node], ids: &HashMap<&str, usize>, reach: &mut Reach) {
@@ -27,10 +39,10 @@ impl Rules<'_> {
         // Workflow-level templates: env values and the rollout entity.
         let root = self.root;
         // The template strings: (pointer as a range of `pointers`, text,
-        // shell script, task).
+        // shell script, where it sits).
         // Sized for about one template per task, to grow seldom.
         let mut pointers = String::with_capacity(tasks.len() * 24);
-        let mut strings: Vec<(std::ops::Range<usize>, &str, bool, Option<usize>)> = Vec::with_capacity(tasks.len() + 4);
+        let mut strings: Vec<(std::ops::Range<usize>, &str, bool, Site)> = Vec::with_capacity(tasks.len() + 4);
         let mut ptr = String::new();
         if let Some(env) = root.get("env").and_then(Node::as_map) {
             for (k, v) in env {
@@ -40,13 +52,13 @@ impl Rules<'_> {
                     ptr.push_str("/env");
                     push_seg(&mut ptr, k);
                     pointers.push_str(&ptr);
-                    strings.push((pointers.len() - ptr.len()..pointers.len(), s, false, None));
+                    strings.push((pointers.len() - ptr.len()..pointers.len(), s, false, Site::Workflow));
                 }
             }
         }
         if let Some(s) = root.pointer("/backend/entity").and_then(Node::as_str).filter(|s| template::is_template(s)) {
             pointers.push_str("/backend/entity");
-            strings.push((pointers.len() - "/backend/entity".len()..pointers.len(), s, false, None));
+            strings.push((pointers.len() - "/backend/entity".len()..pointers.len(), s, false, Site::Workflow));
         }
         for (i, t) in tasks.iter().enumerate() {
             ptr.clear();
@@ -58,10 +70,18 @@ impl Rules<'_> {
             }
             task_templates(t, &mut ptr, &mut |p, s, shell| {
                 pointers.push_str(p);
-                strings.push((pointers.len() - p.len()..pointers.len(), s, shell, Some(i)));
+                strings.push((pointers.len() - p.len()..pointers.len(), s, shell, Site::Task(i)));
             });
         }
-        for (range, s, shell, task) in strings {
+        if let Some(output) = root.get("output").filter(|o| o.is_map()) {
+            ptr.clear();
+            ptr.push_str("/output");
+            walk(&mut ptr, output, &mut |p, s, shell| {
+                pointers.push_str(p);
+                strings.push((pointers.len() - p.len()..pointers.len(), s, shell, Site::Output));
+            });
+        }
+        for (range, s, shell, site) in strings {
             let ptr = &pointers[range];
             // Spans are looked up only for a finding: most templates have none.
             let node_cell = std::cell::OnceCell::new();
@@ -161,21 +181,25 @@ impl Rules<'_> {
                 match root {
                     "tasks" => {
                         let Some(target) = segs.get(1) else {
+                            let help = match site {
+                                Site::Output => "the output may read any task's `output` and `status`, by name",
+                                _ => "templates may read only the outputs of a task's ancestors, by name",
+                            };
                             self.push(
                                 Diagnostic::new(Code::TemplateRef, self.file, span(self), "read one task's output: `tasks.NAME.output`")
-                                    .with_help("templates may read only the outputs of a task's ancestors, by name"),
+                                    .with_help(help),
                             );
                             continue;
                         };
-                        let Some(task) = task else {
+                        if site == Site::Workflow {
                             self.push(Diagnostic::new(
                                 Code::TemplateRef,
                                 self.file,
                                 span(self),
-                                format!("`{raw}`: task outputs are not available here, only in a task's own templates"),
+                                format!("`{raw}`: task outputs are not available here, only in a task's own templates and the workflow's `output`"),
                             ));
                             continue;
-                        };
+                        }
                         match ids.get(target) {
                             None => {
                                 let d = Diagnostic::new(
@@ -188,11 +212,19 @@ impl Rules<'_> {
                             }
                             Some(&tid) => {
                                 let field = segs.get(2).copied();
-                                // Handlers read any task of the lists before theirs.
-                                let earlier = self.phase_of(tid) < self.phase_of(task);
-                                match if earlier { Some(true) } else { reach.quick(tid, task) } {
-                                    Some(ancestor) => self.task_ref(ancestor, &span, &raw, tasks, tid, task, field),
-                                    None => deferred.push((tid, task, ptr.to_string(), raw.to_string(), field.map(str::to_string))),
+                                match site {
+                                    // Rendered once every task is final: any
+                                    // task reads as an ancestor would.
+                                    Site::Output => self.task_ref(true, &span, &raw, tasks, tid, tid, field),
+                                    Site::Task(task) => {
+                                        // Handlers read any task of the lists before theirs.
+                                        let earlier = self.phase_of(tid) < self.phase_of(task);
+                                        match if earlier { Some(true) } else { reach.quick(tid, task) } {
+                                            Some(ancestor) => self.task_ref(ancestor, &span, &raw, tasks, tid, task, field),
+                                            None => deferred.push((tid, task, ptr.to_string(), raw.to_string(), field.map(str::to_string))),
+                                        }
+                                    }
+                                    Site::Workflow => {}
                                 }
                             }
                         }
@@ -211,10 +243,12 @@ impl Rules<'_> {
                         }
                     }
                     "run" | "workflow" => {
-                        let handler = task.is_some_and(|t| self.phase_of(t) != crate::plan::Phase::Main);
-                        let allowed: &[&str] = match root {
-                            "run" if handler => &["id", "attempt", "status", "failed_tasks"],
-                            "run" => &["id", "attempt"],
+                        let handler = matches!(site, Site::Task(t) if self.phase_of(t) != crate::plan::Phase::Main);
+                        // The output is rendered once per run, not per attempt.
+                        let allowed: &[&str] = match (root, site) {
+                            ("run", Site::Output) => &["id"],
+                            ("run", _) if handler => &["id", "attempt", "status", "failed_tasks"],
+                            ("run", _) => &["id", "attempt"],
                             _ => &["name", "version"],
                         };
                         if let Some(f) = segs.get(1).filter(|f| !allowed.contains(f)) {
@@ -385,28 +419,6 @@ impl Rules<'_> {
 /// `ptr` holds the task's pointer (`/tasks/3`) and is extended in place for
 /// each string (and restored), so listing the strings allocates nothing.
 fn task_templates<'v>(task: &'v Node, ptr: &mut String, out: &mut impl FnMut(&str, &'v str, bool)) {
-    fn walk<'v>(ptr: &mut String, v: &'v Node, out: &mut impl FnMut(&str, &'v str, bool)) {
-        match &v.kind {
-            NodeKind::Str(s) if template::is_template(s) => out(ptr, s, false),
-            NodeKind::Seq(a) => {
-                for (i, x) in a.iter().enumerate() {
-                    let len = ptr.len();
-                    push_index(ptr, i);
-                    walk(ptr, x, out);
-                    ptr.truncate(len);
-                }
-            }
-            NodeKind::Map(m) => {
-                for (k, x) in m {
-                    let len = ptr.len();
-                    push_seg(ptr, &k.name);
-                    walk(ptr, x, out);
-                    ptr.truncate(len);
-                }
-            }
-            _ => {}
-        }
-    }
     /// A string, or the strings directly inside a list or a mapping.
     fn strings<'v>(ptr: &mut String, v: Option<&'v Node>, out: &mut impl FnMut(&str, &'v str, bool)) {
         match v.map(|v| &v.kind) {
@@ -499,6 +511,33 @@ fn task_templates<'v>(task: &'v Node, ptr: &mut String, out: &mut impl FnMut(&st
     }
     if let Some(w) = with {
         at(ptr, "/with", out, |p, o| walk(p, w, o));
+    }
+}
+
+/// Every template string inside a value (a `with:`, an HTTP `json`, the
+/// workflow's `output`), at any depth, with its JSON pointer: `ptr` holds
+/// the value's pointer and is extended in place for each string (and
+/// restored).
+fn walk<'v>(ptr: &mut String, v: &'v Node, out: &mut impl FnMut(&str, &'v str, bool)) {
+    match &v.kind {
+        NodeKind::Str(s) if template::is_template(s) => out(ptr, s, false),
+        NodeKind::Seq(a) => {
+            for (i, x) in a.iter().enumerate() {
+                let len = ptr.len();
+                push_index(ptr, i);
+                walk(ptr, x, out);
+                ptr.truncate(len);
+            }
+        }
+        NodeKind::Map(m) => {
+            for (k, x) in m {
+                let len = ptr.len();
+                push_seg(ptr, &k.name);
+                walk(ptr, x, out);
+                ptr.truncate(len);
+            }
+        }
+        _ => {}
     }
 }
 

@@ -11,6 +11,7 @@ use super::CeleryBackend;
 use super::runs::{Applied, Changes, Progress, Sched, StopReason};
 use super::wire;
 use crate::plan::{TaskId, Workflow};
+use crate::run::output;
 use crate::run::sched::{Core, Decision, Event, Outcome, seed};
 use crate::run::{TaskResult, TaskStatus};
 use time::OffsetDateTime;
@@ -104,6 +105,7 @@ impl CeleryBackend {
                 Step::Stop(_) => None,
             };
             self.changes(run, wf, queue, &decisions, ended.zip(mine), &mut changes);
+            self.end_with_output(run, wf, &core, ended.zip(mine), &mut changes).await?;
             match self.runs.apply(run, &queue_key, &from, &core.snapshot(), &changes).await.map_err(|e| self.unavailable(e))? {
                 Applied::Done(Progress::Gone) => return Ok(None),
                 Applied::Done(p) => return Ok(Some((p, decisions))),
@@ -112,6 +114,46 @@ impl CeleryBackend {
             }
         }
         Err(self.unavailable(format!("run {run} kept changing while an event of it was recorded")))
+    }
+
+    /// The run's end with its output ([`output::end`]): when the core ends
+    /// the run succeeded and its workflow declares an output, the outputs
+    /// of the tasks it reads are read from the run's hash (final, so the
+    /// state version the decisions are checked against covers them) and the
+    /// output rendered; one that cannot be rendered fails the run. `mine`:
+    /// the task whose attempt ended, with its worker's result.
+    async fn end_with_output(
+        &self,
+        run: &str,
+        wf: &Workflow,
+        core: &Core,
+        mine: Option<(TaskId, &TaskResult)>,
+        ch: &mut Changes,
+    ) -> Result<(), crate::backend::BackendError> {
+        let Some((status, error)) = ch.end.take() else { return Ok(()) };
+        if !output::wanted(wf, status) {
+            ch.end = Some((status, error));
+            return Ok(());
+        }
+        let reads: Vec<TaskId> = wf.output.iter().flat_map(|o| o.reads.iter().copied()).collect();
+        let mut names = vec!["input".to_string(), "context".to_string()];
+        names.extend(reads.iter().map(|&r| format!("t:{}", wf.tasks[r].name)));
+        let mut got = self.runs.get(run, &names).await.map_err(|e| self.unavailable(e))?.into_iter();
+        let mut json = || got.next().flatten().and_then(|s| serde_json::from_str::<serde_json::Value>(&s).ok());
+        let (input, context) = (json().unwrap_or_default(), json().unwrap_or_default());
+        let stored: Vec<(TaskId, Option<serde_json::Value>)> =
+            reads.iter().map(|&r| (r, json().and_then(|t| serde_json::from_value::<TaskResult>(t).ok()).and_then(|t| t.output))).collect();
+        let base = output::base_context(wf, run, &input, &context);
+        let end = output::end(wf, status, error, &base, |task| {
+            let value = match mine {
+                Some((t, r)) if t == task => r.output.clone(),
+                _ => stored.iter().find(|(r, _)| *r == task).and_then(|(_, v)| v.clone()),
+            };
+            (value, core.task_status(task))
+        });
+        ch.end = Some((end.status, end.error));
+        ch.output = end.output.map(|v| v.to_string());
+        Ok(())
     }
 
     /// The core's decisions as changes to the run's hash. `mine`: the task

@@ -64,15 +64,16 @@ static APPLY: LazyLock<redis::Script> = LazyLock::new(|| {
 -- KEYS: run hash, queue list, events channel.
 -- ARGV: now (RFC 3339), seconds to keep a finished run, run id, the version
 -- decided from, the new state, stop ('' none), end status ('' none), end
--- error, number of tasks that must still be pending (then their names),
+-- error, the run's output JSON ('' none), number of tasks that must still be
+-- pending (then their names),
 -- number of task changes (then name, status or '', result JSON or ''),
 -- then the messages to queue.
 local R = KEYS[1]
 if redis.call('EXISTS', R) == 0 then return {'gone'} end
 local status = redis.call('HGET', R, 'status')
 if status ~= 'queued' and status ~= 'running' then return {'dup'} end
-local i = 10
-local np = tonumber(ARGV[9])
+local i = 11
+local np = tonumber(ARGV[10])
 local still = true
 for k = i, i + np - 1 do
   if redis.call('HGET', R, 's:' .. ARGV[k]) ~= 'pending' then still = false end
@@ -97,6 +98,7 @@ end
 if ARGV[7] == '' then return {'open'} end
 redis.call('HSET', R, 'status', ARGV[7], 'finished', ARGV[1])
 if ARGV[8] ~= '' then redis.call('HSET', R, 'error', ARGV[8]) end
+if ARGV[9] ~= '' then redis.call('HSET', R, 'output', ARGV[9]) end
 redis.call('EXPIRE', R, tonumber(ARGV[2]))
 redis.call('PUBLISH', KEYS[3], 'done:' .. ARGV[3])
 return {'finished', ARGV[7], redis.call('HGET', R, 'reply') or ''}",
@@ -168,6 +170,8 @@ pub struct Sched {
 pub struct Changes {
     pub stop: Option<StopReason>,
     pub end: Option<(RunStatus, Option<String>)>,
+    /// The run's output (JSON), when it ends succeeded with one.
+    pub output: Option<String>,
     /// Tasks the decisions took as not begun: they must still be pending.
     pub pending: Vec<String>,
     /// (task, new status, new result JSON).
@@ -275,6 +279,7 @@ impl Runs {
         inv.arg(ch.stop.map_or("", StopReason::as_str));
         let (end, error) = ch.end.as_ref().map_or(("", ""), |(s, e)| (s.as_str(), e.as_deref().unwrap_or_default()));
         inv.arg(end).arg(error);
+        inv.arg(ch.output.as_deref().unwrap_or_default());
         inv.arg(ch.pending.len());
         for t in &ch.pending {
             inv.arg(t);
@@ -346,6 +351,7 @@ pub fn result_from(run_id: &str, f: &HashMap<String, String>) -> RunResult {
         backend: f.get("backend").cloned().unwrap_or_default(),
         routing: serde_json::from_value(json("routing")).ok(),
         error: f.get("error").cloned().filter(|e| !e.is_empty()),
+        output: f.get("output").and_then(|s| serde_json::from_str(s).ok()),
         entity_id: f.get("entity").cloned().unwrap_or_else(|| run_id.to_string()),
         context: json("context"),
         input: json("input"),

@@ -12,6 +12,7 @@
 
 use super::queue::{CLAIM_FROM_RUN, Claimed, Db, DbError, Result, StopKind, claimed_from_row};
 use crate::plan::Workflow;
+use crate::run::output;
 use crate::run::sched::{Core, Decision, Event, Outcome, seed};
 use crate::run::{RunStatus, TaskStatus};
 use serde_json::Value;
@@ -87,6 +88,7 @@ const APPLY: &str = "WITH v AS (SELECT * FROM UNNEST($2::int[], $3::text[], $4::
        FROM u WHERE u.position = $11 AND $14::text IS NOT NULL ON CONFLICT DO NOTHING), \
      r AS (UPDATE runs SET sched = COALESCE($17, sched), stop = COALESCE($18, stop), status = COALESCE($19, status), \
        error = CASE WHEN $19::text IS NULL THEN error ELSE $20 END, \
+       output = CASE WHEN $19::text IS NULL THEN output ELSE $21::jsonb END, \
        started_at = CASE WHEN $19::text IS NULL THEN started_at ELSE COALESCE(started_at, created_at) END, \
        finished_at = CASE WHEN $19::text IS NULL THEN finished_at ELSE clock_timestamp() END \
        WHERE run_id = $1 AND EXISTS (SELECT 1 FROM g)) \
@@ -107,6 +109,8 @@ struct Changes {
     /// The ended attempt's record: status and error.
     attempt: Option<(&'static str, Option<String>)>,
     end: Option<(RunStatus, Option<String>)>,
+    /// The run's output, when it ends succeeded with one (see [`Db::end_with_output`]).
+    run_output: Option<Value>,
     /// Tasks made ready now (to claim or announce).
     ready_now: Vec<i32>,
     retry_in: Option<Duration>,
@@ -258,6 +262,57 @@ impl Db {
         Core::resume(wf, seed, status, stop, tasks).map_err(|e| DbError::Data(e.to_string()))
     }
 
+    /// The run's end with its output ([`output::end`]): when the core ends
+    /// the run succeeded and its workflow declares an output, the outputs of
+    /// the tasks the output reads are loaded in `tx` (the run's row is
+    /// locked: they are final and stay so) and the output rendered; one that
+    /// cannot be rendered fails the run. `ended`: the task whose attempt
+    /// ended with this event, and its output (not written yet).
+    async fn end_with_output(
+        &self,
+        tx: &mut Transaction<'_, Postgres>,
+        run_id: &str,
+        wf: &Workflow,
+        core: &Core,
+        changes: &mut Changes,
+        ended: Option<(usize, Option<&Value>)>,
+    ) -> Result<()> {
+        let Some((status, error)) = changes.end.take() else { return Ok(()) };
+        if !output::wanted(wf, status) {
+            changes.end = Some((status, error));
+            return Ok(());
+        }
+        let reads: Vec<i32> = wf.output.iter().flat_map(|o| o.reads.iter().map(|&r| r as i32)).collect();
+        let row = sqlx::query(
+            "SELECT r.input::text AS input, r.context::text AS context, \
+             (SELECT jsonb_object_agg(t.position::text, t.output)::text FROM tasks t \
+              WHERE t.run_id = r.run_id AND t.position = ANY($2) AND t.state = 'succeeded') AS outputs \
+             FROM runs r WHERE r.run_id = $1",
+        )
+        .bind(run_id)
+        .bind(&reads)
+        .fetch_one(&mut **tx)
+        .await?;
+        let json = |col: &str| -> Result<Value> {
+            let text: Option<String> = row.try_get(col)?;
+            text.map(|t| serde_json::from_str(&t).map_err(|e| DbError::Data(format!("bad {col} JSON in the queue: {e}"))))
+                .transpose()
+                .map(Option::unwrap_or_default)
+        };
+        let (input, context, stored) = (json("input")?, json("context")?, json("outputs")?);
+        let base = output::base_context(wf, run_id, &input, &context);
+        let end = output::end(wf, status, error, &base, |task| {
+            let value = match ended {
+                Some((t, v)) if t == task => v.cloned(),
+                _ => stored.get(task.to_string().as_str()).cloned(),
+            };
+            (value, core.task_status(task))
+        });
+        changes.end = Some((end.status, end.error));
+        changes.run_output = end.output;
+        Ok(())
+    }
+
     /// Apply `changes` (and the core's new state) in `tx`; `ended`: the
     /// attempt that must still be `owner`'s. `false`: it was not.
     #[allow(clippy::too_many_arguments)]
@@ -301,6 +356,7 @@ impl Db {
             .bind(stop.map(StopKind::as_str))
             .bind(end)
             .bind(end_error)
+            .bind(changes.run_output.as_ref().map(Value::to_string))
             .fetch_one(&mut **tx)
             .await?;
         Ok(row.try_get("ours")?)
@@ -368,6 +424,7 @@ impl Db {
                     _ => None,
                 };
                 changes.decisions(out, Some((task, output, crash)));
+                self.end_with_output(&mut tx, run_id, &wf, &core, &mut changes, Some((task, output))).await?;
             }
         }
         if !self.apply(&mut tx, run_id, &core, &changes, Some((position, attempt)), owner, worker, None).await? {
@@ -444,6 +501,7 @@ impl Db {
                 changes.decisions(std::mem::take(&mut out), None);
             }
         }
+        self.end_with_output(&mut tx, run_id, &wf, &core, &mut changes, None).await?;
         self.apply(&mut tx, run_id, &core, &changes, None, None, "", Some(kind)).await?;
         let finished = changes.end.is_some();
         let channel = if finished { &self.done_channel } else { &self.stop_channel };

@@ -44,12 +44,13 @@ use std::time::Duration;
 use tokio_util::sync::CancellationToken;
 
 /// The newest queue schema this build knows.
-pub const QUEUE_SCHEMA_VERSION: i64 = 3;
+pub const QUEUE_SCHEMA_VERSION: i64 = 4;
 
 const MIGRATIONS: &[(i64, &str, &str)] = &[
     (1, "queue", include_str!("migrations/0001_queue.sql")),
     (2, "workers", include_str!("migrations/0002_workers.sql")),
     (3, "sched", include_str!("migrations/0003_sched.sql")),
+    (4, "run output", include_str!("migrations/0004_run_output.sql")),
 ];
 
 /// How long the store sync waits after a run finished for more to finish,

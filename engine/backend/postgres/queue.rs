@@ -202,8 +202,9 @@ const SUBMIT: &str = "WITH d AS (INSERT INTO definitions (id, definition) SELECT
 const NOTIFY: &str = "WITH s AS (SELECT set_config('synchronous_commit', 'off', true) AS v) \
      SELECT pg_notify(n.c, n.p) FROM s, UNNEST($1::text[], $2::text[]) AS n(c, p) WHERE s.v IS NOT NULL";
 
-const RUN_COLS: &str = "run_id, backend, workflow, version, status, error, entity_id, context::text AS context, input::text AS input, \
-     routing::text AS routing, (extract(epoch FROM created_at) * 1000000)::int8 AS created_us, \
+const RUN_COLS: &str = "run_id, backend, workflow, version, status, error, output::text AS output, entity_id, \
+     context::text AS context, input::text AS input, routing::text AS routing, \
+     (extract(epoch FROM created_at) * 1000000)::int8 AS created_us, \
      (extract(epoch FROM started_at) * 1000000)::int8 AS started_us, (extract(epoch FROM finished_at) * 1000000)::int8 AS finished_us";
 
 const TASK_COLS: &str = "run_id, name, state, attempt, output::text AS output, error, skip_reason, \
@@ -267,6 +268,7 @@ fn run_from_row(r: &PgRow) -> Result<RunResult> {
             .transpose()
             .map_err(|e| DbError::Data(e.to_string()))?,
         error: r.try_get("error")?,
+        output: json(r.try_get("output")?, "output")?,
         entity_id: r.try_get("entity_id")?,
         context: json(r.try_get("context")?, "context")?.unwrap_or(Value::Null),
         input: json(r.try_get("input")?, "input")?.unwrap_or(Value::Null),

@@ -9,6 +9,7 @@
 use super::protocol::{DagInput, RUN_TIMED_OUT, TASK_FAILED, TIMED_OUT, failure_type, root_message};
 use crate::plan::Workflow;
 use crate::run::executor::{attempt_context, condition_outcome, failed_tasks, handler_fields};
+use crate::run::output;
 use crate::run::sched::{Core, Decision, Event, Outcome};
 use crate::run::state::IllegalTransition;
 use crate::run::{RunResult, RunStatus, TaskStatus};
@@ -263,6 +264,15 @@ pub fn derive(
     }
     if r.status.is_terminal() {
         finish(wf, &mut r, &in_flight, close_failure.as_ref())?;
+    }
+    if output::wanted(wf, r.status) {
+        // What the workflow rendered before it completed (it renders only to
+        // decide the run's end): the same templates over the same results.
+        let read = |t: usize| r.tasks.get(&wf.tasks[t].name).map_or((None, TaskStatus::Pending), |x| (x.output.clone(), x.status));
+        match output::render(wf, &base_ctx, read) {
+            Ok(v) => r.output = v,
+            Err(e) => tracing::warn!(run_id = %r.run_id, "the output of a succeeded run does not render from its history: {e}"),
+        }
     }
     Ok(r)
 }

@@ -18,6 +18,9 @@ pub const TASK_FAILED: &str = "TaskFailed";
 /// The failure type of a run whose own timer (a workflow with handlers)
 /// timed it out: its result reads as `timed_out`.
 pub const RUN_TIMED_OUT: &str = "RunTimedOut";
+/// Failure type of a run whose tasks all ended well but whose `output:`
+/// cannot be rendered.
+pub const OUTPUT_FAILED: &str = "OutputFailed";
 /// Failure type of a definition the workflow cannot compile.
 pub const BAD_DEFINITION: &str = "BadDefinition";
 

@@ -12,10 +12,12 @@
 
 use super::activities::TaskActivities;
 use super::protocol::{
-    BAD_DEFINITION, DagInput, DagOutput, PERMANENT, RUN_TIMED_OUT, TASK_FAILED, TIMED_OUT, TaskInput, failure_type, root_message,
+    BAD_DEFINITION, DagInput, DagOutput, OUTPUT_FAILED, PERMANENT, RUN_TIMED_OUT, TASK_FAILED, TIMED_OUT, TaskInput, failure_type,
+    root_message,
 };
 use crate::plan::{Phase, Task, TaskId, Workflow};
 use crate::run::executor::{attempt_context, condition_outcome, failed_tasks, handler_fields};
+use crate::run::output;
 use crate::run::sched::{Core, Decision, Event, Outcome, seed};
 use crate::run::state::{RunStatus, TaskStatus};
 use futures::future::{FutureExt, LocalBoxFuture};
@@ -238,6 +240,14 @@ impl DagWorkflow {
             let tail = if more > 0 { format!(" (and {more} more)") } else { String::new() };
             let msg = format!("task `{}` failed: {message}{tail}", wf.tasks[*id].name);
             return Err(WorkflowTermination::failed_application(app_failure(TASK_FAILED, msg, true)));
+        }
+        // The run's output is rendered here, deterministically (from the
+        // input and the results in the history), only to decide whether the
+        // run succeeds: the history reader renders it again for the result.
+        let end = output::end(&wf, core.status(), None, &base_ctx, |r| (outputs[r].clone(), core.task_status(r)));
+        if end.status != core.status() {
+            let msg = end.error.unwrap_or_default();
+            return Err(WorkflowTermination::failed_application(app_failure(OUTPUT_FAILED, msg, true)));
         }
         let mut out = Map::new();
         for (t, o) in wf.tasks.iter().zip(outputs) {
