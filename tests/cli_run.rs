@@ -609,6 +609,7 @@ fn the_review_pipeline_example_skips_by_condition_joins_and_runs_its_handlers() 
     assert_eq!(r["tasks"]["summarise"]["output"], serde_json::json!({"summary": "2 pages"}));
     assert_eq!(r["tasks"]["ocr"]["skip_reason"], r#"condition false: tasks["extract-text"].output.text == """#);
     assert_eq!(r["tasks"]["store"]["output"], serde_json::json!({"summary": "2 pages", "ocr": ""}));
+    assert_eq!(r["output"], serde_json::json!({"stored": {"summary": "2 pages", "ocr": ""}, "pages": ["page one", "page two"]}));
     assert_eq!(r["tasks"]["alert"]["status"], "skipped");
     assert_eq!(r["tasks"]["cleanup"]["output"]["status"], "succeeded");
 
@@ -627,4 +628,5 @@ fn the_review_pipeline_example_skips_by_condition_joins_and_runs_its_handlers() 
     assert_eq!(r["status"], "failed");
     assert_eq!(r["tasks"]["alert"]["output"]["failed"][0]["name"], "split");
     assert_eq!(r["tasks"]["cleanup"]["output"]["status"], "failed");
+    assert_eq!(r.get("output"), None, "a failed run has no output");
 }
