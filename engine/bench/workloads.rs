@@ -58,6 +58,51 @@ pub fn workflow_yaml(w: Workload, n: usize) -> String {
     s
 }
 
+/// A workload's YAML with `when: EXPR` on every task: what evaluating a
+/// condition per task costs, against the same workload without.
+pub fn with_condition(yaml: &str, expr: &str) -> String {
+    let quoted = format!("'{}'", expr.replace('\'', "''"));
+    let mut out = String::with_capacity(yaml.len() + yaml.lines().count() * (quoted.len() + 8));
+    for line in yaml.lines() {
+        if line.starts_with("  - {name:") && line.ends_with('}') {
+            out.push_str(&line[..line.len() - 1]);
+            out.push_str(&format!(", when: {quoted}}}\n"));
+        } else if let Some(rest) = line.strip_prefix("  - name: ") {
+            out.push_str(&format!("  - name: {rest}\n    when: {quoted}\n"));
+        } else {
+            out.push_str(line);
+            out.push('\n');
+        }
+    }
+    out
+}
+
+/// The median cost of one evaluation of a compiled condition, in
+/// nanoseconds, over `repeat` rounds of `n` evaluations against a context
+/// like a task's (an input, a parent's output and status).
+pub fn condition_ns(expr: &str, n: usize, repeat: usize) -> Result<(f64, Vec<f64>), String> {
+    let c = crate::plan::cond::Condition::compile(expr).map_err(|e| format!("invalid condition: {}", e.message))?;
+    let ctx = serde_json::json!({
+        "input": {"document_path": "/data/report.pdf", "mode": "full", "tags": ["a", "b", "c"]},
+        "tasks": {"split": {"output": {"pages": ["one", "two", "three"], "count": 3}, "status": "succeeded"}},
+        "run": {"id": "0193a1b2-c3d4-7e5f-8a9b-0c1d2e3f4a5b", "attempt": 1},
+        "workflow": {"name": "bench", "version": "sha256:0"},
+        "context": {"tenant": "acme"},
+    });
+    let mut rounds = Vec::with_capacity(repeat);
+    for round in 0..=repeat {
+        let t = Instant::now();
+        for _ in 0..n {
+            c.eval(std::hint::black_box(&ctx)).map_err(|e| c.failure(&e))?;
+        }
+        if round > 0 {
+            rounds.push(t.elapsed().as_nanos() as f64 / n as f64);
+        }
+    }
+    let mut sorted = rounds.clone();
+    Ok((median(&mut sorted), rounds))
+}
+
 #[derive(Debug, Clone, Serialize)]
 pub struct Sample {
     pub wall_ms: f64,
@@ -102,14 +147,27 @@ pub fn median(v: &mut [f64]) -> f64 {
 
 /// Run a workload `repeat` times (after one warm-up) and report.
 pub async fn run(engine: &Engine, w: Workload, n: usize, backend: &str, repeat: usize) -> Result<Report, String> {
-    run_with(engine, w, n, backend, repeat, 1).await
+    run_with(engine, w, n, backend, repeat, 1, None).await
 }
 
 /// As [`run`], with the runs of a repetition submitted by `submitters`
 /// concurrent callers (as clients of a remote backend would).
-pub async fn run_with(engine: &Engine, w: Workload, n: usize, backend: &str, repeat: usize, submitters: usize) -> Result<Report, String> {
+/// `when`: a condition put on every task ([`with_condition`]).
+pub async fn run_with(
+    engine: &Engine,
+    w: Workload,
+    n: usize,
+    backend: &str,
+    repeat: usize,
+    submitters: usize,
+    when: Option<&str>,
+) -> Result<Report, String> {
     let t0 = Instant::now();
-    let checked = crate::validate::check_source("bench.yaml", workflow_yaml(w, n), crate::spec::Format::Yaml, &Default::default());
+    let yaml = match when {
+        Some(expr) => with_condition(&workflow_yaml(w, n), expr),
+        None => workflow_yaml(w, n),
+    };
+    let checked = crate::validate::check_source("bench.yaml", yaml, crate::spec::Format::Yaml, &Default::default());
     let wf = checked.workflow.ok_or_else(|| format!("bench workflow invalid: {:?}", checked.diagnostics.first()))?;
     let compile_ms = t0.elapsed().as_secs_f64() * 1e3;
     let (runs, tasks_per_rep) = match w {
@@ -216,5 +274,23 @@ impl WorkerProcesses {
             }
             let _ = c.wait();
         }
+    }
+}
+
+#[cfg(test)]
+mod condition_tests {
+    use super::*;
+
+    #[test]
+    fn every_task_of_a_workload_gets_the_condition_and_it_is_evaluated() {
+        for w in [Workload::Chain, Workload::Fanout, Workload::Runs] {
+            let yaml = with_condition(&workflow_yaml(w, 5), "input.x != 'y'");
+            let checked = crate::validate::check_source("b.yaml", yaml, crate::spec::Format::Yaml, &Default::default());
+            let wf = checked.workflow.unwrap_or_else(|| panic!("{w:?}: {:?}", checked.diagnostics));
+            assert!(wf.tasks.iter().all(|t| t.when.as_ref().is_some_and(|c| c.source == "input.x != 'y'")), "{w:?}");
+        }
+        let (median, rounds) = condition_ns("size(tasks.split.output.pages) > 0", 10, 3).unwrap();
+        assert!(median > 0.0 && rounds.len() == 3);
+        assert!(condition_ns("1 / 0 == 1", 1, 1).unwrap_err().to_lowercase().contains("division by zero"));
     }
 }

@@ -34,6 +34,9 @@ pub struct BenchArgs {
     /// Concurrent callers submitting the runs of a repetition (`runs` workload).
     #[arg(long, global = true, default_value_t = 1)]
     pub submitters: usize,
+    /// Put this `when:` condition on every task (`chain`, `fanout`, `runs`), e.g. 'true'.
+    #[arg(long, global = true)]
+    pub when: Option<String>,
 }
 
 #[derive(Debug, clap::Subcommand)]
@@ -57,6 +60,12 @@ pub enum BenchWorkload {
         #[arg(long, default_value_t = 32)]
         concurrency: usize,
     },
+    /// Conditions: N evaluations of a compiled `when:` expression (default 100,000) against a task's context.
+    Condition {
+        n: Option<usize>,
+        #[arg(long, default_value = "size(tasks.split.output.pages) > 0 && input.mode == \"full\"")]
+        expr: String,
+    },
     /// Validation: FILES generated workflows of TASKS tasks each, plus one 10,000-task workflow.
     Validate {
         #[arg(long, default_value_t = 1000)]
@@ -74,6 +83,7 @@ pub async fn bench(args: BenchArgs, config: Option<&Path>) -> anyhow::Result<Exi
     };
     let (w, n) = match args.workload {
         BenchWorkload::Validate { files, tasks } => return validate(files, tasks, args.repeat, args.format),
+        BenchWorkload::Condition { n, expr } => return condition(&expr, n.unwrap_or(100_000).max(1), args.repeat, args.format),
         BenchWorkload::Api { n, concurrency } => return api(n.unwrap_or(2000), concurrency, args.repeat, args.format).await,
         BenchWorkload::Reload { n, debounce } => return reload(n.unwrap_or(100).max(1), debounce, args.format).await,
         BenchWorkload::Chain { n } => (Workload::Chain, n),
@@ -102,7 +112,7 @@ pub async fn bench(args: BenchArgs, config: Option<&Path>) -> anyhow::Result<Exi
             return Ok(ExitCode::from(2));
         }
     };
-    let report = workloads::run_with(&engine, w, n, &backend, args.repeat.max(1), args.submitters.max(1)).await;
+    let report = workloads::run_with(&engine, w, n, &backend, args.repeat.max(1), args.submitters.max(1), args.when.as_deref()).await;
     workers.stop();
     engine.shutdown().await;
     let report = match report {
@@ -201,6 +211,28 @@ async fn api(runs: usize, concurrency: usize, repeat: usize, format: OutputForma
             println!("  throughput    median {:.0} runs/s  (min {:.0}, max {:.0})", r.runs_per_sec, r.min_runs_per_sec, r.max_runs_per_sec);
             println!("  latency       p50 {:.2} ms, p99 {:.2} ms", r.latency_p50_ms, r.latency_p99_ms);
             println!("  peak RSS      {:.1} MiB", r.peak_rss_mb);
+        }
+    }
+    Ok(ExitCode::SUCCESS)
+}
+
+fn condition(expr: &str, n: usize, repeat: usize, format: OutputFormat) -> anyhow::Result<ExitCode> {
+    let (median, rounds) = match workloads::condition_ns(expr, n, repeat.max(1)) {
+        Ok(r) => r,
+        Err(e) => {
+            eprintln!("error: {e}");
+            return Ok(ExitCode::from(2));
+        }
+    };
+    match format {
+        OutputFormat::Json => {
+            let report =
+                serde_json::json!({"workload": "condition", "expr": expr, "evaluations": n, "median_ns": median, "rounds_ns": rounds});
+            println!("{}", serde_json::to_string_pretty(&report)?);
+        }
+        OutputFormat::Human => {
+            println!("Condition `{expr}` ({n} evaluations per round, {} rounds)", rounds.len());
+            println!("  per evaluation  median {median:.0} ns");
         }
     }
     Ok(ExitCode::SUCCESS)
