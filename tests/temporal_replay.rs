@@ -56,18 +56,23 @@ async fn saved_histories_replay() {
     }
 }
 
+/// The result the history reader derives from the saved history `name`.
+fn derived(name: &str) -> taskweave::run::RunResult {
+    use taskweave::backend::temporal::history::{derive, start_input};
+    let (_, bytes) = saved().into_iter().find(|(n, _)| n == name).unwrap_or_else(|| panic!("the {name} history"));
+    let history: temporalio_common::protos::temporal::api::history::v1::History = serde_json::from_slice(&bytes).unwrap();
+    let input = start_input(&history.events).expect("the start event");
+    let wf = taskweave::plan::compile(serde_json::from_value(input.definition.clone()).unwrap()).unwrap();
+    derive(&wf, &input, "temporal", &history.events, &[]).unwrap()
+}
+
 /// A run's result is read off its history: tasks a condition skipped, or
 /// failed, scheduled no activity, and the reader evaluates the conditions
 /// again, as the workflow did.
 #[test]
 fn results_of_conditions_are_derived_from_the_history() {
-    use taskweave::backend::temporal::history::{derive, start_input};
     use taskweave::run::TaskStatus;
-    let (_, bytes) = saved().into_iter().find(|(n, _)| n == "conditions.json").expect("the conditions history");
-    let history: temporalio_common::protos::temporal::api::history::v1::History = serde_json::from_slice(&bytes).unwrap();
-    let input = start_input(&history.events).expect("the start event");
-    let wf = taskweave::plan::compile(serde_json::from_value(input.definition.clone()).unwrap()).unwrap();
-    let r = derive(&wf, &input, "temporal", &history.events, &[]).unwrap();
+    let r = derived("conditions.json");
     assert_eq!(r.status, RunStatus::Failed, "{r:#?}");
     let t = |n: &str| &r.tasks[n];
     assert_eq!(t("summarise").status, TaskStatus::Skipped);
@@ -83,13 +88,8 @@ fn results_of_conditions_are_derived_from_the_history() {
 /// result reads timed out, the task it stopped too, and the handlers ran.
 #[test]
 fn results_of_handlers_after_a_timeout_are_derived_from_the_history() {
-    use taskweave::backend::temporal::history::{derive, start_input};
     use taskweave::run::TaskStatus;
-    let (_, bytes) = saved().into_iter().find(|(n, _)| n == "handlers-timeout.json").expect("the handlers history");
-    let history: temporalio_common::protos::temporal::api::history::v1::History = serde_json::from_slice(&bytes).unwrap();
-    let input = start_input(&history.events).expect("the start event");
-    let wf = taskweave::plan::compile(serde_json::from_value(input.definition.clone()).unwrap()).unwrap();
-    let r = derive(&wf, &input, "temporal", &history.events, &[]).unwrap();
+    let r = derived("handlers-timeout.json");
     assert_eq!(r.status, RunStatus::TimedOut, "{r:#?}");
     assert_eq!(r.tasks["slow"].status, TaskStatus::TimedOut, "{r:#?}");
     assert_eq!(r.tasks["alert"].output, Some(serde_json::json!("timed_out")), "{r:#?}");
@@ -101,22 +101,14 @@ fn results_of_handlers_after_a_timeout_are_derived_from_the_history() {
 /// failed the execution, and the reader says why.
 #[test]
 fn outputs_are_derived_from_the_history() {
-    use taskweave::backend::temporal::history::{derive, start_input};
-    let read = |name: &str| {
-        let (_, bytes) = saved().into_iter().find(|(n, _)| n == name).unwrap_or_else(|| panic!("the {name} history"));
-        let history: temporalio_common::protos::temporal::api::history::v1::History = serde_json::from_slice(&bytes).unwrap();
-        let input = start_input(&history.events).expect("the start event");
-        let wf = taskweave::plan::compile(serde_json::from_value(input.definition.clone()).unwrap()).unwrap();
-        derive(&wf, &input, "temporal", &history.events, &[]).unwrap()
-    };
-    let r = read("output.json");
+    let r = derived("output.json");
     assert_eq!(r.status, RunStatus::Succeeded, "{r:#?}");
     assert_eq!(
         r.output,
         Some(serde_json::json!({"pages": ["p1", "p2"], "n": 2, "summaries": null, "text": "replay-output: 2 pages"})),
         "{r:#?}"
     );
-    let r = read("output-unrenderable.json");
+    let r = derived("output-unrenderable.json");
     assert_eq!(r.status, RunStatus::Failed, "{r:#?}");
     assert_eq!(r.output, None);
     let error = r.error.as_deref().unwrap_or("");
