@@ -23,6 +23,9 @@ pub struct Condition {
     /// The expression as written.
     pub source: String,
     program: cel::Program,
+    /// The variables the expression reads: only those are converted to CEL
+    /// values for an evaluation.
+    vars: Vec<&'static str>,
     /// Where it was written (`file:line:col`), when it came from a file.
     pub at: Option<String>,
 }
@@ -78,7 +81,9 @@ impl Condition {
             }
             ParseError { offset: byte_offset(source, line, col - 1), message }
         })?;
-        Ok(Condition { source: source.to_string(), program, at: None })
+        let refs = program.references();
+        let vars = VARIABLES.iter().copied().filter(|v| refs.has_variable(v)).collect();
+        Ok(Condition { source: source.to_string(), program, vars, at: None })
     }
 
     /// What the expression reads.
@@ -94,7 +99,7 @@ impl Condition {
     /// variables; a missing one reads as null). `Ok(false)`: skip the task.
     pub fn eval(&self, ctx: &Json) -> Result<bool, String> {
         let mut c = cel::Context::with_env(Arc::clone(&ENV));
-        for v in VARIABLES {
+        for v in &self.vars {
             c.add_variable_from_value(*v, to_cel(ctx.get(*v).unwrap_or(&Json::Null)));
         }
         match self.program.execute(&c) {
