@@ -86,6 +86,12 @@ impl Condition {
         Ok(Condition { source: source.to_string(), program, vars, at: None })
     }
 
+    /// Whether the expression reads any variable (a literal does not need
+    /// an attempt's context built).
+    pub fn reads_variables(&self) -> bool {
+        !self.vars.is_empty()
+    }
+
     /// What the expression reads.
     pub fn refs(&self) -> Refs {
         let mut refs = Refs::default();

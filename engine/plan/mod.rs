@@ -341,7 +341,7 @@ pub fn compile(raw: RawWorkflow) -> Result<Arc<Workflow>, String> {
         let when = match &rt.when {
             Some(src) => {
                 let c = cond::Condition::compile(src).map_err(|e| format!("condition at {key}/when: {}", e.message))?;
-                read.templated = true;
+                read.templated |= c.reads_variables();
                 Some(c)
             }
             None => None,
