@@ -13,7 +13,7 @@ use crate::run::actions::handlers::BuiltinSettings;
 use crate::run::actions::{Handler, Handlers, Limits};
 use crate::run::executor::{Executor, RunEvent};
 use crate::run::{RunResult, RunStatus};
-use crate::store::{RunFilter, RunSummary, Store};
+use crate::store::{IdempotencyClaim, RunFilter, RunSummary, Store};
 use serde_json::Value;
 use std::collections::HashMap;
 use std::path::Path;
@@ -43,6 +43,11 @@ pub enum EngineError {
     Invalid { file: String, diagnostics: Vec<Diagnostic> },
     #[error(transparent)]
     Flags(#[from] crate::flags::FlagError),
+    /// The idempotency key started another request's run within the window.
+    #[error("the idempotency key `{key}` started run `{run_id}` with another request; use a new key for a new run")]
+    IdempotencyConflict { key: String, run_id: String },
+    #[error("invalid idempotency key: {0}")]
+    InvalidIdempotencyKey(String),
 }
 
 impl From<BackendError> for EngineError {
@@ -63,7 +68,23 @@ pub struct RunOptions {
     /// A backend name; default: the workflow's `backend`, else the configured default.
     pub backend: Option<String>,
     pub run_id: Option<String>,
+    /// A caller's key for this start: a second start with the same key
+    /// and the same request within `[engine] idempotency_window` returns
+    /// the first run instead of starting another; with another request it
+    /// is an [`EngineError::IdempotencyConflict`].
+    pub idempotency_key: Option<String>,
 }
+
+/// A run started, or found started with the same idempotency key.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Started {
+    pub run_id: String,
+    /// `false`: an earlier start with the same key and request made it.
+    pub created: bool,
+}
+
+/// The longest idempotency key.
+pub const MAX_IDEMPOTENCY_KEY: usize = 255;
 
 pub struct EngineBuilder {
     config: Config,
@@ -209,6 +230,7 @@ impl EngineBuilder {
                 _flag_watcher: flag_watcher,
                 routing_metrics: RoutingMetrics::default(),
                 lease_keeper,
+                keys: MemoryKeys::default(),
             }),
         })
     }
@@ -234,6 +256,67 @@ struct Inner {
     routing_metrics: RoutingMetrics,
     /// Stops the renewal of this process's lease.
     lease_keeper: tokio_util::sync::CancellationToken,
+    /// Idempotency keys, when there is no store to hold them.
+    keys: MemoryKeys,
+}
+
+/// Idempotency keys of an engine without a store, in memory: they hold in
+/// this process only.
+#[derive(Default)]
+struct MemoryKeys(std::sync::Mutex<HashMap<String, (String, String, std::time::Instant)>>);
+
+impl MemoryKeys {
+    fn claim(&self, key: &str, fingerprint: &str, run_id: &str, window: std::time::Duration) -> IdempotencyClaim {
+        let mut m = crate::run::executor::lock(&self.0);
+        let now = std::time::Instant::now();
+        m.retain(|_, (_, _, at)| now.duration_since(*at) < window);
+        match m.get(key) {
+            Some((f, r, _)) => IdempotencyClaim::Held { run_id: r.clone(), fingerprint: f.clone() },
+            None => {
+                m.insert(key.to_string(), (fingerprint.to_string(), run_id.to_string(), now));
+                IdempotencyClaim::Taken
+            }
+        }
+    }
+
+    fn release(&self, key: &str, run_id: &str) {
+        let mut m = crate::run::executor::lock(&self.0);
+        if m.get(key).is_some_and(|(_, r, _)| r == run_id) {
+            m.remove(key);
+        }
+    }
+}
+
+/// An idempotency key is 1 to 255 visible ASCII characters.
+fn check_idempotency_key(key: &str) -> Result<(), EngineError> {
+    if key.is_empty() || key.len() > MAX_IDEMPOTENCY_KEY {
+        return Err(EngineError::InvalidIdempotencyKey(format!("it must be 1 to {MAX_IDEMPOTENCY_KEY} characters, not {}", key.len())));
+    }
+    if let Some(c) = key.chars().find(|c| !c.is_ascii_graphic()) {
+        return Err(EngineError::InvalidIdempotencyKey(format!("it holds {c:?}; use visible ASCII characters")));
+    }
+    Ok(())
+}
+
+/// What makes two start requests the same: the workflow and everything
+/// the caller sent (input, entity, context, backend).
+fn request_fingerprint(workflow: &str, o: &RunOptions) -> String {
+    // Keys sorted at every level: the same request written in another key
+    // order is the same request.
+    fn canonical(v: &Value) -> Value {
+        match v {
+            Value::Object(m) => {
+                let sorted: std::collections::BTreeMap<&String, Value> = m.iter().map(|(k, v)| (k, canonical(v))).collect();
+                Value::Object(sorted.into_iter().map(|(k, v)| (k.clone(), v)).collect())
+            }
+            Value::Array(a) => Value::Array(a.iter().map(canonical).collect()),
+            other => other.clone(),
+        }
+    }
+    let request = canonical(&serde_json::json!([workflow, o.input, o.entity_id, o.context, o.backend]));
+    let bytes = serde_json::to_vec(&request).unwrap_or_default();
+    let digest = aws_lc_rs::digest::digest(&aws_lc_rs::digest::SHA256, &bytes);
+    digest.as_ref().iter().map(|b| format!("{b:02x}")).collect()
 }
 
 impl Drop for Inner {
@@ -358,6 +441,55 @@ impl Engine {
         self.submit(wf, opts).await
     }
 
+    /// Start a run of a registered workflow by name, telling whether it
+    /// was started now or, with the same idempotency key and request,
+    /// earlier.
+    pub async fn start_workflow(&self, name: &str, opts: RunOptions) -> Result<Started, EngineError> {
+        let wf = self.workflow(name).ok_or_else(|| {
+            let names = self.workflow_names();
+            EngineError::UnknownWorkflow {
+                name: name.to_string(),
+                suggestion: crate::diag::did_you_mean(name, names.iter().map(String::as_str)).map(str::to_string),
+            }
+        })?;
+        self.start(wf, opts).await
+    }
+
+    /// As [`Engine::submit`], telling whether the run was started now; with
+    /// an idempotency key, a repeated request returns the run it started.
+    pub async fn start(&self, wf: Arc<Workflow>, mut opts: RunOptions) -> Result<Started, EngineError> {
+        let Some(key) = opts.idempotency_key.take() else {
+            return Ok(Started { run_id: self.submit_now(wf, opts).await?, created: true });
+        };
+        check_idempotency_key(&key)?;
+        let fingerprint = request_fingerprint(&wf.name, &opts);
+        let run_id = opts.run_id.get_or_insert_with(|| uuid::Uuid::now_v7().to_string()).clone();
+        let window = self.inner.config.engine.idempotency_window();
+        let claim = match &self.inner.store {
+            Some(store) => store.claim_idempotency_key(&key, &fingerprint, &run_id, window).await?,
+            None => self.inner.keys.claim(&key, &fingerprint, &run_id, window),
+        };
+        match claim {
+            IdempotencyClaim::Taken => match self.submit_now(wf, opts).await {
+                Ok(id) => Ok(Started { run_id: id, created: true }),
+                Err(e) => {
+                    // Nothing started: the key is free again.
+                    match &self.inner.store {
+                        Some(store) => {
+                            if let Err(re) = store.release_idempotency_key(&key, &run_id).await {
+                                tracing::warn!(run_id, "could not release idempotency key: {re}");
+                            }
+                        }
+                        None => self.inner.keys.release(&key, &run_id),
+                    }
+                    Err(e)
+                }
+            },
+            IdempotencyClaim::Held { run_id, fingerprint: held } if held == fingerprint => Ok(Started { run_id, created: false }),
+            IdempotencyClaim::Held { run_id, .. } => Err(EngineError::IdempotencyConflict { key, run_id }),
+        }
+    }
+
     /// Start a run of a workflow. The input is checked against the workflow's
     /// input schema (defaults applied) before anything runs.
     ///
@@ -368,6 +500,10 @@ impl Engine {
     /// `default` instead (recorded as a fallback). A caller's `backend` wins
     /// over any rule.
     pub async fn submit(&self, wf: Arc<Workflow>, opts: RunOptions) -> Result<String, EngineError> {
+        Ok(self.start(wf, opts).await?.run_id)
+    }
+
+    async fn submit_now(&self, wf: Arc<Workflow>, opts: RunOptions) -> Result<String, EngineError> {
         let input = prepare_input(&wf, opts.input.unwrap_or(Value::Object(Default::default())))?;
         let context = opts.context.unwrap_or(Value::Object(Default::default()));
         let default_backend = &self.inner.config.engine.default_backend;

@@ -125,6 +125,7 @@ suite!(
     short_ids_find_their_runs,
     reopening_keeps_history,
     a_newer_schema_is_refused_clearly,
+    idempotency_keys_name_one_run_per_window,
 );
 
 // ---------------------------------------------------------------- helpers
@@ -678,6 +679,41 @@ async fn reopening_keeps_history(cx: Ctx) {
     let again = Store::open(&cx.url).await.unwrap();
     assert_eq!(again.get_run("keep-me").await.unwrap(), Some(run));
     again.close().await;
+}
+
+async fn idempotency_keys_name_one_run_per_window(cx: Ctx) {
+    use taskweave::store::IdempotencyClaim;
+    let s = &cx.store;
+    let day = Duration::from_secs(24 * 3600);
+    assert_eq!(s.claim_idempotency_key("k1", "f1", "run-1", day).await.unwrap(), IdempotencyClaim::Taken);
+    let held = IdempotencyClaim::Held { run_id: "run-1".into(), fingerprint: "f1".into() };
+    assert_eq!(s.claim_idempotency_key("k1", "f1", "run-2", day).await.unwrap(), held);
+    assert_eq!(s.claim_idempotency_key("k1", "other", "run-3", day).await.unwrap(), held, "the first request's fingerprint");
+    // Concurrent claims of a new key: one takes it, the others see its run.
+    let claims = futures::future::join_all(
+        (0..20).map(|i| async move { s.claim_idempotency_key("k2", "f", &format!("run-{i}"), day).await.unwrap() }),
+    )
+    .await;
+    let taken = claims.iter().filter(|c| **c == IdempotencyClaim::Taken).count();
+    assert_eq!(taken, 1, "{claims:?}");
+    let owners: std::collections::BTreeSet<String> = claims
+        .iter()
+        .filter_map(|c| match c {
+            IdempotencyClaim::Held { run_id, .. } => Some(run_id.clone()),
+            IdempotencyClaim::Taken => None,
+        })
+        .collect();
+    assert_eq!(owners.len(), 1, "every other claim sees the one run: {claims:?}");
+    // Released by a run that did not start: taken anew. Only its run releases it.
+    s.release_idempotency_key("k1", "run-9").await.unwrap();
+    assert_eq!(s.claim_idempotency_key("k1", "f1", "run-4", day).await.unwrap(), held);
+    s.release_idempotency_key("k1", "run-1").await.unwrap();
+    assert_eq!(s.claim_idempotency_key("k1", "f9", "run-5", day).await.unwrap(), IdempotencyClaim::Taken);
+    // Past the window the key names a new run.
+    tokio::time::sleep(Duration::from_millis(20)).await;
+    assert_eq!(s.claim_idempotency_key("k1", "f10", "run-6", Duration::from_millis(10)).await.unwrap(), IdempotencyClaim::Taken);
+    let held = IdempotencyClaim::Held { run_id: "run-6".into(), fingerprint: "f10".into() };
+    assert_eq!(s.claim_idempotency_key("k1", "f10", "run-7", day).await.unwrap(), held);
 }
 
 async fn a_newer_schema_is_refused_clearly(cx: Ctx) {

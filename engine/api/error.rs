@@ -59,12 +59,16 @@ pub enum ErrorCode {
     BackendError,
     /// The run history cannot be read or written now (503).
     StoreUnavailable,
+    /// The `Idempotency-Key` header is not 1 to 255 visible ASCII characters (400).
+    InvalidIdempotencyKey,
+    /// The idempotency key started a run with another request (409).
+    IdempotencyConflict,
     /// A fault of the server itself (500).
     Internal,
 }
 
 impl ErrorCode {
-    pub const ALL: [ErrorCode; 21] = [
+    pub const ALL: [ErrorCode; 23] = [
         ErrorCode::InvalidJson,
         ErrorCode::InvalidBody,
         ErrorCode::RequestTimeout,
@@ -85,6 +89,8 @@ impl ErrorCode {
         ErrorCode::BackendUnavailable,
         ErrorCode::BackendError,
         ErrorCode::StoreUnavailable,
+        ErrorCode::InvalidIdempotencyKey,
+        ErrorCode::IdempotencyConflict,
         ErrorCode::Internal,
     ];
 
@@ -110,6 +116,8 @@ impl ErrorCode {
             ErrorCode::BackendUnavailable => "backend_unavailable",
             ErrorCode::BackendError => "backend_error",
             ErrorCode::StoreUnavailable => "store_unavailable",
+            ErrorCode::InvalidIdempotencyKey => "invalid_idempotency_key",
+            ErrorCode::IdempotencyConflict => "idempotency_conflict",
             ErrorCode::Internal => "internal",
         }
     }
@@ -117,12 +125,16 @@ impl ErrorCode {
     /// The one place codes map to statuses.
     pub fn status(self) -> StatusCode {
         match self {
-            ErrorCode::InvalidJson | ErrorCode::InvalidPath | ErrorCode::InvalidQuery | ErrorCode::InvalidWait => StatusCode::BAD_REQUEST,
+            ErrorCode::InvalidJson
+            | ErrorCode::InvalidPath
+            | ErrorCode::InvalidQuery
+            | ErrorCode::InvalidWait
+            | ErrorCode::InvalidIdempotencyKey => StatusCode::BAD_REQUEST,
             ErrorCode::Unauthorized => StatusCode::UNAUTHORIZED,
             ErrorCode::NotFound | ErrorCode::UnknownWorkflow | ErrorCode::RunNotFound => StatusCode::NOT_FOUND,
             ErrorCode::MethodNotAllowed => StatusCode::METHOD_NOT_ALLOWED,
             ErrorCode::RequestTimeout => StatusCode::REQUEST_TIMEOUT,
-            ErrorCode::RunFinished => StatusCode::CONFLICT,
+            ErrorCode::RunFinished | ErrorCode::IdempotencyConflict => StatusCode::CONFLICT,
             ErrorCode::PayloadTooLarge => StatusCode::PAYLOAD_TOO_LARGE,
             ErrorCode::UnsupportedMediaType => StatusCode::UNSUPPORTED_MEDIA_TYPE,
             ErrorCode::InvalidBody | ErrorCode::InvalidInput | ErrorCode::UnknownBackend | ErrorCode::BackendRefused => {
@@ -243,6 +255,11 @@ impl From<EngineError> for ApiError {
             e @ EngineError::Invalid { .. } => ApiError::new(ErrorCode::Internal, e.to_string()),
             EngineError::Config(c) => ApiError::new(ErrorCode::Internal, c.to_string()),
             EngineError::Flags(f) => ApiError::new(ErrorCode::Internal, f.to_string()),
+            EngineError::IdempotencyConflict { ref key, ref run_id } => {
+                let details = json!({"idempotency_key": key, "run_id": run_id});
+                ApiError::new(ErrorCode::IdempotencyConflict, e.to_string()).with_details(details)
+            }
+            e @ EngineError::InvalidIdempotencyKey(_) => ApiError::new(ErrorCode::InvalidIdempotencyKey, e.to_string()),
         }
     }
 }

@@ -42,23 +42,35 @@ pub struct RunBody {
     pub backend: Option<String>,
 }
 
+/// The header that makes a start idempotent.
+pub const IDEMPOTENCY_KEY: &str = "idempotency-key";
+
 pub async fn submit(
     State(st): State<Arc<AppState>>,
     PathParams(name): PathParams<String>,
+    headers: axum::http::HeaderMap,
     JsonBody(body): JsonBody<RunBody>,
 ) -> Result<Response, ApiError> {
     let requested = body.backend.clone();
+    let idempotency_key = match headers.get(IDEMPOTENCY_KEY) {
+        None => None,
+        Some(v) => Some(v.to_str().map(str::to_string).map_err(|_| {
+            ApiError::new(ErrorCode::InvalidIdempotencyKey, "invalid idempotency key: use visible ASCII characters")
+        })?),
+    };
     let opts = RunOptions {
         input: body.input,
         entity_id: body.entity_id,
         context: body.context.map(Value::Object),
         backend: body.backend,
         run_id: None,
+        idempotency_key,
     };
     let engine = st.engine.clone();
-    let run_id = tokio::spawn(async move { engine.run_workflow(&name, opts).await })
+    let started = tokio::spawn(async move { engine.start_workflow(&name, opts).await })
         .await
         .map_err(|e| ApiError::new(ErrorCode::Internal, format!("the submission failed: {e}")))??;
+    let run_id = started.run_id;
     // The run is accepted: whatever happens next, answer 202 with its id.
     let (backend, routing) = match st.engine.get_result(&run_id, None).await {
         Ok(r) => (Some(r.backend), r.routing),
@@ -67,7 +79,9 @@ pub async fn submit(
             (requested, None)
         }
     };
-    let mut resp = (StatusCode::ACCEPTED, Json(json!({"run_id": run_id, "backend": backend, "routing": routing}))).into_response();
+    // A repeated start with the same key: the run it started, 200.
+    let status = if started.created { StatusCode::ACCEPTED } else { StatusCode::OK };
+    let mut resp = (status, Json(json!({"run_id": run_id, "backend": backend, "routing": routing}))).into_response();
     if let Ok(loc) = HeaderValue::from_str(&format!("/v1/runs/{run_id}")) {
         resp.headers_mut().insert(header::LOCATION, loc);
     }

@@ -37,6 +37,10 @@ pub struct RunArgs {
     /// Caller context: `key=value`, repeatable.
     #[arg(long = "context", value_name = "KEY=VALUE")]
     pub context: Vec<String>,
+    /// Start at most one run for this key (within `[engine] idempotency_window`, 24h by default): run again with the
+    /// same key and input, and the first run is followed instead of a new one started; with other input it is an error.
+    #[arg(long, value_name = "KEY")]
+    pub idempotency_key: Option<String>,
     #[arg(long, value_enum, default_value = "human")]
     pub format: OutputFormat,
 }
@@ -156,6 +160,7 @@ pub async fn run(args: RunArgs, config: Option<&Path>) -> anyhow::Result<ExitCod
         context: Some(Value::Object(context)),
         backend: args.backend.clone(),
         run_id: None,
+        idempotency_key: args.idempotency_key.clone(),
     };
     let run_id = match engine.submit(Arc::clone(&wf), opts).await {
         Ok(id) => id,
@@ -163,6 +168,8 @@ pub async fn run(args: RunArgs, config: Option<&Path>) -> anyhow::Result<ExitCod
         Err(
             e @ (EngineError::InvalidInput { .. }
             | EngineError::UnknownBackend { .. }
+            | EngineError::IdempotencyConflict { .. }
+            | EngineError::InvalidIdempotencyKey(_)
             | EngineError::Backend(crate::backend::BackendError::Refused { .. })),
         ) => {
             engine.shutdown().await;

@@ -197,6 +197,17 @@ pub static KEYS: &[Key] = &[
         c.engine.default_backend = v.trim().to_string();
         Ok(())
     }),
+    Key::new(
+        "engine.idempotency_window",
+        "duration",
+        "24h",
+        "How long an idempotency key of a start request names the run it started.",
+        |c| dur(c.engine.idempotency_window()),
+    )
+    .env("TASKWEAVE_IDEMPOTENCY_WINDOW", |c, v| {
+        c.engine.idempotency_window = Some(positive_env(v)?);
+        Ok(())
+    }),
     // [backends.NAME]
     Key::backend("", "backends.<name>.kind", "string", "(required)", "The driver: `local`, `postgres`, `celery` or `temporal`."),
     Key::backend("local", "backends.<name>.cache_runs", "integer", "10000", "Finished runs kept in memory for fast result reads."),

@@ -59,6 +59,18 @@ pub struct EngineConfig {
     pub store: String,
     #[serde(default = "default_backend")]
     pub default_backend: String,
+    /// How long an idempotency key names the run it started (default 24h).
+    #[serde(default, deserialize_with = "serve::positive_duration")]
+    pub idempotency_window: Option<std::time::Duration>,
+}
+
+/// The default of `[engine] idempotency_window`.
+pub const IDEMPOTENCY_WINDOW: std::time::Duration = std::time::Duration::from_secs(24 * 3600);
+
+impl EngineConfig {
+    pub fn idempotency_window(&self) -> std::time::Duration {
+        self.idempotency_window.unwrap_or(IDEMPOTENCY_WINDOW)
+    }
 }
 
 fn default_workflows() -> Vec<PathBuf> {
@@ -73,7 +85,7 @@ fn default_backend() -> String {
 
 impl Default for EngineConfig {
     fn default() -> Self {
-        EngineConfig { workflows: default_workflows(), store: default_store(), default_backend: default_backend() }
+        EngineConfig { workflows: default_workflows(), store: default_store(), default_backend: default_backend(), idempotency_window: None }
     }
 }
 

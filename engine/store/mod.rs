@@ -128,6 +128,7 @@ const SQLITE_MIGRATIONS: &[(i64, &str, &str)] = &[
     (3, "routing columns", include_str!("migrations/sqlite/0003_routing_columns.sql")),
     (4, "instance leases", include_str!("migrations/sqlite/0004_instance_leases.sql")),
     (5, "run output", include_str!("migrations/sqlite/0005_run_output.sql")),
+    (6, "idempotency keys", include_str!("migrations/sqlite/0006_idempotency_keys.sql")),
 ];
 const POSTGRES_MIGRATIONS: &[(i64, &str, &str)] = &[
     (1, "run history", include_str!("migrations/postgres/0001_run_history.sql")),
@@ -135,7 +136,21 @@ const POSTGRES_MIGRATIONS: &[(i64, &str, &str)] = &[
     (3, "routing columns", include_str!("migrations/postgres/0003_routing_columns.sql")),
     (4, "instance leases", include_str!("migrations/postgres/0004_instance_leases.sql")),
     (5, "run output", include_str!("migrations/postgres/0005_run_output.sql")),
+    (6, "idempotency keys", include_str!("migrations/postgres/0006_idempotency_keys.sql")),
 ];
+
+/// What [`Store::claim_idempotency_key`] found.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum IdempotencyClaim {
+    /// The key is now the new run's.
+    Taken,
+    /// A run started with this key within the window.
+    Held { run_id: String, fingerprint: String },
+}
+
+fn sql_str(s: &'static str) -> sqlx::SqlStr {
+    sqlx::SqlSafeStr::into_sql_str(s)
+}
 
 /// A handle on the run history. Cheap to clone; every clone shares one pool.
 #[derive(Clone)]
@@ -552,6 +567,58 @@ impl Store {
         self.inner
             .fetch(&format!("reading the attempts of run {run_id}"), stmt(&self.inner.sql.get_attempts, [run_id]), attempt_from_row)
             .await
+    }
+
+    /// Take `key` for the run `run_id` about to start, unless a run took it
+    /// within `window`: then that run's id and its request's fingerprint.
+    /// One statement decides, so of concurrent requests with one key
+    /// exactly one takes it (the key is the table's primary key); a key
+    /// older than the window is taken anew.
+    pub async fn claim_idempotency_key(
+        &self,
+        key: &str,
+        fingerprint: &str,
+        run_id: &str,
+        window: std::time::Duration,
+    ) -> Result<IdempotencyClaim> {
+        let now_ms = (time::OffsetDateTime::now_utc().unix_timestamp_nanos() / 1_000_000) as i64;
+        let expired_before = now_ms.saturating_sub(window.as_millis().min(i64::MAX as u128) as i64);
+        for _ in 0..3 {
+            let take = Stmt {
+                sql: sql_str("INSERT INTO idempotency_keys (key, fingerprint, run_id, created_ms) VALUES ($1, $2, $3, $4) \
+                     ON CONFLICT (key) DO UPDATE SET fingerprint = excluded.fingerprint, run_id = excluded.run_id, \
+                     created_ms = excluded.created_ms WHERE idempotency_keys.created_ms < $5 RETURNING run_id"),
+                args: vec![
+                    Val::Text(Some(key.to_string())),
+                    Val::Text(Some(fingerprint.to_string())),
+                    Val::Text(Some(run_id.to_string())),
+                    Val::Int(Some(now_ms)),
+                    Val::Int(Some(expired_before)),
+                ],
+            };
+            if !self.inner.fetch("taking an idempotency key", take, |r| r.req_text("run_id")).await?.is_empty() {
+                return Ok(IdempotencyClaim::Taken);
+            }
+            let read = Stmt {
+                sql: sql_str("SELECT run_id, fingerprint FROM idempotency_keys WHERE key = $1"),
+                args: vec![Val::Text(Some(key.to_string()))],
+            };
+            let held = self.inner.fetch("reading an idempotency key", read, |r| Ok((r.req_text("run_id")?, r.req_text("fingerprint")?))).await?;
+            if let Some((run_id, fingerprint)) = held.into_iter().next() {
+                return Ok(IdempotencyClaim::Held { run_id, fingerprint });
+            }
+            // Released between the two statements: try again.
+        }
+        Err(StoreError::Db(format!("the idempotency key `{key}` changed hands while it was read")))
+    }
+
+    /// Give back a key taken for a run that did not start.
+    pub async fn release_idempotency_key(&self, key: &str, run_id: &str) -> Result<()> {
+        let q = Stmt {
+            sql: sql_str("DELETE FROM idempotency_keys WHERE key = $1 AND run_id = $2"),
+            args: vec![Val::Text(Some(key.to_string())), Val::Text(Some(run_id.to_string()))],
+        };
+        self.inner.execute("releasing an idempotency key", q).await.map(|_| ())
     }
 
     /// Asks whoever executes the run to cancel it. `false` when the run is
