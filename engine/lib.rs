@@ -24,7 +24,7 @@ pub mod store;
 pub mod validate;
 
 pub use diag::{Code, Diagnostic, Severity};
-pub use engine::{Engine, EngineBuilder, EngineError, RunOptions};
+pub use engine::{Engine, EngineBuilder, EngineError, RunOptions, Started};
 pub use plan::Workflow;
 pub mod cli;
 

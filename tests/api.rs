@@ -11,7 +11,7 @@ use std::time::Duration;
 use taskweave::api::{ApiOptions, ErrorCode, router};
 use taskweave::backend::conformance::{eventually, workflow};
 use taskweave::config::Config;
-use taskweave::{Engine, EngineBuilder};
+use taskweave::{Engine, EngineBuilder, RunOptions};
 use tower::ServiceExt;
 
 const GREET: &str = r#"
@@ -765,6 +765,59 @@ output:
     assert_eq!(r.body["status"], "succeeded", "{}", r.text);
     assert!(r.body.get("output").is_none(), "{}", r.text);
     e.shutdown().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn idempotency_keys_start_one_run() {
+    let e = engine().await;
+    let app = app(&e);
+    let keyed = |key: &str, body: &str| {
+        Request::post("/v1/workflows/greet/runs")
+            .header(header::CONTENT_TYPE, "application/json")
+            .header("Idempotency-Key", key)
+            .body(Body::from(body.to_string()))
+            .unwrap()
+    };
+    // 50 identical requests at once: one run, started by one of them.
+    let body = r#"{"input": {"who": "ada", "times": 2}, "context": {"org": "acme"}}"#;
+    let answers = futures::future::join_all((0..50).map(|_| call(&app, keyed("order-1", body)))).await;
+    let ids: std::collections::BTreeSet<&str> = answers.iter().map(|r| r.body["run_id"].as_str().expect("a run id")).collect();
+    assert_eq!(ids.len(), 1, "{ids:?}");
+    assert_eq!(answers.iter().filter(|r| r.status == StatusCode::ACCEPTED).count(), 1);
+    assert_eq!(answers.iter().filter(|r| r.status == StatusCode::OK).count(), 49);
+    let id = ids.into_iter().next().unwrap().to_string();
+    let runs = e.list_runs(&taskweave::store::RunFilter { workflow: Some("greet".into()), ..Default::default() }).await.unwrap();
+    assert_eq!(runs.len(), 1, "{runs:?}");
+    // The same request written in another key order is the same request.
+    let r = call(&app, keyed("order-1", r#"{"context": {"org": "acme"}, "input": {"times": 2, "who": "ada"}}"#)).await;
+    assert_eq!((r.status, r.body["run_id"].as_str()), (StatusCode::OK, Some(id.as_str())), "{}", r.text);
+    // Another body with the key: refused, naming the run it started.
+    let r = call(&app, keyed("order-1", r#"{"input": {"who": "bob"}}"#)).await;
+    assert_error(&r, 409, "idempotency_conflict");
+    assert_eq!(r.body["error"]["details"]["run_id"], id.as_str());
+    // A bad key, and a request whose input is refused, which leaves its key free.
+    let r = call(&app, keyed(&"k".repeat(256), body)).await;
+    assert_error(&r, 400, "invalid_idempotency_key");
+    let r = call(&app, keyed("order-2", r#"{"input": {"nobody": 1}}"#)).await;
+    assert_error(&r, 422, "invalid_input");
+    let r = call(&app, keyed("order-2", body)).await;
+    assert_eq!(r.status, StatusCode::ACCEPTED, "{}", r.text);
+    assert_ne!(r.body["run_id"].as_str(), Some(id.as_str()));
+}
+
+/// Without a run store, keys hold in the engine's memory.
+#[tokio::test]
+async fn idempotency_keys_without_a_store() {
+    let e = EngineBuilder::new().without_store().build().await.expect("engine");
+    e.register_workflow(workflow(GREET));
+    let opts =
+        |who: &str| RunOptions { input: Some(serde_json::json!({"who": who})), idempotency_key: Some("k".into()), ..Default::default() };
+    let first = e.start_workflow("greet", opts("ada")).await.unwrap();
+    assert!(first.created);
+    let again = e.start_workflow("greet", opts("ada")).await.unwrap();
+    assert_eq!((again.run_id.as_str(), again.created), (first.run_id.as_str(), false));
+    let err = e.start_workflow("greet", opts("bob")).await.unwrap_err();
+    assert!(matches!(&err, taskweave::EngineError::IdempotencyConflict { run_id, .. } if *run_id == first.run_id), "{err}");
 }
 
 #[tokio::test]

@@ -630,3 +630,34 @@ fn the_review_pipeline_example_skips_by_condition_joins_and_runs_its_handlers() 
     assert_eq!(r["tasks"]["cleanup"]["output"]["status"], "failed");
     assert_eq!(r.get("output"), None, "a failed run has no output");
 }
+
+#[test]
+fn an_idempotency_key_starts_one_run() {
+    let dir = tempfile::tempdir().unwrap();
+    let wf =
+        write(dir.path(), "greet.yaml", "version: 1\nname: greet\ntasks:\n  - {name: a, uses: echo, with: {who: \"{{input.who}}\"}}\n");
+    let store = format!("sqlite://{}", dir.path().join("state.db").display());
+    let run = |who: &str| {
+        tw(dir.path())
+            .env("TASKWEAVE_STORE", &store)
+            .arg("run")
+            .arg(&wf)
+            .args(["--idempotency-key", "nightly-2026-12-08", "--set", &format!("who={who}"), "--format", "json"])
+            .output()
+            .unwrap()
+    };
+    let first = run("ada");
+    assert_eq!(first.status.code(), Some(0), "{}", String::from_utf8_lossy(&first.stderr));
+    let first: Value = serde_json::from_slice(&first.stdout).unwrap();
+    // A second process with the same key and input follows the first run.
+    let again = run("ada");
+    assert_eq!(again.status.code(), Some(0), "{}", String::from_utf8_lossy(&again.stderr));
+    let again: Value = serde_json::from_slice(&again.stdout).unwrap();
+    assert_eq!(again["run_id"], first["run_id"]);
+    assert_eq!(again["tasks"]["a"]["output"], serde_json::json!({"who": "ada"}));
+    // Other input under the key: refused, naming the run.
+    let other = run("bob");
+    assert_eq!(other.status.code(), Some(2));
+    let err = String::from_utf8_lossy(&other.stderr);
+    assert!(err.contains("nightly-2026-12-08") && err.contains(first["run_id"].as_str().unwrap()), "{err}");
+}

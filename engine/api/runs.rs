@@ -54,9 +54,11 @@ pub async fn submit(
     let requested = body.backend.clone();
     let idempotency_key = match headers.get(IDEMPOTENCY_KEY) {
         None => None,
-        Some(v) => Some(v.to_str().map(str::to_string).map_err(|_| {
-            ApiError::new(ErrorCode::InvalidIdempotencyKey, "invalid idempotency key: use visible ASCII characters")
-        })?),
+        Some(v) => Some(
+            v.to_str()
+                .map(str::to_string)
+                .map_err(|_| ApiError::new(ErrorCode::InvalidIdempotencyKey, "invalid idempotency key: use visible ASCII characters"))?,
+        ),
     };
     let opts = RunOptions {
         input: body.input,

@@ -85,7 +85,12 @@ fn default_backend() -> String {
 
 impl Default for EngineConfig {
     fn default() -> Self {
-        EngineConfig { workflows: default_workflows(), store: default_store(), default_backend: default_backend(), idempotency_window: None }
+        EngineConfig {
+            workflows: default_workflows(),
+            store: default_store(),
+            default_backend: default_backend(),
+            idempotency_window: None,
+        }
     }
 }
 

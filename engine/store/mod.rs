@@ -114,7 +114,7 @@ impl Owner {
 const MEMORY: &str = "sqlite::memory:";
 
 /// The newest schema this build knows.
-pub const SCHEMA_VERSION: i64 = 5;
+pub const SCHEMA_VERSION: i64 = 6;
 
 /// Where sqlx records applied migrations. Not sqlx's default name, so the
 /// store can share a PostgreSQL database with other sqlx users.
@@ -585,9 +585,11 @@ impl Store {
         let expired_before = now_ms.saturating_sub(window.as_millis().min(i64::MAX as u128) as i64);
         for _ in 0..3 {
             let take = Stmt {
-                sql: sql_str("INSERT INTO idempotency_keys (key, fingerprint, run_id, created_ms) VALUES ($1, $2, $3, $4) \
+                sql: sql_str(
+                    "INSERT INTO idempotency_keys (key, fingerprint, run_id, created_ms) VALUES ($1, $2, $3, $4) \
                      ON CONFLICT (key) DO UPDATE SET fingerprint = excluded.fingerprint, run_id = excluded.run_id, \
-                     created_ms = excluded.created_ms WHERE idempotency_keys.created_ms < $5 RETURNING run_id"),
+                     created_ms = excluded.created_ms WHERE idempotency_keys.created_ms < $5 RETURNING run_id",
+                ),
                 args: vec![
                     Val::Text(Some(key.to_string())),
                     Val::Text(Some(fingerprint.to_string())),
@@ -603,7 +605,8 @@ impl Store {
                 sql: sql_str("SELECT run_id, fingerprint FROM idempotency_keys WHERE key = $1"),
                 args: vec![Val::Text(Some(key.to_string()))],
             };
-            let held = self.inner.fetch("reading an idempotency key", read, |r| Ok((r.req_text("run_id")?, r.req_text("fingerprint")?))).await?;
+            let held =
+                self.inner.fetch("reading an idempotency key", read, |r| Ok((r.req_text("run_id")?, r.req_text("fingerprint")?))).await?;
             if let Some((run_id, fingerprint)) = held.into_iter().next() {
                 return Ok(IdempotencyClaim::Held { run_id, fingerprint });
             }
