@@ -95,11 +95,20 @@ pub struct EngineBuilder {
     store: Option<Option<String>>,
     flags: Option<Option<FlagSource>>,
     watch_flags: bool,
+    resume: bool,
 }
 
 impl EngineBuilder {
     pub fn new() -> Self {
-        EngineBuilder { config: Config::default(), handlers: Handlers::empty(), limits: None, store: None, flags: None, watch_flags: true }
+        EngineBuilder {
+            config: Config::default(),
+            handlers: Handlers::empty(),
+            limits: None,
+            store: None,
+            flags: None,
+            watch_flags: true,
+            resume: false,
+        }
     }
 
     /// The flag source rollout rules evaluate against (default: from `[flags]` of the config).
@@ -128,6 +137,16 @@ impl EngineBuilder {
     /// Store URL (`sqlite://PATH`, `sqlite::memory:`, `postgres://...`); default from config.
     pub fn store(mut self, url: impl Into<String>) -> Self {
         self.store = Some(Some(url.into()));
+        self
+    }
+
+    /// Adopt and resume the runs of local backends that a stopped process
+    /// (killed, crashed) left behind, on start and at each heartbeat (as
+    /// `taskweave serve` does), unless `[engine] resume = false`. Without
+    /// it (the default, for short-lived processes), such runs are marked
+    /// failed as interrupted.
+    pub fn resume_interrupted(mut self, on: bool) -> Self {
+        self.resume = on;
         self
     }
 
@@ -163,17 +182,11 @@ impl EngineBuilder {
                 if let Err(e) = s.renew_lease(&crate::store::Lease::current(instance.lease)).await {
                     tracing::warn!("could not record this instance's lease: {e}");
                 }
-                if let Err(e) = s.recover_orphans_of(&in_process).await {
-                    tracing::warn!("could not check for interrupted runs: {e}");
-                }
                 Some(s)
             }
             None => None,
         };
         let lease_keeper = tokio_util::sync::CancellationToken::new();
-        if let Some(s) = &store {
-            tokio::spawn(keep_lease(s.clone(), instance, in_process, lease_keeper.clone()));
-        }
         let (events, _) = tokio::sync::broadcast::channel(4096);
         let mut handlers =
             Handlers::builtin_with(BuiltinSettings { llm: self.config.llm(), extract_text: self.config.actions.extract_text_settings() });
@@ -218,7 +231,8 @@ impl EngineBuilder {
             },
             _ => None,
         };
-        Ok(Engine {
+        let resume = self.resume && self.config.engine.resume();
+        let engine = Engine {
             inner: Arc::new(Inner {
                 config: self.config,
                 store,
@@ -231,8 +245,18 @@ impl EngineBuilder {
                 routing_metrics: RoutingMetrics::default(),
                 lease_keeper,
                 keys: MemoryKeys::default(),
+                resume,
             }),
-        })
+        };
+        // Runs a stopped process left behind: resumed here (or failed, with
+        // `[engine] resume = false`); then checked again at every heartbeat.
+        if engine.inner.store.is_some() {
+            if let Err(e) = recover_interrupted(&engine.inner, &in_process).await {
+                tracing::warn!("could not check for interrupted runs: {e}");
+            }
+            tokio::spawn(keep_lease(Arc::downgrade(&engine.inner), instance, in_process, engine.inner.lease_keeper.clone()));
+        }
+        Ok(engine)
     }
 }
 
@@ -258,6 +282,8 @@ struct Inner {
     lease_keeper: tokio_util::sync::CancellationToken,
     /// Idempotency keys, when there is no store to hold them.
     keys: MemoryKeys,
+    /// Whether interrupted local runs are adopted and resumed here.
+    resume: bool,
 }
 
 /// Idempotency keys of an engine without a store, in memory: they hold in
@@ -325,10 +351,42 @@ impl Drop for Inner {
     }
 }
 
-/// Renews this process's lease every `heartbeat` and marks the runs of
-/// instances whose lease expired as interrupted, until `stop`.
+/// The runs of in-process backends whose process stopped (its lease
+/// expired, or its pid on this host is gone): adopted and resumed by this
+/// process, or with `[engine] resume = false` marked failed.
+async fn recover_interrupted(inner: &Arc<Inner>, in_process: &[String]) -> Result<(), crate::store::StoreError> {
+    let Some(store) = &inner.store else { return Ok(()) };
+    if !inner.resume {
+        store.recover_orphans_of(in_process).await?;
+        return Ok(());
+    }
+    for (run_id, backend) in store.adopt_orphans_of(in_process).await?.adopted {
+        let resumed = match inner.backends.get(&backend) {
+            Some(b) => b.resume(&run_id).await,
+            None => Err(BackendError::Unavailable { backend: backend.clone(), reason: "the backend is not configured here".into() }),
+        };
+        match resumed {
+            Ok(()) => {
+                inner.run_backends.write().unwrap_or_else(|e| e.into_inner()).insert(run_id, backend);
+            }
+            Err(e) => {
+                tracing::error!(run_id, "could not resume the interrupted run: {e}");
+                if let Some(mut r) = store.get_run(&run_id).await? {
+                    let _ = r.status.transition(RunStatus::Failed);
+                    r.error = Some(format!("interrupted, and could not be resumed: {e}"));
+                    r.finished_at = Some(time::OffsetDateTime::now_utc());
+                    store.save_run(&r).await?;
+                }
+            }
+        }
+    }
+    Ok(())
+}
+
+/// Renews this process's lease every `heartbeat` and recovers the runs of
+/// instances whose lease expired, until `stop` (or the engine is gone).
 async fn keep_lease(
-    store: Store,
+    engine: std::sync::Weak<Inner>,
     instance: crate::config::instance::InstanceConfig,
     in_process: Vec<String>,
     stop: tokio_util::sync::CancellationToken,
@@ -342,10 +400,12 @@ async fn keep_lease(
             _ = stop.cancelled() => return,
             _ = tick.tick() => {}
         }
+        let Some(inner) = engine.upgrade() else { return };
+        let Some(store) = &inner.store else { return };
         if let Err(e) = store.renew_lease(&crate::store::Lease::current(instance.lease)).await {
             tracing::warn!("could not renew this instance's lease: {e}");
         }
-        if let Err(e) = store.recover_orphans_of(&in_process).await {
+        if let Err(e) = recover_interrupted(&inner, &in_process).await {
             tracing::debug!("could not check for interrupted runs: {e}");
         }
     }

@@ -506,9 +506,72 @@ async fn a_store_that_cannot_write_refuses_runs_and_recovers() {
     assert_eq!(listed.as_array().unwrap().len(), 3, "{listed}");
 }
 
+/// `kill -9` of the server mid-run, then a restart: the run resumes from
+/// its recorded state. The task that had finished keeps its output and is
+/// not run again; the attempt that was running is lost and its task retries
+/// under its policy; the run succeeds.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_run_interrupted_by_kill_9_resumes_after_a_restart() {
+    let dir = tempfile::tempdir().unwrap();
+    let flows = dir.path().join("flows");
+    std::fs::create_dir(&flows).unwrap();
+    std::fs::write(dir.path().join("taskweave.toml"), "[engine]\nworkflows = [\"flows\"]\nstore = \"sqlite://state.db\"\n").unwrap();
+    let work = dir.path().join("work");
+    std::fs::create_dir(&work).unwrap();
+    std::fs::write(
+        flows.join("resumable.yaml"),
+        "version: 1\nname: resumable\ntasks:\n\
+         \x20 - {name: first, shell: 'echo once >> {{input.dir}}/first.log; echo 7', output: json}\n\
+         \x20 - name: second\n    parents: [first]\n    retry: {attempts: 2, delay: 10ms}\n\
+         \x20   shell: 'echo try >> {{input.dir}}/second.log; if [ -e {{input.dir}}/go ]; then echo 1; else sleep 60; fi'\n\
+         \x20 - {name: third, parents: [second], uses: echo, with: {first: \"{{tasks.first.output}}\"}}\n",
+    )
+    .unwrap();
+    let c = reqwest::Client::new();
+    let first = start_with(dir.path(), &[], &[], |_| {});
+    let (code, accepted) = post(&c, format!("{}/v1/workflows/resumable/runs", first.base), json!({"input": {"dir": work}})).await;
+    assert_eq!(code, 202, "{accepted}");
+    let id = accepted["run_id"].as_str().unwrap().to_string();
+    let second_log = work.join("second.log");
+    // Killed once the store holds the first task's end (the history is
+    // written behind the run: what was not written yet runs again).
+    let store = taskweave::store::Store::open(&format!("sqlite://{}", dir.path().join("state.db").display())).await.unwrap();
+    eventually("the first task's end recorded and the second task started", RELOAD_WAIT, POLL, || {
+        let (store, id) = (store.clone(), id.clone());
+        let started = std::fs::read_to_string(&second_log).is_ok_and(|t| !t.is_empty());
+        async move {
+            let r = store.get_run(&id).await.ok().flatten()?;
+            (started && r.tasks["first"].status == taskweave::run::TaskStatus::Succeeded).then_some(())
+        }
+    })
+    .await;
+    store.close().await;
+    let mut first = first;
+    first.child.kill().unwrap();
+    first.child.wait().unwrap();
+    std::fs::write(work.join("go"), "").unwrap();
+
+    let second = start_with(dir.path(), &[], &[], |_| {});
+    let base = second.base.clone();
+    let r = eventually("the resumed run to end", RELOAD_WAIT, POLL, || {
+        let (c, url) = (c.clone(), format!("{base}/v1/runs/{id}"));
+        async move {
+            let (_, r) = get(&c, url).await;
+            (r["status"] != "running" && r["status"] != "queued").then_some(r)
+        }
+    })
+    .await;
+    assert_eq!(r["status"], "succeeded", "{r}");
+    assert_eq!(std::fs::read_to_string(work.join("first.log")).unwrap(), "once\n", "a finished task is not run again");
+    assert_eq!(std::fs::read_to_string(&second_log).unwrap(), "try\ntry\n", "the lost attempt and its retry");
+    assert_eq!(r["tasks"]["second"]["attempts"], 2, "{r}");
+    assert_eq!(r["tasks"]["third"]["output"], json!({"first": 7}), "the recorded output is read: {r}");
+}
+
 /// Inside a container taskweave is pid 1 at every start, so after a crash
-/// the dead process's pid is alive again. A run it left behind still ends:
-/// failed as interrupted once the crashed instance's lease expires. The
+/// the dead process's pid is alive again. A run it left behind still ends
+/// (with `resume = false`): failed as interrupted once the crashed
+/// instance's lease expires. The
 /// container is a pid namespace of our own (`unshare`, which needs root).
 #[cfg(target_os = "linux")]
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -531,7 +594,7 @@ async fn a_run_left_by_a_crash_as_pid_1_ends_interrupted_after_a_restart() {
     std::fs::create_dir(&flows).unwrap();
     std::fs::write(
         dir.path().join("taskweave.toml"),
-        "[engine]\nworkflows = [\"flows\"]\nstore = \"sqlite://state.db\"\n\n[instance]\nheartbeat = \"200ms\"\nlease = \"1s\"\n",
+        "[engine]\nworkflows = [\"flows\"]\nstore = \"sqlite://state.db\"\nresume = false\n\n[instance]\nheartbeat = \"200ms\"\nlease = \"1s\"\n",
     )
     .unwrap();
     std::fs::write(flows.join("slow.yaml"), flow(1)).unwrap();

@@ -126,6 +126,7 @@ suite!(
     reopening_keeps_history,
     a_newer_schema_is_refused_clearly,
     idempotency_keys_name_one_run_per_window,
+    orphans_are_adopted_by_one_process_to_resume,
 );
 
 // ---------------------------------------------------------------- helpers
@@ -440,6 +441,32 @@ async fn orphans_of_dead_local_processes_are_failed(cx: Ctx) {
         assert_eq!(s.get_run(id).await.unwrap().unwrap().status, status, "{id}");
     }
     assert!(s.recover_orphans().await.unwrap().is_empty(), "recovery happens once");
+}
+
+async fn orphans_are_adopted_by_one_process_to_resume(cx: Ctx) {
+    let s = &cx.store;
+    let here = Owner::current();
+    let dead = Owner { host: here.host.clone(), pid: dead_pid(), instance: None };
+    let def = definition(&["a", "b"]);
+    for id in ["r-1", "r-2"] {
+        let mut r = new_run(id, "wf", at(0), &["a", "b"]);
+        r.status = RunStatus::Running;
+        r.tasks.insert("a".into(), done(TaskStatus::Succeeded, Some(json!(1)), 1));
+        s.create_run(&r, &def).await.unwrap();
+        assert!(s.set_owner(id, &dead).await.unwrap());
+    }
+    // Two recoveries at once: each run is adopted by one of them.
+    let local = ["local".to_string()];
+    let (x, y) = tokio::join!(s.adopt_orphans_of(&local), s.adopt_orphans_of(&local));
+    let mut adopted: Vec<String> = x.unwrap().adopted.into_iter().chain(y.unwrap().adopted).map(|(id, _)| id).collect();
+    adopted.sort();
+    assert_eq!(adopted, ["r-1", "r-2"]);
+    // Adopted, not failed: still running, with what it recorded, owned here.
+    let r = s.get_run("r-1").await.unwrap().unwrap();
+    assert_eq!(r.status, RunStatus::Running);
+    assert_eq!(r.tasks["a"].output, Some(json!(1)));
+    assert_eq!(s.owner("r-1").await.unwrap(), Some(here));
+    assert!(s.adopt_orphans_of(&local).await.unwrap().adopted.is_empty(), "a run of a live process is not adopted");
 }
 
 /// Inside a container every start of taskweave has the same pid: a run of

@@ -119,6 +119,39 @@ impl LocalBackend {
     fn refused(&self, reason: impl Into<String>) -> BackendError {
         BackendError::Refused { backend: self.name.clone(), reason: reason.into() }
     }
+
+    /// Drive `result` (recorded already) in this process: a new run, or
+    /// (`resumed`) one adopted from a process that stopped.
+    fn drive(&self, wf: Arc<crate::plan::Workflow>, result: RunResult, resumed: bool) {
+        let run_id = result.run_id.clone();
+        let shared: SharedResult = Arc::new(Mutex::new(result));
+        let (tx, rx) = watch::channel(false);
+        let cancel = self.shutdown.child_token();
+        lock(&self.runs).insert(run_id.clone(), Arc::new(LocalRun { result: Arc::clone(&shared), done: rx, cancel: cancel.clone() }));
+        let executor = self.executor.clone();
+        let (runs, finished, id, limits) = (Arc::clone(&self.runs), Arc::clone(&self.finished), run_id, self.options);
+        self.tracker.spawn(async move {
+            if resumed {
+                executor.resume(wf, Arc::clone(&shared), cancel).await;
+            } else {
+                executor.drive(wf, Arc::clone(&shared), cancel).await;
+            }
+
+            let _ = tx.send(true);
+            // Keep the latest finished runs in memory, within the limits;
+            // older ones are read from the store.
+            let size = lock(&shared).approx_bytes();
+            let mut f = lock(&finished);
+            f.runs.push_back((id, size));
+            f.bytes += size;
+            while f.runs.len() > limits.cache_runs || (f.bytes > limits.cache_bytes && !f.runs.is_empty()) {
+                if let Some((old, size)) = f.runs.pop_front() {
+                    f.bytes -= size;
+                    lock(&runs).remove(&old);
+                }
+            }
+        });
+    }
 }
 
 #[async_trait::async_trait]
@@ -159,30 +192,31 @@ impl Backend for LocalBackend {
                 e => BackendError::StoreUnavailable { backend: self.name.clone(), reason: e.to_string() },
             })?;
         }
-        let shared: SharedResult = Arc::new(Mutex::new(result));
-        let (tx, rx) = watch::channel(false);
-        let cancel = self.shutdown.child_token();
-        lock(&self.runs).insert(run_id.clone(), Arc::new(LocalRun { result: Arc::clone(&shared), done: rx, cancel: cancel.clone() }));
-        let executor = self.executor.clone();
-        let wf = Arc::clone(&req.workflow);
-        let (runs, finished, id, limits) = (Arc::clone(&self.runs), Arc::clone(&self.finished), run_id.clone(), self.options);
-        self.tracker.spawn(async move {
-            executor.drive(wf, Arc::clone(&shared), cancel).await;
-            let _ = tx.send(true);
-            // Keep the latest finished runs in memory, within the limits;
-            // older ones are read from the store.
-            let size = lock(&shared).approx_bytes();
-            let mut f = lock(&finished);
-            f.runs.push_back((id, size));
-            f.bytes += size;
-            while f.runs.len() > limits.cache_runs || (f.bytes > limits.cache_bytes && !f.runs.is_empty()) {
-                if let Some((old, size)) = f.runs.pop_front() {
-                    f.bytes -= size;
-                    lock(&runs).remove(&old);
-                }
-            }
-        });
+        self.drive(Arc::clone(&req.workflow), result, false);
         Ok(run_id)
+    }
+
+    async fn resume(&self, run_id: &str) -> Result<(), BackendError> {
+        let unavailable = |e: StoreError| BackendError::Unavailable { backend: self.name.clone(), reason: e.to_string() };
+        let Some(store) = &self.store else { return Err(self.refused("no run store to resume from")) };
+        if lock(&self.runs).contains_key(run_id) {
+            return Ok(());
+        }
+        let result = store.get_run(run_id).await.map_err(unavailable)?.ok_or_else(|| BackendError::NotFound(run_id.to_string()))?;
+        let definition = store
+            .get_definition(run_id)
+            .await
+            .map_err(unavailable)?
+            .ok_or_else(|| self.refused(format!("run `{run_id}` has no recorded definition")))?;
+        let wf = serde_json::from_value(definition)
+            .map_err(|e| e.to_string())
+            .and_then(crate::plan::compile)
+            .map_err(|e| self.refused(format!("the definition of run `{run_id}` does not compile: {e}")))?;
+        if wf.version != result.version {
+            return Err(self.refused(format!("run `{run_id}` pins {} but its recorded definition is {}", result.version, wf.version)));
+        }
+        self.drive(wf, result, true);
+        Ok(())
     }
 
     async fn result(&self, run_id: &str, wait: Option<Duration>) -> Result<RunResult, BackendError> {

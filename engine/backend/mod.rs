@@ -123,6 +123,13 @@ pub trait Backend: Send + Sync + 'static {
     async fn result(&self, run_id: &str, wait: Option<Duration>) -> Result<RunResult, BackendError>;
     /// Ask a run to stop. Idempotent; a finished run is left as it is.
     async fn cancel(&self, run_id: &str) -> Result<(), BackendError>;
+    /// Go on with a run of this backend that this process adopted from one
+    /// that stopped while running it (see [`crate::store::Store::adopt_orphans_of`]).
+    /// Only backends that run in the process that started the run have any
+    /// to resume.
+    async fn resume(&self, run_id: &str) -> Result<(), BackendError> {
+        Err(BackendError::Refused { backend: self.name().to_string(), reason: format!("run `{run_id}`: this backend resumes no runs") })
+    }
     /// Wait until the runs in flight here have finished (graceful shutdown).
     async fn drain(&self) {}
     /// Stop accepting runs and cancel those in flight, recording them.

@@ -91,7 +91,7 @@ pub async fn serve(args: ServeArgs, config: Option<&Path>) -> anyhow::Result<Exi
         Err(e) => return Ok(super::config_error(&e)),
     };
     let (conn_limits, body_timeout) = limits(&args, &config.serve);
-    let engine = match EngineBuilder::new().config(config).build().await {
+    let engine = match EngineBuilder::new().config(config).resume_interrupted(true).build().await {
         Ok(e) => e,
         Err(e) => {
             eprintln!("error: {e}");

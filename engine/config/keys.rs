@@ -208,6 +208,17 @@ pub static KEYS: &[Key] = &[
         c.engine.idempotency_window = Some(positive_env(v)?);
         Ok(())
     }),
+    Key::new(
+        "engine.resume",
+        "bool",
+        "true",
+        "Resume runs of the local backend that a stopped process left behind (false: mark them failed).",
+        |c| json!(c.engine.resume()),
+    )
+    .env("TASKWEAVE_RESUME", |c, v| {
+        c.engine.resume = Some(bool_env(v)?);
+        Ok(())
+    }),
     // [backends.NAME]
     Key::backend("", "backends.<name>.kind", "string", "(required)", "The driver: `local`, `postgres`, `celery` or `temporal`."),
     Key::backend("local", "backends.<name>.cache_runs", "integer", "10000", "Finished runs kept in memory for fast result reads."),

@@ -62,6 +62,10 @@ pub struct EngineConfig {
     /// How long an idempotency key names the run it started (default 24h).
     #[serde(default, deserialize_with = "serve::positive_duration")]
     pub idempotency_window: Option<std::time::Duration>,
+    /// Whether runs of the local backend that a stopped process left
+    /// behind are resumed (default) or marked failed.
+    #[serde(default)]
+    pub resume: Option<bool>,
 }
 
 /// The default of `[engine] idempotency_window`.
@@ -70,6 +74,10 @@ pub const IDEMPOTENCY_WINDOW: std::time::Duration = std::time::Duration::from_se
 impl EngineConfig {
     pub fn idempotency_window(&self) -> std::time::Duration {
         self.idempotency_window.unwrap_or(IDEMPOTENCY_WINDOW)
+    }
+
+    pub fn resume(&self) -> bool {
+        self.resume.unwrap_or(true)
     }
 }
 
@@ -90,6 +98,7 @@ impl Default for EngineConfig {
             store: default_store(),
             default_backend: default_backend(),
             idempotency_window: None,
+            resume: None,
         }
     }
 }

@@ -109,15 +109,48 @@ impl Executor {
     /// carries out its decisions: attempts in tokio tasks, transitions into
     /// the shared result, the store and the event stream.
     pub async fn drive(&self, wf: Arc<Workflow>, shared: SharedResult, cancel: CancellationToken) -> RunStatus {
+        self.drive_from(wf, shared, cancel, false).await
+    }
+
+    /// Go on with a run this process adopted from one that stopped (killed,
+    /// crashed) while running it: `shared` holds the run as recorded. Tasks
+    /// that succeeded keep their outputs; an attempt that was running is
+    /// lost, and its task retries under its policy; what was ready starts.
+    /// The workflow timeout counts from the run's recorded start.
+    pub async fn resume(&self, wf: Arc<Workflow>, shared: SharedResult, cancel: CancellationToken) -> RunStatus {
+        let queued = lock(&shared).status == RunStatus::Queued;
+        self.drive_from(wf, shared, cancel, !queued).await
+    }
+
+    async fn drive_from(&self, wf: Arc<Workflow>, shared: SharedResult, cancel: CancellationToken, resumed: bool) -> RunStatus {
         let n = wf.tasks.len();
         let (run_id, input, context) = {
             let r = lock(&shared);
             (r.run_id.clone(), r.input.clone(), r.context.clone())
         };
+        let mut outputs = vec![None; n];
+        let mut statuses = vec![TaskStatus::Pending; n];
+        // What the record holds of each task, for a resumed run: its status
+        // and attempt, in plan order.
+        let mut recorded = Vec::with_capacity(if resumed { n } else { 0 });
+        let mut started_in = None;
+        if resumed {
+            let r = lock(&shared);
+            started_in = r.started_at.map(|t| now() - t);
+            for t in &wf.tasks {
+                let (status, attempts, output) =
+                    r.tasks.get(&t.name).map_or((TaskStatus::Pending, 0, None), |x| (x.status, x.attempts, x.output.clone()));
+                if status == TaskStatus::Succeeded {
+                    outputs[t.id] = output;
+                }
+                statuses[t.id] = status;
+                recorded.push((status, if status == TaskStatus::Running { attempts.max(1) } else { attempts }));
+            }
+        }
         let mut run = Run {
             shared,
-            outputs: vec![None; n],
-            statuses: vec![TaskStatus::Pending; n],
+            outputs,
+            statuses,
             started_at: vec![None; n],
             set: JoinSet::new(),
             base_ctx: Arc::new(json!({
@@ -129,17 +162,47 @@ impl Executor {
             cancel,
             end: None,
         };
-        let mut core = Core::new(&wf, sched::seed(&run_id));
         let mut decisions = Vec::new();
-        // The backend recorded the run before driving it, so a process
-        // killed mid-run leaves a record behind; its start goes with the
-        // next batch.
-        if let Err(e) = core.handle(&wf, Event::Start, &mut decisions) {
-            tracing::error!(run_id, "{e}");
-        }
+        let mut core = match resumed {
+            false => {
+                let mut core = Core::new(&wf, sched::seed(&run_id));
+                // The backend recorded the run before driving it, so a process
+                // killed mid-run leaves a record behind; its start goes with the
+                // next batch.
+                if let Err(e) = core.handle(&wf, Event::Start, &mut decisions) {
+                    tracing::error!(run_id, "{e}");
+                }
+                core
+            }
+            true => match Core::resume(&wf, sched::seed(&run_id), RunStatus::Running, None, recorded) {
+                Ok(mut core) => {
+                    // The attempts the stopped process was running are lost.
+                    for t in &wf.tasks {
+                        if core.task_status(t.id) == TaskStatus::Running {
+                            let error = "interrupted: the process running this attempt stopped".to_string();
+                            let event = Event::Ended {
+                                task: t.id,
+                                attempt: core.attempt(t.id),
+                                outcome: Outcome::Failed { error, retryable: true },
+                            };
+                            if let Err(e) = core.handle(&wf, event, &mut decisions) {
+                                tracing::error!(run_id, "{e}");
+                            }
+                        }
+                    }
+                    core.kick(&wf, &mut decisions);
+                    core
+                }
+                Err(e) => {
+                    tracing::error!(run_id, "cannot resume the run: {e}");
+                    return RunStatus::Failed;
+                }
+            },
+        };
         self.apply(&wf, &mut run, &mut decisions, &core);
 
-        let deadline = wf.timeout.map(|t| tokio::time::Instant::now() + t);
+        let deadline =
+            wf.timeout.map(|t| tokio::time::Instant::now() + t.saturating_sub(started_in.map_or(Duration::ZERO, |d| d.unsigned_abs())));
         let sleep_until = async move {
             match deadline {
                 Some(d) => tokio::time::sleep_until(d).await,

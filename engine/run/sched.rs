@@ -302,6 +302,15 @@ impl Core {
         Core::resume(wf, seed, run, stop, tasks)
     }
 
+    /// Start what is ready (a run read back with [`Core::resume`] whose
+    /// ready tasks have not started), or finish the run when nothing is
+    /// left to run.
+    pub fn kick(&mut self, wf: &Workflow, out: &mut Vec<Decision>) {
+        if self.run == RunStatus::Running {
+            self.advance(wf, out);
+        }
+    }
+
     /// The run's stop, once it was cancelled or timed out.
     pub fn stop(&self) -> Option<RunStatus> {
         self.stop

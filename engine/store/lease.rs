@@ -72,6 +72,15 @@ impl Lease {
 }
 
 /// An unfinished run and what is known of its owner.
+/// What a recovery of interrupted runs did.
+#[derive(Debug, Default, Clone, PartialEq, Eq)]
+pub struct Recovered {
+    /// Runs marked failed.
+    pub failed: Vec<String>,
+    /// Runs this process adopted, with their backend, to resume.
+    pub adopted: Vec<(String, String)>,
+}
+
 struct Candidate {
     run_id: String,
     backend: String,
@@ -109,17 +118,26 @@ impl Store {
     /// are judged by host and pid: gone when their pid on this host no
     /// longer exists or is this process (which runs none of them).
     pub async fn recover_orphans(&self) -> Result<Vec<String>> {
-        self.recover(None).await
+        Ok(self.recover(None, false).await?.failed)
     }
 
     /// [`Store::recover_orphans`], limited to runs of the named backends:
     /// those that execute inside the process that started them. Runs of a
     /// distributed backend outlive the process that submitted them.
     pub async fn recover_orphans_of(&self, in_process: &[String]) -> Result<Vec<String>> {
-        self.recover(Some(in_process)).await
+        Ok(self.recover(Some(in_process), false).await?.failed)
     }
 
-    async fn recover(&self, in_process: Option<&[String]>) -> Result<Vec<String>> {
+    /// As [`Store::recover_orphans_of`], but each interrupted run is
+    /// adopted by this process instead of failed (its owner becomes this
+    /// instance, compared and set in one statement, so of processes
+    /// recovering at once exactly one adopts it), for this process to
+    /// resume it.
+    pub async fn adopt_orphans_of(&self, in_process: &[String]) -> Result<Recovered> {
+        self.recover(Some(in_process), true).await
+    }
+
+    async fn recover(&self, in_process: Option<&[String]>, adopt: bool) -> Result<Recovered> {
         let sql = &self.inner.sql;
         let me = &self.inner.owner;
         let candidates = self
@@ -140,9 +158,27 @@ impl Store {
             })
             .await?;
         let now = OffsetDateTime::now_utc();
-        let mut recovered = Vec::new();
+        let mut recovered = Recovered::default();
         for c in candidates.into_iter().filter(|c| in_process.is_none_or(|names| names.contains(&c.backend))) {
             let Some(message) = orphaned(&c, me, now) else { continue };
+            if adopt {
+                let q = Stmt {
+                    sql: sql.adopt_run.clone(),
+                    args: vec![
+                        Val::Text(Some(c.run_id.clone())),
+                        Val::Text(Some(me.host.clone())),
+                        Val::Int(Some(i64::from(me.pid))),
+                        Val::Text(me.instance.clone()),
+                        Val::Int(Some(c.pid)),
+                        Val::Text(Some(c.instance.clone().unwrap_or_default())),
+                    ],
+                };
+                if self.inner.execute(&format!("adopting run {}", c.run_id), q).await? == 1 {
+                    tracing::warn!(run_id = c.run_id, pid = c.pid, "adopted an interrupted run to resume it ({message})");
+                    recovered.adopted.push((c.run_id, c.backend));
+                }
+                continue;
+            }
             let run_id = c.run_id;
             let now = sql::ts_text(now);
             let args = || vec![Val::Text(Some(run_id.clone())), Val::Text(Some(message.clone())), Val::Text(Some(now.clone()))];
@@ -153,7 +189,7 @@ impl Store {
             self.inner.run_script(&mut script).await.map_err(|e| db_error(&format!("recovering run {run_id}"), &e))?;
             if script.affected.first() == Some(&1) {
                 tracing::warn!(run_id, pid = c.pid, instance = c.instance.as_deref().unwrap_or("-"), "marked an interrupted run as failed");
-                recovered.push(run_id);
+                recovered.failed.push(run_id);
             }
         }
         let forget = Stmt { sql: sql.forget_instances.clone(), args: vec![Val::Text(Some(sql::ts_text(now - FORGET_AFTER)))] };

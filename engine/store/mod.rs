@@ -22,7 +22,7 @@ mod sql;
 mod writer;
 
 pub use health::{StoreFailure, StoreHealth};
-pub use lease::{HEARTBEAT, LEASE, Lease, instance_id};
+pub use lease::{HEARTBEAT, LEASE, Lease, Recovered, instance_id};
 pub use rollout::{BackendStats, RolloutFilter, RolloutStats, VariantStats};
 
 pub use writer::StoreWriter;

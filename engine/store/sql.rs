@@ -345,6 +345,7 @@ pub(crate) struct Sql {
     pub get_attempts: SqlStr,
     pub get_owner: SqlStr,
     pub set_owner: SqlStr,
+    pub adopt_run: SqlStr,
     pub request_cancel: SqlStr,
     pub cancel_requested: SqlStr,
     pub orphan_candidates: SqlStr,
@@ -438,6 +439,10 @@ impl Sql {
             )),
             get_owner: sql("SELECT owner_host, owner_pid, owner_instance FROM runs WHERE run_id = $1".into()),
             set_owner: sql("UPDATE runs SET owner_host = $2, owner_pid = $3, owner_instance = $4 WHERE run_id = $1".into()),
+            // The owner changes only from the one the caller found gone.
+            adopt_run: sql("UPDATE runs SET owner_host = $2, owner_pid = $3, owner_instance = $4 \
+                 WHERE run_id = $1 AND status IN ('queued', 'running') AND owner_pid = $5 AND COALESCE(owner_instance, '') = $6"
+                .into()),
             request_cancel: sql("UPDATE runs SET cancel_requested = $2 WHERE run_id = $1 AND status IN ('queued', 'running')".into()),
             cancel_requested: sql(match d {
                 Dialect::Sqlite => "SELECT run_id FROM runs WHERE cancel_requested = $2 \
