@@ -491,14 +491,7 @@ impl Engine {
 
     /// Start a run of a registered workflow by name.
     pub async fn run_workflow(&self, name: &str, opts: RunOptions) -> Result<String, EngineError> {
-        let wf = self.workflow(name).ok_or_else(|| {
-            let names = self.workflow_names();
-            EngineError::UnknownWorkflow {
-                name: name.to_string(),
-                suggestion: crate::diag::did_you_mean(name, names.iter().map(String::as_str)).map(str::to_string),
-            }
-        })?;
-        self.submit(wf, opts).await
+        Ok(self.start_workflow(name, opts).await?.run_id)
     }
 
     /// Start a run of a registered workflow by name, telling whether it

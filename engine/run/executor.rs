@@ -195,6 +195,13 @@ impl Executor {
                 }
                 Err(e) => {
                     tracing::error!(run_id, "cannot resume the run: {e}");
+                    let mut r = lock(&run.shared);
+                    let _ = r.status.transition(RunStatus::Failed);
+                    r.error = Some(format!("interrupted, and could not be resumed: {e}"));
+                    r.finished_at = Some(now());
+                    if let Some(w) = &self.writer {
+                        w.run_fields(&r);
+                    }
                     return RunStatus::Failed;
                 }
             },
