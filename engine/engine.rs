@@ -43,6 +43,10 @@ pub enum EngineError {
     Invalid { file: String, diagnostics: Vec<Diagnostic> },
     #[error(transparent)]
     Flags(#[from] crate::flags::FlagError),
+    /// A run that cannot be retried: not finished, succeeded, or nothing
+    /// left to run again.
+    #[error("cannot retry run `{run_id}`: {reason}")]
+    NotRetryable { run_id: String, reason: String },
     /// The idempotency key started another request's run within the window.
     #[error("the idempotency key `{key}` started run `{run_id}` with another request; use a new key for a new run")]
     IdempotencyConflict { key: String, run_id: String },
@@ -73,6 +77,11 @@ pub struct RunOptions {
     /// the first run instead of starting another; with another request it
     /// is an [`EngineError::IdempotencyConflict`].
     pub idempotency_key: Option<String>,
+    /// A retry of another run: the tasks that succeeded there, with their
+    /// outputs, reused as they are (see [`Engine::retry`]).
+    pub reuse: Vec<(crate::plan::TaskId, Value)>,
+    /// The run this one retries.
+    pub retry_of: Option<String>,
 }
 
 /// A run started, or found started with the same idempotency key.
@@ -508,6 +517,68 @@ impl Engine {
         self.start(wf, opts).await
     }
 
+    /// Retry a run that failed, timed out or was cancelled: a new run of
+    /// the same pinned definition (whatever the workflow's file says now),
+    /// input, context and backend, that reuses the outputs of the tasks
+    /// that succeeded and runs the others again. `from`: run this task and
+    /// every task below it again too. The new run records `retry_of`.
+    pub async fn retry(&self, run_id: &str, from: Option<&str>) -> Result<Started, EngineError> {
+        let refuse = |reason: String| EngineError::NotRetryable { run_id: run_id.to_string(), reason };
+        let old = self.get_result(run_id, None).await?;
+        if !old.status.is_terminal() {
+            return Err(refuse(format!("it is still {}", old.status.as_str())));
+        }
+        if old.status == RunStatus::Succeeded && from.is_none() {
+            return Err(refuse("it succeeded; name a task with `from` to run it and what is below it again".into()));
+        }
+        let store = self.inner.store.as_ref().ok_or_else(|| refuse("there is no run store to read its definition from".into()))?;
+        let definition = store.get_definition(run_id).await?.ok_or_else(|| refuse("its definition is not recorded".into()))?;
+        let wf = serde_json::from_value(definition)
+            .map_err(|e| e.to_string())
+            .and_then(crate::plan::compile)
+            .map_err(|e| refuse(format!("its definition does not compile: {e}")))?;
+        // `from` and everything below it run again.
+        let mut again = vec![false; wf.tasks.len()];
+        if let Some(name) = from {
+            let t = wf.task(name).ok_or_else(|| {
+                let names = wf.tasks.iter().map(|t| t.name.as_str());
+                let hint = crate::diag::did_you_mean(name, names).map(|s| format!(" (did you mean `{s}`?)")).unwrap_or_default();
+                refuse(format!("its workflow has no task `{name}`{hint}"))
+            })?;
+            let mut stack = vec![t.id];
+            while let Some(id) = stack.pop() {
+                if !again[id] {
+                    again[id] = true;
+                    stack.extend(wf.tasks[id].children.iter().copied());
+                }
+            }
+        }
+        let reuse: Vec<(crate::plan::TaskId, Value)> = wf
+            .tasks
+            .iter()
+            .filter(|t| t.phase == crate::plan::Phase::Main && !again[t.id])
+            .filter_map(|t| {
+                old.tasks
+                    .get(&t.name)
+                    .filter(|x| x.status == crate::run::TaskStatus::Succeeded)
+                    .map(|x| (t.id, x.output.clone().unwrap_or(Value::Null)))
+            })
+            .collect();
+        if reuse.len() == wf.tasks.len() {
+            return Err(refuse("every task succeeded: nothing to run again".into()));
+        }
+        let opts = RunOptions {
+            input: Some(old.input.clone()),
+            entity_id: Some(old.entity_id.clone()),
+            context: Some(old.context.clone()),
+            backend: Some(old.backend.clone()),
+            reuse,
+            retry_of: Some(run_id.to_string()),
+            ..Default::default()
+        };
+        self.start(wf, opts).await
+    }
+
     /// As [`Engine::submit`], telling whether the run was started now; with
     /// an idempotency key, a repeated request returns the run it started.
     pub async fn start(&self, wf: Arc<Workflow>, mut opts: RunOptions) -> Result<Started, EngineError> {
@@ -603,6 +674,8 @@ impl Engine {
         let mut req = RunRequest::new(Arc::clone(&wf), input);
         req.entity_id = entity_id;
         req.context = context;
+        req.reuse = opts.reuse;
+        req.retry_of = opts.retry_of;
         if let Some(id) = run_id {
             req = req.with_run_id(id);
         }

@@ -805,6 +805,31 @@ async fn idempotency_keys_start_one_run() {
     assert_ne!(r.body["run_id"].as_str(), Some(id.as_str()));
 }
 
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn retrying_a_run_over_http() {
+    let e = engine().await;
+    e.register_workflow(workflow(
+        "version: 1\nname: flaky\ntasks:\n  - {name: a, uses: echo, with: {v: 1}}\n  - {name: b, parents: [a], uses: fail, with: {message: boom}}\n",
+    ));
+    let app = app(&e);
+    let id = submit(&app, "flaky", json!({})).await;
+    let r = call(&app, get(&format!("/v1/runs/{id}?wait=30s"))).await;
+    assert_eq!(r.body["status"], "failed", "{}", r.text);
+    let post = |uri: String| Request::post(uri).body(Body::empty()).unwrap();
+    let r = call(&app, post(format!("/v1/runs/{id}/retry"))).await;
+    assert_eq!(r.status, StatusCode::ACCEPTED, "{}", r.text);
+    let again = r.body["run_id"].as_str().unwrap().to_string();
+    assert_eq!(r.headers[header::LOCATION], format!("/v1/runs/{again}"));
+    let r = call(&app, get(&format!("/v1/runs/{again}?wait=30s"))).await;
+    assert_eq!((r.body["status"].as_str(), r.body["retry_of"].as_str()), (Some("failed"), Some(id.as_str())), "{}", r.text);
+    assert_eq!(r.body["tasks"]["a"]["attempts"], 0, "reused: {}", r.text);
+    assert_eq!(r.body["tasks"]["b"]["attempts"], 1, "{}", r.text);
+    let r = call(&app, post(format!("/v1/runs/{id}/retry?from=nope"))).await;
+    assert_error(&r, 409, "not_retryable");
+    let r = call(&app, post("/v1/runs/no-such-run/retry".into())).await;
+    assert_error(&r, 404, "run_not_found");
+}
+
 /// Without a run store, keys hold in the engine's memory.
 #[tokio::test]
 async fn idempotency_keys_without_a_store() {

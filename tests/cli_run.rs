@@ -661,3 +661,46 @@ fn an_idempotency_key_starts_one_run() {
     let err = String::from_utf8_lossy(&other.stderr);
     assert!(err.contains("nightly-2026-12-08") && err.contains(first["run_id"].as_str().unwrap()), "{err}");
 }
+
+#[test]
+fn runs_retry_reuses_what_succeeded_with_the_pinned_definition() {
+    let dir = tempfile::tempdir().unwrap();
+    let work = dir.path().join("work");
+    std::fs::create_dir(&work).unwrap();
+    let flow = "version: 1\nname: flaky\ntasks:\n\
+        \x20 - {name: fetch, shell: 'echo fetched >> {{input.dir}}/fetch.log; echo 41', output: json}\n\
+        \x20 - {name: process, parents: [fetch], shell: 'test -e {{input.dir}}/go && echo 1'}\n\
+        \x20 - {name: store, parents: [process], uses: echo, with: {v: \"{{tasks.fetch.output}}\"}}\n";
+    let wf = write(dir.path(), "flaky.yaml", flow);
+    let input = format!("dir={}", work.display());
+    let out = tw(dir.path()).arg("run").arg(&wf).args(["--set", &input, "--format", "json"]).output().unwrap();
+    assert_eq!(out.status.code(), Some(1), "{}", String::from_utf8_lossy(&out.stderr));
+    let failed: Value = serde_json::from_slice(&out.stdout).unwrap();
+    let failed_id = failed["run_id"].as_str().unwrap().to_string();
+    assert_eq!(failed["tasks"]["process"]["status"], "failed");
+    // The file changes after the run: the retry runs the pinned definition.
+    std::fs::write(&wf, flow.replace("with: {v:", "with: {changed:")).unwrap();
+    std::fs::write(work.join("go"), "").unwrap();
+
+    let out = tw(dir.path()).args(["runs", "retry", &failed_id, "--format", "json"]).output().unwrap();
+    assert_eq!(out.status.code(), Some(0), "{}", String::from_utf8_lossy(&out.stderr));
+    let r: Value = serde_json::from_slice(&out.stdout).unwrap();
+    assert_eq!(r["status"], "succeeded", "{r}");
+    assert_eq!(r["retry_of"], failed_id.as_str());
+    assert_eq!(r["tasks"]["fetch"]["attempts"], 0, "reused: {r}");
+    assert_eq!(r["tasks"]["store"]["output"], serde_json::json!({"v": 41}), "{r}");
+    assert_eq!(std::fs::read_to_string(work.join("fetch.log")).unwrap(), "fetched\n", "fetch did not run again");
+
+    // A succeeded run retried from a task: that task and what is below it run again.
+    let retried = r["run_id"].as_str().unwrap().to_string();
+    let out = tw(dir.path()).args(["runs", "retry", &retried, "--from", "fetch", "--format", "json"]).output().unwrap();
+    assert_eq!(out.status.code(), Some(0), "{}", String::from_utf8_lossy(&out.stderr));
+    assert_eq!(std::fs::read_to_string(work.join("fetch.log")).unwrap(), "fetched\nfetched\n");
+    // Refused, with the reason: a succeeded run without `--from`, an unknown task.
+    let out = tw(dir.path()).args(["runs", "retry", &retried]).output().unwrap();
+    assert_eq!(out.status.code(), Some(2));
+    assert!(String::from_utf8_lossy(&out.stderr).contains("it succeeded"), "{}", String::from_utf8_lossy(&out.stderr));
+    let out = tw(dir.path()).args(["runs", "retry", &failed_id, "--from", "fech"]).output().unwrap();
+    assert_eq!(out.status.code(), Some(2));
+    assert!(String::from_utf8_lossy(&out.stderr).contains("did you mean `fetch`?"), "{}", String::from_utf8_lossy(&out.stderr));
+}

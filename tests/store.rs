@@ -146,6 +146,7 @@ fn new_run(id: &str, workflow: &str, created: OffsetDateTime, tasks: &[&str]) ->
         routing: None,
         error: None,
         output: None,
+        retry_of: None,
         entity_id: id.to_string(),
         context: json!({}),
         input: json!({}),

@@ -63,12 +63,14 @@ pub enum ErrorCode {
     InvalidIdempotencyKey,
     /// The idempotency key started a run with another request (409).
     IdempotencyConflict,
+    /// The run cannot be retried: still going, succeeded, or nothing to run again (409).
+    NotRetryable,
     /// A fault of the server itself (500).
     Internal,
 }
 
 impl ErrorCode {
-    pub const ALL: [ErrorCode; 23] = [
+    pub const ALL: [ErrorCode; 24] = [
         ErrorCode::InvalidJson,
         ErrorCode::InvalidBody,
         ErrorCode::RequestTimeout,
@@ -91,6 +93,7 @@ impl ErrorCode {
         ErrorCode::StoreUnavailable,
         ErrorCode::InvalidIdempotencyKey,
         ErrorCode::IdempotencyConflict,
+        ErrorCode::NotRetryable,
         ErrorCode::Internal,
     ];
 
@@ -118,6 +121,7 @@ impl ErrorCode {
             ErrorCode::StoreUnavailable => "store_unavailable",
             ErrorCode::InvalidIdempotencyKey => "invalid_idempotency_key",
             ErrorCode::IdempotencyConflict => "idempotency_conflict",
+            ErrorCode::NotRetryable => "not_retryable",
             ErrorCode::Internal => "internal",
         }
     }
@@ -134,7 +138,7 @@ impl ErrorCode {
             ErrorCode::NotFound | ErrorCode::UnknownWorkflow | ErrorCode::RunNotFound => StatusCode::NOT_FOUND,
             ErrorCode::MethodNotAllowed => StatusCode::METHOD_NOT_ALLOWED,
             ErrorCode::RequestTimeout => StatusCode::REQUEST_TIMEOUT,
-            ErrorCode::RunFinished | ErrorCode::IdempotencyConflict => StatusCode::CONFLICT,
+            ErrorCode::RunFinished | ErrorCode::IdempotencyConflict | ErrorCode::NotRetryable => StatusCode::CONFLICT,
             ErrorCode::PayloadTooLarge => StatusCode::PAYLOAD_TOO_LARGE,
             ErrorCode::UnsupportedMediaType => StatusCode::UNSUPPORTED_MEDIA_TYPE,
             ErrorCode::InvalidBody | ErrorCode::InvalidInput | ErrorCode::UnknownBackend | ErrorCode::BackendRefused => {
@@ -258,6 +262,10 @@ impl From<EngineError> for ApiError {
             EngineError::IdempotencyConflict { ref key, ref run_id } => {
                 let details = json!({"idempotency_key": key, "run_id": run_id});
                 ApiError::new(ErrorCode::IdempotencyConflict, e.to_string()).with_details(details)
+            }
+            EngineError::NotRetryable { ref run_id, .. } => {
+                let details = json!({"run_id": run_id});
+                ApiError::new(ErrorCode::NotRetryable, e.to_string()).with_details(details)
             }
             e @ EngineError::InvalidIdempotencyKey(_) => ApiError::new(ErrorCode::InvalidIdempotencyKey, e.to_string()),
         }

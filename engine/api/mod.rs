@@ -116,6 +116,7 @@ fn route_handlers() -> Routes {
         (Method::GET, "/v1/runs", get(runs::list)),
         (Method::GET, "/v1/runs/{id}", get(runs::show)),
         (Method::POST, "/v1/runs/{id}/cancel", post(runs::cancel)),
+        (Method::POST, "/v1/runs/{id}/retry", post(runs::retry)),
         (Method::GET, "/v1/events", get(events::events)),
         (Method::GET, "/v1/migration", get(rollout::status)),
         (Method::GET, "/v1/workers", get(workers::list)),

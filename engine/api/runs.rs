@@ -67,6 +67,7 @@ pub async fn submit(
         backend: body.backend,
         run_id: None,
         idempotency_key,
+        ..Default::default()
     };
     let engine = st.engine.clone();
     let started = tokio::spawn(async move { engine.start_workflow(&name, opts).await })
@@ -143,6 +144,31 @@ pub async fn cancel(State(st): State<Arc<AppState>>, PathParams(id): PathParams<
     st.engine.cancel(&id).await?;
     let status = st.engine.status(&id).await.ok().map(RunStatus::as_str);
     Ok((StatusCode::ACCEPTED, Json(json!({"run_id": id, "status": status}))).into_response())
+}
+
+#[derive(Debug, Default, Deserialize)]
+pub struct RetryQuery {
+    /// Run this task, and every task below it, again too.
+    pub from: Option<String>,
+}
+
+/// A new run that retries a failed one: the tasks that succeeded keep their
+/// outputs, the others run again (see [`Engine::retry`]).
+pub async fn retry(
+    State(st): State<Arc<AppState>>,
+    PathParams(id): PathParams<String>,
+    QueryParams(q): QueryParams<RetryQuery>,
+) -> Result<Response, ApiError> {
+    let engine = st.engine.clone();
+    let started = tokio::spawn(async move { engine.retry(&id, q.from.as_deref().filter(|f| !f.is_empty())).await })
+        .await
+        .map_err(|e| ApiError::new(ErrorCode::Internal, format!("the retry failed: {e}")))??;
+    let run_id = started.run_id;
+    let mut resp = (StatusCode::ACCEPTED, Json(json!({"run_id": run_id}))).into_response();
+    if let Ok(loc) = HeaderValue::from_str(&format!("/v1/runs/{run_id}")) {
+        resp.headers_mut().insert(header::LOCATION, loc);
+    }
+    Ok(resp)
 }
 
 #[derive(Debug, Default, Deserialize)]

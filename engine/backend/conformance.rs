@@ -358,6 +358,34 @@ finally:
     assert_eq!(task(&r, "cleanup").output, Some(json!({"status": "cancelled"})), "{r:#?}");
 }
 
+/// A retry of a failed run: the tasks it reuses are succeeded with their
+/// outputs from the start (never run again), their children read those
+/// outputs, the others run; the run names the run it retries.
+pub async fn retry_reuses_outputs(b: Arc<dyn Backend>) {
+    let wf = workflow(
+        r#"
+version: 1
+name: conf-retry
+tasks:
+  - {name: a, uses: fail, with: {message: "a reused task ran again"}}
+  - {name: b, parents: [a], uses: echo, with: {x: "{{tasks.a.output.v}}"}}
+  - {name: c, uses: echo, with: {y: 2}}
+"#,
+    );
+    let mut req = RunRequest::new(Arc::clone(&wf), json!({}));
+    req.reuse = vec![(wf.task("a").unwrap().id, json!({"v": 5}))];
+    req.retry_of = Some("the-failed-run".into());
+    let id = b.submit(req).await.expect("submit");
+    let r = b.result(&id, Some(WAIT)).await.expect("result");
+    assert_eq!(r.status, RunStatus::Succeeded, "{r:#?}");
+    assert_eq!(r.retry_of.as_deref(), Some("the-failed-run"));
+    assert_eq!(task(&r, "a").status, TaskStatus::Succeeded);
+    assert_eq!(task(&r, "a").output, Some(json!({"v": 5})));
+    assert_eq!(task(&r, "a").attempts, 0, "a reused task made no attempt: {r:#?}");
+    assert_eq!(task(&r, "b").output, Some(json!({"x": 5})));
+    assert_eq!(task(&r, "c").output, Some(json!({"y": 2})));
+}
+
 /// A failure skips the descendants with a reason; independent branches go on.
 pub async fn failure_skips_descendants(b: Arc<dyn Backend>) {
     let r = run_to_end(
@@ -918,7 +946,7 @@ macro_rules! conformance_tests {
     ($make:expr) => {
         $crate::conformance_tests!(@cases $make;
             ordering_and_outputs, parallelism_and_concurrency, failure_skips_descendants, trigger_rules,
-            conditions, failure_handlers,
+            conditions, failure_handlers, retry_reuses_outputs,
             task_timeout, workflow_timeout, retries, cancellation, results_and_unknown_ids,
             entity_and_context, workflow_output);
     };

@@ -90,6 +90,7 @@ mod tests {
             routing: None,
             error: None,
             output: None,
+            retry_of: None,
             entity_id: "e".into(),
             context: serde_json::Value::Null,
             input: serde_json::Value::Null,

@@ -175,6 +175,7 @@ impl Backend for LocalBackend {
         }
         let mut result = new_result(&req.workflow, run_id.clone(), &self.name, req.input, req.entity_id, req.context);
         result.routing = req.routing;
+        super::reuse_into(&mut result, &req.workflow, &req.reuse, &req.retry_of);
         // The run is recorded before it is accepted and before anything of
         // it runs: a run the store could not record is refused, never lost.
         if let Some(store) = &self.store {

@@ -49,6 +49,23 @@ pub struct RunRequest {
     pub chosen_id: bool,
     /// The routing decision, when a flag chose this backend.
     pub routing: Option<Routing>,
+    /// Tasks that succeeded already, with their outputs: a retry of a
+    /// failed run reuses them and runs the others.
+    pub reuse: Vec<(crate::plan::TaskId, Value)>,
+    /// The run this one retries.
+    pub retry_of: Option<String>,
+}
+
+/// A run's first result with what a retry reuses: the tasks that
+/// succeeded already, with their outputs, and the run it retries.
+pub(crate) fn reuse_into(result: &mut RunResult, wf: &Workflow, reuse: &[(crate::plan::TaskId, Value)], retry_of: &Option<String>) {
+    result.retry_of.clone_from(retry_of);
+    for (id, output) in reuse {
+        if let Some(t) = wf.tasks.get(*id).and_then(|t| result.tasks.get_mut(&t.name)) {
+            t.status = crate::run::TaskStatus::Succeeded;
+            t.output = Some(output.clone());
+        }
+    }
 }
 
 impl RunRequest {
@@ -61,6 +78,8 @@ impl RunRequest {
             run_id: uuid::Uuid::now_v7().to_string(),
             chosen_id: false,
             routing: None,
+            reuse: Vec::new(),
+            retry_of: None,
         }
     }
 

@@ -161,6 +161,7 @@ pub async fn run(args: RunArgs, config: Option<&Path>) -> anyhow::Result<ExitCod
         backend: args.backend.clone(),
         run_id: None,
         idempotency_key: args.idempotency_key.clone(),
+        ..Default::default()
     };
     let run_id = match engine.submit(Arc::clone(&wf), opts).await {
         Ok(id) => id,

@@ -31,6 +31,16 @@ pub enum RunsCommand {
     },
     /// Ask a run to stop.
     Cancel { id: String },
+    /// Run a failed, timed-out or cancelled run again as a new run of the same pinned definition: the tasks that
+    /// succeeded keep their outputs, the others run; followed to its end like `run`.
+    Retry {
+        id: String,
+        /// Run this task and every task below it again too.
+        #[arg(long, value_name = "TASK")]
+        from: Option<String>,
+        #[arg(long, value_enum, default_value = "human")]
+        format: OutputFormat,
+    },
 }
 
 /// What `runs ...` says when the store does not exist yet: an empty list
@@ -46,7 +56,7 @@ fn no_history(cmd: &RunsCommand, url: &str) -> ExitCode {
             println!("no run history at {at} yet");
             ExitCode::SUCCESS
         }
-        RunsCommand::Show { id, .. } | RunsCommand::Cancel { id } => {
+        RunsCommand::Show { id, .. } | RunsCommand::Cancel { id } | RunsCommand::Retry { id, .. } => {
             eprintln!("error: no run `{id}` (no run history at {at} yet)");
             ExitCode::from(1)
         }
@@ -160,6 +170,14 @@ pub async fn runs(cmd: Option<RunsCommand>, config: Option<&Path>) -> anyhow::Re
             }
             Ok(ExitCode::SUCCESS)
         }
+        RunsCommand::Retry { id, from, format } => {
+            let id = match resolve_id(&store, &id).await {
+                Ok(i) => i,
+                Err(c) => return Ok(c),
+            };
+            store.close().await;
+            retry(config, &id, from.as_deref(), format).await
+        }
         RunsCommand::Cancel { id } => {
             let id = match resolve_id(&store, &id).await {
                 Ok(i) => i,
@@ -177,4 +195,40 @@ pub async fn runs(cmd: Option<RunsCommand>, config: Option<&Path>) -> anyhow::Re
             Ok(ExitCode::from(1))
         }
     }
+}
+
+/// `runs retry`: start the retry, follow it to its end, print it as `run`
+/// does. Exit 0 when it succeeded, 1 when it did not, 2 when it could not
+/// start.
+async fn retry(config: Config, id: &str, from: Option<&str>, format: OutputFormat) -> anyhow::Result<ExitCode> {
+    let engine = match crate::engine::EngineBuilder::new().config(config).build().await {
+        Ok(e) => e,
+        Err(e) => return Ok(usage(e)),
+    };
+    let started = match engine.retry(id, from).await {
+        Ok(s) => s,
+        Err(e) => {
+            engine.shutdown().await;
+            return Ok(usage(e));
+        }
+    };
+    if format == OutputFormat::Human {
+        println!("run {} retries run {id}", started.run_id);
+    }
+    let r = loop {
+        match engine.get_result(&started.run_id, Some(std::time::Duration::from_secs(30))).await {
+            Ok(r) if r.status.is_terminal() => break r,
+            Ok(_) => {}
+            Err(e) => {
+                engine.shutdown().await;
+                return Ok(usage(e));
+            }
+        }
+    };
+    match format {
+        OutputFormat::Json => println!("{}", serde_json::to_string_pretty(&r)?),
+        OutputFormat::Human => print!("{}", human_result(&r, None)),
+    }
+    engine.shutdown().await;
+    Ok(if r.status == RunStatus::Succeeded { ExitCode::SUCCESS } else { ExitCode::from(1) })
 }

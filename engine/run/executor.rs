@@ -134,6 +134,20 @@ impl Executor {
         // and attempt, in plan order.
         let mut recorded = Vec::with_capacity(if resumed { n } else { 0 });
         let mut started_in = None;
+        // A retry's run starts with the tasks it reuses succeeded.
+        let mut reused = Vec::new();
+        if !resumed {
+            let r = lock(&shared);
+            if r.retry_of.is_some() {
+                for t in &wf.tasks {
+                    if let Some(x) = r.tasks.get(&t.name).filter(|x| x.status == TaskStatus::Succeeded) {
+                        outputs[t.id] = x.output.clone();
+                        statuses[t.id] = TaskStatus::Succeeded;
+                        reused.push(t.id);
+                    }
+                }
+            }
+        }
         if resumed {
             let r = lock(&shared);
             started_in = r.started_at.map(|t| now() - t);
@@ -164,16 +178,19 @@ impl Executor {
         };
         let mut decisions = Vec::new();
         let mut core = match resumed {
-            false => {
-                let mut core = Core::new(&wf, sched::seed(&run_id));
-                // The backend recorded the run before driving it, so a process
-                // killed mid-run leaves a record behind; its start goes with the
-                // next batch.
-                if let Err(e) = core.handle(&wf, Event::Start, &mut decisions) {
-                    tracing::error!(run_id, "{e}");
+            // The backend recorded the run before driving it, so a process
+            // killed mid-run leaves a record behind; its start goes with the
+            // next batch.
+            false => match Core::started(&wf, sched::seed(&run_id), &reused) {
+                Ok((core, first)) => {
+                    decisions = first;
+                    core
                 }
-                core
-            }
+                Err(e) => {
+                    tracing::error!(run_id, "{e}");
+                    Core::new(&wf, sched::seed(&run_id))
+                }
+            },
             true => match Core::resume(&wf, sched::seed(&run_id), RunStatus::Running, None, recorded) {
                 Ok(mut core) => {
                     // The attempts the stopped process was running are lost.
@@ -588,6 +605,7 @@ pub fn new_result(wf: &Workflow, run_id: String, backend: &str, input: Value, en
         routing: None,
         error: None,
         output: None,
+        retry_of: None,
         context,
         input,
         created_at: now(),

@@ -84,6 +84,9 @@ pub struct RunResult {
     /// otherwise, and for a workflow that declares none).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub output: Option<Value>,
+    /// The run this one retries (`taskweave runs retry`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub retry_of: Option<String>,
     pub entity_id: String,
     #[serde(default)]
     pub context: Value,

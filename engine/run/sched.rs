@@ -302,6 +302,25 @@ impl Core {
         Core::resume(wf, seed, run, stop, tasks)
     }
 
+    /// A queued run whose tasks `done` succeeded already (a retry reusing
+    /// the outputs of another run), started: the core and its first
+    /// decisions.
+    pub fn started(wf: &Workflow, seed: u32, done: &[TaskId]) -> Result<(Core, Vec<Decision>), IllegalTransition> {
+        let mut core = if done.is_empty() {
+            Core::new(wf, seed)
+        } else {
+            let states = wf.tasks.iter().map(|t| (if done.contains(&t.id) { TaskStatus::Succeeded } else { TaskStatus::Pending }, 0));
+            Core::resume(wf, seed, RunStatus::Queued, None, states).map_err(|_| IllegalTransition {
+                what: "run",
+                from: "queued",
+                to: "started",
+            })?
+        };
+        let mut out = Vec::new();
+        core.handle(wf, Event::Start, &mut out)?;
+        Ok((core, out))
+    }
+
     /// Start what is ready (a run read back with [`Core::resume`] whose
     /// ready tasks have not started), or finish the run when nothing is
     /// left to run.

@@ -114,7 +114,7 @@ impl Owner {
 const MEMORY: &str = "sqlite::memory:";
 
 /// The newest schema this build knows.
-pub const SCHEMA_VERSION: i64 = 6;
+pub const SCHEMA_VERSION: i64 = 7;
 
 /// Where sqlx records applied migrations. Not sqlx's default name, so the
 /// store can share a PostgreSQL database with other sqlx users.
@@ -129,6 +129,7 @@ const SQLITE_MIGRATIONS: &[(i64, &str, &str)] = &[
     (4, "instance leases", include_str!("migrations/sqlite/0004_instance_leases.sql")),
     (5, "run output", include_str!("migrations/sqlite/0005_run_output.sql")),
     (6, "idempotency keys", include_str!("migrations/sqlite/0006_idempotency_keys.sql")),
+    (7, "retry of", include_str!("migrations/sqlite/0007_retry_of.sql")),
 ];
 const POSTGRES_MIGRATIONS: &[(i64, &str, &str)] = &[
     (1, "run history", include_str!("migrations/postgres/0001_run_history.sql")),
@@ -137,6 +138,7 @@ const POSTGRES_MIGRATIONS: &[(i64, &str, &str)] = &[
     (4, "instance leases", include_str!("migrations/postgres/0004_instance_leases.sql")),
     (5, "run output", include_str!("migrations/postgres/0005_run_output.sql")),
     (6, "idempotency keys", include_str!("migrations/postgres/0006_idempotency_keys.sql")),
+    (7, "retry of", include_str!("migrations/postgres/0007_retry_of.sql")),
 ];
 
 /// What [`Store::claim_idempotency_key`] found.

@@ -20,6 +20,7 @@ pub(super) fn run_from_row(r: &dyn DbRow) -> Result<RunResult> {
             .transpose()?,
         error: r.text("error")?,
         output: r.text("output")?.map(|s| parse_json("output", &s)).transpose()?,
+        retry_of: r.text("retry_of")?,
         entity_id: r.req_text("entity_id")?,
         context: r.text("context")?.map(|s| parse_json("context", &s)).transpose()?.unwrap_or(Value::Null),
         input: r.text("input")?.map(|s| parse_json("input", &s)).transpose()?.unwrap_or(Value::Null),

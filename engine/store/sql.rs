@@ -120,6 +120,7 @@ const RUN_COLS: &[(&str, Kind)] = &[
     ("routing", Json),
     ("error", Text),
     ("output", Json),
+    ("retry_of", Text),
     ("entity_id", Text),
     ("context", Json),
     ("input", Json),
@@ -170,6 +171,7 @@ const CREATES: Table = Table {
         ("routing", Json),
         ("error", Text),
         ("output", Json),
+        ("retry_of", Text),
         ("entity_id", Text),
         ("context", Json),
         ("input", Json),
@@ -369,7 +371,7 @@ impl Sql {
     pub fn new(dialect: Dialect, migrations_table: &str) -> Sql {
         let d = dialect;
         let run_sel = format!(
-            "run_id, workflow, version, status, backend, {}, error, {}, entity_id, {}, {}, {}, {}, {}",
+            "run_id, workflow, version, status, backend, {}, error, {}, retry_of, entity_id, {}, {}, {}, {}, {}",
             json_col(d, "routing"),
             json_col(d, "output"),
             json_col(d, "context"),
@@ -573,7 +575,7 @@ impl Sql {
     }
 }
 
-/// The values of the runs table's own columns for one run (the first 17 of
+/// The values of the runs table's own columns for one run (the first 18 of
 /// [`CREATES`]). PostgreSQL's NULs are dealt with when the statement is made.
 pub(crate) fn push_run(r: &RunResult, owner: &super::Owner, args: &mut Vec<Val>) {
     let routing = r.routing.as_ref().map(|x| json_text(&serde_json::to_value(x).unwrap_or(Value::Null)));
@@ -586,6 +588,7 @@ pub(crate) fn push_run(r: &RunResult, owner: &super::Owner, args: &mut Vec<Val>)
         Val::Text(routing),
         Val::Text(r.error.clone()),
         Val::Text(r.output.as_ref().map(json_text)),
+        Val::Text(r.retry_of.clone()),
         Val::Text(Some(r.entity_id.clone())),
         Val::Text(Some(json_text(&r.context))),
         Val::Text(Some(json_text(&r.input))),

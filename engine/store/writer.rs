@@ -389,6 +389,7 @@ fn fields_of(r: &RunResult) -> RunResult {
         routing: r.routing.clone(),
         error: r.error.clone(),
         output: r.output.clone(),
+        retry_of: r.retry_of.clone(),
         entity_id: r.entity_id.clone(),
         context: r.context.clone(),
         input: r.input.clone(),

@@ -32,7 +32,7 @@ use super::{Backend, BackendError, DriverContext, RunRequest, WorkerOptions};
 use crate::backend::definitions::Definitions;
 use crate::config::backends::{CelerySettings, Text};
 use crate::run::executor::Executor;
-use crate::run::sched::{Core, Decision, Event, seed};
+use crate::run::sched::{Core, Decision, seed};
 use crate::run::{RunResult, TaskResult, TaskStatus};
 use broker::Broker;
 use runs::{Progress, Runs, StopReason};
@@ -198,6 +198,9 @@ impl CeleryBackend {
         if let Some(r) = &req.routing {
             fields.push(("routing".into(), serde_json::to_string(r).unwrap_or_default()));
         }
+        if let Some(r) = &req.retry_of {
+            fields.push(("retry_of".into(), r.clone()));
+        }
         if let Some(r) = reply {
             fields.push(("reply".into(), r.to_string()));
         }
@@ -207,13 +210,24 @@ impl CeleryBackend {
         }
         let pending = serde_json::to_string(&TaskResult::pending()).unwrap_or_default();
         for t in &wf.tasks {
-            fields.push((format!("s:{}", t.name), "pending".into()));
-            fields.push((format!("t:{}", t.name), pending.clone()));
+            match req.reuse.iter().find(|(id, _)| *id == t.id) {
+                // A retry reuses what succeeded.
+                Some((_, output)) => {
+                    let mut r = TaskResult::pending();
+                    r.status = crate::run::TaskStatus::Succeeded;
+                    r.output = Some(output.clone());
+                    fields.push((format!("s:{}", t.name), "succeeded".into()));
+                    fields.push((format!("t:{}", t.name), serde_json::to_string(&r).unwrap_or_default()));
+                }
+                None => {
+                    fields.push((format!("s:{}", t.name), "pending".into()));
+                    fields.push((format!("t:{}", t.name), pending.clone()));
+                }
+            }
         }
         // The core's first decisions: the tasks that start at once.
-        let mut core = Core::new(wf, seed(&run_id));
-        let mut first = Vec::new();
-        core.handle(wf, Event::Start, &mut first).map_err(|e| self.unavailable(e))?;
+        let reused: Vec<usize> = req.reuse.iter().map(|(id, _)| *id).collect();
+        let (core, first) = Core::started(wf, seed(&run_id), &reused).map_err(|e| self.unavailable(e))?;
         let messages: Vec<String> = first
             .iter()
             .filter_map(|d| match d {

@@ -352,6 +352,7 @@ pub fn result_from(run_id: &str, f: &HashMap<String, String>) -> RunResult {
         routing: serde_json::from_value(json("routing")).ok(),
         error: f.get("error").cloned().filter(|e| !e.is_empty()),
         output: f.get("output").and_then(|s| serde_json::from_str(s).ok()),
+        retry_of: f.get("retry_of").cloned(),
         entity_id: f.get("entity").cloned().unwrap_or_else(|| run_id.to_string()),
         context: json("context"),
         input: json("input"),

@@ -517,17 +517,22 @@ impl Db {
 
     /// The core's first decisions for a run about to be submitted: which
     /// tasks are ready from the start, and the state to record.
-    pub(crate) fn first_decisions(wf: &Workflow, run_id: &str) -> (Vec<&'static str>, Vec<u8>) {
-        let mut core = Core::new(wf, seed(run_id));
-        let mut out = Vec::new();
-        // A new core always accepts its start.
-        let _ = core.handle(wf, Event::Start, &mut out);
+    /// `reused`: tasks that succeeded already (a retry of another run).
+    pub(crate) fn first_decisions(
+        wf: &Workflow,
+        run_id: &str,
+        reused: &[usize],
+    ) -> std::result::Result<(Vec<&'static str>, Vec<u8>), crate::run::state::IllegalTransition> {
+        let (core, out) = Core::started(wf, seed(run_id), reused)?;
         let mut states = vec!["waiting"; wf.tasks.len()];
+        for &t in reused {
+            states[t] = "succeeded";
+        }
         for d in &out {
             if let Decision::Start { task } = d {
                 states[*task] = "ready";
             }
         }
-        (states, core.snapshot())
+        Ok((states, core.snapshot()))
     }
 }

@@ -44,13 +44,14 @@ use std::time::Duration;
 use tokio_util::sync::CancellationToken;
 
 /// The newest queue schema this build knows.
-pub const QUEUE_SCHEMA_VERSION: i64 = 4;
+pub const QUEUE_SCHEMA_VERSION: i64 = 5;
 
 const MIGRATIONS: &[(i64, &str, &str)] = &[
     (1, "queue", include_str!("migrations/0001_queue.sql")),
     (2, "workers", include_str!("migrations/0002_workers.sql")),
     (3, "sched", include_str!("migrations/0003_sched.sql")),
     (4, "run output", include_str!("migrations/0004_run_output.sql")),
+    (5, "retry", include_str!("migrations/0005_retry.sql")),
 ];
 
 /// How long the store sync waits after a run finished for more to finish,
@@ -637,6 +638,7 @@ impl Backend for PgBackend {
         let run_id = req.run_id.clone();
         let mut result = crate::run::executor::new_result(wf, run_id.clone(), &self.name, req.input, req.entity_id, req.context);
         result.routing = req.routing;
+        super::reuse_into(&mut result, wf, &req.reuse, &req.retry_of);
         let definition = serde_json::to_value(&wf.raw).unwrap_or_default();
         // One statement; retried when the connection drops (a retry that
         // finds the run inserted by the lost try is a success).

@@ -183,14 +183,15 @@ pub(super) const CLAIM_FROM_RUN: &str = claim_sql!("run_id = $1 AND position = A
 const SUBMIT: &str = "WITH d AS (INSERT INTO definitions (id, definition) SELECT $1, $2::jsonb WHERE $2::text IS NOT NULL \
        ON CONFLICT (id) DO NOTHING), \
      r AS (INSERT INTO runs (run_id, backend, workflow, version, definition_id, queue, status, entity_id, context, input, \
-       routing, concurrency, timeout_ms, deadline, sched, created_at) \
+       routing, concurrency, timeout_ms, deadline, sched, created_at, retry_of) \
        VALUES ($3, $4, $5, $6, $1, $7, 'queued', $8, $9::jsonb, $10::jsonb, $11::jsonb, $12, $13, \
-       clock_timestamp() + $13 * interval '1 millisecond', $14, clock_timestamp()) \
+       clock_timestamp() + $13 * interval '1 millisecond', $14, clock_timestamp(), $20) \
        ON CONFLICT (run_id) DO NOTHING RETURNING run_id), \
-     t AS (INSERT INTO tasks (run_id, position, name, queue, state, reads, ready_at) \
+     t AS (INSERT INTO tasks (run_id, position, name, queue, state, reads, ready_at, output, finished_at) \
        SELECT r.run_id, u.position, u.name, $7, u.state, u.reads::int[], \
-       CASE WHEN u.state = 'ready' THEN clock_timestamp() END \
-       FROM r, UNNEST($15::int[], $16::text[], $17::text[], $18::text[]) AS u(position, name, state, reads)) \
+       CASE WHEN u.state = 'ready' THEN clock_timestamp() END, u.output::jsonb, \
+       CASE WHEN u.state = 'succeeded' THEN clock_timestamp() END \
+       FROM r, UNNEST($15::int[], $16::text[], $17::text[], $18::text[], $19::text[]) AS u(position, name, state, reads, output)) \
      SELECT (SELECT count(*) FROM r) AS inserted";
 
 /// Sends notifications (`$1` channels, `$2` payloads) in a transaction of
@@ -202,7 +203,7 @@ const SUBMIT: &str = "WITH d AS (INSERT INTO definitions (id, definition) SELECT
 const NOTIFY: &str = "WITH s AS (SELECT set_config('synchronous_commit', 'off', true) AS v) \
      SELECT pg_notify(n.c, n.p) FROM s, UNNEST($1::text[], $2::text[]) AS n(c, p) WHERE s.v IS NOT NULL";
 
-const RUN_COLS: &str = "run_id, backend, workflow, version, status, error, output::text AS output, entity_id, \
+const RUN_COLS: &str = "run_id, backend, workflow, version, status, error, output::text AS output, retry_of, entity_id, \
      context::text AS context, input::text AS input, routing::text AS routing, \
      (extract(epoch FROM created_at) * 1000000)::int8 AS created_us, \
      (extract(epoch FROM started_at) * 1000000)::int8 AS started_us, (extract(epoch FROM finished_at) * 1000000)::int8 AS finished_us";
@@ -269,6 +270,7 @@ fn run_from_row(r: &PgRow) -> Result<RunResult> {
             .map_err(|e| DbError::Data(e.to_string()))?,
         error: r.try_get("error")?,
         output: json(r.try_get("output")?, "output")?,
+        retry_of: r.try_get("retry_of")?,
         entity_id: r.try_get("entity_id")?,
         context: json(r.try_get("context")?, "context")?.unwrap_or(Value::Null),
         input: json(r.try_get("input")?, "input")?.unwrap_or(Value::Null),
@@ -371,7 +373,19 @@ impl Db {
     /// workers afterwards ([`Db::notify_queues`]).
     pub(crate) async fn submit(&self, wf: &Workflow, run: &RunResult, definition: &Value) -> Result<bool> {
         let def_id = wf.version.clone();
-        let (states, sched) = Db::first_decisions(wf, &run.run_id);
+        let reused: Vec<usize> =
+            wf.tasks.iter().filter(|t| run.tasks.get(&t.name).is_some_and(|x| x.status == TaskStatus::Succeeded)).map(|t| t.id).collect();
+        let (states, sched) = Db::first_decisions(wf, &run.run_id, &reused).map_err(|e| DbError::Data(e.to_string()))?;
+        let outputs: Vec<Option<String>> = wf
+            .tasks
+            .iter()
+            .map(|t| {
+                run.tasks
+                    .get(&t.name)
+                    .filter(|x| x.status == TaskStatus::Succeeded)
+                    .map(|x| serde_json::to_string(&x.output).unwrap_or_else(|_| "null".into()))
+            })
+            .collect();
         let positions: Vec<i32> = wf.tasks.iter().map(|t| t.id as i32).collect();
         let names: Vec<&str> = wf.tasks.iter().map(|t| t.name.as_str()).collect();
         let reads: Vec<String> = wf.tasks.iter().map(|t| int_array(&t.reads)).collect();
@@ -398,7 +412,9 @@ impl Db {
                 .bind(&positions)
                 .bind(&names)
                 .bind(&states)
-                .bind(&reads);
+                .bind(&reads)
+                .bind(&outputs)
+                .bind(&run.retry_of);
             match q.fetch_one(&self.pool).await {
                 Ok(row) => {
                     lock(&self.known).insert(def_id.clone());

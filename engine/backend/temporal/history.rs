@@ -58,6 +58,13 @@ pub fn derive(
         input.context.clone(),
     );
     r.routing = routing;
+    let (reused, reused_outputs) = input.reused(wf);
+    crate::backend::reuse_into(
+        &mut r,
+        wf,
+        &reused.iter().map(|&id| (id, reused_outputs[id].clone().unwrap_or(Value::Null))).collect::<Vec<_>>(),
+        &input.retry_of,
+    );
     if let Ok(t) = OffsetDateTime::parse(&input.created_at, &time::format_description::well_known::Rfc3339) {
         r.created_at = t;
     }
@@ -66,7 +73,13 @@ pub fn derive(
     let mut close_failure: Option<Failure> = None;
     // The scheduler core, fed the history as the workflow fed it: the
     // tasks it skips, and why, are the ones the workflow's core skipped.
-    let mut core = Core::new(wf, crate::run::sched::seed(&input.run_id));
+    let seed = crate::run::sched::seed(&input.run_id);
+    let mut core = if reused.is_empty() {
+        Core::new(wf, seed)
+    } else {
+        let states = wf.tasks.iter().map(|t| (if reused.contains(&t.id) { TaskStatus::Succeeded } else { TaskStatus::Pending }, 0));
+        Core::resume(wf, seed, RunStatus::Queued, None, states).unwrap_or_else(|_| Core::new(wf, seed))
+    };
     let mut decisions = Vec::new();
     let base_ctx = serde_json::json!({
         "input": input.input,

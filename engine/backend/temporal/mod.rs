@@ -294,6 +294,8 @@ impl Backend for TemporalBackend {
         let run_id = req.run_id.clone();
         let mut result = crate::run::executor::new_result(&wf, run_id.clone(), &self.name, req.input, req.entity_id, req.context);
         result.routing = req.routing;
+        super::reuse_into(&mut result, &wf, &req.reuse, &req.retry_of);
+        let reused = req.reuse.iter().map(|(id, v)| (wf.tasks[*id].name.clone(), v.clone())).collect();
         let definition = serde_json::to_value(&wf.raw).unwrap_or_default();
         let input = DagInput {
             run_id: run_id.clone(),
@@ -304,6 +306,8 @@ impl Backend for TemporalBackend {
             routing: result.routing.as_ref().and_then(|r| serde_json::to_value(r).ok()),
             created_at: result.created_at.format(&time::format_description::well_known::Rfc3339).unwrap_or_default(),
             heartbeat_ms: self.settings.heartbeat.as_millis() as u64,
+            reused,
+            retry_of: req.retry_of.clone(),
         };
         let options = WorkflowStartOptions::new(self.settings.task_queue.clone(), run_id.clone())
             .id_reuse_policy(WorkflowIdReusePolicy::RejectDuplicate)

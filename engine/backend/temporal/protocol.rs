@@ -43,6 +43,28 @@ pub struct DagInput {
     /// Activity heartbeat timeout in milliseconds: how soon a lost worker's
     /// task is tried again.
     pub heartbeat_ms: u64,
+    /// A retry of another run: the tasks it reuses, with their outputs.
+    #[serde(default, skip_serializing_if = "std::collections::BTreeMap::is_empty")]
+    pub reused: std::collections::BTreeMap<String, Value>,
+    /// The run this one retries.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub retry_of: Option<String>,
+}
+
+impl DagInput {
+    /// The ids of the tasks a retry reuses, and the outputs by task id.
+    pub fn reused(&self, wf: &crate::plan::Workflow) -> (Vec<usize>, Vec<Option<Value>>) {
+        let mut outputs = vec![None; wf.tasks.len()];
+        let mut ids = Vec::new();
+        for (name, output) in &self.reused {
+            if let Some(t) = wf.task(name) {
+                outputs[t.id] = Some(output.clone());
+                ids.push(t.id);
+            }
+        }
+        ids.sort_unstable();
+        (ids, outputs)
+    }
 }
 
 /// One task's activity input.

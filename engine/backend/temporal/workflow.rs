@@ -101,8 +101,9 @@ impl DagWorkflow {
             "workflow": {"name": wf.name, "version": wf.version},
             "context": input.context,
         });
-        let mut core = Core::new(&wf, seed(&input.run_id));
-        let mut outputs: Vec<Option<Value>> = vec![None; wf.tasks.len()];
+        // A retry starts with the tasks it reuses succeeded (none otherwise).
+        let (reused, mut outputs) = input.reused(&wf);
+        let (mut core, first) = Core::started(&wf, seed(&input.run_id), &reused).map_err(illegal)?;
         // The tasks that failed, in the order they did.
         let mut failed: Vec<(TaskId, String)> = Vec::new();
         let ctx: &WorkflowContext<Self> = ctx;
@@ -111,7 +112,7 @@ impl DagWorkflow {
             return Err(WorkflowTermination::cancelled());
         }
         let mut decisions = Vec::new();
-        core.handle(&wf, Event::Start, &mut decisions).map_err(illegal)?;
+        decisions.extend(first);
         let mut told_cancel = false;
         // A workflow with handlers stops its own tasks (a cancel reaches
         // them through this child of the workflow's token; its timeout

@@ -1,0 +1,5 @@
+-- Run history, version 7 (PostgreSQL).
+--
+-- A run started by `taskweave runs retry` names the run it retries.
+
+ALTER TABLE runs ADD COLUMN retry_of TEXT;
