@@ -200,7 +200,11 @@ impl EngineBuilder {
         let mut handlers =
             Handlers::builtin_with(BuiltinSettings { llm: self.config.llm(), extract_text: self.config.actions.extract_text_settings() });
         handlers.extend(self.handlers);
-        let limits = self.limits.unwrap_or_else(|| self.config.actions.limits());
+        let limits = self.limits.unwrap_or_else(|| {
+            let mut l = self.config.actions.limits();
+            l.inherit_env = self.config.engine.inherit_env.unwrap_or(false);
+            l
+        });
         let flags = match self.flags {
             Some(f) => f,
             None => FlagSource::from_config(&self.config.flags)?,

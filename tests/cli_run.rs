@@ -704,3 +704,33 @@ fn runs_retry_reuses_what_succeeded_with_the_pinned_definition() {
     assert_eq!(out.status.code(), Some(2));
     assert!(String::from_utf8_lossy(&out.stderr).contains("did you mean `fetch`?"), "{}", String::from_utf8_lossy(&out.stderr));
 }
+
+#[test]
+fn tasks_get_a_minimal_environment_unless_inheriting_is_asked() {
+    let dir = tempfile::tempdir().unwrap();
+    let wf = write(
+        dir.path(),
+        "env.yaml",
+        "version: 1\nname: env\nenv: {FROM_WORKFLOW: w}\ntasks:\n  - {name: show, run: [env], env: {FROM_TASK: t}}\n  - {name: script, shell: 'echo \"token=${ENGINE_TOKEN:-unset}\"'}\n",
+    );
+    let run = |inherit: Option<&str>| -> Value {
+        let mut cmd = tw(dir.path());
+        cmd.env("TASKWEAVE_STORE", "sqlite::memory:").env("ENGINE_TOKEN", "hunter2-secret");
+        if let Some(v) = inherit {
+            cmd.env("TASKWEAVE_INHERIT_ENV", v);
+        }
+        let out = cmd.arg("run").arg(&wf).args(["--format", "json"]).output().unwrap();
+        assert_eq!(out.status.code(), Some(0), "{}", String::from_utf8_lossy(&out.stderr));
+        serde_json::from_slice(&out.stdout).unwrap()
+    };
+    let r = run(None);
+    let env = r["tasks"]["show"]["output"].as_str().unwrap().to_string();
+    assert!(!env.contains("hunter2-secret"), "the engine's environment reached the task: {env}");
+    for kept in ["PATH=", "FROM_WORKFLOW=w", "FROM_TASK=t", "TASKWEAVE_RUN_ID="] {
+        assert!(env.contains(kept), "{kept} missing: {env}");
+    }
+    assert_eq!(r["tasks"]["script"]["output"], "token=unset");
+    let r = run(Some("true"));
+    assert!(r["tasks"]["show"]["output"].as_str().unwrap().contains("ENGINE_TOKEN=hunter2-secret"));
+    assert_eq!(r["tasks"]["script"]["output"], "token=hunter2-secret");
+}

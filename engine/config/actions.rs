@@ -112,6 +112,7 @@ impl ActionsConfig {
                 follow_redirects: self.http.follow_redirects,
                 max_redirects: self.http.max_redirects,
             },
+            inherit_env: d.inherit_env,
         }
     }
 

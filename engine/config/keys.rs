@@ -219,6 +219,17 @@ pub static KEYS: &[Key] = &[
         c.engine.resume = Some(bool_env(v)?);
         Ok(())
     }),
+    Key::new(
+        "engine.inherit_env",
+        "bool",
+        "false",
+        "Give `run` and `shell` tasks the engine's whole environment (false: only PATH, HOME, LANG and what the workflow and task declare).",
+        |c| json!(c.engine.inherit_env.unwrap_or(false)),
+    )
+    .env("TASKWEAVE_INHERIT_ENV", |c, v| {
+        c.engine.inherit_env = Some(bool_env(v)?);
+        Ok(())
+    }),
     // [backends.NAME]
     Key::backend("", "backends.<name>.kind", "string", "(required)", "The driver: `local`, `postgres`, `celery` or `temporal`."),
     Key::backend("local", "backends.<name>.cache_runs", "integer", "10000", "Finished runs kept in memory for fast result reads."),

@@ -66,6 +66,10 @@ pub struct EngineConfig {
     /// behind are resumed (default) or marked failed.
     #[serde(default)]
     pub resume: Option<bool>,
+    /// Whether `run`/`shell` tasks get the engine's whole environment
+    /// (default: only `PATH`, `HOME`, `LANG` and what they declare).
+    #[serde(default)]
+    pub inherit_env: Option<bool>,
 }
 
 /// The default of `[engine] idempotency_window`.
@@ -99,6 +103,7 @@ impl Default for EngineConfig {
             default_backend: default_backend(),
             idempotency_window: None,
             resume: None,
+            inherit_env: None,
         }
     }
 }

@@ -35,6 +35,11 @@ pub struct Limits {
     pub http_timeout: Duration,
     /// Where `http:` tasks may connect, and how they follow redirects.
     pub egress: Egress,
+    /// `run`/`shell` processes get the engine's whole environment (`true`)
+    /// rather than a minimal base (`PATH`, `HOME`, `LANG`) plus what the
+    /// workflow and task declare (`false`, the default), so the engine's
+    /// own credentials never reach a task unasked.
+    pub inherit_env: bool,
 }
 
 /// The default of [`Limits::max_output_bytes`] (10 MiB).
@@ -47,6 +52,7 @@ impl Default for Limits {
             kill_grace: Duration::from_secs(2),
             http_timeout: Duration::from_secs(300),
             egress: Egress::default(),
+            inherit_env: false,
         }
     }
 }

@@ -69,6 +69,13 @@ fn prepare(a: &Attempt<'_>) -> Result<Spawn, ActionError> {
     }
 }
 
+/// What a `run`/`shell` process keeps of the engine's environment, unless
+/// `[engine] inherit_env` gives it all.
+pub const MINIMAL_ENV: [&str; 3] = ["PATH", "HOME", "LANG"];
+
+/// `PATH` when the engine has none.
+const DEFAULT_PATH: &str = "/usr/local/bin:/usr/bin:/bin";
+
 /// Run the task's program (`run`) or script (`sh -c`, `shell`) to completion.
 pub async fn execute(a: &Attempt<'_>) -> Result<Value, ActionError> {
     let spec = prepare(a)?;
@@ -78,6 +85,19 @@ pub async fn execute(a: &Attempt<'_>) -> Result<Value, ActionError> {
         return Err(ActionError::Failed(format!("working directory `{dir}` does not exist or is not a directory")));
     }
     let mut cmd = Command::new(&spec.program);
+    if !a.limits.inherit_env {
+        // A minimal base, never the engine's own environment (its tokens,
+        // database URLs, cloud credentials): tasks get what they declare.
+        cmd.env_clear();
+        for key in MINIMAL_ENV {
+            if let Some(v) = std::env::var_os(key) {
+                cmd.env(key, v);
+            }
+        }
+        if std::env::var_os("PATH").is_none() {
+            cmd.env("PATH", DEFAULT_PATH);
+        }
+    }
     cmd.args(&spec.args)
         .stdin(Stdio::null())
         .stdout(Stdio::piped())
