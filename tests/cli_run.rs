@@ -734,3 +734,43 @@ fn tasks_get_a_minimal_environment_unless_inheriting_is_asked() {
     assert!(r["tasks"]["show"]["output"].as_str().unwrap().contains("ENGINE_TOKEN=hunter2-secret"));
     assert_eq!(r["tasks"]["script"]["output"], "token=hunter2-secret");
 }
+
+#[test]
+fn a_secret_never_reaches_the_store_or_the_output() {
+    let dir = tempfile::tempdir().unwrap();
+    let wf = write(
+        dir.path(),
+        "secret.yaml",
+        "version: 1\nname: secret\nsecrets:\n  api_key: {env: MY_API_KEY}\ntasks:\n  - {name: call, shell: 'echo \"calling with {{secrets.api_key}}\"'}\n  - {name: oops, parents: [call], shell: 'echo \"leak {{secrets.api_key}}\" >&2; exit 1'}\n",
+    );
+    let db = dir.path().join("state.db");
+    let out = tw(dir.path())
+        .env("TASKWEAVE_STORE", format!("sqlite://{}", db.display()))
+        .env("MY_API_KEY", "key-0123456789abcdef")
+        .arg("run")
+        .arg(&wf)
+        .args(["--format", "json"])
+        .output()
+        .unwrap();
+    assert_eq!(out.status.code(), Some(1), "{}", String::from_utf8_lossy(&out.stderr));
+    let r: Value = serde_json::from_slice(&out.stdout).unwrap();
+    assert_eq!(r["tasks"]["call"]["output"], "calling with ***");
+    assert!(r["tasks"]["oops"]["error"].as_str().unwrap().contains("leak ***"), "{r}");
+    for (what, bytes) in [("stdout", out.stdout.clone()), ("stderr", out.stderr.clone())] {
+        assert!(!String::from_utf8_lossy(&bytes).contains("key-0123456789abcdef"), "the secret is in {what}");
+    }
+    // Nor in the store's files, nor in `runs show`.
+    for entry in std::fs::read_dir(dir.path()).unwrap().flatten() {
+        if entry.file_name().to_string_lossy().starts_with("state.db") {
+            let bytes = std::fs::read(entry.path()).unwrap();
+            assert!(!bytes.windows(20).any(|w| w == b"key-0123456789abcdef"), "the secret is in {:?}", entry.path());
+        }
+    }
+    let id = r["run_id"].as_str().unwrap();
+    let show = tw(dir.path()).env("TASKWEAVE_STORE", format!("sqlite://{}", db.display())).args(["runs", "show", id]).output().unwrap();
+    assert!(!String::from_utf8_lossy(&show.stdout).contains("key-0123456789abcdef"));
+    // Without the variable the task fails, naming what is missing.
+    let out = tw(dir.path()).env("TASKWEAVE_STORE", "sqlite::memory:").arg("run").arg(&wf).args(["--format", "json"]).output().unwrap();
+    let r: Value = serde_json::from_slice(&out.stdout).unwrap();
+    assert!(r["tasks"]["call"]["error"].as_str().unwrap().contains("`MY_API_KEY` is not set"), "{r}");
+}

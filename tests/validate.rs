@@ -223,6 +223,16 @@ const YAML_CASES: &[Case] = &[
         ],
     },
     Case {
+        name: "template-ref: secrets unknown, or where they would be recorded",
+        format: Y,
+        src: "version: 1\nname: demo\nsecrets:\n  token: {env: TOKEN}\ntasks:\n  - {name: a, shell: 'curl -H \"{{secrets.tokn}}\" x'}\n  - {name: b, uses: echo, with: {t: \"{{secrets.token}}\"}}\n  - {name: c, shell: 'curl -H \"{{secrets.token}}\" x'}\noutput:\n  t: \"{{secrets.token}}\"\n",
+        expect: &[
+            e("template-ref", (6, 34), None, "did you mean `token`?"),
+            e("template-ref", (7, 40), None, "an `echo` task's `with:` is its output"),
+            e("template-ref", (10, 9), None, "`output:` is recorded with the run"),
+        ],
+    },
+    Case {
         name: "expression: the caret at the offending character",
         format: Y,
         src: "version: 1\nname: demo\ntasks:\n  - {name: a, uses: echo}\n  - name: b\n    parents: [a]\n    when: 'tasks.a.output.n > )'\n    uses: echo\n",

@@ -386,6 +386,36 @@ tasks:
     assert_eq!(task(&r, "c").output, Some(json!({"y": 2})));
 }
 
+/// Secrets: resolved where the task runs, masked (`***`) in every output
+/// and error that leaves it, so no result, queue row, hash or history holds
+/// the value.
+pub async fn secrets_are_masked(b: Arc<dyn Backend>) {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let file = dir.path().join("token");
+    let value = "s3cr3t-token-value";
+    std::fs::write(&file, format!("{value}\n")).unwrap();
+    let yaml = format!(
+        r#"
+version: 1
+name: conf-secrets
+secrets:
+  token: {{file: "{}"}}
+tasks:
+  - {{name: say, shell: 'echo "got {{{{secrets.token}}}} here"', output: text}}
+  - {{name: fail, shell: 'echo "bad {{{{secrets.token}}}}" >&2; exit 3'}}
+  - {{name: json, run: [echo, '{{"t": "{{{{secrets.token}}}}"}}'], output: json}}
+"#,
+        file.display()
+    );
+    let r = run_to_end(&*b, &yaml, json!({})).await;
+    assert_eq!(task(&r, "say").output, Some(json!("got *** here")), "{r:#?}");
+    assert_eq!(task(&r, "json").output, Some(json!({"t": "***"})), "{r:#?}");
+    assert_eq!(task(&r, "fail").status, TaskStatus::Failed);
+    assert!(task(&r, "fail").error.as_deref().unwrap_or("").contains("bad ***"), "{r:#?}");
+    let all = serde_json::to_string(&r).unwrap();
+    assert!(!all.contains(value), "the secret leaked into the result: {all}");
+}
+
 /// A failure skips the descendants with a reason; independent branches go on.
 pub async fn failure_skips_descendants(b: Arc<dyn Backend>) {
     let r = run_to_end(
@@ -946,7 +976,7 @@ macro_rules! conformance_tests {
     ($make:expr) => {
         $crate::conformance_tests!(@cases $make;
             ordering_and_outputs, parallelism_and_concurrency, failure_skips_descendants, trigger_rules,
-            conditions, failure_handlers, retry_reuses_outputs,
+            conditions, failure_handlers, retry_reuses_outputs, secrets_are_masked,
             task_timeout, workflow_timeout, retries, cancellation, results_and_unknown_ids,
             entity_and_context, workflow_output);
     };

@@ -160,6 +160,9 @@ pub struct Task {
     pub reads: Vec<TaskId>,
     /// Whether any template of the task needs a context at all.
     pub templated: bool,
+    /// The secrets its templates read (`{{secrets.NAME}}`): resolved by the
+    /// process that runs the attempt, never in a context that travels.
+    pub secrets: Vec<String>,
 }
 
 /// A workflow's `output:`: its templates, compiled once, and the tasks they
@@ -370,6 +373,16 @@ pub fn compile(raw: RawWorkflow) -> Result<Arc<Workflow>, String> {
             when,
             reads,
             templated,
+            secrets: read
+                .paths
+                .iter()
+                .filter_map(|p| p.strip_prefix("secrets.").map(|n| n.split(['.', '/']).next().unwrap_or(n).to_string()))
+                .fold(Vec::new(), |mut v, n| {
+                    if !v.contains(&n) {
+                        v.push(n);
+                    }
+                    v
+                }),
         });
     }
     for i in 0..tasks.len() {

@@ -24,7 +24,7 @@ use std::collections::HashMap;
 use std::sync::OnceLock;
 
 /// The variables a template may read.
-pub const ROOTS: [&str; 5] = ["input", "tasks", "run", "workflow", "context"];
+pub const ROOTS: [&str; 6] = ["input", "tasks", "run", "workflow", "context", "secrets"];
 
 /// How deeply a template may nest blocks (`{{#if}}`) or subexpressions
 /// (`(lookup (lookup ...))`): Handlebars builds them recursively, so deeper

@@ -557,11 +557,38 @@ pub async fn run_attempt(
     limits: &Limits,
     handlers: &Handlers,
 ) -> (Result<Value, ActionError>, bool) {
-    let empty = Value::Null;
     let task = &wf.tasks[id];
     if let Err(e) = condition(task, ctx) {
         return (Err(e), false);
     }
+    // Secrets join the context here, in the process that runs the attempt,
+    // and are masked in what leaves it.
+    let (with_secrets, masked) = match super::secrets::resolve(wf, task) {
+        Ok(Some((secrets, values))) => (Some(super::secrets::with_secrets(ctx, secrets)), values),
+        Ok(None) => (None, Vec::new()),
+        Err(e) => return (Err(e), false),
+    };
+    let ctx = with_secrets.as_ref().or(ctx);
+    let (result, timed_out) = attempt_to_end(wf, task, attempt, ctx, run_id, token, limits, handlers).await;
+    if masked.is_empty() {
+        return (result, timed_out);
+    }
+    (super::secrets::mask_result(result, &masked), timed_out)
+}
+
+/// [`run_attempt`] once the condition holds and the context is complete.
+#[allow(clippy::too_many_arguments)]
+async fn attempt_to_end(
+    wf: &Workflow,
+    task: &Task,
+    attempt: u32,
+    ctx: Option<&Value>,
+    run_id: &str,
+    token: CancellationToken,
+    limits: &Limits,
+    handlers: &Handlers,
+) -> (Result<Value, ActionError>, bool) {
+    let empty = Value::Null;
     let fut = actions::execute(Attempt {
         workflow: wf,
         task,

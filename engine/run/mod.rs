@@ -7,6 +7,7 @@ pub mod output;
 pub mod record;
 pub mod result;
 pub mod sched;
+pub mod secrets;
 pub mod state;
 
 pub use result::{Routing, RunResult, TaskResult};

@@ -45,6 +45,10 @@ pub struct RawWorkflow {
     /// Environment of `run` and `shell` tasks.
     #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
     pub env: BTreeMap<String, String>,
+    /// Secrets templates read as `{{secrets.NAME}}`: resolved by the process that runs the task, never recorded;
+    /// every occurrence of a value in a task's output or error is masked as `***`.
+    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
+    pub secrets: BTreeMap<String, SecretSource>,
     /// The tasks; at least one.
     #[schemars(length(min = 1))]
     pub tasks: Vec<RawTask>,
@@ -65,6 +69,28 @@ pub struct RawWorkflow {
     #[serde(default, skip_serializing_if = "Option::is_none")]
     #[schemars(extend("examples" = [{"summaries": "{{tasks.summarise.output}}", "pages": "{{tasks.split.output.pages}}"}]))]
     pub output: Option<Map<String, Value>>,
+}
+
+/// Where a secret's value comes from.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
+#[serde(untagged)]
+pub enum SecretSource {
+    Env(EnvSecret),
+    File(FileSecret),
+}
+
+/// An environment variable of the process that runs the task.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
+#[serde(deny_unknown_fields)]
+pub struct EnvSecret {
+    pub env: String,
+}
+
+/// A file (its text, without a final newline), e.g. a mounted secret.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
+#[serde(deny_unknown_fields)]
+pub struct FileSecret {
+    pub file: String,
 }
 
 /// A duration string: `500ms`, `30s`, `10m`, `1h30m`.

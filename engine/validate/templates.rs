@@ -229,6 +229,47 @@ impl Rules<'_> {
                             }
                         }
                     }
+                    "secrets" => {
+                        let doc = self.root;
+                        let declared = doc.get("secrets").and_then(Node::as_map);
+                        let names: Vec<&str> = declared.map(|m| m.iter().map(|(k, _)| k.name.as_str()).collect()).unwrap_or_default();
+                        let persisted = match site {
+                            Site::Output => Some("the workflow's `output:` is recorded with the run"),
+                            Site::Workflow => Some("workflow-level values are rendered where no secret is resolved"),
+                            Site::Task(i) if ptr.contains("/with") && tasks[i].get("uses").and_then(Node::as_str) == Some("echo") => {
+                                Some("an `echo` task's `with:` is its output, recorded with the run")
+                            }
+                            Site::Task(i) if ptr.contains("/celery") && tasks[i].get("celery").is_some() => {
+                                Some("a `celery:` task's arguments travel in a broker message")
+                            }
+                            Site::Task(_) => None,
+                        };
+                        match segs.get(1) {
+                            Some(name) if !names.contains(name) => {
+                                let d = Diagnostic::new(
+                                    Code::TemplateRef,
+                                    self.file,
+                                    span(self),
+                                    format!("template reads `{raw}`, but the workflow declares no secret `{name}`"),
+                                );
+                                self.push(match did_you_mean(name, names.iter().copied()) {
+                                    Some(s) => d.with_help(format!(
+                                        "did you mean `{s}`? Declare secrets under `secrets:` (`NAME: {{env: VAR}}` or `{{file: PATH}}`)"
+                                    )),
+                                    None => d.with_help("declare it under `secrets:` (`NAME: {env: VAR}` or `{file: PATH}`)"),
+                                });
+                            }
+                            None => self.push(Diagnostic::new(Code::TemplateRef, self.file, span(self), "read one secret: `secrets.NAME`")),
+                            Some(_) => {
+                                if let Some(why) = persisted {
+                                    self.push(
+                                        Diagnostic::new(Code::TemplateRef, self.file, span(self), format!("`{raw}` would be recorded: {why}"))
+                                            .with_help("use secrets in `run`, `shell`, `http` and handler arguments, where they are masked in what the task returns"),
+                                    );
+                                }
+                            }
+                        }
+                    }
                     "input" => {
                         if let (Some(prop), Some(props)) = (segs.get(1), &closed_input)
                             && !props.iter().any(|p| p == prop)

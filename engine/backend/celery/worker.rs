@@ -648,6 +648,33 @@ async fn one_attempt(
     if let Err(e) = crate::run::executor::condition(task, Some(ctx)) {
         return (Err(e), Interrupted::No);
     }
+    // Secrets join the context in this worker, and are masked in what leaves it.
+    let (with_secrets, masked) = match crate::run::secrets::resolve(wf, task) {
+        Ok(Some((secrets, values))) => (Some(crate::run::secrets::with_secrets(Some(ctx), secrets)), values),
+        Ok(None) => (None, Vec::new()),
+        Err(e) => return (Err(e), Interrupted::No),
+    };
+    let ctx = with_secrets.as_ref().unwrap_or(ctx);
+    let (r, why) = attempt_here(b, run, wf, task, ctx, attempt, deadline, handback, stop_token, stop_reason).await;
+    if masked.is_empty() {
+        return (r, why);
+    }
+    (crate::run::secrets::mask_result(r, &masked), why)
+}
+
+#[allow(clippy::too_many_arguments)]
+async fn attempt_here(
+    b: &CeleryBackend,
+    run: &str,
+    wf: &Arc<Workflow>,
+    task: &Task,
+    ctx: &Value,
+    attempt: u32,
+    deadline: Option<tokio::time::Instant>,
+    handback: &CancellationToken,
+    stop_token: &CancellationToken,
+    stop_reason: &Arc<Mutex<Option<StopReason>>>,
+) -> (Result<Value, ActionError>, Interrupted) {
     let cancel = CancellationToken::new();
     let fut = async {
         match &task.action {
