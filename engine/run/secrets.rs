@@ -11,9 +11,12 @@ use serde_json::{Map, Value};
 /// What masks a secret's value.
 pub const MASK: &str = "***";
 
-/// The secrets `task` reads, resolved: the values by name (for the
-/// template context) and the values to mask. `None` when it reads none.
-pub fn resolve(wf: &Workflow, task: &Task) -> Result<Option<(Map<String, Value>, Vec<String>)>, ActionError> {
+/// Resolved secrets: the values by name (for the template context) and
+/// the values to mask, longest first.
+pub type Resolved = (Map<String, Value>, Vec<String>);
+
+/// The secrets `task` reads, resolved. `None` when it reads none.
+pub fn resolve(wf: &Workflow, task: &Task) -> Result<Option<Resolved>, ActionError> {
     if task.secrets.is_empty() {
         return Ok(None);
     }
@@ -59,11 +62,7 @@ pub fn mask_text(s: &str, values: &[String]) -> String {
 /// Every occurrence of a value in the strings (and keys) of `v`, masked.
 pub fn mask_value(v: &mut Value, values: &[String]) {
     match v {
-        Value::String(s) => {
-            if values.iter().any(|x| s.contains(x.as_str())) {
-                *s = mask_text(s, values);
-            }
-        }
+        Value::String(s) if values.iter().any(|x| s.contains(x.as_str())) => *s = mask_text(s, values),
         Value::Array(a) => a.iter_mut().for_each(|x| mask_value(x, values)),
         Value::Object(m) => {
             let masked: Map<String, Value> = std::mem::take(m)
