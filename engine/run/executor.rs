@@ -569,25 +569,6 @@ pub async fn run_attempt(
         Err(e) => return (Err(e), false),
     };
     let ctx = with_secrets.as_ref().or(ctx);
-    let (result, timed_out) = attempt_to_end(wf, task, attempt, ctx, run_id, token, limits, handlers).await;
-    if masked.is_empty() {
-        return (result, timed_out);
-    }
-    (super::secrets::mask_result(result, &masked), timed_out)
-}
-
-/// [`run_attempt`] once the condition holds and the context is complete.
-#[allow(clippy::too_many_arguments)]
-async fn attempt_to_end(
-    wf: &Workflow,
-    task: &Task,
-    attempt: u32,
-    ctx: Option<&Value>,
-    run_id: &str,
-    token: CancellationToken,
-    limits: &Limits,
-    handlers: &Handlers,
-) -> (Result<Value, ActionError>, bool) {
     let empty = Value::Null;
     let fut = actions::execute(Attempt {
         workflow: wf,
@@ -607,7 +588,7 @@ async fn attempt_to_end(
         })
     });
     tokio::pin!(fut);
-    match task.timeout {
+    let (result, timed_out) = match task.timeout {
         None => (fut.await, false),
         Some(t) => tokio::select! {
             r = &mut fut => (r, false),
@@ -617,7 +598,11 @@ async fn attempt_to_end(
                 (Err(ActionError::Cancelled), true)
             }
         },
+    };
+    if masked.is_empty() {
+        return (result, timed_out);
     }
+    (super::secrets::mask_result(result, &masked), timed_out)
 }
 
 /// A fresh, queued result for a run of `wf`.

@@ -655,83 +655,73 @@ async fn one_attempt(
         Err(e) => return (Err(e), Interrupted::No),
     };
     let ctx = with_secrets.as_ref().unwrap_or(ctx);
-    let (r, why) = attempt_here(b, run, wf, task, ctx, attempt, deadline, handback, stop_token, stop_reason).await;
+    // `return` in this block ends the attempt, not the function: what it
+    // returns is masked below.
+    let (r, why) = async {
+        let cancel = CancellationToken::new();
+        let fut = async {
+            match &task.action {
+                Action::Celery { .. } => call_celery(b, wf, task, ctx, cancel.clone()).await,
+                _ => {
+                    actions::execute(Attempt {
+                        workflow: wf,
+                        task,
+                        ctx,
+                        run_id: run,
+                        attempt,
+                        cancel: cancel.clone(),
+                        limits: &b.executor.limits,
+                        handlers: &b.executor.handlers,
+                    })
+                    .await
+                }
+            }
+        };
+        // A panicking action fails its attempt, not the worker.
+        let fut = std::panic::AssertUnwindSafe(fut).catch_unwind().map(|r| {
+            r.unwrap_or_else(|p| {
+                let msg =
+                    p.downcast_ref::<&str>().map(|s| s.to_string()).or_else(|| p.downcast_ref::<String>().cloned()).unwrap_or_default();
+                Err(ActionError::Permanent(format!("the action panicked: {msg}")))
+            })
+        });
+        tokio::pin!(fut);
+        let timeout = async {
+            match task.timeout {
+                Some(t) => tokio::time::sleep(t).await,
+                None => std::future::pending().await,
+            }
+        };
+        let run_deadline = async {
+            match deadline {
+                Some(d) => tokio::time::sleep_until(d).await,
+                None => std::future::pending().await,
+            }
+        };
+        let why = tokio::select! {
+            r = &mut fut => return (r, Interrupted::No),
+            _ = timeout => Interrupted::TaskTimeout,
+            _ = stop_token.cancelled() => {
+                Interrupted::Run(stop_reason.lock().unwrap_or_else(|e| e.into_inner()).unwrap_or(StopReason::Cancelled))
+            }
+            _ = run_deadline => {
+                *stop_reason.lock().unwrap_or_else(|e| e.into_inner()) = Some(StopReason::TimedOut);
+                if let Err(e) = b.stop_run(run, StopReason::TimedOut, wf).await {
+                    tracing::error!(run_id = run, "could not stop the run at its deadline: {e}");
+                }
+                Interrupted::Run(StopReason::TimedOut)
+            }
+            _ = handback.cancelled() => Interrupted::HandBack,
+        };
+        cancel.cancel();
+        let _ = fut.await;
+        (Err(ActionError::Cancelled), why)
+    }
+    .await;
     if masked.is_empty() {
         return (r, why);
     }
     (crate::run::secrets::mask_result(r, &masked), why)
-}
-
-#[allow(clippy::too_many_arguments)]
-async fn attempt_here(
-    b: &CeleryBackend,
-    run: &str,
-    wf: &Arc<Workflow>,
-    task: &Task,
-    ctx: &Value,
-    attempt: u32,
-    deadline: Option<tokio::time::Instant>,
-    handback: &CancellationToken,
-    stop_token: &CancellationToken,
-    stop_reason: &Arc<Mutex<Option<StopReason>>>,
-) -> (Result<Value, ActionError>, Interrupted) {
-    let cancel = CancellationToken::new();
-    let fut = async {
-        match &task.action {
-            Action::Celery { .. } => call_celery(b, wf, task, ctx, cancel.clone()).await,
-            _ => {
-                actions::execute(Attempt {
-                    workflow: wf,
-                    task,
-                    ctx,
-                    run_id: run,
-                    attempt,
-                    cancel: cancel.clone(),
-                    limits: &b.executor.limits,
-                    handlers: &b.executor.handlers,
-                })
-                .await
-            }
-        }
-    };
-    // A panicking action fails its attempt, not the worker.
-    let fut = std::panic::AssertUnwindSafe(fut).catch_unwind().map(|r| {
-        r.unwrap_or_else(|p| {
-            let msg = p.downcast_ref::<&str>().map(|s| s.to_string()).or_else(|| p.downcast_ref::<String>().cloned()).unwrap_or_default();
-            Err(ActionError::Permanent(format!("the action panicked: {msg}")))
-        })
-    });
-    tokio::pin!(fut);
-    let timeout = async {
-        match task.timeout {
-            Some(t) => tokio::time::sleep(t).await,
-            None => std::future::pending().await,
-        }
-    };
-    let run_deadline = async {
-        match deadline {
-            Some(d) => tokio::time::sleep_until(d).await,
-            None => std::future::pending().await,
-        }
-    };
-    let why = tokio::select! {
-        r = &mut fut => return (r, Interrupted::No),
-        _ = timeout => Interrupted::TaskTimeout,
-        _ = stop_token.cancelled() => {
-            Interrupted::Run(stop_reason.lock().unwrap_or_else(|e| e.into_inner()).unwrap_or(StopReason::Cancelled))
-        }
-        _ = run_deadline => {
-            *stop_reason.lock().unwrap_or_else(|e| e.into_inner()) = Some(StopReason::TimedOut);
-            if let Err(e) = b.stop_run(run, StopReason::TimedOut, wf).await {
-                tracing::error!(run_id = run, "could not stop the run at its deadline: {e}");
-            }
-            Interrupted::Run(StopReason::TimedOut)
-        }
-        _ = handback.cancelled() => Interrupted::HandBack,
-    };
-    cancel.cancel();
-    let _ = fut.await;
-    (Err(ActionError::Cancelled), why)
 }
 
 /// Send a `celery:` task to Celery workers and wait for its result.
