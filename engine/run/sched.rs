@@ -306,19 +306,27 @@ impl Core {
     /// the outputs of another run), started: the core and its first
     /// decisions.
     pub fn started(wf: &Workflow, seed: u32, done: &[TaskId]) -> Result<(Core, Vec<Decision>), IllegalTransition> {
-        let mut core = if done.is_empty() {
-            Core::new(wf, seed)
-        } else {
-            let states = wf.tasks.iter().map(|t| (if done.contains(&t.id) { TaskStatus::Succeeded } else { TaskStatus::Pending }, 0));
-            Core::resume(wf, seed, RunStatus::Queued, None, states).map_err(|_| IllegalTransition {
-                what: "run",
-                from: "queued",
-                to: "started",
-            })?
-        };
+        let mut core = Core::with_done(wf, seed, done);
         let mut out = Vec::new();
         core.handle(wf, Event::Start, &mut out)?;
         Ok((core, out))
+    }
+
+    /// A queued run whose tasks `done` succeeded already, not started yet
+    /// (a retry's run, as its history reader rebuilds it).
+    pub fn with_done(wf: &Workflow, seed: u32, done: &[TaskId]) -> Core {
+        if done.is_empty() {
+            return Core::new(wf, seed);
+        }
+        let mut succeeded = vec![false; wf.tasks.len()];
+        for &t in done {
+            if let Some(s) = succeeded.get_mut(t) {
+                *s = true;
+            }
+        }
+        let states = succeeded.into_iter().map(|s| (if s { TaskStatus::Succeeded } else { TaskStatus::Pending }, 0));
+        // As many states as tasks and no stop: `resume` accepts them.
+        Core::resume(wf, seed, RunStatus::Queued, None, states).unwrap_or_else(|_| Core::new(wf, seed))
     }
 
     /// Start what is ready (a run read back with [`Core::resume`] whose

@@ -74,12 +74,7 @@ pub fn derive(
     // The scheduler core, fed the history as the workflow fed it: the
     // tasks it skips, and why, are the ones the workflow's core skipped.
     let seed = crate::run::sched::seed(&input.run_id);
-    let mut core = if reused.is_empty() {
-        Core::new(wf, seed)
-    } else {
-        let states = wf.tasks.iter().map(|t| (if reused.contains(&t.id) { TaskStatus::Succeeded } else { TaskStatus::Pending }, 0));
-        Core::resume(wf, seed, RunStatus::Queued, None, states).unwrap_or_else(|_| Core::new(wf, seed))
-    };
+    let mut core = Core::with_done(wf, seed, &reused);
     let mut decisions = Vec::new();
     let base_ctx = serde_json::json!({
         "input": input.input,
